@@ -1,0 +1,57 @@
+# The front door. `make help` lists the targets.
+#
+# Everything runs natively (no Docker needed): deploy/local/stack.sh installs and starts
+# PostgreSQL, Redis, RabbitMQ and FerretDB on loopback, with state in .local/.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+STACK   := deploy/local/stack.sh
+PROFILE ?= dev
+BIN_DIR := target/$(if $(filter dev test,$(PROFILE)),debug,$(PROFILE))
+# The integration tests find the stack through TESTKIT_* variables written by `infra-up`.
+WITH_TEST_ENV := set -a && source .local/test.env && set +a &&
+
+.PHONY: help run down status infra-up infra-down build test fmt fmt-check clippy lint test-rust contracts proto-check
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
+
+run: infra-up build ## Install what is missing, start infrastructure and all seven services
+	$(STACK) services-up $(BIN_DIR)
+
+down: ## Stop everything `make run` started
+	$(STACK) down
+
+status: ## Show what is running
+	$(STACK) status
+
+infra-up: ## Start PostgreSQL, Redis, RabbitMQ and FerretDB (idempotent)
+	$(STACK) infra-up
+
+infra-down: ## Stop the infrastructure
+	$(STACK) infra-down
+
+build: ## Build the seven service binaries
+	cargo build --profile $(PROFILE) --bins
+
+test: fmt-check infra-up clippy test-rust ## fmt, clippy and every test, against the native stack
+
+fmt: ## Format the code
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+lint: fmt-check clippy ## fmt --check and clippy -D warnings
+
+test-rust: infra-up ## Every Rust test (unit, integration, contract, doc)
+	$(WITH_TEST_ENV) cargo test --workspace --locked
+
+contracts: infra-up ## Contract tests of one service: make contracts SERVICE=order-service
+	@test -n "$(SERVICE)" || { echo "usage: make contracts SERVICE=<package>"; exit 2; }
+	$(WITH_TEST_ENV) cargo test -p $(SERVICE) --locked --test contracts

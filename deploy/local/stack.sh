@@ -1,0 +1,1061 @@
+#!/usr/bin/env bash
+# =============================================================================
+# deploy/local/stack.sh — run the whole shop natively, without Docker.
+#
+# This script is the "no containers" twin of a docker-compose file. It installs
+# and runs, as plain processes on this machine:
+#
+#   infrastructure  PostgreSQL 15, Redis, RabbitMQ (+ management UI) and
+#                   FerretDB (a MongoDB wire-protocol server on SQLite)
+#   services        the seven Rust binaries of this repository
+#
+# Everything it creates lives in <repo>/.local/ (git-ignored):
+#
+#   .local/postgres/      PostgreSQL data directory (owned by the postgres user)
+#   .local/redis/         Redis working directory
+#   .local/rabbitmq/      RabbitMQ config, database, Erlang cookie, env.sh
+#   .local/ferretdb/      FerretDB's SQLite files
+#   .local/logs/<x>.log   one log file per process
+#   .local/run/<x>.pid    pid of each process we started (+ <x>.start, its
+#                         start time; + the PostgreSQL unix socket)
+#   .local/test.env       connection URLs for the integration tests
+#
+# Ground rules the script follows (they are what makes it safe to re-run):
+#   * idempotent: "up" twice leaves exactly one of everything running;
+#   * it only ever stops processes whose pid it recorded itself, and it
+#     double-checks a recorded pid still belongs to the process it started
+#     (pids get reused after a reboot or a crash);
+#   * every server listens on 127.0.0.1 only;
+#   * if a port we need is taken by a process that is not ours, it stops with
+#     a message naming the port and that process instead of guessing.
+#
+# Usage: deploy/local/stack.sh <command> [args]   (run with "help" for details)
+# =============================================================================
+set -euo pipefail
+
+# -----------------------------------------------------------------------------
+# Locations. The repository root is derived from this file's own path (with
+# symlinks resolved), so the script works from any working directory.
+# -----------------------------------------------------------------------------
+SCRIPT_DIR="$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")"
+REPO_ROOT="$(cd -- "$SCRIPT_DIR/../.." && pwd -P)"
+STATE_DIR="$REPO_ROOT/.local"
+RUN_DIR="$STATE_DIR/run"
+LOG_DIR="$STATE_DIR/logs"
+
+# Tools we build ourselves go to a per-user cache that survives `git clean`
+# and fresh clones, so FerretDB is compiled once per machine, not per checkout.
+TOOLS_BIN="${XDG_CACHE_HOME:-$HOME/.cache}/shop-stack/bin"
+
+# --- PostgreSQL -------------------------------------------------------------
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_DATA="$STATE_DIR/postgres"
+PG_SOCKET_DIR="$RUN_DIR/postgres"   # unix socket dir (superuser access, no password)
+PG_PORT=5432
+
+# --- Redis ------------------------------------------------------------------
+REDIS_DIR="$STATE_DIR/redis"
+REDIS_PORT=6379
+
+# --- RabbitMQ ---------------------------------------------------------------
+# We call the scripts in /usr/lib/rabbitmq/bin directly. The /usr/sbin ones are
+# Debian wrappers that switch to the "rabbitmq" system user and its HOME, which
+# would point rabbitmqctl at the system node instead of ours.
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+RABBIT_DIR="$STATE_DIR/rabbitmq"
+RABBIT_ENV="$RABBIT_DIR/env.sh"     # sourced before every rabbitmq command
+AMQP_PORT=5672
+RABBIT_MGMT_PORT=15672
+RABBIT_DIST_PORT=25672              # Erlang distribution (used by rabbitmqctl)
+EPMD_PORT=4369                      # Erlang port mapper daemon
+RABBIT_API="http://127.0.0.1:$RABBIT_MGMT_PORT/api"
+
+# --- FerretDB (MongoDB protocol) --------------------------------------------
+FERRETDB_MODULE=github.com/FerretDB/FerretDB
+FERRETDB_VERSION=v1.24.2
+FERRETDB_BIN="$TOOLS_BIN/ferretdb"
+FERRETDB_DIR="$STATE_DIR/ferretdb"
+MONGO_PORT=27017
+FERRETDB_DEBUG_PORT=8088            # FerretDB's /debug/livez, /debug/metrics
+
+# How long to wait for things (seconds; the STACK_* variables override them).
+INFRA_TIMEOUT=${STACK_INFRA_TIMEOUT:-120}            # per infrastructure server to come up
+SERVICE_TIMEOUT=${STACK_SERVICE_TIMEOUT:-60}         # per service until /readyz says 200
+SERVICE_STOP_TIMEOUT=${STACK_SERVICE_STOP_TIMEOUT:-30} # between TERM and KILL for services
+INFRA_STOP_TIMEOUT=20                                # same for redis/ferretdb/rabbitmq/epmd
+
+# Infrastructure components in start order (stopped in reverse order), and the
+# TCP ports each one needs. epmd is RabbitMQ's little helper (see start_epmd).
+INFRA=(postgres redis epmd rabbitmq ferretdb)
+declare -A INFRA_PORTS=(
+  [postgres]="$PG_PORT"
+  [redis]="$REDIS_PORT"
+  [epmd]="$EPMD_PORT"
+  [rabbitmq]="$AMQP_PORT $RABBIT_MGMT_PORT $RABBIT_DIST_PORT"
+  [ferretdb]="$MONGO_PORT $FERRETDB_DEBUG_PORT"
+)
+
+# -----------------------------------------------------------------------------
+# THE service table — the single place that says how each binary is started.
+# Columns: binary name, HTTP port, gRPC port, extra environment (KEY=VALUE
+# words separated by spaces; values must not contain spaces).
+#
+# It is also the source of truth for provisioning: the PostgreSQL roles and
+# databases and the RabbitMQ users created by `infra-up` are read from the
+# DATABASE_URL / AMQP_URL columns below, so credentials can never drift apart.
+# Passwords equal the user names: this is a local development stack only.
+# -----------------------------------------------------------------------------
+SERVICES_TABLE='
+gateway               8080 50050 REDIS_URL=redis://127.0.0.1:6379 AMQP_URL=amqp://gateway:gateway@127.0.0.1:5672/%2f
+user-service          8081 50051 DATABASE_URL=postgres://user_service:user_service@127.0.0.1:5432/users AMQP_URL=amqp://user_service:user_service@127.0.0.1:5672/%2f
+catalog-service       8082 50052 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=catalog AMQP_URL=amqp://catalog_service:catalog_service@127.0.0.1:5672/%2f
+inventory-service     8083 50053 DATABASE_URL=postgres://inventory_service:inventory_service@127.0.0.1:5432/inventory AMQP_URL=amqp://inventory_service:inventory_service@127.0.0.1:5672/%2f
+order-service         8084 50054 DATABASE_URL=postgres://order_service:order_service@127.0.0.1:5432/orders AMQP_URL=amqp://order_service:order_service@127.0.0.1:5672/%2f
+payment-service       8085 50055 DATABASE_URL=postgres://payment_service:payment_service@127.0.0.1:5432/payments AMQP_URL=amqp://payment_service:payment_service@127.0.0.1:5672/%2f
+notification-service  8086 50056 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=notification AMQP_URL=amqp://notification_service:notification_service@127.0.0.1:5672/%2f
+'
+
+# Extra PostgreSQL roles that are not tied to a service: "role database attrs".
+#   testkit  — the integration tests log in as testkit and create (and drop) a
+#              fresh database per test, hence CREATEDB CREATEROLE.
+#   ferretdb — only used if FerretDB is switched to its PostgreSQL backend.
+EXTRA_PG_ROLES='
+testkit   -        CREATEDB CREATEROLE
+ferretdb  ferretdb
+'
+
+# =============================================================================
+# Small helpers
+# =============================================================================
+say()  { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Commands that must run as root (apt-get, writing /etc/hosts) go through sudo
+# when the script is run by a normal user.
+as_root() {
+  if (( EUID == 0 )); then "$@"; else sudo "$@"; fi
+}
+
+# PostgreSQL refuses to run as root. When we are root, the server and its
+# tools run as the Debian "postgres" system user; otherwise as ourselves.
+as_pg_owner() {
+  if (( EUID == 0 )); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# Run a command with the RabbitMQ environment of our node (in a subshell, so
+# HOME and friends do not leak into the rest of this script).
+with_rabbit_env() {
+  (
+    # shellcheck source=/dev/null
+    . "$RABBIT_ENV"
+    "$@"
+  )
+}
+
+# Lines of a table variable, minus blank lines and comments.
+table_rows() { grep -Ev '^[[:space:]]*(#|$)' <<<"$1"; }
+
+# Names of all services, in table order.
+service_names() {
+  local name _rest
+  while read -r name _rest; do printf '%s\n' "$name"; done < <(table_rows "$SERVICES_TABLE")
+}
+
+# Cleanup actions queued by the code below, run when the script exits.
+CLEANUP=()
+run_cleanup() {
+  local action
+  for action in "${CLEANUP[@]}"; do eval "$action" || true; done
+}
+trap run_cleanup EXIT
+
+# =============================================================================
+# Process bookkeeping
+#
+# For every process we start we write two files:
+#   .local/run/<name>.pid    the pid (plain number: `kill $(cat x.pid)` works)
+#   .local/run/<name>.start  the process start time, from /proc/<pid>/stat
+# A pid alone is not proof: after a crash or reboot the same number can belong
+# to an unrelated process. The (pid, start time) pair is unique, so we only
+# ever signal a process when both match.
+# =============================================================================
+pidfile()   { printf '%s/%s.pid' "$RUN_DIR" "$1"; }
+startfile() { printf '%s/%s.start' "$RUN_DIR" "$1"; }
+
+# Print field N (1-based, as in `man 5 proc`) of /proc/<pid>/stat. Field 2 is
+# the command name in parentheses and may contain spaces, so we cut after the
+# last ')' and count from field 3.
+proc_stat_field() {
+  local pid=$1 field=$2 stat rest
+  local -a f
+  { stat=$(<"/proc/$pid/stat"); } 2>/dev/null || return 1   # no such process
+  rest=${stat##*) }
+  read -ra f <<<"$rest"
+  printf '%s\n' "${f[field - 3]}"
+}
+
+# Is <pid> a live process (zombies count as dead)?
+pid_alive() {
+  local state
+  state=$(proc_stat_field "$1" 3 2>/dev/null) || return 1
+  [[ $state != Z && $state != X ]]
+}
+
+# Record that component <name> runs as <pid>. If the process already died
+# (a program that crashes instantly) the start time is unknown; running_pid
+# then reports it as not running and the readiness wait shows its log.
+record_pid() {
+  local name=$1 pid=$2 start
+  start=$(proc_stat_field "$pid" 22) || start=gone
+  printf '%s\n' "$pid" >"$(pidfile "$name")"
+  printf '%s\n' "$start" >"$(startfile "$name")"
+}
+
+forget_pid() { rm -f -- "$(pidfile "$1")" "$(startfile "$1")"; }
+
+# Print the pid of component <name> if it is running AND is the very process
+# we started; return 1 otherwise.
+running_pid() {
+  local name=$1 pid start
+  [[ -f $(pidfile "$name") && -f $(startfile "$name") ]] || return 1
+  pid=$(<"$(pidfile "$name")")
+  start=$(<"$(startfile "$name")")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  pid_alive "$pid" || return 1
+  [[ $(proc_stat_field "$pid" 22) == "$start" ]] || return 1
+  printf '%s\n' "$pid"
+}
+
+# A pid file whose process is gone (crash, reboot, kill -9) is "stale": drop it.
+clear_stale() {
+  local name=$1
+  if [[ -e $(pidfile "$name") ]] && ! running_pid "$name" >/dev/null; then
+    note "$name: removing stale pid file (process $(<"$(pidfile "$name")") is gone or is no longer the one we started)"
+    forget_pid "$name"
+  fi
+}
+
+# launch <name> <workdir> <command...>
+# Start a long-running command in the background, detached from this shell:
+#   setsid  puts it in its own session and process group, so Ctrl-C in the
+#           terminal does not reach it and we can later signal the whole group
+#           (the process plus any helpers it forked) in one go;
+#   nohup   makes it ignore SIGHUP when the terminal closes;
+#   9>&-    closes the file descriptor holding our lock (see main) so the
+#           daemon does not keep the lock forever.
+# Output is appended to .local/logs/<name>.log. `exec` makes the pid of the
+# subshell ($!) the pid of the final program (setsid only forks when it is
+# already a process-group leader, which a background child of a script is not).
+launch() {
+  local name=$1 workdir=$2; shift 2
+  local log="$LOG_DIR/$name.log" pid
+  printf '\n----- %s: starting %s -----\n' "$(date '+%F %T')" "$name" >>"$log"
+  ( cd "$workdir" && exec nohup setsid "$@" ) >>"$log" 2>&1 </dev/null 9>&- &
+  pid=$!
+  record_pid "$name" "$pid"
+}
+
+# Send <signal> to the process group led by <pid> if it leads one (everything
+# started by launch does), else to the single process.
+signal_tree() {
+  local sig=$1 pid=$2
+  if [[ $(proc_stat_field "$pid" 5 2>/dev/null) == "$pid" ]]; then
+    kill "-$sig" -- "-$pid" 2>/dev/null || true
+  else
+    kill "-$sig" "$pid" 2>/dev/null || true
+  fi
+}
+
+# The last 25 lines that <name> logged since it was last started (launch
+# writes a "----- ...: starting <name> -----" marker), indented.
+log_tail() {
+  local log="$LOG_DIR/$1.log"
+  [[ -f $log ]] || return 0
+  awk '/^----- .*: starting / { n = 0; split("", l) }
+       { l[n++] = $0 }
+       END { for (i = (n > 25 ? n - 25 : 0); i < n; i++) print "    | " l[i] }' "$log"
+}
+
+# Wait up to <timeout> seconds for <pid> to exit.
+wait_exit() {
+  local pid=$1 timeout=$2 deadline=$((SECONDS + $2))
+  while pid_alive "$pid"; do
+    (( SECONDS < deadline )) || return 1
+    sleep 0.2
+  done
+}
+
+# stop_component <name> <timeout>: TERM what we started, KILL after <timeout>.
+stop_component() {
+  local name=$1 timeout=$2 pid
+  if ! pid=$(running_pid "$name"); then
+    clear_stale "$name"
+    note "$name: not running"
+    return 0
+  fi
+  note "$name: stopping pid $pid"
+  signal_tree TERM "$pid"
+  if ! wait_exit "$pid" "$timeout"; then
+    warn "$name (pid $pid) did not exit within ${timeout}s; sending KILL"
+    signal_tree KILL "$pid"
+    wait_exit "$pid" 5 || warn "$name (pid $pid) survived KILL?!"
+  fi
+  forget_pid "$name"
+}
+
+# wait_until <name> <timeout> <command...>
+# Poll <command> once a second until it succeeds. Returns 1 on timeout and
+# 2 as soon as the component's process has died (no point in waiting longer).
+wait_until() {
+  local name=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    running_pid "$name" >/dev/null || return 2
+    (( SECONDS < deadline )) || return 1
+    sleep 1
+  done
+}
+
+# Like wait_until, but for infrastructure: any failure is fatal and points at
+# the log file.
+wait_infra() {
+  local name=$1 what=$2; shift 2
+  local rc=0
+  wait_until "$name" "$INFRA_TIMEOUT" "$@" || rc=$?
+  case $rc in
+    0) note "$name: ready ($what)" ;;
+    1) die "$name did not become ready within ${INFRA_TIMEOUT}s ($what). Log: $LOG_DIR/$name.log" ;;
+    *) die "$name exited during startup. Last lines of $LOG_DIR/$name.log:
+$(log_tail "$name")" ;;
+  esac
+}
+
+# -----------------------------------------------------------------------------
+# Ports
+# -----------------------------------------------------------------------------
+# Does something accept TCP connections on 127.0.0.1:<port>? (bash's /dev/tcp)
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Describe whoever listens on <port> (on any address), or print nothing.
+port_holder() {
+  local port=$1 out
+  if command -v ss >/dev/null 2>&1; then
+    out=$(ss -Hltnp "sport = :$port" 2>/dev/null) || true
+    [[ -n $out ]] || return 0
+    if [[ $out =~ users:\(\(\"([^\"]+)\",pid=([0-9]+) ]]; then
+      printf '%s (pid %s)\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+    else
+      printf 'an unknown process\n'
+    fi
+  elif port_open "$port"; then
+    printf 'an unknown process (install iproute2 for details)\n'
+  fi
+}
+
+# Fail if a port needed by <component> is taken. Only called for components
+# that are NOT running under our control, so any listener is a stranger.
+ensure_ports_free() {
+  local component=$1 port holder
+  shift
+  for port in "$@"; do
+    holder=$(port_holder "$port")
+    [[ -z $holder ]] && continue
+    die "port $port (needed by $component) is already in use by $holder, which was not started by this script.
+       If it is a Debian system service, stop it first, e.g.:  service postgresql stop / service redis-server stop / service rabbitmq-server stop
+       (check with: ss -ltnp 'sport = :$port')"
+  done
+}
+
+# For install: every infrastructure component that is not ours-and-running
+# must find its ports free.
+preflight_ports() {
+  local c
+  for c in "${INFRA[@]}"; do
+    running_pid "$c" >/dev/null && continue
+    # epmd is a shared, harmless name registry: an existing one is reused.
+    [[ $c == epmd ]] && continue
+    # A PostgreSQL serving OUR data directory is ours (launch_postgres adopts it).
+    [[ $c == postgres ]] && pg_serves_our_data && continue
+    # shellcheck disable=SC2086  # INFRA_PORTS values are space-separated lists
+    ensure_ports_free "$c" ${INFRA_PORTS[$c]}
+  done
+}
+
+# =============================================================================
+# install
+# =============================================================================
+POLICY_RC=/usr/sbin/policy-rc.d
+POLICY_MARKER="written by shop-stack deploy/local/stack.sh"
+
+# Debian package scripts start freshly installed daemons through invoke-rc.d.
+# Those system daemons would grab the very ports we need. invoke-rc.d first
+# asks /usr/sbin/policy-rc.d; exit code 101 means "action forbidden". So we
+# put such a file in place for the duration of apt-get and remove it after.
+apt_install() {
+  local pkgs=("$@")
+  local wrote_policy=0
+  if [[ ! -e $POLICY_RC ]] || grep -qF "$POLICY_MARKER" "$POLICY_RC" 2>/dev/null; then
+    printf '#!/bin/sh\n# %s: forbid service starts during apt-get\nexit 101\n' "$POLICY_MARKER" \
+      | as_root tee "$POLICY_RC" >/dev/null
+    as_root chmod 0755 "$POLICY_RC"
+    wrote_policy=1
+    CLEANUP+=("as_root rm -f '$POLICY_RC'")
+  else
+    note "keeping the existing $POLICY_RC (not ours)"
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q 9>&-
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" 9>&-
+  if (( wrote_policy )); then as_root rm -f "$POLICY_RC"; fi
+}
+
+ferretdb_installed() {
+  local out
+  [[ -x $FERRETDB_BIN ]] || return 1
+  out=$("$FERRETDB_BIN" --version 2>/dev/null) || return 1
+  [[ $out == *"version: $FERRETDB_VERSION"* ]]
+}
+
+# FerretDB is built from source with the Go toolchain. Two wrinkles explain
+# why this is not a plain `go install ...@v1.24.2`:
+#  1. FerretDB embeds build/version/version.txt, a file generated by its own
+#     build tooling and absent from the published Go module, so a plain
+#     `go install` produces a binary that panics at start-up. We therefore copy
+#     the module source to a temp dir, write version.txt, and `go build` there.
+#  2. Building inside the module (instead of `go install pkg@version`) also
+#     avoids the proxy's version *list* query, which some corporate / sandboxed
+#     Go proxies refuse.
+install_ferretdb() {
+  if ferretdb_installed; then
+    note "ferretdb $FERRETDB_VERSION already built: $FERRETDB_BIN"
+    return 0
+  fi
+  local go started=$SECONDS tmp src
+  go=$(command -v go || true)
+  [[ -n $go ]] || { [[ -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go; } \
+    || die "FerretDB is built from source and needs the Go toolchain: Go >= 1.24, or any Go >= 1.21,
+       which downloads the newer toolchain by itself. See https://go.dev/dl/"
+  say "building FerretDB $FERRETDB_VERSION with $("$go" env GOVERSION) (first time only, ~1-3 min)"
+  mkdir -p "$TOOLS_BIN"
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/shop-stack-ferretdb.XXXXXX")
+  CLEANUP+=("rm -rf '$tmp'")
+  # `go mod download` fetches the module into the module cache and tells us where.
+  src=$(cd "$tmp" && GOWORK=off GOFLAGS='' "$go" mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION" \
+        | jq -r '.Dir // empty') || die "could not download $FERRETDB_MODULE@$FERRETDB_VERSION (see above)"
+  [[ -n $src && -d $src ]] || die "could not download $FERRETDB_MODULE@$FERRETDB_VERSION"
+  cp -R "$src" "$tmp/src"
+  chmod -R u+w "$tmp/src"          # the module cache is read-only
+  printf '%s\n' "$FERRETDB_VERSION" >"$tmp/src/build/version/version.txt"
+  printf 'shop-stack\n' >"$tmp/src/build/version/package.txt"
+  (cd "$tmp/src" && GOWORK=off GOFLAGS='' "$go" build -buildvcs=false -trimpath \
+     -o "$FERRETDB_BIN.new" ./cmd/ferretdb) 9>&-
+  mv -f "$FERRETDB_BIN.new" "$FERRETDB_BIN"
+  ferretdb_installed || die "built $FERRETDB_BIN but '--version' does not report $FERRETDB_VERSION"
+  note "ferretdb built in $((SECONDS - started))s"
+}
+
+# Erlang (RabbitMQ) names our node rabbit@localhost, so "localhost" must
+# resolve to an IPv4 address.
+ensure_localhost() {
+  if ! getent ahostsv4 localhost >/dev/null 2>&1; then
+    say "'localhost' does not resolve; adding it to /etc/hosts"
+    printf '127.0.0.1\tlocalhost\n' | as_root tee -a /etc/hosts >/dev/null
+  fi
+}
+
+cmd_install() {
+  local -a missing=()
+  local started=$SECONDS
+  [[ -x $PG_BIN/postgres && -x $PG_BIN/initdb && -x $PG_BIN/pg_ctl ]] || missing+=(postgresql)
+  command -v psql >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || missing+=(redis-server redis-tools)
+  [[ -x $RABBIT_BIN/rabbitmq-server && -x $RABBIT_BIN/rabbitmqctl ]] || missing+=(rabbitmq-server)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v jq >/dev/null 2>&1 || missing+=(jq)
+  command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+
+  if (( ${#missing[@]} )); then
+    say "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}"
+    note "apt-get finished in $((SECONDS - started))s"
+  else
+    note "Debian packages already installed"
+  fi
+  [[ -x $PG_BIN/postgres ]] || die "$PG_BIN/postgres not found: this script expects PostgreSQL 15 (Debian 12 'bookworm')"
+  install_ferretdb
+  ensure_localhost
+  preflight_ports
+}
+
+# =============================================================================
+# PostgreSQL
+# =============================================================================
+# Our settings live in shop-stack.conf, which postgresql.conf includes (a
+# line appended right after initdb, see below); pg_hba.conf is entirely ours.
+# Both are rewritten on every start, so this script stays the single source
+# of truth.
+write_pg_config() {
+  cat >"$PG_DATA/shop-stack.conf" <<EOF
+# Generated by deploy/local/stack.sh on every infra-up: edit the script, not this file.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCKET_DIR'
+unix_socket_permissions = 0777
+max_connections = 400           # every test creates its own pool
+shared_buffers = 256MB
+password_encryption = 'scram-sha-256'
+# fsync / synchronous_commit deliberately keep their (durable) defaults.
+EOF
+  # Who may connect how. First matching line wins.
+  cat >"$PG_DATA/pg_hba.conf" <<'EOF'
+# Generated by deploy/local/stack.sh on every infra-up: edit the script, not this file.
+# TYPE  DATABASE  USER      ADDRESS        METHOD
+local   all       postgres                 trust          # superuser via the unix socket in .local/run/postgres
+local   all       all                      scram-sha-256
+host    all       all       127.0.0.1/32   scram-sha-256  # everyone else: TCP + password
+EOF
+  if (( EUID == 0 )); then chown postgres:postgres "$PG_DATA/shop-stack.conf" "$PG_DATA/pg_hba.conf"; fi
+}
+
+# Is a server running on .local/postgres? (pg_ctl reads postmaster.pid there.)
+pg_serves_our_data() {
+  [[ -f $PG_DATA/postmaster.pid ]] && as_pg_owner "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
+}
+
+# psql as the superuser over the unix socket (trusted, no password).
+pg_admin() {
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d postgres
+}
+
+# Create (or update) roles and databases. Safe to run any number of times:
+# roles are created if missing and their password is (re)set; databases are
+# created if missing and their owner is (re)set.
+provision_postgres() {
+  local sql="" url role pass db attrs name _h _g rest entry
+  local -a roles=() dbs=()
+
+  # role|password|database|attributes, from the service table and EXTRA_PG_ROLES.
+  while read -r name _h _g rest; do
+    for url in $rest; do
+      [[ $url =~ ^DATABASE_URL=postgres://([^:]+):([^@]+)@[^/]+/(.+)$ ]] || continue
+      roles+=("${BASH_REMATCH[1]}|${BASH_REMATCH[2]}|${BASH_REMATCH[3]}|")
+    done
+  done < <(table_rows "$SERVICES_TABLE")
+  while read -r role db attrs; do
+    roles+=("$role|$role|$db|$attrs")
+  done < <(table_rows "$EXTRA_PG_ROLES")
+
+  for entry in "${roles[@]}"; do
+    IFS='|' read -r role pass db attrs <<<"$entry"
+    sql+="
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN CREATE ROLE \"$role\"; END IF;
+END \$\$;
+ALTER ROLE \"$role\" WITH LOGIN PASSWORD '$pass' $attrs;"
+    if [[ $db != - ]]; then
+      dbs+=("$db")
+      # CREATE DATABASE cannot run inside DO/transactions; \gexec runs the
+      # generated statement only when the SELECT returns a row.
+      sql+="
+SELECT format('CREATE DATABASE %I OWNER %I', '$db', '$role')
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$db') \\gexec
+ALTER DATABASE \"$db\" OWNER TO \"$role\";"
+    fi
+  done
+  pg_admin <<<"$sql"
+  note "postgres: roles ${#roles[@]}, databases: ${dbs[*]}"
+}
+
+# Start PostgreSQL unless it already runs; then (always) wait for it and
+# provision roles/databases, so a changed service table takes effect on the
+# next infra-up without a restart.
+start_postgres() {
+  local pid
+  if pid=$(running_pid postgres); then
+    note "postgres: already running (pid $pid)"
+  else
+    launch_postgres
+  fi
+  wait_infra postgres "pg_isready 127.0.0.1:$PG_PORT" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
+  provision_postgres
+}
+
+launch_postgres() {
+  clear_stale postgres
+
+  mkdir -p "$PG_DATA" "$PG_SOCKET_DIR"
+  touch "$LOG_DIR/postgres.log"
+  if (( EUID == 0 )); then
+    chown postgres:postgres "$PG_DATA" "$PG_SOCKET_DIR" "$LOG_DIR/postgres.log"
+    as_pg_owner test -w "$PG_DATA" || die "the 'postgres' OS user cannot write $PG_DATA.
+       A parent directory of the checkout is probably not searchable by other users
+       (e.g. a repo under /root, which is mode 700). Move the checkout or 'chmod o+x' its parents."
+  fi
+  chmod 0700 "$PG_DATA"
+  chmod 0755 "$PG_SOCKET_DIR"
+  # Unix socket paths are limited to 107 bytes.
+  (( ${#PG_SOCKET_DIR} + 15 <= 107 )) || die "checkout path too long for a unix socket: $PG_SOCKET_DIR"
+
+  if [[ ! -f $PG_DATA/PG_VERSION ]]; then
+    say "postgres: creating a new cluster in $PG_DATA"
+    as_pg_owner "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --encoding=UTF8 --no-locale \
+      --auth-local=trust --auth-host=scram-sha-256 >>"$LOG_DIR/postgres.log" 2>&1 9>&- \
+      || die "initdb failed, see $LOG_DIR/postgres.log"
+    printf "\ninclude_if_exists = 'shop-stack.conf'\n" | as_pg_owner tee -a "$PG_DATA/postgresql.conf" >/dev/null
+  fi
+  write_pg_config
+
+  # Our pid file is gone but our data directory is in use (e.g. someone
+  # deleted .local/run): the server is ours, so adopt it instead of failing.
+  if pg_serves_our_data; then
+    record_pid postgres "$(head -n1 "$PG_DATA/postmaster.pid")"
+    note "postgres: adopted the server already running on $PG_DATA"
+  else
+    ensure_ports_free postgres "$PG_PORT"
+    say "postgres: starting on 127.0.0.1:$PG_PORT"
+    # pg_ctl daemonizes the server itself; -w waits until it accepts connections.
+    as_pg_owner "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$LOG_DIR/postgres.log" -w -t "$INFRA_TIMEOUT" \
+      >/dev/null 9>&- || die "postgres failed to start. Last lines of $LOG_DIR/postgres.log:
+$(log_tail postgres)"
+    record_pid postgres "$(head -n1 "$PG_DATA/postmaster.pid")"
+  fi
+}
+
+stop_postgres() {
+  local pid
+  if ! pid=$(running_pid postgres); then clear_stale postgres; note "postgres: not running"; return 0; fi
+  note "postgres: stopping pid $pid (pg_ctl stop -m fast)"
+  as_pg_owner "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 60 >/dev/null 9>&- \
+    || stop_component postgres "$INFRA_STOP_TIMEOUT"
+  forget_pid postgres
+}
+
+# =============================================================================
+# Redis
+# =============================================================================
+start_redis() {
+  local pid
+  if pid=$(running_pid redis); then
+    note "redis: already running (pid $pid)"
+  else
+    clear_stale redis
+    ensure_ports_free redis "$REDIS_PORT"
+    mkdir -p "$REDIS_DIR"
+    say "redis: starting on 127.0.0.1:$REDIS_PORT"
+    # No persistence (--save "" and no AOF): this is a cache for development.
+    # --logfile '' = log to stdout, which launch sends to .local/logs/redis.log.
+    launch redis "$REDIS_DIR" redis-server \
+      --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+      --dir "$REDIS_DIR" --save '' --appendonly no --daemonize no --logfile ''
+  fi
+  wait_infra redis "redis-cli ping" redis_ping
+}
+redis_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+
+# =============================================================================
+# RabbitMQ
+# =============================================================================
+# Every setting of our node, as environment variables RabbitMQ's scripts and
+# rabbitmqctl understand. Written to .local/rabbitmq/env.sh so you can use it
+# by hand too (in a subshell — it changes HOME!):
+#   ( . .local/rabbitmq/env.sh && rabbitmqctl list_queues )
+# or simply:  deploy/local/stack.sh rabbitmqctl list_queues
+write_rabbit_files() {
+  mkdir -p "$RABBIT_DIR/home" "$RABBIT_DIR/mnesia" "$RABBIT_DIR/log"
+  chmod 0700 "$RABBIT_DIR/home"
+  cat >"$RABBIT_ENV" <<EOF
+# Generated by deploy/local/stack.sh. Source in a subshell: it changes HOME.
+export RABBITMQ_NODENAME=rabbit@localhost
+export RABBITMQ_CONF_ENV_FILE='$RABBIT_DIR/rabbitmq-env.conf'
+export RABBITMQ_CONFIG_FILE='$RABBIT_DIR/rabbitmq.conf'
+export RABBITMQ_ADVANCED_CONFIG_FILE='$RABBIT_DIR/advanced.config'
+export RABBITMQ_ENABLED_PLUGINS_FILE='$RABBIT_DIR/enabled_plugins'
+export RABBITMQ_MNESIA_BASE='$RABBIT_DIR/mnesia'
+export RABBITMQ_LOG_BASE='$RABBIT_DIR/log'
+export RABBITMQ_PID_FILE='$RABBIT_DIR/rabbitmq.pid'
+# Main log to stdout, which stack.sh sends to .local/logs/rabbitmq.log.
+export RABBITMQ_LOGS=-
+export RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT
+# Erlang's own ports (epmd and node-to-node distribution) on loopback only.
+export ERL_EPMD_ADDRESS=127.0.0.1
+export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+export RABBITMQ_CTL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+export ERL_CRASH_DUMP='$LOG_DIR/rabbitmq-erl_crash.dump'
+# The Erlang cookie (shared secret between the node and rabbitmqctl) is read
+# from \$HOME/.erlang.cookie, so server and CLI share this private HOME.
+export HOME='$RABBIT_DIR/home'
+export PATH='$RABBIT_BIN':"\$PATH"
+EOF
+  # Keeps RabbitMQ from reading the system-wide /etc/rabbitmq/rabbitmq-env.conf.
+  : >"$RABBIT_DIR/rabbitmq-env.conf"
+  cat >"$RABBIT_DIR/rabbitmq.conf" <<EOF
+# Generated by deploy/local/stack.sh on every infra-up: edit the script, not this file.
+listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $RABBIT_MGMT_PORT
+# guest/guest is created on first boot as an administrator and may only log
+# in from loopback (the default, spelled out here). The tests rely on it.
+loopback_users.guest = true
+EOF
+  # Plugins enabled "offline": rabbitmq-plugins is not needed.
+  printf '[rabbitmq_management].\n' >"$RABBIT_DIR/enabled_plugins"
+  if [[ ! -s $RABBIT_DIR/home/.erlang.cookie ]]; then
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RABBIT_DIR/home/.erlang.cookie")
+  fi
+  chmod 0400 "$RABBIT_DIR/home/.erlang.cookie"
+}
+
+# Erlang nodes find each other through epmd (port 4369). The first Erlang
+# program would start one on its own, as an untracked daemon listening on all
+# interfaces; we start it ourselves instead, on loopback, with a pid file.
+start_epmd() {
+  local pid epmd
+  if pid=$(running_pid epmd); then note "epmd: already running (pid $pid)"; return 0; fi
+  clear_stale epmd
+  if [[ -n $(port_holder "$EPMD_PORT") ]]; then
+    note "epmd: reusing the existing epmd on port $EPMD_PORT ($(port_holder "$EPMD_PORT"); not ours, left alone)"
+    return 0
+  fi
+  epmd=$(command -v epmd || true)
+  [[ -n $epmd ]] || epmd=$(find /usr/lib/erlang -name epmd -type f -perm -u+x -print -quit 2>/dev/null)
+  [[ -n $epmd ]] || die "epmd not found (is erlang-base installed?)"
+  launch epmd "$RABBIT_DIR" "$epmd" -address 127.0.0.1 -port "$EPMD_PORT"
+  # `epmd -names` asks the running daemon for its registered nodes.
+  wait_infra epmd "epmd -names" "$epmd" -port "$EPMD_PORT" -names
+}
+
+rabbit_api_up() { curl -fsS -o /dev/null --max-time 3 -u guest:guest "$RABBIT_API/overview"; }
+
+# PUT a JSON document to the management API (PUT is create-or-update, which
+# makes provisioning idempotent and much faster than one rabbitmqctl per call).
+rabbit_put() {
+  curl -fsS --max-time 10 -u guest:guest -X PUT -H 'content-type: application/json' \
+    --data "$2" "$RABBIT_API$1" >/dev/null || die "RabbitMQ API call PUT $1 failed"
+}
+
+provision_rabbitmq() {
+  local name _h _g rest word user pass
+  local -a users=()
+  # Re-assert guest as administrator (it is by default; the tests need it).
+  rabbit_put /users/guest '{"password":"guest","tags":"administrator"}'
+  rabbit_put /permissions/%2F/guest '{"configure":".*","write":".*","read":".*"}'
+  # One user per service, taken from the AMQP_URL column of the service table.
+  while read -r name _h _g rest; do
+    for word in $rest; do
+      [[ $word =~ ^AMQP_URL=amqp://([^:]+):([^@]+)@ ]] || continue
+      user=${BASH_REMATCH[1]} pass=${BASH_REMATCH[2]}
+      rabbit_put "/users/$user" "$(jq -cn --arg p "$pass" '{password: $p, tags: ""}')"
+      rabbit_put "/permissions/%2F/$user" '{"configure":".*","write":".*","read":".*"}'
+      users+=("$user")
+    done
+  done < <(table_rows "$SERVICES_TABLE")
+  note "rabbitmq: users ${users[*]}"
+}
+
+start_rabbitmq() {
+  local pid
+  write_rabbit_files
+  if pid=$(running_pid rabbitmq); then
+    note "rabbitmq: already running (pid $pid)"
+  else
+    clear_stale rabbitmq
+    ensure_ports_free rabbitmq "$AMQP_PORT" "$RABBIT_MGMT_PORT" "$RABBIT_DIST_PORT"
+    start_epmd
+    say "rabbitmq: starting (AMQP 127.0.0.1:$AMQP_PORT, management http://127.0.0.1:$RABBIT_MGMT_PORT)"
+    rm -f "$RABBIT_DIR/rabbitmq.pid"
+    # rabbitmq-server is a shell script that starts the Erlang VM (beam.smp)
+    # as its child and waits for it. We record the script's pid first ...
+    with_rabbit_env launch rabbitmq "$RABBIT_DIR" "$RABBIT_BIN/rabbitmq-server"
+  fi
+  # First boot takes ~10-30s (it creates its database and expands plugins).
+  wait_infra rabbitmq "management API $RABBIT_API/overview" rabbit_api_up
+  wait_infra rabbitmq "AMQP 127.0.0.1:$AMQP_PORT" port_open "$AMQP_PORT"
+  adopt_rabbit_vm
+  provision_rabbitmq
+}
+
+# ... and once the node is up we record the VM itself instead (its pid is in
+# RABBITMQ_PID_FILE), because that is the process holding the ports: if the
+# wrapper script were killed, the VM would live on. We only switch if the VM
+# is the child of the script we started.
+adopt_rabbit_vm() {
+  local wrapper vm
+  wrapper=$(running_pid rabbitmq) || return 0
+  [[ -s $RABBIT_DIR/rabbitmq.pid ]] || return 0
+  vm=$(<"$RABBIT_DIR/rabbitmq.pid")
+  [[ $vm =~ ^[0-9]+$ && $vm != "$wrapper" ]] || return 0
+  if [[ $(proc_stat_field "$vm" 4 2>/dev/null) == "$wrapper" ]]; then
+    record_pid rabbitmq "$vm"
+  fi
+}
+
+stop_rabbitmq() {
+  local pid
+  if ! pid=$(running_pid rabbitmq); then clear_stale rabbitmq; note "rabbitmq: not running"; return 0; fi
+  note "rabbitmq: stopping pid $pid (rabbitmqctl stop)"
+  # `rabbitmqctl stop <pidfile>` asks the node to shut down cleanly and returns
+  # once the Erlang VM has exited; the wrapper script follows right after.
+  if [[ -s $RABBIT_DIR/rabbitmq.pid ]]; then
+    with_rabbit_env "$RABBIT_BIN/rabbitmqctl" --quiet stop "$RABBIT_DIR/rabbitmq.pid" >/dev/null 2>&1 9>&- \
+      || warn "rabbitmqctl stop failed; falling back to signals"
+  fi
+  # If that did not work, TERM (also a clean shutdown for the VM), then KILL.
+  if wait_exit "$pid" "$INFRA_STOP_TIMEOUT"; then
+    forget_pid rabbitmq
+  else
+    stop_component rabbitmq "$INFRA_STOP_TIMEOUT"
+  fi
+}
+
+# =============================================================================
+# FerretDB
+# =============================================================================
+ferretdb_live() { curl -fsS -o /dev/null --max-time 3 "http://127.0.0.1:$FERRETDB_DEBUG_PORT/debug/livez" && port_open "$MONGO_PORT"; }
+
+start_ferretdb() {
+  local pid
+  if pid=$(running_pid ferretdb); then
+    note "ferretdb: already running (pid $pid)"
+  else
+    clear_stale ferretdb
+    ensure_ports_free ferretdb "$MONGO_PORT" "$FERRETDB_DEBUG_PORT"
+    mkdir -p "$FERRETDB_DIR"
+    say "ferretdb: starting on 127.0.0.1:$MONGO_PORT (SQLite in $FERRETDB_DIR)"
+    # v1 flags (see `ferretdb --help`). No auth; each database is one SQLite
+    # file in FERRETDB_DIR (state.json, FerretDB's own bookkeeping, too).
+    # The debug listener serves /debug/livez (used below) and /debug/metrics;
+    # --debug-addr=- would switch it off.
+    launch ferretdb "$FERRETDB_DIR" "$FERRETDB_BIN" \
+      --listen-addr="127.0.0.1:$MONGO_PORT" \
+      --handler=sqlite --sqlite-url="file:$FERRETDB_DIR/" \
+      --state-dir="$FERRETDB_DIR" \
+      --debug-addr="127.0.0.1:$FERRETDB_DEBUG_PORT" \
+      --telemetry=disable --log-level=info
+  fi
+  wait_infra ferretdb "tcp 127.0.0.1:$MONGO_PORT + /debug/livez" ferretdb_live
+}
+
+# =============================================================================
+# infra-up / infra-down
+# =============================================================================
+write_test_env() {
+  cat >"$STATE_DIR/test.env" <<EOF
+export TESTKIT_POSTGRES_URL=postgres://testkit:testkit@127.0.0.1:$PG_PORT/postgres
+export TESTKIT_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT/
+export TESTKIT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export TESTKIT_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
+export TESTKIT_RABBITMQ_API=http://guest:guest@127.0.0.1:$RABBIT_MGMT_PORT
+EOF
+}
+
+cmd_infra_up() {
+  cmd_install
+  start_postgres
+  start_redis
+  start_rabbitmq
+  start_ferretdb
+  write_test_env
+  say "infrastructure is up; test settings: source $STATE_DIR/test.env"
+}
+
+cmd_infra_down() {
+  say "stopping infrastructure"
+  stop_component ferretdb "$INFRA_STOP_TIMEOUT"
+  stop_rabbitmq
+  stop_component epmd "$INFRA_STOP_TIMEOUT"
+  stop_component redis "$INFRA_STOP_TIMEOUT"
+  stop_postgres
+}
+
+# =============================================================================
+# services-up / services-down
+# =============================================================================
+print_summary() {
+  local name http grpc _rest pid state
+  printf '\n%-22s %-24s %-17s %s\n' SERVICE HTTP GRPC STATE
+  while read -r name http grpc _rest; do
+    if pid=$(running_pid "$name"); then state="running (pid $pid)"; else state="stopped"; fi
+    printf '%-22s %-24s %-17s %s\n' "$name" "http://127.0.0.1:$http" "127.0.0.1:$grpc" "$state"
+  done < <(table_rows "$SERVICES_TABLE")
+  cat <<EOF
+
+INFRASTRUCTURE
+  PostgreSQL   postgres://127.0.0.1:$PG_PORT   (superuser: psql -h $PG_SOCKET_DIR -U postgres)
+  Redis        redis://127.0.0.1:$REDIS_PORT
+  RabbitMQ     amqp://127.0.0.1:$AMQP_PORT
+  RabbitMQ UI  http://127.0.0.1:$RABBIT_MGMT_PORT   (guest / guest)
+  MongoDB API  mongodb://127.0.0.1:$MONGO_PORT/   (FerretDB $FERRETDB_VERSION on SQLite)
+
+Logs:        $LOG_DIR/<name>.log
+Test env:    source $STATE_DIR/test.env
+Stop all:    make down   (or: deploy/local/stack.sh down)
+EOF
+}
+
+service_ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/readyz") == 200 ]]; }
+
+cmd_services_up() {
+  local bin_dir=${1:-$REPO_ROOT/target/debug}
+  local name http grpc rest pid rc failed=0
+  local -a missing=() env_args=() started=()
+
+  [[ -d $bin_dir ]] || die "binary directory $bin_dir does not exist; build first (cargo build --workspace)"
+  bin_dir=$(cd "$bin_dir" && pwd -P)
+  while read -r name _; do
+    [[ -x $bin_dir/$name ]] || missing+=("$name")
+  done < <(table_rows "$SERVICES_TABLE")
+  (( ${#missing[@]} == 0 )) || die "missing in $bin_dir: ${missing[*]} — build first (cargo build --workspace)"
+
+  if ! running_pid postgres >/dev/null || ! running_pid rabbitmq >/dev/null; then
+    warn "infrastructure does not seem to be running; start it with: deploy/local/stack.sh infra-up"
+  fi
+
+  say "starting services from $bin_dir"
+  while read -r name http grpc rest; do
+    if pid=$(running_pid "$name"); then note "$name: already running (pid $pid)"; continue; fi
+    clear_stale "$name"
+    ensure_ports_free "$name" "$http" "$grpc"
+    # Table columns first, then the extra KEY=VALUE words. Everything else in
+    # our environment (e.g. OTEL_EXPORTER_OTLP_ENDPOINT) is inherited; export
+    # RUST_LOG or LOG_FORMAT yourself to override those two defaults.
+    # shellcheck disable=SC2206  # intentional word splitting of the env column
+    env_args=(HTTP_ADDR="127.0.0.1:$http" GRPC_ADDR="127.0.0.1:$grpc"
+              LOG_FORMAT="${LOG_FORMAT:-json}" RUST_LOG="${RUST_LOG:-info}" $rest)
+    launch "$name" "$REPO_ROOT" env "${env_args[@]}" "$bin_dir/$name"
+    note "$name: started (pid $(<"$(pidfile "$name")"))"
+    started+=("$name")
+  done < <(table_rows "$SERVICES_TABLE")
+
+  say "waiting for /readyz (up to ${SERVICE_TIMEOUT}s each)"
+  while read -r name http _; do
+    rc=0
+    wait_until "$name" "$SERVICE_TIMEOUT" service_ready "127.0.0.1:$http" || rc=$?
+    case $rc in
+      0) note "$name: ready" ;;
+      1) failed=1; warn "$name: http://127.0.0.1:$http/readyz did not return 200 within ${SERVICE_TIMEOUT}s (still running, left as is)" ;;
+      *) failed=1; warn "$name: process exited"; forget_pid "$name" ;;
+    esac
+    if (( rc )); then
+      printf '    last lines of %s:\n' "$LOG_DIR/$name.log" >&2
+      log_tail "$name" >&2
+    fi
+  done < <(table_rows "$SERVICES_TABLE")
+
+  print_summary
+  (( failed == 0 )) || die "some services are not ready (see above)"
+}
+
+cmd_services_down() {
+  local name pid
+  local -a pids=() names=()
+  say "stopping services"
+  # Send TERM to all of them first, then wait: they shut down in parallel.
+  while read -r name; do
+    if pid=$(running_pid "$name"); then
+      note "$name: stopping pid $pid"
+      signal_tree TERM "$pid"
+      pids+=("$pid"); names+=("$name")
+    else
+      clear_stale "$name"
+    fi
+  done < <(service_names)
+  local deadline=$((SECONDS + SERVICE_STOP_TIMEOUT)) i
+  for i in "${!pids[@]}"; do
+    if ! wait_exit "${pids[i]}" $((deadline > SECONDS ? deadline - SECONDS : 0)); then
+      warn "${names[i]} (pid ${pids[i]}) did not exit within ${SERVICE_STOP_TIMEOUT}s; sending KILL"
+      signal_tree KILL "${pids[i]}"
+      wait_exit "${pids[i]}" 5 || warn "${names[i]} survived KILL?!"
+    fi
+    forget_pid "${names[i]}"
+  done
+  (( ${#pids[@]} )) || note "no services were running"
+}
+
+# =============================================================================
+# status
+# =============================================================================
+cmd_status() {
+  local c pid where name http grpc _rest
+  declare -A where=(
+    [postgres]="127.0.0.1:$PG_PORT" [redis]="127.0.0.1:$REDIS_PORT" [epmd]="127.0.0.1:$EPMD_PORT"
+    [rabbitmq]="127.0.0.1:$AMQP_PORT, http://127.0.0.1:$RABBIT_MGMT_PORT"
+    [ferretdb]="127.0.0.1:$MONGO_PORT"
+  )
+  status_line() {
+    local name=$1 addr=$2 state
+    if pid=$(running_pid "$name"); then state="running (pid $pid)"
+    elif [[ -e $(pidfile "$name") ]]; then state="stopped (stale pid file)"
+    else state="stopped"; fi
+    printf '%-22s %-26s %s\n' "$name" "$state" "$addr"
+  }
+  for c in "${INFRA[@]}"; do status_line "$c" "${where[$c]}"; done
+  while read -r name http grpc _rest; do
+    status_line "$name" "http 127.0.0.1:$http, grpc 127.0.0.1:$grpc"
+  done < <(table_rows "$SERVICES_TABLE")
+}
+
+# =============================================================================
+# main
+# =============================================================================
+usage() {
+  cat <<EOF
+Usage: deploy/local/stack.sh <command> [args]
+
+  install               install missing Debian packages and build FerretDB (idempotent)
+  infra-up              install, then start PostgreSQL, Redis, RabbitMQ, FerretDB
+                        and write .local/test.env
+  infra-down            stop the infrastructure started by infra-up
+  services-up [BIN_DIR] start the seven services (default BIN_DIR: target/debug)
+                        and wait for their /readyz
+  services-down         stop the services
+  up [BIN_DIR]          infra-up + services-up
+  down                  services-down + infra-down
+  status                one line per component
+  rabbitmqctl ARGS...   run rabbitmqctl against our node
+  psql ARGS...          psql as the postgres superuser over the unix socket
+
+Environment: STACK_INFRA_TIMEOUT (120), STACK_SERVICE_TIMEOUT (60) and
+STACK_SERVICE_STOP_TIMEOUT (30) change the waits. RUST_LOG / LOG_FORMAT
+override the services' defaults (info / json); every other exported variable
+(e.g. OTEL_EXPORTER_OTLP_ENDPOINT) is passed through to the services.
+
+State: $STATE_DIR   Logs: $LOG_DIR
+EOF
+}
+
+main() {
+  local cmd=${1:-help}
+  (( $# )) && shift
+  case $cmd in
+    help|-h|--help) usage; return 0 ;;
+    status) cmd_status; return 0 ;;
+    rabbitmqctl)
+      # (Refused while the node is down: the Erlang CLI would otherwise
+      # start a stray epmd daemon of its own.)
+      running_pid rabbitmq >/dev/null || die "rabbitmq is not running (deploy/local/stack.sh infra-up)"
+      with_rabbit_env "$RABBIT_BIN/rabbitmqctl" "$@"; return ;;
+    psql)
+      running_pid postgres >/dev/null || die "postgres is not running (deploy/local/stack.sh infra-up)"
+      exec "$PG_BIN/psql" -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres "$@" ;;
+    install|infra-up|infra-down|services-up|services-down|up|down) ;;
+    *) usage >&2; die "unknown command: $cmd" ;;
+  esac
+
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  # One stack.sh at a time per checkout: a second `up` waits for the first.
+  exec 9>"$RUN_DIR/stack.lock"
+  flock -w 600 9 || die "another stack.sh is still running (lock: $RUN_DIR/stack.lock)"
+
+  case $cmd in
+    install)       cmd_install ;;
+    infra-up)      cmd_infra_up ;;
+    infra-down)    cmd_infra_down ;;
+    services-up)   cmd_services_up "$@" ;;
+    services-down) cmd_services_down ;;
+    up)            cmd_infra_up; cmd_services_up "$@" ;;
+    down)          cmd_services_down; cmd_infra_down ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,34 @@
+//! payment-service: Payments and refunds against a simulated card provider. Owns the PostgreSQL database
+//! `payments`; serves `payment.v1.PaymentService` (Authorize, Capture, Void, Refund).
+//!
+//! The service is a library so tests boot it in-process (`shop_testkit::spawn::<PaymentService>()`);
+//! `main.rs` only hands it to the shared runtime.
+
+use axum::Router;
+use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+
+/// The payment-service service.
+#[derive(Debug)]
+pub struct PaymentService;
+
+impl Service for PaymentService {
+    type Config = ();
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "payment-service",
+            http_port: 8085,
+            grpc_port: 50055,
+            needs: Needs {
+                postgres: true,
+                amqp: true,
+                ..Needs::default()
+            },
+            migrations: None,
+        }
+    }
+
+    async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {
+        Ok(Endpoints::new(Router::new()))
+    }
+}

@@ -1,0 +1,321 @@
+//! One error type for every service, rendered as RFC 9457 `application/problem+json` over
+//! HTTP and mapped to a gRPC status over gRPC.
+//!
+//! Handlers return `Result<T, ApiError>`. The caller sees *what to fix* (which field, which
+//! rule); internals (SQL, stack traces, upstream hostnames) only reach the log, tagged with the
+//! trace id that the response carries so an operator can find them.
+
+use axum::{
+    Json,
+    extract::rejection::JsonRejection,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// The media type of RFC 9457 problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A field that failed validation and why, e.g. `{"field": "email", "message": "is not an email address"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON pointer-like path to the field (`items[0].quantity`).
+    pub field: String,
+    /// What is wrong, phrased for the caller.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of failure a caller can act on. Each has one HTTP status and one gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed (unparseable JSON, wrong content type).
+    BadRequest,
+    /// The request is well-formed but some fields break the rules.
+    Validation,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    /// The request conflicts with the current state (duplicate, wrong status).
+    Conflict,
+    TooManyRequests,
+    /// A dependency (store, broker, upstream) is unavailable; retrying later may work.
+    Unavailable,
+    /// A dependency did not answer in time.
+    Timeout,
+    /// A bug or an unexpected failure; details are logged, never returned.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            Self::BadRequest | Self::Validation => tonic::Code::InvalidArgument,
+            Self::Unauthorized => tonic::Code::Unauthenticated,
+            Self::Forbidden => tonic::Code::PermissionDenied,
+            Self::NotFound => tonic::Code::NotFound,
+            Self::Conflict => tonic::Code::FailedPrecondition,
+            Self::TooManyRequests => tonic::Code::ResourceExhausted,
+            Self::Unavailable => tonic::Code::Unavailable,
+            Self::Timeout => tonic::Code::DeadlineExceeded,
+            Self::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// A stable identifier for the problem type (the `type` member of the document).
+    /// URNs are allowed by RFC 9457 and do not pretend a documentation page exists.
+    pub fn type_uri(self) -> &'static str {
+        match self {
+            Self::BadRequest => "urn:shop:problem:bad-request",
+            Self::Validation => "urn:shop:problem:validation",
+            Self::Unauthorized => "urn:shop:problem:unauthorized",
+            Self::Forbidden => "urn:shop:problem:forbidden",
+            Self::NotFound => "urn:shop:problem:not-found",
+            Self::Conflict => "urn:shop:problem:conflict",
+            Self::TooManyRequests => "urn:shop:problem:too-many-requests",
+            Self::Unavailable => "urn:shop:problem:unavailable",
+            Self::Timeout => "urn:shop:problem:timeout",
+            Self::Internal => "urn:shop:problem:internal",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::BadRequest => "Bad request",
+            Self::Validation => "Validation failed",
+            Self::Unauthorized => "Authentication required",
+            Self::Forbidden => "Forbidden",
+            Self::NotFound => "Not found",
+            Self::Conflict => "Conflict",
+            Self::TooManyRequests => "Too many requests",
+            Self::Unavailable => "Service unavailable",
+            Self::Timeout => "Upstream timeout",
+            Self::Internal => "Internal error",
+        }
+    }
+}
+
+/// The error every handler returns.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?}: {detail}")]
+pub struct ApiError {
+    kind: ErrorKind,
+    detail: String,
+    fields: Vec<FieldError>,
+    /// Extra members of the problem document (e.g. per-check readiness results).
+    extensions: serde_json::Map<String, serde_json::Value>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            fields: Vec::new(),
+            extensions: serde_json::Map::new(),
+            source: None,
+        }
+    }
+
+    /// 422 with one entry per offending field.
+    pub fn validation(fields: Vec<FieldError>) -> Self {
+        let mut err = Self::new(ErrorKind::Validation, "One or more fields are invalid.");
+        err.fields = fields;
+        err
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, detail)
+    }
+
+    /// An unexpected failure. The cause is logged when the error is rendered; the caller
+    /// only learns that something went wrong and the trace id to quote.
+    pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let mut err = Self::new(ErrorKind::Internal, "An unexpected error occurred.");
+        err.source = Some(source.into());
+        err
+    }
+
+    /// Attaches the underlying cause for the log (never shown to the caller).
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Adds a member to the problem document.
+    pub fn with_extension(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn fields(&self) -> &[FieldError] {
+        &self.fields
+    }
+
+    /// The RFC 9457 document for this error.
+    pub fn problem(&self) -> serde_json::Value {
+        let mut doc = serde_json::Map::new();
+        doc.insert("type".into(), self.kind.type_uri().into());
+        doc.insert("title".into(), self.kind.title().into());
+        doc.insert("status".into(), self.kind.status().as_u16().into());
+        doc.insert("detail".into(), self.detail.clone().into());
+        if !self.fields.is_empty() {
+            doc.insert("errors".into(), serde_json::json!(self.fields));
+        }
+        if let Some(trace_id) = crate::telemetry::current_trace_id() {
+            doc.insert("trace_id".into(), trace_id.into());
+        }
+        for (key, value) in &self.extensions {
+            doc.insert(key.clone(), value.clone());
+        }
+        serde_json::Value::Object(doc)
+    }
+
+    fn log(&self) {
+        match (&self.kind, &self.source) {
+            (ErrorKind::Internal, source) => {
+                tracing::error!(error = ?source, detail = %self.detail, "request failed");
+            }
+            (kind, Some(source)) => tracing::warn!(?kind, error = %source, "request failed"),
+            _ => {}
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let mut response = (self.kind.status(), Json(self.problem())).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        err.log();
+        let mut message = err.detail.clone();
+        for field in &err.fields {
+            message.push_str(&format!("; {}: {}", field.field, field.message));
+        }
+        tonic::Status::new(err.kind.grpc_code(), message)
+    }
+}
+
+/// Unparseable bodies become a 400 (syntax) or 422 (wrong shape) problem naming the cause,
+/// instead of axum's plain-text rejection.
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let kind = match rejection {
+            JsonRejection::JsonDataError(_) => ErrorKind::Validation,
+            _ => ErrorKind::BadRequest,
+        };
+        Self::new(kind, rejection.body_text())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::RowNotFound => Self::not_found("The resource does not exist."),
+            sqlx::Error::PoolTimedOut => {
+                Self::unavailable("The database is busy or unreachable; retry later.")
+                    .with_source(err)
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// Fallback for unknown routes: a problem document instead of an empty 404.
+pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("No route for {}.", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn validation_errors_render_as_problem_json_with_fields() {
+        let err = ApiError::validation(vec![FieldError::new("email", "is not an email address")]);
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["status"], 422);
+        assert_eq!(doc["type"], "urn:shop:problem:validation");
+        assert_eq!(doc["errors"][0]["field"], "email");
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_cause() {
+        let err = ApiError::internal(std::io::Error::other(
+            "password=hunter2 at db.internal:5432",
+        ));
+        let response = err.into_response();
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("hunter2") && !text.contains("db.internal"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn maps_to_grpc_codes() {
+        let status: tonic::Status = ApiError::not_found("no such user").into();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        let status: tonic::Status =
+            ApiError::validation(vec![FieldError::new("id", "is not a UUID")]).into();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("id: is not a UUID"));
+    }
+}

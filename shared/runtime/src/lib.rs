@@ -1,0 +1,191 @@
+//! The shared runtime: the one way every service in this system boots and behaves.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | typed, validated configuration from environment variables |
+//! | [`telemetry`] | JSON logs with trace ids, OpenTelemetry traces, W3C propagation |
+//! | [`metrics`] | the Prometheus recorder and request metrics for HTTP and gRPC |
+//! | [`health`] | `/healthz`, `/readyz` and readiness probes |
+//! | [`error`] | [`ApiError`]: RFC 9457 problem+json over HTTP, status codes over gRPC |
+//! | [`http`], [`grpc`] | the servers and their middleware |
+//! | [`stores`] | PostgreSQL, MongoDB, Redis and RabbitMQ connections |
+//! | [`shutdown`] | SIGTERM/SIGINT handling |
+//! | [`service`] | the [`Service`] trait, [`run`] for `main` and [`start`] for tests |
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod shutdown;
+pub mod stores;
+pub mod telemetry;
+
+use std::{net::SocketAddr, time::Duration};
+
+pub use error::{ApiError, ErrorKind, FieldError};
+pub use service::{
+    Context, Endpoints, FromEnv, Needs, Running, Service, ServiceSpec, launch, load, run, start,
+};
+
+use config::{ConfigError, Env};
+use stores::{
+    SecretUrl, amqp::AmqpConfig, mongo::MongoConfig, postgres::PostgresConfig, redis::RedisConfig,
+};
+use telemetry::{LogFormat, TelemetryConfig};
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{store}: {message}")]
+    Store {
+        store: &'static str,
+        message: String,
+    },
+    #[error("the service uses {0} but its spec does not declare it")]
+    Undeclared(&'static str),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BootError {
+    pub fn store(store: &'static str, err: impl std::fmt::Display) -> Self {
+        Self::Store {
+            store,
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Settings every service shares, read from the environment.
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `HTTP_ADDR` | `0.0.0.0:<spec port>` | HTTP listen address |
+/// | `GRPC_ADDR` | `0.0.0.0:<spec port>` | gRPC listen address |
+/// | `RUST_LOG` | `info` | log filter |
+/// | `LOG_FORMAT` | `json` | `json` or `pretty` |
+/// | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP/HTTP collector; traces are exported only when set |
+/// | `OTEL_SERVICE_NAME` | the service name | service name in traces |
+/// | `SHUTDOWN_GRACE_SECONDS` | `25` | how long in-flight work may take after SIGTERM |
+/// | `STARTUP_TIMEOUT_SECONDS` | `60` | how long to wait for the database at boot |
+/// | `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` | required / `10` | PostgreSQL (services that own one) |
+/// | `MONGODB_URL`, `MONGODB_DATABASE` | required | MongoDB (services that own one) |
+/// | `REDIS_URL`, `REDIS_KEY_PREFIX` | required / `<service>:` | Redis (the gateway) |
+/// | `AMQP_URL` | required | RabbitMQ (services that publish or consume) |
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub telemetry: TelemetryConfig,
+    pub shutdown_grace: Duration,
+    pub startup_timeout: Duration,
+    pub postgres: Option<PostgresConfig>,
+    pub mongo: Option<MongoConfig>,
+    pub redis: Option<RedisConfig>,
+    pub amqp: Option<AmqpConfig>,
+}
+
+impl RuntimeConfig {
+    /// Reads the shared settings; problems are recorded in `env` (see [`Env::finish`]).
+    pub fn from_env(spec: &ServiceSpec, env: &mut Env) -> Result<Self, ConfigError> {
+        let any = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+        let http_addr = env.parse_or(
+            "HTTP_ADDR",
+            any(spec.http_port),
+            "a socket address such as 0.0.0.0:8080",
+        );
+        let grpc_addr = env.parse_or(
+            "GRPC_ADDR",
+            any(spec.grpc_port),
+            "a socket address such as 0.0.0.0:50051",
+        );
+        let log_filter = env.parse_or(
+            "RUST_LOG",
+            "info".to_owned(),
+            "a log filter such as info,sqlx=warn",
+        );
+        let log_format = env.parse_or("LOG_FORMAT", LogFormat::Json, "json or pretty");
+        let otlp_endpoint =
+            env.optional::<url::Url>("OTEL_EXPORTER_OTLP_ENDPOINT", "an http(s) URL");
+        let service_name = env.parse_or("OTEL_SERVICE_NAME", spec.name.to_owned(), "a name");
+        let shutdown_grace = env.seconds_or("SHUTDOWN_GRACE_SECONDS", Duration::from_secs(25));
+        let startup_timeout = env.seconds_or("STARTUP_TIMEOUT_SECONDS", Duration::from_secs(60));
+
+        let postgres = spec.needs.postgres.then(|| -> Result<_, ConfigError> {
+            let url = url_with_scheme(env, "DATABASE_URL", &["postgres", "postgresql"]);
+            let max_connections =
+                env.parse_or("DATABASE_MAX_CONNECTIONS", 10u32, "a positive number");
+            Ok(PostgresConfig {
+                url: url?,
+                max_connections: max_connections?,
+            })
+        });
+        let mongo = spec.needs.mongo.then(|| -> Result<_, ConfigError> {
+            let url = url_with_scheme(env, "MONGODB_URL", &["mongodb", "mongodb+srv"]);
+            let database = env.required::<String>("MONGODB_DATABASE", "a database name");
+            Ok(MongoConfig {
+                url: url?,
+                database: database?,
+            })
+        });
+        let redis = spec.needs.redis.then(|| -> Result<_, ConfigError> {
+            let url = url_with_scheme(env, "REDIS_URL", &["redis", "rediss"]);
+            let key_prefix = env.parse_or(
+                "REDIS_KEY_PREFIX",
+                format!("{}:", spec.name),
+                "a key prefix",
+            );
+            Ok(RedisConfig {
+                url: url?,
+                key_prefix: key_prefix?,
+            })
+        });
+        let amqp = spec.needs.amqp.then(|| -> Result<_, ConfigError> {
+            Ok(AmqpConfig {
+                url: url_with_scheme(env, "AMQP_URL", &["amqp", "amqps"])?,
+            })
+        });
+
+        Ok(Self {
+            http_addr: http_addr?,
+            grpc_addr: grpc_addr?,
+            telemetry: TelemetryConfig {
+                service_name: service_name?,
+                log_format: log_format?,
+                log_filter: log_filter?,
+                otlp_endpoint: otlp_endpoint?,
+            },
+            shutdown_grace: shutdown_grace?,
+            startup_timeout: startup_timeout?,
+            postgres: postgres.transpose()?,
+            mongo: mongo.transpose()?,
+            redis: redis.transpose()?,
+            amqp: amqp.transpose()?,
+        })
+    }
+}
+
+/// A required URL whose scheme must be one of `schemes`.
+fn url_with_scheme(env: &mut Env, key: &str, schemes: &[&str]) -> Result<SecretUrl, ConfigError> {
+    let expected = format!("a {}:// URL", schemes[0]);
+    let url: SecretUrl = env.required(key, &expected)?;
+    if schemes.contains(&url.url().scheme()) {
+        Ok(url)
+    } else {
+        env.invalid(
+            key,
+            format!("has scheme '{}', expected {expected}", url.url().scheme()),
+        )
+    }
+}

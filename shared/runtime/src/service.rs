@@ -1,0 +1,392 @@
+//! The service contract and the one function that boots any service.
+//!
+//! A service crate implements [`Service`]: its name and ports ([`ServiceSpec`]), its own
+//! settings ([`FromEnv`]) and a `build` function that turns a [`Context`] (connected stores,
+//! readiness, shutdown) into [`Endpoints`] (HTTP routes, gRPC services). Everything else —
+//! config loading, telemetry, servers, health, metrics, shutdown — happens here, the same way
+//! for all seven services. `main.rs` is one line: `shop_runtime::run::<MyService>()`.
+//! Tests call [`start`] instead, which boots the same code in-process on random ports.
+
+use std::{future::Future, net::SocketAddr, process::ExitCode, time::Duration};
+
+use axum::Router;
+use mongodb::Database;
+use sqlx::{PgPool, migrate::Migrator};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{server::NamedService, service::Routes};
+
+use crate::{
+    BootError, RuntimeConfig,
+    config::{ConfigError, Env},
+    grpc,
+    health::Readiness,
+    http, metrics, shutdown,
+    stores::{self, amqp::Amqp, redis::Redis},
+    telemetry,
+};
+
+/// The stores and broker a service owns; the runtime connects exactly these.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    pub postgres: bool,
+    pub mongo: bool,
+    pub redis: bool,
+    pub amqp: bool,
+}
+
+/// What the runtime needs to know about a service before it starts it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSpec {
+    /// The binary's name, used in logs, traces, metrics and connection names.
+    pub name: &'static str,
+    /// Default HTTP port (overridden by `HTTP_ADDR`).
+    pub http_port: u16,
+    /// Default gRPC port (overridden by `GRPC_ADDR`).
+    pub grpc_port: u16,
+    pub needs: Needs,
+    /// The service's PostgreSQL migrations, applied at start.
+    pub migrations: Option<&'static Migrator>,
+}
+
+/// Settings a service reads from the environment in addition to the runtime's.
+pub trait FromEnv: Sized {
+    fn from_env(env: &mut Env) -> Result<Self, ConfigError>;
+}
+
+/// A service without settings of its own.
+impl FromEnv for () {
+    fn from_env(_: &mut Env) -> Result<Self, ConfigError> {
+        Ok(())
+    }
+}
+
+/// Implemented once per service crate.
+pub trait Service: 'static {
+    type Config: FromEnv + Send + 'static;
+
+    fn spec() -> ServiceSpec;
+
+    /// Builds the service's endpoints from its connected dependencies.
+    fn build(
+        ctx: &Context,
+        config: Self::Config,
+    ) -> impl Future<Output = Result<Endpoints, BootError>> + Send;
+}
+
+/// What `build` gets: the service's connections and lifecycle handles.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub name: &'static str,
+    postgres: Option<PgPool>,
+    mongo: Option<Database>,
+    redis: Option<Redis>,
+    amqp: Option<Amqp>,
+    /// Add probes for anything else readiness depends on (e.g. a consumer being attached).
+    pub readiness: Readiness,
+    /// Cancelled when shutdown begins; background loops select on it.
+    pub shutdown: CancellationToken,
+    /// Background tasks spawned here are awaited (up to the grace period) before exit.
+    pub tasks: TaskTracker,
+}
+
+impl Context {
+    pub fn postgres(&self) -> Result<&PgPool, BootError> {
+        self.postgres
+            .as_ref()
+            .ok_or(BootError::Undeclared("postgres"))
+    }
+
+    pub fn mongo(&self) -> Result<&Database, BootError> {
+        self.mongo.as_ref().ok_or(BootError::Undeclared("mongo"))
+    }
+
+    pub fn redis(&self) -> Result<&Redis, BootError> {
+        self.redis.as_ref().ok_or(BootError::Undeclared("redis"))
+    }
+
+    pub fn amqp(&self) -> Result<&Amqp, BootError> {
+        self.amqp.as_ref().ok_or(BootError::Undeclared("amqp"))
+    }
+}
+
+/// The HTTP routes and gRPC services a service exposes.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    http: Router,
+    grpc: Routes,
+    grpc_names: Vec<&'static str>,
+    descriptor_sets: Vec<&'static [u8]>,
+}
+
+impl Endpoints {
+    pub fn new(http: Router) -> Self {
+        Self {
+            http,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a gRPC service; it is reported by the health service under its full name.
+    pub fn grpc<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<::http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.grpc = self.grpc.add_service(service);
+        self.grpc_names.push(S::NAME);
+        self
+    }
+
+    /// Registers an encoded `FileDescriptorSet` for server reflection.
+    pub fn reflect(mut self, descriptor_set: &'static [u8]) -> Self {
+        self.descriptor_sets.push(descriptor_set);
+        self
+    }
+}
+
+/// A service running in this process.
+#[derive(Debug)]
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    grace: Duration,
+    servers: tokio::task::JoinSet<Result<(), BootError>>,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Begins a graceful shutdown (what SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The token whose cancellation shuts the service down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the service has stopped: servers drained, background tasks finished.
+    /// Gives up after the grace period and reports it.
+    pub async fn stopped(mut self) -> Result<(), BootError> {
+        let drain = async {
+            let mut outcome = Ok(());
+            while let Some(joined) = self.servers.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        // One server failing takes the whole service down: no half-alive processes.
+                        self.shutdown.cancel();
+                        outcome = Err(err);
+                    }
+                    Err(join_err) => {
+                        self.shutdown.cancel();
+                        outcome = Err(BootError::Other(format!("server task failed: {join_err}")));
+                    }
+                }
+            }
+            self.tasks.close();
+            self.tasks.wait().await;
+            outcome
+        };
+        // The grace period starts when shutdown begins, not now: wait for that first.
+        let shutdown = self.shutdown.clone();
+        let grace = self.grace;
+        tokio::pin!(drain);
+        tokio::select! {
+            result = &mut drain => return result,
+            () = shutdown.cancelled() => {}
+        }
+        match tokio::time::timeout(grace, drain).await {
+            Ok(result) => result,
+            Err(_) => Err(BootError::Other(format!(
+                "did not stop within the grace period of {grace:?}"
+            ))),
+        }
+    }
+}
+
+/// Reads the runtime's and the service's configuration from `env`, reporting every problem.
+pub fn load<S: Service>(env: &mut Env) -> Result<(RuntimeConfig, S::Config), ConfigError> {
+    let runtime = RuntimeConfig::from_env(&S::spec(), env);
+    let own = S::Config::from_env(env);
+    env.finish()?;
+    Ok((runtime?, own?))
+}
+
+/// Connects the service's dependencies, builds it, and starts its HTTP and gRPC servers.
+/// Returns once both listeners are bound.
+pub async fn launch<S: Service>(
+    runtime: RuntimeConfig,
+    config: S::Config,
+    shutdown: CancellationToken,
+) -> Result<Running, BootError> {
+    let spec = S::spec();
+    let readiness = Readiness::default();
+    let tasks = TaskTracker::new();
+    let metrics = metrics::handle();
+
+    let postgres = match &runtime.postgres {
+        Some(pg) => Some(
+            stores::postgres::connect(
+                pg,
+                spec.name,
+                spec.migrations,
+                runtime.startup_timeout,
+                &readiness,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mongo = match &runtime.mongo {
+        Some(mongo) => Some(stores::mongo::connect(mongo, spec.name, &readiness).await?),
+        None => None,
+    };
+    let redis = match &runtime.redis {
+        Some(redis) => Some(stores::redis::connect(redis, &readiness)?),
+        None => None,
+    };
+    let amqp = runtime
+        .amqp
+        .as_ref()
+        .map(|amqp| stores::amqp::connect(amqp, spec.name, &readiness, shutdown.clone(), &tasks));
+
+    let ctx = Context {
+        name: spec.name,
+        postgres,
+        mongo,
+        redis,
+        amqp,
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    };
+    let endpoints = S::build(&ctx, config).await?;
+
+    let http_listener = grpc::bind(runtime.http_addr).await?;
+    let grpc_listener = grpc::bind(runtime.grpc_addr).await?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| BootError::Bind {
+            addr: runtime.http_addr,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| BootError::Bind {
+            addr: runtime.grpc_addr,
+            source,
+        })?;
+
+    // Readiness turns red the moment shutdown begins, before the listeners close, so load
+    // balancers stop routing new work here while in-flight work completes.
+    let draining = readiness.clone();
+    let drain_signal = shutdown.clone();
+    tasks.spawn(async move {
+        drain_signal.cancelled().await;
+        draining.start_draining();
+    });
+
+    let mut servers = tokio::task::JoinSet::new();
+    let app = http::router(endpoints.http, readiness.clone(), metrics);
+    let http_shutdown = shutdown.clone();
+    servers.spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+            .map_err(|err| BootError::Other(format!("HTTP server failed: {err}")))
+    });
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    tasks.spawn(grpc::mirror_readiness(
+        reporter,
+        endpoints.grpc_names.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    servers.spawn(grpc::serve(
+        grpc_listener,
+        endpoints.grpc,
+        endpoints.descriptor_sets,
+        health_service,
+        shutdown.clone(),
+    ));
+
+    tracing::info!(%http_addr, %grpc_addr, "serving");
+    Ok(Running {
+        http_addr,
+        grpc_addr,
+        shutdown,
+        grace: runtime.shutdown_grace,
+        servers,
+        tasks,
+    })
+}
+
+/// Starts `S` in this process from explicit variables, as a test would, with its own
+/// shutdown token. Telemetry is installed once per process.
+pub async fn start<S: Service>(mut env: Env) -> Result<Running, BootError> {
+    let (runtime, config) = load::<S>(&mut env)?;
+    let _ = telemetry::init(&runtime.telemetry).map(std::mem::forget);
+    launch::<S>(runtime, config, CancellationToken::new()).await
+}
+
+/// The whole life of a service process: what `main` calls.
+///
+/// Exit codes: 0 after a clean shutdown, 2 for invalid configuration, 1 for anything else.
+pub fn run<S: Service>() -> ExitCode {
+    let mut env = Env::from_process();
+    let (runtime, config) = match load::<S>(&mut env) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            // Telemetry is not up yet (its settings may be what is wrong): plain stderr.
+            eprintln!("{}: {err}", S::spec().name);
+            return ExitCode::from(2);
+        }
+    };
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(tokio) => tokio,
+        Err(err) => {
+            eprintln!("{}: cannot start the async runtime: {err}", S::spec().name);
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio.block_on(async move {
+        let _telemetry = match telemetry::init(&runtime.telemetry) {
+            Ok(guard) => guard,
+            Err(err) => {
+                eprintln!("{}: cannot initialise telemetry: {err}", S::spec().name);
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        if let Err(err) = shutdown::cancel_on_signal(shutdown.clone()) {
+            tracing::error!(error = %err, "cannot listen for SIGTERM/SIGINT");
+            return ExitCode::FAILURE;
+        }
+        let outcome = match launch::<S>(runtime, config, shutdown).await {
+            Ok(running) => running.stopped().await,
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "service failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,157 @@
+//! RabbitMQ: one long-lived AMQP connection per process, kept alive by a supervisor task.
+//!
+//! AMQP connections are expensive (a TCP connection plus a handshake) and meant to be long-lived,
+//! with cheap channels opened on them. The supervisor connects with backoff, watches the
+//! connection, and replaces it when the broker goes away; users subscribe to
+//! [`Amqp::watch`] to (re)declare their channels, consumers and publishers on each new
+//! connection. Readiness reports `amqp` down while no connection is up.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::SecretUrl;
+use crate::health::Readiness;
+
+/// Settings for the broker.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// `AMQP_URL`, e.g. `amqp://order_service:secret@rabbitmq:5672/%2f`.
+    pub url: SecretUrl,
+}
+
+/// A handle to the process's broker connection.
+#[derive(Clone)]
+pub struct Amqp {
+    current: watch::Receiver<Option<Arc<Connection>>>,
+}
+
+impl std::fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Amqp")
+            .field("connected", &self.connection().is_some())
+            .finish()
+    }
+}
+
+impl Amqp {
+    /// The live connection, if there is one right now.
+    pub fn connection(&self) -> Option<Arc<Connection>> {
+        self.current
+            .borrow()
+            .clone()
+            .filter(|conn| conn.status().connected())
+    }
+
+    /// Waits up to `timeout` for a live connection.
+    pub async fn wait_connected(&self, timeout: Duration) -> Option<Arc<Connection>> {
+        let mut rx = self.current.clone();
+        let found = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|conn| conn.as_ref().is_some_and(|c| c.status().connected())),
+        )
+        .await
+        .ok()?
+        .ok()?
+        .clone();
+        found
+    }
+
+    /// A receiver that changes every time the supervisor replaces the connection.
+    pub fn watch(&self) -> watch::Receiver<Option<Arc<Connection>>> {
+        self.current.clone()
+    }
+}
+
+/// Starts the connection supervisor and registers the `amqp` readiness probe.
+pub fn connect(
+    config: &AmqpConfig,
+    connection_name: &str,
+    readiness: &Readiness,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Amqp {
+    let (tx, rx) = watch::channel(None);
+    tasks.spawn(supervise(
+        config.url.clone(),
+        connection_name.to_owned(),
+        tx,
+        shutdown,
+    ));
+    let handle = Amqp { current: rx };
+    let probe = handle.clone();
+    readiness.add("amqp", move || {
+        let connected = probe.connection().is_some();
+        async move {
+            if connected {
+                Ok(())
+            } else {
+                Err("no broker connection".to_owned())
+            }
+        }
+    });
+    handle
+}
+
+/// How often the supervisor checks that the connection is still up. lapin notices a dead
+/// peer through heartbeats and I/O errors; this only bounds how soon we react to that.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+async fn supervise(
+    url: SecretUrl,
+    name: String,
+    tx: watch::Sender<Option<Arc<Connection>>>,
+    shutdown: CancellationToken,
+) {
+    let new_backoff = || {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = new_backoff();
+    while !shutdown.is_cancelled() {
+        let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
+        let attempt = tokio::select! {
+            result = Connection::connect(url.expose(), properties) => result,
+            () = shutdown.cancelled() => break,
+        };
+        match attempt {
+            Ok(connection) => {
+                tracing::info!(broker = %url, "connected to the broker");
+                backoff = new_backoff();
+                let connection = Arc::new(connection);
+                tx.send_replace(Some(connection.clone()));
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(WATCH_INTERVAL) => {
+                            if !connection.status().connected() {
+                                tracing::warn!("broker connection lost; reconnecting");
+                                tx.send_replace(None);
+                                break;
+                            }
+                        }
+                        () = shutdown.cancelled() => {
+                            let _ = connection.close(200, "service shutting down".into()).await;
+                            tx.send_replace(None);
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %err, ?delay, "broker not reachable, retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Structured logs and distributed traces.
+//!
+//! * Logs are JSON lines (or human-readable with `LOG_FORMAT=pretty`), one object per event,
+//!   with the `trace_id` and `span_id` of the span they happened in, so a log search for a
+//!   trace id finds every line of one request across services.
+//! * Spans are OpenTelemetry spans. They are always *created* (so every request has a trace id
+//!   to log and to return in error documents) and *exported* over OTLP/HTTP only when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! * Trace context crosses process boundaries as W3C `traceparent` headers: [`http_span`]
+//!   continues an incoming trace on HTTP and gRPC servers, [`inject_context`] adds the header to
+//!   outgoing requests and messages.
+
+use std::sync::OnceLock;
+
+use http::HeaderMap;
+use opentelemetry::{
+    global,
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, layer::SubscriberExt, registry::LookupSpan};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line: for machines (the default).
+    Json,
+    /// Coloured, multi-field lines: for a developer's terminal.
+    Pretty,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" => Ok(Self::Pretty),
+            other => Err(format!("unknown log format '{other}'")),
+        }
+    }
+}
+
+/// Telemetry settings (part of [`crate::RuntimeConfig`]).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub service_name: String,
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive such as `info,sqlx=warn` (from `RUST_LOG`).
+    pub log_filter: String,
+    /// Base URL of an OTLP/HTTP collector, e.g. `http://otel-collector:4318`.
+    pub otlp_endpoint: Option<url::Url>,
+}
+
+/// Flushes buffered spans when dropped at the end of `main`.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(err) = provider.shutdown() {
+                eprintln!("failed to flush traces: {err}");
+            }
+        }
+    }
+}
+
+static INSTALLED: OnceLock<()> = OnceLock::new();
+
+/// Installs the global subscriber, tracer provider and propagator.
+///
+/// Only the first call in a process installs anything; later calls (several services started
+/// in one test process) return an inert guard.
+pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, Box<dyn std::error::Error>> {
+    if INSTALLED.get().is_some() {
+        return Ok(TelemetryGuard { provider: None });
+    }
+    global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .build(),
+    );
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let traces_url = endpoint.join("v1/traces")?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces_url.as_str())
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    global::set_tracer_provider(provider.clone());
+    let tracer = provider.tracer("shop");
+
+    let filter = EnvFilter::try_new(&config.log_filter)?;
+    let logs = match config.log_format {
+        LogFormat::Json => json_layer(std::io::stdout, &config.service_name).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+    };
+    let subscriber = Registry::default()
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(logs.with_filter(filter));
+    tracing::subscriber::set_global_default(subscriber)?;
+    let _ = INSTALLED.set(());
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
+}
+
+/// The JSON log layer: flat event fields, the current span's fields, and the trace/span ids.
+pub fn json_layer<S, W>(writer: W, service: &str) -> json_subscriber::JsonLayer<S, W>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let mut layer = json_subscriber::JsonLayer::new(writer);
+    layer.with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime);
+    layer.with_level("level");
+    layer.with_target("target");
+    layer.with_flattened_event();
+    layer.with_top_level_flattened_span_list();
+    layer.add_static_field("service", service.into());
+    // `openTelemetry: {traceId, spanId}` on every line inside any span. Request and message
+    // spans also carry a top-level `trace_id` field (see [`http_span`]), flattened in by the
+    // span list above, for the common "grep the trace id" case.
+    layer.with_opentelemetry_ids(true);
+    layer
+}
+
+/// The trace id of the current span, if telemetry is installed and a span is active.
+pub fn current_trace_id() -> Option<String> {
+    let cx = Span::current().context();
+    let span = cx.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The span for one incoming HTTP or gRPC request, continuing the caller's trace when the
+/// request carries a `traceparent` header.
+pub fn http_span<B>(request: &http::Request<B>) -> Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| request.uri().path().to_owned());
+    let request_id = request
+        .headers()
+        .get(crate::http::REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {}", request.method(), route),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        request_id = %request_id,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = extract_context(request.headers());
+    // An invalid parent (no header) leaves the span a root of a new trace.
+    let _ = span.set_parent(parent);
+    record_trace_id(&span);
+    span
+}
+
+/// Copies the span's OpenTelemetry trace id into its `trace_id` field (which the span must
+/// declare as `tracing::field::Empty`), so every log line inside it carries the id.
+pub fn record_trace_id(span: &Span) {
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+    }
+}
+
+/// The trace context carried by these headers (or an empty context).
+pub fn extract_context(headers: &HeaderMap) -> opentelemetry::Context {
+    global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes the current span's trace context into outgoing headers (`traceparent`, `tracestate`).
+pub fn inject_context(headers: &mut HeaderMap) {
+    let cx = Span::current().context();
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&cx, &mut HeaderInjector(headers))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_logs_carry_the_trace_id_of_the_current_span() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = Registry::default()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(json_layer(move || writer.clone(), "test-service"));
+
+        let expected_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        tracing::subscriber::with_default(subscriber, || {
+            let request = http::Request::builder()
+                .uri("/things")
+                .header(
+                    "traceparent",
+                    format!("00-{expected_trace}-00f067aa0ba902b7-01"),
+                )
+                .body(())
+                .unwrap();
+            let span = http_span(&request);
+            let _entered = span.enter();
+            assert_eq!(current_trace_id().as_deref(), Some(expected_trace));
+            tracing::info!(answer = 42, "inside the request");
+        });
+
+        let output = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(output.lines().next().unwrap()).unwrap();
+        assert_eq!(line["trace_id"], expected_trace);
+        assert_eq!(line["openTelemetry"]["traceId"], expected_trace);
+        assert_eq!(line["service"], "test-service");
+        assert_eq!(line["message"], "inside the request");
+        assert_eq!(line["answer"], 42);
+        assert_eq!(line["http.route"], "/things");
+    }
+}
