@@ -36,7 +36,7 @@ infra-down: ## Stop the infrastructure
 build: ## Build the seven service binaries
 	cargo build --profile $(PROFILE) --bins
 
-test: fmt-check infra-up clippy test-rust ## fmt, clippy and every test, against the native stack
+test: fmt-check proto-check infra-up clippy test-rust ## fmt, proto lint/breaking check, clippy and every test
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -51,6 +51,10 @@ lint: fmt-check clippy ## fmt --check and clippy -D warnings
 
 test-rust: infra-up ## Every Rust test (unit, integration, contract, doc)
 	$(WITH_TEST_ENV) cargo test --workspace --locked
+
+proto-check: ## Lint .proto files and refuse breaking changes (buf against proto/baseline.binpb)
+	scripts/proto-check.sh
+	scripts/proto-check.sh selftest
 
 contracts: infra-up ## Contract tests of one service: make contracts SERVICE=order-service
 	@test -n "$(SERVICE)" || { echo "usage: make contracts SERVICE=<package>"; exit 2; }

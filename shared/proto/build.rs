@@ -4,7 +4,10 @@
 //! nobody has to install anything to build the workspace, and CI machines without
 //! `protoc` (or with a different version of it) produce byte-identical code.
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 use prost::Message;
 
@@ -28,9 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// All `.proto` files below `dir`, sorted so the generated code does not depend on directory order.
-fn proto_files(dir: &PathBuf) -> std::io::Result<Vec<PathBuf>> {
+fn proto_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
-    let mut pending = vec![dir.clone()];
+    let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         for entry in fs::read_dir(&dir)? {
             let path = entry?.path();

@@ -51,10 +51,10 @@ async fn sigterm_drains_and_exits_0() {
     let ready = format!("http://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(response) = client.get(&ready).send().await {
-            if response.status() == 200 {
-                break;
-            }
+        if let Ok(response) = client.get(&ready).send().await
+            && response.status() == 200
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -87,5 +87,5 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
-        .unwrap()
+        .expect("a free loopback port")
 }

@@ -36,6 +36,20 @@ use stores::{
 };
 use telemetry::{LogFormat, TelemetryConfig};
 
+/// Makes `ring` the process-wide TLS crypto provider, once.
+///
+/// Several crates here speak TLS through rustls (the MongoDB driver, reqwest in the OTLP
+/// exporter and the tests). When any crate in a build enables rustls without choosing a
+/// provider (Cargo unifies features across the workspace, and the Pact crates do exactly that),
+/// rustls refuses to guess and panics on first use. Installing one explicitly at start removes
+/// that trap; it is a no-op when a provider is already installed.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another thread installing one is fine: either way one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

@@ -333,6 +333,7 @@ pub async fn launch<S: Service>(
 /// Starts `S` in this process from explicit variables, as a test would, with its own
 /// shutdown token. Telemetry is installed once per process.
 pub async fn start<S: Service>(mut env: Env) -> Result<Running, BootError> {
+    crate::install_crypto_provider();
     let (runtime, config) = load::<S>(&mut env)?;
     let _ = telemetry::init(&runtime.telemetry).map(std::mem::forget);
     launch::<S>(runtime, config, CancellationToken::new()).await
@@ -342,6 +343,7 @@ pub async fn start<S: Service>(mut env: Env) -> Result<Running, BootError> {
 ///
 /// Exit codes: 0 after a clean shutdown, 2 for invalid configuration, 1 for anything else.
 pub fn run<S: Service>() -> ExitCode {
+    crate::install_crypto_provider();
     let mut env = Env::from_process();
     let (runtime, config) = match load::<S>(&mut env) {
         Ok(loaded) => loaded,

@@ -47,10 +47,10 @@ impl TestApp {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), BoxError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Ok(response) = self.get("/readyz").await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(response) = self.get("/readyz").await
+                && response.status().is_success()
+            {
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!("{} not ready within {timeout:?}", self.http_addr).into());
@@ -100,6 +100,7 @@ pub async fn spawn<S: Service>() -> Result<TestApp, BoxError> {
 pub async fn spawn_with<S: Service>(
     overrides: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
 ) -> Result<TestApp, BoxError> {
+    shop_runtime::install_crypto_provider();
     let overrides: BTreeMap<String, String> = overrides
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))

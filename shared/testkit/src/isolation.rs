@@ -129,6 +129,7 @@ struct ManagementApi {
 
 impl ManagementApi {
     fn new(url: &str) -> Result<Self, BoxError> {
+        shop_runtime::install_crypto_provider();
         let mut base = Url::parse(url)?;
         let user = base.username().to_owned();
         let password = base.password().unwrap_or_default().to_owned();

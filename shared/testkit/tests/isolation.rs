@@ -5,6 +5,8 @@
 //! back (if the harness runs them one after the other, the barrier gives up after a while and
 //! the checks still hold).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
+
 use std::time::Duration;
 
 use futures::TryStreamExt;

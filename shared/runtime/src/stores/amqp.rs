@@ -49,15 +49,13 @@ impl Amqp {
     /// Waits up to `timeout` for a live connection.
     pub async fn wait_connected(&self, timeout: Duration) -> Option<Arc<Connection>> {
         let mut rx = self.current.clone();
-        let found = tokio::time::timeout(
-            timeout,
-            rx.wait_for(|conn| conn.as_ref().is_some_and(|c| c.status().connected())),
-        )
-        .await
-        .ok()?
-        .ok()?
-        .clone();
-        found
+        let connected =
+            |conn: &Option<Arc<Connection>>| conn.as_ref().is_some_and(|c| c.status().connected());
+        tokio::time::timeout(timeout, rx.wait_for(connected))
+            .await
+            .ok()?
+            .ok()?
+            .clone()
     }
 
     /// A receiver that changes every time the supervisor replaces the connection.

@@ -1,0 +1,388 @@
+//! The consumer side: declare what you need from a provider, prove your code works with it,
+//! and the kit writes the contract.
+//!
+//! Every kind of interaction is recorded only once the consumer's own code has been run
+//! against it: HTTP interactions when the Pact mock server saw exactly the expected requests,
+//! messages and gRPC calls when the handler given with them accepted the example. A contract
+//! therefore never claims more than the consumer's tests exercised.
+
+use std::{collections::HashMap, fmt, future::Future, path::PathBuf};
+
+use bytes::Bytes;
+use pact_consumer::{
+    builders::{MessageInteractionBuilder, PactBuilder, SyncMessageInteractionBuilder},
+    mock_server::{StartMockServer, ValidatingMockServer},
+    patterns::{JsonPattern, Pattern},
+};
+use pact_models::{
+    PactSpecification,
+    bodies::OptionalBody,
+    interaction::Interaction,
+    matchingrules::{MatchingRuleCategory, MatchingRules},
+    pact::write_pact,
+    path_exp::DocPath,
+    v4::message_parts::MessageContents,
+};
+use prost_reflect::DynamicMessage;
+use serde_json::{Value, json};
+use tonic::{Code, Status};
+
+use crate::{
+    ContractError, Message,
+    grpc::{self, Descriptors, GRPC_JSON, METHOD_KEY, STATUS_KEY},
+};
+
+/// The contract one consumer has with one provider, written to
+/// `<dir>/<consumer>-<provider>.json` (by default in [`crate::contracts_dir`]).
+///
+/// Each declaration is merged into that file: interactions with the same description and
+/// provider states are replaced, others are kept, so several tests can contribute to one
+/// contract.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    consumer: String,
+    provider: String,
+    dir: PathBuf,
+    descriptors: Descriptors,
+}
+
+impl Contract {
+    pub fn new(consumer: impl Into<String>, provider: impl Into<String>) -> Self {
+        crate::prepare_process();
+        Self {
+            consumer: consumer.into(),
+            provider: provider.into(),
+            dir: crate::contracts_dir(),
+            descriptors: Descriptors::default(),
+        }
+    }
+
+    /// Writes the contract to `dir` instead of the repository's `contracts/` (tests of the kit).
+    pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = dir.into();
+        self
+    }
+
+    /// Makes the messages of another encoded `FileDescriptorSet` available to gRPC interactions.
+    pub fn with_descriptors(mut self, encoded_set: &[u8]) -> Result<Self, ContractError> {
+        self.descriptors.add(encoded_set)?;
+        Ok(self)
+    }
+
+    /// Starts a Pact mock server for the HTTP interactions `declare` adds (only HTTP ones:
+    /// `pact.interaction(...)`). Point the code under test at [`MockServer::base_url`].
+    ///
+    /// When the returned server is dropped it checks that every interaction was requested and
+    /// nothing else was, then writes the contract; otherwise the test panics with the
+    /// differences.
+    pub fn mock_server(&self, declare: impl FnOnce(&mut PactBuilder)) -> MockServer {
+        let mut pact = PactBuilder::new_v4(&self.consumer, &self.provider);
+        pact.with_output_dir(&self.dir);
+        declare(&mut pact);
+        MockServer(pact.start_mock_server(None, None))
+    }
+
+    /// Declares an asynchronous message (an event) the consumer handles, runs `handler` (the
+    /// consumer's real handling code) on the example, and records the interaction if it
+    /// succeeded.
+    ///
+    /// `declare` is Pact's message builder: `i.json_body(json_pattern!(..))`,
+    /// `i.metadata("routingKey", "order.placed")`, `i.given(..)`.
+    pub async fn message<F, Fut, E>(
+        &self,
+        description: &str,
+        declare: impl FnOnce(MessageInteractionBuilder) -> MessageInteractionBuilder,
+        handler: F,
+    ) -> Result<(), ContractError>
+    where
+        F: FnOnce(Message) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: fmt::Display,
+    {
+        let interaction = declare(MessageInteractionBuilder::new(description)).build();
+        let contents = &interaction.contents;
+        let example = Message {
+            body: contents.contents.value().unwrap_or_default(),
+            content_type: contents.message_content_type().map(|ct| ct.to_string()),
+            metadata: contents.metadata.clone().into_iter().collect(),
+        };
+        handler(example)
+            .await
+            .map_err(|err| ContractError::Handler {
+                description: description.to_owned(),
+                reason: err.to_string(),
+            })?;
+        self.record(&interaction)
+    }
+
+    /// Declares a gRPC call the consumer makes, checks request and response against the
+    /// method's protobuf types, runs `handler` (the consumer's code that builds the request or
+    /// uses the response) on the example, and records the interaction if it succeeded.
+    pub async fn grpc<F, Fut, E>(
+        &self,
+        interaction: GrpcInteraction,
+        handler: F,
+    ) -> Result<(), ContractError>
+    where
+        F: FnOnce(GrpcExample) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: fmt::Display,
+    {
+        let GrpcInteraction {
+            description,
+            method: path,
+            states,
+            request,
+            response,
+        } = interaction;
+        let invalid = |part: &'static str, reason: String| ContractError::InvalidMessage {
+            description: description.clone(),
+            part,
+            reason,
+        };
+        let method = self.descriptors.method(&path)?;
+
+        let request = match request {
+            None => return Err(invalid("request", "no request was declared".into())),
+            Some(GrpcRequest::Json(json)) => grpc::from_json(&method.input(), &json)
+                .and_then(|message| grpc::check_canonical(&json, &message).map(|()| message)),
+            Some(GrpcRequest::Encoded(bytes)) => {
+                DynamicMessage::decode(method.input(), bytes.as_slice())
+                    .map_err(|err| format!("not a valid {}: {err}", method.input().full_name()))
+            }
+        }
+        .map_err(|reason| invalid("request", reason))?;
+
+        let (response_body, response_rules, status, example_response) = match response {
+            GrpcResponse::Unset => {
+                return Err(invalid(
+                    "response",
+                    "no response or error was declared".into(),
+                ));
+            }
+            GrpcResponse::Message(pattern) => {
+                let written = pattern.to_example();
+                let example = grpc::from_json(&method.output(), &written)
+                    .and_then(|message| grpc::check_canonical(&written, &message).map(|()| message))
+                    .map_err(|reason| invalid("response", reason))?;
+                let mut rules = MatchingRuleCategory::empty("body");
+                pattern.extract_matching_rules(DocPath::root(), &mut rules);
+                (written, rules, Code::Ok, Ok(example))
+            }
+            GrpcResponse::Error(code) => {
+                let body = json!({ "code": grpc::code_name(code) });
+                (
+                    body,
+                    MatchingRuleCategory::empty("body"),
+                    code,
+                    Err(Status::new(code, "")),
+                )
+            }
+        };
+
+        let request_contents = grpc_contents(
+            &grpc::to_json(&request),
+            MatchingRuleCategory::empty("body"),
+            [(METHOD_KEY, Value::from(path.as_str()))],
+        );
+        let response_contents = grpc_contents(
+            &response_body,
+            response_rules,
+            [(STATUS_KEY, Value::from(grpc::code_name(status)))],
+        );
+        let mut builder = SyncMessageInteractionBuilder::new(&description);
+        for (name, params) in &states {
+            match params {
+                Some(params) => builder.given_with_params(name, params),
+                None => builder.given(name),
+            };
+        }
+        builder.request_contents(&request_contents);
+        builder.response_contents(&response_contents);
+        let interaction = builder.build();
+
+        let example = GrpcExample {
+            method: path,
+            request,
+            response: example_response,
+        };
+        handler(example)
+            .await
+            .map_err(|err| ContractError::Handler {
+                description: description.clone(),
+                reason: err.to_string(),
+            })?;
+        self.record(&interaction)
+    }
+
+    /// Merges one interaction into the contract file.
+    fn record(
+        &self,
+        interaction: &(dyn Interaction + Send + Sync + std::panic::RefUnwindSafe),
+    ) -> Result<(), ContractError> {
+        let mut builder = PactBuilder::new_v4(&self.consumer, &self.provider);
+        builder.push_interaction(interaction);
+        let pact = builder.build();
+        let path = self.dir.join(pact.default_file_name());
+        write_pact(pact, &path, PactSpecification::V4, false).map_err(|err| ContractError::Write {
+            path,
+            reason: err.to_string(),
+        })
+    }
+}
+
+/// The body and metadata of one side of a gRPC interaction.
+fn grpc_contents(
+    body: &Value,
+    rules: MatchingRuleCategory,
+    metadata: impl IntoIterator<Item = (&'static str, Value)>,
+) -> MessageContents {
+    let mut matching_rules = MatchingRules::default();
+    matching_rules.add_category("body").add_rules(rules);
+    let mut all_metadata: HashMap<String, Value> = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    all_metadata.insert("contentType".into(), GRPC_JSON.into());
+    MessageContents {
+        contents: OptionalBody::Present(
+            Bytes::from(body.to_string()),
+            Some(GRPC_JSON.into()),
+            None,
+        ),
+        metadata: all_metadata,
+        matching_rules,
+        ..MessageContents::default()
+    }
+}
+
+/// A gRPC call as the consumer expects it: method, request, and response or error.
+///
+/// ```
+/// use shop_contract::prelude::*;
+///
+/// GrpcInteraction::new("prices of two products", "/shop.catalog.v1.CatalogService/GetProducts")
+///     .given("products p-1 and p-2 exist")
+///     .request_json(serde_json::json!({ "ids": ["p-1", "p-2"] }))
+///     .response(json_pattern!({
+///         "products": [{ "id": "p-1", "price": { "amount": like!("1999"), "currency": "EUR" } }],
+///     }));
+/// ```
+#[derive(Debug)]
+pub struct GrpcInteraction {
+    description: String,
+    method: String,
+    states: Vec<(String, Option<Value>)>,
+    request: Option<GrpcRequest>,
+    response: GrpcResponse,
+}
+
+#[derive(Debug)]
+enum GrpcRequest {
+    Json(Value),
+    Encoded(Vec<u8>),
+}
+
+#[derive(Debug)]
+enum GrpcResponse {
+    Unset,
+    Message(JsonPattern),
+    Error(Code),
+}
+
+impl GrpcInteraction {
+    /// `method` is the gRPC path, `/<package>.<Service>/<Method>`.
+    pub fn new(description: impl Into<String>, method: impl Into<String>) -> Self {
+        Self {
+            description: description.into(),
+            method: method.into(),
+            states: Vec::new(),
+            request: None,
+            response: GrpcResponse::Unset,
+        }
+    }
+
+    /// A provider state the call needs (the provider test sets it up before the call).
+    pub fn given(mut self, state: impl Into<String>) -> Self {
+        self.states.push((state.into(), None));
+        self
+    }
+
+    /// A provider state with parameters.
+    pub fn given_with_params(mut self, state: impl Into<String>, params: Value) -> Self {
+        self.states.push((state.into(), Some(params)));
+        self
+    }
+
+    /// The request as protobuf JSON.
+    pub fn request_json(mut self, json: Value) -> Self {
+        self.request = Some(GrpcRequest::Json(json));
+        self
+    }
+
+    /// The request as the generated message the consumer's code builds (its wire bytes are
+    /// read as the method's input type).
+    pub fn request(mut self, message: &impl prost::Message) -> Self {
+        self.request = Some(GrpcRequest::Encoded(message.encode_to_vec()));
+        self
+    }
+
+    /// The successful response, as a protobuf-JSON pattern: exact values, or Pact matchers
+    /// (`like!`, `each_like!`, `term!`) where any value of that shape is fine.
+    pub fn response(mut self, pattern: impl Into<JsonPattern>) -> Self {
+        self.response = GrpcResponse::Message(pattern.into());
+        self
+    }
+
+    /// The call fails with this status code (the message text is not part of the contract).
+    pub fn error(mut self, code: Code) -> Self {
+        self.response = GrpcResponse::Error(code);
+        self
+    }
+}
+
+/// The example exchange of a gRPC interaction, handed to the consumer's code.
+#[derive(Debug)]
+pub struct GrpcExample {
+    /// The method path.
+    pub method: String,
+    /// The request, as a message of the method's input type.
+    pub request: DynamicMessage,
+    /// The response (of the output type), or the status the provider answers with.
+    pub response: Result<DynamicMessage, Status>,
+}
+
+impl GrpcExample {
+    /// The request as the generated type `T`.
+    pub fn request_as<T: prost::Message + Default>(&self) -> Result<T, ContractError> {
+        grpc::to_prost(&self.request).map_err(|reason| ContractError::InvalidMessage {
+            description: self.method.clone(),
+            part: "request",
+            reason,
+        })
+    }
+
+    /// The response as the generated type `T`, or the status of a declared error.
+    pub fn response_as<T: prost::Message + Default>(&self) -> Result<T, Status> {
+        match &self.response {
+            Ok(message) => grpc::to_prost(message).map_err(Status::internal),
+            Err(status) => Err(status.clone()),
+        }
+    }
+}
+
+/// A running Pact mock server; see [`Contract::mock_server`].
+pub struct MockServer(Box<dyn ValidatingMockServer>);
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MockServer").field(&self.base_url()).finish()
+    }
+}
+
+impl MockServer {
+    /// `http://127.0.0.1:<port>`, without a trailing slash: what a client's base URL setting wants.
+    pub fn base_url(&self) -> String {
+        self.0.url().as_str().trim_end_matches('/').to_owned()
+    }
+}

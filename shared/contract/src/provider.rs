@@ -1,0 +1,521 @@
+//! The provider side: replay every contract that names this provider against the real service.
+//!
+//! `pact_verifier` does the replaying and the comparing. What it cannot reach by itself is
+//! provided by a small HTTP server the kit runs inside the test (the *shim*):
+//!
+//! * **messages**: the verifier POSTs `{"description": ...}` to `/messages`; the shim calls
+//!   the producer registered for that description and answers with the message body, its
+//!   metadata in the `Pact-Message-Metadata` header (base64 JSON), as Pact expects.
+//! * **gRPC**: the verifier POSTs the synchronous message's request to `/grpc`; the shim
+//!   turns its protobuf JSON into protobuf, calls the provider's real tonic server over
+//!   HTTP/2 and answers with the response as protobuf JSON (or `{"code", "message"}` for an
+//!   error status), which the verifier compares with the contract.
+//!
+//! Provider states go through `pact_verifier`'s own state-change trait straight to the
+//! callback the test gives, with no HTTP round trip.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    future::Future,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    extract::State as AxumState,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{any, post},
+};
+use base64::Engine as _;
+use pact_models::provider_states::ProviderState;
+use pact_verifier::{
+    FilterInfo, NullRequestFilterExecutor, PactSource, ProviderInfo, ProviderTransport,
+    VerificationOptions, callback_executors::ProviderStateExecutor, verify_provider_async,
+};
+use serde_json::{Map, Value, json};
+use tonic::transport::Channel;
+
+use crate::{
+    ContractError, Message,
+    grpc::{self, Descriptors, GRPC_JSON, METHOD_KEY, STATUS_KEY},
+};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type StateHandler = Arc<dyn Fn(State) -> BoxFuture<Result<(), String>> + Send + Sync>;
+type MessageProducer = Arc<dyn Fn() -> BoxFuture<Result<Message, String>> + Send + Sync>;
+
+/// A provider state an interaction needs, as named by the consumer (`given(...)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub name: String,
+    pub params: Map<String, Value>,
+}
+
+/// Verification of one provider against the contracts that name it.
+///
+/// ```no_run
+/// # async fn example(app_http: std::net::SocketAddr, app_grpc: std::net::SocketAddr) {
+/// shop_contract::Provider::new("catalog")
+///     .http(app_http)
+///     .grpc(app_grpc)
+///     .state(|state| async move {
+///         // insert the rows `state.name` describes
+///         Ok::<_, String>(())
+///     })
+///     .verify()
+///     .await;
+/// # }
+/// ```
+pub struct Provider {
+    name: String,
+    dir: PathBuf,
+    http: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
+    descriptors: Descriptors,
+    states: Option<StateHandler>,
+    producers: BTreeMap<String, MessageProducer>,
+    require_pacts: bool,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .field("http", &self.http)
+            .field("grpc", &self.grpc)
+            .field("states", &self.states.is_some())
+            .field("producers", &self.producers.keys().collect::<Vec<_>>())
+            .field("require_pacts", &self.require_pacts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a verification run.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// The contract files that were verified.
+    pub pacts: Vec<PathBuf>,
+    /// True when every interaction of every contract was satisfied (or there were none).
+    pub passed: bool,
+    /// The verifier's report, followed by any problems the shim ran into.
+    pub report: String,
+}
+
+impl Provider {
+    pub fn new(name: impl Into<String>) -> Self {
+        crate::prepare_process();
+        Self {
+            name: name.into(),
+            dir: crate::contracts_dir(),
+            http: None,
+            grpc: None,
+            descriptors: Descriptors::default(),
+            states: None,
+            producers: BTreeMap::new(),
+            require_pacts: false,
+        }
+    }
+
+    /// Reads contracts from `dir` instead of the repository's `contracts/` (tests of the kit).
+    pub fn pacts_in(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = dir.into();
+        self
+    }
+
+    /// The provider's HTTP listener (on 127.0.0.1), for HTTP interactions.
+    pub fn http(mut self, addr: SocketAddr) -> Self {
+        self.http = Some(addr);
+        self
+    }
+
+    /// The provider's gRPC listener, for gRPC interactions.
+    pub fn grpc(mut self, addr: SocketAddr) -> Self {
+        self.grpc = Some(addr);
+        self
+    }
+
+    /// Makes the messages of another encoded `FileDescriptorSet` available to gRPC interactions.
+    pub fn with_descriptors(mut self, encoded_set: &[u8]) -> Result<Self, ContractError> {
+        self.descriptors.add(encoded_set)?;
+        Ok(self)
+    }
+
+    /// Sets up provider states: called before each interaction, once per state it names.
+    /// An error fails that interaction.
+    pub fn state<F, Fut, E>(mut self, handler: F) -> Self
+    where
+        F: Fn(State) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        let handler = Arc::new(handler);
+        self.states = Some(Arc::new(move |state| {
+            let future = handler(state);
+            Box::pin(async move { future.await.map_err(|err| err.to_string()) })
+        }));
+        self
+    }
+
+    /// Produces the message a contract describes as `description`, with the provider's real
+    /// producer code (the function that builds the event it publishes).
+    pub fn message<F, Fut, E>(mut self, description: impl Into<String>, producer: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Message, E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        let producer = Arc::new(producer);
+        self.producers.insert(
+            description.into(),
+            Arc::new(move || {
+                let future = producer();
+                Box::pin(async move { future.await.map_err(|err| err.to_string()) })
+            }),
+        );
+        self
+    }
+
+    /// Fails verification when no contract names this provider (by default that passes, so a
+    /// provider can have its verification test before its first consumer).
+    pub fn require_pacts(mut self) -> Self {
+        self.require_pacts = true;
+        self
+    }
+
+    /// Verifies and panics with the report when anything fails: what a test calls.
+    pub async fn verify(self) {
+        let name = self.name.clone();
+        match self.run().await {
+            Ok(verification) if verification.passed => {}
+            Ok(verification) => panic!(
+                "provider '{name}' does not honour its contracts {:?}:\n{}",
+                verification.pacts, verification.report
+            ),
+            Err(err) => panic!("cannot verify provider '{name}': {err}"),
+        }
+    }
+
+    /// Verifies every interaction of every contract naming this provider.
+    pub async fn run(self) -> Result<Verification, ContractError> {
+        let pacts = pacts_for(&self.dir, &self.name)?;
+        if pacts.is_empty() {
+            if self.require_pacts {
+                return Err(ContractError::NoPacts {
+                    provider: self.name,
+                    dir: self.dir,
+                });
+            }
+            return Ok(Verification {
+                pacts,
+                passed: true,
+                report: format!(
+                    "no contract in {} names provider '{}'",
+                    self.dir.display(),
+                    self.name
+                ),
+            });
+        }
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        if let Some(addr) = self.http.filter(|addr| addr.ip() != loopback) {
+            return Err(ContractError::Config(format!(
+                "the provider's HTTP address must be on {loopback} (the shim is), not {addr}"
+            )));
+        }
+
+        let problems = Problems::default();
+        let shim = Arc::new(Shim {
+            producers: self.producers,
+            descriptors: self.descriptors,
+            grpc: self
+                .grpc
+                .map(|addr| {
+                    Channel::from_shared(format!("http://{addr}"))
+                        .map(|endpoint| endpoint.connect_lazy())
+                })
+                .transpose()
+                .map_err(|err| ContractError::Config(err.to_string()))?,
+            problems: problems.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind((loopback, 0)).await?;
+        let shim_port = listener.local_addr()?.port();
+        let app = Router::new()
+            .route("/messages", post(produce_message))
+            .route("/grpc", post(call_grpc))
+            .route("/no-http", any(no_http))
+            .with_state(shim.clone());
+        let server = AbortOnDrop(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ));
+
+        let transport = |name: &str, port: u16, path: &str| ProviderTransport {
+            transport: name.to_owned(),
+            port: Some(port),
+            path: Some(path.to_owned()).filter(|p| !p.is_empty()),
+            scheme: Some("http".to_owned()),
+        };
+        let http = match self.http {
+            Some(addr) => transport("http", addr.port(), ""),
+            None => transport("http", shim_port, "/no-http"),
+        };
+        let provider = ProviderInfo {
+            name: self.name.clone(),
+            host: loopback.to_string(),
+            transports: vec![
+                http,
+                transport("async-message", shim_port, "/messages"),
+                transport("sync-message", shim_port, "/grpc"),
+            ],
+            ..ProviderInfo::default()
+        };
+        let options = VerificationOptions::<NullRequestFilterExecutor> {
+            coloured_output: false,
+            request_timeout: 15_000,
+            ..VerificationOptions::default()
+        };
+        let sources = pacts
+            .iter()
+            .map(|p| PactSource::File(p.display().to_string()))
+            .collect();
+        let states = Arc::new(StateExecutor {
+            handler: self.states,
+            problems: problems.clone(),
+        });
+        let result = verify_provider_async(
+            provider,
+            sources,
+            FilterInfo::None,
+            vec![],
+            &options,
+            None,
+            &states,
+            None,
+        )
+        .await
+        .map_err(|err| ContractError::Verifier(format!("{err:#}")))?;
+        drop(server);
+
+        let mut report = result.output.join("\n");
+        let problems = problems.lock().map(|p| p.clone()).unwrap_or_default();
+        if !problems.is_empty() {
+            report.push_str("\nProblems the kit ran into while answering the verifier:\n");
+            for problem in problems {
+                report.push_str(&format!("  - {problem}\n"));
+            }
+        }
+        Ok(Verification {
+            pacts,
+            passed: result.result,
+            report,
+        })
+    }
+}
+
+/// The contract files in `dir` whose provider is `provider`, sorted.
+fn pacts_for(dir: &Path, provider: &str) -> Result<Vec<PathBuf>, ContractError> {
+    let entries = std::fs::read_dir(dir).map_err(|err| {
+        ContractError::Config(format!(
+            "cannot read the contracts folder {}: {err}",
+            dir.display()
+        ))
+    })?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|ext| ext != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let pact: Value = serde_json::from_str(&text)
+            .map_err(|err| ContractError::Config(format!("{}: {err}", path.display())))?;
+        if pact["provider"]["name"] == provider {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Aborts the shim server when verification ends, however it ends.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Failures of the kit's own plumbing (state handlers, the shim). The verifier only reports
+/// "state change failed" or "status 500"; the report lists these so the cause is visible.
+type Problems = Arc<Mutex<Vec<String>>>;
+
+fn record(problems: &Problems, problem: String) -> String {
+    tracing::error!(%problem, "contract verification");
+    if let Ok(mut problems) = problems.lock() {
+        problems.push(problem.clone());
+    }
+    problem
+}
+
+/// Routes `pact_verifier`'s provider-state calls to the test's callback.
+struct StateExecutor {
+    handler: Option<StateHandler>,
+    problems: Problems,
+}
+
+impl fmt::Debug for StateExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateExecutor")
+            .field("handler", &self.handler.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl ProviderStateExecutor for StateExecutor {
+    async fn call(
+        self: Arc<Self>,
+        _interaction_id: Option<String>,
+        provider_state: &ProviderState,
+        setup: bool,
+        _client: Option<&reqwest::Client>,
+    ) -> anyhow::Result<HashMap<String, Value>> {
+        // The verifier also calls with an empty name for interactions that need no state.
+        if !setup || provider_state.name.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let Some(handler) = &self.handler else {
+            let problem = format!(
+                "the contract needs provider state '{}' but the test gave no state handler (Provider::state)",
+                provider_state.name
+            );
+            anyhow::bail!(record(&self.problems, problem));
+        };
+        let state = State {
+            name: provider_state.name.clone(),
+            params: provider_state.params.clone().into_iter().collect(),
+        };
+        if let Err(err) = handler(state).await {
+            let problem = format!("provider state '{}' failed: {err}", provider_state.name);
+            anyhow::bail!(record(&self.problems, problem));
+        }
+        Ok(HashMap::new())
+    }
+
+    fn teardown(&self) -> bool {
+        false
+    }
+}
+
+/// What the shim's handlers share.
+struct Shim {
+    producers: BTreeMap<String, MessageProducer>,
+    descriptors: Descriptors,
+    grpc: Option<Channel>,
+    problems: Problems,
+}
+
+impl Shim {
+    fn fail(&self, problem: String) -> Response {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            record(&self.problems, problem),
+        )
+            .into_response()
+    }
+}
+
+/// Answers the verifier with `body` as a message with `metadata`.
+fn message_response(content_type: &str, metadata: &Map<String, Value>, body: Vec<u8>) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode(Value::Object(metadata.clone()).to_string());
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert("pact-message-metadata", value);
+    }
+    (StatusCode::OK, headers, body).into_response()
+}
+
+async fn produce_message(
+    AxumState(shim): AxumState<Arc<Shim>>,
+    Json(request): Json<Value>,
+) -> Response {
+    let description = request["description"].as_str().unwrap_or_default();
+    let Some(producer) = shim.producers.get(description) else {
+        let known: Vec<_> = shim.producers.keys().collect();
+        return shim.fail(format!(
+            "no message producer for '{description}' (the test registered {known:?} with Provider::message)"
+        ));
+    };
+    match producer().await {
+        Ok(message) => {
+            let content_type = message
+                .content_type
+                .as_deref()
+                .unwrap_or("application/json");
+            message_response(content_type, &message.metadata, message.body.to_vec())
+        }
+        Err(err) => shim.fail(format!("the producer of '{description}' failed: {err}")),
+    }
+}
+
+async fn call_grpc(AxumState(shim): AxumState<Arc<Shim>>, Json(request): Json<Value>) -> Response {
+    let description = request["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match grpc_exchange(&shim, &request["request"]).await {
+        Ok((status, body)) => {
+            let mut metadata = Map::new();
+            metadata.insert(STATUS_KEY.into(), status.into());
+            message_response(GRPC_JSON, &metadata, body.to_string().into_bytes())
+        }
+        Err(problem) => shim.fail(format!("'{description}': {problem}")),
+    }
+}
+
+/// Replays one gRPC request on the real server: (status name, response JSON).
+async fn grpc_exchange(shim: &Shim, request: &Value) -> Result<(&'static str, Value), String> {
+    let path = request["metadata"][METHOD_KEY].as_str().ok_or_else(|| {
+        format!("the request has no '{METHOD_KEY}' metadata; is this a gRPC contract?")
+    })?;
+    let method = shim
+        .descriptors
+        .method(path)
+        .map_err(|err| err.to_string())?;
+    let content = &request["contents"]["content"];
+    // Pact stores JSON bodies as JSON, but tolerate one stored as a string.
+    let content = match content {
+        Value::String(text) => {
+            serde_json::from_str(text).map_err(|err| format!("request body: {err}"))?
+        }
+        other => other.clone(),
+    };
+    let message = grpc::from_json(&method.input(), &content)?;
+    let channel = shim.grpc.clone().ok_or(
+        "the contract has gRPC interactions but the test gave no gRPC address (Provider::grpc)",
+    )?;
+    Ok(match grpc::call(channel, &method, message).await {
+        Ok(response) => ("OK", grpc::to_json(&response)),
+        Err(status) => {
+            let code = grpc::code_name(status.code());
+            (code, json!({ "code": code, "message": status.message() }))
+        }
+    })
+}
+
+async fn no_http() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the contract has HTTP interactions but the test gave no HTTP address (Provider::http)",
+    )
+        .into_response()
+}
