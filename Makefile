@@ -50,7 +50,7 @@ clippy:
 lint: fmt-check clippy ## fmt --check and clippy -D warnings
 
 test-rust: infra-up ## Every Rust test (unit, integration, contract, doc)
-	$(WITH_TEST_ENV) cargo test --workspace --locked
+	$(WITH_TEST_ENV) cargo test --workspace --locked --no-fail-fast
 
 proto-check: ## Lint .proto files and refuse breaking changes (buf against proto/baseline.binpb)
 	scripts/proto-check.sh

@@ -5,7 +5,7 @@
 //! `main.rs` only hands it to the shared runtime.
 
 use axum::Router;
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 
 /// The catalog-service service.
 #[derive(Debug)]
@@ -15,17 +15,9 @@ impl Service for CatalogService {
     type Config = ();
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "catalog-service",
-            http_port: 8082,
-            grpc_port: 50052,
-            needs: Needs {
-                mongo: true,
-                amqp: true,
-                ..Needs::default()
-            },
-            migrations: None,
-        }
+        ServiceSpec::new("catalog-service", 8082, 50052)
+            .mongo()
+            .amqp()
     }
 
     async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {

@@ -6,7 +6,7 @@
 //! `main.rs` only hands it to the shared runtime.
 
 use axum::Router;
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 
 /// The gateway service.
 #[derive(Debug)]
@@ -16,17 +16,7 @@ impl Service for Gateway {
     type Config = ();
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "gateway",
-            http_port: 8080,
-            grpc_port: 50050,
-            needs: Needs {
-                redis: true,
-                amqp: true,
-                ..Needs::default()
-            },
-            migrations: None,
-        }
+        ServiceSpec::new("gateway", 8080, 50050).redis().amqp()
     }
 
     async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {

@@ -5,7 +5,7 @@
 //! `main.rs` only hands it to the shared runtime.
 
 use axum::Router;
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 
 /// The inventory-service service.
 #[derive(Debug)]
@@ -15,17 +15,9 @@ impl Service for InventoryService {
     type Config = ();
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "inventory-service",
-            http_port: 8083,
-            grpc_port: 50053,
-            needs: Needs {
-                postgres: true,
-                amqp: true,
-                ..Needs::default()
-            },
-            migrations: None,
-        }
+        ServiceSpec::new("inventory-service", 8083, 50053)
+            .postgres_without_migrations()
+            .amqp()
     }
 
     async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {

@@ -5,7 +5,7 @@
 //! `main.rs` only hands it to the shared runtime.
 
 use axum::Router;
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 
 /// The notification-service service.
 #[derive(Debug)]
@@ -15,17 +15,9 @@ impl Service for NotificationService {
     type Config = ();
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "notification-service",
-            http_port: 8086,
-            grpc_port: 50056,
-            needs: Needs {
-                mongo: true,
-                amqp: true,
-                ..Needs::default()
-            },
-            migrations: None,
-        }
+        ServiceSpec::new("notification-service", 8086, 50056)
+            .mongo()
+            .amqp()
     }
 
     async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {

@@ -5,7 +5,7 @@
 //! `main.rs` only hands it to the shared runtime.
 
 use axum::Router;
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 
 /// The order-service service.
 #[derive(Debug)]
@@ -15,17 +15,9 @@ impl Service for OrderService {
     type Config = ();
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "order-service",
-            http_port: 8084,
-            grpc_port: 50054,
-            needs: Needs {
-                postgres: true,
-                amqp: true,
-                ..Needs::default()
-            },
-            migrations: None,
-        }
+        ServiceSpec::new("order-service", 8084, 50054)
+            .postgres_without_migrations()
+            .amqp()
     }
 
     async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {

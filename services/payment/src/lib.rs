@@ -5,7 +5,7 @@
 //! `main.rs` only hands it to the shared runtime.
 
 use axum::Router;
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 
 /// The payment-service service.
 #[derive(Debug)]
@@ -15,17 +15,9 @@ impl Service for PaymentService {
     type Config = ();
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "payment-service",
-            http_port: 8085,
-            grpc_port: 50055,
-            needs: Needs {
-                postgres: true,
-                amqp: true,
-                ..Needs::default()
-            },
-            migrations: None,
-        }
+        ServiceSpec::new("payment-service", 8085, 50055)
+            .postgres_without_migrations()
+            .amqp()
     }
 
     async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {

@@ -48,6 +48,56 @@ pub struct ServiceSpec {
     pub migrations: Option<&'static Migrator>,
 }
 
+impl ServiceSpec {
+    /// A service owning nothing yet; add its stores with the methods below, e.g.
+    /// `ServiceSpec::new("order-service", 8084, 50054).postgres(&MIGRATIONS).amqp()`.
+    pub const fn new(name: &'static str, http_port: u16, grpc_port: u16) -> Self {
+        Self {
+            name,
+            http_port,
+            grpc_port,
+            needs: Needs {
+                postgres: false,
+                mongo: false,
+                redis: false,
+                amqp: false,
+            },
+            migrations: None,
+        }
+    }
+
+    /// Owns a PostgreSQL database, with these migrations applied at start.
+    pub const fn postgres(mut self, migrations: &'static Migrator) -> Self {
+        self.needs.postgres = true;
+        self.migrations = Some(migrations);
+        self
+    }
+
+    /// Owns a PostgreSQL database whose schema it does not manage with migrations (yet).
+    pub const fn postgres_without_migrations(mut self) -> Self {
+        self.needs.postgres = true;
+        self
+    }
+
+    /// Owns a MongoDB database.
+    pub const fn mongo(mut self) -> Self {
+        self.needs.mongo = true;
+        self
+    }
+
+    /// Uses Redis.
+    pub const fn redis(mut self) -> Self {
+        self.needs.redis = true;
+        self
+    }
+
+    /// Publishes or consumes events on RabbitMQ.
+    pub const fn amqp(mut self) -> Self {
+        self.needs.amqp = true;
+        self
+    }
+}
+
 /// Settings a service reads from the environment in addition to the runtime's.
 pub trait FromEnv: Sized {
     fn from_env(env: &mut Env) -> Result<Self, ConfigError>;

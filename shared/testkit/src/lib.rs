@@ -15,6 +15,7 @@ pub mod app;
 pub mod infra;
 pub mod isolation;
 pub mod ops;
+pub mod process;
 pub mod proxy;
 
 pub use app::{TestApp, spawn, spawn_with};

@@ -72,6 +72,14 @@ pub async fn assert_operational(app: &TestApp, expected_probes: &[&str]) -> Resu
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    let metrics = app.get("/metrics").await?.text().await?;
+    assert!(
+        metrics.contains(
+            r#"grpc_server_requests_total{method="/grpc.health.v1.Health/Check",code="0"}"#
+        ),
+        "gRPC metrics are exported:\n{metrics}"
+    );
+
     let services = reflected_services(app).await?;
     assert!(
         services.iter().any(|name| name == "grpc.health.v1.Health"),
