@@ -98,6 +98,10 @@ pub fn connect(
 /// peer through heartbeats and I/O errors; this only bounds how soon we react to that.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long, at shutdown, the connection stays open for users still holding it (below the
+/// default `SHUTDOWN_GRACE_SECONDS` of 25, so the close still happens within the grace period).
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
 async fn supervise(
     url: SecretUrl,
     name: String,
@@ -135,8 +139,19 @@ async fn supervise(
                             }
                         }
                         () = shutdown.cancelled() => {
-                            let _ = connection.close(200, "service shutting down".into()).await;
+                            // Hand the connection out no more, but close it only once its users
+                            // let go: a consumer finishing (and acknowledging) its current
+                            // message, or a relay waiting for the confirms of its batch, holds
+                            // its `Arc` until done. Closing under them would turn a graceful
+                            // shutdown into redeliveries.
                             tx.send_replace(None);
+                            let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+                                while Arc::strong_count(&connection) > 1 {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
+                            })
+                            .await;
+                            let _ = connection.close(200, "service shutting down".into()).await;
                             return;
                         }
                     }

@@ -1,0 +1,38 @@
+//! Transactional outboxes: an event is stored by the same atomic write as the state change
+//! that it announces, and a relay publishes it afterwards.
+//!
+//! Publishing straight to the broker from a request handler loses events (the broker is down,
+//! the process dies between commit and publish) or invents them (the publish succeeds, the
+//! commit fails). Writing the event next to the state change and relaying it with publisher
+//! confirms turns both into "published at least once, eventually".
+//!
+//! * [`postgres`]: a table written in the caller's transaction; several relays share it.
+//! * [`mongo`]: pending events inside the changed document itself, because a standalone
+//!   MongoDB-compatible server (FerretDB) has no multi-document transactions.
+
+pub mod mongo;
+pub mod postgres;
+
+use std::time::Duration;
+
+/// How the relay paces itself.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows (PostgreSQL) or documents (MongoDB) taken per round.
+    pub batch_size: i64,
+    /// How often to look for pending events: the fallback for PostgreSQL, which is woken by
+    /// notifications; the only trigger for MongoDB (use ~1 s there).
+    pub poll_interval: Duration,
+    /// The longest wait between attempts while the broker or the database is down.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            poll_interval: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
