@@ -20,7 +20,10 @@ async fn collect(State(exports): State<Exports>, headers: HeaderMap, body: Bytes
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    exports.lock().unwrap().push((content_type, body.to_vec()));
+    exports
+        .lock()
+        .expect("collector state")
+        .push((content_type, body.to_vec()));
 }
 
 #[tokio::test]
@@ -86,6 +89,6 @@ async fn spans_are_exported_over_otlp_and_continue_the_callers_trace() {
 fn hex_to_bytes(hex: &str) -> Vec<u8> {
     (0..hex.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digits"))
         .collect()
 }

@@ -119,33 +119,39 @@ impl ErrorKind {
 }
 
 /// The error every handler returns.
+///
+/// The contents are boxed so that `Result<T, ApiError>` stays one pointer wide on the error
+/// side: errors are the rare path, and a large `Err` variant would make every `Result` in every
+/// handler bigger (clippy's `result_large_err`).
 #[derive(Debug, thiserror::Error)]
-#[error("{kind:?}: {detail}")]
-pub struct ApiError {
+#[error("{:?}: {}", .0.kind, .0.detail)]
+pub struct ApiError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     kind: ErrorKind,
     detail: String,
     fields: Vec<FieldError>,
     /// Extra members of the problem document (e.g. per-check readiness results).
     extensions: serde_json::Map<String, serde_json::Value>,
-    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ApiError {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Inner {
             kind,
             detail: detail.into(),
             fields: Vec::new(),
             extensions: serde_json::Map::new(),
             source: None,
-        }
+        }))
     }
 
     /// 422 with one entry per offending field.
     pub fn validation(fields: Vec<FieldError>) -> Self {
         let mut err = Self::new(ErrorKind::Validation, "One or more fields are invalid.");
-        err.fields = fields;
+        err.0.fields = fields;
         err
     }
 
@@ -165,7 +171,7 @@ impl ApiError {
     /// only learns that something went wrong and the trace id to quote.
     pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         let mut err = Self::new(ErrorKind::Internal, "An unexpected error occurred.");
-        err.source = Some(source.into());
+        err.0.source = Some(source.into());
         err
     }
 
@@ -174,47 +180,47 @@ impl ApiError {
         mut self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        self.source = Some(source.into());
+        self.0.source = Some(source.into());
         self
     }
 
     /// Adds a member to the problem document.
     pub fn with_extension(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.extensions.insert(key.to_owned(), value);
+        self.0.extensions.insert(key.to_owned(), value);
         self
     }
 
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     pub fn fields(&self) -> &[FieldError] {
-        &self.fields
+        &self.0.fields
     }
 
     /// The RFC 9457 document for this error.
     pub fn problem(&self) -> serde_json::Value {
         let mut doc = serde_json::Map::new();
-        doc.insert("type".into(), self.kind.type_uri().into());
-        doc.insert("title".into(), self.kind.title().into());
-        doc.insert("status".into(), self.kind.status().as_u16().into());
-        doc.insert("detail".into(), self.detail.clone().into());
-        if !self.fields.is_empty() {
-            doc.insert("errors".into(), serde_json::json!(self.fields));
+        doc.insert("type".into(), self.0.kind.type_uri().into());
+        doc.insert("title".into(), self.0.kind.title().into());
+        doc.insert("status".into(), self.0.kind.status().as_u16().into());
+        doc.insert("detail".into(), self.0.detail.clone().into());
+        if !self.0.fields.is_empty() {
+            doc.insert("errors".into(), serde_json::json!(self.0.fields));
         }
         if let Some(trace_id) = crate::telemetry::current_trace_id() {
             doc.insert("trace_id".into(), trace_id.into());
         }
-        for (key, value) in &self.extensions {
+        for (key, value) in &self.0.extensions {
             doc.insert(key.clone(), value.clone());
         }
         serde_json::Value::Object(doc)
     }
 
     fn log(&self) {
-        match (&self.kind, &self.source) {
+        match (&self.0.kind, &self.0.source) {
             (ErrorKind::Internal, source) => {
-                tracing::error!(error = ?source, detail = %self.detail, "request failed");
+                tracing::error!(error = ?source, detail = %self.0.detail, "request failed");
             }
             (kind, Some(source)) => tracing::warn!(?kind, error = %source, "request failed"),
             _ => {}
@@ -225,7 +231,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
-        let mut response = (self.kind.status(), Json(self.problem())).into_response();
+        let mut response = (self.0.kind.status(), Json(self.problem())).into_response();
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
@@ -236,11 +242,11 @@ impl IntoResponse for ApiError {
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> Self {
         err.log();
-        let mut message = err.detail.clone();
-        for field in &err.fields {
+        let mut message = err.0.detail.clone();
+        for field in &err.0.fields {
             message.push_str(&format!("; {}: {}", field.field, field.message));
         }
-        tonic::Status::new(err.kind.grpc_code(), message)
+        tonic::Status::new(err.0.kind.grpc_code(), message)
     }
 }
 

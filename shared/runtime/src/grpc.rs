@@ -8,7 +8,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{service::Routes, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::{BootError, health::Readiness, metrics::GrpcMetricsLayer, telemetry};
 
@@ -43,7 +43,14 @@ pub async fn serve(
         .add_service(reflection_v1alpha);
 
     Server::builder()
-        .layer(TraceLayer::new_for_grpc().make_span_with(telemetry::http_span))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(telemetry::http_span)
+                // A non-OK status is usually the caller's problem (NOT_FOUND, UNAUTHENTICATED);
+                // real faults are logged where they happen (`ApiError::internal`), so the
+                // transport layer only notes failures at debug level.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(GrpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())

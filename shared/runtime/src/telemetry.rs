@@ -98,7 +98,12 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, Box<dyn std::err
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("shop");
 
-    let filter = EnvFilter::try_new(&config.log_filter)?;
+    let filter = EnvFilter::try_new(&config.log_filter)?
+        // lapin logs every message the broker returns (unroutable events) at WARN *with its
+        // body*, which would put personal data from event payloads into the logs. The
+        // messaging crate counts returned messages itself, so this target stays silent
+        // whatever RUST_LOG says.
+        .add_directive("lapin::returned_messages=off".parse()?);
     let logs = match config.log_format {
         LogFormat::Json => json_layer(std::io::stdout, &config.service_name).boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
