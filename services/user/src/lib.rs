@@ -1,18 +1,55 @@
-//! user-service: Accounts, credentials and tokens. Owns the PostgreSQL database `users`; publishes
-//! `UserRegistered`; serves `user.v1.UserService/GetUser` to internal callers.
+//! user-service: accounts, credentials and tokens. Owns the PostgreSQL database `users`;
+//! publishes `UserRegistered`; serves `shop.user.v1.UserService/GetUser` to internal callers.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | its settings (token lifetimes, keys, the seeded admin) |
+//! | [`validate`] | email normalisation and the password policy |
+//! | [`passwords`] | Argon2id, off the async runtime |
+//! | [`keys`] | Ed25519 signing keys, the JWKS, rotation |
+//! | [`tokens`] | access tokens and rotating refresh tokens |
+//! | [`events`] | `UserRegistered`, written to the outbox with the account |
+//! | [`api`] | the HTTP API (`/api/v1/auth/*`, `/api/v1/users/me`, `/.well-known/jwks.json`) |
+//! | [`grpc`] | `GetUser`, for service callers only |
+//! | [`clients`] | service credentials → service tokens (`POST /internal/v1/service-token`) |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<UserService>()`);
 //! `main.rs` only hands it to the shared runtime.
 
-use axum::Router;
+pub mod api;
+pub mod clients;
+pub mod config;
+pub mod events;
+pub mod grpc;
+pub mod keys;
+pub mod passwords;
+pub mod tokens;
+pub mod validate;
+
+use std::sync::Arc;
+
+use shop_auth::{Verifier, VerifierConfig, grpc::RequireService};
+use shop_messaging::outbox::{RelayConfig, postgres::Relay};
+use shop_proto::user::v1::user_service_server::UserServiceServer;
 use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use sqlx::{PgPool, migrate::Migrator};
+
+use crate::{
+    api::AppState,
+    config::{AdminSeed, DEV_ADMIN_PASSWORD, UserConfig},
+    keys::KeyRing,
+    passwords::Passwords,
+    tokens::Tokens,
+};
+
+static MIGRATIONS: Migrator = sqlx::migrate!();
 
 /// The user-service service.
 #[derive(Debug)]
 pub struct UserService;
 
 impl Service for UserService {
-    type Config = ();
+    type Config = UserConfig;
 
     fn spec() -> ServiceSpec {
         ServiceSpec {
@@ -24,11 +61,94 @@ impl Service for UserService {
                 amqp: true,
                 ..Needs::default()
             },
-            migrations: None,
+            migrations: Some(&MIGRATIONS),
         }
     }
 
-    async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {
-        Ok(Endpoints::new(Router::new()))
+    async fn build(ctx: &Context, config: UserConfig) -> Result<Endpoints, BootError> {
+        let pool = ctx.postgres()?.clone();
+        let keys = Arc::new(
+            KeyRing::load(config.signing_key, config.previous_key, &pool)
+                .await
+                .map_err(|err| BootError::store("postgres", err))?,
+        );
+        let passwords = Passwords::new()
+            .await
+            .map_err(|err| BootError::Other(err.to_string()))?;
+        seed_admin(&pool, &passwords, &config.admin).await?;
+        // Creates the outbox tables (before the first request can write to them) and publishes
+        // what registrations write there.
+        Relay::spawn(ctx, RelayConfig::default()).await?;
+
+        // This service verifies its own tokens exactly as every other service does, only with
+        // the key set read from memory instead of fetched from /.well-known/jwks.json.
+        let verifier = Verifier::new(
+            &VerifierConfig::new(&config.issuer, &config.audience),
+            (*keys).clone(),
+        );
+        let tokens = Arc::new(Tokens {
+            keys,
+            issuer: config.issuer,
+            audience: config.audience,
+            access_ttl: config.access_ttl,
+            refresh_ttl: config.refresh_ttl,
+        });
+        ctx.tasks.spawn(tokens::purge_expired_periodically(
+            pool.clone(),
+            ctx.shutdown.clone(),
+        ));
+        let grpc = RequireService::new(
+            UserServiceServer::new(grpc::UserApi { pool: pool.clone() }),
+            verifier.clone(),
+        );
+        let router = api::router(AppState {
+            pool,
+            tokens,
+            passwords,
+            verifier,
+            clients: config.clients,
+        });
+        Ok(Endpoints::new(router)
+            .grpc(grpc)
+            .reflect(shop_proto::FILE_DESCRIPTOR_SET))
     }
+}
+
+/// Creates the administrator account when no account has its email yet. An existing account
+/// is left as it is (its password is not reset to the configured one at every start).
+async fn seed_admin(
+    pool: &PgPool,
+    passwords: &Passwords,
+    admin: &AdminSeed,
+) -> Result<(), BootError> {
+    let store = |err: sqlx::Error| BootError::store("postgres", err);
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)")
+        .bind(&admin.email)
+        .fetch_one(pool)
+        .await
+        .map_err(store)?;
+    if exists {
+        return Ok(());
+    }
+    if admin.password == DEV_ADMIN_PASSWORD {
+        tracing::warn!(email = %admin.email, "seeding the administrator with the development password; set ADMIN_PASSWORD");
+    }
+    let hash = passwords
+        .hash(admin.password.clone())
+        .await
+        .map_err(|err| BootError::Other(err.to_string()))?;
+    // Instances starting together race here; the unique email makes all but one a no-op.
+    sqlx::query(
+        "INSERT INTO users (id, email, name, password_hash, roles)
+         VALUES ($1, $2, 'Administrator', $3, ARRAY['customer', 'admin'])
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(&admin.email)
+    .bind(hash)
+    .execute(pool)
+    .await
+    .map_err(store)?;
+    tracing::info!(email = %admin.email, "administrator account created");
+    Ok(())
 }

@@ -1,0 +1,234 @@
+//! Access tokens (JWTs, short-lived, verified anywhere) and refresh tokens (opaque, long-lived,
+//! only ever checked here).
+//!
+//! A refresh token is 256 random bits; the database keeps only its SHA-256. A fast hash is
+//! enough (unlike for passwords): there is nothing to guess in 256 random bits, and the lookup
+//! needs the same hash every time. Every use rotates it: the presented token is marked used and
+//! a successor in the same *family* is issued. A token presented a second time means two
+//! parties hold it — the user and a thief — and we cannot tell which is which, so the whole
+//! family is revoked and both must sign in again (OAuth 2.0 Security BCP, RFC 9700 §4.14).
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+use shop_auth::Claims;
+use shop_runtime::{ApiError, ErrorKind};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::keys::KeyRing;
+
+/// The body of a successful login or refresh.
+#[derive(Debug, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// Issues and rotates tokens.
+#[derive(Debug)]
+pub struct Tokens {
+    pub keys: Arc<KeyRing>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl Tokens {
+    /// A signed access token for `subject` with `roles`.
+    pub fn access_token(&self, subject: String, roles: Vec<String>) -> Result<String, ApiError> {
+        let now = unix_now();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: subject,
+            roles,
+            iat: now,
+            nbf: Some(now),
+            exp: now + self.access_ttl.as_secs(),
+            jti: Uuid::new_v4().to_string(),
+        };
+        self.keys
+            .current()
+            .sign(&claims)
+            .map_err(ApiError::internal)
+    }
+
+    /// Tokens for a fresh sign-in: a new refresh-token family.
+    pub async fn sign_in(
+        &self,
+        pool: &PgPool,
+        user_id: Uuid,
+        roles: Vec<String>,
+    ) -> Result<TokenPair, ApiError> {
+        let mut tx = pool.begin().await?;
+        let pair = self.issue(&mut tx, user_id, Uuid::new_v4(), roles).await?;
+        tx.commit().await?;
+        Ok(pair)
+    }
+
+    /// Exchanges a refresh token for a new pair, rotating it.
+    ///
+    /// Of two concurrent refreshes with the same token exactly one wins: the conditional
+    /// `UPDATE ... WHERE used_at IS NULL` locks the row, the second waits for the first to
+    /// commit, re-checks the condition, finds the token used — and is treated as a reuse.
+    pub async fn refresh(&self, pool: &PgPool, presented: &str) -> Result<TokenPair, ApiError> {
+        let hash = token_hash(presented);
+        let mut tx = pool.begin().await?;
+        let rotated: Option<(Uuid, Uuid)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET used_at = now()
+             WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()
+             RETURNING family_id, user_id",
+        )
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        if let Some((family_id, user_id)) = rotated {
+            let roles: Vec<String> = sqlx::query_scalar("SELECT roles FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let pair = self.issue(&mut tx, user_id, family_id, roles).await?;
+            tx.commit().await?;
+            metrics::counter!("user_token_refreshes_total", "outcome" => "rotated").increment(1);
+            return Ok(pair);
+        }
+
+        let reused: Option<Uuid> = sqlx::query_scalar(
+            "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL",
+        )
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(family_id) = reused {
+            let revoked = revoke_family(&mut tx, family_id).await?;
+            tx.commit().await?;
+            tracing::warn!(%family_id, revoked, "a rotated refresh token was presented again; family revoked");
+            metrics::counter!("user_token_refreshes_total", "outcome" => "reuse_detected")
+                .increment(1);
+        } else {
+            metrics::counter!("user_token_refreshes_total", "outcome" => "refused").increment(1);
+        }
+        Err(invalid_refresh_token())
+    }
+
+    /// Revokes the family of `presented` (logout). Unknown tokens are ignored: logout is
+    /// idempotent and says nothing about which tokens exist.
+    pub async fn sign_out(&self, pool: &PgPool, presented: &str) -> Result<(), ApiError> {
+        let mut tx = pool.begin().await?;
+        let family: Option<Uuid> =
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(token_hash(presented))
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(family_id) = family {
+            revoke_family(&mut tx, family_id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn issue(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        user_id: Uuid,
+        family_id: Uuid,
+        roles: Vec<String>,
+    ) -> Result<TokenPair, ApiError> {
+        let refresh_token = new_refresh_token()?;
+        let refresh_ttl = i64::try_from(self.refresh_ttl.as_secs()).map_err(ApiError::internal)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
+             VALUES ($1, $2, $3, now() + $4 * interval '1 second')",
+        )
+        .bind(token_hash(&refresh_token))
+        .bind(family_id)
+        .bind(user_id)
+        .bind(refresh_ttl)
+        .execute(&mut **tx)
+        .await?;
+        Ok(TokenPair {
+            access_token: self.access_token(user_id.to_string(), roles)?,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in: self.access_ttl.as_secs(),
+        })
+    }
+}
+
+/// Deletes expired refresh tokens, now and then every hour until shutdown. They are refused
+/// anyway; keeping them would only grow the table and the indexes every refresh uses. Every
+/// instance runs this; the deletes are idempotent.
+pub async fn purge_expired_periodically(pool: PgPool, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match purge_expired(&pool).await {
+            Ok(deleted) => tracing::debug!(deleted, "expired refresh tokens purged"),
+            Err(err) => tracing::warn!(error = %err, "cannot purge expired refresh tokens"),
+        }
+    }
+}
+
+/// Deletes the refresh tokens that have expired; returns how many.
+pub async fn purge_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < now()")
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+}
+
+async fn revoke_family(
+    tx: &mut Transaction<'_, Postgres>,
+    family_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await
+    .map(|done| done.rows_affected())
+}
+
+/// One answer for unknown, expired, revoked and reused refresh tokens.
+pub fn invalid_refresh_token() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unauthorized,
+        "The refresh token is not valid; sign in again.",
+    )
+}
+
+fn new_refresh_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ApiError::internal(std::io::Error::other("the system RNG failed")))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}

@@ -1,0 +1,208 @@
+//! Public keys: where they come from ([`JwksSource`]) and how they are cached ([`KeyCache`]).
+//!
+//! Verifying a token must not cost a call to user-service: that would put user-service on the
+//! path of every request in the system and make it the bottleneck and the single point of
+//! failure. So the key set is fetched once and kept. Two events make it stale:
+//!
+//! * **rotation**: a token arrives with a `kid` we do not have. We refresh — but at most once
+//!   per `min_refresh_interval`, and only one refresh at a time, so garbage `kid`s sent by an
+//!   attacker cost one fetch per interval, not one per request;
+//! * **retirement**: a key removed from the set (rotated out twice, or withdrawn after a leak)
+//!   must stop verifying. The set is therefore also refreshed when older than `max_age`.
+//!
+//! When a refresh fails the keys we have are kept: a user-service outage does not log
+//! everyone out, it only delays the next rotation until it is back.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use jsonwebtoken::{
+    Algorithm, DecodingKey,
+    jwk::{JwkSet, KeyAlgorithm, PublicKeyUse},
+};
+
+use crate::verify::ALLOWED_ALGORITHMS;
+
+/// Where a [`KeyCache`] gets the current key set.
+pub trait JwksSource: Send + Sync + 'static {
+    /// Fetches the whole key set; the error is for the log.
+    fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, String>>;
+}
+
+/// A JWKS served over HTTP, normally user-service's `/.well-known/jwks.json`.
+#[derive(Debug, Clone)]
+pub struct HttpJwks {
+    url: url::Url,
+    client: reqwest::Client,
+}
+
+impl HttpJwks {
+    /// A source for `url`. Each fetch has a 5 s timeout: a verifier waiting for it holds a
+    /// request, and keys already cached keep working meanwhile.
+    pub fn new(url: url::Url) -> Result<Self, reqwest::Error> {
+        // See `install_crypto_provider`: a reqwest client panics without one in some builds.
+        shop_runtime::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self { url, client })
+    }
+}
+
+impl JwksSource for HttpJwks {
+    fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, String>> {
+        Box::pin(async move {
+            let response = self
+                .client
+                .get(self.url.clone())
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|err| format!("GET {}: {err}", self.url))?;
+            response
+                .json::<JwkSet>()
+                .await
+                .map_err(|err| format!("GET {}: not a JWKS: {err}", self.url))
+        })
+    }
+}
+
+/// A key usable for verification: its algorithm is fixed by the key set, never by the token.
+#[derive(Clone)]
+pub(crate) struct VerifyingKey {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) key: DecodingKey,
+}
+
+#[derive(Default)]
+struct Refresh {
+    last_attempt: Option<Instant>,
+    fetched_at: Option<Instant>,
+}
+
+/// The cached key set of one issuer.
+pub(crate) struct KeyCache {
+    source: Box<dyn JwksSource>,
+    keys: RwLock<Arc<HashMap<String, VerifyingKey>>>,
+    /// Held while fetching, so concurrent misses wait for one fetch instead of each starting one.
+    refresh: tokio::sync::Mutex<Refresh>,
+    min_refresh_interval: Duration,
+    max_age: Duration,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<String> = self
+            .keys
+            .read()
+            .map(|keys| keys.keys().cloned().collect())
+            .unwrap_or_default();
+        f.debug_struct("KeyCache").field("kids", &kids).finish()
+    }
+}
+
+impl KeyCache {
+    pub(crate) fn new(
+        source: impl JwksSource,
+        min_refresh_interval: Duration,
+        max_age: Duration,
+    ) -> Self {
+        Self {
+            source: Box::new(source),
+            keys: RwLock::default(),
+            refresh: tokio::sync::Mutex::default(),
+            min_refresh_interval,
+            max_age,
+        }
+    }
+
+    fn cached(&self, kid: &str) -> Option<VerifyingKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(kid)
+            .cloned()
+    }
+
+    /// The key named `kid`, refreshing the set when `kid` is unknown or the set is old —
+    /// within the refresh bound.
+    pub(crate) async fn get(&self, kid: &str) -> Option<VerifyingKey> {
+        let cached = self.cached(kid);
+        // Fast path, never waiting: a known key from a fresh set. `try_lock` only fails while
+        // a refresh runs, and then the key we have is still good for the moment.
+        if cached.is_some() {
+            match self.refresh.try_lock() {
+                Ok(state) if is_fresh(&state, self.max_age) => return cached,
+                Err(_) => return cached,
+                Ok(_) => {}
+            }
+        }
+
+        let mut state = self.refresh.lock().await;
+        // Another task may have refreshed while we waited.
+        if let Some(key) = self.cached(kid)
+            && is_fresh(&state, self.max_age)
+        {
+            return Some(key);
+        }
+        if state
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < self.min_refresh_interval)
+        {
+            return self.cached(kid);
+        }
+        state.last_attempt = Some(Instant::now());
+        metrics::counter!("auth_jwks_fetches_total").increment(1);
+        match self.source.fetch().await {
+            Ok(set) => {
+                let keys = usable_keys(&set);
+                tracing::info!(kids = ?keys.keys().collect::<Vec<_>>(), "key set refreshed");
+                *self
+                    .keys
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+                state.fetched_at = Some(Instant::now());
+            }
+            Err(err) => {
+                metrics::counter!("auth_jwks_fetch_failures_total").increment(1);
+                tracing::warn!(error = %err, "cannot refresh the key set; keeping the cached keys");
+            }
+        }
+        self.cached(kid)
+    }
+}
+
+fn is_fresh(state: &Refresh, max_age: Duration) -> bool {
+    state.fetched_at.is_some_and(|at| at.elapsed() < max_age)
+}
+
+/// The keys of `set` this verifier may use: signing keys with a `kid` and an allowed `alg`.
+/// A key without `alg` is skipped rather than guessed: letting the token's header choose the
+/// algorithm for a key is exactly the confusion the allow-list exists to prevent.
+fn usable_keys(set: &JwkSet) -> HashMap<String, VerifyingKey> {
+    set.keys
+        .iter()
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.clone()?;
+            if matches!(&jwk.common.public_key_use, Some(usage) if *usage != PublicKeyUse::Signature)
+            {
+                return None;
+            }
+            let algorithm = match jwk.common.key_algorithm {
+                Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
+                Some(KeyAlgorithm::RS256) => Algorithm::RS256,
+                other => {
+                    tracing::warn!(%kid, ?other, "ignoring a published key with a refused algorithm");
+                    return None;
+                }
+            };
+            debug_assert!(ALLOWED_ALGORITHMS.contains(&algorithm));
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            (key.family() == algorithm.family()).then_some((kid, VerifyingKey { algorithm, key }))
+        })
+        .collect()
+}
