@@ -34,7 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties, Channel, Connection,
@@ -222,14 +221,7 @@ struct Worker<H> {
 
 impl<H: Handler> Worker<H> {
     async fn run(self, amqp: Amqp, shutdown: CancellationToken) {
-        let new_backoff = || {
-            ExponentialBuilder::default()
-                .with_jitter()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(5))
-                .without_max_times()
-                .build()
-        };
+        let new_backoff = || shop_runtime::backoff::forever(Duration::from_secs(5));
         let mut backoff = new_backoff();
         while !shutdown.is_cancelled() {
             let connection = tokio::select! {

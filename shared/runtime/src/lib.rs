@@ -2,6 +2,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
+//! | [`backoff`] | the retry schedule of loops that run until shutdown |
 //! | [`config`] | typed, validated configuration from environment variables |
 //! | [`telemetry`] | JSON logs with trace ids, OpenTelemetry traces, W3C propagation |
 //! | [`metrics`] | the Prometheus recorder and request metrics for HTTP and gRPC |
@@ -12,6 +13,7 @@
 //! | [`shutdown`] | SIGTERM/SIGINT handling |
 //! | [`service`] | the [`Service`] trait, [`run`] for `main` and [`start`] for tests |
 
+pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -22,9 +22,6 @@
 //! confirmed entry. Unlike the PostgreSQL relay it cannot lock: run one instance per service,
 //! or accept that two instances may both publish an event (consumers deduplicate anyway).
 
-use std::time::Duration;
-
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::TryStreamExt;
 use mongodb::{
     Database,
@@ -99,14 +96,7 @@ impl Relay {
         shutdown: CancellationToken,
     ) {
         let publisher = Publisher::new(amqp);
-        let new_backoff = || {
-            ExponentialBuilder::default()
-                .with_jitter()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(config.max_backoff)
-                .without_max_times()
-                .build()
-        };
+        let new_backoff = || shop_runtime::backoff::forever(config.max_backoff);
         let mut backoff = new_backoff();
         while !shutdown.is_cancelled() {
             let mut outcome = Ok(false);

@@ -19,7 +19,6 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use shop_runtime::{BootError, Context, stores::amqp::Amqp};
 use sqlx::{Executor, PgConnection, PgPool, postgres::PgListener, types::Json};
 use tokio_util::sync::CancellationToken;
@@ -115,14 +114,7 @@ impl Relay {
     /// The relay loop, until `shutdown` is cancelled.
     pub async fn run(pool: PgPool, amqp: Amqp, config: RelayConfig, shutdown: CancellationToken) {
         let publisher = Publisher::new(amqp);
-        let new_backoff = || {
-            ExponentialBuilder::default()
-                .with_jitter()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(config.max_backoff)
-                .without_max_times()
-                .build()
-        };
+        let new_backoff = || shop_runtime::backoff::forever(config.max_backoff);
         let mut backoff = new_backoff();
         let mut listener: Option<PgListener> = None;
         let mut last_report: Option<Instant> = None;

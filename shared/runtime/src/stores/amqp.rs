@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -108,14 +107,7 @@ async fn supervise(
     tx: watch::Sender<Option<Arc<Connection>>>,
     shutdown: CancellationToken,
 ) {
-    let new_backoff = || {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build()
-    };
+    let new_backoff = || crate::backoff::forever(Duration::from_secs(5));
     let mut backoff = new_backoff();
     while !shutdown.is_cancelled() {
         let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
