@@ -12,10 +12,12 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::{BootError, health::Readiness, metrics::GrpcMetricsLayer, telemetry};
 
-/// Serves `routes` plus `grpc.health.v1.Health` and reflection until `shutdown` fires.
+/// Serves `routes` (the services named in `served`) plus `grpc.health.v1.Health` and
+/// reflection until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    served: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -29,6 +31,17 @@ pub async fn serve(
     for set in descriptor_sets {
         reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
         reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    // A descriptor set may describe more services than this server runs (shop-proto holds every
+    // package): advertise exactly the ones served, so `grpcurl list` tells the truth.
+    let advertised = served.into_iter().chain([
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]);
+    for name in advertised {
+        reflection_v1 = reflection_v1.with_service_name(name);
+        reflection_v1alpha = reflection_v1alpha.with_service_name(name);
     }
     let reflection_v1 = reflection_v1
         .build_v1()

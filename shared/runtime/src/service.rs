@@ -364,6 +364,7 @@ pub async fn launch<S: Service>(
     servers.spawn(grpc::serve(
         grpc_listener,
         endpoints.grpc,
+        endpoints.grpc_names.clone(),
         endpoints.descriptor_sets,
         health_service,
         shutdown.clone(),
