@@ -275,6 +275,55 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// Middleware making *every* error answer a problem document, including those no handler
+/// wrote: extractor rejections (a path parameter that is not a number, a body without a JSON
+/// content type), 405 for a wrong method, 413 for a body over the limit. axum renders those as
+/// plain text; callers should not have to parse two error formats.
+///
+/// Responses that already are `application/problem+json` pass untouched. The plain text of a
+/// 4xx becomes the `detail` (it describes the caller's input); the body of a 5xx is dropped,
+/// since it may describe internals. The type is `about:blank`, as RFC 9457 prescribes for a
+/// problem that is nothing more than its HTTP status.
+pub async fn problem_for_plain_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut doc = serde_json::Map::new();
+    doc.insert("type".into(), "about:blank".into());
+    doc.insert(
+        "title".into(),
+        status.canonical_reason().unwrap_or("Error").into(),
+    );
+    doc.insert("status".into(), status.as_u16().into());
+    if status.is_client_error()
+        && let Ok(bytes) = axum::body::to_bytes(body, 4096).await
+    {
+        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        if !text.is_empty() {
+            doc.insert("detail".into(), text.into());
+        }
+    }
+    if let Some(trace_id) = crate::telemetry::current_trace_id() {
+        doc.insert("trace_id".into(), trace_id.into());
+    }
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::to_vec(&doc).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 /// Fallback for unknown routes: a problem document instead of an empty 404.
 pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("No route for {}.", uri.path()))
@@ -312,6 +361,71 @@ mod tests {
         assert!(
             !text.contains("hunter2") && !text.contains("db.internal"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_text_errors_from_extractors_become_problem_documents() {
+        use axum::{Router, extract::Path, routing::get};
+        use tower::ServiceExt;
+
+        let app = Router::new()
+            .route(
+                "/items/{id}",
+                get(|Path(id): Path<u32>| async move { id.to_string() }),
+            )
+            .route(
+                "/boom",
+                get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "db at 10.0.0.7 refused") }),
+            )
+            .layer(axum::middleware::from_fn(problem_for_plain_errors));
+        let call = |method: &str, uri: &str| {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(request)
+        };
+
+        let response = call("GET", "/items/not-a-number").await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["type"], "about:blank");
+        assert_eq!(doc["status"], 400);
+        assert!(
+            doc["detail"].as_str().unwrap().contains("not-a-number"),
+            "{doc}"
+        );
+
+        let response = call("DELETE", "/items/1").await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert!(
+            response.headers().contains_key(header::ALLOW),
+            "headers are kept"
+        );
+
+        let response = call("GET", "/boom").await.unwrap();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("10.0.0.7"),
+            "5xx bodies are not passed on: {text}"
+        );
+
+        let response = call("GET", "/items/7").await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "successes pass untouched"
         );
     }
 

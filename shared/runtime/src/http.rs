@@ -19,7 +19,7 @@ use tower_http::{
 };
 
 use crate::{
-    error::{ApiError, not_found_fallback},
+    error::{ApiError, not_found_fallback, problem_for_plain_errors},
     health::{self, Readiness},
     metrics, telemetry,
 };
@@ -29,7 +29,7 @@ use crate::{
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds `/healthz`, `/readyz` and `/metrics` to the service's routes and wraps everything in
-/// request ids, tracing, metrics and panic recovery.
+/// request ids, tracing, metrics, problem documents for every error and panic recovery.
 ///
 /// Layer order, outermost first: the request id is assigned before the span is created (so the
 /// span records it), metrics run inside routing (so they see the route template), and a panic
@@ -43,6 +43,7 @@ pub fn router(service_routes: Router, readiness: Readiness, metrics: PrometheusH
     service_routes
         .merge(operational)
         .fallback(not_found_fallback)
+        .layer(axum::middleware::from_fn(problem_for_plain_errors))
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(
             ServiceBuilder::new()

@@ -64,8 +64,18 @@ async fn migrations_run_at_start_and_errors_are_problem_documents() {
         "application/problem+json"
     );
 
+    // An extractor's rejection is a problem document too, naming what was wrong.
     let malformed = app.get("/greetings/not-a-number").await.unwrap();
     assert_eq!(malformed.status(), 400);
+    assert_eq!(
+        malformed.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = malformed.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("not-a-number"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
