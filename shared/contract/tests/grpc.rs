@@ -155,15 +155,27 @@ async fn a_grpc_provider_that_answers_differently_fails_verification() {
 async fn requests_and_responses_must_fit_the_method_types() {
     let dir = tempfile::tempdir().expect("temp dir");
     let contract = contract(dir.path());
-    let accept = |_example| async { Ok::<_, String>(()) };
+    // Declares `interaction` with a consumer that accepts anything: only the schema can refuse.
+    let rejected = async |interaction: GrpcInteraction, why: &str| -> ContractError {
+        contract
+            .grpc(interaction, |_example| async { Ok::<_, String>(()) })
+            .await
+            .expect_err(why)
+    };
+    let check = |request: serde_json::Value, response| {
+        GrpcInteraction::new("a check", CHECK)
+            .request_json(request)
+            .response(response)
+    };
 
-    let unknown_field = GrpcInteraction::new("a check", CHECK)
-        .request_json(json!({ "service": "shop.Demo", "verbose": true }))
-        .response(json_pattern!({ "status": "SERVING" }));
-    let err = contract
-        .grpc(unknown_field, accept)
-        .await
-        .expect_err("unknown request field");
+    let err = rejected(
+        check(
+            json!({ "service": "shop.Demo", "verbose": true }),
+            json_pattern!({ "status": "SERVING" }),
+        ),
+        "unknown request field",
+    )
+    .await;
     assert!(
         matches!(
             err,
@@ -175,13 +187,14 @@ async fn requests_and_responses_must_fit_the_method_types() {
         "{err}"
     );
 
-    let wrong_enum = GrpcInteraction::new("a check", CHECK)
-        .request_json(json!({ "service": "shop.Demo" }))
-        .response(json_pattern!({ "status": "HEALTHY" }));
-    let err = contract
-        .grpc(wrong_enum, accept)
-        .await
-        .expect_err("no such enum value");
+    let err = rejected(
+        check(
+            json!({ "service": "shop.Demo" }),
+            json_pattern!({ "status": "HEALTHY" }),
+        ),
+        "no such enum value",
+    )
+    .await;
     assert!(
         matches!(
             err,
@@ -193,22 +206,20 @@ async fn requests_and_responses_must_fit_the_method_types() {
         "{err}"
     );
 
-    let enum_by_number = GrpcInteraction::new("a check", CHECK)
-        .request_json(json!({ "service": "shop.Demo" }))
-        .response(json_pattern!({ "status": 1 }));
-    let err = contract
-        .grpc(enum_by_number, accept)
-        .await
-        .expect_err("not canonical");
+    let err = rejected(
+        check(
+            json!({ "service": "shop.Demo" }),
+            json_pattern!({ "status": 1 }),
+        ),
+        "not canonical",
+    )
+    .await;
     assert!(err.to_string().contains("\"SERVING\""), "{err}");
 
     let no_such_method = GrpcInteraction::new("a check", "/grpc.health.v1.Health/Ping")
         .request_json(json!({}))
         .response(json_pattern!({}));
-    let err = contract
-        .grpc(no_such_method, accept)
-        .await
-        .expect_err("unknown method");
+    let err = rejected(no_such_method, "unknown method").await;
     assert!(matches!(err, ContractError::UnknownMethod(_)), "{err}");
 
     // Nothing invalid was recorded.

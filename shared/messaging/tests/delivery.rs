@@ -24,9 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn an_event_committed_while_the_broker_is_down_is_delivered_once_it_returns()
 -> Result<(), BoxError> {
-    let stack = Stack::new().await?;
-    let recorder = Recorder::new(&stack.pool);
-    stack.consume(recorder.clone()).await?;
+    let (stack, _recorder) = Stack::consuming().await?;
     stack.relay();
     assert_eq!(stack.readiness_of("consumer:test.events").await, Some("up"));
 
@@ -77,9 +75,7 @@ async fn an_event_committed_while_the_broker_is_down_is_delivered_once_it_return
 #[tokio::test]
 async fn a_relay_that_dies_after_the_confirm_causes_a_duplicate_but_one_effect()
 -> Result<(), BoxError> {
-    let stack = Stack::new().await?;
-    let recorder = Recorder::new(&stack.pool);
-    stack.consume(recorder.clone()).await?;
+    let (stack, recorder) = Stack::consuming().await?;
 
     let thing = event(json!({ "n": 1 }));
     stack.commit(&thing).await?;
@@ -179,9 +175,7 @@ async fn shutdown_finishes_and_acknowledges_the_current_message() -> Result<(), 
 
 #[tokio::test]
 async fn a_rolled_back_transaction_publishes_nothing() -> Result<(), BoxError> {
-    let stack = Stack::new().await?;
-    let recorder = Recorder::new(&stack.pool);
-    stack.consume(recorder.clone()).await?;
+    let (stack, recorder) = Stack::consuming().await?;
     stack.relay();
 
     let ghost = event(json!({ "n": 0 }));
@@ -204,9 +198,7 @@ async fn a_rolled_back_transaction_publishes_nothing() -> Result<(), BoxError> {
 #[tokio::test]
 async fn a_poison_message_is_parked_with_its_reason_and_the_queue_keeps_flowing()
 -> Result<(), BoxError> {
-    let stack = Stack::new().await?;
-    let recorder = Recorder::new(&stack.pool);
-    stack.consume(recorder.clone()).await?;
+    let (stack, recorder) = Stack::consuming().await?;
     stack.relay();
 
     let poison = event(json!({ "poison": true }));
@@ -259,9 +251,7 @@ async fn a_poison_message_is_parked_with_its_reason_and_the_queue_keeps_flowing(
 
 #[tokio::test]
 async fn a_message_that_is_not_an_envelope_is_parked_at_once() -> Result<(), BoxError> {
-    let stack = Stack::new().await?;
-    let recorder = Recorder::new(&stack.pool);
-    stack.consume(recorder.clone()).await?;
+    let (stack, recorder) = Stack::consuming().await?;
 
     let publisher = Publisher::new(stack.amqp.clone());
     publisher
@@ -293,9 +283,7 @@ async fn producer_and_consumer_spans_share_one_trace_id() -> Result<(), BoxError
         otlp_endpoint: None,
     })
     .map(std::mem::forget);
-    let stack = Stack::new().await?;
-    let recorder = Recorder::new(&stack.pool);
-    stack.consume(recorder.clone()).await?;
+    let (stack, recorder) = Stack::consuming().await?;
     stack.relay();
 
     let request = tracing::info_span!("request", trace_id = tracing::field::Empty);

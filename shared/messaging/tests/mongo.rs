@@ -12,7 +12,7 @@ use shop_messaging::{
     outbox::{RelayConfig, mongo},
 };
 use shop_testkit::{BoxError, isolation};
-use support::{ROUTING_KEY, Recorder, Stack, event, eventually};
+use support::{ROUTING_KEY, Stack, event, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -32,9 +32,7 @@ async fn pending_in(products: &mongodb::Collection<Document>, id: &str) -> Resul
 #[tokio::test]
 async fn events_written_with_the_document_are_relayed_and_then_removed_from_it()
 -> Result<(), BoxError> {
-    let stack = Stack::new().await?;
-    let recorder = Recorder::new(&stack.pool);
-    stack.consume(recorder.clone()).await?;
+    let (stack, recorder) = Stack::consuming().await?;
     let db = database().await?;
     let products = db.collection::<Document>("products");
 

@@ -105,6 +105,14 @@ impl Stack {
             .handler_timeout(Duration::from_secs(10))
     }
 
+    /// A fresh stack with a [`Recorder`] consumer already attached: the start of most tests.
+    pub async fn consuming() -> Result<(Self, Recorder), BoxError> {
+        let stack = Self::new().await?;
+        let recorder = Recorder::new(&stack.pool);
+        stack.consume(recorder.clone()).await?;
+        Ok((stack, recorder))
+    }
+
     /// Starts a consumer with `handler` and waits until it is attached.
     pub async fn consume(&self, handler: Recorder) -> Result<ConsumerStatus, BoxError> {
         let status = Consumer::start(
