@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shop_contract::{ContractError, prelude::*};
+use shop_contract::{ContractError, Verification, prelude::*};
 
 const ORDER_PLACED: &str = "an order.placed event";
 
@@ -84,40 +84,33 @@ fn order_placed_event(routing_key: &str) -> Message {
     Message::json(&event).with_metadata("routingKey", routing_key)
 }
 
-#[tokio::test]
-async fn message_contract_is_verified_against_the_producer() {
+/// Writes the consumer's contract into a fresh folder, then verifies it against a producer
+/// that publishes the event with `routing_key`.
+async fn verify_producer_publishing_to(routing_key: &'static str) -> Verification {
     let dir = tempfile::tempdir().expect("temp dir");
     write_contract(dir.path())
         .await
         .expect("the consumer handles the example");
-
-    let verification = Provider::new("orders")
+    Provider::new("orders")
         .pacts_in(dir.path())
-        .message(ORDER_PLACED, || async {
-            Ok::<_, String>(order_placed_event("order.placed"))
+        .message(ORDER_PLACED, move || async move {
+            Ok::<_, String>(order_placed_event(routing_key))
         })
         .require_pacts()
         .run()
         .await
-        .expect("verification ran");
+        .expect("verification ran")
+}
+
+#[tokio::test]
+async fn message_contract_is_verified_against_the_producer() {
+    let verification = verify_producer_publishing_to("order.placed").await;
     assert!(verification.passed, "{}", verification.report);
 }
 
 #[tokio::test]
 async fn a_producer_that_publishes_differently_fails_verification() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_contract(dir.path())
-        .await
-        .expect("the consumer handles the example");
-
-    let verification = Provider::new("orders")
-        .pacts_in(dir.path())
-        .message(ORDER_PLACED, || async {
-            Ok::<_, String>(order_placed_event("orders.placed"))
-        })
-        .run()
-        .await
-        .expect("verification ran");
+    let verification = verify_producer_publishing_to("orders.placed").await;
     assert!(!verification.passed, "{}", verification.report);
     assert!(
         verification.report.contains("routingKey"),
