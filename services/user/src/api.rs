@@ -13,14 +13,14 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shop_auth::{Principal, Verifier};
-use shop_messaging::{Envelope, outbox};
+use shop_events::user::UserRegistered;
+use shop_messaging::outbox;
 use shop_runtime::{ApiError, ErrorKind, FieldError};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
     clients::{self, ServiceClients},
-    events,
     passwords::Passwords,
     tokens::{TokenPair, Tokens},
     validate,
@@ -108,13 +108,12 @@ async fn register(
     };
     // The event is written in the same transaction as the account: it exists if and only if
     // the account does, and the relay publishes it once the broker is reachable.
-    let event = Envelope::new(
-        "user-service",
-        events::USER_REGISTERED_TYPE,
-        &events::UserRegistered::from(&user),
-    )
-    .map_err(ApiError::internal)?;
-    outbox::postgres::enqueue(&mut tx, events::USER_REGISTERED_KEY, &event)
+    let event = UserRegistered {
+        user_id: user.id,
+        email: user.email.clone(),
+        name: user.name.clone(),
+    };
+    outbox::postgres::enqueue_event(&mut tx, &event)
         .await
         .map_err(ApiError::internal)?;
     tx.commit().await?;

@@ -1,5 +1,5 @@
 //! user-service: accounts, credentials and tokens. Owns the PostgreSQL database `users`;
-//! publishes `UserRegistered`; serves `shop.user.v1.UserService/GetUser` to internal callers.
+//! publishes `UserRegistered` (declared in `shop_events::user`, written to the outbox with the account); serves `shop.user.v1.UserService/GetUser` to internal callers.
 //!
 //! | module | what lives there |
 //! |---|---|
@@ -8,7 +8,6 @@
 //! | [`passwords`] | Argon2id, off the async runtime |
 //! | [`keys`] | Ed25519 signing keys, the JWKS, rotation |
 //! | [`tokens`] | access tokens and rotating refresh tokens |
-//! | [`events`] | `UserRegistered`, written to the outbox with the account |
 //! | [`api`] | the HTTP API (`/api/v1/auth/*`, `/api/v1/users/me`, `/.well-known/jwks.json`) |
 //! | [`grpc`] | `GetUser`, for service callers only |
 //! | [`clients`] | service credentials → service tokens (`POST /internal/v1/service-token`) |
@@ -19,7 +18,6 @@
 pub mod api;
 pub mod clients;
 pub mod config;
-pub mod events;
 pub mod grpc;
 pub mod keys;
 pub mod passwords;

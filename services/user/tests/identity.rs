@@ -733,8 +733,8 @@ async fn a_registration_publishes_user_registered_through_the_outbox() {
         options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
         types::FieldTable,
     };
-    use shop_messaging::{Envelope, topology};
-    use user_service::events::{USER_REGISTERED_KEY, USER_REGISTERED_TYPE, UserRegistered};
+    use shop_events::user::UserRegistered;
+    use shop_messaging::{Envelope, Event, topology};
 
     let app = spawn::<UserService>().await.unwrap();
     // A queue bound before the event is published, as notification-service's will be.
@@ -759,7 +759,7 @@ async fn a_registration_publishes_user_registered_through_the_outbox() {
         .queue_bind(
             queue.into(),
             topology::EXCHANGE.into(),
-            USER_REGISTERED_KEY.into(),
+            UserRegistered::ROUTING_KEY.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -788,7 +788,8 @@ async fn a_registration_publishes_user_registered_through_the_outbox() {
     };
     let event = Envelope::from_slice(&message.delivery.data).unwrap();
     assert_eq!(event.source, "user-service");
-    assert_eq!(event.kind, USER_REGISTERED_TYPE);
+    assert_eq!(event.kind, UserRegistered::kind());
+    assert_eq!(event.kind, "user.registered");
     assert_eq!(
         event.data_as::<UserRegistered>().unwrap(),
         UserRegistered {

@@ -63,6 +63,7 @@
 
 pub mod consumer;
 pub mod envelope;
+pub mod event;
 pub mod inbox;
 pub mod outbox;
 pub mod publisher;
@@ -71,6 +72,7 @@ pub mod trace;
 
 pub use consumer::{Consumer, ConsumerStatus, Handler, HandlerError, Subscription};
 pub use envelope::Envelope;
+pub use event::Event;
 pub use outbox::postgres;
 pub use publisher::Publisher;
 

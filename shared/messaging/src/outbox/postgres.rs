@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::RelayConfig;
-use crate::{Error, Publisher, check_routing_key, envelope::Envelope};
+use crate::{Error, Event, Publisher, check_routing_key, envelope::Envelope};
 
 /// The crate's tables. Applied by [`install`]; safe to apply any number of times.
 pub const SCHEMA: &str = r"
@@ -93,6 +93,14 @@ pub async fn enqueue(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// Writes a declared [`Event`] to the outbox on `conn` (inside the caller's transaction), in a
+/// fresh envelope under its own routing key, and returns that envelope.
+pub async fn enqueue_event<E: Event>(conn: &mut PgConnection, event: &E) -> Result<Envelope, Error> {
+    let envelope = event.envelope()?;
+    enqueue(conn, E::ROUTING_KEY, &envelope).await?;
+    Ok(envelope)
 }
 
 /// The outbox relay for PostgreSQL.

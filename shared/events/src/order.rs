@@ -1,0 +1,1 @@
+//! The events order-service publishes. Declared by order-service's work; empty until then.
