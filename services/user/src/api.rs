@@ -6,8 +6,8 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{FromRef, State, rejection::JsonRejection},
-    http::StatusCode,
-    response::IntoResponse,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
@@ -51,7 +51,38 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         // Not part of the public API: the gateway does not route /internal.
         .route("/internal/v1/service-token", post(clients::issue))
+        .layer(axum::middleware::map_response(retry_after))
         .with_state(state)
+}
+
+/// Every 503 of this service is transient (the hashing queue is full, the database is busy):
+/// `Retry-After` tells well-behaved clients when to come back instead of hammering.
+async fn retry_after(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .entry(header::RETRY_AFTER)
+            .or_insert(HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A response carrying credentials: no cache (browser, proxy, CDN) may keep a copy
+/// (RFC 6749 §5.1). `Pragma` for HTTP/1.0 caches that ignore `Cache-Control`.
+#[derive(Debug)]
+pub struct NoStore<T>(pub T);
+
+impl<T: Serialize> IntoResponse for NoStore<T> {
+    fn into_response(self) -> Response {
+        (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::PRAGMA, "no-cache"),
+            ],
+            Json(self.0),
+        )
+            .into_response()
+    }
 }
 
 /// A user as the API shows it.
@@ -65,11 +96,22 @@ pub struct User {
 }
 
 /// Fields are optional here so that a missing one is a field error, not a parse error.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct RegisterRequest {
     email: Option<String>,
     password: Option<String>,
     name: Option<String>,
+}
+
+/// Request and response types holding a password or a token never print it: a `?request` in
+/// a log line or an error report must not turn the log into a credential store.
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("email", &self.email)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 async fn register(
@@ -99,12 +141,23 @@ async fn register(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(user) = user else {
-        return Err(
-            ApiError::conflict("An account with this email already exists.").with_extension(
-                "errors",
-                serde_json::json!([FieldError::new("email", "is already registered")]),
-            ),
-        );
+        // The address is taken. Saying so would tell anyone which addresses have an account
+        // here, which login is careful not to reveal; so the answer has the same status and
+        // shape as a success (with an id that exists nowhere), after the same work (the hash
+        // above). Nothing is stored or published: the owner's account is untouched, and the
+        // caller finds out only by signing in with the owner's password. ADR 0005.
+        tx.rollback().await?;
+        metrics::counter!("user_registrations_email_taken_total").increment(1);
+        return Ok((
+            StatusCode::CREATED,
+            Json(User {
+                id: Uuid::now_v7(),
+                email: registration.email,
+                name: registration.name,
+                roles: vec!["customer".to_owned()],
+                created_at: Utc::now(),
+            }),
+        ));
     };
     // The event is written in the same transaction as the account: it exists if and only if
     // the account does, and the relay publishes it once the broker is reachable.
@@ -121,10 +174,18 @@ async fn register(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct LoginRequest {
     email: String,
     password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One answer for "no such email" and "wrong password" — same status, same body, and (the
@@ -132,8 +193,19 @@ struct LoginRequest {
 async fn login(
     State(state): State<AppState>,
     body: Result<Json<LoginRequest>, JsonRejection>,
-) -> Result<Json<TokenPair>, ApiError> {
+) -> Result<NoStore<TokenPair>, ApiError> {
     let Json(body) = body?;
+    // No registered password is longer (the registration rule), and hashing cost must not be
+    // the attacker's to choose: refused before any lookup or hash, as at registration.
+    if body.password.len() > validate::MAX_PASSWORD_BYTES {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "password",
+            format!(
+                "must be at most {} bytes long",
+                validate::MAX_PASSWORD_BYTES
+            ),
+        )]));
+    }
     let account: Option<(Uuid, String, Vec<String>)> = match validate::normalise_email(&body.email)
     {
         Some(email) => {
@@ -152,7 +224,7 @@ async fn login(
     match id {
         Some(id) if valid => {
             metrics::counter!("user_logins_total", "outcome" => "success").increment(1);
-            Ok(Json(state.tokens.sign_in(&state.pool, id, roles).await?))
+            Ok(NoStore(state.tokens.sign_in(&state.pool, id, roles).await?))
         }
         _ => {
             metrics::counter!("user_logins_total", "outcome" => "refused").increment(1);
@@ -164,17 +236,23 @@ async fn login(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct RefreshRequest {
     refresh_token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest").finish_non_exhaustive()
+    }
 }
 
 async fn refresh(
     State(state): State<AppState>,
     body: Result<Json<RefreshRequest>, JsonRejection>,
-) -> Result<Json<TokenPair>, ApiError> {
+) -> Result<NoStore<TokenPair>, ApiError> {
     let Json(body) = body?;
-    Ok(Json(
+    Ok(NoStore(
         state
             .tokens
             .refresh(&state.pool, &body.refresh_token)
@@ -220,4 +298,28 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
         Json(state.tokens.keys.jwks()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_holding_credentials_do_not_print_them() {
+        let register: RegisterRequest = serde_json::from_value(serde_json::json!({
+            "email": "ann@example.com", "password": "hunter2-hunter2", "name": "Ann"
+        }))
+        .unwrap();
+        let login: LoginRequest = serde_json::from_value(serde_json::json!({
+            "email": "ann@example.com", "password": "hunter2-hunter2"
+        }))
+        .unwrap();
+        let refresh: RefreshRequest =
+            serde_json::from_value(serde_json::json!({"refresh_token": "rt-secret-value"}))
+                .unwrap();
+        let printed = format!("{register:?} {login:?} {refresh:?}");
+        assert!(printed.contains("ann@example.com"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("rt-secret-value"), "{printed}");
+    }
 }

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json,
     extract::State,
     http::{HeaderMap, header},
 };
@@ -21,7 +20,7 @@ use serde::Serialize;
 use shop_auth::{Role, ServicePrincipal};
 use shop_runtime::{ApiError, ErrorKind};
 
-use crate::api::AppState;
+use crate::api::{AppState, NoStore};
 
 /// Secrets shorter than this are refused at start: they are machine-generated, so there is no
 /// reason for them to be guessable (`openssl rand -base64 32`).
@@ -94,18 +93,27 @@ fn digest(secret: &str) -> Vec<u8> {
 }
 
 /// The body of `POST /internal/v1/service-token`.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct ServiceToken {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
 }
 
+/// Never prints the token.
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceToken")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Issues a service token to a caller presenting its credentials as HTTP Basic.
 pub async fn issue(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<ServiceToken>, ApiError> {
+) -> Result<NoStore<ServiceToken>, ApiError> {
     let refused = || {
         ApiError::new(
             ErrorKind::Unauthorized,
@@ -126,7 +134,7 @@ pub async fn issue(
         vec![Role::Service.as_str().to_owned()],
     )?;
     metrics::counter!("user_service_tokens_issued_total", "client" => name).increment(1);
-    Ok(Json(ServiceToken {
+    Ok(NoStore(ServiceToken {
         access_token,
         token_type: "Bearer",
         expires_in: state.tokens.access_ttl.as_secs(),

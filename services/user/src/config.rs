@@ -6,11 +6,16 @@
 //! | `JWT_ISSUER` | `urn:shop:user-service` | `iss` of issued tokens; verifiers expect the same |
 //! | `JWT_AUDIENCE` | `shop` | `aud` of issued tokens |
 //! | `ACCESS_TOKEN_TTL_SECONDS` | `900` | access token lifetime |
-//! | `REFRESH_TOKEN_TTL_SECONDS` | `2592000` (30 days) | refresh token lifetime |
-//! | `JWT_SIGNING_KEY` / `JWT_SIGNING_KEY_FILE` | unset | Ed25519 private key, PKCS#8 PEM (text or path); unset = development key kept in the database |
+//! | `REFRESH_TOKEN_TTL_SECONDS` | `2592000` (30 days) | refresh token lifetime (each rotation starts a new one) |
+//! | `SESSION_LIFETIME_SECONDS` | `7776000` (90 days) | absolute lifetime of a sign-in: no refresh extends a session beyond it |
+//! | `PASSWORD_HASHING_QUEUE` | `32` | password checks that may wait for a hashing slot; beyond, 503 + `Retry-After` |
+//! | `JWT_SIGNING_KEY` / `JWT_SIGNING_KEY_FILE` | unset | Ed25519 private key, PKCS#8 PEM (text or path); unset = development key kept in the database (refused in production) |
 //! | `JWT_PREVIOUS_SIGNING_KEY` / `JWT_PREVIOUS_SIGNING_KEY_FILE` | unset | the key before the last rotation; only its public half is published |
 //! | `SERVICE_CLIENTS` | empty | `name=secret,...`: the services that may get service tokens |
-//! | `ADMIN_EMAIL`, `ADMIN_PASSWORD` | `admin@example.com`, `change-me-admin` | the administrator created at start when missing |
+//! | `ADMIN_EMAIL`, `ADMIN_PASSWORD` | `admin@example.com`, `change-me-admin` | the administrator, created at start when missing; a changed `ADMIN_PASSWORD` is applied at the next start (the default is refused in production) |
+//!
+//! `SHOP_ENV` ([`shop_runtime::mode::Mode`]) decides which defaults are acceptable: in
+//! production a missing signing key and the default admin password are configuration errors.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -18,6 +23,7 @@ use shop_auth::config::{DEFAULT_AUDIENCE, DEFAULT_ISSUER};
 use shop_runtime::{
     FromEnv,
     config::{ConfigError, Env},
+    mode::Mode,
 };
 
 use crate::{clients::ServiceClients, keys::SigningKey};
@@ -28,10 +34,16 @@ pub const DEV_ADMIN_PASSWORD: &str = "change-me-admin";
 
 #[derive(Debug, Clone)]
 pub struct UserConfig {
+    pub mode: Mode,
     pub issuer: String,
     pub audience: String,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// A refresh-token family (one sign-in) ends this long after the sign-in, however often
+    /// it is refreshed: a stolen refresh token cannot be kept alive forever.
+    pub session_lifetime: Duration,
+    /// How many password hashes may wait for a hashing slot.
+    pub hashing_queue: usize,
     /// `None`: development mode, the key is generated once and kept in the database.
     pub signing_key: Option<SigningKey>,
     pub previous_key: Option<SigningKey>,
@@ -68,6 +80,9 @@ impl FromEnv for UserConfig {
             "REFRESH_TOKEN_TTL_SECONDS",
             Duration::from_secs(30 * 86_400),
         );
+        let session_lifetime =
+            env.seconds_or("SESSION_LIFETIME_SECONDS", Duration::from_secs(90 * 86_400));
+        let hashing_queue = env.parse_or("PASSWORD_HASHING_QUEUE", 32usize, "a number");
         let signing_key = key(env, "JWT_SIGNING_KEY");
         let previous_key = key(env, "JWT_PREVIOUS_SIGNING_KEY");
         let clients = env.parse_or(
@@ -90,6 +105,34 @@ impl FromEnv for UserConfig {
         let access_ttl = access_ttl.and_then(|ttl| positive(env, "ACCESS_TOKEN_TTL_SECONDS", ttl));
         let refresh_ttl =
             refresh_ttl.and_then(|ttl| positive(env, "REFRESH_TOKEN_TTL_SECONDS", ttl));
+        let session_lifetime =
+            session_lifetime.and_then(|ttl| positive(env, "SESSION_LIFETIME_SECONDS", ttl));
+
+        // Production refuses what only a laptop may use. Each is reported like any other
+        // configuration problem, all at once.
+        let mode = Mode::of(env);
+        let signing_key = signing_key.and_then(|key| match key {
+            None => mode.refuse_in_production(
+                env,
+                "JWT_SIGNING_KEY",
+                None,
+                "is not set (nor JWT_SIGNING_KEY_FILE); production signs with a key from a \
+                 secret, never with one generated into the database",
+            ),
+            key => Ok(key),
+        });
+        let admin_password = admin_password.and_then(|password| {
+            if password == DEV_ADMIN_PASSWORD {
+                mode.refuse_in_production(
+                    env,
+                    "ADMIN_PASSWORD",
+                    password,
+                    "is the development default published in this repository",
+                )
+            } else {
+                Ok(password)
+            }
+        });
         let previous_key = previous_key.and_then(|previous| match (&signing_key, previous) {
             (Ok(None), Some(_)) => env.invalid(
                 "JWT_PREVIOUS_SIGNING_KEY",
@@ -99,10 +142,13 @@ impl FromEnv for UserConfig {
         });
 
         Ok(Self {
+            mode,
             issuer: issuer?,
             audience: audience?,
             access_ttl: access_ttl?,
             refresh_ttl: refresh_ttl?,
+            session_lifetime: session_lifetime?,
+            hashing_queue: hashing_queue?,
             signing_key: signing_key?,
             previous_key: previous_key?,
             admin: AdminSeed {
@@ -174,6 +220,41 @@ mod tests {
         assert!(config.signing_key.is_none());
         assert_eq!(config.admin.email, DEV_ADMIN_EMAIL);
         assert_eq!(config.admin.password, DEV_ADMIN_PASSWORD);
+    }
+
+    #[test]
+    fn production_refuses_the_development_key_and_admin_password() {
+        let err = load(&[("SHOP_ENV", "production")]).unwrap_err();
+        assert!(err.contains("JWT_SIGNING_KEY: is not set"), "{err}");
+        assert!(
+            err.contains("ADMIN_PASSWORD: is the development default"),
+            "{err}"
+        );
+        assert!(!err.contains(DEV_ADMIN_PASSWORD), "{err}");
+
+        let (pem, _) = pem();
+        let config = load(&[
+            ("SHOP_ENV", "production"),
+            ("JWT_SIGNING_KEY", pem.as_str()),
+            ("ADMIN_PASSWORD", "a long operator-chosen secret"),
+        ])
+        .unwrap();
+        assert_eq!(config.mode, Mode::Production);
+        assert!(config.signing_key.is_some());
+        // Development keeps today's conveniences.
+        assert_eq!(load(&[]).unwrap().mode, Mode::Development);
+    }
+
+    #[test]
+    fn sessions_end_after_90_days_unless_configured() {
+        assert_eq!(
+            load(&[]).unwrap().session_lifetime,
+            Duration::from_secs(90 * 86_400)
+        );
+        let config = load(&[("SESSION_LIFETIME_SECONDS", "3600")]).unwrap();
+        assert_eq!(config.session_lifetime, Duration::from_secs(3600));
+        let err = load(&[("SESSION_LIFETIME_SECONDS", "0")]).unwrap_err();
+        assert!(err.contains("SESSION_LIFETIME_SECONDS: must be at least 1 second"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `shop.user.v1.UserService` for internal callers, behind [`shop_auth::grpc::RequireService`].
+//! `shop.user.v1.UserService` for internal callers, behind [`shop_auth::grpc::RequireService`]
+//! with the table [`crate::GRPC_ACCESS`] (who may call which method, and why).
 
 use shop_proto::user::v1::{GetUserRequest, GetUserResponse, user_service_server::UserService};
 use shop_runtime::{ApiError, FieldError};

@@ -9,7 +9,7 @@
 //! | [`keys`] | Ed25519 signing keys, the JWKS, rotation |
 //! | [`tokens`] | access tokens and rotating refresh tokens |
 //! | [`api`] | the HTTP API (`/api/v1/auth/*`, `/api/v1/users/me`, `/.well-known/jwks.json`) |
-//! | [`grpc`] | `GetUser`, for service callers only |
+//! | [`grpc`] | `GetUser`, for the service callers in [`GRPC_ACCESS`] only |
 //! | [`clients`] | service credentials → service tokens (`POST /internal/v1/service-token`) |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<UserService>()`);
@@ -65,12 +65,22 @@ impl Service for UserService {
 
     async fn build(ctx: &Context, config: UserConfig) -> Result<Endpoints, BootError> {
         let pool = ctx.postgres()?.clone();
+        let mut conveniences = Vec::new();
+        if config.signing_key.is_none() {
+            conveniences.push("signing key generated and kept in the database");
+        }
+        if config.admin.password == DEV_ADMIN_PASSWORD {
+            conveniences.push("the administrator has the published default password");
+        }
+        config
+            .mode
+            .announce_conveniences("user-service", &conveniences);
         let keys = Arc::new(
             KeyRing::load(config.signing_key, config.previous_key, &pool)
                 .await
                 .map_err(|err| BootError::store("postgres", err))?,
         );
-        let passwords = Passwords::new()
+        let passwords = Passwords::new(config.hashing_queue)
             .await
             .map_err(|err| BootError::Other(err.to_string()))?;
         seed_admin(&pool, &passwords, &config.admin).await?;
@@ -90,6 +100,7 @@ impl Service for UserService {
             audience: config.audience,
             access_ttl: config.access_ttl,
             refresh_ttl: config.refresh_ttl,
+            session_lifetime: config.session_lifetime,
         });
         ctx.tasks.spawn(tokens::purge_expired_periodically(
             pool.clone(),
@@ -98,7 +109,8 @@ impl Service for UserService {
         let grpc = RequireService::new(
             UserServiceServer::new(grpc::UserApi { pool: pool.clone() }),
             verifier.clone(),
-        );
+        )
+        .allow_table(GRPC_ACCESS);
         let router = api::router(AppState {
             pool,
             tokens,
@@ -112,8 +124,18 @@ impl Service for UserService {
     }
 }
 
-/// Creates the administrator account when no account has its email yet. An existing account
-/// is left as it is (its password is not reset to the configured one at every start).
+/// Who may call which method of `shop.user.v1.UserService` (enforced by
+/// [`RequireService`]; anything not listed is refused with `PERMISSION_DENIED`).
+///
+/// `GetUser` returns a person's email: notification-service needs it to write to customers.
+/// Nobody else does — in particular not the gateway, which serves `/users/me` from the
+/// caller's own token — so a compromised gateway cannot enumerate customers' addresses.
+pub const GRPC_ACCESS: &[(&[&str], &[&str])] = &[(&["notification-service"], &["GetUser"])];
+
+/// Creates the administrator account when no account has its email yet, and applies a changed
+/// `ADMIN_PASSWORD` to an existing one: rotating the admin password is changing the secret
+/// and restarting. A rotation also ends the administrator's sessions (refresh-token
+/// families), since whoever knew the old password may hold one.
 async fn seed_admin(
     pool: &PgPool,
     passwords: &Passwords,
@@ -126,7 +148,7 @@ async fn seed_admin(
         .await
         .map_err(store)?;
     if exists {
-        return Ok(());
+        return apply_admin_password(pool, passwords, admin).await;
     }
     if admin.password == DEV_ADMIN_PASSWORD {
         tracing::warn!(email = %admin.email, "seeding the administrator with the development password; set ADMIN_PASSWORD");
@@ -148,5 +170,50 @@ async fn seed_admin(
     .await
     .map_err(store)?;
     tracing::info!(email = %admin.email, "administrator account created");
+    Ok(())
+}
+
+/// Re-hashes the administrator's password when the configured one no longer matches.
+/// Costs one Argon2 check per start.
+async fn apply_admin_password(
+    pool: &PgPool,
+    passwords: &Passwords,
+    admin: &AdminSeed,
+) -> Result<(), BootError> {
+    let store = |err: sqlx::Error| BootError::store("postgres", err);
+    let hashing = |err: shop_runtime::ApiError| BootError::Other(err.to_string());
+    let (id, stored): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
+            .bind(&admin.email)
+            .fetch_one(pool)
+            .await
+            .map_err(store)?;
+    if passwords
+        .verify(admin.password.clone(), Some(stored))
+        .await
+        .map_err(hashing)?
+    {
+        return Ok(());
+    }
+    let hash = passwords
+        .hash(admin.password.clone())
+        .await
+        .map_err(hashing)?;
+    let mut tx = pool.begin().await.map_err(store)?;
+    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .bind(id)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(store)?;
+    sqlx::query(
+        "UPDATE refresh_families SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(store)?;
+    tx.commit().await.map_err(store)?;
+    tracing::info!(email = %admin.email, "administrator password changed from ADMIN_PASSWORD; their sessions were ended");
     Ok(())
 }

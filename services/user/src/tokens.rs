@@ -7,6 +7,16 @@
 //! a successor in the same *family* is issued. A token presented a second time means two
 //! parties hold it — the user and a thief — and we cannot tell which is which, so the whole
 //! family is revoked and both must sign in again (OAuth 2.0 Security BCP, RFC 9700 §4.14).
+//!
+//! **The family row is the lock and the truth.** Each family (one sign-in) has a row in
+//! `refresh_families`; a token is valid only while its family is neither revoked nor past its
+//! absolute end (`SESSION_LIFETIME_SECONDS`). Rotation locks that row (`SELECT ... FOR UPDATE`)
+//! before it looks at the token; reuse detection and logout revoke by updating the same row.
+//! So a revocation and a rotation of one family are serialised: either the rotation commits
+//! first and the revocation then ends the family *with* the successor in it, or the revocation
+//! commits first and the rotation, once it gets the lock, sees the family revoked. Revoking by
+//! updating the tokens instead (as this module once did) misses, under READ COMMITTED, a
+//! successor inserted by a rotation that has not committed yet.
 
 use std::{
     sync::Arc,
@@ -25,13 +35,23 @@ use uuid::Uuid;
 use crate::keys::KeyRing;
 
 /// The body of a successful login or refresh.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: u64,
+}
+
+/// Never prints the tokens.
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Issues and rotates tokens.
@@ -42,6 +62,8 @@ pub struct Tokens {
     pub audience: String,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// The absolute lifetime of a family, from sign-in.
+    pub session_lifetime: Duration,
 }
 
 impl Tokens {
@@ -71,60 +93,92 @@ impl Tokens {
         user_id: Uuid,
         roles: Vec<String>,
     ) -> Result<TokenPair, ApiError> {
+        let lifetime = seconds(self.session_lifetime)?;
+        let family_id = Uuid::new_v4();
         let mut tx = pool.begin().await?;
-        let pair = self.issue(&mut tx, user_id, Uuid::new_v4(), roles).await?;
+        sqlx::query(
+            "INSERT INTO refresh_families (id, user_id, expires_at)
+             VALUES ($1, $2, now() + $3 * interval '1 second')",
+        )
+        .bind(family_id)
+        .bind(user_id)
+        .bind(lifetime)
+        .execute(&mut *tx)
+        .await?;
+        let pair = self.issue(&mut tx, user_id, family_id, roles).await?;
         tx.commit().await?;
         Ok(pair)
     }
 
     /// Exchanges a refresh token for a new pair, rotating it.
     ///
-    /// Of two concurrent refreshes with the same token exactly one wins: the conditional
-    /// `UPDATE ... WHERE used_at IS NULL` locks the row, the second waits for the first to
-    /// commit, re-checks the condition, finds the token used — and is treated as a reuse.
+    /// Of two concurrent refreshes with the same token exactly one wins: both lock the family
+    /// row, the second gets it after the first committed, finds the token used — and is
+    /// treated as a reuse, which revokes the family.
     pub async fn refresh(&self, pool: &PgPool, presented: &str) -> Result<TokenPair, ApiError> {
         let hash = token_hash(presented);
         let mut tx = pool.begin().await?;
-        let rotated: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE refresh_tokens SET used_at = now()
-             WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()
-             RETURNING family_id, user_id",
-        )
-        .bind(&hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-
-        if let Some((family_id, user_id)) = rotated {
-            let roles: Vec<String> = sqlx::query_scalar("SELECT roles FROM users WHERE id = $1")
-                .bind(user_id)
-                .fetch_one(&mut *tx)
+        // A token's family never changes, so it can be read before taking the lock.
+        let family_id: Option<Uuid> =
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(&hash)
+                .fetch_optional(&mut *tx)
                 .await?;
-            let pair = self.issue(&mut tx, user_id, family_id, roles).await?;
-            tx.commit().await?;
-            metrics::counter!("user_token_refreshes_total", "outcome" => "rotated").increment(1);
-            return Ok(pair);
-        }
-
-        let reused: Option<Uuid> = sqlx::query_scalar(
-            "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL",
+        let Some(family_id) = family_id else {
+            return Err(refused("unknown"));
+        };
+        let family: Option<(Uuid, bool)> = sqlx::query_as(
+            "SELECT user_id, revoked_at IS NULL AND expires_at > now()
+             FROM refresh_families WHERE id = $1 FOR UPDATE",
+        )
+        .bind(family_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let user_id = match family {
+            Some((user_id, true)) => user_id,
+            _ => return Err(refused("family revoked or ended")),
+        };
+        // Read after the lock: this statement sees everything committed by whoever held the
+        // family before us (READ COMMITTED takes a new snapshot per statement).
+        let token: Option<(bool, bool)> = sqlx::query_as(
+            "SELECT used_at IS NOT NULL, expires_at <= now()
+             FROM refresh_tokens WHERE token_hash = $1",
         )
         .bind(&hash)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(family_id) = reused {
-            let revoked = revoke_family(&mut tx, family_id).await?;
+        // Gone since the first read: purged as expired.
+        let Some((used, expired)) = token else {
+            return Err(refused("expired"));
+        };
+        if used {
+            revoke_family(&mut tx, family_id).await?;
             tx.commit().await?;
-            tracing::warn!(%family_id, revoked, "a rotated refresh token was presented again; family revoked");
+            tracing::warn!(%family_id, "a rotated refresh token was presented again; family revoked");
             metrics::counter!("user_token_refreshes_total", "outcome" => "reuse_detected")
                 .increment(1);
-        } else {
-            metrics::counter!("user_token_refreshes_total", "outcome" => "refused").increment(1);
+            return Err(invalid_refresh_token());
         }
-        Err(invalid_refresh_token())
+        if expired {
+            return Err(refused("expired"));
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        let roles: Vec<String> = sqlx::query_scalar("SELECT roles FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let pair = self.issue(&mut tx, user_id, family_id, roles).await?;
+        tx.commit().await?;
+        metrics::counter!("user_token_refreshes_total", "outcome" => "rotated").increment(1);
+        Ok(pair)
     }
 
     /// Revokes the family of `presented` (logout). Unknown tokens are ignored: logout is
-    /// idempotent and says nothing about which tokens exist.
+    /// idempotent and says nothing about which tokens exist. The update of the family row
+    /// waits for a rotation in flight, so its successor is revoked too.
     pub async fn sign_out(&self, pool: &PgPool, presented: &str) -> Result<(), ApiError> {
         let mut tx = pool.begin().await?;
         let family: Option<Uuid> =
@@ -147,10 +201,12 @@ impl Tokens {
         roles: Vec<String>,
     ) -> Result<TokenPair, ApiError> {
         let refresh_token = new_refresh_token()?;
-        let refresh_ttl = i64::try_from(self.refresh_ttl.as_secs()).map_err(ApiError::internal)?;
+        let refresh_ttl = seconds(self.refresh_ttl)?;
+        // Never beyond the end of the session, however recently it was refreshed.
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at)
-             VALUES ($1, $2, $3, now() + $4 * interval '1 second')",
+             SELECT $1, $2, $3, LEAST(now() + $4 * interval '1 second', expires_at)
+             FROM refresh_families WHERE id = $2",
         )
         .bind(token_hash(&refresh_token))
         .bind(family_id)
@@ -184,25 +240,47 @@ pub async fn purge_expired_periodically(pool: PgPool, shutdown: CancellationToke
     }
 }
 
-/// Deletes the refresh tokens that have expired; returns how many.
+/// Deletes the refresh tokens that have expired, then the families that ended or have no
+/// token left (their tokens go with them); returns how many tokens expired.
 pub async fn purge_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < now()")
+    let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < now()")
         .execute(pool)
-        .await
-        .map(|done| done.rows_affected())
+        .await?
+        .rows_affected();
+    sqlx::query(
+        "DELETE FROM refresh_families f
+         WHERE f.expires_at < now()
+            OR NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.family_id = f.id)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(tokens)
 }
 
+/// Ends a family: every token in it, including one a concurrent rotation is inserting (the
+/// update waits for that rotation's lock on the row, and the rotation re-reads it).
 async fn revoke_family(
     tx: &mut Transaction<'_, Postgres>,
     family_id: Uuid,
-) -> Result<u64, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+        "UPDATE refresh_families SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(family_id)
     .execute(&mut **tx)
-    .await
-    .map(|done| done.rows_affected())
+    .await?;
+    Ok(())
+}
+
+/// A refused refresh, counted with its reason (the caller sees one answer for all).
+fn refused(reason: &'static str) -> ApiError {
+    tracing::debug!(reason, "refresh token refused");
+    metrics::counter!("user_token_refreshes_total", "outcome" => "refused").increment(1);
+    invalid_refresh_token()
+}
+
+fn seconds(duration: Duration) -> Result<i64, ApiError> {
+    i64::try_from(duration.as_secs()).map_err(ApiError::internal)
 }
 
 /// One answer for unknown, expired, revoked and reused refresh tokens.

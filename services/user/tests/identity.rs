@@ -179,16 +179,45 @@ async fn registers_signs_in_and_reads_its_own_account() {
     assert!(header["kid"].is_string());
 }
 
+/// Registration says no more than login about which addresses have an account (ADR 0005):
+/// a taken address gets the answer a new one gets, and the owner's account is untouched.
 #[tokio::test]
-async fn a_duplicate_email_is_409_whatever_its_case() {
+async fn a_duplicate_email_looks_like_a_new_registration_and_changes_nothing() {
     let app = spawn::<UserService>().await.unwrap();
+    let first = register(&app, "bob@example.com").await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    let again = post(
+        &app,
+        "/api/v1/auth/register",
+        json!({"email": "BOB@example.com ", "password": "another long password", "name": "Ann Lee"}),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["content-type"], "application/json");
+    let again: Value = again.json().await.unwrap();
+    let keys = |user: &Value| {
+        let mut keys: Vec<String> = user.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&again), keys(&first), "the same shape");
+    assert_eq!(again["email"], first["email"]);
+    assert_eq!(again["roles"], first["roles"]);
+    assert_ne!(again["id"], first["id"], "the owner's id is not revealed");
+
+    // The owner's password still works; the second caller's does not.
     assert_eq!(
-        register(&app, "bob@example.com").await.status(),
-        StatusCode::CREATED
+        login(&app, "bob@example.com", PASSWORD).await.status(),
+        StatusCode::OK
     );
-    let (status, body) = problem(register(&app, "BOB@example.com ").await).await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(body["type"], "urn:shop:problem:conflict");
+    assert_eq!(
+        login(&app, "bob@example.com", "another long password")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -598,11 +627,12 @@ async fn the_admin_is_seeded_from_configuration() {
 }
 
 const ORDER_SECRET: &str = "order-service-secret-0123456789abcdef";
+const NOTIFICATION_SECRET: &str = "notification-service-secret-0123456789";
 
 #[tokio::test]
 async fn get_user_serves_authenticated_service_calls_only() {
     let (pem, key) = new_key();
-    let clients = format!("order-service={ORDER_SECRET}");
+    let clients = format!("notification-service={NOTIFICATION_SECRET}");
     let app = spawn_with::<UserService>([
         ("JWT_SIGNING_KEY", pem.as_str()),
         ("SERVICE_CLIENTS", clients.as_str()),
@@ -647,8 +677,8 @@ async fn get_user_serves_authenticated_service_calls_only() {
     // The way a caller really does it: credentials → cached service token → metadata.
     let tokens = ServiceTokens::new(
         app.url("/internal/v1/service-token").parse().unwrap(),
-        "order-service",
-        ORDER_SECRET,
+        "notification-service",
+        NOTIFICATION_SECRET,
     )
     .unwrap();
     let mut request = tonic::Request::new(GetUserRequest { id: id.clone() });
@@ -666,7 +696,7 @@ async fn get_user_serves_authenticated_service_calls_only() {
     // Any token with the service role and subject verifies; missing and malformed ids are
     // the caller's error.
     let service = key
-        .sign(&claims("service:order-service", &["service"]))
+        .sign(&claims("service:notification-service", &["service"]))
         .unwrap();
     let missing = client
         .get_user(call(Some(service.clone()), &Uuid::new_v4().to_string()))
@@ -799,10 +829,10 @@ async fn a_registration_publishes_user_registered_through_the_outbox() {
         }
     );
 
-    // A refused registration (duplicate) writes no event.
+    // A registration of a taken address (answered like a new one) writes no event.
     assert_eq!(
         register(&app, "erin@example.com").await.status(),
-        StatusCode::CONFLICT
+        StatusCode::CREATED
     );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(

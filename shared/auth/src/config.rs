@@ -6,12 +6,17 @@
 //! | `JWT_ISSUER` | `urn:shop:user-service` | expected `iss` |
 //! | `JWT_AUDIENCE` | `shop` | expected `aud` |
 //!
+//! With `SHOP_ENV=production` the key set must be fetched over HTTPS: over plain HTTP anyone
+//! on the path could publish their own key and sign any token they like. (The default URL is
+//! plain HTTP to a local stack, so production sets `AUTH_JWKS_URL` explicitly.)
+//!
 //! A service embeds [`AuthConfig`] in its own `FromEnv` settings and builds its [`Verifier`]
 //! once in `build`.
 
 use shop_runtime::{
     BootError,
     config::{ConfigError, Env},
+    mode::Mode,
 };
 
 use crate::{Verifier, VerifierConfig};
@@ -43,8 +48,15 @@ impl AuthConfig {
             DEFAULT_AUDIENCE.to_owned(),
             "an audience name",
         );
+        let mode = Mode::of(env);
         let jwks_url = jwks_url.and_then(|url| match url.scheme() {
-            "http" | "https" => Ok(url),
+            "http" => mode.refuse_in_production(
+                env,
+                "AUTH_JWKS_URL",
+                url,
+                "must be an https:// URL: keys fetched over plain HTTP can be replaced on the way",
+            ),
+            "https" => Ok(url),
             other => env.invalid(
                 "AUTH_JWKS_URL",
                 format!("has scheme '{other}', expected http or https"),
@@ -81,5 +93,37 @@ mod tests {
         let _ = AuthConfig::from_env(&mut env);
         let err = env.finish().unwrap_err().to_string();
         assert!(err.contains("AUTH_JWKS_URL: has scheme 'ftp'"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_a_plain_http_key_set() {
+        let mut env = Env::from_pairs([("SHOP_ENV", "production")]);
+        let _ = AuthConfig::from_env(&mut env);
+        let err = env.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("AUTH_JWKS_URL: must be an https:// URL"),
+            "the default http URL too: {err}"
+        );
+
+        let mut env = Env::from_pairs([
+            ("SHOP_ENV", "production"),
+            (
+                "AUTH_JWKS_URL",
+                "http://user-service:8081/.well-known/jwks.json",
+            ),
+        ]);
+        let _ = AuthConfig::from_env(&mut env);
+        assert!(env.finish().is_err());
+
+        let mut env = Env::from_pairs([
+            ("SHOP_ENV", "production"),
+            (
+                "AUTH_JWKS_URL",
+                "https://user-service/.well-known/jwks.json",
+            ),
+        ]);
+        let config = AuthConfig::from_env(&mut env).unwrap();
+        assert!(env.finish().is_ok());
+        assert_eq!(config.jwks_url.scheme(), "https");
     }
 }

@@ -19,10 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use futures::future::BoxFuture;
 use jsonwebtoken::{
     Algorithm, DecodingKey,
-    jwk::{JwkSet, KeyAlgorithm, PublicKeyUse},
+    jwk::{AlgorithmParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
 
 use crate::verify::ALLOWED_ALGORITHMS;
@@ -180,6 +181,28 @@ fn is_fresh(state: &Refresh, max_age: Duration) -> bool {
     state.fetched_at.is_some_and(|at| at.elapsed() < max_age)
 }
 
+/// RSA moduli shorter than this are refused (NIST SP 800-131A: 1024-bit RSA is factorable with
+/// enough money). A key set is fetched over the network; a short key in it is a downgrade
+/// attempt or a mistake, and either way must not verify anything.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The size of an RSA JWK's modulus `n` in bits (0 when it is not an RSA key or `n` does not
+/// decode).
+fn rsa_modulus_bits(jwk: &Jwk) -> usize {
+    let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+        return 0;
+    };
+    let Ok(modulus) = URL_SAFE_NO_PAD.decode(rsa.n.trim_end_matches('=')) else {
+        return 0;
+    };
+    let leading = modulus.iter().take_while(|byte| **byte == 0).count();
+    let significant = &modulus[leading..];
+    match significant.first() {
+        Some(first) => significant.len() * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
+}
+
 /// The keys of `set` this verifier may use: signing keys with a `kid` and an allowed `alg`.
 /// A key without `alg` is skipped rather than guessed: letting the token's header choose the
 /// algorithm for a key is exactly the confusion the allow-list exists to prevent.
@@ -201,8 +224,48 @@ fn usable_keys(set: &JwkSet) -> HashMap<String, VerifyingKey> {
                 }
             };
             debug_assert!(ALLOWED_ALGORITHMS.contains(&algorithm));
+            if algorithm == Algorithm::RS256 {
+                let bits = rsa_modulus_bits(jwk);
+                if bits < MIN_RSA_BITS {
+                    tracing::warn!(%kid, bits, "ignoring a published RSA key shorter than {MIN_RSA_BITS} bits");
+                    return None;
+                }
+            }
             let key = DecodingKey::from_jwk(jwk).ok()?;
             (key.family() == algorithm.family()).then_some((kid, VerifyingKey { algorithm, key }))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// An RSA public JWK whose modulus has exactly `bits` bits (the top bit set, the rest
+    /// arbitrary: parsing a public key does not check it is a product of two primes).
+    fn rsa_jwk(kid: &str, bits: usize) -> serde_json::Value {
+        let mut modulus = vec![0xA5u8; bits.div_ceil(8)];
+        let top = bits - (modulus.len() - 1) * 8; // bits used in the first byte, 1..=8
+        modulus[0] = (0xA5 >> (8 - top)) | (1 << (top - 1));
+        json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+            "n": URL_SAFE_NO_PAD.encode(&modulus), "e": "AQAB",
+        })
+    }
+
+    #[test]
+    fn rsa_keys_below_2048_bits_are_not_used() {
+        let set: JwkSet = serde_json::from_value(json!({"keys": [
+            rsa_jwk("short", 1024),
+            rsa_jwk("almost", 2047),
+            rsa_jwk("enough", 2048),
+            rsa_jwk("large", 4096),
+        ]}))
+        .unwrap();
+        let mut kids: Vec<String> = usable_keys(&set).into_keys().collect();
+        kids.sort();
+        assert_eq!(kids, ["enough", "large"]);
+    }
 }

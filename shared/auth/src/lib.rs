@@ -13,9 +13,11 @@
 //!   `kid`s cannot turn into a flood of requests to user-service.
 //! * [`http`] has the axum extractors: [`Principal`] (any signed-in user), [`http::RequireAdmin`],
 //!   and [`Principal::require_owner`] for "your own data only".
-//! * [`grpc`] has the layer that authenticates service-to-service calls, and [`client`] the
-//!   caller's side: [`client::ServiceTokens`] gets and caches a service token.
+//! * [`grpc`] has the layer that authenticates service-to-service calls and enforces each
+//!   server's table of which caller may call which method, and [`client`] the caller's side:
+//!   [`client::ServiceTokens`] gets and caches a service token.
 //! * [`config`]: [`AuthConfig`], the variables every verifying service reads.
+//! * `testing` (feature `testing`): a token issuer for the tests of verifying services.
 //!
 //! Every failure is a [`shop_runtime::ApiError`]: 401 problem+json over HTTP, `UNAUTHENTICATED`
 //! over gRPC. The caller learns *that* the token was refused and, when it helps them (expired →
@@ -26,6 +28,8 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod jwks;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod verify;
 
 use serde::{Deserialize, Serialize};

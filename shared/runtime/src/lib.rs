@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`backoff`] | the retry schedule of loops that run until shutdown |
 //! | [`config`] | typed, validated configuration from environment variables |
+//! | [`mode`] | `SHOP_ENV`: development conveniences, or production strictness |
 //! | [`telemetry`] | JSON logs with trace ids, OpenTelemetry traces, W3C propagation |
 //! | [`metrics`] | the Prometheus recorder and request metrics for HTTP and gRPC |
 //! | [`health`] | `/healthz`, `/readyz` and readiness probes |
@@ -20,6 +21,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod mode;
 pub mod service;
 pub mod shutdown;
 pub mod stores;
@@ -99,6 +101,7 @@ impl BootError {
 /// | `MONGODB_URL`, `MONGODB_DATABASE` | required | MongoDB (services that own one) |
 /// | `REDIS_URL`, `REDIS_KEY_PREFIX` | required / `<service>:` | Redis (the gateway) |
 /// | `AMQP_URL` | required | RabbitMQ (services that publish or consume) |
+/// | `SHOP_ENV` | `development` | `production` refuses development conveniences ([`mode`]) |
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub http_addr: SocketAddr,
@@ -110,6 +113,7 @@ pub struct RuntimeConfig {
     pub mongo: Option<MongoConfig>,
     pub redis: Option<RedisConfig>,
     pub amqp: Option<AmqpConfig>,
+    pub mode: mode::Mode,
 }
 
 impl RuntimeConfig {
@@ -137,6 +141,7 @@ impl RuntimeConfig {
         let service_name = env.parse_or("OTEL_SERVICE_NAME", spec.name.to_owned(), "a name");
         let shutdown_grace = env.seconds_or("SHUTDOWN_GRACE_SECONDS", Duration::from_secs(25));
         let startup_timeout = env.seconds_or("STARTUP_TIMEOUT_SECONDS", Duration::from_secs(60));
+        let mode = mode::Mode::from_env(env);
 
         let postgres = spec.needs.postgres.then(|| -> Result<_, ConfigError> {
             let url = url_with_scheme(env, "DATABASE_URL", &["postgres", "postgresql"]);
@@ -188,6 +193,7 @@ impl RuntimeConfig {
             mongo: mongo.transpose()?,
             redis: redis.transpose()?,
             amqp: amqp.transpose()?,
+            mode: mode?,
         })
     }
 }
