@@ -56,6 +56,9 @@ proto-check: ## Lint .proto files and refuse breaking changes (buf against proto
 	scripts/proto-check.sh
 	scripts/proto-check.sh selftest
 
-contracts: infra-up ## Contract tests of one service: make contracts SERVICE=order-service
+# A crate's contract tests (consumer and provider side) live in its tests/contracts.rs.
+contracts: infra-up ## Contract tests of one crate: make contracts SERVICE=order-service
 	@test -n "$(SERVICE)" || { echo "usage: make contracts SERVICE=<package>"; exit 2; }
+	@dir=$$(cargo pkgid -p $(SERVICE) | sed -E 's|^path\+file://([^#]*)#.*|\1|'); \
+	  test -f "$$dir/tests/contracts.rs" || { echo "$(SERVICE) has no contract tests ($$dir/tests/contracts.rs)"; exit 2; }
 	$(WITH_TEST_ENV) cargo test -p $(SERVICE) --locked --test contracts

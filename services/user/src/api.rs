@@ -166,9 +166,7 @@ async fn register(
         email: user.email.clone(),
         name: user.name.clone(),
     };
-    outbox::postgres::enqueue_event(&mut tx, &event)
-        .await
-        .map_err(ApiError::internal)?;
+    outbox::postgres::enqueue_event(&mut tx, &event).await?;
     tx.commit().await?;
     metrics::counter!("user_registrations_total").increment(1);
     Ok((StatusCode::CREATED, Json(user)))

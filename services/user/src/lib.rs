@@ -29,7 +29,7 @@ use std::sync::Arc;
 use shop_auth::{Verifier, VerifierConfig, grpc::RequireService};
 use shop_messaging::outbox::{RelayConfig, postgres::Relay};
 use shop_proto::user::v1::user_service_server::UserServiceServer;
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 use sqlx::{PgPool, migrate::Migrator};
 
 use crate::{
@@ -50,17 +50,9 @@ impl Service for UserService {
     type Config = UserConfig;
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "user-service",
-            http_port: 8081,
-            grpc_port: 50051,
-            needs: Needs {
-                postgres: true,
-                amqp: true,
-                ..Needs::default()
-            },
-            migrations: Some(&MIGRATIONS),
-        }
+        ServiceSpec::new("user-service", 8081, 50051)
+            .postgres(&MIGRATIONS)
+            .amqp()
     }
 
     async fn build(ctx: &Context, config: UserConfig) -> Result<Endpoints, BootError> {

@@ -194,15 +194,12 @@ pub enum ContractError {
 ///   Tests must not phone home (nor hang on a firewall), so the kit insists on the opt-out.
 /// * `pact_verifier` builds reqwest with `rustls-no-provider`; cargo unifies that feature into
 ///   every reqwest client of the test process, which then panics unless a process-wide rustls
-///   crypto provider is installed. We install `ring`, which Pact already uses.
+///   crypto provider is installed: the runtime's one install does it.
 fn prepare_process() {
     let opted_out = std::env::var("PACT_DO_NOT_TRACK").is_ok_and(|value| value == "true");
     assert!(
         opted_out,
         "set PACT_DO_NOT_TRACK=true (the workspace's .cargo/config.toml [env] does) so Pact does not send usage data"
     );
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing the race to another thread installing one is fine: any provider will do.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    shop_runtime::install_crypto_provider();
 }

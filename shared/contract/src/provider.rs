@@ -79,7 +79,8 @@ pub struct Provider {
     descriptors: Descriptors,
     states: Option<StateHandler>,
     producers: BTreeMap<String, MessageProducer>,
-    require_pacts: bool,
+    /// Why it is fine that no contract names this provider yet (`None`: it is not).
+    no_pacts_expected: Option<String>,
 }
 
 impl fmt::Debug for Provider {
@@ -91,7 +92,7 @@ impl fmt::Debug for Provider {
             .field("grpc", &self.grpc)
             .field("states", &self.states.is_some())
             .field("producers", &self.producers.keys().collect::<Vec<_>>())
-            .field("require_pacts", &self.require_pacts)
+            .field("no_pacts_expected", &self.no_pacts_expected)
             .finish_non_exhaustive()
     }
 }
@@ -118,7 +119,7 @@ impl Provider {
             descriptors: Descriptors::default(),
             states: None,
             producers: BTreeMap::new(),
-            require_pacts: false,
+            no_pacts_expected: None,
         }
     }
 
@@ -181,10 +182,12 @@ impl Provider {
         self
     }
 
-    /// Fails verification when no contract names this provider (by default that passes, so a
-    /// provider can have its verification test before its first consumer).
-    pub fn require_pacts(mut self) -> Self {
-        self.require_pacts = true;
+    /// Lets verification pass when no contract names this provider, for the stated `reason`
+    /// (a provider whose first consumer is not written yet). Without it, finding no contract is
+    /// an error ([`ContractError::NoPacts`]): a misspelt provider name or a contract written to
+    /// the wrong folder would otherwise make a verification that checks nothing pass.
+    pub fn no_pacts_expected(mut self, reason: impl Into<String>) -> Self {
+        self.no_pacts_expected = Some(reason.into());
         self
     }
 
@@ -205,17 +208,17 @@ impl Provider {
     pub async fn run(self) -> Result<Verification, ContractError> {
         let pacts = pacts_for(&self.dir, &self.name)?;
         if pacts.is_empty() {
-            if self.require_pacts {
+            let Some(reason) = self.no_pacts_expected else {
                 return Err(ContractError::NoPacts {
                     provider: self.name,
                     dir: self.dir,
                 });
-            }
+            };
             return Ok(Verification {
                 pacts,
                 passed: true,
                 report: format!(
-                    "no contract in {} names provider '{}'",
+                    "no contract in {} names provider '{}', as expected: {reason}",
                     self.dir.display(),
                     self.name
                 ),

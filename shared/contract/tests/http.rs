@@ -144,10 +144,7 @@ async fn consumer_contract_is_verified_against_the_real_provider() {
     // Starts empty: only the provider state makes p-1 exist.
     let products = Products::default();
     let addr = serve(products_app(products.clone())).await;
-    let provider = Provider::new("products")
-        .pacts_in(dir.path())
-        .http(addr)
-        .require_pacts();
+    let provider = Provider::new("products").pacts_in(dir.path()).http(addr);
     let verification = with_states(provider, products, "Espresso beans")
         .run()
         .await
@@ -230,26 +227,32 @@ async fn a_missing_state_handler_fails_the_interaction_that_needs_it() {
 }
 
 #[tokio::test]
-async fn no_contract_passes_unless_contracts_are_required() {
+async fn no_contract_fails_unless_the_test_says_none_is_expected() {
     let dir = tempfile::tempdir().expect("temp dir");
     let addr = serve(products_app(Products::default())).await;
-    let lenient = Provider::new("products")
-        .pacts_in(dir.path())
-        .http(addr)
-        .run()
-        .await;
-    assert!(lenient.is_ok_and(|v| v.passed && v.pacts.is_empty()));
-
     let strict = Provider::new("products")
         .pacts_in(dir.path())
         .http(addr)
-        .require_pacts()
         .run()
         .await;
     assert!(matches!(
         strict,
         Err(shop_contract::ContractError::NoPacts { .. })
     ));
+
+    let expected = Provider::new("products")
+        .pacts_in(dir.path())
+        .http(addr)
+        .no_pacts_expected("no consumer calls products yet")
+        .run()
+        .await
+        .expect("verification ran");
+    assert!(expected.passed && expected.pacts.is_empty());
+    assert!(
+        expected.report.contains("no consumer calls products yet"),
+        "{}",
+        expected.report
+    );
 }
 
 #[test]

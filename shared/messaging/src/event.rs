@@ -80,6 +80,9 @@ mod tests {
         assert_eq!(event.source, "inventory-service");
         assert_eq!(event.dataversion, 2);
         assert!(StockLow::matches(&event));
-        assert_eq!(event.data_as::<StockLow>().unwrap(), StockLow { sku: "A".into() });
+        assert_eq!(
+            event.data_as::<StockLow>().unwrap(),
+            StockLow { sku: "A".into() }
+        );
     }
 }

@@ -6,43 +6,49 @@
 //! and the effect commit together or not at all, and a second delivery finds the record.
 //! Recording it in a separate step (before or after) reopens exactly the window it closes.
 
-/// The inbox on PostgreSQL: the `messaging.inbox` table (see [`crate::postgres::install`]).
+/// The inbox on PostgreSQL: the `messaging.inbox` table (see [`crate::outbox::postgres::install`]).
 pub mod postgres {
     use std::time::Duration;
 
     use sqlx::{PgConnection, PgPool};
 
-    use crate::{Envelope, Error};
+    use uuid::Uuid;
 
-    /// Records, in the caller's transaction, that `consumer` is handling `event`. `true` the
-    /// first time; `false` when it was already handled, and the caller should skip its effect
-    /// and return `Ok` (so the redelivery is acknowledged).
+    use crate::Error;
+
+    /// Records, in the caller's transaction, that `consumer` is handling `event_id`. `true` the
+    /// first time; `false` when it was already handled, and the caller should skip its effect.
+    /// [`crate::Consumer::postgres`] calls this for every event; call it yourself only for
+    /// events that reach you another way.
     ///
     /// Two instances handling the same event at once: the second insert waits for the first
     /// transaction on the primary key, then finds the row, so only one effect commits.
     pub async fn claim(
         conn: &mut PgConnection,
         consumer: &str,
-        event: &Envelope,
+        event_id: Uuid,
     ) -> Result<bool, Error> {
         let inserted = sqlx::query(
             "INSERT INTO messaging.inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(consumer)
-        .bind(event.id)
+        .bind(event_id)
         .execute(&mut *conn)
         .await?
         .rows_affected();
         Ok(inserted == 1)
     }
 
-    /// Deletes inbox records older than `age`. Keep them longer than any event can be
-    /// redelivered (retries, parked messages moved back): days, not minutes.
-    pub async fn prune(pool: &PgPool, age: Duration) -> Result<u64, Error> {
+    /// Deletes `consumer`'s inbox records older than `age` (the consumer does this on a
+    /// schedule). Keep them longer than any event can be redelivered (retries, parked messages
+    /// moved back): days, not minutes.
+    pub async fn prune(pool: &PgPool, consumer: &str, age: Duration) -> Result<u64, Error> {
         let seconds = age.as_secs_f64();
         Ok(sqlx::query(
-            "DELETE FROM messaging.inbox WHERE processed_at < now() - make_interval(secs => $1)",
+            "DELETE FROM messaging.inbox
+             WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2)",
         )
+        .bind(consumer)
         .bind(seconds)
         .execute(pool)
         .await?
@@ -50,12 +56,13 @@ pub mod postgres {
     }
 }
 
-/// The inbox on MongoDB, without transactions: the effect's own document carries the event id
-/// under a unique index, so the effect and the dedupe record are one single-document write.
+/// Helpers for a MongoDB handler's own idempotency (see [`crate::consumer::mongo`] for why it
+/// needs one): the effect's document carries the event id, so the effect and its dedupe record
+/// are one single-document write.
 ///
 /// * The effect *creates* a document (a notification, a ledger entry): give it the event id in
-///   a field with a unique index ([`ensure_unique`]); a redelivery's insert fails with a
-///   duplicate-key error ([`is_duplicate`]), which means "already done".
+///   a field with a unique index ([`mongo::ensure_unique`]); a redelivery's insert fails with a
+///   duplicate-key error ([`mongo::is_duplicate`]), which means "already done".
 /// * The effect *updates* an existing document: put the event id in the update's filter
 ///   (`"applied": { "$ne": id }`) and add it in the same update (`"$push": { "applied": id }`);
 ///   `matched_count == 0` then means "already done" (or no such document).

@@ -7,20 +7,23 @@
 //! write). A [relay](outbox::postgres::Relay) publishes outbox rows with publisher confirms and
 //! deletes them only once the broker confirmed. Delivery is therefore *at least once*;
 //! consumers make it *effectively once* by recording each event id in an *inbox* in the same
-//! transaction as their effect ([`inbox::postgres::claim`]) and acknowledging only after that
-//! transaction committed ([`Consumer`]).
+//! transaction as their effect and acknowledging only after that transaction committed
+//! ([`Consumer`]).
 //!
 //! # Producing (PostgreSQL)
 //!
 //! ```no_run
+//! # use shop_messaging::Event;
+//! # #[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = "camelCase")]
+//! # struct UserRegistered { user_id: uuid::Uuid }
+//! # impl Event for UserRegistered { const SOURCE: &'static str = "user-service"; const ROUTING_KEY: &'static str = "user.user.registered"; }
 //! # async fn example(pool: sqlx::PgPool) -> Result<(), shop_messaging::Error> {
-//! use shop_messaging::{Envelope, outbox};
+//! use shop_messaging::outbox;
 //!
-//! // at start, once: `outbox::postgres::Relay::spawn(&ctx, RelayConfig::default()).await?`
+//! // at start, once: `outbox::postgres::Relay::spawn(ctx, RelayConfig::default()).await?`
 //! let mut tx = pool.begin().await?;
 //! // ... INSERT INTO users ... (the state change)
-//! let event = Envelope::new("user-service", "user.registered", &serde_json::json!({ "userId": "u-1" }))?;
-//! outbox::postgres::enqueue(&mut tx, "user.user.registered", &event).await?;
+//! outbox::postgres::enqueue_event(&mut tx, &UserRegistered { user_id: uuid::Uuid::now_v7() }).await?;
 //! tx.commit().await?; // the event exists if and only if the user does
 //! # Ok(()) }
 //! ```
@@ -28,26 +31,32 @@
 //! # Consuming
 //!
 //! ```no_run
+//! # use shop_messaging::Event;
+//! # #[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = "camelCase")]
+//! # struct UserRegistered { user_id: uuid::Uuid }
+//! # impl Event for UserRegistered { const SOURCE: &'static str = "user-service"; const ROUTING_KEY: &'static str = "user.user.registered"; }
 //! # async fn example(ctx: &shop_runtime::Context) -> Result<(), shop_runtime::BootError> {
-//! use shop_messaging::{Consumer, Envelope, Handler, HandlerError, Subscription, inbox};
+//! use shop_messaging::{Consumer, HandlerError, Received, consumer::postgres::Handle};
 //!
-//! struct Welcome { pool: sqlx::PgPool }
+//! struct Welcome;
 //!
-//! impl Handler for Welcome {
-//!     async fn handle(&self, event: Envelope) -> Result<(), HandlerError> {
-//!         let mut tx = self.pool.begin().await.map_err(HandlerError::retryable)?;
-//!         if !inbox::postgres::claim(&mut tx, "notification", &event).await.map_err(HandlerError::retryable)? {
-//!             return Ok(()); // a redelivery: the effect already happened
-//!         }
-//!         // ... the effect, in `tx` ...
-//!         tx.commit().await.map_err(HandlerError::retryable)?;
+//! impl Handle<UserRegistered> for Welcome {
+//!     // Runs in the transaction that claims the event id in the inbox; a redelivery of an
+//!     // event already handled never gets here.
+//!     async fn handle(&self, tx: &mut sqlx::PgConnection, event: Received<UserRegistered>)
+//!         -> Result<(), HandlerError> {
+//!         sqlx::query("INSERT INTO welcome_mails (user_id) VALUES ($1)")
+//!             .bind(event.payload.user_id)
+//!             .execute(&mut *tx)
+//!             .await?;
 //!         Ok(())
 //!     }
 //! }
 //!
-//! let pool = ctx.postgres()?.clone();
-//! shop_messaging::postgres::install(&pool).await?;
-//! Consumer::spawn(ctx, Subscription::new("notification", ["user.user.registered"]), Welcome { pool })?;
+//! Consumer::postgres("notification", ctx.postgres()?.clone())
+//!     .on::<UserRegistered>(Welcome)
+//!     .spawn(ctx)
+//!     .await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -58,8 +67,9 @@
 //! | [`trace`] | W3C trace context in AMQP headers |
 //! | [`publisher`] | a confirm-mode channel that survives reconnects |
 //! | [`outbox`] | transactional outboxes for PostgreSQL and MongoDB, and their relays |
+//! | [`event`] | [`Event`]: a payload declared once with its routing key, type and version |
 //! | [`inbox`] | deduplication by event id, in the consumer's own transaction |
-//! | [`consumer`] | [`Consumer`]: prefetch, ack after commit, retries, parking, readiness |
+//! | [`consumer`] | [`Consumer`]: typed handlers, inbox, ack after commit, retries, parking |
 
 pub mod consumer;
 pub mod envelope;
@@ -70,10 +80,9 @@ pub mod publisher;
 pub mod topology;
 pub mod trace;
 
-pub use consumer::{Consumer, ConsumerStatus, Handler, HandlerError, Subscription};
+pub use consumer::{Consumer, ConsumerStatus, HandlerError, Received};
 pub use envelope::Envelope;
 pub use event::Event;
-pub use outbox::postgres;
 pub use publisher::Publisher;
 
 /// Why a messaging operation failed.
@@ -100,6 +109,50 @@ pub enum Error {
     NotConfirmed,
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker returned a message no queue took (a retry or parking queue that is missing).
+    #[error("no queue took the message (returned by the broker)")]
+    Returned,
+    /// A consumer that cannot start as configured.
+    #[error("{0}")]
+    Consumer(String),
+}
+
+impl Error {
+    /// Whether the failure is this message's (the broker refused or returned it, or it is not
+    /// a valid event), as opposed to the broker's (unreachable, no confirm in time): a relay
+    /// retries the message alone, later, and eventually parks it, instead of backing off.
+    pub fn blames_the_message(&self) -> bool {
+        match self {
+            Self::Nacked | Self::Returned | Self::RoutingKey(_) | Self::Json(_) => true,
+            Self::Broker(err) => matches!(err.kind(), lapin::ErrorKind::ProtocolError(_)),
+            _ => false,
+        }
+    }
+}
+
+/// For request handlers that write to the outbox with `?`: the database being busy or away is
+/// a 503 the client may retry; everything else is a 500 whose cause is logged, never shown.
+impl From<Error> for shop_runtime::ApiError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Database(err) => err.into(),
+            Error::Mongo(err) if is_unavailable(&err) => {
+                Self::unavailable("The database is busy or unreachable; retry later.")
+                    .with_source(err)
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+fn is_unavailable(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    matches!(
+        *err.kind,
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::Io(_)
+    )
 }
 
 impl From<Error> for shop_runtime::BootError {
@@ -138,12 +191,48 @@ fn public_futures_are_send(
     event: &Envelope,
 ) {
     fn send<T: Send>(_: T) {}
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct E;
+    impl Event for E {
+        const SOURCE: &'static str = "a-service";
+        const ROUTING_KEY: &'static str = "a.b.c";
+    }
+    struct H;
+    impl consumer::postgres::Handle<E> for H {
+        async fn handle(
+            &self,
+            tx: &mut sqlx::PgConnection,
+            _: Received<E>,
+        ) -> Result<(), HandlerError> {
+            sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            Ok(())
+        }
+    }
+    impl consumer::mongo::Handle<E> for H {
+        async fn handle(&self, _: Received<E>) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+    send(Consumer::postgres("c", pool.clone()).on::<E>(H).spawn(ctx));
+    send(
+        Consumer::mongo("c", collection.client().database("d"))
+            .on::<E>(H)
+            .spawn(ctx),
+    );
+    send(outbox::mongo::Relay::spawn(
+        ctx,
+        &["c"],
+        outbox::RelayConfig::default(),
+    ));
+    use outbox::postgres;
     send(postgres::install(pool));
     send(postgres::enqueue(conn, "a.b.c", event));
     send(postgres::Relay::spawn(ctx, outbox::RelayConfig::default()));
-    send(inbox::postgres::claim(conn, "c", event));
+    send(inbox::postgres::claim(conn, "c", event.id));
     send(inbox::postgres::prune(
         pool,
+        "c",
         std::time::Duration::from_secs(1),
     ));
     send(inbox::mongo::ensure_unique(collection, "event_id"));

@@ -186,13 +186,14 @@ impl Publisher {
             pending.push((routing_key.as_str(), confirm, span));
         }
         join_all(pending.into_iter().map(|(routing_key, confirm, span)| {
-            async move { settle(routing_key, confirm).await }.instrument(span)
+            async move { settle(routing_key, confirm, Returned::Counted).await }.instrument(span)
         }))
         .await
     }
 
     /// Publishes `body` to a queue through the default exchange (retries and parking) and waits
-    /// for the confirm.
+    /// for the confirm. A message the broker returns (the queue does not exist) is an error,
+    /// [`Error::Returned`]: the caller still holds the only copy.
     pub async fn publish_to_queue(
         &self,
         queue: &str,
@@ -213,14 +214,24 @@ impl Publisher {
             )
             .await
             .map_err(Error::from);
-        settle(queue, confirm).await
+        settle(queue, confirm, Returned::Failure).await
     }
+}
+
+/// What a returned (unroutable, `mandatory`) message means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Returned {
+    /// An event no consumer binds to (yet): confirmed, counted, not an error.
+    Counted,
+    /// A copy meant for one specific queue: losing it would lose the message.
+    Failure,
 }
 
 /// Waits for one confirm and records the outcome in the metrics.
 async fn settle(
     routing_key: &str,
     confirm: Result<lapin::PublisherConfirm, Error>,
+    on_return: Returned,
 ) -> Result<(), Error> {
     let outcome = match confirm {
         Err(err) => Err(err),
@@ -228,6 +239,9 @@ async fn settle(
             Err(_) => Err(Error::NotConfirmed),
             Ok(Err(err)) => Err(Error::Broker(err)),
             Ok(Ok(Confirmation::Nack(_))) => Err(Error::Nacked),
+            Ok(Ok(Confirmation::Ack(Some(_)))) if on_return == Returned::Failure => {
+                Err(Error::Returned)
+            }
             Ok(Ok(Confirmation::Ack(returned))) => {
                 if returned.is_some() {
                     // Confirmed but routed to no queue: nobody subscribes to it (yet).

@@ -6,7 +6,7 @@
 //!                                                          ▼
 //!                           ┌──────────────────── notification.events (quorum) ──▶ consumer
 //!                           │ dead-letter after TTL                                  │
-//!      notification.events.retry.1000ms (classic, x-message-ttl=1000) ◀── retryable ─┤
+//!      notification.events.retry.1000ms (quorum, x-message-ttl=1000) ◀─── retryable ─┤
 //!      notification.events.retry.10000ms ...                           (attempt n)   │
 //!                                                                                    │
 //!      notification.events.parking (quorum) ◀──────── permanent or retries exhausted ┘
@@ -16,19 +16,30 @@
 //!   `<service>.<aggregate>.<event>`, so a consumer binds `order.#` or `order.order.placed`.
 //! * Each consuming service has one durable **quorum queue** (replicated, the safe default on
 //!   RabbitMQ ≥ 3.8), shared by all its instances (competing consumers).
-//! * **Delay queues**, one per retry delay, are classic queues with a queue-wide
+//! * **Delay queues**, one per retry delay, are quorum queues with a queue-wide
 //!   `x-message-ttl` whose expired messages dead-letter back to the consumer's queue through
-//!   the default exchange. The TTL is on the queue, not on each message: quorum queues only
-//!   honour per-message TTL from RabbitMQ 3.12 on (we run 3.10), and classic queues expire
-//!   messages only at the queue's head, so one delay per queue is what keeps every message
-//!   leaving on time. The delay is in the queue's name: changing a delay declares a new queue
-//!   instead of failing on an existing one declared with different arguments.
+//!   the default exchange. The TTL is on the queue, not on each message, because messages
+//!   expire only at the queue's head: one delay per queue is what keeps every message leaving
+//!   on time. The delay is in the queue's name: changing a delay declares a new queue instead
+//!   of failing on an existing one declared with different arguments.
+//! * **Dead-lettering is at-least-once** (`x-dead-letter-strategy=at-least-once`, which needs
+//!   `x-overflow=reject-publish`, RabbitMQ ≥ 3.10) on every queue that dead-letters: the delay
+//!   queues (TTL expiry back to the main queue) and the main queue (delivery limit to
+//!   parking). With the default strategy the broker drops a dead-lettered message it could not
+//!   route, after the consumer had already acknowledged the original; with this one, the
+//!   source queue keeps the message until the target queue confirmed it.
 //! * A **parking queue** per consumer keeps what could not be handled, with the reason in the
 //!   message's headers, until an operator looks at it (and moves it back with the management
 //!   UI's "move messages" or a shovel once the cause is fixed).
 //! * The main queue has a `x-delivery-limit`: a message that is delivered again and again
 //!   without ever being acknowledged (it crashes the consumer process each time) is
-//!   dead-lettered to the parking queue by the broker itself instead of looping forever.
+//!   dead-lettered to the parking queue by the broker itself instead of looping forever. Such
+//!   a message carries the broker's `x-death` header (reason `delivery_limit`) instead of
+//!   `shop-failure-reason`.
+//!
+//! Queue arguments cannot change on an existing queue: a broker that still has queues from an
+//! older topology refuses the declaration (`PRECONDITION_FAILED`), and the consumer logs it and
+//! keeps retrying. Drain and delete those queues (they are declared again on the next attach).
 
 use std::time::Duration;
 
@@ -43,7 +54,7 @@ pub const EXCHANGE: &str = "shop.events";
 
 /// How often the broker redelivers an unacknowledged message (consumer crashes, lost
 /// connections) before it parks it. High: it only exists to stop crash loops.
-pub const DELIVERY_LIMIT: i64 = 20;
+pub const DELIVERY_LIMIT: u32 = 20;
 
 /// Header: how many times handling this message has failed so far.
 pub const ATTEMPTS_HEADER: &str = "shop-attempts";
@@ -104,16 +115,28 @@ fn string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-/// Declares the exchange and the consumer's queues, and binds its queue to `bindings`.
+/// Declares the exchange and the consumer's queues, and binds its queue to `bindings`. A
+/// message delivered more than `delivery_limit` times without being settled is parked by the
+/// broker.
 pub async fn declare_consumer(
     channel: &Channel,
     queues: &ConsumerQueues,
     bindings: &[String],
+    delivery_limit: u32,
 ) -> Result<(), lapin::Error> {
     declare_exchange(channel).await?;
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
+    };
+
+    // What every queue that dead-letters needs so the broker does not drop what it moves.
+    let at_least_once = |args: &mut FieldTable, target: &str| {
+        args.insert("x-queue-type".into(), string("quorum"));
+        args.insert("x-dead-letter-exchange".into(), string(""));
+        args.insert("x-dead-letter-routing-key".into(), string(target));
+        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+        args.insert("x-overflow".into(), string("reject-publish"));
     };
 
     let mut parking = FieldTable::default();
@@ -123,25 +146,22 @@ pub async fn declare_consumer(
         .await?;
 
     let mut main = FieldTable::default();
-    main.insert("x-queue-type".into(), string("quorum"));
+    at_least_once(&mut main, &queues.parking);
     main.insert(
         "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        AMQPValue::LongLongInt(i64::from(delivery_limit)),
     );
-    main.insert("x-dead-letter-exchange".into(), string(""));
-    main.insert("x-dead-letter-routing-key".into(), string(&queues.parking));
     channel
         .queue_declare(queues.main.as_str().into(), durable, main)
         .await?;
 
     for (delay, name) in &queues.retries {
         let mut retry = FieldTable::default();
+        at_least_once(&mut retry, &queues.main);
         retry.insert(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         );
-        retry.insert("x-dead-letter-exchange".into(), string(""));
-        retry.insert("x-dead-letter-routing-key".into(), string(&queues.main));
         channel
             .queue_declare(name.as_str().into(), durable, retry)
             .await?;

@@ -1,18 +1,27 @@
-//! The MongoDB outbox and inbox against the real FerretDB (no multi-document transactions, no
-//! change streams): events stored by the same single-document write as the state change.
+//! The MongoDB outbox and consumer against the real FerretDB (no multi-document transactions,
+//! no change streams): events stored by the same single-document write as the state change,
+//! and redeliveries absorbed by the inbox collection and the handler's own idempotent write.
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use mongodb::bson::{Document, doc};
 use serde_json::json;
 use shop_messaging::{
+    Consumer, ConsumerStatus, Envelope, HandlerError, Publisher, Received,
+    consumer::mongo::{COLLECTION as INBOX, Handle},
     inbox,
     outbox::{RelayConfig, mongo},
 };
 use shop_testkit::{BoxError, isolation};
-use support::{ROUTING_KEY, Stack, event, eventually};
+use support::{ROUTING_KEY, Stack, Thing, event, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -32,7 +41,7 @@ async fn pending_in(products: &mongodb::Collection<Document>, id: &str) -> Resul
 #[tokio::test]
 async fn events_written_with_the_document_are_relayed_and_then_removed_from_it()
 -> Result<(), BoxError> {
-    let (stack, recorder) = Stack::consuming().await?;
+    let (stack, recorder, _status) = Stack::consuming().await?;
     let db = database().await?;
     let products = db.collection::<Document>("products");
 
@@ -64,7 +73,7 @@ async fn events_written_with_the_document_are_relayed_and_then_removed_from_it()
         RelayConfig {
             batch_size: 10,
             poll_interval: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(1),
+            ..Stack::relay_config()
         },
         stack.shutdown.clone(),
     ));
@@ -99,22 +108,110 @@ async fn events_written_with_the_document_are_relayed_and_then_removed_from_it()
     Ok(())
 }
 
+/// A MongoDB handler whose effect is one notification per event, made idempotent by a unique
+/// index on the event id; it counts its calls.
+#[derive(Clone)]
+struct Notify {
+    notifications: mongodb::Collection<Document>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Handle<Thing> for Notify {
+    async fn handle(&self, event: Received<Thing>) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let notification = doc! { "event_id": event.id().to_string(), "text": "hello" };
+        match self.notifications.insert_one(notification).await {
+            Ok(_) => Ok(()),
+            Err(err) if inbox::mongo::is_duplicate(&err) => Ok(()), // done before
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+async fn mongo_consumer(
+    stack: &Stack,
+    db: &mongodb::Database,
+    retention: Duration,
+) -> Result<(Notify, ConsumerStatus), BoxError> {
+    let notify = Notify {
+        notifications: db.collection("notifications"),
+        calls: Arc::default(),
+    };
+    inbox::mongo::ensure_unique(&notify.notifications, "event_id").await?;
+    let status = Consumer::mongo("test", db.clone())
+        .on::<Thing>(notify.clone())
+        .inbox_retention(retention, Duration::from_millis(200))
+        .start(
+            stack.amqp.clone(),
+            &stack.readiness,
+            &stack.tasks,
+            stack.shutdown.clone(),
+        )
+        .await?;
+    let attached = status.clone();
+    eventually(PATIENCE, || {
+        let attached = attached.clone();
+        async move { attached.is_attached() }
+    })
+    .await?;
+    Ok((notify, status))
+}
+
+async fn publish(stack: &Stack, thing: &Envelope) -> Result<(), BoxError> {
+    let results = Publisher::new(stack.amqp.clone())
+        .publish_events(&[(ROUTING_KEY.to_owned(), thing.clone())])
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
+}
+
 #[tokio::test]
-async fn a_unique_event_id_on_the_effect_document_makes_a_redelivery_a_no_op()
+async fn redeliveries_reach_a_mongodb_handler_at_most_when_the_inbox_missed_them_and_change_nothing()
 -> Result<(), BoxError> {
+    let stack = Stack::new().await?;
     let db = database().await?;
-    let notifications = db.collection::<Document>("notifications");
-    inbox::mongo::ensure_unique(&notifications, "event_id").await?;
-    inbox::mongo::ensure_unique(&notifications, "event_id").await?; // idempotent
+    let (notify, status) = mongo_consumer(&stack, &db, Duration::from_secs(3600)).await?;
 
     let thing = event(json!({ "n": 1 }));
-    let effect = doc! { "event_id": thing.id.to_string(), "text": "hello" };
-    notifications.insert_one(effect.clone()).await?;
-    let again = notifications
-        .insert_one(effect)
-        .await
-        .expect_err("the same event id cannot be inserted twice");
-    assert!(inbox::mongo::is_duplicate(&again), "{again}");
-    assert_eq!(notifications.count_documents(doc! {}).await?, 1);
+    publish(&stack, &thing).await?;
+    eventually(PATIENCE, || async { status.settled("handled") == 1 }).await?;
+
+    // A duplicate publish: the inbox has the id, the handler is not called.
+    publish(&stack, &thing).await?;
+    eventually(PATIENCE, || async { status.settled("duplicate") == 1 }).await?;
+    assert_eq!(notify.calls.load(Ordering::SeqCst), 1);
+
+    // A crash after the handler's write but before the inbox record: the record is missing,
+    // the redelivery reaches the handler, and its own unique index makes it a no-op.
+    db.collection::<Document>(INBOX)
+        .delete_many(doc! { "event_id": thing.id.to_string() })
+        .await?;
+    publish(&stack, &thing).await?;
+    eventually(PATIENCE, || async { status.settled("handled") == 2 }).await?;
+    assert_eq!(notify.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        notify
+            .notifications
+            .count_documents(doc! { "event_id": thing.id.to_string() })
+            .await?,
+        1,
+        "three deliveries, one effect"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_mongodb_inbox_is_pruned_on_a_schedule() -> Result<(), BoxError> {
+    let stack = Stack::new().await?;
+    let db = database().await?;
+    let (_notify, status) = mongo_consumer(&stack, &db, Duration::ZERO).await?;
+    let thing = event(json!({ "n": 1 }));
+    publish(&stack, &thing).await?;
+    eventually(PATIENCE, || async { status.settled("handled") == 1 }).await?;
+    let records = db.collection::<Document>(INBOX);
+    eventually(PATIENCE, || async {
+        records.count_documents(doc! {}).await.ok() == Some(0)
+    })
+    .await?;
     Ok(())
 }

@@ -3,10 +3,15 @@
 //! * `/healthz` answers 200 while the process can serve HTTP at all. It checks nothing else:
 //!   an orchestrator restarts a process whose liveness fails, and restarting does not fix a
 //!   database outage.
-//! * `/readyz` runs every registered probe (its stores, its broker, its consumers) concurrently,
-//!   each with a short timeout, and answers 503 as a problem document naming the failing ones,
-//!   so a load balancer stops sending traffic until they recover. It also answers 503 while the
-//!   service drains during shutdown.
+//! * `/readyz` runs every registered probe concurrently, each with a short timeout, and answers
+//!   503 as a problem document naming the failing ones, so a load balancer stops sending
+//!   traffic until they recover. It also answers 503 while the service drains during shutdown.
+//!   Only what the service needs to *answer requests* is required ([`Readiness::add`]: its
+//!   databases). Dependencies it can answer without are *reported* ([`Readiness::report`]):
+//!   they appear in `checks` (and in `optional`) but do not make the service unready. The broker
+//!   is one: a producer keeps accepting writes while RabbitMQ is down, because its outbox holds
+//!   the events until the broker is back; taking every replica out of the load balancer then
+//!   would turn a broker outage into a full outage.
 
 use std::{
     collections::BTreeMap,
@@ -29,10 +34,13 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ProbeFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// One registered probe: its name, whether readiness requires it, and the check.
+type Probe = (String, bool, ProbeFn);
+
 /// The registry of readiness probes of one service.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    probes: Arc<RwLock<Vec<(String, ProbeFn)>>>,
+    probes: Arc<RwLock<Vec<Probe>>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -41,7 +49,7 @@ impl std::fmt::Debug for Readiness {
         let names: Vec<String> = self
             .probes
             .read()
-            .map(|p| p.iter().map(|(n, _)| n.clone()).collect())
+            .map(|p| p.iter().map(|(n, _, _)| n.clone()).collect())
             .unwrap_or_default();
         f.debug_struct("Readiness").field("probes", &names).finish()
     }
@@ -53,18 +61,34 @@ pub struct Report {
     pub ready: bool,
     /// Probe name → `"up"` or `"down"`.
     pub checks: BTreeMap<String, &'static str>,
+    /// The probes that are reported but not required (see [`Readiness::report`]).
+    pub optional: Vec<String>,
 }
 
 impl Readiness {
     /// Registers a probe: an async check that is `Ok(())` when the dependency is usable.
+    /// The service is not ready while it fails.
     pub fn add<F, Fut>(&self, name: impl Into<String>, probe: F)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        let probe: ProbeFn = Arc::new(move || Box::pin(probe()));
+        self.register(name.into(), true, Arc::new(move || Box::pin(probe())));
+    }
+
+    /// Registers a probe that is reported in `/readyz` (and logged when down) but does not make
+    /// the service unready: a dependency the service can answer requests without.
+    pub fn report<F, Fut>(&self, name: impl Into<String>, probe: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.register(name.into(), false, Arc::new(move || Box::pin(probe())));
+    }
+
+    fn register(&self, name: String, required: bool, probe: ProbeFn) {
         if let Ok(mut probes) = self.probes.write() {
-            probes.push((name.into(), probe));
+            probes.push((name, required, probe));
         }
     }
 
@@ -80,24 +104,43 @@ impl Readiness {
     /// Runs all probes concurrently.
     pub async fn check(&self) -> Report {
         let probes = self.probes.read().map(|p| p.clone()).unwrap_or_default();
-        let results = join_all(probes.into_iter().map(|(name, probe)| async move {
-            let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe()).await {
-                Ok(Ok(())) => "up",
-                Ok(Err(reason)) => {
-                    tracing::warn!(probe = %name, %reason, "readiness probe failed");
-                    "down"
-                }
-                Err(_) => {
-                    tracing::warn!(probe = %name, "readiness probe timed out");
-                    "down"
-                }
-            };
-            (name, outcome)
-        }))
+        let optional: Vec<String> = probes
+            .iter()
+            .filter(|(_, required, _)| !required)
+            .map(|(name, _, _)| name.clone())
+            .collect();
+        let results = join_all(
+            probes
+                .into_iter()
+                .map(|(name, required, probe)| async move {
+                    let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe()).await {
+                        Ok(Ok(())) => "up",
+                        Ok(Err(reason)) => {
+                            tracing::warn!(probe = %name, %reason, "readiness probe failed");
+                            "down"
+                        }
+                        Err(_) => {
+                            tracing::warn!(probe = %name, "readiness probe timed out");
+                            "down"
+                        }
+                    };
+                    (name, required, outcome)
+                }),
+        )
         .await;
-        let checks: BTreeMap<_, _> = results.into_iter().collect();
-        let ready = !self.is_draining() && checks.values().all(|status| *status == "up");
-        Report { ready, checks }
+        let ready = !self.is_draining()
+            && results
+                .iter()
+                .all(|(_, required, status)| !required || *status == "up");
+        let checks = results
+            .into_iter()
+            .map(|(name, _, status)| (name, status))
+            .collect();
+        Report {
+            ready,
+            checks,
+            optional,
+        }
     }
 }
 
@@ -110,8 +153,12 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(readiness): State<Readiness>) -> axum::response::Response {
     let report = readiness.check().await;
     if report.ready {
-        return Json(serde_json::json!({ "status": "ready", "checks": report.checks }))
-            .into_response();
+        return Json(serde_json::json!({
+            "status": "ready",
+            "checks": report.checks,
+            "optional": report.optional,
+        }))
+        .into_response();
     }
     let detail = if readiness.is_draining() {
         "The service is shutting down.".to_owned()
@@ -119,7 +166,7 @@ pub async fn readyz(State(readiness): State<Readiness>) -> axum::response::Respo
         let down: Vec<&str> = report
             .checks
             .iter()
-            .filter(|(_, status)| **status != "up")
+            .filter(|(name, status)| **status != "up" && !report.optional.contains(name))
             .map(|(name, _)| name.as_str())
             .collect();
         format!("Dependencies unavailable: {}.", down.join(", "))
@@ -144,6 +191,17 @@ mod tests {
         assert!(!report.ready);
         assert_eq!(report.checks["bad"], "down");
         assert_eq!(report.checks["good"], "up");
+    }
+
+    #[tokio::test]
+    async fn a_reported_probe_that_is_down_does_not_make_the_service_unready() {
+        let readiness = Readiness::default();
+        readiness.add("database", || async { Ok(()) });
+        readiness.report("broker", || async { Err("refused".to_owned()) });
+        let report = readiness.check().await;
+        assert!(report.ready);
+        assert_eq!(report.checks["broker"], "down");
+        assert_eq!(report.optional, vec!["broker".to_owned()]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,18 +45,13 @@ impl TestApp {
 
     /// Polls `/readyz` until it answers 200 or `timeout` passes.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), BoxError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Ok(response) = self.get("/readyz").await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!("{} not ready within {timeout:?}", self.http_addr).into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::eventually(timeout, || async {
+            self.get("/readyz")
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        })
+        .await
+        .map_err(|err| format!("{} not ready: {err}", self.http_addr).into())
     }
 
     /// Begins a graceful shutdown, as SIGTERM would, and waits until the service stopped.

@@ -118,6 +118,25 @@ pub async fn rabbitmq_vhost() -> Result<String, BoxError> {
     Ok(url.to_string())
 }
 
+/// What the broker's management API says about `queue` in the vhost of `vhost_url` (a URL from
+/// [`rabbitmq_vhost`]): its `arguments`, `type`, message counts, ...
+pub async fn rabbitmq_queue(vhost_url: &str, queue: &str) -> Result<serde_json::Value, BoxError> {
+    let (_, api_url) = infra::rabbitmq_urls().await?;
+    let api = ManagementApi::new(&api_url)?;
+    let vhost = Url::parse(vhost_url)?
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    let response = api
+        .client
+        .get(api.url(&format!("api/queues/{vhost}/{queue}"))?)
+        .basic_auth(&api.user, Some(&api.password))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(response.json().await?)
+}
+
 /// The few calls of RabbitMQ's management HTTP API the kit needs.
 #[derive(Debug)]
 struct ManagementApi {

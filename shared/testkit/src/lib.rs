@@ -10,6 +10,7 @@
 //!   isolated stores, and hands back its addresses.
 //! * [`proxy`]: a TCP proxy between a service and a dependency that a test can cut and
 //!   restore, to inject "the database/broker went away" faults.
+//! * [`wait`]: [`eventually`], the bounded wait every test uses instead of sleeping.
 
 pub mod app;
 pub mod infra;
@@ -17,8 +18,10 @@ pub mod isolation;
 pub mod ops;
 pub mod process;
 pub mod proxy;
+pub mod wait;
 
 pub use app::{TestApp, spawn, spawn_with};
+pub use wait::eventually;
 
 /// Errors in test setup; tests just `?` or `expect` them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

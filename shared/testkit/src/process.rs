@@ -66,6 +66,12 @@ impl ChildService {
         }
     }
 
+    /// Kills the process at once (SIGKILL): no shutdown code runs, as in a crash or an OOM kill.
+    pub fn kill(mut self) -> Result<ExitStatus, BoxError> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
     /// Sends SIGTERM and waits for the exit; returns the exit status and everything it printed.
     pub async fn terminate(mut self, timeout: Duration) -> Result<(ExitStatus, String), BoxError> {
         let pid = Pid::from_raw(i32::try_from(self.child.id())?);

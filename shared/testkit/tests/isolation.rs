@@ -2,8 +2,9 @@
 //! only its own data.
 //!
 //! The two tests meet at a barrier after writing, so their data coexists while each reads it
-//! back (if the harness runs them one after the other, the barrier gives up after a while and
-//! the checks still hold).
+//! back. If they do not overlap (the harness runs them one after the other, or only one of
+//! them), the barrier times out and the test fails: without the overlap it would prove
+//! nothing. Run it as the harness does by default, with more than one test thread.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
@@ -19,7 +20,9 @@ use tokio::sync::Barrier;
 static BOTH_WROTE: LazyLock<Barrier> = LazyLock::new(|| Barrier::new(2));
 
 async fn wait_for_the_other_test() {
-    let _ = tokio::time::timeout(Duration::from_secs(20), BOTH_WROTE.wait()).await;
+    tokio::time::timeout(Duration::from_secs(20), BOTH_WROTE.wait())
+        .await
+        .expect("the other test did not run at the same time (one test thread, or a filter?)");
 }
 
 #[tokio::test(flavor = "multi_thread")]

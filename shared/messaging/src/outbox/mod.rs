@@ -23,8 +23,12 @@ pub struct RelayConfig {
     /// How often to look for pending events: the fallback for PostgreSQL, which is woken by
     /// notifications; the only trigger for MongoDB (use ~1 s there).
     pub poll_interval: Duration,
-    /// The longest wait between attempts while the broker or the database is down.
+    /// The longest wait between attempts while the broker or the database is down, and
+    /// between two attempts of one message the broker refused.
     pub max_backoff: Duration,
+    /// How many times the broker may refuse one message before the relay parks it (moves it
+    /// aside with the reason) so that it stops holding anything up.
+    pub max_attempts: u32,
 }
 
 impl Default for RelayConfig {
@@ -33,6 +37,7 @@ impl Default for RelayConfig {
             batch_size: 100,
             poll_interval: Duration::from_secs(5),
             max_backoff: Duration::from_secs(30),
+            max_attempts: 10,
         }
     }
 }

@@ -21,6 +21,15 @@
 //! change streams on a standalone server), publishes them with confirms and `$unset`s each
 //! confirmed entry. Unlike the PostgreSQL relay it cannot lock: run one instance per service,
 //! or accept that two instances may both publish an event (consumers deduplicate anyway).
+//!
+//! An entry the broker refuses counts an attempt in the entry, and its document is passed over
+//! until [`DEFERRED_UNTIL`] (a growing pause), so documents behind it are relayed meanwhile. An
+//! entry that is not an event, or was refused [`RelayConfig::max_attempts`] times, is moved to
+//! the [`PARKED`] collection with the reason, logged once and counted in
+//! `messaging_outbox_parked_total`. When the broker itself is down, nothing is counted against
+//! the entries: the relay backs off.
+
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::{
@@ -35,6 +44,13 @@ use crate::{Error, Publisher, check_routing_key, envelope::Envelope};
 
 /// The field holding a document's pending events.
 pub const FIELD: &str = "outbox";
+
+/// The field the relay sets on a document whose entry the broker refused: the document is not
+/// looked at again before then. Producers never write it.
+pub const DEFERRED_UNTIL: &str = "outbox_deferred_until";
+
+/// The collection entries are moved to when the relay gives up on them.
+pub const PARKED: &str = "messaging_outbox_parked";
 
 /// The dotted path of `event`'s entry, `outbox.<event id>`: the key to `$set` in an update.
 pub fn path(event: &Envelope) -> String {
@@ -68,8 +84,9 @@ pub fn pending<'a>(
 pub struct Relay;
 
 impl Relay {
-    /// Starts the relay for `collections` of the service's database as a background task.
-    pub fn spawn(
+    /// Starts the relay for `collections` of the service's database as one of the service's
+    /// background tasks; it stops after its current batch when shutdown begins.
+    pub async fn spawn(
         ctx: &Context,
         collections: &[&str],
         config: RelayConfig,
@@ -101,7 +118,7 @@ impl Relay {
         while !shutdown.is_cancelled() {
             let mut outcome = Ok(false);
             for collection in &collections {
-                match relay_batch(&db, collection, &publisher, config.batch_size).await {
+                match relay_batch(&db, collection, &publisher, &config).await {
                     Ok(full) => outcome = outcome.map(|more| more || full),
                     Err(err) => {
                         tracing::warn!(%collection, error = %err, "outbox relay failed");
@@ -133,24 +150,72 @@ fn has_pending() -> Document {
     doc! { FIELD: { "$exists": true, "$ne": {} } }
 }
 
-/// Publishes the pending events of up to `batch_size` documents; `Ok(true)` when there may be
-/// more.
+/// Documents with pending events that are not deferred.
+fn due(now: bson::DateTime) -> Document {
+    doc! {
+        FIELD: { "$exists": true, "$ne": {} },
+        "$or": [
+            { DEFERRED_UNTIL: { "$exists": false } },
+            { DEFERRED_UNTIL: { "$lte": now } },
+        ],
+    }
+}
+
+/// One pending entry, read from its document.
+struct Pending {
+    document: Bson,
+    event_id: String,
+    attempts: u32,
+    event: Result<(String, Envelope), String>,
+}
+
+fn read_entry(document: &Bson, event_id: &str, entry: &Bson) -> Pending {
+    let (attempts, event) = match entry {
+        Bson::Document(entry) => {
+            let attempts = entry
+                .get_i32("attempts")
+                .ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0);
+            let event = match (entry.get_str("routing_key"), entry.get_str("envelope")) {
+                (Ok(key), Ok(json)) => check_routing_key(key)
+                    .and_then(|()| Ok(Envelope::from_slice(json.as_bytes())?))
+                    .map(|envelope| (key.to_owned(), envelope))
+                    .map_err(|err| format!("not an event: {err}")),
+                _ => Err("not an event: no routing_key or envelope".to_owned()),
+            };
+            (attempts, event)
+        }
+        _ => (
+            0,
+            Err("not an event: the entry is not a document".to_owned()),
+        ),
+    };
+    Pending {
+        document: document.clone(),
+        event_id: event_id.to_owned(),
+        attempts,
+        event,
+    }
+}
+
+/// Publishes the pending events of up to `batch_size` due documents; `Ok(true)` when there may
+/// be more. Errors (after settling what it could) when the broker failed.
 async fn relay_batch(
     db: &Database,
     collection: &str,
     publisher: &Publisher,
-    batch_size: i64,
+    config: &RelayConfig,
 ) -> Result<bool, Error> {
     let documents = db.collection::<Document>(collection);
     let found: Vec<Document> = documents
-        .find(has_pending())
+        .find(due(bson::DateTime::now()))
         .projection(doc! { FIELD: 1 })
-        .limit(batch_size)
+        .limit(config.batch_size)
         .await?
         .try_collect()
         .await?;
 
-    // (document id, event id, routing key, envelope), oldest event first per document.
     let mut pending = Vec::new();
     let mut oldest: Option<bson::DateTime> = None;
     for document in &found {
@@ -158,49 +223,67 @@ async fn relay_batch(
             continue;
         };
         for (event_id, entry) in outbox {
-            let Bson::Document(entry) = entry else {
-                continue;
-            };
-            let parsed = entry
-                .get_str("routing_key")
-                .ok()
-                .zip(entry.get_str("envelope").ok())
-                .and_then(|(key, json)| {
-                    Some((key.to_owned(), Envelope::from_slice(json.as_bytes()).ok()?))
-                });
-            if let Ok(created) = entry.get_datetime("created_at") {
+            if let Some(created) = entry
+                .as_document()
+                .and_then(|e| e.get_datetime("created_at").ok())
+            {
                 oldest = Some(oldest.map_or(*created, |o| o.min(*created)));
             }
-            match parsed {
-                Some((routing_key, envelope)) => {
-                    pending.push((id.clone(), event_id.clone(), routing_key, envelope));
-                }
-                None => {
-                    tracing::error!(%collection, %event_id, "outbox entry is not an event; left in place")
-                }
-            }
+            pending.push(read_entry(id, event_id, entry));
         }
     }
-    pending.sort_by_key(|(_, _, _, envelope)| envelope.id); // UUIDv7: creation order
+    // UUIDv7 ids: creation order, per document and roughly across them.
+    pending.sort_by(|a, b| a.event_id.cmp(&b.event_id));
 
-    let events: Vec<(String, Envelope)> = pending
+    let (publishable, broken): (Vec<&Pending>, Vec<&Pending>) =
+        pending.iter().partition(|p| p.event.is_ok());
+    let events: Vec<(String, Envelope)> = publishable
         .iter()
-        .map(|(_, _, key, envelope)| (key.clone(), envelope.clone()))
+        .filter_map(|p| p.event.as_ref().ok().cloned())
         .collect();
     let results = publisher.publish_events(&events).await;
-    let mut first_error = None;
-    for ((id, event_id, _, _), result) in pending.iter().zip(results) {
+
+    let mut broker_error = None;
+    for pending in &broken {
+        let reason = pending.event.as_ref().err().cloned().unwrap_or_default();
+        park(db, &documents, collection, pending, &reason).await?;
+    }
+    for (pending, result) in publishable.into_iter().zip(results) {
+        let entry = format!("{FIELD}.{}", pending.event_id);
         match result {
             Ok(()) => {
                 documents
                     .update_one(
-                        doc! { "_id": id.clone() },
-                        doc! { "$unset": { format!("{FIELD}.{event_id}"): "" } },
+                        doc! { "_id": pending.document.clone() },
+                        doc! { "$unset": { entry: "" } },
                     )
                     .await?;
             }
+            Err(err) if err.blames_the_message() => {
+                let attempts = pending.attempts + 1;
+                if attempts >= config.max_attempts {
+                    let reason = format!("refused {attempts} times: {err}");
+                    park(db, &documents, collection, pending, &reason).await?;
+                } else {
+                    let pause = Duration::from_secs(1 << attempts.min(16)).min(config.max_backoff);
+                    let until = bson::DateTime::from_millis(
+                        bson::DateTime::now().timestamp_millis()
+                            + i64::try_from(pause.as_millis()).unwrap_or(i64::MAX / 2),
+                    );
+                    documents
+                        .update_one(
+                            doc! { "_id": pending.document.clone() },
+                            doc! { "$set": {
+                                format!("{entry}.attempts"): i32::try_from(attempts).unwrap_or(i32::MAX),
+                                format!("{entry}.last_error"): err.to_string(),
+                                DEFERRED_UNTIL: until,
+                            } },
+                        )
+                        .await?;
+                }
+            }
             Err(err) => {
-                first_error.get_or_insert(err);
+                broker_error.get_or_insert(err);
             }
         }
     }
@@ -214,8 +297,50 @@ async fn relay_batch(
     metrics::gauge!("messaging_outbox_oldest_age_seconds", "store" => "mongodb", "collection" => collection.to_owned())
         .set(age);
 
-    match first_error {
+    match broker_error {
         Some(err) => Err(err),
-        None => Ok(i64::try_from(found.len()).unwrap_or(i64::MAX) >= batch_size),
+        None => Ok(i64::try_from(found.len()).unwrap_or(i64::MAX) >= config.batch_size),
     }
+}
+
+/// Copies the entry to [`PARKED`], then removes it from its document. A crash in between
+/// leaves it in both: parked again (same `_id`, a no-op) on the next round.
+async fn park(
+    db: &Database,
+    documents: &mongodb::Collection<Document>,
+    collection: &str,
+    pending: &Pending,
+    reason: &str,
+) -> Result<(), Error> {
+    let path = format!("{FIELD}.{}", pending.event_id);
+    let entry = documents
+        .find_one(doc! { "_id": pending.document.clone() })
+        .projection(doc! { &path: 1 })
+        .await?
+        .and_then(|d| d.get_document(FIELD).ok().cloned())
+        .and_then(|outbox| outbox.get(&pending.event_id).cloned())
+        .unwrap_or(Bson::Null);
+    let record = doc! {
+        "_id": format!("{collection}/{}", pending.event_id),
+        "collection": collection,
+        "document": pending.document.clone(),
+        "event_id": &pending.event_id,
+        "entry": entry,
+        "reason": reason,
+        "parked_at": bson::DateTime::now(),
+    };
+    match db.collection::<Document>(PARKED).insert_one(record).await {
+        Ok(_) => {}
+        Err(err) if crate::inbox::mongo::is_duplicate(&err) => {}
+        Err(err) => return Err(err.into()),
+    }
+    documents
+        .update_one(
+            doc! { "_id": pending.document.clone() },
+            doc! { "$unset": { path: "" } },
+        )
+        .await?;
+    tracing::error!(%collection, event_id = %pending.event_id, %reason, "outbox entry parked in {PARKED}");
+    metrics::counter!("messaging_outbox_parked_total", "store" => "mongodb").increment(1);
+    Ok(())
 }

@@ -16,6 +16,13 @@
 //! rows are published again later: a duplicate, never a loss. It wakes on `NOTIFY` from
 //! [`enqueue`] (delivered at commit) and also polls, in case a notification was missed while
 //! its listening connection was being re-established.
+//!
+//! A failure is either the broker's (unreachable, no confirm in time): every row waits and the
+//! relay backs off; or the row's (the broker refused this message, the row is not an event):
+//! only that row waits, for a growing pause (`available_at`), while the rows behind it are
+//! published. A row that is not an event, or that the broker refused
+//! [`RelayConfig::max_attempts`] times, is moved to `messaging.outbox_parked` with the reason,
+//! logged once and counted in `messaging_outbox_parked_total`.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +56,26 @@ CREATE TABLE IF NOT EXISTS messaging.inbox (
     event_id     uuid        NOT NULL,
     processed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
+);
+-- Pruning deletes a consumer's oldest records.
+CREATE INDEX IF NOT EXISTS inbox_processed_at ON messaging.inbox (consumer, processed_at);
+
+-- A row whose publish the broker refused is retried after a growing pause instead of being
+-- re-read at once: it must not stay at the head of the outbox and hold back the rows behind.
+ALTER TABLE messaging.outbox ADD COLUMN IF NOT EXISTS available_at timestamptz NOT NULL DEFAULT now();
+
+-- Rows the relay gave up on: not an event at all, or refused by the broker `max_attempts`
+-- times. Kept, with the reason, until an operator moves them back (`requeue_parked`) or
+-- deletes them.
+CREATE TABLE IF NOT EXISTS messaging.outbox_parked (
+    id          uuid        PRIMARY KEY,
+    seq         bigint      NOT NULL,
+    routing_key text        NOT NULL,
+    envelope    jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL,
+    attempts    integer     NOT NULL,
+    reason      text        NOT NULL,
+    parked_at   timestamptz NOT NULL DEFAULT now()
 );
 ";
 
@@ -97,7 +124,10 @@ pub async fn enqueue(
 
 /// Writes a declared [`Event`] to the outbox on `conn` (inside the caller's transaction), in a
 /// fresh envelope under its own routing key, and returns that envelope.
-pub async fn enqueue_event<E: Event>(conn: &mut PgConnection, event: &E) -> Result<Envelope, Error> {
+pub async fn enqueue_event<E: Event>(
+    conn: &mut PgConnection,
+    event: &E,
+) -> Result<Envelope, Error> {
     let envelope = event.envelope()?;
     enqueue(conn, E::ROUTING_KEY, &envelope).await?;
     Ok(envelope)
@@ -130,15 +160,17 @@ impl Relay {
             if listener.is_none() {
                 listener = listen(&pool).await;
             }
-            let outcome = relay_batch(&pool, &publisher, config.batch_size).await;
+            let outcome = relay_batch(&pool, &publisher, &config).await;
             if last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 report_backlog(&pool).await;
                 last_report = Some(Instant::now());
             }
             let wait = match outcome {
+                // A full batch, every row of it settled: there may be more right away. (Rows
+                // that failed are now deferred or parked, so the next batch is a different one.)
                 Ok(count) if count >= config.batch_size => {
                     backoff = new_backoff();
-                    continue; // there may be more right away
+                    continue;
                 }
                 Ok(_) => {
                     backoff = new_backoff();
@@ -193,49 +225,58 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
     }
 }
 
-/// Publishes one batch; returns how many rows it looked at. Errors once it has committed what
-/// did succeed, so the caller backs off.
+/// Publishes one batch; returns how many rows it settled (published, deferred or parked).
+/// Errors, once it has committed what it did settle, when the broker failed (so the caller
+/// backs off).
 pub(crate) async fn relay_batch(
     pool: &PgPool,
     publisher: &Publisher,
-    batch_size: i64,
+    config: &RelayConfig,
 ) -> Result<i64, Error> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, String, Json<serde_json::Value>)> = sqlx::query_as(
-        "SELECT id, routing_key, envelope FROM messaging.outbox
+    let rows: Vec<(Uuid, String, Json<serde_json::Value>, i32)> = sqlx::query_as(
+        "SELECT id, routing_key, envelope, attempts FROM messaging.outbox
+         WHERE available_at <= now()
          ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
-    .bind(batch_size)
+    .bind(config.batch_size)
     .fetch_all(&mut *tx)
     .await?;
-    let looked_at = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     if rows.is_empty() {
         return Ok(0);
     }
 
     let mut ids = Vec::with_capacity(rows.len());
     let mut events = Vec::with_capacity(rows.len());
-    let mut broken: Vec<(Uuid, String)> = Vec::new();
-    for (id, routing_key, Json(envelope)) in rows {
-        match serde_json::from_value::<Envelope>(envelope) {
+    let mut parked: Vec<(Uuid, String)> = Vec::new();
+    for (id, routing_key, Json(envelope), attempts) in rows {
+        let parsed = check_routing_key(&routing_key)
+            .and_then(|()| Ok(serde_json::from_value::<Envelope>(envelope)?));
+        match parsed {
             Ok(envelope) => {
-                ids.push(id);
+                ids.push((id, attempts));
                 events.push((routing_key, envelope));
             }
-            // Only a hand-written row can get here; it stays, visible in the backlog metrics.
-            Err(err) => broken.push((id, format!("not an envelope: {err}"))),
+            // Only a hand-written row can get here; retrying cannot fix it.
+            Err(err) => parked.push((id, format!("not an event: {err}"))),
         }
     }
     let results = publisher.publish_events(&events).await;
-    let mut failed: Vec<(Uuid, String)> = Vec::new();
-    let mut first_error = None;
     let mut sent = Vec::with_capacity(ids.len());
-    for (id, result) in ids.into_iter().zip(results) {
+    let mut refused: Vec<(Uuid, String)> = Vec::new();
+    let mut broker_error = None;
+    for ((id, attempts), result) in ids.into_iter().zip(results) {
         match result {
             Ok(()) => sent.push(id),
+            Err(err) if err.blames_the_message() => {
+                if u32::try_from(attempts + 1).unwrap_or(u32::MAX) >= config.max_attempts {
+                    parked.push((id, format!("refused {} times: {err}", attempts + 1)));
+                } else {
+                    refused.push((id, err.to_string()));
+                }
+            }
             Err(err) => {
-                failed.push((id, err.to_string()));
-                first_error.get_or_insert(err);
+                broker_error.get_or_insert(err);
             }
         }
     }
@@ -244,9 +285,25 @@ pub(crate) async fn relay_batch(
         .bind(&sent)
         .execute(&mut *tx)
         .await?;
-    for (id, reason) in failed.iter().chain(&broken) {
+    for (id, reason) in &refused {
+        // 1 s, 2 s, 4 s, ... up to the relay's longest backoff.
         sqlx::query(
-            "UPDATE messaging.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+            "UPDATE messaging.outbox
+             SET attempts = attempts + 1, last_error = $2,
+                 available_at = now() + least(make_interval(secs => power(2, attempts)), make_interval(secs => $3))
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(config.max_backoff.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (id, reason) in &parked {
+        sqlx::query(
+            "WITH moved AS (DELETE FROM messaging.outbox WHERE id = $1 RETURNING *)
+             INSERT INTO messaging.outbox_parked (id, seq, routing_key, envelope, created_at, attempts, reason)
+             SELECT id, seq, routing_key, envelope, created_at, attempts + 1, $2 FROM moved",
         )
         .bind(id)
         .bind(reason)
@@ -254,10 +311,27 @@ pub(crate) async fn relay_batch(
         .await?;
     }
     tx.commit().await?;
-    match first_error {
-        None => Ok(looked_at),
+    for (id, reason) in &parked {
+        tracing::error!(event_id = %id, %reason, "outbox row parked in messaging.outbox_parked");
+        metrics::counter!("messaging_outbox_parked_total", "store" => "postgres").increment(1);
+    }
+    match broker_error {
+        None => Ok(i64::try_from(sent.len() + refused.len() + parked.len()).unwrap_or(i64::MAX)),
         Some(err) => Err(err),
     }
+}
+
+/// Moves every parked row back into the outbox (after the cause was fixed), with its attempts
+/// reset; returns how many. They are published again in their original order among themselves.
+pub async fn requeue_parked(pool: &PgPool) -> Result<u64, Error> {
+    Ok(sqlx::query(
+        "WITH moved AS (DELETE FROM messaging.outbox_parked RETURNING *)
+         INSERT INTO messaging.outbox (id, routing_key, envelope, created_at)
+         SELECT id, routing_key, envelope, created_at FROM moved ORDER BY seq",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Sets the backlog gauges: rows waiting and the age of the oldest.

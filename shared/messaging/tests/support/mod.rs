@@ -4,19 +4,21 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::{
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use serde::{Deserialize, Serialize};
 use shop_messaging::{
-    Consumer, ConsumerStatus, Envelope, Handler, HandlerError, Subscription, inbox,
+    Consumer, ConsumerStatus, Envelope, Event, HandlerError, Received,
+    consumer::postgres::Handle,
     outbox::{RelayConfig, postgres::Relay},
 };
 use shop_runtime::{
     health::Readiness,
     stores::amqp::{Amqp, AmqpConfig},
 };
+pub use shop_testkit::eventually;
 use shop_testkit::{BoxError, isolation, proxy::TcpProxy};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{Notify, oneshot};
@@ -29,9 +31,21 @@ pub const QUEUE: &str = "test.events";
 pub const PARKING: &str = "test.events.parking";
 pub const ROUTING_KEY: &str = "shop.thing.happened";
 
+/// The tests' event: any JSON payload, `thing.happened` v1 on `shop.thing.happened`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Thing(pub serde_json::Value);
+
+impl Event for Thing {
+    const SOURCE: &'static str = "test-producer";
+    const ROUTING_KEY: &'static str = ROUTING_KEY;
+}
+
 /// One test's slice of the infrastructure, wired the way the runtime wires a service.
 pub struct Stack {
     pub pool: PgPool,
+    /// The test database's URL.
+    pub database_url: String,
     /// The runtime's self-healing connection, through [`Stack::proxy`].
     pub amqp: Amqp,
     pub proxy: TcpProxy,
@@ -51,11 +65,12 @@ impl Drop for Stack {
 impl Stack {
     pub async fn new() -> Result<Self, BoxError> {
         shop_runtime::install_crypto_provider();
+        let database_url = isolation::postgres_database().await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .connect(&isolation::postgres_database().await?)
+            .connect(&database_url)
             .await?;
-        shop_messaging::postgres::install(&pool).await?;
+        shop_messaging::outbox::postgres::install(&pool).await?;
         sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL)")
             .execute(&pool)
             .await?;
@@ -88,6 +103,7 @@ impl Stack {
             .ok_or("broker not reachable")?;
         Ok(Self {
             pool,
+            database_url,
             amqp,
             proxy,
             direct_url,
@@ -97,32 +113,44 @@ impl Stack {
         })
     }
 
-    /// Short delays so the tests are fast.
-    pub fn subscription(&self) -> Subscription {
-        Subscription::new(CONSUMER, ["shop.thing.*"])
+    /// The tests' consumer of [`Thing`], with short delays so the tests are fast.
+    pub fn consumer(
+        &self,
+        handler: Recorder,
+    ) -> Consumer<shop_messaging::consumer::postgres::Inbox> {
+        Consumer::postgres(CONSUMER, self.pool.clone())
+            .on::<Thing>(handler)
             .prefetch(4)
             .retry_delays([Duration::from_millis(100), Duration::from_millis(300)])
             .handler_timeout(Duration::from_secs(10))
     }
 
     /// A fresh stack with a [`Recorder`] consumer already attached: the start of most tests.
-    pub async fn consuming() -> Result<(Self, Recorder), BoxError> {
+    pub async fn consuming() -> Result<(Self, Recorder, ConsumerStatus), BoxError> {
         let stack = Self::new().await?;
-        let recorder = Recorder::new(&stack.pool);
-        stack.consume(recorder.clone()).await?;
-        Ok((stack, recorder))
+        let recorder = Recorder::new();
+        let status = stack.consume(recorder.clone()).await?;
+        Ok((stack, recorder, status))
     }
 
     /// Starts a consumer with `handler` and waits until it is attached.
     pub async fn consume(&self, handler: Recorder) -> Result<ConsumerStatus, BoxError> {
-        let status = Consumer::start(
-            self.amqp.clone(),
-            &self.readiness,
-            &self.tasks,
-            self.shutdown.clone(),
-            self.subscription(),
-            handler,
-        );
+        self.start(self.consumer(handler)).await
+    }
+
+    /// Starts `consumer` and waits until it is attached.
+    pub async fn start(
+        &self,
+        consumer: Consumer<shop_messaging::consumer::postgres::Inbox>,
+    ) -> Result<ConsumerStatus, BoxError> {
+        let status = consumer
+            .start(
+                self.amqp.clone(),
+                &self.readiness,
+                &self.tasks,
+                self.shutdown.clone(),
+            )
+            .await?;
         let attached = status.clone();
         eventually(Duration::from_secs(10), || {
             let attached = attached.clone();
@@ -132,16 +160,26 @@ impl Stack {
         Ok(status)
     }
 
+    /// Relay settings with short pauses, so the tests are fast.
+    pub fn relay_config() -> RelayConfig {
+        RelayConfig {
+            batch_size: 50,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(1),
+            max_attempts: 3,
+        }
+    }
+
     /// Starts the outbox relay.
     pub fn relay(&self) {
+        self.relay_with(Self::relay_config());
+    }
+
+    pub fn relay_with(&self, config: RelayConfig) {
         self.tasks.spawn(Relay::run(
             self.pool.clone(),
             self.amqp.clone(),
-            RelayConfig {
-                batch_size: 50,
-                poll_interval: Duration::from_millis(500),
-                max_backoff: Duration::from_secs(1),
-            },
+            config,
             self.shutdown.clone(),
         ));
     }
@@ -150,7 +188,7 @@ impl Stack {
     pub async fn commit(&self, event: &Envelope) -> Result<(), BoxError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT 1").execute(&mut *tx).await?; // stands in for the state change
-        shop_messaging::postgres::enqueue(&mut tx, ROUTING_KEY, event).await?;
+        shop_messaging::outbox::postgres::enqueue(&mut tx, ROUTING_KEY, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -180,34 +218,17 @@ pub fn event(data: serde_json::Value) -> Envelope {
     Envelope::new("test-producer", "thing.happened", &data).expect("a JSON value")
 }
 
-/// Polls `condition` every 50 ms until it holds, or fails after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> Result<(), BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("condition not met within {timeout:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// (event id, trace id of the consumer span)
 pub type Seen = (Uuid, Option<String>);
 
-/// A consumer's handler whose effect is a row in `effects`, deduplicated by the inbox in the
-/// same transaction. It records every delivery it sees (with the trace id it ran in) and
-/// misbehaves on request: `{"poison": true}` always fails retryably, `{"invalid": true}`
-/// permanently, `{"hold": true}` commits and then waits for [`Recorder::release`] the first time.
+/// A consumer's handler whose effect is a row in `effects`, written in the consumer's inbox
+/// transaction. It records every call it sees (with the trace id it ran in) and misbehaves on
+/// request: `{"poison": true}` always fails retryably, `{"invalid": true}` permanently,
+/// `{"panic": true}` panics, `{"hang": true}` writes its effect and never returns,
+/// `{"hold": true}` writes its effect and then waits for [`Recorder::release`] the first time
+/// (before the consumer commits).
 #[derive(Clone)]
 pub struct Recorder {
-    pool: PgPool,
     /// Every delivery the handler saw: the event id and the trace id it ran in.
     pub deliveries: Arc<Mutex<Vec<Seen>>>,
     held: Arc<Mutex<Option<oneshot::Sender<()>>>>,
@@ -216,9 +237,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(pool: &PgPool) -> Self {
+    pub fn new() -> Self {
         Self {
-            pool: pool.clone(),
             deliveries: Arc::default(),
             held: Arc::default(),
             release: Arc::default(),
@@ -256,35 +276,37 @@ impl Recorder {
     }
 }
 
-impl Handler for Recorder {
-    async fn handle(&self, event: Envelope) -> Result<(), HandlerError> {
+impl Handle<Thing> for Recorder {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: Received<Thing>,
+    ) -> Result<(), HandlerError> {
         let trace_id = shop_runtime::telemetry::current_trace_id();
         self.deliveries
             .lock()
             .expect("lock")
-            .push((event.id, trace_id));
-        if event.data["poison"] == true {
+            .push((event.id(), trace_id));
+        let Thing(data) = &event.payload;
+        if data["poison"] == true {
             return Err(HandlerError::retryable("poisoned"));
         }
-        if event.data["invalid"] == true {
+        if data["invalid"] == true {
             return Err(HandlerError::permanent("not a thing we know"));
         }
-        let mut tx = self.pool.begin().await.map_err(HandlerError::retryable)?;
-        if !inbox::postgres::claim(&mut tx, CONSUMER, &event)
-            .await
-            .map_err(HandlerError::retryable)?
-        {
-            return Ok(());
+        if data["panic"] == true {
+            panic!("the handler panics on purpose");
         }
         sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
-            .bind(event.id)
+            .bind(event.id())
             .execute(&mut *tx)
-            .await
-            .map_err(HandlerError::retryable)?;
-        tx.commit().await.map_err(HandlerError::retryable)?;
+            .await?;
+        if data["hang"] == true {
+            std::future::pending::<()>().await;
+        }
 
-        let hold = event.data["hold"] == true
-            && std::mem::take(&mut *self.hold_once.lock().expect("lock"));
+        let hold =
+            data["hold"] == true && std::mem::take(&mut *self.hold_once.lock().expect("lock"));
         if hold {
             if let Some(held) = self.held.lock().expect("lock").take() {
                 let _ = held.send(());
@@ -301,6 +323,16 @@ pub async fn parked(
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<lapin::message::Delivery>, BoxError> {
+    take(direct_url, PARKING, count, timeout).await
+}
+
+/// Takes (and acknowledges) `count` messages from `queue`, waiting up to `timeout`.
+pub async fn take(
+    direct_url: &str,
+    queue: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<lapin::message::Delivery>, BoxError> {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
 
     let connection =
@@ -310,7 +342,7 @@ pub async fn parked(
     let mut parked = Vec::new();
     while parked.len() < count {
         match channel
-            .basic_get(PARKING.into(), BasicGetOptions::default())
+            .basic_get(queue.into(), BasicGetOptions::default())
             .await?
         {
             Some(message) => {
@@ -319,7 +351,7 @@ pub async fn parked(
             }
             None if tokio::time::Instant::now() >= deadline => {
                 return Err(format!(
-                    "{} of {count} messages parked within {timeout:?}",
+                    "{} of {count} messages in {queue} within {timeout:?}",
                     parked.len()
                 )
                 .into());

@@ -4,7 +4,9 @@
 //! with cheap channels opened on them. The supervisor connects with backoff, watches the
 //! connection, and replaces it when the broker goes away; users subscribe to
 //! [`Amqp::watch`] to (re)declare their channels, consumers and publishers on each new
-//! connection. Readiness reports `amqp` down while no connection is up.
+//! connection. `/readyz` reports `amqp` down while no connection is up, without making the
+//! service unready (see [`crate::health`]: an outbox keeps producers working through a broker
+//! outage), and the gauge `amqp_connected` says the same to the metrics.
 
 use std::{sync::Arc, time::Duration};
 
@@ -63,7 +65,7 @@ impl Amqp {
     }
 }
 
-/// Starts the connection supervisor and registers the `amqp` readiness probe.
+/// Starts the connection supervisor and registers the `amqp` probe (reported, not required).
 pub fn connect(
     config: &AmqpConfig,
     connection_name: &str,
@@ -80,7 +82,7 @@ pub fn connect(
     ));
     let handle = Amqp { current: rx };
     let probe = handle.clone();
-    readiness.add("amqp", move || {
+    readiness.report("amqp", move || {
         let connected = probe.connection().is_some();
         async move {
             if connected {
@@ -121,12 +123,14 @@ async fn supervise(
                 backoff = new_backoff();
                 let connection = Arc::new(connection);
                 tx.send_replace(Some(connection.clone()));
+                metrics::gauge!("amqp_connected").set(1.0);
                 loop {
                     tokio::select! {
                         () = tokio::time::sleep(WATCH_INTERVAL) => {
                             if !connection.status().connected() {
                                 tracing::warn!("broker connection lost; reconnecting");
                                 tx.send_replace(None);
+                                metrics::gauge!("amqp_connected").set(0.0);
                                 break;
                             }
                         }
