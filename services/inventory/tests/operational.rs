@@ -9,7 +9,7 @@ async fn serves_health_readiness_metrics_and_grpc_health() {
     let app = spawn::<InventoryService>()
         .await
         .expect("the service starts");
-    assert_operational(&app, &["amqp", "postgres"])
+    assert_operational(&app, &["amqp", "consumer:inventory.events", "postgres"])
         .await
         .expect("operational endpoints work");
 }

@@ -1,0 +1,238 @@
+//! The HTTP API: the catalog part of the public API (BRIEF §3), under the same paths the
+//! gateway will route here unchanged. Reads are public; writes need an administrator's token.
+
+use axum::{
+    Json, Router,
+    extract::{FromRef, Path, Query, State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shop_auth::{Verifier, http::RequireAdmin};
+use shop_runtime::{ApiError, FieldError, error::PROBLEM_JSON};
+
+use crate::{
+    product::{self, Product},
+    search,
+    store::{IfMatch, ListQuery, Store, WriteError, store_error},
+};
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub verifier: Verifier,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/products", get(list).post(create))
+        .route("/api/v1/products/{id}", get(read).patch(update))
+        .with_state(state)
+}
+
+/// Every parameter is text here so that a bad one is a field error naming it.
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    q: Option<String>,
+    category: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `{items, next_cursor}`; `next_cursor` is null on the last page.
+async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let mut errors = Vec::new();
+    let limit = match params.limit.as_deref().map(str::parse::<i64>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "limit",
+                format!("must be a whole number from 1 to {MAX_LIMIT}"),
+            ));
+            DEFAULT_LIMIT
+        }
+    };
+    let after = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(cursor) => {
+            let decoded = decode_cursor(cursor);
+            if decoded.is_none() {
+                errors.push(FieldError::new(
+                    "cursor",
+                    "is not a cursor this API returned",
+                ));
+            }
+            decoded
+        }
+    };
+    let terms = match search::query_terms(params.q.as_deref().unwrap_or_default()) {
+        Some(terms) => terms,
+        None => {
+            errors.push(FieldError::new(
+                "q",
+                format!("must have at most {} words", search::MAX_QUERY_WORDS),
+            ));
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let query = ListQuery {
+        category: params.category.filter(|c| !c.is_empty()),
+        terms,
+        after,
+        limit,
+    };
+    let page = state.store.list(&query).await.map_err(store_error)?;
+    let items: Vec<_> = page.items.iter().map(Product::body).collect();
+    Ok(Json(json!({
+        "items": items,
+        "next_cursor": page.last.as_deref().map(encode_cursor),
+    })))
+}
+
+/// Cursors are opaque to callers (base64url of the last id), so the paging scheme can change
+/// without breaking anyone who just hands back what they got.
+pub fn encode_cursor(last_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(last_id)
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let id = String::from_utf8(bytes).ok()?;
+    (!id.is_empty() && id.len() <= 64).then_some(id)
+}
+
+/// One product with its `ETag`; `If-None-Match` with the current tag answers 304.
+async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let product = state
+        .store
+        .get(&id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("No product with this id."))?;
+    let etag = product.etag();
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|tags| {
+            // Weak comparison for GET (RFC 9110 §13.1.2).
+            tags.split(',')
+                .any(|tag| tag.trim().trim_start_matches("W/") == etag || tag.trim() == "*")
+        });
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok(with_etag(StatusCode::OK, &product))
+}
+
+fn with_etag(status: StatusCode, product: &Product) -> Response {
+    let mut response = (status, Json(product.body())).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&product.etag()) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+async fn create(
+    State(state): State<AppState>,
+    RequireAdmin(_admin): RequireAdmin,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let content = product::new_product(&body).map_err(ApiError::validation)?;
+    let product = state.store.create(&content, None).await?;
+    metrics::counter!("catalog_products_created_total").increment(1);
+    let mut response = with_etag(StatusCode::CREATED, &product);
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/products/{}", product.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Any subset of the fields. With `If-Match` the change applies only to that representation
+/// (412 otherwise, nothing written); without it, to whatever is current.
+async fn update(
+    State(state): State<AppState>,
+    RequireAdmin(_admin): RequireAdmin,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let changes = product::changes(&body).map_err(ApiError::validation)?;
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .map(|value| value.to_str().map(IfMatch::parse))
+        .transpose()
+        .map_err(|_| {
+            ApiError::validation(vec![FieldError::new(
+                "If-Match",
+                "must be entity tags from an ETag header",
+            )])
+        })?;
+    match state.store.update(&id, &changes, if_match.as_ref()).await {
+        Ok((product, changed)) => {
+            let outcome = if changed { "applied" } else { "unchanged" };
+            metrics::counter!("catalog_product_updates_total", "outcome" => outcome).increment(1);
+            Ok(with_etag(StatusCode::OK, &product))
+        }
+        Err(WriteError::Stale) => {
+            metrics::counter!("catalog_product_updates_total", "outcome" => "stale").increment(1);
+            Ok(precondition_failed())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// 412 as a problem document. `shop_runtime::ErrorKind` has no "precondition failed" kind
+/// (yet), so this one response is rendered here from a conflict problem.
+fn precondition_failed() -> Response {
+    let mut problem = ApiError::conflict(
+        "The product changed since you read it (If-Match names an older version); \
+         read it again and reapply your change.",
+    )
+    .problem();
+    problem["type"] = "urn:shop:problem:precondition-failed".into();
+    problem["title"] = "Precondition failed".into();
+    problem["status"] = StatusCode::PRECONDITION_FAILED.as_u16().into();
+    let mut response = (StatusCode::PRECONDITION_FAILED, Json(problem)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = "0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a";
+        assert_eq!(decode_cursor(&encode_cursor(id)).as_deref(), Some(id));
+        assert_eq!(decode_cursor("%%%"), None);
+        assert_eq!(decode_cursor(""), None);
+    }
+}

@@ -1,0 +1,376 @@
+//! Contracts (`make contracts SERVICE=catalog-service`):
+//!
+//! * as a **consumer** of inventory's stock events, the real `in_stock` handler runs on each
+//!   example and the pact `contracts/catalog-service-inventory-service.json` is written;
+//! * as a **provider**, every contract naming catalog-service is verified: gRPC calls against
+//!   the real `GetProducts` code, events with messages taken from the broker after the real
+//!   service wrote them through its outbox.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
+
+mod support;
+
+use std::time::Duration;
+
+use catalog_service::{grpc::CatalogApi, product, stock::StockLevels, store::Store};
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use mongodb::bson::doc;
+use serde_json::{Value, json};
+use shop_contract::{Message, pact_consumer::builders::MessageInteractionBuilder, prelude::*};
+use shop_events::inventory::{
+    OutOfStock, StockLow, StockReleased, StockReplenished, StockReserved,
+};
+use shop_messaging::{
+    Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE, topology,
+};
+use shop_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
+use support::{Issuer, admin, catalog};
+
+const SKU: &str = "SKU-1";
+
+async fn store() -> Store {
+    let (url, name) = shop_testkit::isolation::mongo_database().await.unwrap();
+    let db = mongodb::Client::with_uri_str(&url)
+        .await
+        .unwrap()
+        .database(&name);
+    let store = Store::new(&db);
+    store.ensure_indexes().await.unwrap();
+    let content = product::new_product(&json!({
+        "sku": SKU, "name": "Coffee", "category": "coffee",
+        "price": {"amount": 1999, "currency": "EUR"},
+    }))
+    .unwrap();
+    store.create(&content, None).await.unwrap();
+    store
+}
+
+/// An inventory event as catalog relies on it: the envelope, its type, and the stock levels.
+fn stock_event(
+    kind: &str,
+    data: JsonPattern,
+) -> impl FnOnce(MessageInteractionBuilder) -> MessageInteractionBuilder {
+    let kind = kind.to_owned();
+    move |mut i| {
+        let routing_key = format!("inventory.{kind}");
+        let envelope = json_pattern!({
+            "specversion": "1.0",
+            "id": like!("0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a"),
+            "source": "inventory-service",
+            "type": kind,
+            "dataversion": 1,
+            "data": data,
+        });
+        let example = envelope.to_example().to_string();
+        i.json_body(envelope);
+        i.body(example, Some(CONTENT_TYPE.into()));
+        i.metadata("routingKey", routing_key.as_str());
+        i.metadata("contentType", CONTENT_TYPE);
+        i
+    }
+}
+
+fn level(available: i64, version: i64) -> JsonPattern {
+    json_pattern!({
+        "sku": like!(SKU),
+        "available": like!(available),
+        "reserved": like!(1),
+        "version": like!(version),
+    })
+}
+
+/// Runs the service's real handler on the example and checks the read model moved to it.
+async fn handled<E: Event>(
+    store: &Store,
+    message: &Message,
+    expect_in_stock: bool,
+) -> Result<(), String>
+where
+    StockLevels: Handle<E>,
+{
+    let envelope = Envelope::from_slice(&message.body).map_err(|e| e.to_string())?;
+    if !E::matches(&envelope) {
+        return Err(format!("not a {} v{}", E::kind(), E::VERSION));
+    }
+    let payload: E = envelope.data_as().map_err(|e| e.to_string())?;
+    let handler = StockLevels {
+        store: store.clone(),
+    };
+    handler
+        .handle(Received { payload, envelope })
+        .await
+        .map_err(|e| e.to_string())?;
+    let product = store
+        .get_by_sku(SKU)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no product")?;
+    if product.in_stock == expect_in_stock {
+        Ok(())
+    } else {
+        Err(format!("in_stock is {} after the event", product.in_stock))
+    }
+}
+
+#[tokio::test]
+async fn catalog_keeps_in_stock_from_inventorys_stock_events() {
+    let store = &store().await;
+    let pact = Contract::new("catalog-service", "inventory-service");
+    // Each example carries a newer version than the one before, as inventory's would.
+    pact.message(
+        "an inventory.stock.replenished event",
+        stock_event(
+            "stock.replenished",
+            json_pattern!({ "level": level(10, 1) }),
+        ),
+        |m| async move { handled::<StockReplenished>(store, &m, true).await },
+    )
+    .await
+    .unwrap();
+    pact.message(
+        "an inventory.stock.reserved event",
+        stock_event("stock.reserved", json_pattern!({ "orderId": like!("0193e1c2-0000-7000-8000-000000000001"), "levels": each_like!(level(0, 2)) })),
+        |m| async move { handled::<StockReserved>(store, &m, false).await },
+    )
+    .await
+    .unwrap();
+    pact.message(
+        "an inventory.stock.released event",
+        stock_event("stock.released", json_pattern!({ "orderId": like!("0193e1c2-0000-7000-8000-000000000001"), "reason": like!("cancelled"), "levels": each_like!(level(4, 3)) })),
+        |m| async move { handled::<StockReleased>(store, &m, true).await },
+    )
+    .await
+    .unwrap();
+    pact.message(
+        "an inventory.stock.low event",
+        stock_event(
+            "stock.low",
+            json_pattern!({ "level": level(2, 4), "threshold": like!(5) }),
+        ),
+        |m| async move { handled::<StockLow>(store, &m, true).await },
+    )
+    .await
+    .unwrap();
+    pact.message(
+        "an inventory.stock.out_of_stock event",
+        stock_event(
+            "stock.out_of_stock",
+            json_pattern!({ "level": level(0, 5) }),
+        ),
+        |m| async move { handled::<OutOfStock>(store, &m, false).await },
+    )
+    .await
+    .unwrap();
+}
+
+/// The message the running service publishes under `routing_key` after `write` ran: body,
+/// content type and routing key as they travel on the broker.
+async fn published(
+    amqp_url: &str,
+    routing_key: &str,
+    write: impl AsyncFnOnce(),
+) -> Result<Message, String> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    topology::declare_exchange(&channel)
+        .await
+        .map_err(|e| e.to_string())?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology::EXCHANGE.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    write().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(message) = channel
+            .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let mut produced = Message::json(&Value::Null)
+                .with_metadata("routingKey", routing_key)
+                .with_metadata("contentType", CONTENT_TYPE);
+            produced.body = message.delivery.data.into();
+            produced.content_type = message
+                .delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(ToString::to_string);
+            return Ok(produced);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("nothing published on {routing_key}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A message interaction of a contract naming catalog-service: its description, the routing
+/// key it is published under, and whether it is the seed's flavour (with `initialStock`).
+struct Expected {
+    description: String,
+    routing_key: String,
+    seeded: bool,
+}
+
+/// Every message interaction in the contracts naming catalog-service, so whatever a consumer
+/// calls an event, the producer for its routing key answers.
+fn message_interactions() -> Vec<Expected> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(shop_contract::contracts_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with("-catalog-service.json") {
+            continue;
+        }
+        let pact: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for interaction in pact["interactions"].as_array().into_iter().flatten() {
+            if interaction["type"] != "Asynchronous/Messages" {
+                continue;
+            }
+            let content = &interaction["contents"]["content"];
+            // The routing key from the metadata, or else from the event type it carries.
+            let routing_key = interaction["metadata"]["routingKey"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    format!("catalog.{}", content["type"].as_str().unwrap_or_default())
+                });
+            found.push(Expected {
+                description: interaction["description"].as_str().unwrap().to_owned(),
+                routing_key,
+                seeded: content["data"].get("initialStock").is_some(),
+            });
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn catalog_honours_the_contracts_of_its_consumers() {
+    // Events: the real service, its admin API, its outbox and relay.
+    let issuer = Issuer::start().await;
+    let app = catalog(&issuer, &[]).await;
+    let token = admin(&issuer);
+
+    // gRPC: the real GetProducts code over a plain server. The pact shim sends no
+    // authorization metadata, so the RequireService layer (tested in tests/grpc.rs) is left out.
+    let db = support::database(&app).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(CatalogServiceServer::new(CatalogApi {
+            store: Store::new(&db),
+        }))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server = tokio::spawn(server);
+
+    let states_db = db.clone();
+    let mut provider = Provider::new("catalog-service")
+        .grpc(grpc_addr)
+        .state(move |state| {
+            let products = states_db.collection::<mongodb::bson::Document>("products");
+            async move {
+                match state.name.as_str() {
+                    "products exist" => {
+                        let p = &state.params;
+                        for id in p["ids"].as_array().into_iter().flatten() {
+                            let id = id.as_str().unwrap_or_default();
+                            let document = doc! {
+                                "_id": id,
+                                "sku": p["sku"].as_str().unwrap_or("SKU-1"),
+                                "name": "Coffee", "description": "", "category": "coffee",
+                                "price": { "amount": p["price"].as_i64().unwrap_or(1999), "currency": p["currency"].as_str().unwrap_or("EUR") },
+                                "attributes": {}, "in_stock": true, "version": 1_i64, "search_terms": ["coffee"],
+                            };
+                            products.replace_one(doc! { "_id": id }, document).upsert(true).await.map_err(|e| e.to_string())?;
+                        }
+                        Ok(())
+                    }
+                    other => Err(format!("unknown provider state '{other}'")),
+                }
+            }
+        });
+    for expected in message_interactions() {
+        let (url, amqp, token, db) = (
+            app.url(""),
+            app.env["AMQP_URL"].clone(),
+            token.clone(),
+            db.clone(),
+        );
+        let Expected {
+            description,
+            routing_key,
+            seeded,
+        } = expected;
+        provider = provider.message(description, move || {
+            let (url, amqp, token, db, routing_key) = (
+                url.clone(),
+                amqp.clone(),
+                token.clone(),
+                db.clone(),
+                routing_key.clone(),
+            );
+            async move {
+                let body = support::product("Contract Coffee", "coffee", 1999);
+                published(&amqp, &routing_key, async || {
+                    if seeded {
+                        // What the demo seed does for each of its products.
+                        let content = product::new_product(&body).unwrap();
+                        Store::new(&db).create(&content, Some(12)).await.unwrap();
+                        return;
+                    }
+                    let client = reqwest::Client::new();
+                    let product: Value = client
+                        .post(format!("{url}/api/v1/products"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    let id = product["id"].as_str().unwrap();
+                    // An update and a price change too, for consumers of those events.
+                    client
+                        .patch(format!("{url}/api/v1/products/{id}"))
+                        .bearer_auth(&token)
+                        .json(&json!({"price": {"amount": 1799, "currency": "EUR"}}))
+                        .send()
+                        .await
+                        .unwrap();
+                })
+                .await
+            }
+        });
+    }
+    provider.verify().await;
+    server.abort();
+}

@@ -1,0 +1,115 @@
+//! `shop.inventory.v1.InventoryService`, the saga's side of inventory: order-service reserves,
+//! commits and releases; every call is idempotent per order (see [`crate::stock`]).
+//!
+//! Errors keep the codes order-service acts on: `FAILED_PRECONDITION` for "not possible in this
+//! state" (not enough stock — the message names the skus —, Commit after Release and the
+//! reverse), `NOT_FOUND` for a Commit without a reservation, `INVALID_ARGUMENT` for a bad
+//! request. Only service callers get here (`shop_auth::grpc::RequireService`).
+
+use std::time::Duration;
+
+use shop_proto::inventory::v1::{
+    Availability, CommitRequest, CommitResponse, GetAvailabilityRequest, GetAvailabilityResponse,
+    ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse,
+    inventory_service_server::InventoryService,
+};
+use shop_runtime::{ApiError, FieldError};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::stock::{self, Line};
+
+/// At most this many skus per availability query.
+pub const MAX_SKUS: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct InventoryApi {
+    pub pool: PgPool,
+    pub reservation_ttl: Duration,
+}
+
+fn order_id(value: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(value)
+        .map_err(|_| ApiError::validation(vec![FieldError::new("order_id", "is not a UUID")]))
+}
+
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for InventoryApi {
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let request = request.into_inner();
+        let order_id = order_id(&request.order_id)?;
+        let lines = request
+            .lines
+            .into_iter()
+            .map(|line| Line {
+                sku: line.sku,
+                quantity: i64::from(line.quantity),
+            })
+            .collect();
+        let (reservation, _) =
+            stock::reserve(&self.pool, order_id, lines, self.reservation_ttl).await?;
+        Ok(Response::new(ReserveResponse {
+            reservation_id: reservation.id.to_string(),
+            expires_at: Some(timestamp(reservation.expires_at)),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let order_id = order_id(&request.get_ref().order_id)?;
+        stock::commit(&self.pool, order_id).await?;
+        Ok(Response::new(CommitResponse {}))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let order_id = order_id(&request.order_id)?;
+        stock::release(&self.pool, order_id, &request.reason).await?;
+        Ok(Response::new(ReleaseResponse {}))
+    }
+
+    async fn get_availability(
+        &self,
+        request: Request<GetAvailabilityRequest>,
+    ) -> Result<Response<GetAvailabilityResponse>, Status> {
+        let skus = request.into_inner().skus;
+        let mut fields = Vec::new();
+        if skus.len() > MAX_SKUS {
+            fields.push(FieldError::new("skus", "must list at most 1000 skus"));
+        }
+        for (i, sku) in skus.iter().enumerate() {
+            if let Err(problem) = stock::check_sku(sku) {
+                fields.push(FieldError::new(format!("skus[{i}]"), problem));
+            }
+        }
+        if !fields.is_empty() {
+            return Err(ApiError::validation(fields).into());
+        }
+        let items = stock::availability(&self.pool, &skus)
+            .await?
+            .into_iter()
+            .map(|row| Availability {
+                sku: row.sku,
+                available: row.available,
+                reserved: row.reserved,
+            })
+            .collect();
+        Ok(Response::new(GetAvailabilityResponse { items }))
+    }
+}

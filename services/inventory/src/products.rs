@@ -1,0 +1,57 @@
+//! Consumes catalog's `ProductCreated`: every product gets a stock row, exactly once.
+//!
+//! The consumer claims the event id in its inbox in the same transaction as this handler's
+//! effect, so a redelivered event never reaches it; the insert is `ON CONFLICT DO NOTHING`
+//! as well, so a row an administrator created first (PUT before the event arrived) is kept.
+
+use shop_events::catalog::ProductCreated;
+use shop_messaging::{HandlerError, Received, consumer::postgres::Handle};
+use sqlx::PgConnection;
+
+use crate::stock;
+
+/// The handler: creates the product's stock row with its `initial_stock` (0 when absent).
+#[derive(Debug, Clone)]
+pub struct CreateStockRow {
+    /// The low-stock threshold of new rows (`LOW_STOCK_THRESHOLD`).
+    pub low_stock_threshold: i64,
+}
+
+impl CreateStockRow {
+    /// The effect, on the consumer's transaction.
+    pub async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        product: &ProductCreated,
+    ) -> Result<(), HandlerError> {
+        if let Err(problem) = stock::check_sku(&product.sku) {
+            // Retrying cannot make a bad sku good: park it with the reason.
+            return Err(HandlerError::permanent(format!("sku {problem}")));
+        }
+        let initial = product.initial_stock.unwrap_or(0);
+        if !(0..=stock::MAX_UNITS).contains(&initial) {
+            return Err(HandlerError::permanent(format!(
+                "initialStock {initial} is not between 0 and {}",
+                stock::MAX_UNITS
+            )));
+        }
+        let created =
+            stock::create_for_product(tx, &product.sku, initial, self.low_stock_threshold)
+                .await
+                .map_err(HandlerError::retryable)?;
+        if created {
+            tracing::info!(sku = %product.sku, initial, "stock row created for a new product");
+        }
+        Ok(())
+    }
+}
+
+impl Handle<ProductCreated> for CreateStockRow {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: Received<ProductCreated>,
+    ) -> Result<(), HandlerError> {
+        self.apply(tx, &event.payload).await
+    }
+}
