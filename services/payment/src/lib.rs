@@ -1,26 +1,85 @@
-//! payment-service: Payments and refunds against a simulated card provider. Owns the PostgreSQL database
-//! `payments`; serves `payment.v1.PaymentService` (Authorize, Capture, Void, Refund).
+//! payment-service: payments and refunds against a simulated card provider. Owns the PostgreSQL
+//! database `payments`; serves `shop.payment.v1.PaymentService` (Authorize, Capture, Void,
+//! Refund) to other services and `GET /api/v1/payments` to customers; publishes
+//! `PaymentAuthorized`, `PaymentFailed`, `PaymentCaptured`, `PaymentVoided` and
+//! `PaymentRefunded` (declared in `shop_events::payment`) through its outbox.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | its settings (provider timeout, the slow test card's delay) |
+//! | [`card`] | card validation (Luhn, expiry, CVC) and the types that never reveal a card |
+//! | [`provider`] | the provider trait and the simulated provider with the test cards |
+//! | [`ledger`] | the state machine, derived from the completed operations |
+//! | [`payments`] | the operations: idempotent, serialised per payment, audited, evented |
+//! | [`grpc`] | `PaymentService`, for service callers only |
+//! | [`api`] | `GET /api/v1/payments`, a customer's own payments |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<PaymentService>()`);
 //! `main.rs` only hands it to the shared runtime.
 
-use axum::Router;
+pub mod api;
+pub mod card;
+pub mod config;
+pub mod grpc;
+pub mod ledger;
+pub mod payments;
+pub mod provider;
+
+use std::sync::Arc;
+
+use shop_auth::grpc::RequireService;
+use shop_messaging::outbox::{RelayConfig, postgres::Relay};
+use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
+use sqlx::migrate::Migrator;
+
+use crate::{config::PaymentConfig, payments::Payments, provider::SimulatedProvider};
+
+static MIGRATIONS: Migrator = sqlx::migrate!();
+
+/// Who may call which gRPC method: the saga's orchestrator, and nobody else (a method not named
+/// here is refused to every caller).
+pub const GRPC_ACCESS: &[(&[&str], &[&str])] = &[(
+    &["order-service"],
+    &["Authorize", "Capture", "Void", "Refund"],
+)];
 
 /// The payment-service service.
 #[derive(Debug)]
 pub struct PaymentService;
 
 impl Service for PaymentService {
-    type Config = ();
+    type Config = PaymentConfig;
 
     fn spec() -> ServiceSpec {
         ServiceSpec::new("payment-service", 8085, 50055)
-            .postgres_without_migrations()
+            .postgres(&MIGRATIONS)
             .amqp()
     }
 
-    async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {
-        Ok(Endpoints::new(Router::new()))
+    async fn build(ctx: &Context, config: PaymentConfig) -> Result<Endpoints, BootError> {
+        let pool = ctx.postgres()?.clone();
+        // Creates the outbox tables before the first operation can write to them.
+        Relay::spawn(ctx, RelayConfig::default()).await?;
+        let verifier = config.auth.verifier()?;
+        // The one place to plug in a real provider.
+        let provider = Arc::new(SimulatedProvider {
+            slow_delay: config.slow_card_delay,
+        });
+        let payments = Payments::new(
+            pool.clone(),
+            provider,
+            config.provider_timeout,
+            ctx.tasks.clone(),
+        );
+        let grpc = RequireService::new(
+            PaymentServiceServer::new(grpc::PaymentApi { payments }),
+            verifier.clone(),
+        )
+        .allow_table(GRPC_ACCESS);
+        let router = api::router(api::AppState { pool, verifier });
+        Ok(Endpoints::new(router)
+            .grpc(grpc)
+            .reflect(shop_proto::FILE_DESCRIPTOR_SET))
     }
 }

@@ -1,0 +1,133 @@
+//! The HTTP API: `GET /api/v1/payments?order_id=` (BRIEF §3), the signed-in customer's own
+//! payments only.
+//!
+//! "Own" is a condition of the query (`WHERE user_id = <the token's subject>`), not a check after
+//! loading: asking for someone else's order id returns an empty list, indistinguishable from an
+//! order without a payment, so order ids cannot be probed.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    extract::{FromRef, Query, State, rejection::QueryRejection},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shop_auth::{Principal, Verifier};
+use shop_events::Money;
+use shop_runtime::{ApiError, ErrorKind, FieldError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    ledger::Ledger,
+    payments::{OperationRow, Payment, completed},
+};
+
+/// At most this many payments in one answer (newest first); a customer has one per order.
+const LIMIT: i64 = 100;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub verifier: Verifier,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/payments", get(list))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    order_id: Option<String>,
+}
+
+/// A payment as the customer sees it: no card data beyond brand and last four.
+#[derive(Debug, Serialize)]
+pub struct PaymentView {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub state: &'static str,
+    pub amount: Money,
+    pub captured: Money,
+    pub refunded: Money,
+    pub card: CardView,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CardView {
+    pub brand: String,
+    pub last4: String,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) =
+        query.map_err(|err| ApiError::new(ErrorKind::BadRequest, err.body_text()))?;
+    let order_id = match query.order_id.as_deref().filter(|id| !id.is_empty()) {
+        None => None,
+        Some(raw) => Some(Uuid::parse_str(raw).map_err(|_| {
+            ApiError::validation(vec![FieldError::new("order_id", "is not a UUID")])
+        })?),
+    };
+    let payments: Vec<Payment> = sqlx::query_as(
+        "SELECT * FROM payments
+         WHERE user_id = $1 AND ($2::uuid IS NULL OR order_id = $2)
+         ORDER BY created_at DESC LIMIT $3",
+    )
+    .bind(principal.user_id)
+    .bind(order_id)
+    .bind(LIMIT)
+    .fetch_all(&state.pool)
+    .await?;
+    let ids: Vec<Uuid> = payments.iter().map(|p| p.id).collect();
+    let rows: Vec<OperationRow> =
+        sqlx::query_as("SELECT * FROM payment_operations WHERE payment_id = ANY($1) ORDER BY seq")
+            .bind(&ids)
+            .fetch_all(&state.pool)
+            .await?;
+    let mut by_payment: HashMap<Uuid, Vec<OperationRow>> = HashMap::new();
+    for row in rows {
+        by_payment.entry(row.payment_id).or_default().push(row);
+    }
+    let items: Vec<PaymentView> = payments
+        .into_iter()
+        .map(|payment| {
+            let rows = by_payment.remove(&payment.id).unwrap_or_default();
+            let (done, done_rows) = completed(&rows);
+            let ledger = Ledger::replay(&done);
+            let updated_at = done_rows
+                .last()
+                .map_or(payment.created_at, |row| row.recorded_at);
+            PaymentView {
+                id: payment.id,
+                order_id: payment.order_id,
+                state: ledger.state.as_str(),
+                amount: payment.money(payment.amount),
+                captured: payment.money(ledger.captured),
+                refunded: payment.money(ledger.refunded),
+                card: CardView {
+                    brand: payment.card_brand.clone(),
+                    last4: payment.card_last4.clone(),
+                },
+                created_at: payment.created_at,
+                updated_at,
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })))
+}

@@ -1,0 +1,243 @@
+//! `shop.payment.v1.PaymentService` for internal callers (order-service's saga), behind
+//! [`shop_auth::grpc::RequireService`]: the request is validated here, the operation runs in
+//! [`crate::payments`], and its receipt becomes the response.
+//!
+//! Declines are answers (`status: DECLINED` with a reason), not errors. Errors are:
+//! `INVALID_ARGUMENT` naming each bad field, `NOT_FOUND` (no payment for the order),
+//! `FAILED_PRECONDITION` (the state machine refused; the message says why) and `UNAVAILABLE`
+//! (the provider did not answer; retry the same request).
+
+use chrono::Utc;
+use shop_proto::{
+    common::v1::Money as ProtoMoney,
+    payment::v1::{
+        AuthorizeRequest, AuthorizeResponse, CaptureRequest, CaptureResponse, PaymentStatus,
+        RefundRequest, RefundResponse, VoidRequest, VoidResponse,
+        payment_service_server::PaymentService,
+    },
+};
+use shop_runtime::{ApiError, FieldError};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    card::Card,
+    ledger::{Outcome, State},
+    payments::{Authorize, Payments, Receipt, Refund},
+};
+
+#[derive(Debug, Clone)]
+pub struct PaymentApi {
+    pub payments: Payments,
+}
+
+/// The calling service, as its token names it: recorded on every audit row.
+fn caller<T>(request: &Request<T>) -> String {
+    shop_auth::grpc::caller(request).map_or_else(|| "unknown".to_owned(), |c| c.name.clone())
+}
+
+fn order_id(raw: &str, errors: &mut Vec<FieldError>) -> Option<Uuid> {
+    let parsed = Uuid::parse_str(raw).ok();
+    if parsed.is_none() {
+        errors.push(FieldError::new("order_id", "is not a UUID"));
+    }
+    parsed
+}
+
+/// `INVALID_ARGUMENT` naming every bad field, counted as an `invalid` outcome.
+fn invalid(operation: &'static str, errors: Vec<FieldError>) -> Status {
+    metrics::counter!("payment_operations_total", "operation" => operation, "outcome" => "invalid")
+        .increment(1);
+    ApiError::validation(errors).into()
+}
+
+/// A positive amount in an ISO 4217-shaped currency; errors name `<field>.amount` and
+/// `<field>.currency`.
+fn money(
+    money: Option<&ProtoMoney>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<shop_events::Money> {
+    let Some(money) = money else {
+        errors.push(FieldError::new(field, "is required"));
+        return None;
+    };
+    let mut ok = true;
+    if money.amount <= 0 {
+        errors.push(FieldError::new(
+            format!("{field}.amount"),
+            "must be a positive number of minor units",
+        ));
+        ok = false;
+    }
+    if !(money.currency.len() == 3 && money.currency.bytes().all(|b| b.is_ascii_uppercase())) {
+        errors.push(FieldError::new(
+            format!("{field}.currency"),
+            "must be an ISO 4217 code such as EUR",
+        ));
+        ok = false;
+    }
+    ok.then(|| shop_events::Money {
+        amount: money.amount,
+        currency: money.currency.clone(),
+    })
+}
+
+fn proto_money(amount: i64, currency: &str) -> Option<ProtoMoney> {
+    Some(ProtoMoney {
+        amount,
+        currency: currency.to_owned(),
+    })
+}
+
+fn status(state: State) -> PaymentStatus {
+    match state {
+        State::Pending => PaymentStatus::Unspecified,
+        State::Authorized => PaymentStatus::Authorized,
+        State::Declined => PaymentStatus::Declined,
+        State::Captured => PaymentStatus::Captured,
+        State::Voided => PaymentStatus::Voided,
+        State::PartiallyRefunded => PaymentStatus::PartiallyRefunded,
+        State::Refunded => PaymentStatus::Refunded,
+    }
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentApi {
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<AuthorizeResponse>, Status> {
+        let caller = caller(&request);
+        let body = request.into_inner();
+        let mut errors = Vec::new();
+        let order_id = order_id(&body.order_id, &mut errors);
+        let user_id = Uuid::parse_str(&body.user_id).ok();
+        if user_id.is_none() {
+            errors.push(FieldError::new("user_id", "is not a UUID"));
+        }
+        let amount = money(body.amount.as_ref(), "amount", &mut errors);
+        let card = match &body.card {
+            None => {
+                errors.push(FieldError::new("card", "is required"));
+                None
+            }
+            Some(card) => Card::parse(
+                &card.number,
+                &card.expiry,
+                &card.cvc,
+                Utc::now().date_naive(),
+            )
+            .map_err(|card_errors| errors.extend(card_errors))
+            .ok(),
+        };
+        // The request (and the card in it) is dropped here; only `Card` goes on.
+        drop(body);
+        let (Some(order_id), Some(user_id), Some(amount), Some(card)) =
+            (order_id, user_id, amount, card)
+        else {
+            return Err(invalid("authorize", errors));
+        };
+        let receipt = self
+            .payments
+            .authorize(
+                Authorize {
+                    order_id,
+                    user_id,
+                    amount: amount.amount,
+                    currency: amount.currency,
+                    card,
+                },
+                &caller,
+            )
+            .await?;
+        let payment = &receipt.payment;
+        Ok(Response::new(AuthorizeResponse {
+            payment_id: payment.id.to_string(),
+            status: status(receipt.ledger.state).into(),
+            decline_reason: if receipt.outcome == Outcome::Declined {
+                receipt.reason.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            card_last4: payment.card_last4.clone(),
+            card_brand: payment.card_brand.clone(),
+            amount: proto_money(payment.amount, &payment.currency),
+        }))
+    }
+
+    async fn capture(
+        &self,
+        request: Request<CaptureRequest>,
+    ) -> Result<Response<CaptureResponse>, Status> {
+        let caller = caller(&request);
+        let mut errors = Vec::new();
+        let Some(order_id) = order_id(&request.get_ref().order_id, &mut errors) else {
+            return Err(invalid("capture", errors));
+        };
+        let receipt: Receipt = self.payments.capture(order_id, &caller).await?;
+        Ok(Response::new(CaptureResponse {
+            status: status(receipt.ledger.state).into(),
+            payment_id: receipt.payment.id.to_string(),
+            captured: proto_money(receipt.amount, &receipt.payment.currency),
+        }))
+    }
+
+    async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
+        let caller = caller(&request);
+        let mut errors = Vec::new();
+        let Some(order_id) = order_id(&request.get_ref().order_id, &mut errors) else {
+            return Err(invalid("void", errors));
+        };
+        let receipt = self.payments.void(order_id, &caller).await?;
+        Ok(Response::new(VoidResponse {
+            status: status(receipt.ledger.state).into(),
+            payment_id: receipt.payment.id.to_string(),
+        }))
+    }
+
+    async fn refund(
+        &self,
+        request: Request<RefundRequest>,
+    ) -> Result<Response<RefundResponse>, Status> {
+        let caller = caller(&request);
+        let body = request.into_inner();
+        let mut errors = Vec::new();
+        let order_id = order_id(&body.order_id, &mut errors);
+        let amount = body
+            .amount
+            .as_ref()
+            .map(|amount| money(Some(amount), "amount", &mut errors));
+        if body.idempotency_key.len() > 200 {
+            errors.push(FieldError::new(
+                "idempotency_key",
+                "must be at most 200 characters",
+            ));
+        }
+        if body.reason.len() > 500 {
+            errors.push(FieldError::new("reason", "must be at most 500 characters"));
+        }
+        let (Some(order_id), true) = (order_id, errors.is_empty()) else {
+            return Err(invalid("refund", errors));
+        };
+        let receipt = self
+            .payments
+            .refund(
+                Refund {
+                    order_id,
+                    amount: amount.flatten(),
+                    key: body.idempotency_key,
+                    reason: body.reason,
+                },
+                &caller,
+            )
+            .await?;
+        let currency = &receipt.payment.currency;
+        Ok(Response::new(RefundResponse {
+            status: status(receipt.ledger.state).into(),
+            payment_id: receipt.payment.id.to_string(),
+            refunded: proto_money(receipt.amount, currency),
+            total_refunded: proto_money(receipt.ledger.refunded, currency),
+        }))
+    }
+}

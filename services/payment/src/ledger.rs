@@ -1,0 +1,357 @@
+//! The state machine, as a pure function of a payment's completed operations.
+//!
+//! A payment has no mutable `state` column: its state is what replaying its completed
+//! operations (the append-only `payment_operations` rows) gives. [`Ledger::replay`] does that,
+//! and [`Ledger::decide`] says what a new request may do — replay an earlier result, go ahead
+//! (moving how much money), or be refused with a reason — so every rule of the README's
+//! diagram is in this file, and tested here without a database.
+//!
+//! ```text
+//!              Authorize                Capture                  Refund (part)
+//!   (none) ──────────────▶ AUTHORIZED ───────────▶ CAPTURED ────────────────▶ PARTIALLY_REFUNDED
+//!      │                        │                      │                          │      │ Refund (part)
+//!      │ declined               │ Void                 │ Refund (all)             │      └──────┐
+//!      ▼                        ▼                      ▼                          ▼ Refund (rest) │
+//!   DECLINED                  VOIDED                REFUNDED ◀───────────────────────────────────┘
+//! ```
+
+use std::fmt;
+
+/// The four things a caller can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Authorize,
+    Capture,
+    Void,
+    Refund,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authorize => "authorize",
+            Self::Capture => "capture",
+            Self::Void => "void",
+            Self::Refund => "refund",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "authorize" => Some(Self::Authorize),
+            "capture" => Some(Self::Capture),
+            "void" => Some(Self::Void),
+            "refund" => Some(Self::Refund),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a completed operation did (the `outcome` of a `completed` row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Approved,
+    Declined,
+    Captured,
+    Voided,
+    Refunded,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approved => "approved",
+            Self::Declined => "declined",
+            Self::Captured => "captured",
+            Self::Voided => "voided",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "approved" => Some(Self::Approved),
+            "declined" => Some(Self::Declined),
+            "captured" => Some(Self::Captured),
+            "voided" => Some(Self::Voided),
+            "refunded" => Some(Self::Refunded),
+            _ => None,
+        }
+    }
+}
+
+/// A payment's state, derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Created; its authorization is in flight (or was abandoned and awaits a retry).
+    Pending,
+    Authorized,
+    Declined,
+    Captured,
+    Voided,
+    PartiallyRefunded,
+    Refunded,
+}
+
+impl State {
+    /// The name the REST API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Authorized => "AUTHORIZED",
+            Self::Declined => "DECLINED",
+            Self::Captured => "CAPTURED",
+            Self::Voided => "VOIDED",
+            Self::PartiallyRefunded => "PARTIALLY_REFUNDED",
+            Self::Refunded => "REFUNDED",
+        }
+    }
+}
+
+/// One completed operation, in the order it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub operation: Operation,
+    pub key: String,
+    pub outcome: Outcome,
+    /// Minor units the operation moved (authorized, captured, refunded; 0 for a decline).
+    pub amount: i64,
+}
+
+/// A payment's money, as its completed operations leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ledger {
+    pub state: State,
+    pub authorized: i64,
+    pub captured: i64,
+    pub refunded: i64,
+}
+
+/// What a request may do, given the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The same operation (same key) already completed: answer with its result, index into
+    /// the completed operations.
+    Replay(usize),
+    /// Go ahead; the operation moves this many minor units.
+    Proceed(i64),
+    /// Not allowed in this state; the reason tells the caller what happened instead.
+    Refuse(String),
+}
+
+impl Ledger {
+    /// Folds the completed operations, oldest first.
+    pub fn replay(completed: &[Completed]) -> Self {
+        let mut ledger = Self {
+            state: State::Pending,
+            authorized: 0,
+            captured: 0,
+            refunded: 0,
+        };
+        for op in completed {
+            match op.outcome {
+                Outcome::Approved => {
+                    ledger.state = State::Authorized;
+                    ledger.authorized = op.amount;
+                }
+                Outcome::Declined => ledger.state = State::Declined,
+                Outcome::Captured => {
+                    ledger.state = State::Captured;
+                    ledger.captured = op.amount;
+                }
+                Outcome::Voided => ledger.state = State::Voided,
+                Outcome::Refunded => {
+                    ledger.refunded += op.amount;
+                    ledger.state = if ledger.refunded >= ledger.captured {
+                        State::Refunded
+                    } else {
+                        State::PartiallyRefunded
+                    };
+                }
+            }
+        }
+        ledger
+    }
+
+    /// Decides a request for `operation` under idempotency `key`. `refund_amount` is the amount a
+    /// refund asks for (`None`: everything not refunded yet).
+    ///
+    /// Replays come first: a retry must get the first call's answer even though the state may
+    /// have moved on since. One exception: a capture is not replayed once money was refunded;
+    /// a caller asking to capture a refunded payment is told so instead of reading "captured".
+    pub fn decide(
+        &self,
+        completed: &[Completed],
+        operation: Operation,
+        key: &str,
+        refund_amount: Option<i64>,
+    ) -> Decision {
+        let earlier = completed
+            .iter()
+            .position(|op| op.operation == operation && op.key == key);
+        let refunded_after_capture =
+            matches!(self.state, State::PartiallyRefunded | State::Refunded);
+        match (operation, earlier) {
+            (Operation::Capture, Some(_)) if refunded_after_capture => {
+                return Decision::Refuse(
+                    "The payment was captured and has since been refunded; it cannot be captured again."
+                        .into(),
+                );
+            }
+            (_, Some(index)) => return Decision::Replay(index),
+            (_, None) => {}
+        }
+        let refuse = |reason: &str| Decision::Refuse(reason.to_owned());
+        match (operation, self.state) {
+            (Operation::Authorize, State::Pending) => Decision::Proceed(0),
+            (Operation::Authorize, _) => {
+                refuse("The order already has a payment with a different outcome.")
+            }
+            (_, State::Pending) => refuse("The payment is not authorized (yet); authorize first."),
+            (_, State::Declined) => {
+                refuse("The payment was declined; there is nothing to capture, void or refund.")
+            }
+            (Operation::Capture, State::Authorized) => Decision::Proceed(self.authorized),
+            (Operation::Capture, State::Voided) => {
+                refuse("The payment was voided; it can no longer be captured.")
+            }
+            (Operation::Capture, _) => refuse("The payment was already captured."),
+            (Operation::Void, State::Authorized) => Decision::Proceed(self.authorized),
+            (Operation::Void, State::Voided) => refuse("The payment was already voided."),
+            (Operation::Void, _) => {
+                refuse("The payment was captured; it cannot be voided any more, refund it instead.")
+            }
+            (Operation::Refund, State::Authorized) => {
+                refuse("The payment was not captured; void it instead of refunding.")
+            }
+            (Operation::Refund, State::Voided) => {
+                refuse("The payment was voided; there is nothing to refund.")
+            }
+            (Operation::Refund, State::Refunded) => {
+                refuse("Everything captured has already been refunded.")
+            }
+            (Operation::Refund, State::Captured | State::PartiallyRefunded) => {
+                let remaining = self.captured - self.refunded;
+                match refund_amount {
+                    None => Decision::Proceed(remaining),
+                    Some(amount) if amount <= remaining => Decision::Proceed(amount),
+                    Some(amount) => Decision::Refuse(format!(
+                        "A refund of {amount} exceeds what is left to refund ({remaining} of {} captured).",
+                        self.captured
+                    )),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(operation: Operation, key: &str, outcome: Outcome, amount: i64) -> Completed {
+        Completed {
+            operation,
+            key: key.into(),
+            outcome,
+            amount,
+        }
+    }
+
+    fn authorized() -> Vec<Completed> {
+        vec![op(Operation::Authorize, "", Outcome::Approved, 1000)]
+    }
+
+    fn captured() -> Vec<Completed> {
+        let mut ops = authorized();
+        ops.push(op(Operation::Capture, "", Outcome::Captured, 1000));
+        ops
+    }
+
+    fn decide(ops: &[Completed], operation: Operation, key: &str, amount: Option<i64>) -> Decision {
+        Ledger::replay(ops).decide(ops, operation, key, amount)
+    }
+
+    fn refused(decision: &Decision) -> bool {
+        matches!(decision, Decision::Refuse(_))
+    }
+
+    #[test]
+    fn state_follows_from_the_completed_operations() {
+        assert_eq!(Ledger::replay(&[]).state, State::Pending);
+        assert_eq!(Ledger::replay(&authorized()).state, State::Authorized);
+        let mut ops = captured();
+        assert_eq!(Ledger::replay(&ops).state, State::Captured);
+        ops.push(op(Operation::Refund, "a", Outcome::Refunded, 400));
+        let ledger = Ledger::replay(&ops);
+        assert_eq!(
+            (ledger.state, ledger.refunded),
+            (State::PartiallyRefunded, 400)
+        );
+        ops.push(op(Operation::Refund, "b", Outcome::Refunded, 600));
+        assert_eq!(Ledger::replay(&ops).state, State::Refunded);
+    }
+
+    #[test]
+    fn retries_replay_the_first_result() {
+        assert_eq!(
+            decide(&authorized(), Operation::Authorize, "", None),
+            Decision::Replay(0)
+        );
+        assert_eq!(
+            decide(&captured(), Operation::Capture, "", None),
+            Decision::Replay(1)
+        );
+        let mut ops = captured();
+        ops.push(op(Operation::Refund, "a", Outcome::Refunded, 400));
+        assert_eq!(
+            decide(&ops, Operation::Refund, "a", Some(400)),
+            Decision::Replay(2)
+        );
+    }
+
+    #[test]
+    fn forbidden_transitions_are_refused() {
+        let mut voided = authorized();
+        voided.push(op(Operation::Void, "", Outcome::Voided, 1000));
+        assert!(refused(&decide(&voided, Operation::Capture, "", None)));
+        assert!(refused(&decide(&voided, Operation::Refund, "", None)));
+        assert!(refused(&decide(&captured(), Operation::Void, "", None)));
+        assert!(refused(&decide(&authorized(), Operation::Refund, "", None)));
+        assert!(refused(&decide(&[], Operation::Capture, "", None)));
+        let declined = vec![op(Operation::Authorize, "", Outcome::Declined, 0)];
+        for operation in [Operation::Capture, Operation::Void, Operation::Refund] {
+            assert!(refused(&decide(&declined, operation, "", None)));
+        }
+        let mut refunded = captured();
+        refunded.push(op(Operation::Refund, "", Outcome::Refunded, 1000));
+        assert!(refused(&decide(&refunded, Operation::Capture, "", None)));
+        assert!(refused(&decide(&refunded, Operation::Refund, "more", None)));
+    }
+
+    #[test]
+    fn refunds_never_exceed_the_captured_amount() {
+        let mut ops = captured();
+        assert_eq!(
+            decide(&ops, Operation::Refund, "", None),
+            Decision::Proceed(1000)
+        );
+        assert!(refused(&decide(&ops, Operation::Refund, "a", Some(1001))));
+        ops.push(op(Operation::Refund, "a", Outcome::Refunded, 700));
+        assert!(refused(&decide(&ops, Operation::Refund, "b", Some(301))));
+        assert_eq!(
+            decide(&ops, Operation::Refund, "b", Some(300)),
+            Decision::Proceed(300)
+        );
+        assert_eq!(
+            decide(&ops, Operation::Refund, "c", None),
+            Decision::Proceed(300)
+        );
+    }
+}

@@ -1,0 +1,855 @@
+//! The payment operations: idempotent, serialised per payment, recorded, and never holding a
+//! database transaction open across the provider call.
+//!
+//! Every operation runs the same three steps:
+//!
+//! 1. **Begin** (one short transaction, the payment row locked `FOR UPDATE`): replay an earlier
+//!    result of the same operation, or wait if another operation on this payment is in flight,
+//!    or refuse what the state machine forbids (a `refused` row), or record a `started` row with
+//!    a lease. Nothing slow happens while the lock is held.
+//! 2. **Call the provider**, with no transaction open, in a task of its own: a caller that gives
+//!    up (a gRPC deadline) does not cancel it, so the result is recorded for its retry.
+//! 3. **Record** (a second short transaction): the `completed` row and its event through the
+//!    outbox, together. The unique index on completed rows makes a duplicate record fail.
+//!
+//! A duplicate arriving during step 2 finds the `started` row's lease and polls until the
+//! result is recorded, then replays it: one provider call, the same answer to both callers.
+//! If the process dies during step 2, the lease expires and the next retry takes over,
+//! calling the provider again with the same idempotency key (a real provider deduplicates on
+//! it). An attempt whose lease expired before it could record (a paused process) abandons its
+//! result rather than record it late, over a takeover's.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use shop_events::{
+    Money,
+    payment::{PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentVoided},
+};
+use shop_messaging::outbox::postgres::enqueue_event;
+use shop_runtime::{ApiError, ErrorKind};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::{
+    card::{Card, CardSummary},
+    ledger::{Completed, Decision, Ledger, Operation, Outcome},
+    provider::{AuthorizationOutcome, CardProvider, ProviderError},
+};
+
+/// A payment as stored: the facts fixed when it was authorized.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Payment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub card_brand: String,
+    pub card_last4: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Payment {
+    pub fn money(&self, amount: i64) -> Money {
+        Money {
+            amount,
+            currency: self.currency.clone(),
+        }
+    }
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OperationRow {
+    pub seq: i64,
+    pub payment_id: Uuid,
+    pub operation: String,
+    pub idempotency_key: String,
+    pub attempt_id: Uuid,
+    pub phase: String,
+    pub outcome: Option<String>,
+    pub amount: Option<i64>,
+    pub reason: Option<String>,
+    pub provider_reference: Option<String>,
+    pub requested_by: String,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl OperationRow {
+    fn completed(&self) -> Option<Completed> {
+        if self.phase != "completed" {
+            return None;
+        }
+        Some(Completed {
+            operation: Operation::parse(&self.operation)?,
+            key: self.idempotency_key.clone(),
+            outcome: Outcome::parse(self.outcome.as_deref()?)?,
+            amount: self.amount.unwrap_or(0),
+        })
+    }
+}
+
+/// The completed operations of `rows` (oldest first) and the rows they came from.
+pub fn completed(rows: &[OperationRow]) -> (Vec<Completed>, Vec<&OperationRow>) {
+    rows.iter()
+        .filter_map(|row| row.completed().map(|c| (c, row)))
+        .unzip()
+}
+
+/// The answer to an operation: the payment, the completed operation's result, and the
+/// ledger as that operation left it.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub payment: Payment,
+    pub outcome: Outcome,
+    /// Minor units this operation moved.
+    pub amount: i64,
+    /// The decline code, for a declined authorization.
+    pub reason: Option<String>,
+    /// The ledger right after this operation (for a refund: what was refunded up to it).
+    pub ledger: Ledger,
+    /// True when this answer is an earlier call's result.
+    pub replayed: bool,
+}
+
+/// A validated authorization request.
+#[derive(Debug)]
+pub struct Authorize {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub card: Card,
+}
+
+/// A validated refund request.
+#[derive(Debug, Clone)]
+pub struct Refund {
+    pub order_id: Uuid,
+    /// `None`: everything captured and not refunded yet.
+    pub amount: Option<Money>,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The payment operations, shared by the gRPC handlers.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    pool: PgPool,
+    provider: Arc<dyn CardProvider>,
+    provider_timeout: Duration,
+    lease: Duration,
+    tasks: TaskTracker,
+}
+
+/// What step 1 found.
+enum Begin {
+    Replay(Receipt),
+    Refused(String),
+    InFlight,
+    Started(Started),
+}
+
+/// An attempt recorded as `started`, ready for the provider call.
+#[derive(Debug, Clone)]
+struct Started {
+    payment: Payment,
+    attempt_id: Uuid,
+    operation: Operation,
+    key: String,
+    /// Minor units the operation moves.
+    amount: i64,
+    /// The approved authorization's provider reference (capture, void, refund).
+    reference: String,
+    reason: String,
+    requested_by: String,
+}
+
+impl Payments {
+    pub fn new(
+        pool: PgPool,
+        provider: Arc<dyn CardProvider>,
+        provider_timeout: Duration,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            pool,
+            provider,
+            provider_timeout,
+            // Longer than any live attempt can take, so only a dead or paused one loses it.
+            lease: provider_timeout + Duration::from_secs(10),
+            tasks,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn authorize(&self, request: Authorize, caller: &str) -> Result<Receipt, ApiError> {
+        let summary = request.card.summary();
+        let mut card = Some(request.card);
+        let new = NewPayment {
+            order_id: request.order_id,
+            user_id: request.user_id,
+            amount: request.amount,
+            currency: request.currency,
+            card: summary,
+        };
+        self.run(
+            request.order_id,
+            Operation::Authorize,
+            "",
+            None,
+            String::new(),
+            caller,
+            Some(&new),
+            &mut card,
+        )
+        .await
+    }
+
+    pub async fn capture(&self, order_id: Uuid, caller: &str) -> Result<Receipt, ApiError> {
+        let mut no_card = None;
+        self.run(
+            order_id,
+            Operation::Capture,
+            "",
+            None,
+            String::new(),
+            caller,
+            None,
+            &mut no_card,
+        )
+        .await
+    }
+
+    pub async fn void(&self, order_id: Uuid, caller: &str) -> Result<Receipt, ApiError> {
+        let mut no_card = None;
+        self.run(
+            order_id,
+            Operation::Void,
+            "",
+            None,
+            String::new(),
+            caller,
+            None,
+            &mut no_card,
+        )
+        .await
+    }
+
+    pub async fn refund(&self, request: Refund, caller: &str) -> Result<Receipt, ApiError> {
+        let mut no_card = None;
+        self.run(
+            request.order_id,
+            Operation::Refund,
+            &request.key,
+            request.amount.as_ref(),
+            request.reason.clone(),
+            caller,
+            None,
+            &mut no_card,
+        )
+        .await
+    }
+
+    /// Steps 1 to 3, polling while another operation on the payment is in flight.
+    #[allow(clippy::too_many_arguments)] // private; the four public operations name them
+    async fn run(
+        &self,
+        order_id: Uuid,
+        operation: Operation,
+        key: &str,
+        refund: Option<&Money>,
+        reason: String,
+        caller: &str,
+        new: Option<&NewPayment>,
+        card: &mut Option<Card>,
+    ) -> Result<Receipt, ApiError> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let begun = self
+                .begin(order_id, operation, key, refund, &reason, caller, new)
+                .await;
+            let begun = match begun {
+                Ok(begun) => begun,
+                Err(err) => {
+                    record_metric(operation, metric_outcome_of_error(&err));
+                    return Err(err);
+                }
+            };
+            match begun {
+                Begin::Replay(receipt) => {
+                    record_metric(operation, "replayed");
+                    return Ok(receipt);
+                }
+                Begin::Refused(reason) => {
+                    record_metric(operation, "refused");
+                    return Err(ApiError::conflict(reason));
+                }
+                Begin::InFlight => {
+                    // Bounded by the other attempt's lease: once it expires, `begin` takes over.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Begin::Started(started) => {
+                    let this = self.clone();
+                    let card = card.take();
+                    // Its own task: a caller that disconnects does not cancel the provider call
+                    // or the recording of its result. Tracked, so shutdown waits for it.
+                    let attempt = self.tasks.spawn(async move {
+                        let receipt = this.attempt(started, card).await;
+                        let outcome = match &receipt {
+                            Ok(receipt) => receipt.outcome.as_str(),
+                            Err(err) => metric_outcome_of_error(err),
+                        };
+                        record_metric(operation, outcome);
+                        receipt
+                    });
+                    return attempt.await.map_err(|err| {
+                        ApiError::internal(format!("payment attempt failed: {err}"))
+                    })?;
+                }
+            }
+        }
+    }
+
+    /// Step 1, in one short transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn begin(
+        &self,
+        order_id: Uuid,
+        operation: Operation,
+        key: &str,
+        refund: Option<&Money>,
+        reason: &str,
+        caller: &str,
+        new: Option<&NewPayment>,
+    ) -> Result<Begin, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(new) = new {
+            // Concurrent first attempts: the unique order_id makes the second insert wait for
+            // the first to commit, then do nothing.
+            sqlx::query(
+                "INSERT INTO payments (id, order_id, user_id, amount, currency, card_brand, card_last4)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(Uuid::now_v7())
+            .bind(new.order_id)
+            .bind(new.user_id)
+            .bind(new.amount)
+            .bind(&new.currency)
+            .bind(new.card.brand.as_str())
+            .bind(&new.card.last4)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let payment: Payment =
+            sqlx::query_as("SELECT * FROM payments WHERE order_id = $1 FOR UPDATE")
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| ApiError::not_found("No payment exists for this order."))?;
+        if let Some(new) = new {
+            new.same_as(&payment)?;
+        }
+        if let Some(money) = refund
+            && money.currency != payment.currency
+        {
+            return Err(ApiError::validation(vec![shop_runtime::FieldError::new(
+                "amount.currency",
+                format!("must be the payment's currency, {}", payment.currency),
+            )]));
+        }
+
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = operations(&mut tx, payment.id).await?;
+        let (done, done_rows) = completed(&rows);
+        let ledger = Ledger::replay(&done);
+        let amount = match ledger.decide(&done, operation, key, refund.map(|m| m.amount)) {
+            Decision::Replay(index) => {
+                return Ok(Begin::Replay(receipt(
+                    &payment, &done, &done_rows, index, true,
+                )));
+            }
+            // Decided only once nothing else is in flight: its result may change the answer.
+            _ if in_flight(&rows, now) => return Ok(Begin::InFlight),
+            Decision::Proceed(amount) => amount,
+            Decision::Refuse(refusal) => {
+                insert_row(
+                    &mut tx,
+                    &Row {
+                        payment_id: payment.id,
+                        operation,
+                        key,
+                        attempt_id: Uuid::now_v7(),
+                        phase: "refused",
+                        outcome: None,
+                        amount: refund.map(|m| m.amount),
+                        reason: Some(&refusal),
+                        reference: None,
+                        requested_by: caller,
+                        lease: None,
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Begin::Refused(refusal));
+            }
+        };
+        let amount = if operation == Operation::Authorize {
+            payment.amount
+        } else {
+            amount
+        };
+        let reference = done_rows
+            .iter()
+            .find_map(|row| row.provider_reference.clone())
+            .unwrap_or_default();
+        let attempt_id = Uuid::now_v7();
+        let lease = now
+            + chrono::Duration::from_std(self.lease)
+                .map_err(|err| ApiError::internal(err.to_string()))?;
+        insert_row(
+            &mut tx,
+            &Row {
+                payment_id: payment.id,
+                operation,
+                key,
+                attempt_id,
+                phase: "started",
+                outcome: None,
+                amount: Some(amount),
+                reason: (!reason.is_empty()).then_some(reason),
+                reference: None,
+                requested_by: caller,
+                lease: Some(lease),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Begin::Started(Started {
+            payment,
+            attempt_id,
+            operation,
+            key: key.to_owned(),
+            amount,
+            reference,
+            reason: reason.to_owned(),
+            requested_by: caller.to_owned(),
+        }))
+    }
+
+    /// Steps 2 and 3.
+    async fn attempt(&self, started: Started, card: Option<Card>) -> Result<Receipt, ApiError> {
+        let idempotency_key = format!(
+            "{}:{}:{}",
+            started.payment.id, started.operation, started.key
+        );
+        let call = async {
+            let provider = self.provider.as_ref();
+            let reference = started.reference.as_str();
+            match started.operation {
+                Operation::Authorize => {
+                    let card = card.ok_or_else(|| ProviderError("no card to authorize".into()))?;
+                    provider
+                        .authorize(
+                            &idempotency_key,
+                            &card,
+                            started.amount,
+                            &started.payment.currency,
+                        )
+                        .await
+                }
+                Operation::Capture => provider
+                    .capture(&idempotency_key, reference, started.amount)
+                    .await
+                    .map(|()| approved(reference)),
+                Operation::Void => provider
+                    .void(&idempotency_key, reference)
+                    .await
+                    .map(|()| approved(reference)),
+                Operation::Refund => provider
+                    .refund(&idempotency_key, reference, started.amount)
+                    .await
+                    .map(|()| approved(reference)),
+            }
+        };
+        let timer = std::time::Instant::now();
+        let answer = match tokio::time::timeout(self.provider_timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ProviderError(format!(
+                "no answer within {:?}",
+                self.provider_timeout
+            ))),
+        };
+        metrics::histogram!("payment_provider_call_seconds", "operation" => started.operation.as_str())
+            .record(timer.elapsed().as_secs_f64());
+        match answer {
+            Ok(answer) => self.record(&started, answer).await,
+            Err(err) => {
+                tracing::warn!(operation = %started.operation, payment_id = %started.payment.id, error = %err, "provider call failed");
+                self.abandon(&started, "provider_unavailable").await?;
+                Err(ApiError::unavailable(
+                    "The card provider did not answer; retry the same request.",
+                ))
+            }
+        }
+    }
+
+    /// Step 3: the completed row and its event, in one transaction.
+    async fn record(
+        &self,
+        started: &Started,
+        answer: AuthorizationOutcome,
+    ) -> Result<Receipt, ApiError> {
+        let payment = &started.payment;
+        let (outcome, amount, reason, reference) = match (started.operation, answer) {
+            (Operation::Authorize, AuthorizationOutcome::Approved { reference }) => {
+                (Outcome::Approved, started.amount, None, Some(reference))
+            }
+            (Operation::Authorize, AuthorizationOutcome::Declined(why)) => {
+                (Outcome::Declined, 0, Some(why.as_str().to_owned()), None)
+            }
+            (Operation::Capture, _) => (Outcome::Captured, started.amount, None, None),
+            (Operation::Void, _) => (Outcome::Voided, started.amount, None, None),
+            (Operation::Refund, _) => (
+                Outcome::Refunded,
+                started.amount,
+                (!started.reason.is_empty()).then(|| started.reason.clone()),
+                None,
+            ),
+        };
+
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE")
+            .bind(payment.id)
+            .execute(&mut *tx)
+            .await?;
+        let lease_held: bool = sqlx::query_scalar(
+            "SELECT lease_expires_at > now() FROM payment_operations
+             WHERE attempt_id = $1 AND phase = 'started'",
+        )
+        .bind(started.attempt_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !lease_held {
+            drop(tx);
+            self.abandon(started, "lease_expired").await?;
+            return Err(ApiError::unavailable(
+                "The payment operation took too long; retry the same request.",
+            ));
+        }
+        let inserted = insert_row(
+            &mut tx,
+            &Row {
+                payment_id: payment.id,
+                operation: started.operation,
+                key: &started.key,
+                attempt_id: started.attempt_id,
+                phase: "completed",
+                outcome: Some(outcome),
+                amount: Some(amount),
+                reason: reason.as_deref(),
+                reference: reference.as_deref(),
+                requested_by: &started.requested_by,
+                lease: None,
+            },
+        )
+        .await?;
+        if !inserted {
+            // Another attempt recorded this operation first (a takeover): its result stands.
+            drop(tx);
+            return self.replay(payment, started.operation, &started.key).await;
+        }
+        let rows = operations(&mut tx, payment.id).await?;
+        let (done, done_rows) = completed(&rows);
+        let ledger = Ledger::replay(&done);
+        enqueue(
+            &mut tx,
+            payment,
+            outcome,
+            amount,
+            reason.as_deref(),
+            &ledger,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        tx.commit().await?;
+
+        match outcome {
+            Outcome::Captured => {
+                metrics::counter!("payment_captured_minor_units_total", "currency" => payment.currency.clone())
+                    .increment(amount.unsigned_abs());
+            }
+            Outcome::Refunded => {
+                metrics::counter!("payment_refunded_minor_units_total", "currency" => payment.currency.clone())
+                    .increment(amount.unsigned_abs());
+            }
+            _ => {}
+        }
+        let index = done.len() - 1;
+        Ok(receipt(payment, &done, &done_rows, index, false))
+    }
+
+    /// Records that an attempt ended without a result; a retry may start a new one at once.
+    async fn abandon(&self, started: &Started, why: &str) -> Result<(), ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_row(
+            &mut conn,
+            &Row {
+                payment_id: started.payment.id,
+                operation: started.operation,
+                key: &started.key,
+                attempt_id: started.attempt_id,
+                phase: "abandoned",
+                outcome: None,
+                amount: Some(started.amount),
+                reason: Some(why),
+                reference: None,
+                requested_by: &started.requested_by,
+                lease: None,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn replay(
+        &self,
+        payment: &Payment,
+        operation: Operation,
+        key: &str,
+    ) -> Result<Receipt, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = operations(&mut conn, payment.id).await?;
+        let (done, done_rows) = completed(&rows);
+        let index = done
+            .iter()
+            .position(|op| op.operation == operation && op.key == key)
+            .ok_or_else(|| ApiError::internal("a recorded operation disappeared"))?;
+        Ok(receipt(payment, &done, &done_rows, index, true))
+    }
+}
+
+fn approved(reference: &str) -> AuthorizationOutcome {
+    AuthorizationOutcome::Approved {
+        reference: reference.to_owned(),
+    }
+}
+
+/// The first Authorize's facts, compared with a retry's.
+#[derive(Debug)]
+struct NewPayment {
+    order_id: Uuid,
+    user_id: Uuid,
+    amount: i64,
+    currency: String,
+    card: CardSummary,
+}
+
+impl NewPayment {
+    /// A retry must be the same request: a different amount or card under the same order is a
+    /// caller bug, and answering it with the first result would hide that.
+    fn same_as(&self, payment: &Payment) -> Result<(), ApiError> {
+        let same = payment.user_id == self.user_id
+            && payment.amount == self.amount
+            && payment.currency == self.currency
+            && payment.card_brand == self.card.brand.as_str()
+            && payment.card_last4 == self.card.last4;
+        if same {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::Conflict,
+                "This order already has a payment for a different amount, card or customer; a retry must repeat the first request.",
+            ))
+        }
+    }
+}
+
+/// Whether some operation of the payment holds an unexpired lease without a result.
+fn in_flight(rows: &[OperationRow], now: DateTime<Utc>) -> bool {
+    rows.iter().any(|row| {
+        row.phase == "started"
+            && row.lease_expires_at.is_some_and(|lease| lease > now)
+            && !rows.iter().any(|other| {
+                other.attempt_id == row.attempt_id
+                    && matches!(other.phase.as_str(), "completed" | "abandoned")
+            })
+    })
+}
+
+/// The receipt of the `index`-th completed operation, with the ledger as it left it.
+fn receipt(
+    payment: &Payment,
+    done: &[Completed],
+    done_rows: &[&OperationRow],
+    index: usize,
+    replayed: bool,
+) -> Receipt {
+    let op = &done[index];
+    Receipt {
+        payment: payment.clone(),
+        outcome: op.outcome,
+        amount: op.amount,
+        reason: done_rows[index].reason.clone(),
+        ledger: Ledger::replay(&done[..=index]),
+        replayed,
+    }
+}
+
+pub async fn operations(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+) -> Result<Vec<OperationRow>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM payment_operations WHERE payment_id = $1 ORDER BY seq")
+        .bind(payment_id)
+        .fetch_all(conn)
+        .await
+}
+
+struct Row<'a> {
+    payment_id: Uuid,
+    operation: Operation,
+    key: &'a str,
+    attempt_id: Uuid,
+    phase: &'static str,
+    outcome: Option<Outcome>,
+    amount: Option<i64>,
+    reason: Option<&'a str>,
+    reference: Option<&'a str>,
+    requested_by: &'a str,
+    lease: Option<DateTime<Utc>>,
+}
+
+/// Appends a row; false when it is a second `completed` row for the same operation.
+async fn insert_row(conn: &mut PgConnection, row: &Row<'_>) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO payment_operations
+           (payment_id, operation, idempotency_key, attempt_id, phase, outcome, amount, reason,
+            provider_reference, requested_by, lease_expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (payment_id, operation, idempotency_key) WHERE phase = 'completed' DO NOTHING",
+    )
+    .bind(row.payment_id)
+    .bind(row.operation.as_str())
+    .bind(row.key)
+    .bind(row.attempt_id)
+    .bind(row.phase)
+    .bind(row.outcome.map(Outcome::as_str))
+    .bind(row.amount)
+    .bind(row.reason)
+    .bind(row.reference)
+    .bind(row.requested_by)
+    .bind(row.lease)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The event of a completed operation, into the outbox of the recording transaction.
+async fn enqueue(
+    tx: &mut PgConnection,
+    payment: &Payment,
+    outcome: Outcome,
+    amount: i64,
+    reason: Option<&str>,
+    ledger: &Ledger,
+) -> Result<(), shop_messaging::Error> {
+    let (payment_id, order_id, user_id) = (payment.id, payment.order_id, payment.user_id);
+    match outcome {
+        Outcome::Approved => {
+            enqueue_event(
+                tx,
+                &PaymentAuthorized {
+                    payment_id,
+                    order_id,
+                    user_id,
+                    amount: payment.money(amount),
+                    card_brand: payment.card_brand.clone(),
+                    card_last4: payment.card_last4.clone(),
+                },
+            )
+            .await?;
+        }
+        Outcome::Declined => {
+            enqueue_event(
+                tx,
+                &PaymentFailed {
+                    payment_id,
+                    order_id,
+                    user_id,
+                    amount: payment.money(payment.amount),
+                    reason: reason.unwrap_or("card_declined").to_owned(),
+                    card_brand: payment.card_brand.clone(),
+                    card_last4: payment.card_last4.clone(),
+                },
+            )
+            .await?;
+        }
+        Outcome::Captured => {
+            enqueue_event(
+                tx,
+                &PaymentCaptured {
+                    payment_id,
+                    order_id,
+                    user_id,
+                    amount: payment.money(amount),
+                },
+            )
+            .await?;
+        }
+        Outcome::Voided => {
+            enqueue_event(
+                tx,
+                &PaymentVoided {
+                    payment_id,
+                    order_id,
+                    user_id,
+                    amount: payment.money(amount),
+                },
+            )
+            .await?;
+        }
+        Outcome::Refunded => {
+            enqueue_event(
+                tx,
+                &PaymentRefunded {
+                    payment_id,
+                    order_id,
+                    user_id,
+                    amount: payment.money(amount),
+                    total_refunded: payment.money(ledger.refunded),
+                    reason: reason.unwrap_or_default().to_owned(),
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `payment_operations_total{operation, outcome}`: every request, by what became of it.
+fn record_metric(operation: Operation, outcome: &'static str) {
+    metrics::counter!("payment_operations_total", "operation" => operation.as_str(), "outcome" => outcome)
+        .increment(1);
+}
+
+fn metric_outcome_of_error(err: &ApiError) -> &'static str {
+    match err.kind() {
+        ErrorKind::Validation | ErrorKind::BadRequest => "invalid",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::Conflict => "refused",
+        ErrorKind::Unavailable => "provider_unavailable",
+        _ => "error",
+    }
+}

@@ -1,0 +1,244 @@
+//! What payment-service's tests share: a token issuer standing in for user-service (a real
+//! Ed25519 key behind a real JWKS endpoint, so the service verifies tokens exactly as in
+//! production), the service started against it, gRPC requests carrying a service token, and a
+//! queue that collects the events the service publishes.
+
+#![allow(dead_code)] // each test file uses its own part of this module
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{Json, Router, routing::get};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use payment_service::PaymentService;
+use ring::{
+    rand::SystemRandom,
+    signature::{Ed25519KeyPair, KeyPair},
+};
+use serde_json::{Value, json};
+use shop_auth::Claims;
+use shop_messaging::{Envelope, topology};
+use shop_proto::{
+    common::v1::Money,
+    payment::v1::{AuthorizeRequest, Card, payment_service_client::PaymentServiceClient},
+};
+use shop_testkit::{TestApp, spawn_with};
+use sqlx::PgPool;
+use tonic::transport::Channel as GrpcChannel;
+use uuid::Uuid;
+
+pub const APPROVE: &str = "4242424242424242";
+pub const DECLINE: &str = "4000000000000002";
+pub const INSUFFICIENT_FUNDS: &str = "4000000000009995";
+pub const SLOW: &str = "4000000000000259";
+
+/// Signs tokens as user-service would and serves the public key at a JWKS URL.
+pub struct Issuer {
+    pkcs8: Vec<u8>,
+    pub jwks_url: String,
+}
+
+impl Issuer {
+    pub async fn start() -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwks = json!({ "keys": [{
+            "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": "test",
+            "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+        }]});
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let app = Router::new().route(
+            "/.well-known/jwks.json",
+            get(move || {
+                let jwks = jwks.clone();
+                async move { Json(jwks) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            jwks_url: format!("http://{addr}/.well-known/jwks.json"),
+        }
+    }
+
+    fn sign(&self, sub: &str, roles: &[&str]) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = Claims {
+            iss: "urn:shop:user-service".into(),
+            aud: "shop".into(),
+            sub: sub.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            iat: now,
+            exp: now + 600,
+            nbf: None,
+            jti: Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("test".into());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&self.pkcs8)).unwrap()
+    }
+
+    /// A service token for `name` (`sub: service:<name>`, role `service`).
+    pub fn service(&self, name: &str) -> String {
+        self.sign(&format!("service:{name}"), &["service"])
+    }
+
+    /// A customer's access token.
+    pub fn customer(&self, user_id: Uuid) -> String {
+        self.sign(&user_id.to_string(), &["customer"])
+    }
+}
+
+/// payment-service with its stores, trusting `issuer`, the slow card short.
+pub async fn spawn_payments(issuer: &Issuer) -> TestApp {
+    spawn_with::<PaymentService>([
+        ("AUTH_JWKS_URL", issuer.jwks_url.as_str()),
+        ("SIMULATED_SLOW_CARD_DELAY_MS", "400"),
+    ])
+    .await
+    .unwrap()
+}
+
+pub async fn client(app: &TestApp) -> PaymentServiceClient<GrpcChannel> {
+    PaymentServiceClient::new(shop_testkit::ops::channel(app).await.unwrap())
+}
+
+/// `message` with `authorization: Bearer <token>` metadata.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+pub fn eur(amount: i64) -> Option<Money> {
+    Some(Money {
+        amount,
+        currency: "EUR".into(),
+    })
+}
+
+pub fn card(number: &str) -> Option<Card> {
+    Some(Card {
+        number: number.into(),
+        expiry: "12/39".into(),
+        cvc: "123".into(),
+    })
+}
+
+pub fn authorize(order_id: Uuid, user_id: Uuid, amount: i64, number: &str) -> AuthorizeRequest {
+    AuthorizeRequest {
+        order_id: order_id.to_string(),
+        user_id: user_id.to_string(),
+        amount: eur(amount),
+        card: card(number),
+    }
+}
+
+/// The service's own database, as the test reads it.
+pub async fn database(app: &TestApp) -> PgPool {
+    PgPool::connect(&app.env["DATABASE_URL"]).await.unwrap()
+}
+
+/// A queue bound to every payment event on the service's vhost, declared before the events
+/// are published.
+pub struct EventTap {
+    _connection: Connection,
+    channel: Channel,
+    queue: String,
+}
+
+impl EventTap {
+    pub async fn bind(app: &TestApp) -> Self {
+        Self::bind_url(&app.env["AMQP_URL"]).await
+    }
+
+    pub async fn bind_url(amqp_url: &str) -> Self {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        topology::declare_exchange(&channel).await.unwrap();
+        let queue = format!("payment-events-{}", Uuid::new_v4().simple());
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                topology::EXCHANGE.into(),
+                "payment.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            _connection: connection,
+            channel,
+            queue,
+        }
+    }
+
+    /// Every event published so far: waits (bounded) until the outbox is empty — the relay
+    /// deletes a row only after the broker confirmed it, i.e. routed it to this queue — then
+    /// takes everything from the queue, as (routing key, envelope).
+    pub async fn drain(&self, pool: &PgPool) -> Vec<(String, Envelope)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM messaging.outbox")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            if pending == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{pending} events still in the outbox after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut events = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let key = message.delivery.routing_key.to_string();
+            events.push((key, Envelope::from_slice(&message.delivery.data).unwrap()));
+        }
+        events
+    }
+}
+
+/// The data of `events` as JSON, for comparisons.
+pub fn data(events: &[(String, Envelope)]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .map(|(key, envelope)| (key.clone(), envelope.data.clone()))
+        .collect()
+}

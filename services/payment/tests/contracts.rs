@@ -1,0 +1,254 @@
+//! Provider verification: every contract in `contracts/` naming `payment` is replayed against
+//! the real service. order-service's contract (Authorize, Capture, Void, Refund) arrives with
+//! the order issue; until then there is none, which the repository verification declares
+//! (`Provider::no_pacts_expected`; remove it once order's contract is committed).
+//!
+//! Provider states the consumer may name (`given(...)`), the order id either as the `orderId`
+//! parameter or as the last word of the name:
+//!
+//! | state | what is set up, through the service's own gRPC API |
+//! |---|---|
+//! | `an authorized payment for order <id>` | Authorize (approving test card) |
+//! | `a captured payment for order <id>` | Authorize, Capture |
+//! | `a voided payment for order <id>` | Authorize, Void |
+//! | `a refunded payment for order <id>` | Authorize, Capture, Refund (all) |
+//! | `a declined payment for order <id>` | Authorize (declining test card) |
+//! | `no payment for order <id>` | nothing |
+//!
+//! Optional parameters: `amount` (minor units, default 1999), `currency` (default EUR),
+//! `userId`.
+//!
+//! The gRPC API takes service tokens only, and the kit's shim calls it without metadata: the
+//! test puts a small forwarding server in between that adds order-service's token.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
+
+mod common;
+
+use std::{
+    convert::Infallible,
+    task::{Context, Poll},
+};
+
+use common::{APPROVE, DECLINE, Issuer, client, spawn_payments, with_token};
+use futures::future::BoxFuture;
+use http::{HeaderValue, header::AUTHORIZATION};
+use serde_json::{Value, json};
+use shop_contract::{GrpcInteraction, Provider, State, prelude::*};
+use shop_proto::{
+    common::v1::Money,
+    payment::v1::{
+        AuthorizeRequest, CaptureRequest, CaptureResponse, Card, RefundRequest, VoidRequest,
+    },
+};
+use tonic::{body::Body, server::NamedService, transport::Channel};
+use uuid::Uuid;
+
+/// Forwards every call to payment-service with a service token added.
+#[derive(Clone)]
+struct WithServiceToken {
+    upstream: Channel,
+    token: HeaderValue,
+}
+
+impl NamedService for WithServiceToken {
+    const NAME: &'static str = "shop.payment.v1.PaymentService";
+}
+
+impl tower::Service<http::Request<Body>> for WithServiceToken {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, self.token.clone());
+        let upstream = self.upstream.clone();
+        Box::pin(async move {
+            use tower::ServiceExt;
+            match upstream.oneshot(request).await {
+                Ok(response) => Ok(response.map(Body::new)),
+                Err(err) => Ok(tonic::Status::unavailable(err.to_string()).into_http()),
+            }
+        })
+    }
+}
+
+/// Starts the forwarder; returns its address.
+async fn forwarder(upstream: Channel, token: &str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = WithServiceToken {
+        upstream,
+        token: format!("Bearer {token}").parse().unwrap(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// Sets up one provider state through the service's own API.
+async fn set_up(app: &shop_testkit::TestApp, token: &str, state: &State) -> Result<(), String> {
+    let order = state
+        .params
+        .get("orderId")
+        .and_then(Value::as_str)
+        .or_else(|| state.name.rsplit(' ').next())
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or_else(|| {
+            format!(
+                "'{}': no order id (orderId parameter or last word)",
+                state.name
+            )
+        })?;
+    let amount = state
+        .params
+        .get("amount")
+        .and_then(Value::as_i64)
+        .unwrap_or(1999);
+    let currency = state
+        .params
+        .get("currency")
+        .and_then(Value::as_str)
+        .unwrap_or("EUR");
+    let user = state
+        .params
+        .get("userId")
+        .and_then(Value::as_str)
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+    let kind = state.name.split(" for order").next().unwrap_or_default();
+    let mut grpc = client(app).await;
+    let authorize = |number: &str| AuthorizeRequest {
+        order_id: order.to_string(),
+        user_id: user.clone(),
+        amount: Some(Money {
+            amount,
+            currency: currency.into(),
+        }),
+        card: Some(Card {
+            number: number.into(),
+            expiry: "12/39".into(),
+            cvc: "123".into(),
+        }),
+    };
+    let id = order.to_string();
+    let fail = |status: tonic::Status| format!("'{}': {status}", state.name);
+    match kind {
+        "no payment" => {}
+        "a declined payment" => {
+            grpc.authorize(with_token(authorize(DECLINE), token))
+                .await
+                .map_err(fail)?;
+        }
+        "an authorized payment"
+        | "a captured payment"
+        | "a voided payment"
+        | "a refunded payment" => {
+            grpc.authorize(with_token(authorize(APPROVE), token))
+                .await
+                .map_err(fail)?;
+            if kind == "a voided payment" {
+                grpc.void(with_token(
+                    VoidRequest {
+                        order_id: id.clone(),
+                    },
+                    token,
+                ))
+                .await
+                .map_err(fail)?;
+            }
+            if kind == "a captured payment" || kind == "a refunded payment" {
+                grpc.capture(with_token(
+                    CaptureRequest {
+                        order_id: id.clone(),
+                    },
+                    token,
+                ))
+                .await
+                .map_err(fail)?;
+            }
+            if kind == "a refunded payment" {
+                let refund = RefundRequest {
+                    order_id: id,
+                    ..RefundRequest::default()
+                };
+                grpc.refund(with_token(refund, token)).await.map_err(fail)?;
+            }
+        }
+        other => return Err(format!("unknown provider state '{other} for order <id>'")),
+    }
+    Ok(())
+}
+
+/// The verification, against the contracts in `dir` (`None`: the repository's `contracts/`).
+async fn verify(dir: Option<&std::path::Path>) {
+    let issuer = Issuer::start().await;
+    let app = std::sync::Arc::new(spawn_payments(&issuer).await);
+    let token = issuer.service("order-service");
+    let channel = shop_testkit::ops::channel(&app).await.unwrap();
+    let grpc = forwarder(channel, &token).await;
+    let mut provider = Provider::new("payment").http(app.http_addr).grpc(grpc);
+    match dir {
+        Some(dir) => provider = provider.pacts_in(dir),
+        None => {
+            provider = provider.no_pacts_expected(
+                "order-service, payment's only consumer, writes its contract with the order issue",
+            );
+        }
+    }
+    let states = app.clone();
+    provider
+        .state(move |state| {
+            let (app, token) = (states.clone(), token.clone());
+            async move { set_up(&app, &token, &state).await }
+        })
+        .verify()
+        .await;
+}
+
+#[tokio::test]
+async fn honours_every_contract_naming_payment() {
+    verify(None).await;
+}
+
+/// The harness itself, on a contract written here as order-service's will be: a provider
+/// state, a service-token-only method, and a response the real service must match.
+#[tokio::test]
+async fn the_harness_sets_up_states_and_calls_the_authenticated_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let order = Uuid::new_v4().to_string();
+    let call = GrpcInteraction::new(
+        "capture of an authorized payment",
+        "/shop.payment.v1.PaymentService/Capture",
+    )
+    .given_with_params(
+        "an authorized payment for order",
+        json!({"orderId": order, "amount": 2500}),
+    )
+    .request(&CaptureRequest {
+        order_id: order.clone(),
+    })
+    .response(json_pattern!({
+        "status": "PAYMENT_STATUS_CAPTURED",
+        "paymentId": like!("0190b2a4-0000-7000-8000-000000000000"),
+        "captured": {"amount": "2500", "currency": "EUR"},
+    }));
+    Contract::new("order-harness-selftest", "payment")
+        .in_dir(dir.path())
+        .grpc(call, |example| async move {
+            let response: CaptureResponse = example.response_as()?;
+            assert_eq!(response.captured.map(|m| m.amount), Some(2500));
+            Ok::<_, tonic::Status>(())
+        })
+        .await
+        .unwrap();
+    verify(Some(dir.path())).await;
+}
