@@ -56,5 +56,13 @@ mod tests {
         declared::<crate::inventory::StockLow>();
         declared::<crate::inventory::OutOfStock>();
         declared::<crate::inventory::StockReplenished>();
+        declared::<crate::order::OrderPlaced>();
+        declared::<crate::order::OrderConfirmed>();
+        declared::<crate::order::OrderCancelled>();
+        declared::<crate::payment::PaymentAuthorized>();
+        declared::<crate::payment::PaymentFailed>();
+        declared::<crate::payment::PaymentCaptured>();
+        declared::<crate::payment::PaymentVoided>();
+        declared::<crate::payment::PaymentRefunded>();
     }
 }

@@ -1,0 +1,522 @@
+//! The HTTP API: the order part of the public API (BRIEF §3), under the paths the gateway
+//! routes here unchanged. Every route needs a signed-in user and shows only their own orders.
+//!
+//! `POST /api/v1/orders` is idempotent by `Idempotency-Key`:
+//!
+//! * the key is stored with the order, unique per user, next to an HMAC of the request body
+//!   ([`crate::card::CardVault::fingerprint`]);
+//! * a repeat with the same key and body finds the order and answers it again (202, same id)
+//!   — without pricing or starting anything;
+//! * the same key with another body is refused (422): the client has a bug, and guessing which
+//!   of its two requests it meant would be worse;
+//! * two identical requests racing both price the cart, but only one `INSERT` wins the unique
+//!   constraint; the other reads the winner's order and answers with it.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{FromRef, Path, Query, State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shop_auth::{Principal, Verifier};
+use shop_events::{Money, order::OrderPlaced};
+use shop_messaging::outbox::postgres::enqueue_event;
+use shop_runtime::{ApiError, FieldError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    driver::{Driver, event_lines},
+    participants::Participants,
+    saga::Step,
+    validate::{self, PlaceOrder},
+};
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub verifier: Verifier,
+    pub participants: Participants,
+    pub driver: Arc<Driver>,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/orders", post(place).get(list))
+        .route("/api/v1/orders/{id}", get(show))
+        .route("/api/v1/orders/{id}/cancel", post(cancel))
+        .with_state(state)
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub status: String,
+    pub items: Vec<LineView>,
+    pub total: Money,
+    pub shipping_address: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_last4: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LineView {
+    pub product_id: String,
+    pub sku: String,
+    pub name: String,
+    pub quantity: u32,
+    pub unit_price: Money,
+    pub line_total: Money,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    user_id: Uuid,
+    status: String,
+    cancellation_reason: Option<String>,
+    total_amount: i64,
+    currency: String,
+    shipping_address: serde_json::Value,
+    card_last4: Option<String>,
+    request_fingerprint: Vec<u8>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const ORDER_COLUMNS: &str = "id, user_id, status, cancellation_reason, total_amount, currency,
+    shipping_address, card_last4, request_fingerprint, created_at, updated_at";
+
+/// Loads an order with its lines; `None` when it does not exist.
+async fn load(pool: &PgPool, id: Uuid) -> Result<Option<(OrderRow, OrderView)>, ApiError> {
+    let row: Option<OrderRow> =
+        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut conn = pool.acquire().await?;
+    let lines = event_lines(&mut conn, id, &row.currency).await?;
+    let view = view(&row, lines);
+    Ok(Some((row, view)))
+}
+
+fn view(row: &OrderRow, lines: Vec<shop_events::order::OrderLine>) -> OrderView {
+    OrderView {
+        id: row.id,
+        status: row.status.clone(),
+        items: lines
+            .into_iter()
+            .map(|line| LineView {
+                line_total: Money {
+                    amount: line.unit_price.amount * i64::from(line.quantity),
+                    currency: line.unit_price.currency.clone(),
+                },
+                product_id: line.product_id,
+                sku: line.sku,
+                name: line.name,
+                quantity: line.quantity,
+                unit_price: line.unit_price,
+            })
+            .collect(),
+        total: Money {
+            amount: row.total_amount,
+            currency: row.currency.clone(),
+        },
+        shipping_address: row.shipping_address.clone(),
+        cancellation_reason: row.cancellation_reason.clone(),
+        card_last4: row.card_last4.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+/// 202 with the order and its `Location`.
+fn accepted(order: OrderView) -> Response {
+    let location = format!("/api/v1/orders/{}", order.id);
+    let mut response = (StatusCode::ACCEPTED, Json(order)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// The answer to a repeated key: the same order, or 422 when the body differs.
+async fn replay(
+    pool: &PgPool,
+    user_id: Uuid,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Option<Response>, ApiError> {
+    let existing: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM orders WHERE user_id = $1 AND idempotency_key = $2")
+            .bind(user_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+    let Some(id) = existing else { return Ok(None) };
+    let (row, order) = load(pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("The order does not exist."))?;
+    if row.request_fingerprint != fingerprint {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "was already used for a different order; use a new key for a new order",
+        )]));
+    }
+    metrics::counter!("orders_idempotent_replays_total").increment(1);
+    Ok(Some(accepted(order)))
+}
+
+async fn place(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let key = validate::idempotency_key(&headers).map_err(|err| ApiError::validation(vec![err]))?;
+    let request: PlaceOrder = validate::place_order(&body).map_err(ApiError::validation)?;
+    let fingerprint = state
+        .driver
+        .vault
+        .fingerprint(request.canonical().as_bytes());
+
+    if let Some(response) = replay(&state.pool, principal.user_id, &key, &fingerprint).await? {
+        return Ok(response);
+    }
+
+    // Prices come from catalog-service, in one call for the whole cart, never from the client.
+    let ids: Vec<String> = request.items.iter().map(|i| i.product_id.clone()).collect();
+    let (products, missing) = state.participants.products(ids).await.map_err(|err| {
+        ApiError::unavailable(
+            "The catalog cannot price the order right now; retry with the same Idempotency-Key.",
+        )
+        .with_source(err)
+    })?;
+    let Priced {
+        lines,
+        currency,
+        total,
+    } = price(&request.items, &products, &missing).map_err(ApiError::validation)?;
+
+    let order_id = Uuid::now_v7();
+    let driver = &state.driver;
+    let sealed = driver
+        .vault
+        .seal(order_id, &request.card)
+        .map_err(ApiError::internal)?;
+    let mut tx = state.pool.begin().await?;
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, total_amount,
+                             currency, shipping_address)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (user_id, idempotency_key) DO NOTHING
+         RETURNING id",
+    )
+    .bind(order_id)
+    .bind(principal.user_id)
+    .bind(&key)
+    .bind(&fingerprint)
+    .bind(total)
+    .bind(&currency)
+    .bind(&request.shipping_address)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_none() {
+        // A concurrent request with the same key won the race: answer with its order.
+        tx.rollback().await?;
+        return replay(&state.pool, principal.user_id, &key, &fingerprint)
+            .await?
+            .ok_or_else(|| ApiError::conflict("The order is being placed; retry."));
+    }
+    for (line_no, line) in lines.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity,
+                                      unit_price_amount)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(order_id)
+        .bind(i32::try_from(line_no).unwrap_or(i32::MAX))
+        .bind(&line.product_id)
+        .bind(&line.sku)
+        .bind(&line.name)
+        .bind(i32::try_from(line.quantity).unwrap_or(i32::MAX))
+        .bind(line.unit_price.amount)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // The saga starts leased to this instance, which drives it right after the commit.
+    sqlx::query(
+        "INSERT INTO order_sagas (order_id, step, deadline, lease_owner, lease_until, sealed_card)
+         VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4,
+                 now() + $5 * interval '1 millisecond', $6)",
+    )
+    .bind(order_id)
+    .bind(Step::Reserve.as_str())
+    .bind(i64::try_from(driver.config.saga_timeout.as_millis()).unwrap_or(i64::MAX))
+    .bind(driver.instance)
+    .bind(i64::try_from(driver.config.lease.as_millis()).unwrap_or(i64::MAX))
+    .bind(&sealed)
+    .execute(&mut *tx)
+    .await?;
+    let items = event_lines(&mut tx, order_id, &currency).await?;
+    enqueue_event(
+        &mut tx,
+        &OrderPlaced {
+            order_id,
+            user_id: principal.user_id,
+            items,
+            total: Money {
+                amount: total,
+                currency: currency.clone(),
+            },
+        },
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    tx.commit().await?;
+    metrics::counter!("orders_placed_total").increment(1);
+    driver.start(order_id);
+
+    let (_, order) = load(&state.pool, order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("The order does not exist."))?;
+    Ok(accepted(order))
+}
+
+/// A cart priced by catalog-service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    pub lines: Vec<shop_events::order::OrderLine>,
+    pub currency: String,
+    pub total: i64,
+}
+
+/// Prices `items` with catalog's answer to `GetProducts`: unknown products, products without
+/// a price, mixed currencies and totals that overflow are field errors. Pure, so the contract
+/// test runs it on the contract's example.
+pub fn price(
+    items: &[crate::validate::Item],
+    products: &[shop_proto::catalog::v1::Product],
+    missing: &[String],
+) -> Result<Priced, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut lines = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let field = format!("items[{index}].product_id");
+        let product = products
+            .iter()
+            .find(|p| p.id == item.product_id)
+            .filter(|_| !missing.contains(&item.product_id));
+        match product {
+            Some(product) => match &product.price {
+                Some(price) => lines.push(shop_events::order::OrderLine {
+                    product_id: item.product_id.clone(),
+                    sku: product.sku.clone(),
+                    name: product.name.clone(),
+                    quantity: item.quantity,
+                    unit_price: Money {
+                        amount: price.amount,
+                        currency: price.currency.clone(),
+                    },
+                }),
+                None => errors.push(FieldError::new(field, "has no price")),
+            },
+            None => errors.push(FieldError::new(field, "is not a product of the catalog")),
+        }
+    }
+    let currency = lines
+        .first()
+        .map(|line| line.unit_price.currency.clone())
+        .unwrap_or_default();
+    if lines
+        .iter()
+        .any(|line| line.unit_price.currency != currency)
+    {
+        errors.push(FieldError::new(
+            "items",
+            "are priced in different currencies; order them separately",
+        ));
+    }
+    let total = lines.iter().try_fold(0i64, |sum, line| {
+        line.unit_price
+            .amount
+            .checked_mul(i64::from(line.quantity))
+            .and_then(|amount| sum.checked_add(amount))
+    });
+    match total {
+        None => errors.push(FieldError::new(
+            "items",
+            "add up to more than can be charged",
+        )),
+        Some(_) if !errors.is_empty() => {}
+        Some(total) => {
+            return Ok(Priced {
+                lines,
+                currency,
+                total,
+            });
+        }
+    }
+    Err(errors)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order = own(&state.pool, &principal, &id).await?;
+    Ok(Json(order))
+}
+
+/// The caller's order `id`; 404 for a malformed id, a missing order and someone else's alike.
+async fn own(pool: &PgPool, principal: &Principal, id: &str) -> Result<OrderView, ApiError> {
+    let missing = || ApiError::not_found("The order does not exist.");
+    let id = Uuid::parse_str(id).map_err(|_| missing())?;
+    let (row, order) = load(pool, id).await?.ok_or_else(missing)?;
+    // Own orders only, for admins too: the public API has no "everyone's orders" view.
+    if row.user_id != principal.user_id {
+        return Err(missing());
+    }
+    Ok(order)
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    items: Vec<OrderView>,
+    next_cursor: Option<String>,
+}
+
+/// The caller's orders, newest first. The cursor is the last id of the previous page (ids are
+/// UUID v7, ordered by creation), so pages stay stable while new orders arrive.
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(page): Query<Page>,
+) -> Result<Json<Listing>, ApiError> {
+    let mut errors = Vec::new();
+    let limit = match page.limit.as_deref().map(str::parse::<i64>) {
+        None => 20,
+        Some(Ok(limit)) if (1..=100).contains(&limit) => limit,
+        Some(_) => {
+            errors.push(FieldError::new("limit", "must be a number from 1 to 100"));
+            20
+        }
+    };
+    let cursor = match page.cursor.as_deref().map(Uuid::parse_str) {
+        None => None,
+        Some(Ok(cursor)) => Some(cursor),
+        Some(Err(_)) => {
+            errors.push(FieldError::new(
+                "cursor",
+                "is not a cursor from a previous page",
+            ));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(principal.user_id)
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut conn = state.pool.acquire().await?;
+    let mut items = Vec::new();
+    for row in rows
+        .iter()
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+    {
+        let lines = event_lines(&mut conn, row.id, &row.currency).await?;
+        items.push(view(row, lines));
+    }
+    let next_cursor = more
+        .then(|| items.last().map(|order| order.id.to_string()))
+        .flatten();
+    Ok(Json(Listing { items, next_cursor }))
+}
+
+/// Cancels a `PENDING` order through its saga: the request is recorded on the saga row (under
+/// its lock) and the saga compensates what it did. Too late once stock was committed: 409.
+async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order = own(&state.pool, &principal, &id).await?;
+    let mut tx = state.pool.begin().await?;
+    let step: String =
+        sqlx::query_scalar("SELECT step FROM order_sagas WHERE order_id = $1 FOR UPDATE")
+            .bind(order.id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let step: Step = step
+        .parse()
+        .map_err(|err: String| ApiError::internal(std::io::Error::other(err)))?;
+    match step {
+        // Already cancelled, or already being compensated for another reason: it ends
+        // cancelled either way.
+        Step::Cancelled | Step::VoidPayment | Step::ReleaseStock => return Ok(Json(order)),
+        step if !step.is_compensatable() => {
+            return Err(ApiError::conflict(
+                "The order can no longer be cancelled: its stock is already committed.",
+            )
+            .with_extension("status", serde_json::json!(order.status)));
+        }
+        _ => {}
+    }
+    // Due now: the instance driving it sees the flag at its next write; if none drives it, the
+    // sweeper picks it up at once.
+    sqlx::query(
+        "UPDATE order_sagas SET cancel_requested = true, next_attempt_at = now(), updated_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order.id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("orders_cancel_requests_total").increment(1);
+
+    // Most compensations take milliseconds: wait a little so the answer usually shows the
+    // order cancelled. If not yet, it shows PENDING; the saga finishes the cancellation anyway.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let _ = state.driver.sweep().await;
+    loop {
+        let current = own(&state.pool, &principal, &id).await?;
+        if current.status != "PENDING" || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(current));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

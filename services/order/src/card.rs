@@ -1,0 +1,155 @@
+//! Card data in transit through order-service, and the fingerprint of a placing request.
+//!
+//! The customer sends their card with the order, but it is only used at the `Authorize` step,
+//! which may run after a restart (the saga resumes from the database). So the card has to be
+//! stored until then — encrypted (AES-256-GCM, the order id as associated data so a ciphertext
+//! cannot be moved to another order) and **erased** in the same transaction that records the
+//! authorization's outcome or the end of the saga. It is never logged and never returned; the
+//! only card data kept afterwards are the last four digits payment-service answers with.
+//!
+//! The request fingerprint (for `Idempotency-Key`) is an HMAC with the same key, not a plain
+//! hash: a plain SHA-256 over a body containing a card number could be brute-forced back to it.
+
+use ring::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    hmac,
+    rand::{SecureRandom, SystemRandom},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The card as payment-service needs it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    pub number: String,
+    pub expiry: String,
+    pub cvc: String,
+}
+
+/// Never prints the number or the cvc.
+impl std::fmt::Debug for Card {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Card")
+            .field("last4", &self.last4())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Card {
+    pub fn last4(&self) -> &str {
+        let start = self.number.len().saturating_sub(4);
+        self.number.get(start..).unwrap_or_default()
+    }
+}
+
+/// Encrypts cards for storage and fingerprints requests; built once from `ORDER_CARD_KEY`.
+#[derive(Clone)]
+pub struct CardVault {
+    key: std::sync::Arc<LessSafeKey>,
+    mac: hmac::Key,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for CardVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CardVault(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("card encryption failed")]
+pub struct VaultError;
+
+impl CardVault {
+    /// `key` is 32 bytes (checked by the configuration).
+    pub fn new(key: &[u8]) -> Result<Self, VaultError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| VaultError)?;
+        Ok(Self {
+            key: std::sync::Arc::new(LessSafeKey::new(unbound)),
+            mac: hmac::Key::new(hmac::HMAC_SHA256, key),
+            random: SystemRandom::new(),
+        })
+    }
+
+    /// `nonce || ciphertext || tag`, bound to `order_id`.
+    pub fn seal(&self, order_id: Uuid, card: &Card) -> Result<Vec<u8>, VaultError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random.fill(&mut nonce).map_err(|_| VaultError)?;
+        let mut data = serde_json::to_vec(card).map_err(|_| VaultError)?;
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(order_id.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| VaultError)?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&data);
+        Ok(sealed)
+    }
+
+    pub fn open(&self, order_id: Uuid, sealed: &[u8]) -> Result<Card, VaultError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(VaultError);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| VaultError)?;
+        let mut data = ciphertext.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(order_id.as_bytes()), &mut data)
+            .map_err(|_| VaultError)?;
+        serde_json::from_slice(plain).map_err(|_| VaultError)
+    }
+
+    /// The fingerprint of a (canonical, already validated) request body.
+    pub fn fingerprint(&self, canonical: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.mac, canonical).as_ref().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card() -> Card {
+        Card {
+            number: "4242424242424242".into(),
+            expiry: "12/30".into(),
+            cvc: "123".into(),
+        }
+    }
+
+    #[test]
+    fn sealed_cards_open_only_for_their_order_and_print_nothing_secret() {
+        let vault = CardVault::new(&[7u8; 32]).unwrap();
+        let order = Uuid::now_v7();
+        let sealed = vault.seal(order, &card()).unwrap();
+        assert!(!String::from_utf8_lossy(&sealed).contains("4242"));
+        assert_eq!(vault.open(order, &sealed).unwrap(), card());
+        assert!(vault.open(Uuid::now_v7(), &sealed).is_err());
+        assert!(
+            CardVault::new(&[8u8; 32])
+                .unwrap()
+                .open(order, &sealed)
+                .is_err()
+        );
+        let printed = format!("{:?}", card());
+        assert!(
+            printed.contains("4242") && !printed.contains("42424242"),
+            "{printed}"
+        );
+        assert!(!printed.contains("123"), "{printed}");
+    }
+
+    #[test]
+    fn fingerprints_depend_on_body_and_key() {
+        let vault = CardVault::new(&[7u8; 32]).unwrap();
+        assert_eq!(vault.fingerprint(b"a"), vault.fingerprint(b"a"));
+        assert_ne!(vault.fingerprint(b"a"), vault.fingerprint(b"b"));
+        assert_ne!(
+            vault.fingerprint(b"a"),
+            CardVault::new(&[8u8; 32]).unwrap().fingerprint(b"a")
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! order-service's own settings (the shared ones — addresses, `DATABASE_URL`, ... — are read by
+//! the runtime; `AUTH_JWKS_URL`, `JWT_ISSUER`, `JWT_AUDIENCE` by [`shop_auth::AuthConfig`]).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `CATALOG_GRPC_URL` | `http://127.0.0.1:50052` | catalog-service (prices) |
+//! | `INVENTORY_GRPC_URL` | `http://127.0.0.1:50053` | inventory-service (reservations) |
+//! | `PAYMENT_GRPC_URL` | `http://127.0.0.1:50055` | payment-service |
+//! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
+//! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `order-service`) |
+//! | `ORDER_CARD_KEY` | development key (warned; refused with `SHOP_ENV=production`) | 32 bytes, base64: encrypts card data kept until authorization |
+//! | `ORDER_CALL_TIMEOUT_MS` | `2000` | deadline of one gRPC call |
+//! | `ORDER_SAGA_TIMEOUT_SECONDS` | `60` | a saga not past its pivot by then is compensated (`timeout`) |
+//! | `ORDER_SAGA_LEASE_MS` | `15000` | how long an instance owns a saga it drives; taken over after that |
+//! | `ORDER_SWEEP_INTERVAL_MS` | `1000` | how often to look for sagas to resume or retry |
+//! | `ORDER_RETRY_MAX_MS` | `10000` | longest back-off between two attempts of a step |
+//! | `ORDER_LATE_AUTHORIZATION_SECONDS` | `60` | how long a void keeps looking for an authorization still in flight |
+//! | `ORDER_BREAKER_FAILURES` | `5` | consecutive failures that open a downstream's breaker |
+//! | `ORDER_BREAKER_COOLDOWN_MS` | `5000` | how long it stays open before one probe |
+//! | `ORDER_CRASH_AFTER_STEP` | unset | **test-only fault injection**: abort the process right after persisting this step; refused by release builds and with `SHOP_ENV=production` |
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use shop_auth::AuthConfig;
+use shop_runtime::{
+    FromEnv,
+    config::{ConfigError, Env},
+    mode::Mode,
+};
+
+use crate::saga::Step;
+
+/// The development card key: known to everyone who reads this file, so only for local use.
+pub const DEV_CARD_KEY: [u8; 32] = *b"order-service-dev-card-key-32-by";
+
+#[derive(Debug, Clone)]
+pub struct OrderConfig {
+    pub auth: AuthConfig,
+    pub catalog_url: url::Url,
+    pub inventory_url: url::Url,
+    pub payment_url: url::Url,
+    pub token_url: url::Url,
+    pub service_secret: Secret,
+    pub card_key: Secret,
+    pub saga: SagaConfig,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+}
+
+/// How sagas are paced.
+#[derive(Debug, Clone)]
+pub struct SagaConfig {
+    pub call_timeout: Duration,
+    pub saga_timeout: Duration,
+    pub lease: Duration,
+    pub sweep_interval: Duration,
+    pub retry_max: Duration,
+    pub late_authorization: Duration,
+    pub crash_after: Option<Step>,
+}
+
+/// A value never printed.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn url_or(env: &mut Env, key: &str, default: &str) -> Result<url::Url, ConfigError> {
+    let default = url::Url::parse(default).expect("defaults are URLs");
+    let url = env.parse_or(key, default, "an http(s) URL")?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => env.invalid(key, format!("has scheme '{other}', expected http or https")),
+    }
+}
+
+fn millis_or(env: &mut Env, key: &str, default: u64) -> Result<Duration, ConfigError> {
+    let ms: u64 = env.parse_or(key, default, "a whole number of milliseconds")?;
+    if ms == 0 {
+        env.invalid(key, "must be at least 1".to_owned())
+    } else {
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+impl FromEnv for OrderConfig {
+    fn from_env(env: &mut Env) -> Result<Self, ConfigError> {
+        let auth = AuthConfig::from_env(env);
+        let catalog_url = url_or(env, "CATALOG_GRPC_URL", "http://127.0.0.1:50052");
+        let inventory_url = url_or(env, "INVENTORY_GRPC_URL", "http://127.0.0.1:50053");
+        let payment_url = url_or(env, "PAYMENT_GRPC_URL", "http://127.0.0.1:50055");
+        let token_url = url_or(
+            env,
+            "SERVICE_TOKEN_URL",
+            "http://127.0.0.1:8081/internal/v1/service-token",
+        );
+        let mode = Mode::of(env);
+        // The secret travels as HTTP Basic credentials: never in clear text in production.
+        let token_url = token_url.and_then(|url| {
+            if url.scheme() == "http" {
+                mode.refuse_in_production(
+                    env,
+                    "SERVICE_TOKEN_URL",
+                    url,
+                    "is plain http and would send the service secret in clear text; use https",
+                )
+            } else {
+                Ok(url)
+            }
+        });
+        let service_secret = env.required::<String>(
+            "SERVICE_SECRET",
+            "order-service's secret in user-service's SERVICE_CLIENTS",
+        );
+        let card_key = match env.raw("ORDER_CARD_KEY").map(str::to_owned) {
+            None => mode.refuse_in_production(
+                env,
+                "ORDER_CARD_KEY",
+                DEV_CARD_KEY.to_vec(),
+                "is not set, and the development key is public",
+            ),
+            Some(raw) => match STANDARD.decode(raw.trim()) {
+                Ok(key) if key.len() == 32 => Ok(key),
+                // Never echo the value: it is a secret.
+                _ => env.invalid(
+                    "ORDER_CARD_KEY",
+                    "is not 32 bytes in base64 (openssl rand -base64 32)".to_owned(),
+                ),
+            },
+        };
+        let call_timeout = millis_or(env, "ORDER_CALL_TIMEOUT_MS", 2000);
+        let saga_timeout = env.seconds_or("ORDER_SAGA_TIMEOUT_SECONDS", Duration::from_secs(60));
+        let lease = millis_or(env, "ORDER_SAGA_LEASE_MS", 15_000);
+        let sweep_interval = millis_or(env, "ORDER_SWEEP_INTERVAL_MS", 1000);
+        let retry_max = millis_or(env, "ORDER_RETRY_MAX_MS", 10_000);
+        let late_authorization =
+            env.seconds_or("ORDER_LATE_AUTHORIZATION_SECONDS", Duration::from_secs(60));
+        let breaker_failures = env.parse_or("ORDER_BREAKER_FAILURES", 5u32, "a positive number");
+        let breaker_cooldown = millis_or(env, "ORDER_BREAKER_COOLDOWN_MS", 5000);
+        let crash_after = env.optional::<Step>("ORDER_CRASH_AFTER_STEP", "a saga step name");
+        let crash_after = crash_after.and_then(|step| {
+            if step.is_some() && !cfg!(debug_assertions) {
+                env.invalid(
+                    "ORDER_CRASH_AFTER_STEP",
+                    "is a test-only fault injection; release builds refuse it".to_owned(),
+                )
+            } else if step.is_some() {
+                mode.refuse_in_production(
+                    env,
+                    "ORDER_CRASH_AFTER_STEP",
+                    step,
+                    "is a test-only fault injection",
+                )
+            } else {
+                Ok(step)
+            }
+        });
+        // A lease must outlive one call with its quick retries, or two instances could call
+        // for the same saga at once (harmless, every call is idempotent, but not "one driver").
+        let lease = match (&lease, &call_timeout) {
+            (Ok(lease), Ok(call)) if *lease < call.saturating_mul(4) => env.invalid(
+                "ORDER_SAGA_LEASE_MS",
+                "must be at least 4 times ORDER_CALL_TIMEOUT_MS".to_owned(),
+            ),
+            _ => lease,
+        };
+
+        Ok(Self {
+            auth: auth?,
+            catalog_url: catalog_url?,
+            inventory_url: inventory_url?,
+            payment_url: payment_url?,
+            token_url: token_url?,
+            service_secret: Secret(service_secret?.into_bytes()),
+            card_key: Secret(card_key?),
+            saga: SagaConfig {
+                call_timeout: call_timeout?,
+                saga_timeout: saga_timeout?,
+                lease: lease?,
+                sweep_interval: sweep_interval?,
+                retry_max: retry_max?,
+                late_authorization: late_authorization?,
+                crash_after: crash_after?,
+            },
+            breaker_failures: breaker_failures?,
+            breaker_cooldown: breaker_cooldown?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<OrderConfig, String> {
+        let mut env = Env::from_pairs(pairs.iter().copied());
+        let config = OrderConfig::from_env(&mut env);
+        env.finish().map_err(|err| err.to_string())?;
+        config.map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn defaults_need_only_the_service_secret() {
+        let err = load(&[]).unwrap_err();
+        assert!(err.contains("SERVICE_SECRET: is not set"), "{err}");
+        let config = load(&[("SERVICE_SECRET", "s")]).unwrap();
+        assert_eq!(config.card_key.0, DEV_CARD_KEY);
+        assert_eq!(config.saga.call_timeout, Duration::from_secs(2));
+        assert_eq!(config.saga.crash_after, None);
+    }
+
+    #[test]
+    fn reports_bad_values_by_variable_without_echoing_secrets() {
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("ORDER_CARD_KEY", "c2hvcnQ="),
+            ("CATALOG_GRPC_URL", "ftp://catalog"),
+            ("ORDER_SAGA_LEASE_MS", "100"),
+            ("ORDER_CRASH_AFTER_STEP", "shipping"),
+        ])
+        .unwrap_err();
+        for expected in [
+            "ORDER_CARD_KEY: is not 32 bytes",
+            "CATALOG_GRPC_URL: has scheme 'ftp'",
+            "ORDER_SAGA_LEASE_MS: must be at least 4 times",
+            "ORDER_CRASH_AFTER_STEP: could not be parsed",
+        ] {
+            assert!(err.contains(expected), "{expected} in {err}");
+        }
+        assert!(!err.contains("c2hvcnQ"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_the_development_key_and_fault_injection() {
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SHOP_ENV", "production"),
+            ("ORDER_CRASH_AFTER_STEP", "capture"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("ORDER_CARD_KEY: is not set"), "{err}");
+        assert!(err.contains("SERVICE_TOKEN_URL: is plain http"), "{err}");
+        assert!(
+            err.contains("ORDER_CRASH_AFTER_STEP: is a test-only"),
+            "{err}"
+        );
+        let config = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("ORDER_CRASH_AFTER_STEP", "capture"),
+        ])
+        .unwrap();
+        assert_eq!(config.saga.crash_after, Some(Step::Capture));
+    }
+}

@@ -1,0 +1,559 @@
+//! Runs sagas: the I/O around [`crate::saga`]. For each step it
+//!
+//! 1. checks it still holds the saga's **lease** and writes the attempt (persisted *before*
+//!    the call: attempt count, lease renewed, and for `Authorize` the time it was sent);
+//! 2. calls the participant ([`crate::participants`]);
+//! 3. in one transaction, under the saga row's lock and only if it still holds the lease,
+//!    asks [`saga::after`] where the answer leads and writes that (persisted *after* the call),
+//!    with the order's status and its event in the outbox when the saga ends.
+//!
+//! **Who drives.** A saga row carries a lease (`lease_owner`, `lease_until`). `POST /orders`
+//! creates the saga already leased to the instance that took the request, which starts it at
+//! once. Every other run begins with the [sweeper](Driver::sweep): every
+//! `ORDER_SWEEP_INTERVAL_MS` each instance claims due sagas whose lease is free or expired
+//! (`FOR UPDATE SKIP LOCKED`, so two instances never claim the same row). Every write is
+//! fenced by `lease_owner = <me>`: an instance that lost its lease (it stalled past
+//! `lease_until` and another took over) can no longer change the saga. A lease outlives one
+//! call with its retries (the configuration enforces it), so one saga has one driver at a time.
+//!
+//! **Crashes.** Nothing lives only in memory: a crashed instance's sagas are found by the
+//! sweeper of any instance (the restarted one included) once their lease expired, and resume
+//! at the step persisted last. The step may then run twice; every participant is idempotent
+//! per order, so the second run has no further effect.
+//!
+//! **Retries.** An answer that settles nothing ([`Outcome::Unknown`]) schedules the same step
+//! again after an exponential, jittered back-off (`next_attempt_at`) and gives the lease up.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use shop_events::{
+    Money,
+    order::{OrderCancelled, OrderConfirmed, OrderLine},
+};
+use shop_messaging::outbox::postgres::enqueue_event;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::{
+    card::CardVault,
+    config::SagaConfig,
+    participants::Participants,
+    saga::{self, Next, Outcome, Reason, State, Step},
+};
+
+/// The terminal steps, as SQL sees them.
+const TERMINAL: &str = "('confirmed', 'cancelled')";
+
+/// Sagas one instance drives at once; the sweeper claims no more than that.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// The shortest back-off between two attempts of a step.
+const RETRY_BASE: Duration = Duration::from_millis(200);
+
+/// The saga engine of one instance.
+#[derive(Debug)]
+pub struct Driver {
+    pub pool: PgPool,
+    pub participants: Participants,
+    pub vault: CardVault,
+    pub config: SagaConfig,
+    /// This instance's identity in `lease_owner`; new at every start.
+    pub instance: Uuid,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    slots: Arc<Semaphore>,
+}
+
+/// A saga row, as read under the lease.
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    step: String,
+    reason: Option<String>,
+    cancel_requested: bool,
+    deadline: DateTime<Utc>,
+    authorize_sent_at: Option<DateTime<Utc>>,
+    sealed_card: Option<Vec<u8>>,
+    attempts: i32,
+    user_id: Uuid,
+    total_amount: i64,
+    currency: String,
+}
+
+impl Row {
+    fn state(&self, late_authorization: Duration) -> Result<State, String> {
+        Ok(State {
+            step: self.step.parse()?,
+            reason: self.reason.as_deref().map(str::parse).transpose()?,
+            cancel_requested: self.cancel_requested,
+            deadline: self.deadline,
+            authorize_sent_at: self.authorize_sent_at,
+            late_authorization,
+        })
+    }
+}
+
+impl Driver {
+    pub fn new(
+        pool: PgPool,
+        participants: Participants,
+        vault: CardVault,
+        config: SagaConfig,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            participants,
+            vault,
+            config,
+            instance: Uuid::new_v4(),
+            tasks,
+            shutdown,
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// Drives `order_id` (leased to this instance) in the background.
+    pub fn start(self: &Arc<Self>, order_id: Uuid) {
+        let driver = self.clone();
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        self.tasks.spawn(async move {
+            driver.drive(order_id).await;
+            drop(permit);
+        });
+    }
+
+    /// Runs the saga step after step until it ends, must wait for a retry, or the lease is
+    /// gone. Errors of our own database end the run; the sweeper resumes it later.
+    pub async fn drive(&self, order_id: Uuid) {
+        if let Err(err) = self.drive_steps(order_id).await {
+            tracing::warn!(%order_id, error = %err, "saga run interrupted; it resumes later");
+        }
+    }
+
+    async fn drive_steps(&self, order_id: Uuid) -> Result<(), sqlx::Error> {
+        loop {
+            if self.shutdown.is_cancelled() {
+                // Hand the saga over at once instead of letting the lease run out.
+                self.give_up_lease(order_id, None, Duration::ZERO).await?;
+                return Ok(());
+            }
+            let Some(row) = self.load(order_id).await? else {
+                tracing::debug!(%order_id, "lease lost or saga unknown");
+                return Ok(());
+            };
+            let state = match row.state(self.config.late_authorization) {
+                Ok(state) => state,
+                Err(err) => {
+                    tracing::error!(%order_id, error = %err, "unreadable saga row");
+                    return Ok(());
+                }
+            };
+            if state.step.is_terminal() {
+                self.give_up_lease(order_id, None, Duration::ZERO).await?;
+                return Ok(());
+            }
+            // The user cancelled or the time limit passed: turn around without calling anyone.
+            if saga::before(&state, Utc::now()).is_some() {
+                if !self.record(order_id, &row, None, None).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.mark_attempt(order_id, state.step).await? {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let (outcome, last4) = self.run(order_id, &row, state.step).await;
+            metrics::histogram!("order_saga_step_duration_seconds",
+                "step" => state.step.as_str(), "outcome" => outcome_label(outcome))
+            .record(started.elapsed().as_secs_f64());
+            tracing::debug!(%order_id, step = %state.step, ?outcome, "step answered");
+            let goes_on = self.record(order_id, &row, Some(outcome), last4).await?;
+            if self.config.crash_after == Some(state.step) {
+                crash(order_id, state.step);
+            }
+            if !goes_on {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The saga and its order, if this instance holds the lease.
+    async fn load(&self, order_id: Uuid) -> Result<Option<Row>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT s.step, s.reason, s.cancel_requested, s.deadline, s.authorize_sent_at,
+                    s.sealed_card, s.attempts, o.user_id, o.total_amount, o.currency
+             FROM order_sagas s JOIN orders o ON o.id = s.order_id
+             WHERE s.order_id = $1 AND s.lease_owner = $2 AND s.lease_until > now()",
+        )
+        .bind(order_id)
+        .bind(self.instance)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Persisted before the call: one more attempt, the lease renewed, and when an
+    /// authorization goes out (a void must then look for it even if we never hear back).
+    async fn mark_attempt(&self, order_id: Uuid, step: Step) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query(
+            "UPDATE order_sagas
+             SET attempts = attempts + 1,
+                 lease_until = now() + $3 * interval '1 millisecond',
+                 authorize_sent_at = CASE WHEN $4 THEN now() ELSE authorize_sent_at END,
+                 updated_at = now()
+             WHERE order_id = $1 AND lease_owner = $2 AND lease_until > now()",
+        )
+        .bind(order_id)
+        .bind(self.instance)
+        .bind(millis(self.config.lease))
+        .bind(step == Step::Authorize)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Calls the participant of `step`.
+    async fn run(&self, order_id: Uuid, row: &Row, step: Step) -> (Outcome, Option<String>) {
+        let p = &self.participants;
+        let reason = row.reason.as_deref().and_then(|r| r.parse().ok());
+        match step {
+            Step::Reserve => match self.lines(order_id).await {
+                Ok(lines) => (p.reserve(order_id, lines).await, None),
+                Err(err) => {
+                    tracing::warn!(%order_id, error = %err, "cannot read the order's lines");
+                    (Outcome::Unknown, None)
+                }
+            },
+            Step::Authorize => {
+                let card = row
+                    .sealed_card
+                    .as_deref()
+                    .and_then(|sealed| self.vault.open(order_id, sealed).ok());
+                let Some(card) = card else {
+                    // Only if ORDER_CARD_KEY changed under a running saga: nothing to charge.
+                    tracing::error!(%order_id, "the card cannot be read; declining");
+                    return (Outcome::Refused(Reason::PaymentDeclined), None);
+                };
+                let amount = shop_proto::common::v1::Money {
+                    amount: row.total_amount,
+                    currency: row.currency.clone(),
+                };
+                p.authorize(order_id, row.user_id, amount, card).await
+            }
+            Step::CommitStock => (p.commit(order_id).await, None),
+            Step::Capture => (p.capture(order_id).await, None),
+            Step::VoidPayment => (p.void(order_id).await, None),
+            Step::ReleaseStock => (p.release(order_id, reason).await, None),
+            Step::Confirmed | Step::Cancelled => (Outcome::Done, None),
+        }
+    }
+
+    /// The order's stock lines by sku (two products may share none, but be safe: summed).
+    async fn lines(&self, order_id: Uuid) -> Result<Vec<(String, u32)>, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT sku, sum(quantity)::bigint FROM order_lines WHERE order_id = $1
+             GROUP BY sku ORDER BY sku",
+        )
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(sku, quantity)| (sku, u32::try_from(quantity).unwrap_or(u32::MAX)))
+            .collect())
+    }
+
+    /// Persisted after the call (or, with no outcome, a turn to compensation decided by
+    /// [`saga::before`]): the transition, decided under the row lock with the freshest
+    /// `cancel_requested`. Returns whether the saga goes on in this run.
+    async fn record(
+        &self,
+        order_id: Uuid,
+        row: &Row,
+        outcome: Option<Outcome>,
+        last4: Option<String>,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let fresh: Option<(bool,)> = sqlx::query_as(
+            "SELECT cancel_requested FROM order_sagas
+             WHERE order_id = $1 AND lease_owner = $2 AND lease_until > now() FOR UPDATE",
+        )
+        .bind(order_id)
+        .bind(self.instance)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((cancel_requested,)) = fresh else {
+            return Ok(false); // lease lost: someone else drives it now
+        };
+        let mut state = match row.state(self.config.late_authorization) {
+            Ok(state) => state,
+            Err(_) => return Ok(false),
+        };
+        state.cancel_requested = cancel_requested;
+        let now = Utc::now();
+        let next = match outcome {
+            Some(outcome) => saga::after(&state, outcome, now),
+            None => saga::before(&state, now).unwrap_or(Next::Retry),
+        };
+        let (step, reason) = match next {
+            Next::Go(step, reason) => (step, reason),
+            Next::Retry => {
+                tx.rollback().await?;
+                let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+                let delay = saga::retry_delay(attempt, RETRY_BASE, self.config.retry_max, jitter());
+                self.give_up_lease(order_id, outcome.map(outcome_label), delay)
+                    .await?;
+                return Ok(false);
+            }
+        };
+        let leaving_authorize = state.step == Step::Authorize && step != Step::Authorize;
+        let ended = step.is_terminal();
+        sqlx::query(
+            "UPDATE order_sagas
+             SET step = $2, reason = $3, attempts = 0, next_attempt_at = now(), last_error = NULL,
+                 lease_owner = CASE WHEN $4 THEN NULL ELSE lease_owner END,
+                 lease_until = CASE WHEN $4 THEN NULL ELSE now() + $5 * interval '1 millisecond' END,
+                 sealed_card = CASE WHEN $6 THEN NULL ELSE sealed_card END,
+                 updated_at = now()
+             WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .bind(step.as_str())
+        .bind(reason.map(Reason::as_str))
+        .bind(ended)
+        .bind(millis(self.config.lease))
+        .bind(leaving_authorize || ended)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(last4) = last4 {
+            sqlx::query("UPDATE orders SET card_last4 = $2 WHERE id = $1")
+                .bind(order_id)
+                .bind(last4)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if ended {
+            finish(&mut tx, order_id, row, step, reason).await?;
+        }
+        tx.commit().await?;
+        if ended {
+            let outcome = if step == Step::Confirmed {
+                "confirmed"
+            } else {
+                "cancelled"
+            };
+            metrics::counter!("orders_total", "outcome" => outcome,
+                "reason" => reason.map_or("", Reason::as_str))
+            .increment(1);
+            tracing::info!(%order_id, %step, reason = reason.map(Reason::as_str), "saga ended");
+        } else {
+            tracing::debug!(%order_id, from = %state.step, to = %step, "saga moved");
+        }
+        Ok(!ended)
+    }
+
+    /// Gives the lease up and schedules the next attempt `delay` from now.
+    async fn give_up_lease(
+        &self,
+        order_id: Uuid,
+        error: Option<&str>,
+        delay: Duration,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE order_sagas
+             SET lease_owner = NULL, lease_until = NULL,
+                 next_attempt_at = now() + $3 * interval '1 millisecond',
+                 last_error = COALESCE($4, last_error), updated_at = now()
+             WHERE order_id = $1 AND lease_owner = $2",
+        )
+        .bind(order_id)
+        .bind(self.instance)
+        .bind(millis(delay))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims due sagas (free or expired lease) and drives them; returns how many.
+    pub async fn sweep(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
+        let room = self.slots.available_permits();
+        if room == 0 {
+            return Ok(0);
+        }
+        let claimed: Vec<(Uuid,)> = sqlx::query_as(&format!(
+            "UPDATE order_sagas
+             SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
+             WHERE order_id IN (
+                 SELECT order_id FROM order_sagas
+                 WHERE step NOT IN {TERMINAL} AND next_attempt_at <= now()
+                   AND (lease_until IS NULL OR lease_until < now())
+                 ORDER BY next_attempt_at
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING order_id"
+        ))
+        .bind(self.instance)
+        .bind(millis(self.config.lease))
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        for (order_id,) in &claimed {
+            self.start(*order_id);
+        }
+        let pending: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM order_sagas WHERE step NOT IN {TERMINAL}"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        metrics::gauge!("order_sagas_in_flight").set(pending as f64);
+        Ok(claimed.len())
+    }
+
+    /// The sweeper loop: at start (resuming what a crash left behind) and then periodically.
+    pub async fn sweep_forever(self: Arc<Self>) {
+        let mut backoff = shop_runtime::backoff::forever(Duration::from_secs(10));
+        loop {
+            let wait = match self.sweep().await {
+                Ok(_) => {
+                    backoff = shop_runtime::backoff::forever(Duration::from_secs(10));
+                    self.config.sweep_interval
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "saga sweep failed");
+                    backoff.next().unwrap_or(self.config.sweep_interval)
+                }
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// The order's end, in the saga's last transaction: its status, and its event in the outbox.
+async fn finish(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    row: &Row,
+    step: Step,
+    reason: Option<Reason>,
+) -> Result<(), sqlx::Error> {
+    let status = if step == Step::Confirmed {
+        "CONFIRMED"
+    } else {
+        "CANCELLED"
+    };
+    // Cancelled without a reason cannot happen (every path to Cancelled sets one); the
+    // table's CHECK would refuse it, so fall back to the most general reason.
+    let reason = (step == Step::Cancelled).then(|| reason.unwrap_or(Reason::Timeout));
+    sqlx::query(
+        "UPDATE orders SET status = $2, cancellation_reason = $3, updated_at = now()
+         WHERE id = $1 AND status = 'PENDING'",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(reason.map(Reason::as_str))
+    .execute(&mut *tx)
+    .await?;
+    let total = Money {
+        amount: row.total_amount,
+        currency: row.currency.clone(),
+    };
+    let published = match reason {
+        None => {
+            let items = event_lines(&mut *tx, order_id, &row.currency).await?;
+            enqueue_event(
+                &mut *tx,
+                &OrderConfirmed {
+                    order_id,
+                    user_id: row.user_id,
+                    items,
+                    total,
+                },
+            )
+            .await
+        }
+        Some(reason) => {
+            enqueue_event(
+                &mut *tx,
+                &OrderCancelled {
+                    order_id,
+                    user_id: row.user_id,
+                    reason: reason.as_str().to_owned(),
+                    total,
+                },
+            )
+            .await
+        }
+    };
+    published.map_err(|err| sqlx::Error::Protocol(format!("outbox: {err}")))?;
+    Ok(())
+}
+
+/// The order's lines as events carry them.
+pub async fn event_lines(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    currency: &str,
+) -> Result<Vec<OrderLine>, sqlx::Error> {
+    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
+        "SELECT product_id, sku, name, quantity, unit_price_amount FROM order_lines
+         WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(product_id, sku, name, quantity, amount)| OrderLine {
+            product_id,
+            sku,
+            name,
+            quantity: u32::try_from(quantity).unwrap_or_default(),
+            unit_price: Money {
+                amount,
+                currency: currency.to_owned(),
+            },
+        })
+        .collect())
+}
+
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Done => "done",
+        Outcome::Refused(_) => "refused",
+        Outcome::NothingToUndo => "nothing_to_undo",
+        Outcome::AlreadyCaptured => "already_captured",
+        Outcome::Unknown => "unknown",
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A number in `[0, 1)` for back-off jitter; quality does not matter, spread does.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+/// `ORDER_CRASH_AFTER_STEP`: test-only fault injection (refused by release builds, see
+/// [`crate::config`]). Dies the hardest way there is — no destructors, no graceful shutdown,
+/// no flushing — right after the transition out of `step` committed, as a power cut would.
+fn crash(order_id: Uuid, step: Step) -> ! {
+    tracing::error!(%order_id, %step, "ORDER_CRASH_AFTER_STEP: aborting the process");
+    std::process::abort()
+}

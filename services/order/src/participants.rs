@@ -1,0 +1,539 @@
+//! The saga's participants over gRPC: catalog (prices), inventory (stock), payment.
+//!
+//! Every call here
+//!
+//! * carries a **service token** (`shop_auth::client::ServiceTokens`, cached) and the W3C trace
+//!   context, so the participant knows who calls and the trace follows the order;
+//! * has a **deadline** (`ORDER_CALL_TIMEOUT_MS`), sent as `grpc-timeout` so the participant can
+//!   stop working on a call nobody waits for, and enforced here too;
+//! * is **retried** a couple of times, with jittered exponential back-off (`backon`), when the
+//!   participant was unreachable or overloaded. That is safe because every call of these
+//!   services is idempotent per order id (their `.proto` files promise it, and their tests
+//!   prove it): a repeated Reserve reserves once, a repeated Authorize charges once. A call that
+//!   ran into its deadline is *not* retried here: it may still be running, and the saga retries
+//!   it later from the database anyway (see [`crate::driver`]);
+//! * goes through the downstream's **circuit breaker** ([`crate::breaker`]).
+//!
+//! Each saga call returns an [`Outcome`]: what the answer means for the saga, nothing more.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use shop_auth::client::ServiceTokens;
+use shop_proto::{
+    catalog::v1::{GetProductsRequest, Product, catalog_service_client::CatalogServiceClient},
+    common::v1::Money,
+    inventory::v1::{
+        CommitRequest, Line, ReleaseRequest, ReserveRequest,
+        inventory_service_client::InventoryServiceClient,
+    },
+    payment::v1::{
+        AuthorizeRequest, AuthorizeResponse, CaptureRequest, PaymentStatus, RefundRequest,
+        VoidRequest, payment_service_client::PaymentServiceClient,
+    },
+};
+use tonic::{Code, Status, metadata::MetadataMap, transport::Channel};
+use uuid::Uuid;
+
+use crate::{
+    breaker::Breaker,
+    card::Card,
+    config::OrderConfig,
+    saga::{Outcome, Reason},
+};
+
+/// Why a call produced no answer from the participant itself.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The participant answered with an error status.
+    #[error("{0}")]
+    Status(Status),
+    /// The breaker is open: the call was not made.
+    #[error("the circuit breaker of {0} is open")]
+    Open(&'static str),
+    /// No service token (user-service unreachable or our credentials refused).
+    #[error("no service token: {0}")]
+    Token(String),
+}
+
+impl CallError {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Status(status) => status.code(),
+            Self::Open(_) | Self::Token(_) => Code::Unavailable,
+        }
+    }
+}
+
+/// The code of a status that says "the service did not answer", as opposed to an answer.
+/// tonic reports a connection the peer closed or refused as `UNAVAILABLE` or, when it dropped
+/// mid-request, `CANCELLED` (this service never cancels its own calls: a deadline is reported
+/// as `DEADLINE_EXCEEDED`).
+fn is_unreachable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    )
+}
+
+/// Worth repeating at once: the request never reached the handler or was shed under load.
+fn is_retryable_now(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Cancelled | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+/// The three downstreams, their breakers and the caller's credentials.
+#[derive(Debug, Clone)]
+pub struct Participants {
+    catalog: CatalogServiceClient<Channel>,
+    inventory: InventoryServiceClient<Channel>,
+    payment: PaymentServiceClient<Channel>,
+    tokens: Arc<ServiceTokens>,
+    catalog_breaker: Arc<Breaker>,
+    inventory_breaker: Arc<Breaker>,
+    payment_breaker: Arc<Breaker>,
+    call_timeout: Duration,
+}
+
+fn channel(url: &url::Url, call_timeout: Duration) -> Result<Channel, String> {
+    // Lazy: order-service starts (and serves reads) while a participant is still down; the
+    // channel connects on first use and reconnects by itself.
+    Ok(Channel::from_shared(url.to_string())
+        .map_err(|err| format!("{url}: {err}"))?
+        .connect_timeout(call_timeout)
+        .timeout(call_timeout)
+        .connect_lazy())
+}
+
+impl Participants {
+    pub fn new(config: &OrderConfig) -> Result<Self, String> {
+        let timeout = config.saga.call_timeout;
+        let secret = String::from_utf8_lossy(&config.service_secret.0).into_owned();
+        let tokens = ServiceTokens::new(config.token_url.clone(), crate::SERVICE_NAME, secret)
+            .map_err(|err| err.to_string())?;
+        let breaker = |name| {
+            Arc::new(Breaker::new(
+                name,
+                config.breaker_failures,
+                config.breaker_cooldown,
+            ))
+        };
+        Ok(Self {
+            catalog: CatalogServiceClient::new(channel(&config.catalog_url, timeout)?),
+            inventory: InventoryServiceClient::new(channel(&config.inventory_url, timeout)?),
+            payment: PaymentServiceClient::new(channel(&config.payment_url, timeout)?),
+            tokens: Arc::new(tokens),
+            catalog_breaker: breaker("catalog"),
+            inventory_breaker: breaker("inventory"),
+            payment_breaker: breaker("payment"),
+            call_timeout: timeout,
+        })
+    }
+
+    /// One logical call: breaker, token, deadline, trace context, quick retries.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        breaker: &Breaker,
+        method: &'static str,
+        message: Req,
+        send: F,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Clone,
+        F: Fn(tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let mut delays = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(400))
+            .with_max_times(2)
+            .build();
+        loop {
+            let result = self.once(breaker, method, message.clone(), &send).await;
+            let code = match &result {
+                Ok(_) => Code::Ok,
+                Err(err) => err.code(),
+            };
+            metrics::counter!("order_downstream_calls_total",
+                "method" => method, "code" => format!("{code:?}"))
+            .increment(1);
+            match (result, delays.next()) {
+                (Err(CallError::Status(status)), Some(delay))
+                    if is_retryable_now(status.code()) =>
+                {
+                    tracing::debug!(method, code = ?status.code(), ?delay, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                (result, _) => return result,
+            }
+        }
+    }
+
+    async fn once<Req, Resp, F, Fut>(
+        &self,
+        breaker: &Breaker,
+        method: &'static str,
+        message: Req,
+        send: &F,
+    ) -> Result<Resp, CallError>
+    where
+        F: Fn(tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let mut request = tonic::Request::new(message);
+        self.tokens
+            .authorize(&mut request)
+            .await
+            .map_err(|err| CallError::Token(err.to_string()))?;
+        request.set_timeout(self.call_timeout);
+        let mut headers = std::mem::take(request.metadata_mut()).into_headers();
+        shop_runtime::telemetry::inject_context(&mut headers);
+        *request.metadata_mut() = MetadataMap::from_headers(headers);
+
+        if !breaker.allow() {
+            return Err(CallError::Open(method));
+        }
+        // The deadline is also enforced here: `grpc-timeout` only asks the server to give up.
+        let answer = match tokio::time::timeout(self.call_timeout, send(request)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "{method}: no answer within {:?}",
+                self.call_timeout
+            ))),
+        };
+        match answer {
+            Ok(response) => {
+                breaker.on_success();
+                Ok(response.into_inner())
+            }
+            Err(status) => {
+                if is_unreachable(status.code()) {
+                    breaker.on_failure();
+                } else {
+                    // The service answered (a refusal is an answer): it is up.
+                    breaker.on_success();
+                }
+                Err(CallError::Status(status))
+            }
+        }
+    }
+
+    /// catalog `GetProducts`: every product of an order in one call.
+    pub async fn products(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<(Vec<Product>, Vec<String>), CallError> {
+        let client = self.catalog.clone();
+        let response = self
+            .call(
+                &self.catalog_breaker,
+                "catalog.GetProducts",
+                GetProductsRequest { ids },
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.get_products(request).await }
+                },
+            )
+            .await?;
+        Ok((response.products, response.missing_ids))
+    }
+
+    /// inventory `Reserve`: all lines or none.
+    pub async fn reserve(&self, order_id: Uuid, lines: Vec<(String, u32)>) -> Outcome {
+        let client = self.inventory.clone();
+        let message = reserve_request(order_id, lines);
+        let result = self
+            .call(
+                &self.inventory_breaker,
+                "inventory.Reserve",
+                message,
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.reserve(request).await }
+                },
+            )
+            .await;
+        reserve_outcome(result.map(drop))
+    }
+
+    /// payment `Authorize` of the order's total; `Some(last4)` of the card when authorized.
+    pub async fn authorize(
+        &self,
+        order_id: Uuid,
+        user_id: Uuid,
+        amount: Money,
+        card: Card,
+    ) -> (Outcome, Option<String>) {
+        let client = self.payment.clone();
+        let message = AuthorizeRequest {
+            order_id: order_id.to_string(),
+            user_id: user_id.to_string(),
+            amount: Some(amount),
+            card: Some(shop_proto::payment::v1::Card {
+                number: card.number,
+                expiry: card.expiry,
+                cvc: card.cvc,
+            }),
+        };
+        let result = self
+            .call(
+                &self.payment_breaker,
+                "payment.Authorize",
+                message,
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.authorize(request).await }
+                },
+            )
+            .await;
+        authorize_outcome(result)
+    }
+
+    /// inventory `Commit`: the pivot. A refusal means the reservation is gone (expired).
+    pub async fn commit(&self, order_id: Uuid) -> Outcome {
+        let client = self.inventory.clone();
+        let result = self
+            .call(
+                &self.inventory_breaker,
+                "inventory.Commit",
+                CommitRequest {
+                    order_id: order_id.to_string(),
+                },
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.commit(request).await }
+                },
+            )
+            .await;
+        commit_outcome(result.map(drop))
+    }
+
+    /// payment `Capture`.
+    pub async fn capture(&self, order_id: Uuid) -> Outcome {
+        let client = self.payment.clone();
+        let result = self
+            .call(
+                &self.payment_breaker,
+                "payment.Capture",
+                CaptureRequest {
+                    order_id: order_id.to_string(),
+                },
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.capture(request).await }
+                },
+            )
+            .await;
+        capture_outcome(result.map(|response| response.status()))
+    }
+
+    /// payment `Void` of the order's authorization, or `Refund` if it turns out captured.
+    pub async fn void(&self, order_id: Uuid) -> Outcome {
+        let client = self.payment.clone();
+        let result = self
+            .call(
+                &self.payment_breaker,
+                "payment.Void",
+                VoidRequest {
+                    order_id: order_id.to_string(),
+                },
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.void(request).await }
+                },
+            )
+            .await;
+        match void_outcome(result.map(|response| response.status())) {
+            Voided::Settled(outcome) => outcome,
+            Voided::Captured => self.refund(order_id).await,
+        }
+    }
+
+    async fn refund(&self, order_id: Uuid) -> Outcome {
+        let client = self.payment.clone();
+        let result = self
+            .call(
+                &self.payment_breaker,
+                "payment.Refund",
+                RefundRequest {
+                    order_id: order_id.to_string(),
+                    reason: "order cancelled".into(),
+                    ..RefundRequest::default()
+                },
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.refund(request).await }
+                },
+            )
+            .await;
+        refund_outcome(result.map(|response| response.status()))
+    }
+
+    /// inventory `Release`: a no-op when nothing is reserved.
+    pub async fn release(&self, order_id: Uuid, reason: Option<Reason>) -> Outcome {
+        let client = self.inventory.clone();
+        let result = self
+            .call(
+                &self.inventory_breaker,
+                "inventory.Release",
+                ReleaseRequest {
+                    order_id: order_id.to_string(),
+                    reason: reason.map_or("compensation", Reason::as_str).to_owned(),
+                },
+                |request| {
+                    let mut client = client.clone();
+                    async move { client.release(request).await }
+                },
+            )
+            .await;
+        release_outcome(result.map(drop))
+    }
+}
+
+// What each answer means for the saga. Pure functions, so the contract tests run exactly this
+// code on the examples in `contracts/`.
+
+/// The `Reserve` request for an order's lines.
+pub fn reserve_request(order_id: Uuid, lines: Vec<(String, u32)>) -> ReserveRequest {
+    ReserveRequest {
+        order_id: order_id.to_string(),
+        lines: lines
+            .into_iter()
+            .map(|(sku, quantity)| Line { sku, quantity })
+            .collect(),
+    }
+}
+
+pub fn reserve_outcome(result: Result<(), CallError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Done,
+        // Not enough stock, or a sku inventory does not stock at all.
+        Err(CallError::Status(status))
+            if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
+        {
+            Outcome::Refused(Reason::OutOfStock)
+        }
+        Err(err) => unknown("inventory.Reserve", &err),
+    }
+}
+
+/// The outcome of `Authorize`, and the card's last four digits when authorized.
+pub fn authorize_outcome(
+    result: Result<AuthorizeResponse, CallError>,
+) -> (Outcome, Option<String>) {
+    match result {
+        Ok(response) => match response.status() {
+            PaymentStatus::Authorized | PaymentStatus::Captured => {
+                (Outcome::Done, Some(response.card_last4))
+            }
+            PaymentStatus::Declined => (Outcome::Refused(decline(&response.decline_reason)), None),
+            other => {
+                tracing::warn!(status = ?other, "unexpected authorization status");
+                (Outcome::Unknown, None)
+            }
+        },
+        // A card payment-service refuses outright (malformed, expired) is a decline.
+        Err(CallError::Status(status))
+            if matches!(
+                status.code(),
+                Code::InvalidArgument | Code::FailedPrecondition
+            ) =>
+        {
+            (Outcome::Refused(Reason::PaymentDeclined), None)
+        }
+        Err(err) => (unknown("payment.Authorize", &err), None),
+    }
+}
+
+/// `Commit`: a refusal means the reservation is gone (it expired), so nothing was committed.
+pub fn commit_outcome(result: Result<(), CallError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Done,
+        Err(CallError::Status(status))
+            if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
+        {
+            Outcome::Refused(Reason::Timeout)
+        }
+        Err(err) => unknown("inventory.Commit", &err),
+    }
+}
+
+pub fn capture_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
+    match result {
+        Ok(PaymentStatus::Captured) => Outcome::Done,
+        Ok(status) => {
+            tracing::error!(?status, "capture did not capture");
+            Outcome::Unknown
+        }
+        Err(err) => unknown("payment.Capture", &err),
+    }
+}
+
+/// What a `Void` answer leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Voided {
+    Settled(Outcome),
+    /// The payment was captured after all: refund it.
+    Captured,
+}
+
+pub fn void_outcome(result: Result<PaymentStatus, CallError>) -> Voided {
+    match result {
+        Ok(PaymentStatus::Voided | PaymentStatus::Refunded) => Voided::Settled(Outcome::Done),
+        Ok(PaymentStatus::Captured | PaymentStatus::PartiallyRefunded) => Voided::Captured,
+        // Declined or never seen: nothing is authorized (yet).
+        Ok(PaymentStatus::Declined | PaymentStatus::Unspecified) => {
+            Voided::Settled(Outcome::NothingToUndo)
+        }
+        Ok(PaymentStatus::Authorized) => Voided::Settled(Outcome::Unknown),
+        Err(CallError::Status(status)) if status.code() == Code::NotFound => {
+            Voided::Settled(Outcome::NothingToUndo)
+        }
+        // "Void after capture" is a forbidden transition: give the money back instead.
+        Err(CallError::Status(status)) if status.code() == Code::FailedPrecondition => {
+            Voided::Captured
+        }
+        Err(err) => Voided::Settled(unknown("payment.Void", &err)),
+    }
+}
+
+pub fn refund_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
+    match result {
+        Ok(PaymentStatus::Refunded) => Outcome::AlreadyCaptured,
+        Ok(status) => {
+            tracing::error!(?status, "refund did not refund");
+            Outcome::Unknown
+        }
+        // Nothing captured to refund (and, after the void's refusal, nothing to void).
+        Err(CallError::Status(status))
+            if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
+        {
+            Outcome::NothingToUndo
+        }
+        Err(err) => unknown("payment.Refund", &err),
+    }
+}
+
+pub fn release_outcome(result: Result<(), CallError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Done,
+        Err(CallError::Status(status)) if status.code() == Code::NotFound => Outcome::NothingToUndo,
+        Err(err) => unknown("inventory.Release", &err),
+    }
+}
+
+fn decline(reason: &str) -> Reason {
+    if reason == "insufficient_funds" {
+        Reason::InsufficientFunds
+    } else {
+        Reason::PaymentDeclined
+    }
+}
+
+fn unknown(method: &'static str, err: &CallError) -> Outcome {
+    tracing::info!(method, error = %err, "no usable answer; the saga retries later");
+    Outcome::Unknown
+}

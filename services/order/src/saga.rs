@@ -1,0 +1,496 @@
+//! The order saga as a state machine: the one place to read what happens to an order, step by
+//! step. Nothing here does I/O; [`crate::driver`] runs the steps, persists each transition and
+//! calls [`before`] and [`after`] to learn what comes next.
+//!
+//! ```text
+//!  (POST /orders: items priced by catalog, order + saga row + OrderPlaced in one transaction)
+//!        │
+//!        ▼
+//!   ┌─────────┐ reserved ┌───────────┐ authorized ┌─────────────┐ committed ┌─────────┐ captured
+//!   │ Reserve ├─────────▶│ Authorize ├───────────▶│ CommitStock ├──────────▶│ Capture ├─────────▶ CONFIRMED
+//!   └────┬────┘          └─────┬─────┘            └──────┬──────┘  (pivot)  └─────────┘ (retried until
+//!        │ out of stock        │ declined /              │ reservation                    it succeeds)
+//!        │                     │ insufficient funds      │ expired
+//!        ▼                     ▼                         ▼
+//!    CANCELLED          ┌──────────────┐  voided   ┌──────────────┐  released
+//!                       │ ReleaseStock │◀──────────┤ VoidPayment  │◀── timeout / cancelled_by_user
+//!                       └──────┬───────┘           └──────────────┘    while in Authorize
+//!                              │                         ▲
+//!                              ▼                         └── (Authorize answered "declined": skip it)
+//!                          CANCELLED      ◀── timeout / cancelled_by_user while in Reserve go to ReleaseStock
+//! ```
+//!
+//! Three kinds of step (Garcia-Molina's sagas, in Richardson's words):
+//!
+//! * **compensatable** — `Reserve`, `Authorize`: undone by `ReleaseStock` and `VoidPayment`. While
+//!   the saga is here, a user's cancellation or the saga's time limit sends it to compensation.
+//! * **pivot** — `CommitStock`: once inventory has committed, stock is gone for good (inventory has
+//!   no "un-commit"), so the saga can only go forward. Cancelling is refused from here on (409).
+//!   A commit that inventory *refuses* (the reservation expired because the saga was too slow)
+//!   proves nothing was committed, so the saga can still compensate then.
+//! * **retriable** — `Capture`: retried until it succeeds; capturing an authorized payment only
+//!   fails while payment-service is unreachable.
+//!
+//! Every participant call is idempotent per order id (the `.proto` files say so), which is what
+//! makes "persist, call, persist" safe: a crash between the call and the second write repeats the
+//! call, and the repetition has no further effect.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+
+/// Where a saga is: the step to run next, or the end it reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Reserve stock for every line (inventory, all or nothing).
+    Reserve,
+    /// Authorize the total on the customer's card (payment).
+    Authorize,
+    /// Turn the reservation into a permanent decrement (inventory). The pivot.
+    CommitStock,
+    /// Capture the authorized payment (payment).
+    Capture,
+    /// Compensation: void the authorization, or refund it if it was captured after all.
+    VoidPayment,
+    /// Compensation: give the reserved stock back.
+    ReleaseStock,
+    /// Terminal: the order is `CONFIRMED`.
+    Confirmed,
+    /// Terminal: the order is `CANCELLED` with a [`Reason`].
+    Cancelled,
+}
+
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Step::Reserve,
+        Step::Authorize,
+        Step::CommitStock,
+        Step::Capture,
+        Step::VoidPayment,
+        Step::ReleaseStock,
+        Step::Confirmed,
+        Step::Cancelled,
+    ];
+
+    /// The name stored in the `order_sagas.step` column and used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserve => "reserve",
+            Self::Authorize => "authorize",
+            Self::CommitStock => "commit_stock",
+            Self::Capture => "capture",
+            Self::VoidPayment => "void_payment",
+            Self::ReleaseStock => "release_stock",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Cancelled)
+    }
+
+    /// Whether the saga may still be turned back (by the user or by its time limit).
+    pub fn is_compensatable(self) -> bool {
+        matches!(self, Self::Reserve | Self::Authorize)
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Step {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|step| step.as_str() == s)
+            .ok_or_else(|| format!("'{s}' is not a saga step"))
+    }
+}
+
+/// Why an order was cancelled: the `cancellation_reason` the API shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    PaymentDeclined,
+    InsufficientFunds,
+    OutOfStock,
+    Timeout,
+    CancelledByUser,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::PaymentDeclined,
+        Reason::InsufficientFunds,
+        Reason::OutOfStock,
+        Reason::Timeout,
+        Reason::CancelledByUser,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PaymentDeclined => "payment_declined",
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::OutOfStock => "out_of_stock",
+            Self::Timeout => "timeout",
+            Self::CancelledByUser => "cancelled_by_user",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Reason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == s)
+            .ok_or_else(|| format!("'{s}' is not a cancellation reason"))
+    }
+}
+
+/// What the driver knows about a saga when it decides (read from its row, under its lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub step: Step,
+    /// Set once the saga turned to compensation: the reason the order will be cancelled with.
+    pub reason: Option<Reason>,
+    /// The user asked to cancel (`POST /orders/{id}/cancel`).
+    pub cancel_requested: bool,
+    /// After this the saga gives up (before the pivot) and compensates with `timeout`.
+    pub deadline: DateTime<Utc>,
+    /// When an `Authorize` was last sent, if ever. A void that finds no authorization keeps
+    /// looking until [`LATE_AUTHORIZATION`] after it, so one landing late is still voided.
+    pub authorize_sent_at: Option<DateTime<Utc>>,
+    /// How long after the last `Authorize` one may still land (payment-service still working on
+    /// a call whose deadline we gave up on).
+    pub late_authorization: Duration,
+}
+
+/// The default of [`State::late_authorization`]: longer than payment-service can take.
+pub const LATE_AUTHORIZATION: Duration = Duration::from_secs(60);
+
+/// What a participant answered to a step, classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The participant did it (or had already done it: every call is idempotent).
+    Done,
+    /// The participant said no, for good: no stock, card declined, reservation expired.
+    Refused(Reason),
+    /// Void only: there is no authorization (yet) for this order.
+    NothingToUndo,
+    /// Payment answered that the authorization was already captured: refund instead of void.
+    /// Refund only follows such an answer; the saga never captures and then compensates itself.
+    AlreadyCaptured,
+    /// No answer we can act on: unreachable, deadline exceeded, circuit open, internal error.
+    /// Safe to repeat later, since every call is idempotent.
+    Unknown,
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Persist this step (and reason) and carry on with it at once.
+    Go(Step, Option<Reason>),
+    /// Stay on the current step; try again after a back-off.
+    Retry,
+}
+
+fn compensate_from(step: Step, reason: Reason) -> Next {
+    match step {
+        // A Reserve whose answer we never saw may have reserved: release (a no-op otherwise).
+        Step::Reserve => Next::Go(Step::ReleaseStock, Some(reason)),
+        // An Authorize whose answer we never saw may have authorized: void, then release.
+        Step::Authorize | Step::CommitStock => Next::Go(Step::VoidPayment, Some(reason)),
+        other => Next::Go(other, Some(reason)),
+    }
+}
+
+/// Before running the current step: does the saga turn to compensation without calling anyone?
+/// Only while it is compensatable: the user cancelled, or its time limit passed.
+pub fn before(state: &State, now: DateTime<Utc>) -> Option<Next> {
+    if !state.step.is_compensatable() {
+        return None;
+    }
+    if state.cancel_requested {
+        return Some(compensate_from(state.step, Reason::CancelledByUser));
+    }
+    if now >= state.deadline {
+        return Some(compensate_from(state.step, Reason::Timeout));
+    }
+    None
+}
+
+/// After running the current step: where the participant's answer leads.
+pub fn after(state: &State, outcome: Outcome, now: DateTime<Utc>) -> Next {
+    use Outcome::*;
+    use Step::*;
+    match (state.step, outcome) {
+        // Forward steps that can still be turned back: a success arriving after a cancellation
+        // or after the time limit is compensated instead of built upon.
+        (Reserve | Authorize, Done) => match before(state, now) {
+            Some(compensation) => compensation,
+            None if state.step == Reserve => Next::Go(Authorize, None),
+            None => Next::Go(CommitStock, None),
+        },
+        // All or nothing: a refused reservation reserved nothing.
+        (Reserve, Refused(reason)) => Next::Go(Cancelled, Some(reason)),
+        // A declined card authorized nothing: only the stock goes back.
+        (Authorize, Refused(reason)) => Next::Go(ReleaseStock, Some(reason)),
+        (Reserve | Authorize, _) => before(state, now).unwrap_or(Next::Retry),
+
+        (CommitStock, Done) => Next::Go(Capture, None),
+        // Inventory refused: the reservation lapsed, so nothing was committed and the saga can
+        // still compensate (it was too slow: `timeout`).
+        (CommitStock, Refused(_)) => compensate_from(CommitStock, Reason::Timeout),
+        // Past the pivot an unknown answer is retried, never compensated: it may have committed.
+        (CommitStock, _) => Next::Retry,
+
+        (Capture, Done) => Next::Go(Confirmed, None),
+        (Capture, _) => Next::Retry,
+
+        (VoidPayment, Done | AlreadyCaptured) => Next::Go(ReleaseStock, state.reason),
+        // Nothing to void yet; an Authorize still in flight at payment-service may land later.
+        (VoidPayment, NothingToUndo | Refused(_)) => {
+            let window_open = state.authorize_sent_at.is_some_and(|sent| {
+                now < sent
+                    + chrono::Duration::from_std(state.late_authorization).unwrap_or_default()
+            });
+            if window_open {
+                Next::Retry
+            } else {
+                Next::Go(ReleaseStock, state.reason)
+            }
+        }
+        // A compensation must complete: retried until the participant answers.
+        (VoidPayment, Unknown) => Next::Retry,
+
+        (ReleaseStock, Done | NothingToUndo | Refused(_) | AlreadyCaptured) => {
+            Next::Go(Cancelled, state.reason)
+        }
+        (ReleaseStock, Unknown) => Next::Retry,
+
+        // Terminal states stay where they are.
+        (Confirmed | Cancelled, _) => Next::Go(state.step, state.reason),
+    }
+}
+
+/// The delay before the `attempt`-th retry of a step (1-based): exponential from `base`, capped,
+/// with "full jitter" so sagas that failed together (a participant went down) do not all come
+/// back at the same instant. `jitter` is a number in `[0, 1)`.
+pub fn retry_delay(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exponential = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
+    let ceiling = exponential.min(cap);
+    // At least half the ceiling, so a retry never comes back immediately.
+    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(step: Step) -> State {
+        State {
+            step,
+            reason: None,
+            cancel_requested: false,
+            deadline: Utc::now() + chrono::Duration::seconds(30),
+            authorize_sent_at: None,
+            late_authorization: Duration::from_secs(60),
+        }
+    }
+
+    fn run(state: &State, outcome: Outcome) -> Next {
+        after(state, outcome, Utc::now())
+    }
+
+    #[test]
+    fn the_happy_path_goes_forward_step_by_step_to_confirmed() {
+        let mut state = at(Step::Reserve);
+        let mut path = vec![state.step];
+        while !state.step.is_terminal() {
+            assert_eq!(before(&state, Utc::now()), None);
+            match run(&state, Outcome::Done) {
+                Next::Go(step, reason) => {
+                    state.step = step;
+                    state.reason = reason;
+                }
+                Next::Retry => panic!("a success is never retried"),
+            }
+            path.push(state.step);
+        }
+        assert_eq!(
+            path,
+            [
+                Step::Reserve,
+                Step::Authorize,
+                Step::CommitStock,
+                Step::Capture,
+                Step::Confirmed
+            ]
+        );
+        assert_eq!(state.reason, None);
+    }
+
+    #[test]
+    fn out_of_stock_cancels_without_authorizing_or_releasing() {
+        assert_eq!(
+            run(&at(Step::Reserve), Outcome::Refused(Reason::OutOfStock)),
+            Next::Go(Step::Cancelled, Some(Reason::OutOfStock))
+        );
+    }
+
+    #[test]
+    fn a_declined_card_releases_the_stock_then_cancels_with_its_reason() {
+        for reason in [Reason::PaymentDeclined, Reason::InsufficientFunds] {
+            assert_eq!(
+                run(&at(Step::Authorize), Outcome::Refused(reason)),
+                Next::Go(Step::ReleaseStock, Some(reason))
+            );
+            let mut releasing = at(Step::ReleaseStock);
+            releasing.reason = Some(reason);
+            assert_eq!(
+                run(&releasing, Outcome::Done),
+                Next::Go(Step::Cancelled, Some(reason))
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_answers_are_retried_until_the_time_limit_then_compensated() {
+        let mut state = at(Step::Authorize);
+        assert_eq!(run(&state, Outcome::Unknown), Next::Retry);
+        state.deadline = Utc::now() - chrono::Duration::seconds(1);
+        let timeout = Next::Go(Step::VoidPayment, Some(Reason::Timeout));
+        assert_eq!(run(&state, Outcome::Unknown), timeout);
+        assert_eq!(before(&state, Utc::now()), Some(timeout));
+        // A late success is compensated too: the saga already gave up.
+        assert_eq!(run(&state, Outcome::Done), timeout);
+
+        state.step = Step::Reserve;
+        assert_eq!(
+            before(&state, Utc::now()),
+            Some(Next::Go(Step::ReleaseStock, Some(Reason::Timeout)))
+        );
+    }
+
+    #[test]
+    fn past_the_pivot_nothing_turns_back() {
+        for step in [Step::CommitStock, Step::Capture] {
+            let mut state = at(step);
+            state.cancel_requested = true;
+            state.deadline = Utc::now() - chrono::Duration::seconds(1);
+            assert_eq!(before(&state, Utc::now()), None, "{step}");
+            assert_eq!(run(&state, Outcome::Unknown), Next::Retry, "{step}");
+        }
+        assert_eq!(
+            run(&at(Step::Capture), Outcome::Done),
+            Next::Go(Step::Confirmed, None)
+        );
+    }
+
+    #[test]
+    fn a_commit_refused_because_the_reservation_expired_compensates() {
+        assert_eq!(
+            run(&at(Step::CommitStock), Outcome::Refused(Reason::OutOfStock)),
+            Next::Go(Step::VoidPayment, Some(Reason::Timeout))
+        );
+    }
+
+    #[test]
+    fn cancellation_by_the_user_compensates_what_was_done() {
+        let mut reserving = at(Step::Reserve);
+        reserving.cancel_requested = true;
+        assert_eq!(
+            before(&reserving, Utc::now()),
+            Some(Next::Go(Step::ReleaseStock, Some(Reason::CancelledByUser)))
+        );
+        // The reservation succeeded while the cancellation came in: release it.
+        assert_eq!(
+            run(&reserving, Outcome::Done),
+            Next::Go(Step::ReleaseStock, Some(Reason::CancelledByUser))
+        );
+        let mut authorizing = at(Step::Authorize);
+        authorizing.cancel_requested = true;
+        assert_eq!(
+            run(&authorizing, Outcome::Done),
+            Next::Go(Step::VoidPayment, Some(Reason::CancelledByUser))
+        );
+    }
+
+    #[test]
+    fn a_void_that_finds_nothing_waits_for_a_late_authorization() {
+        let mut voiding = at(Step::VoidPayment);
+        voiding.reason = Some(Reason::Timeout);
+        // Never sent an Authorize: nothing can land.
+        assert_eq!(
+            run(&voiding, Outcome::NothingToUndo),
+            Next::Go(Step::ReleaseStock, Some(Reason::Timeout))
+        );
+        // Sent one a moment ago: it may still land; look again later.
+        voiding.authorize_sent_at = Some(Utc::now());
+        assert_eq!(run(&voiding, Outcome::NothingToUndo), Next::Retry);
+        // Long enough ago: it cannot land any more.
+        voiding.authorize_sent_at = Some(Utc::now() - chrono::Duration::seconds(61));
+        assert_eq!(
+            run(&voiding, Outcome::NothingToUndo),
+            Next::Go(Step::ReleaseStock, Some(Reason::Timeout))
+        );
+        // A voided or refunded payment moves on; an unanswered void is repeated.
+        assert_eq!(
+            run(&voiding, Outcome::Done),
+            Next::Go(Step::ReleaseStock, Some(Reason::Timeout))
+        );
+        assert_eq!(
+            run(&voiding, Outcome::AlreadyCaptured),
+            Next::Go(Step::ReleaseStock, Some(Reason::Timeout))
+        );
+        assert_eq!(run(&voiding, Outcome::Unknown), Next::Retry);
+    }
+
+    #[test]
+    fn compensations_are_retried_until_they_complete() {
+        let mut releasing = at(Step::ReleaseStock);
+        releasing.reason = Some(Reason::Timeout);
+        releasing.deadline = Utc::now() - chrono::Duration::hours(1);
+        assert_eq!(before(&releasing, Utc::now()), None);
+        assert_eq!(run(&releasing, Outcome::Unknown), Next::Retry);
+        assert_eq!(
+            run(&releasing, Outcome::Done),
+            Next::Go(Step::Cancelled, Some(Reason::Timeout))
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for step in Step::ALL {
+            assert_eq!(step.as_str().parse::<Step>(), Ok(step));
+        }
+        for reason in Reason::ALL {
+            assert_eq!(reason.as_str().parse::<Reason>(), Ok(reason));
+        }
+        assert!("shipped".parse::<Step>().is_err());
+    }
+
+    #[test]
+    fn retry_delays_grow_are_capped_and_never_zero() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        assert_eq!(retry_delay(1, base, cap, 0.0), Duration::from_millis(50));
+        assert_eq!(retry_delay(1, base, cap, 0.999_999).as_millis(), 99);
+        assert_eq!(retry_delay(4, base, cap, 0.0), Duration::from_millis(400));
+        assert_eq!(retry_delay(40, base, cap, 0.0), Duration::from_millis(2500));
+        assert!(retry_delay(40, base, cap, 1.0) <= cap);
+    }
+}

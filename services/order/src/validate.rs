@@ -1,0 +1,317 @@
+//! Validation of a placing request: every problem reported at once, by field. Unknown fields
+//! are ignored (tolerant reader); prices are not read from the client at all.
+
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use shop_runtime::FieldError;
+
+use crate::card::Card;
+
+pub const MAX_ITEMS: usize = 50;
+pub const MAX_QUANTITY: u64 = 100;
+pub const MAX_KEY_CHARS: usize = 255;
+
+/// A valid request to place an order.
+#[derive(Debug, Clone)]
+pub struct PlaceOrder {
+    pub items: Vec<Item>,
+    pub card: Card,
+    pub shipping_address: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub product_id: String,
+    pub quantity: u32,
+}
+
+impl PlaceOrder {
+    /// The request in one canonical form (fields in fixed order, unknown ones dropped), so the
+    /// same order sent twice with different key order or extra fields has the same fingerprint.
+    pub fn canonical(&self) -> String {
+        json!({
+            "items": self.items.iter().map(|i| json!([i.product_id, i.quantity])).collect::<Vec<_>>(),
+            "card": [self.card.number, self.card.expiry, self.card.cvc],
+            "shipping_address": self.shipping_address,
+        })
+        .to_string()
+    }
+}
+
+/// The `Idempotency-Key` header: required, 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<String, FieldError> {
+    let field = "Idempotency-Key";
+    let value = headers.get("idempotency-key").ok_or_else(|| {
+        FieldError::new(field, "is required (a unique value per order, e.g. a UUID)")
+    })?;
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|key| !key.is_empty() && key.len() <= MAX_KEY_CHARS)
+        .filter(|key| key.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| FieldError::new(field, "must be 1 to 255 visible ASCII characters"))?;
+    Ok(key.to_owned())
+}
+
+fn text<'a>(
+    value: &'a Value,
+    field: &str,
+    max: usize,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a str> {
+    match value.as_str().map(str::trim) {
+        Some(text) if !text.is_empty() && text.chars().count() <= max => Some(text),
+        Some(text) if !text.is_empty() => {
+            errors.push(FieldError::new(
+                field,
+                format!("must be at most {max} characters"),
+            ));
+            None
+        }
+        _ => {
+            errors.push(FieldError::new(field, "is required"));
+            None
+        }
+    }
+}
+
+fn luhn(digits: &str) -> bool {
+    let sum: u32 = digits
+        .chars()
+        .rev()
+        .filter_map(|c| c.to_digit(10))
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Checks the body of `POST /api/v1/orders`.
+pub fn place_order(body: &Value) -> Result<PlaceOrder, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut items = Vec::new();
+    match body.get("items").and_then(Value::as_array) {
+        Some(list) if list.is_empty() => errors.push(FieldError::new("items", "must not be empty")),
+        Some(list) if list.len() > MAX_ITEMS => errors.push(FieldError::new(
+            "items",
+            format!("must have at most {MAX_ITEMS} lines"),
+        )),
+        Some(list) => {
+            let mut seen: Vec<&str> = Vec::new();
+            for (index, item) in list.iter().enumerate() {
+                let field = |name: &str| format!("items[{index}].{name}");
+                let product_id = text(&item["product_id"], &field("product_id"), 100, &mut errors);
+                let quantity = match item["quantity"].as_u64() {
+                    Some(q) if (1..=MAX_QUANTITY).contains(&q) => u32::try_from(q).ok(),
+                    _ => {
+                        errors.push(FieldError::new(
+                            field("quantity"),
+                            format!("must be a whole number from 1 to {MAX_QUANTITY}"),
+                        ));
+                        None
+                    }
+                };
+                if let Some(id) = product_id {
+                    if seen.contains(&id) {
+                        errors.push(FieldError::new(
+                            field("product_id"),
+                            "appears twice; put the whole quantity on one line",
+                        ));
+                    } else if quantity.is_none() {
+                        seen.push(id);
+                    } else if let Some(quantity) = quantity {
+                        seen.push(id);
+                        items.push(Item {
+                            product_id: id.to_owned(),
+                            quantity,
+                        });
+                    }
+                }
+            }
+        }
+        None => errors.push(FieldError::new(
+            "items",
+            "is required (a list of {product_id, quantity})",
+        )),
+    }
+
+    let payment = &body["payment"];
+    let number: String = payment["card_number"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| *c != ' ' && *c != '-')
+        .collect();
+    if !(12..=19).contains(&number.len())
+        || !number.chars().all(|c| c.is_ascii_digit())
+        || !luhn(&number)
+    {
+        errors.push(FieldError::new(
+            "payment.card_number",
+            "is not a card number",
+        ));
+    }
+    let expiry = payment["expiry"].as_str().unwrap_or_default().trim();
+    let valid_expiry = expiry.len() == 5
+        && expiry.as_bytes()[2] == b'/'
+        && expiry[..2]
+            .parse::<u8>()
+            .is_ok_and(|m| (1..=12).contains(&m))
+        && expiry[3..].chars().all(|c| c.is_ascii_digit());
+    if !valid_expiry {
+        errors.push(FieldError::new("payment.expiry", "must be MM/YY"));
+    }
+    let cvc = payment["cvc"].as_str().unwrap_or_default().trim();
+    if !(3..=4).contains(&cvc.len()) || !cvc.chars().all(|c| c.is_ascii_digit()) {
+        errors.push(FieldError::new("payment.cvc", "must be 3 or 4 digits"));
+    }
+
+    let address = &body["shipping_address"];
+    let field = |name: &str| format!("shipping_address.{name}");
+    let name = text(&address["name"], &field("name"), 200, &mut errors);
+    let line1 = text(&address["line1"], &field("line1"), 200, &mut errors);
+    let line2 = match &address["line2"] {
+        Value::Null => None,
+        other => text(other, &field("line2"), 200, &mut errors),
+    };
+    let city = text(&address["city"], &field("city"), 100, &mut errors);
+    let postal_code = text(
+        &address["postal_code"],
+        &field("postal_code"),
+        20,
+        &mut errors,
+    );
+    let country = address["country"].as_str().map(str::trim);
+    let country = match country {
+        Some(code) if code.len() == 2 && code.chars().all(|c| c.is_ascii_alphabetic()) => {
+            Some(code.to_ascii_uppercase())
+        }
+        _ => {
+            errors.push(FieldError::new(
+                field("country"),
+                "must be an ISO 3166-1 alpha-2 code such as DE",
+            ));
+            None
+        }
+    };
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut shipping_address = json!({
+        "name": name,
+        "line1": line1,
+        "city": city,
+        "postal_code": postal_code,
+        "country": country,
+    });
+    if let Some(line2) = line2 {
+        shipping_address["line2"] = json!(line2);
+    }
+    Ok(PlaceOrder {
+        items,
+        card: Card {
+            number,
+            expiry: expiry.to_owned(),
+            cvc: cvc.to_owned(),
+        },
+        shipping_address,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> Value {
+        json!({
+            "items": [{ "product_id": "p-1", "quantity": 2 }, { "product_id": "p-2", "quantity": 1 }],
+            "payment": { "card_number": "4242 4242 4242 4242", "expiry": "12/30", "cvc": "123" },
+            "shipping_address": { "name": "Ada", "line1": "1 Main St", "city": "Berlin",
+                                  "postal_code": "10115", "country": "de" },
+            "coupon": "ignored",
+        })
+    }
+
+    #[test]
+    fn accepts_a_good_order_and_normalises_it() {
+        let order = place_order(&body()).unwrap();
+        assert_eq!(order.items.len(), 2);
+        assert_eq!(order.card.number, "4242424242424242");
+        assert_eq!(order.shipping_address["country"], "DE");
+        assert!(order.shipping_address.get("line2").is_none());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_unknown_fields_but_not_the_order() {
+        let mut other = body();
+        other["coupon"] = json!("different");
+        assert_eq!(
+            place_order(&body()).unwrap().canonical(),
+            place_order(&other).unwrap().canonical()
+        );
+        other["items"][0]["quantity"] = json!(3);
+        assert_ne!(
+            place_order(&body()).unwrap().canonical(),
+            place_order(&other).unwrap().canonical()
+        );
+    }
+
+    #[test]
+    fn reports_every_bad_field_at_once() {
+        let errors = place_order(&json!({
+            "items": [{ "product_id": "p-1", "quantity": 0 }, { "product_id": "p-1", "quantity": 1 }, {}],
+            "payment": { "card_number": "4242424242424241", "expiry": "13/30", "cvc": "1" },
+            "shipping_address": { "name": "Ada", "country": "Germany" },
+        }))
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        for expected in [
+            "items[0].quantity",
+            "items[1].product_id",
+            "items[2].product_id",
+            "items[2].quantity",
+            "payment.card_number",
+            "payment.expiry",
+            "payment.cvc",
+            "shipping_address.line1",
+            "shipping_address.city",
+            "shipping_address.postal_code",
+            "shipping_address.country",
+        ] {
+            assert!(fields.contains(&expected), "{expected} in {fields:?}");
+        }
+        assert!(!fields.contains(&"shipping_address.name"));
+        let empty = place_order(&json!({})).unwrap_err();
+        assert!(empty.iter().any(|e| e.field == "items"));
+    }
+
+    #[test]
+    fn the_test_cards_pass_the_luhn_check() {
+        for card in [
+            "4242424242424242",
+            "4000000000000002",
+            "4000000000009995",
+            "4000000000000259",
+        ] {
+            assert!(luhn(card), "{card}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_required_and_bounded() {
+        let mut headers = HeaderMap::new();
+        assert!(idempotency_key(&headers).is_err());
+        headers.insert("idempotency-key", "k-1".parse().unwrap());
+        assert_eq!(idempotency_key(&headers).unwrap(), "k-1");
+        headers.insert("idempotency-key", "x".repeat(256).parse().unwrap());
+        assert!(idempotency_key(&headers).is_err());
+    }
+}

@@ -1,0 +1,336 @@
+//! order-service as a consumer: what the saga relies on from catalog, inventory and payment,
+//! written as Pact contracts into `contracts/` (`order-service-<provider>.json`). Each example
+//! is run through the code order-service really uses to build the request and to decide what
+//! the answer means for the saga (`api::price`, `participants::*_outcome`); the providers'
+//! tests replay the contracts against the real services, with the provider states named here.
+
+use order_service::{
+    api::price,
+    participants::{
+        CallError, Voided, authorize_outcome, capture_outcome, commit_outcome, refund_outcome,
+        release_outcome, reserve_outcome, reserve_request, void_outcome,
+    },
+    saga::{Outcome, Reason},
+    validate::Item,
+};
+use serde_json::json;
+use shop_contract::prelude::*;
+use shop_proto::{
+    catalog::v1::{GetProductsRequest, GetProductsResponse},
+    inventory::v1::{CommitRequest, ReleaseRequest, ReserveResponse},
+    payment::v1::{
+        AuthorizeRequest, AuthorizeResponse, CaptureRequest, CaptureResponse, Card, RefundRequest,
+        RefundResponse, VoidRequest, VoidResponse,
+    },
+};
+use tonic::Code;
+use uuid::Uuid;
+
+/// One order id per interaction: every participant is idempotent per order, so a provider
+/// replaying two interactions with the same order would answer the second like the first.
+const ORDER: [&str; 11] = [
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c50",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c51",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c52",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c53",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c54",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c55",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c56",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c57",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c58",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c59",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5a",
+];
+
+fn order_id(n: usize) -> Uuid {
+    Uuid::parse_str(ORDER[n]).expect("a UUID")
+}
+
+fn status<T>(result: Result<T, tonic::Status>) -> Result<T, CallError> {
+    result.map_err(CallError::Status)
+}
+
+fn expect<T: PartialEq + std::fmt::Debug>(got: T, want: T) -> Result<(), String> {
+    (got == want)
+        .then_some(())
+        .ok_or_else(|| format!("expected {want:?}, got {got:?}"))
+}
+
+#[tokio::test]
+async fn catalog_prices_a_cart_in_one_call() {
+    let call = GrpcInteraction::new(
+        "prices of two products, one of them unknown",
+        "/shop.catalog.v1.CatalogService/GetProducts",
+    )
+    .given_with_params(
+        "products exist",
+        json!({ "ids": ["p-1"], "sku": "SKU-1", "price": 1999, "currency": "EUR" }),
+    )
+    .request(&GetProductsRequest {
+        ids: vec!["p-1".into(), "p-unknown".into()],
+    })
+    .response(json_pattern!({
+        "products": [{
+            "id": "p-1",
+            "sku": like!("SKU-1"),
+            "name": like!("Coffee"),
+            "price": { "amount": like!("1999"), "currency": like!("EUR") },
+        }],
+        "missingIds": ["p-unknown"],
+    }));
+    Contract::new("order-service", "catalog-service")
+        .grpc(call, |example| async move {
+            let response: GetProductsResponse = example.response_as().map_err(|e| e.to_string())?;
+            let items = [
+                Item {
+                    product_id: "p-1".into(),
+                    quantity: 2,
+                },
+                Item {
+                    product_id: "p-unknown".into(),
+                    quantity: 1,
+                },
+            ];
+            let errors = price(&items, &response.products, &response.missing_ids)
+                .expect_err("an unknown product is refused");
+            expect(errors[0].field.as_str(), "items[1].product_id")?;
+            let priced = price(&items[..1], &response.products, &response.missing_ids)
+                .map_err(|e| format!("{e:?}"))?;
+            expect(
+                priced.total,
+                2 * response.products[0].price.as_ref().map_or(0, |p| p.amount),
+            )
+        })
+        .await
+        .expect("the consumer accepts the example");
+}
+
+#[tokio::test]
+async fn inventory_reserves_commits_and_releases_per_order() {
+    let contract = Contract::new("order-service", "inventory-service");
+    let reserve = GrpcInteraction::new(
+        "a reservation for an order",
+        "/shop.inventory.v1.InventoryService/Reserve",
+    )
+    .given_with_params("stock exists", json!({ "sku": "SKU-1", "available": 5 }))
+    .request(&reserve_request(order_id(0), vec![("SKU-1".into(), 2)]))
+    .response(json_pattern!({ "reservationId": like!("r-1") }));
+    contract
+        .grpc(reserve, |example| async move {
+            let response = example.response_as::<ReserveResponse>().map(drop);
+            expect(reserve_outcome(status(response)), Outcome::Done)
+        })
+        .await
+        .expect("reserve");
+
+    let short = GrpcInteraction::new(
+        "a reservation beyond the stock",
+        "/shop.inventory.v1.InventoryService/Reserve",
+    )
+    .given_with_params("stock exists", json!({ "sku": "SKU-1", "available": 1 }))
+    .request(&reserve_request(order_id(1), vec![("SKU-1".into(), 2)]))
+    .error(Code::FailedPrecondition);
+    contract
+        .grpc(short, |example| async move {
+            let response = example.response_as::<ReserveResponse>().map(drop);
+            expect(
+                reserve_outcome(status(response)),
+                Outcome::Refused(Reason::OutOfStock),
+            )
+        })
+        .await
+        .expect("out of stock");
+
+    let commit = GrpcInteraction::new(
+        "a commit of an order's reservation",
+        "/shop.inventory.v1.InventoryService/Commit",
+    )
+    .given_with_params(
+        "an order has reserved stock",
+        json!({ "orderId": ORDER[2], "sku": "SKU-1", "quantity": 2 }),
+    )
+    .request(&CommitRequest {
+        order_id: ORDER[2].into(),
+    })
+    .response(json_pattern!({}));
+    contract
+        .grpc(commit, |example| async move {
+            let response = example.response_as::<shop_proto::inventory::v1::CommitResponse>();
+            expect(commit_outcome(status(response.map(drop))), Outcome::Done)
+        })
+        .await
+        .expect("commit");
+
+    let release = GrpcInteraction::new(
+        "a release of an order's reservation",
+        "/shop.inventory.v1.InventoryService/Release",
+    )
+    .given_with_params(
+        "an order has reserved stock",
+        json!({ "orderId": ORDER[3], "sku": "SKU-1", "quantity": 2 }),
+    )
+    .request(&ReleaseRequest {
+        order_id: ORDER[3].into(),
+        reason: "payment_declined".into(),
+    })
+    .response(json_pattern!({}));
+    contract
+        .grpc(release, |example| async move {
+            let response = example.response_as::<shop_proto::inventory::v1::ReleaseResponse>();
+            expect(release_outcome(status(response.map(drop))), Outcome::Done)
+        })
+        .await
+        .expect("release");
+}
+
+fn authorize(order: &str, card: &str) -> AuthorizeRequest {
+    AuthorizeRequest {
+        order_id: order.into(),
+        user_id: "0192f0c8-0000-7000-8000-000000000001".into(),
+        amount: Some(shop_proto::common::v1::Money {
+            amount: 3998,
+            currency: "EUR".into(),
+        }),
+        card: Some(Card {
+            number: card.into(),
+            expiry: "12/30".into(),
+            cvc: "123".into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn payment_authorizes_captures_voids_and_refunds_per_order() {
+    let contract = Contract::new("order-service", "payment-service");
+    let approved = GrpcInteraction::new(
+        "an authorization with a card that approves",
+        "/shop.payment.v1.PaymentService/Authorize",
+    )
+    .request(&authorize(ORDER[4], "4242424242424242"))
+    .response(json_pattern!({
+        "paymentId": like!("pay-1"),
+        "status": "PAYMENT_STATUS_AUTHORIZED",
+        "cardLast4": "4242",
+    }));
+    contract
+        .grpc(approved, |example| async move {
+            let response = example.response_as::<AuthorizeResponse>();
+            expect(
+                authorize_outcome(status(response)),
+                (Outcome::Done, Some("4242".to_owned())),
+            )
+        })
+        .await
+        .expect("authorize");
+
+    for (order, description, card, reason, outcome) in [
+        (
+            ORDER[5],
+            "an authorization with a card that is declined",
+            "4000000000000002",
+            "card_declined",
+            Reason::PaymentDeclined,
+        ),
+        (
+            ORDER[6],
+            "an authorization with a card without funds",
+            "4000000000009995",
+            "insufficient_funds",
+            Reason::InsufficientFunds,
+        ),
+    ] {
+        let declined =
+            GrpcInteraction::new(description, "/shop.payment.v1.PaymentService/Authorize")
+                .request(&authorize(order, card))
+                .response(json_pattern!({
+                    "status": "PAYMENT_STATUS_DECLINED",
+                    "declineReason": reason,
+                }));
+        contract
+            .grpc(declined, |example| async move {
+                let response = example.response_as::<AuthorizeResponse>();
+                expect(
+                    authorize_outcome(status(response)).0,
+                    Outcome::Refused(outcome),
+                )
+            })
+            .await
+            .expect("declined");
+    }
+
+    let authorized = json!({ "orderId": ORDER[7], "amount": 3998, "currency": "EUR" });
+    let captured = |order: &str| json!({ "orderId": order, "amount": 3998, "currency": "EUR" });
+    let authorized_too = json!({ "orderId": ORDER[9], "amount": 3998, "currency": "EUR" });
+    let capture = GrpcInteraction::new(
+        "a capture of an authorized payment",
+        "/shop.payment.v1.PaymentService/Capture",
+    )
+    .given_with_params("an order's payment is authorized", authorized)
+    .request(&CaptureRequest {
+        order_id: ORDER[7].into(),
+    })
+    .response(json_pattern!({ "status": "PAYMENT_STATUS_CAPTURED" }));
+    contract
+        .grpc(capture, |example| async move {
+            let response = example.response_as::<CaptureResponse>().map(|r| r.status());
+            expect(capture_outcome(status(response)), Outcome::Done)
+        })
+        .await
+        .expect("capture");
+
+    let void = GrpcInteraction::new(
+        "a void of an authorized payment",
+        "/shop.payment.v1.PaymentService/Void",
+    )
+    .given_with_params("an order's payment is authorized", authorized_too)
+    .request(&VoidRequest {
+        order_id: ORDER[9].into(),
+    })
+    .response(json_pattern!({ "status": "PAYMENT_STATUS_VOIDED" }));
+    contract
+        .grpc(void, |example| async move {
+            let response = example.response_as::<VoidResponse>().map(|r| r.status());
+            expect(
+                void_outcome(status(response)),
+                Voided::Settled(Outcome::Done),
+            )
+        })
+        .await
+        .expect("void");
+
+    let void_captured = GrpcInteraction::new(
+        "a void of a captured payment",
+        "/shop.payment.v1.PaymentService/Void",
+    )
+    .given_with_params("an order's payment is captured", captured(ORDER[8]))
+    .request(&VoidRequest {
+        order_id: ORDER[8].into(),
+    })
+    .error(Code::FailedPrecondition);
+    contract
+        .grpc(void_captured, |example| async move {
+            let response = example.response_as::<VoidResponse>().map(|r| r.status());
+            expect(void_outcome(status(response)), Voided::Captured)
+        })
+        .await
+        .expect("void after capture");
+
+    let refund = GrpcInteraction::new(
+        "a refund of a captured payment",
+        "/shop.payment.v1.PaymentService/Refund",
+    )
+    .given_with_params("an order's payment is captured", captured(ORDER[10]))
+    .request(&RefundRequest {
+        order_id: ORDER[10].into(),
+        reason: "order cancelled".into(),
+        ..RefundRequest::default()
+    })
+    .response(json_pattern!({ "status": "PAYMENT_STATUS_REFUNDED" }));
+    contract
+        .grpc(refund, |example| async move {
+            let response = example.response_as::<RefundResponse>().map(|r| r.status());
+            expect(refund_outcome(status(response)), Outcome::AlreadyCaptured)
+        })
+        .await
+        .expect("refund");
+}

@@ -1,0 +1,115 @@
+//! The order's events reach the broker through the outbox: `OrderPlaced` when it is accepted,
+//! then `OrderConfirmed` (items, total, owner) or `OrderCancelled` (reason) when its saga ends.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use shop_events::order::{OrderCancelled, OrderConfirmed, OrderPlaced};
+use shop_messaging::{Envelope, Event, topology};
+use support::*;
+
+#[tokio::test]
+async fn placed_confirmed_and_cancelled_orders_publish_their_events() {
+    let world = World::start(&[]).await;
+    let order = world.order_service().await;
+    let connection = Connection::connect(&order.env["AMQP_URL"], ConnectionProperties::default())
+        .await
+        .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    topology::declare_exchange(&channel)
+        .await
+        .expect("exchange");
+    let queue = "order-events-test";
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            topology::EXCHANGE.into(),
+            "order.order.*".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("binding");
+
+    let base = order.url("");
+    let ada = world.customer().await;
+    let (product, _) = world.product(1250, 5).await;
+    let (_, good) = place(
+        &world.http,
+        &base,
+        &ada,
+        "good",
+        &order_body(&[(&product, 2)], APPROVES),
+    )
+    .await;
+    let (_, bad) = place(
+        &world.http,
+        &base,
+        &ada,
+        "bad",
+        &order_body(&[(&product, 1)], DECLINES),
+    )
+    .await;
+
+    let mut events: HashMap<String, Vec<Envelope>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while events.values().map(Vec::len).sum::<usize>() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events so far: {events:?}"
+        );
+        match channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+        {
+            Some(message) => {
+                let event = Envelope::from_slice(&message.delivery.data).expect("an envelope");
+                assert_eq!(event.source, "order-service");
+                events.entry(event.kind.clone()).or_default().push(event);
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let placed: Vec<OrderPlaced> = events[OrderPlaced::kind()]
+        .iter()
+        .map(|e| e.data_as().expect("OrderPlaced"))
+        .collect();
+    assert_eq!(placed.len(), 2);
+    let confirmed: OrderConfirmed = events[OrderConfirmed::kind()][0]
+        .data_as()
+        .expect("OrderConfirmed");
+    assert_eq!(
+        confirmed.order_id.to_string(),
+        good["id"].as_str().unwrap_or_default()
+    );
+    assert_eq!(confirmed.total.amount, 2500);
+    assert_eq!(confirmed.items[0].quantity, 2);
+    assert_eq!(confirmed.items[0].unit_price.amount, 1250);
+    let cancelled: OrderCancelled = events[OrderCancelled::kind()][0]
+        .data_as()
+        .expect("OrderCancelled");
+    assert_eq!(
+        cancelled.order_id.to_string(),
+        bad["id"].as_str().unwrap_or_default()
+    );
+    assert_eq!(cancelled.reason, "payment_declined");
+    assert_eq!(cancelled.user_id, confirmed.user_id);
+}

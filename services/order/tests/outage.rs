@@ -1,0 +1,87 @@
+//! A participant down for a while: inventory is cut off behind a TCP proxy while orders come
+//! in. The sagas wait and retry, the breaker opens (exported as a metric) and closes again
+//! once inventory is back, and every order ends terminal with the stock exactly right.
+//!
+//! Its own test binary, so the breaker gauge it reads is order-service's alone.
+
+mod support;
+
+use shop_testkit::{proxy::TcpProxy, spawn_with};
+use support::*;
+
+async fn breaker(order: &shop_testkit::TestApp, state: &str) -> Option<()> {
+    let metrics = order.get("/metrics").await.ok()?.text().await.ok()?;
+    metrics
+        .lines()
+        .any(|line| {
+            line.starts_with("order_circuit_breaker_state")
+                && line.contains("downstream=\"inventory\"")
+                && line.ends_with(&format!(" {state}"))
+        })
+        .then_some(())
+}
+
+#[tokio::test]
+async fn sagas_wait_for_a_participant_that_is_down_and_all_end_once_it_is_back() {
+    let world = World::start(&[]).await;
+    let proxy = TcpProxy::start(&world.inventory.grpc_addr.to_string())
+        .await
+        .expect("proxy");
+    let env = world.order_env_with(
+        &format!("http://{}", proxy.addr()),
+        &world.payment.grpc_url(),
+    );
+    let order = spawn_with::<order_service::OrderService>(env)
+        .await
+        .expect("order-service starts");
+    let base = order.url("");
+    let http = &world.http;
+    let ada = world.customer().await;
+    let (product, sku) = world.product(300, 10).await;
+
+    proxy.cut();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, placed) = place(
+            http,
+            &base,
+            &ada,
+            &format!("outage-{n}"),
+            &order_body(&[(&product, 1)], APPROVES),
+        )
+        .await;
+        assert_eq!(status, 202, "{placed}");
+        ids.push(placed["id"].as_str().expect("an id").to_owned());
+    }
+    eventually("the inventory breaker opens", || breaker(&order, "2")).await;
+    for order_id in &ids {
+        let current: serde_json::Value = http
+            .get(format!("{base}/api/v1/orders/{order_id}"))
+            .bearer_auth(&ada)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            current["status"], "PENDING",
+            "waiting, not failed: {current}"
+        );
+    }
+
+    proxy.restore();
+    let mut confirmed = 0;
+    for order_id in &ids {
+        let ended = settled(http, &base, &ada, order_id).await;
+        // Back before the saga's time limit: confirmed. Had it taken longer, the saga would
+        // have been compensated (`timeout`) — terminal either way.
+        if ended["status"] == "CONFIRMED" {
+            confirmed += 1;
+        } else {
+            assert_eq!(ended["cancellation_reason"], "timeout", "{ended}");
+        }
+    }
+    eventually("the inventory breaker closes", || breaker(&order, "0")).await;
+    assert_eq!(world.stock(&sku).await, (10 - confirmed, 0));
+}
