@@ -6,7 +6,8 @@
 # and runs, as plain processes on this machine:
 #
 #   infrastructure  PostgreSQL 15, Redis, RabbitMQ (+ management UI) and
-#                   FerretDB (a MongoDB wire-protocol server on SQLite)
+#                   FerretDB (a MongoDB wire-protocol server on SQLite),
+#                   MailDev (a mail catcher: SMTP + web page + REST API)
 #   services        the seven Rust binaries of this repository
 #
 # Everything it creates lives in <repo>/.local/ (git-ignored):
@@ -78,6 +79,17 @@ FERRETDB_DIR="$STATE_DIR/ferretdb"
 MONGO_PORT=27017
 FERRETDB_DEBUG_PORT=8088            # FerretDB's /debug/livez, /debug/metrics
 
+# --- MailDev (mail catcher; notification-service) ----------------------------
+# An SMTP server that keeps every mail and shows it in a web page, with a REST
+# API the tests read (GET /email). Installed from npm into the tools cache,
+# one directory per version (see install_maildev; why MailDev: ADR 0012).
+MAILDEV_VERSION=2.2.1
+MAILDEV_HOME="${XDG_CACHE_HOME:-$HOME/.cache}/shop-stack/maildev-$MAILDEV_VERSION"
+MAILDEV_BIN="$MAILDEV_HOME/node_modules/.bin/maildev"
+MAILDEV_DIR="$STATE_DIR/maildev"    # the caught mails (.eml files)
+SMTP_PORT=1025
+MAIL_WEB_PORT=1080
+
 # How long to wait for things (seconds; the STACK_* variables override them).
 INFRA_TIMEOUT=${STACK_INFRA_TIMEOUT:-120}            # per infrastructure server to come up
 SERVICE_TIMEOUT=${STACK_SERVICE_TIMEOUT:-60}         # per service until /readyz says 200
@@ -86,13 +98,14 @@ INFRA_STOP_TIMEOUT=20                                # same for redis/ferretdb/r
 
 # Infrastructure components in start order (stopped in reverse order), and the
 # TCP ports each one needs. epmd is RabbitMQ's little helper (see start_epmd).
-INFRA=(postgres redis epmd rabbitmq ferretdb)
+INFRA=(postgres redis epmd rabbitmq ferretdb maildev)
 declare -A INFRA_PORTS=(
   [postgres]="$PG_PORT"
   [redis]="$REDIS_PORT"
   [epmd]="$EPMD_PORT"
   [rabbitmq]="$AMQP_PORT $RABBIT_MGMT_PORT $RABBIT_DIST_PORT"
   [ferretdb]="$MONGO_PORT $FERRETDB_DEBUG_PORT"
+  [maildev]="$SMTP_PORT $MAIL_WEB_PORT"
 )
 
 # -----------------------------------------------------------------------------
@@ -103,16 +116,19 @@ declare -A INFRA_PORTS=(
 # It is also the source of truth for provisioning: the PostgreSQL roles and
 # databases and the RabbitMQ users created by `infra-up` are read from the
 # DATABASE_URL / AMQP_URL columns below, so credentials can never drift apart.
-# Passwords equal the user names: this is a local development stack only.
+# Passwords equal the user names: this is a local development stack only. The
+# same holds for the service-client secrets (SERVICE_CLIENTS of user-service and
+# each caller's SERVICE_SECRET). SHOP_ENV=development marks every service as
+# running with such development values; production supplies its own secrets.
 # -----------------------------------------------------------------------------
 SERVICES_TABLE='
-gateway               8080 50050 REDIS_URL=redis://127.0.0.1:6379 AMQP_URL=amqp://gateway:gateway@127.0.0.1:5672/%2f
-user-service          8081 50051 DATABASE_URL=postgres://user_service:user_service@127.0.0.1:5432/users AMQP_URL=amqp://user_service:user_service@127.0.0.1:5672/%2f
-catalog-service       8082 50052 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=catalog AMQP_URL=amqp://catalog_service:catalog_service@127.0.0.1:5672/%2f
-inventory-service     8083 50053 DATABASE_URL=postgres://inventory_service:inventory_service@127.0.0.1:5432/inventory AMQP_URL=amqp://inventory_service:inventory_service@127.0.0.1:5672/%2f
-order-service         8084 50054 DATABASE_URL=postgres://order_service:order_service@127.0.0.1:5432/orders AMQP_URL=amqp://order_service:order_service@127.0.0.1:5672/%2f
-payment-service       8085 50055 DATABASE_URL=postgres://payment_service:payment_service@127.0.0.1:5432/payments AMQP_URL=amqp://payment_service:payment_service@127.0.0.1:5672/%2f
-notification-service  8086 50056 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=notification AMQP_URL=amqp://notification_service:notification_service@127.0.0.1:5672/%2f
+gateway               8080 50050 REDIS_URL=redis://127.0.0.1:6379 AMQP_URL=amqp://gateway:gateway@127.0.0.1:5672/%2f SHOP_ENV=development
+user-service          8081 50051 DATABASE_URL=postgres://user_service:user_service@127.0.0.1:5432/users AMQP_URL=amqp://user_service:user_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_CLIENTS=order-service=dev-only-order-service-secret-0000000000,notification-service=dev-only-notification-service-secret-00000
+catalog-service       8082 50052 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=catalog AMQP_URL=amqp://catalog_service:catalog_service@127.0.0.1:5672/%2f SHOP_ENV=development CATALOG_SEED_DEMO=true
+inventory-service     8083 50053 DATABASE_URL=postgres://inventory_service:inventory_service@127.0.0.1:5432/inventory AMQP_URL=amqp://inventory_service:inventory_service@127.0.0.1:5672/%2f SHOP_ENV=development
+order-service         8084 50054 DATABASE_URL=postgres://order_service:order_service@127.0.0.1:5432/orders AMQP_URL=amqp://order_service:order_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-order-service-secret-0000000000
+payment-service       8085 50055 DATABASE_URL=postgres://payment_service:payment_service@127.0.0.1:5432/payments AMQP_URL=amqp://payment_service:payment_service@127.0.0.1:5672/%2f SHOP_ENV=development
+notification-service  8086 50056 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=notification AMQP_URL=amqp://notification_service:notification_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-notification-service-secret-00000
 '
 
 # Extra PostgreSQL roles that are not tied to a service: "role database attrs".
@@ -474,6 +490,7 @@ cmd_install() {
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v jq >/dev/null 2>&1 || missing+=(jq)
   command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)   # MailDev
 
   if (( ${#missing[@]} )); then
     say "installing Debian packages: ${missing[*]}"
@@ -484,6 +501,7 @@ cmd_install() {
   fi
   [[ -x $PG_BIN/postgres ]] || die "$PG_BIN/postgres not found: this script expects PostgreSQL 15 (Debian 12 'bookworm')"
   install_ferretdb
+  install_maildev
   ensure_localhost
   preflight_ports
 }
@@ -837,6 +855,41 @@ start_ferretdb() {
 }
 
 # =============================================================================
+# MailDev — the mail catcher (notification-service sends here; tests read its API)
+# =============================================================================
+maildev_installed() { [[ -x $MAILDEV_BIN ]]; }
+
+# npm installs the pinned version into its own directory in the tools cache:
+# idempotent (an existing directory is kept), and a version change installs
+# beside the old one instead of on top of it.
+install_maildev() {
+  if maildev_installed; then note "maildev $MAILDEV_VERSION already installed: $MAILDEV_HOME"; return 0; fi
+  say "installing MailDev $MAILDEV_VERSION from npm (first time only)"
+  mkdir -p "$MAILDEV_HOME.new"
+  npm install --no-audit --no-fund --silent --prefix "$MAILDEV_HOME.new" "maildev@$MAILDEV_VERSION" 9>&- \
+    || die "npm install maildev@$MAILDEV_VERSION failed (see above)"
+  rm -rf "$MAILDEV_HOME" && mv "$MAILDEV_HOME.new" "$MAILDEV_HOME"
+  maildev_installed || die "installed MailDev but $MAILDEV_BIN is missing"
+}
+
+maildev_up() { curl -fsS -o /dev/null --max-time 3 "http://127.0.0.1:$MAIL_WEB_PORT/healthz" && port_open "$SMTP_PORT"; }
+
+start_maildev() {
+  local pid
+  if pid=$(running_pid maildev); then
+    note "maildev: already running (pid $pid)"
+  else
+    clear_stale maildev
+    ensure_ports_free maildev "$SMTP_PORT" "$MAIL_WEB_PORT"
+    mkdir -p "$MAILDEV_DIR"
+    say "maildev: starting (SMTP 127.0.0.1:$SMTP_PORT, mail web page http://127.0.0.1:$MAIL_WEB_PORT)"
+    launch maildev "$MAILDEV_DIR" "$MAILDEV_BIN" --ip 127.0.0.1 --web-ip 127.0.0.1 \
+      --smtp "$SMTP_PORT" --web "$MAIL_WEB_PORT" --mail-directory "$MAILDEV_DIR"
+  fi
+  wait_infra maildev "http://127.0.0.1:$MAIL_WEB_PORT/healthz + smtp 127.0.0.1:$SMTP_PORT" maildev_up
+}
+
+# =============================================================================
 # infra-up / infra-down
 # =============================================================================
 write_test_env() {
@@ -846,6 +899,8 @@ export TESTKIT_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT/
 export TESTKIT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export TESTKIT_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
 export TESTKIT_RABBITMQ_API=http://guest:guest@127.0.0.1:$RABBIT_MGMT_PORT
+export TESTKIT_SMTP_URL=smtp://127.0.0.1:$SMTP_PORT
+export TESTKIT_MAIL_API=http://127.0.0.1:$MAIL_WEB_PORT
 EOF
 }
 
@@ -855,12 +910,14 @@ cmd_infra_up() {
   start_redis
   start_rabbitmq
   start_ferretdb
+  start_maildev
   write_test_env
   say "infrastructure is up; test settings: source $STATE_DIR/test.env"
 }
 
 cmd_infra_down() {
   say "stopping infrastructure"
+  stop_component maildev "$INFRA_STOP_TIMEOUT"
   stop_component ferretdb "$INFRA_STOP_TIMEOUT"
   stop_rabbitmq
   stop_component epmd "$INFRA_STOP_TIMEOUT"
@@ -886,6 +943,7 @@ INFRASTRUCTURE
   RabbitMQ     amqp://127.0.0.1:$AMQP_PORT
   RabbitMQ UI  http://127.0.0.1:$RABBIT_MGMT_PORT   (guest / guest)
   MongoDB API  mongodb://127.0.0.1:$MONGO_PORT/   (FerretDB $FERRETDB_VERSION on SQLite)
+  Mail (SMTP)  smtp://127.0.0.1:$SMTP_PORT   read it at http://127.0.0.1:$MAIL_WEB_PORT   (MailDev $MAILDEV_VERSION)
 
 Logs:        $LOG_DIR/<name>.log
 Test env:    source $STATE_DIR/test.env
@@ -981,6 +1039,7 @@ cmd_status() {
     [postgres]="127.0.0.1:$PG_PORT" [redis]="127.0.0.1:$REDIS_PORT" [epmd]="127.0.0.1:$EPMD_PORT"
     [rabbitmq]="127.0.0.1:$AMQP_PORT, http://127.0.0.1:$RABBIT_MGMT_PORT"
     [ferretdb]="127.0.0.1:$MONGO_PORT"
+    [maildev]="smtp 127.0.0.1:$SMTP_PORT, http://127.0.0.1:$MAIL_WEB_PORT"
   )
   status_line() {
     local name=$1 addr=$2 state
@@ -1003,7 +1062,7 @@ usage() {
 Usage: deploy/local/stack.sh <command> [args]
 
   install               install missing Debian packages and build FerretDB (idempotent)
-  infra-up              install, then start PostgreSQL, Redis, RabbitMQ, FerretDB
+  infra-up              install, then start PostgreSQL, Redis, RabbitMQ, FerretDB, MailDev
                         and write .local/test.env
   infra-down            stop the infrastructure started by infra-up
   services-up [BIN_DIR] start the seven services (default BIN_DIR: target/debug)

@@ -1,18 +1,57 @@
-//! notification-service: What was sent to whom. Owns the MongoDB database `notification`; consumes
-//! `UserRegistered`, `OrderConfirmed`, `OrderCancelled`, `PaymentFailed` and `StockLow`.
+//! notification-service: what was sent to whom. Owns the MongoDB database `notification`;
+//! consumes `UserRegistered`, `OrderConfirmed`, `OrderCancelled`, `PaymentFailed`, `StockLow`
+//! and `OutOfStock`, and turns each into exactly one email; lists a user's own notifications.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | its settings (SMTP, admin recipients, user-service, retry pacing) |
+//! | [`handlers`] | event → recipient, template and values; records the notification |
+//! | [`users`] | `GetUser` with a service token, for events without an address |
+//! | [`templates`] | minijinja templates (text + HTML), money and reasons for humans |
+//! | [`store`] | the `notifications` collection: idempotency record and send queue in one |
+//! | [`sender`] | the loop that sends due notifications over SMTP, and the guarantee it gives |
+//! | [`mailer`] | one SMTP message with lettre |
+//! | [`api`] | `GET /api/v1/notifications` |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<NotificationService>()`);
 //! `main.rs` only hands it to the shared runtime.
 
-use axum::Router;
+pub mod api;
+pub mod config;
+pub mod handlers;
+pub mod mailer;
+pub mod sender;
+pub mod store;
+pub mod templates;
+pub mod users;
+
+use std::sync::Arc;
+
+use shop_events::{
+    inventory::{OutOfStock, StockLow},
+    order::{OrderCancelled, OrderConfirmed},
+    payment::PaymentFailed,
+    user::UserRegistered,
+};
+use shop_messaging::Consumer;
 use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
+use tokio::sync::Notify;
+
+use crate::{
+    config::NotificationConfig, handlers::Notifier, mailer::Mailer, sender::Sender, store::Store,
+    templates::Templates, users::Users,
+};
+
+/// The consumer's name: queues `notification.events`, its delay queues and
+/// `notification.events.parking`.
+pub const CONSUMER: &str = "notification";
 
 /// The notification-service service.
 #[derive(Debug)]
 pub struct NotificationService;
 
 impl Service for NotificationService {
-    type Config = ();
+    type Config = NotificationConfig;
 
     fn spec() -> ServiceSpec {
         ServiceSpec::new("notification-service", 8086, 50056)
@@ -20,7 +59,58 @@ impl Service for NotificationService {
             .amqp()
     }
 
-    async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {
-        Ok(Endpoints::new(Router::new()))
+    async fn build(ctx: &Context, config: NotificationConfig) -> Result<Endpoints, BootError> {
+        let db = ctx.mongo()?.clone();
+        let store = Store::new(&db);
+        store
+            .install()
+            .await
+            .map_err(|err| BootError::store("mongodb", err))?;
+        let templates = Templates::new().map_err(|err| {
+            BootError::Other(format!("the email templates do not compile: {err:#}"))
+        })?;
+        let users = Users::new(
+            &config.user_url,
+            config.token_url.clone(),
+            config.service_secret.0.clone(),
+            config.call_timeout,
+        )
+        .map_err(BootError::Other)?;
+        let mailer = Mailer::new(&config.smtp);
+        let wake = Arc::new(Notify::new());
+
+        // Sending runs beside consuming: an SMTP outage holds up emails, never events.
+        let sender = Sender {
+            store: store.clone(),
+            mailer: mailer.clone(),
+            config: config.delivery.clone(),
+            wake: wake.clone(),
+        };
+        ctx.tasks.spawn(sender.run(ctx.shutdown.clone()));
+
+        let notifier = Notifier {
+            store: store.clone(),
+            templates: Arc::new(templates),
+            users,
+            admins: config.admins.clone(),
+            domain: mailer.domain().to_owned(),
+            wake,
+        };
+        Consumer::mongo(CONSUMER, db)
+            .retry_delays(config.retry_delays.clone())
+            .on::<UserRegistered>(notifier.clone())
+            .on::<OrderConfirmed>(notifier.clone())
+            .on::<OrderCancelled>(notifier.clone())
+            .on::<PaymentFailed>(notifier.clone())
+            .on::<StockLow>(notifier.clone())
+            .on::<OutOfStock>(notifier)
+            .spawn(ctx)
+            .await?;
+
+        let router = api::router(api::AppState {
+            store,
+            verifier: config.auth.verifier()?,
+        });
+        Ok(Endpoints::new(router))
     }
 }

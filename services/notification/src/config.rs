@@ -1,0 +1,265 @@
+//! notification-service's own settings (the shared ones — addresses, `MONGODB_URL`, `AMQP_URL`,
+//! ... — are read by the runtime; `AUTH_JWKS_URL`, `JWT_ISSUER`, `JWT_AUDIENCE` by
+//! [`shop_auth::AuthConfig`]).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `SMTP_HOST` | `127.0.0.1` | the mail server (the local stack's mail catcher) |
+//! | `SMTP_PORT` | `1025` | its SMTP port (plain SMTP, no TLS: see `docs/adr/0012-notifications.md`) |
+//! | `SMTP_FROM` | `Shop <no-reply@shop.example>` | the sender of every email; its domain names the Message-IDs |
+//! | `SMTP_TIMEOUT_MS` | `10000` | one SMTP conversation, connect to the server's reply to the message |
+//! | `NOTIFY_ADMIN_EMAILS` | `admin@example.com` | comma-separated: who gets the stock alerts |
+//! | `USER_GRPC_URL` | `http://127.0.0.1:50051` | user-service (`GetUser`, for events without an address) |
+//! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from |
+//! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `notification-service`) |
+//! | `NOTIFY_CALL_TIMEOUT_MS` | `2000` | deadline of one `GetUser` call |
+//! | `NOTIFY_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000,1800000` | the consumer's delay queues (an event that cannot be recorded yet, e.g. user-service down); parked after the last |
+//! | `NOTIFY_SEND_BACKOFF_MAX_MS` | `300000` | longest wait between two SMTP attempts of one email |
+//! | `NOTIFY_SEND_MAX_ATTEMPTS` | `100` | SMTP attempts before an email is given up (`failed`); about 8 hours at the default ceiling |
+//! | `NOTIFY_POLL_MS` | `1000` | how often the sender looks for due emails besides being woken by new ones |
+
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use shop_auth::AuthConfig;
+use shop_runtime::{
+    FromEnv,
+    config::{ConfigError, Env},
+};
+
+/// The settings above.
+#[derive(Debug, Clone)]
+pub struct NotificationConfig {
+    pub auth: AuthConfig,
+    pub smtp: SmtpConfig,
+    pub admins: Vec<Mailbox>,
+    pub user_url: url::Url,
+    pub token_url: url::Url,
+    pub service_secret: Secret,
+    pub call_timeout: Duration,
+    pub retry_delays: Vec<Duration>,
+    pub delivery: DeliveryConfig,
+}
+
+/// Where and as whom mail is sent.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub from: Mailbox,
+    pub timeout: Duration,
+}
+
+/// How the sender paces its attempts.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub backoff_max: Duration,
+    pub max_attempts: u32,
+    pub poll: Duration,
+    /// How long a claimed email is reserved for the instance sending it: longer than one SMTP
+    /// conversation can take, so no second instance picks it up while the first is still
+    /// talking to the server.
+    pub lease: Duration,
+}
+
+/// A value never printed.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn url_or(env: &mut Env, key: &str, default: &str) -> Result<url::Url, ConfigError> {
+    let default = url::Url::parse(default).expect("defaults are URLs");
+    let url = env.parse_or(key, default, "an http(s) URL")?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => env.invalid(key, format!("has scheme '{other}', expected http or https")),
+    }
+}
+
+fn millis_or(env: &mut Env, key: &str, default: u64) -> Result<Duration, ConfigError> {
+    let ms: u64 = env.parse_or(key, default, "a whole number of milliseconds")?;
+    if ms == 0 {
+        env.invalid(key, "must be at least 1".to_owned())
+    } else {
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+/// `a@x, B <b@y>` → mailboxes; the error names the entry that is not an address.
+fn mailboxes(raw: &str) -> Result<Vec<Mailbox>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<Mailbox>()
+                .map_err(|err| format!("'{entry}' is not an email address ({err})"))
+        })
+        .collect()
+}
+
+fn delays(raw: &str) -> Result<Vec<Duration>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| match entry.parse::<u64>() {
+            Ok(0) | Err(_) => Err(format!(
+                "'{entry}' is not a positive number of milliseconds"
+            )),
+            Ok(ms) => Ok(Duration::from_millis(ms)),
+        })
+        .collect()
+}
+
+impl FromEnv for NotificationConfig {
+    fn from_env(env: &mut Env) -> Result<Self, ConfigError> {
+        let auth = AuthConfig::from_env(env);
+        let host = env.parse_or("SMTP_HOST", "127.0.0.1".to_owned(), "a host name");
+        let port = env.parse_or("SMTP_PORT", 1025u16, "a port number");
+        let from = env.parse_or(
+            "SMTP_FROM",
+            "Shop <no-reply@shop.example>"
+                .parse::<Mailbox>()
+                .expect("the default sender is an address"),
+            "a mailbox such as Shop <no-reply@shop.example>",
+        );
+        let timeout = millis_or(env, "SMTP_TIMEOUT_MS", 10_000);
+        let admins = match mailboxes(
+            env.raw("NOTIFY_ADMIN_EMAILS")
+                .unwrap_or("admin@example.com"),
+        ) {
+            Ok(admins) => Ok(admins),
+            Err(problem) => env.invalid("NOTIFY_ADMIN_EMAILS", problem),
+        };
+        let user_url = url_or(env, "USER_GRPC_URL", "http://127.0.0.1:50051");
+        let token_url = url_or(
+            env,
+            "SERVICE_TOKEN_URL",
+            "http://127.0.0.1:8081/internal/v1/service-token",
+        );
+        let service_secret = env.required::<String>(
+            "SERVICE_SECRET",
+            "notification-service's secret in user-service's SERVICE_CLIENTS",
+        );
+        let call_timeout = millis_or(env, "NOTIFY_CALL_TIMEOUT_MS", 2000);
+        let retry_delays = match delays(
+            env.raw("NOTIFY_RETRY_DELAYS_MS")
+                .unwrap_or("1000,5000,30000,120000,600000,1800000"),
+        ) {
+            Ok(delays) if !delays.is_empty() => Ok(delays),
+            Ok(_) => env.invalid(
+                "NOTIFY_RETRY_DELAYS_MS",
+                "must list at least one delay".to_owned(),
+            ),
+            Err(problem) => env.invalid("NOTIFY_RETRY_DELAYS_MS", problem),
+        };
+        let backoff_max = millis_or(env, "NOTIFY_SEND_BACKOFF_MAX_MS", 300_000);
+        let max_attempts = env.parse_or("NOTIFY_SEND_MAX_ATTEMPTS", 100u32, "a positive number");
+        let max_attempts = max_attempts.and_then(|n| {
+            if n == 0 {
+                env.invalid("NOTIFY_SEND_MAX_ATTEMPTS", "must be at least 1".to_owned())
+            } else {
+                Ok(n)
+            }
+        });
+        let poll = millis_or(env, "NOTIFY_POLL_MS", 1000);
+
+        let timeout = timeout?;
+        Ok(Self {
+            auth: auth?,
+            smtp: SmtpConfig {
+                host: host?,
+                port: port?,
+                from: from?,
+                timeout,
+            },
+            admins: admins?,
+            user_url: user_url?,
+            token_url: token_url?,
+            service_secret: Secret(service_secret?),
+            call_timeout: call_timeout?,
+            retry_delays: retry_delays?,
+            delivery: DeliveryConfig {
+                backoff_max: backoff_max?,
+                max_attempts: max_attempts?,
+                poll: poll?,
+                lease: timeout.saturating_mul(3),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<NotificationConfig, String> {
+        let mut env = Env::from_pairs(pairs.iter().copied());
+        let config = NotificationConfig::from_env(&mut env);
+        env.finish().map_err(|err| err.to_string())?;
+        config.map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn defaults_fit_the_local_stack_and_only_the_secret_is_required() {
+        let err = load(&[]).unwrap_err();
+        assert!(err.contains("SERVICE_SECRET: is not set"), "{err}");
+
+        let config = load(&[("SERVICE_SECRET", "s")]).unwrap();
+        assert_eq!(
+            (config.smtp.host.as_str(), config.smtp.port),
+            ("127.0.0.1", 1025)
+        );
+        assert_eq!(config.admins.len(), 1);
+        assert_eq!(config.admins[0].email.to_string(), "admin@example.com");
+        assert_eq!(config.retry_delays.len(), 6);
+        assert!(config.delivery.lease > config.smtp.timeout);
+        assert!(!format!("{config:?}").contains("\"s\""));
+    }
+
+    #[test]
+    fn names_every_bad_setting() {
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SMTP_PORT", "70000"),
+            ("SMTP_FROM", "nobody"),
+            ("NOTIFY_ADMIN_EMAILS", "ops@example.com, not-an-address"),
+            ("NOTIFY_RETRY_DELAYS_MS", "100,0"),
+            ("USER_GRPC_URL", "ftp://users"),
+        ])
+        .unwrap_err();
+        for expected in [
+            "SMTP_PORT",
+            "SMTP_FROM",
+            "NOTIFY_ADMIN_EMAILS: 'not-an-address' is not an email address",
+            "NOTIFY_RETRY_DELAYS_MS: '0' is not a positive number",
+            "USER_GRPC_URL: has scheme 'ftp'",
+        ] {
+            assert!(err.contains(expected), "{expected} in {err}");
+        }
+    }
+
+    #[test]
+    fn reads_admin_lists_and_delays() {
+        let config = load(&[
+            ("SERVICE_SECRET", "s"),
+            (
+                "NOTIFY_ADMIN_EMAILS",
+                "Ops <ops@example.com>, stock@example.com",
+            ),
+            ("NOTIFY_RETRY_DELAYS_MS", "200, 500"),
+        ])
+        .unwrap();
+        assert_eq!(config.admins.len(), 2);
+        assert_eq!(config.admins[0].name.as_deref(), Some("Ops"));
+        assert_eq!(
+            config.retry_delays,
+            [Duration::from_millis(200), Duration::from_millis(500)]
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Sending one stored notification over SMTP with [lettre](https://docs.rs/lettre).
+//!
+//! The message is `multipart/alternative` (plain text first, then HTML), with the stored
+//! Message-ID, so every attempt for one notification sends the identical message.
+//!
+//! Plain SMTP without TLS: the local stack's mail catcher speaks nothing else, and inside a
+//! cluster the usual setup is a relay next to the service. A deployment that sends straight to
+//! a provider needs STARTTLS, which is a lettre feature switch away (ADR 0012).
+
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+    transport::smtp::extension::ClientId,
+};
+
+use crate::{config::SmtpConfig, store::Notification};
+
+/// Why a message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Might work later: the server is unreachable, timed out, or answered 4xx.
+    Transient(String),
+    /// Will not work: the server refused the message or a recipient (5xx), or the message
+    /// cannot be built from what was stored.
+    Permanent(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transient(reason) | Self::Permanent(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// An SMTP client with a small connection pool.
+#[derive(Debug, Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    pub fn new(config: &SmtpConfig) -> Self {
+        let domain = config.from.email.domain().to_owned();
+        // "Dangerous" is lettre's word for "no TLS": see the module docs.
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .port(config.port)
+            .hello_name(ClientId::Domain(domain))
+            .timeout(Some(config.timeout))
+            .build();
+        Self {
+            transport,
+            from: config.from.clone(),
+        }
+    }
+
+    /// The domain Message-IDs are made in: the sender's.
+    pub fn domain(&self) -> &str {
+        self.from.email.domain()
+    }
+
+    /// Sends `notification` and returns once the server accepted it (its 250 reply to the
+    /// message), or why not.
+    pub async fn send(&self, notification: &Notification) -> Result<(), SendError> {
+        let message = self.build(notification)?;
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_permanent() => Err(SendError::Permanent(format!(
+                "the mail server refused the message: {err}"
+            ))),
+            Err(err) => Err(SendError::Transient(format!(
+                "the mail server did not accept the message: {err}"
+            ))),
+        }
+    }
+
+    fn build(&self, notification: &Notification) -> Result<Message, SendError> {
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(notification.subject.clone())
+            .message_id(Some(notification.message_id.clone()));
+        for to in &notification.to {
+            let mailbox: Mailbox = to.parse().map_err(|err| {
+                SendError::Permanent(format!("'{to}' is not a recipient address: {err}"))
+            })?;
+            builder = builder.to(mailbox);
+        }
+        builder
+            .multipart(MultiPart::alternative_plain_html(
+                notification.text.clone(),
+                notification.html.clone(),
+            ))
+            .map_err(|err| SendError::Permanent(format!("cannot build the message: {err}")))
+    }
+}

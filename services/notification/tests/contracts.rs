@@ -1,0 +1,165 @@
+//! notification-service as a consumer: the events it handles (message pacts, verified by each
+//! producer's tests) and user-service's `GetUser` (a gRPC contract, verified by user-service).
+//! Writes `contracts/notification-service-<provider>.json`.
+//!
+//! The handler run on each example is what the consumer itself does before its handler sees
+//! the event: read the envelope, match type and version, and decode the payload into the
+//! `shop-events` type; plus, for `GetUser`, turning the answer into a recipient.
+
+use shop_contract::{ContractError, prelude::*};
+use shop_events::{
+    inventory::{OutOfStock, StockLow},
+    order::{OrderCancelled, OrderConfirmed},
+    payment::PaymentFailed,
+    user::UserRegistered,
+};
+use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE};
+use shop_proto::user::v1::{GetUserRequest, GetUserResponse};
+
+const CONSUMER: &str = "notification-service";
+
+fn money() -> JsonPattern {
+    json_pattern!({ "amount": like!(1999), "currency": like!("EUR") })
+}
+
+fn level() -> JsonPattern {
+    json_pattern!({ "sku": like!("MUG-1"), "available": like!(2), "reserved": like!(1), "version": like!(3) })
+}
+
+/// Records that the consumer handles `E` in the shape `data`, running its decoding on the example.
+async fn handles<E: Event>(provider: &str, data: JsonPattern) -> Result<(), ContractError> {
+    let description = format!("a {} event", E::kind());
+    Contract::new(CONSUMER, provider)
+        .message(
+            &description,
+            |mut i| {
+                let envelope = json_pattern!({
+                    "specversion": "1.0",
+                    "id": like!("0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a"),
+                    "source": E::SOURCE,
+                    "type": E::kind(),
+                    "dataversion": E::VERSION,
+                    "data": data,
+                });
+                let example = envelope.to_example().to_string();
+                i.json_body(envelope);
+                i.body(example, Some(CONTENT_TYPE.into()));
+                i.metadata("routingKey", E::ROUTING_KEY);
+                i.metadata("contentType", CONTENT_TYPE);
+                i
+            },
+            |message| async move {
+                let envelope =
+                    Envelope::from_slice(&message.body).map_err(|err| err.to_string())?;
+                if !E::matches(&envelope) {
+                    return Err(format!("not a {} v{}", E::kind(), E::VERSION));
+                }
+                envelope
+                    .data_as::<E>()
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            },
+        )
+        .await
+}
+
+#[tokio::test]
+async fn user_registered() {
+    handles::<UserRegistered>(
+        "user-service",
+        json_pattern!({
+            "userId": like!("0193e1c2-0000-7000-8000-000000000001"),
+            "email": like!("ada@example.com"),
+            "name": like!("Ada Lovelace"),
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn order_events() {
+    let line = json_pattern!({
+        "productId": like!("p-1"), "sku": like!("MUG-1"), "name": like!("Blue mug"),
+        "quantity": like!(2), "unitPrice": money(),
+    });
+    handles::<OrderConfirmed>(
+        "order-service",
+        json_pattern!({
+            "orderId": like!("0193e1c2-0000-7000-8000-000000000002"),
+            "userId": like!("0193e1c2-0000-7000-8000-000000000001"),
+            "items": each_like!(line),
+            "total": money(),
+        }),
+    )
+    .await
+    .unwrap();
+    handles::<OrderCancelled>(
+        "order-service",
+        json_pattern!({
+            "orderId": like!("0193e1c2-0000-7000-8000-000000000002"),
+            "userId": like!("0193e1c2-0000-7000-8000-000000000001"),
+            "reason": like!("payment_declined"),
+            "total": money(),
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn payment_failed() {
+    handles::<PaymentFailed>(
+        "payment-service",
+        json_pattern!({
+            "paymentId": like!("0193e1c2-0000-7000-8000-000000000003"),
+            "orderId": like!("0193e1c2-0000-7000-8000-000000000002"),
+            "userId": like!("0193e1c2-0000-7000-8000-000000000001"),
+            "amount": money(),
+            "reason": like!("card_declined"),
+            "cardBrand": like!("visa"),
+            "cardLast4": like!("0002"),
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn stock_alerts() {
+    handles::<StockLow>(
+        "inventory-service",
+        json_pattern!({ "level": level(), "threshold": like!(5) }),
+    )
+    .await
+    .unwrap();
+    handles::<OutOfStock>("inventory-service", json_pattern!({ "level": level() }))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn get_user() {
+    let id = "0193e1c2-0000-7000-8000-000000000001";
+    let call = GrpcInteraction::new(
+        "the address of an existing user",
+        "/shop.user.v1.UserService/GetUser",
+    )
+    .given_with_params("a user exists", serde_json::json!({ "id": id }))
+    .request(&GetUserRequest { id: id.into() })
+    .response(json_pattern!({
+        "id": like!(id),
+        "email": like!("ada@example.com"),
+        "name": like!("Ada Lovelace"),
+    }));
+    Contract::new(CONSUMER, "user-service")
+        .grpc(call, |example| async move {
+            let user: GetUserResponse = example.response_as().map_err(|err| err.to_string())?;
+            format!("{} <{}>", user.name, user.email)
+                .parse::<lettre::message::Mailbox>()
+                .map(drop)
+                .map_err(|err| err.to_string())
+        })
+        .await
+        .unwrap();
+}
