@@ -1,25 +1,133 @@
-//! gateway: The edge: the public REST API `/api/v1/*`, authentication, rate limits and the response cache
-//! in front of the other services. It owns Redis (rate-limit counters, cached responses) and
-//! consumes catalog events to invalidate that cache.
+//! gateway: the edge. Serves the public REST API `/api/v1/*` on port 8080 and forwards each
+//! route to the service that owns it, after the checks that belong at the edge:
+//! authentication and roles, rate limits, body size, and per-upstream timeouts, bulkheads,
+//! retries and circuit breakers. It owns Redis (rate-limit counters, the catalog response
+//! cache). ADR 0013 records the decisions.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | upstream URLs, timeouts, limits, CORS origins |
+//! | [`routes`] | the public API as a table: path, owner, access rule (the allow-list) |
+//! | [`proxy`] | forwarding one request: auth, rate limit, body limit, upstream call, errors |
+//! | [`ratelimit`] | per user / per address limits in Redis (one script per decision), local fallback |
+//! | [`resilience`] | the circuit breaker (bulkheads are semaphores in [`proxy`]) |
+//! | [`cache`] | catalog reads cached in Redis, invalidated by catalog's events, stale-if-error |
+//! | [`events`] | the consumer of catalog's events that invalidates the cache |
+//! | [`edge`] | security headers and CORS |
+//! | [`openapi`] | the OpenAPI 3.1 document, built from the route table |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<Gateway>()`);
 //! `main.rs` only hands it to the shared runtime.
 
-use axum::Router;
+pub mod cache;
+pub mod config;
+pub mod edge;
+pub mod events;
+pub mod openapi;
+pub mod proxy;
+pub mod ratelimit;
+pub mod resilience;
+pub mod routes;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, extract::Request, routing::MethodFilter};
 use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
+
+use crate::{
+    cache::ResponseCache,
+    config::GatewayConfig,
+    proxy::{Proxy, UpstreamState},
+    ratelimit::RateLimiter,
+    routes::{ROUTES, Upstream},
+};
 
 /// The gateway service.
 #[derive(Debug)]
 pub struct Gateway;
 
 impl Service for Gateway {
-    type Config = ();
+    type Config = GatewayConfig;
 
     fn spec() -> ServiceSpec {
         ServiceSpec::new("gateway", 8080, 50050).redis().amqp()
     }
 
-    async fn build(_ctx: &Context, _config: ()) -> Result<Endpoints, BootError> {
-        Ok(Endpoints::new(Router::new()))
+    async fn build(ctx: &Context, config: GatewayConfig) -> Result<Endpoints, BootError> {
+        let redis = ctx.redis()?.clone();
+        let client = reqwest::Client::builder()
+            // Keep-alive connections per upstream, reused by every request: the hot path pays
+            // no TCP handshake.
+            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1).min(config.upstream_timeout))
+            // A gateway passes redirects to the client and never goes through a proxy taken
+            // from its environment.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|err| BootError::Other(format!("cannot build the HTTP client: {err}")))?;
+        let urls = &config.upstreams;
+        let upstreams = Upstream::ALL
+            .iter()
+            .map(|&upstream| {
+                let base = match upstream {
+                    Upstream::User => &urls.user,
+                    Upstream::Catalog => &urls.catalog,
+                    Upstream::Inventory => &urls.inventory,
+                    Upstream::Order => &urls.order,
+                    Upstream::Payment => &urls.payment,
+                    Upstream::Notification => &urls.notification,
+                };
+                UpstreamState::new(upstream, base, config.upstream_concurrency)
+            })
+            .collect();
+        let cache = ResponseCache::new(redis.clone(), config.cache_fresh_for);
+        events::spawn(ctx, cache.clone()).await?;
+        let proxy = Arc::new(Proxy {
+            client,
+            upstreams,
+            // Keys are fetched on first use and cached; never per request (shop_auth::jwks).
+            verifier: config.auth.verifier()?,
+            limiter: RateLimiter::new(redis, config.limits.window),
+            limits: config.limits,
+            cache: cache.clone(),
+            max_body_bytes: config.max_body_bytes,
+            timeout: config.upstream_timeout,
+            trust_forwarded_for: config.trust_forwarded_for,
+        });
+        Ok(Endpoints::new(router(proxy, &config.cors_origins)))
     }
+}
+
+/// One axum route per row of [`ROUTES`]; anything else falls through to the runtime's 404.
+pub fn router(proxy: Arc<Proxy>, cors_origins: &[String]) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        let proxy = proxy.clone();
+        let filter = MethodFilter::try_from(route.method.clone())
+            .expect("the route table uses standard methods");
+        router = router.route(
+            route.path,
+            axum::routing::on(filter, move |request: Request| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(route, request).await }
+            }),
+        );
+    }
+    // Serialised once: the document never changes while the process runs.
+    let document = serde_json::to_vec(&openapi::document()).unwrap_or_default();
+    let document = bytes::Bytes::from(document);
+    router = router.route(
+        openapi::PATH,
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { ([(http::header::CONTENT_TYPE, "application/json")], document) }
+        }),
+    );
+    if let Some(cors) = edge::cors(cors_origins) {
+        router = router.layer(cors);
+    }
+    router.layer(axum::middleware::from_fn(edge::security_headers))
 }

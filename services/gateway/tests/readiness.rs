@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use gateway::Gateway;
-use shop_testkit::{infra, proxy::TcpProxy, spawn_with};
+use shop_testkit::{eventually, infra, proxy::TcpProxy, spawn_with};
 
 #[tokio::test]
 async fn readyz_is_503_while_redis_is_unreachable_and_healthz_stays_200() {
@@ -18,6 +18,14 @@ async fn readyz_is_503_while_redis_is_unreachable_and_healthz_stays_200() {
         .await
         .unwrap();
     app.wait_ready(Duration::from_secs(15)).await.unwrap();
+    // The broker is reported but not required for readiness: wait until it is up too, so the
+    // only thing down below is what this test cuts.
+    eventually(Duration::from_secs(15), || async {
+        let readyz: serde_json::Value = app.get("/readyz").await.unwrap().json().await.unwrap();
+        readyz["checks"]["amqp"] == "up"
+    })
+    .await
+    .unwrap();
 
     proxy.cut();
     let response = app.get("/readyz").await.unwrap();

@@ -10,7 +10,7 @@
 //! | `SMTP_TIMEOUT_MS` | `10000` | one SMTP conversation, connect to the server's reply to the message |
 //! | `NOTIFY_ADMIN_EMAILS` | `admin@example.com` | comma-separated: who gets the stock alerts |
 //! | `USER_GRPC_URL` | `http://127.0.0.1:50051` | user-service (`GetUser`, for events without an address) |
-//! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from |
+//! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
 //! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `notification-service`) |
 //! | `NOTIFY_CALL_TIMEOUT_MS` | `2000` | deadline of one `GetUser` call |
 //! | `NOTIFY_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000,1800000` | the consumer's delay queues (an event that cannot be recorded yet, e.g. user-service down); parked after the last |
@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use lettre::message::Mailbox;
-use shop_auth::AuthConfig;
+use shop_auth::{AuthConfig, client::ServiceCredentials};
 use shop_runtime::{
     FromEnv,
     config::{ConfigError, Env},
@@ -34,8 +34,8 @@ pub struct NotificationConfig {
     pub smtp: SmtpConfig,
     pub admins: Vec<Mailbox>,
     pub user_url: url::Url,
-    pub token_url: url::Url,
-    pub service_secret: Secret,
+    /// How notification-service gets its service tokens (`SERVICE_TOKEN_URL`, `SERVICE_SECRET`).
+    pub credentials: ServiceCredentials,
     pub call_timeout: Duration,
     pub retry_delays: Vec<Duration>,
     pub delivery: DeliveryConfig,
@@ -60,34 +60,6 @@ pub struct DeliveryConfig {
     /// conversation can take, so no second instance picks it up while the first is still
     /// talking to the server.
     pub lease: Duration,
-}
-
-/// A value never printed.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-fn url_or(env: &mut Env, key: &str, default: &str) -> Result<url::Url, ConfigError> {
-    let default = url::Url::parse(default).expect("defaults are URLs");
-    let url = env.parse_or(key, default, "an http(s) URL")?;
-    match url.scheme() {
-        "http" | "https" => Ok(url),
-        other => env.invalid(key, format!("has scheme '{other}', expected http or https")),
-    }
-}
-
-fn millis_or(env: &mut Env, key: &str, default: u64) -> Result<Duration, ConfigError> {
-    let ms: u64 = env.parse_or(key, default, "a whole number of milliseconds")?;
-    if ms == 0 {
-        env.invalid(key, "must be at least 1".to_owned())
-    } else {
-        Ok(Duration::from_millis(ms))
-    }
 }
 
 /// `a@x, B <b@y>` → mailboxes; the error names the entry that is not an address.
@@ -128,7 +100,7 @@ impl FromEnv for NotificationConfig {
                 .expect("the default sender is an address"),
             "a mailbox such as Shop <no-reply@shop.example>",
         );
-        let timeout = millis_or(env, "SMTP_TIMEOUT_MS", 10_000);
+        let timeout = env.millis_or("SMTP_TIMEOUT_MS", Duration::from_millis(10_000));
         let admins = match mailboxes(
             env.raw("NOTIFY_ADMIN_EMAILS")
                 .unwrap_or("admin@example.com"),
@@ -136,17 +108,9 @@ impl FromEnv for NotificationConfig {
             Ok(admins) => Ok(admins),
             Err(problem) => env.invalid("NOTIFY_ADMIN_EMAILS", problem),
         };
-        let user_url = url_or(env, "USER_GRPC_URL", "http://127.0.0.1:50051");
-        let token_url = url_or(
-            env,
-            "SERVICE_TOKEN_URL",
-            "http://127.0.0.1:8081/internal/v1/service-token",
-        );
-        let service_secret = env.required::<String>(
-            "SERVICE_SECRET",
-            "notification-service's secret in user-service's SERVICE_CLIENTS",
-        );
-        let call_timeout = millis_or(env, "NOTIFY_CALL_TIMEOUT_MS", 2000);
+        let user_url = env.http_url_or("USER_GRPC_URL", "http://127.0.0.1:50051");
+        let credentials = ServiceCredentials::from_env(env, crate::users::SERVICE_NAME);
+        let call_timeout = env.millis_or("NOTIFY_CALL_TIMEOUT_MS", Duration::from_millis(2000));
         let retry_delays = match delays(
             env.raw("NOTIFY_RETRY_DELAYS_MS")
                 .unwrap_or("1000,5000,30000,120000,600000,1800000"),
@@ -158,7 +122,8 @@ impl FromEnv for NotificationConfig {
             ),
             Err(problem) => env.invalid("NOTIFY_RETRY_DELAYS_MS", problem),
         };
-        let backoff_max = millis_or(env, "NOTIFY_SEND_BACKOFF_MAX_MS", 300_000);
+        let backoff_max =
+            env.millis_or("NOTIFY_SEND_BACKOFF_MAX_MS", Duration::from_millis(300_000));
         let max_attempts = env.parse_or("NOTIFY_SEND_MAX_ATTEMPTS", 100u32, "a positive number");
         let max_attempts = max_attempts.and_then(|n| {
             if n == 0 {
@@ -167,7 +132,7 @@ impl FromEnv for NotificationConfig {
                 Ok(n)
             }
         });
-        let poll = millis_or(env, "NOTIFY_POLL_MS", 1000);
+        let poll = env.millis_or("NOTIFY_POLL_MS", Duration::from_millis(1000));
 
         let timeout = timeout?;
         Ok(Self {
@@ -180,8 +145,7 @@ impl FromEnv for NotificationConfig {
             },
             admins: admins?,
             user_url: user_url?,
-            token_url: token_url?,
-            service_secret: Secret(service_secret?),
+            credentials: credentials?,
             call_timeout: call_timeout?,
             retry_delays: retry_delays?,
             delivery: DeliveryConfig {

@@ -69,13 +69,8 @@ impl Service for NotificationService {
         let templates = Templates::new().map_err(|err| {
             BootError::Other(format!("the email templates do not compile: {err:#}"))
         })?;
-        let users = Users::new(
-            &config.user_url,
-            config.token_url.clone(),
-            config.service_secret.0.clone(),
-            config.call_timeout,
-        )
-        .map_err(BootError::Other)?;
+        let users = Users::new(&config.user_url, &config.credentials, config.call_timeout)
+            .map_err(BootError::Other)?;
         let mailer = Mailer::new(&config.smtp);
         let wake = Arc::new(Notify::new());
 

@@ -9,7 +9,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use shop_auth::client::ServiceTokens;
+use shop_auth::client::{ServiceCredentials, ServiceTokens};
 use shop_messaging::HandlerError;
 use shop_proto::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use tonic::{Code, transport::Channel};
@@ -37,8 +37,7 @@ impl Users {
     /// user-service is down; the channel connects on first use and reconnects by itself.
     pub fn new(
         url: &url::Url,
-        token_url: url::Url,
-        secret: String,
+        credentials: &ServiceCredentials,
         timeout: Duration,
     ) -> Result<Self, String> {
         let channel = Channel::from_shared(url.to_string())
@@ -46,7 +45,8 @@ impl Users {
             .connect_timeout(timeout)
             .timeout(timeout)
             .connect_lazy();
-        let tokens = ServiceTokens::new(token_url, SERVICE_NAME, secret)
+        let tokens = credentials
+            .tokens()
             .map_err(|err| format!("cannot build the token client: {err}"))?;
         Ok(Self {
             client: UserServiceClient::new(channel),

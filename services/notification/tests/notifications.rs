@@ -622,8 +622,11 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
         templates: std::sync::Arc::new(Templates::new().unwrap()),
         users: Users::new(
             &unused,
-            unused.clone(),
-            "unused".into(),
+            &shop_auth::client::ServiceCredentials {
+                name: "notification-service",
+                token_url: unused.clone(),
+                secret: shop_runtime::config::Secret("unused".into()),
+            },
             Duration::from_secs(1),
         )
         .unwrap(),

@@ -22,10 +22,10 @@
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use shop_auth::AuthConfig;
+use shop_auth::{AuthConfig, client::ServiceCredentials};
 use shop_runtime::{
     FromEnv,
-    config::{ConfigError, Env},
+    config::{ConfigError, Env, Secret},
     mode::Mode,
 };
 
@@ -40,9 +40,9 @@ pub struct OrderConfig {
     pub catalog_url: url::Url,
     pub inventory_url: url::Url,
     pub payment_url: url::Url,
-    pub token_url: url::Url,
-    pub service_secret: Secret,
-    pub card_key: Secret,
+    /// How order-service gets its service tokens (`SERVICE_TOKEN_URL`, `SERVICE_SECRET`).
+    pub credentials: ServiceCredentials,
+    pub card_key: Secret<Vec<u8>>,
     pub saga: SagaConfig,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
@@ -60,63 +60,14 @@ pub struct SagaConfig {
     pub crash_after: Option<Step>,
 }
 
-/// A value never printed.
-#[derive(Clone)]
-pub struct Secret(pub Vec<u8>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-fn url_or(env: &mut Env, key: &str, default: &str) -> Result<url::Url, ConfigError> {
-    let default = url::Url::parse(default).expect("defaults are URLs");
-    let url = env.parse_or(key, default, "an http(s) URL")?;
-    match url.scheme() {
-        "http" | "https" => Ok(url),
-        other => env.invalid(key, format!("has scheme '{other}', expected http or https")),
-    }
-}
-
-fn millis_or(env: &mut Env, key: &str, default: u64) -> Result<Duration, ConfigError> {
-    let ms: u64 = env.parse_or(key, default, "a whole number of milliseconds")?;
-    if ms == 0 {
-        env.invalid(key, "must be at least 1".to_owned())
-    } else {
-        Ok(Duration::from_millis(ms))
-    }
-}
-
 impl FromEnv for OrderConfig {
     fn from_env(env: &mut Env) -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env(env);
-        let catalog_url = url_or(env, "CATALOG_GRPC_URL", "http://127.0.0.1:50052");
-        let inventory_url = url_or(env, "INVENTORY_GRPC_URL", "http://127.0.0.1:50053");
-        let payment_url = url_or(env, "PAYMENT_GRPC_URL", "http://127.0.0.1:50055");
-        let token_url = url_or(
-            env,
-            "SERVICE_TOKEN_URL",
-            "http://127.0.0.1:8081/internal/v1/service-token",
-        );
+        let catalog_url = env.http_url_or("CATALOG_GRPC_URL", "http://127.0.0.1:50052");
+        let inventory_url = env.http_url_or("INVENTORY_GRPC_URL", "http://127.0.0.1:50053");
+        let payment_url = env.http_url_or("PAYMENT_GRPC_URL", "http://127.0.0.1:50055");
+        let credentials = ServiceCredentials::from_env(env, crate::SERVICE_NAME);
         let mode = Mode::of(env);
-        // The secret travels as HTTP Basic credentials: never in clear text in production.
-        let token_url = token_url.and_then(|url| {
-            if url.scheme() == "http" {
-                mode.refuse_in_production(
-                    env,
-                    "SERVICE_TOKEN_URL",
-                    url,
-                    "is plain http and would send the service secret in clear text; use https",
-                )
-            } else {
-                Ok(url)
-            }
-        });
-        let service_secret = env.required::<String>(
-            "SERVICE_SECRET",
-            "order-service's secret in user-service's SERVICE_CLIENTS",
-        );
         let card_key = match env.raw("ORDER_CARD_KEY").map(str::to_owned) {
             None => mode.refuse_in_production(
                 env,
@@ -133,15 +84,16 @@ impl FromEnv for OrderConfig {
                 ),
             },
         };
-        let call_timeout = millis_or(env, "ORDER_CALL_TIMEOUT_MS", 2000);
+        let call_timeout = env.millis_or("ORDER_CALL_TIMEOUT_MS", Duration::from_millis(2000));
         let saga_timeout = env.seconds_or("ORDER_SAGA_TIMEOUT_SECONDS", Duration::from_secs(60));
-        let lease = millis_or(env, "ORDER_SAGA_LEASE_MS", 15_000);
-        let sweep_interval = millis_or(env, "ORDER_SWEEP_INTERVAL_MS", 1000);
-        let retry_max = millis_or(env, "ORDER_RETRY_MAX_MS", 10_000);
+        let lease = env.millis_or("ORDER_SAGA_LEASE_MS", Duration::from_millis(15_000));
+        let sweep_interval = env.millis_or("ORDER_SWEEP_INTERVAL_MS", Duration::from_millis(1000));
+        let retry_max = env.millis_or("ORDER_RETRY_MAX_MS", Duration::from_millis(10_000));
         let late_authorization =
             env.seconds_or("ORDER_LATE_AUTHORIZATION_SECONDS", Duration::from_secs(60));
         let breaker_failures = env.parse_or("ORDER_BREAKER_FAILURES", 5u32, "a positive number");
-        let breaker_cooldown = millis_or(env, "ORDER_BREAKER_COOLDOWN_MS", 5000);
+        let breaker_cooldown =
+            env.millis_or("ORDER_BREAKER_COOLDOWN_MS", Duration::from_millis(5000));
         let crash_after = env.optional::<Step>("ORDER_CRASH_AFTER_STEP", "a saga step name");
         let crash_after = crash_after.and_then(|step| {
             if step.is_some() && !cfg!(debug_assertions) {
@@ -175,8 +127,7 @@ impl FromEnv for OrderConfig {
             catalog_url: catalog_url?,
             inventory_url: inventory_url?,
             payment_url: payment_url?,
-            token_url: token_url?,
-            service_secret: Secret(service_secret?.into_bytes()),
+            credentials: credentials?,
             card_key: Secret(card_key?),
             saga: SagaConfig {
                 call_timeout: call_timeout?,

@@ -110,9 +110,7 @@ fn channel(url: &url::Url, call_timeout: Duration) -> Result<Channel, String> {
 impl Participants {
     pub fn new(config: &OrderConfig) -> Result<Self, String> {
         let timeout = config.saga.call_timeout;
-        let secret = String::from_utf8_lossy(&config.service_secret.0).into_owned();
-        let tokens = ServiceTokens::new(config.token_url.clone(), crate::SERVICE_NAME, secret)
-            .map_err(|err| err.to_string())?;
+        let tokens = config.credentials.tokens().map_err(|err| err.to_string())?;
         let breaker = |name| {
             Arc::new(Breaker::new(
                 name,

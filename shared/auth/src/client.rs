@@ -14,11 +14,66 @@
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use shop_runtime::{ApiError, ErrorKind};
+use shop_runtime::{
+    ApiError, ErrorKind,
+    config::{ConfigError, Env, Secret},
+    mode::Mode,
+};
 use tonic::metadata::MetadataValue;
 
 /// Renew this long before expiry, so a token never expires in flight (clock skew included).
 const RENEW_BEFORE: Duration = Duration::from_secs(60);
+
+/// The default `SERVICE_TOKEN_URL`: user-service on the native stack.
+pub const DEFAULT_TOKEN_URL: &str = "http://127.0.0.1:8081/internal/v1/service-token";
+
+/// How a calling service proves who it is, read the same way by every caller:
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `SERVICE_TOKEN_URL` | [`DEFAULT_TOKEN_URL`] | user-service's token endpoint |
+/// | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` |
+///
+/// With `SHOP_ENV=production` the token URL must be `https://`: the secret travels as HTTP
+/// Basic credentials and would otherwise cross the network in clear text.
+#[derive(Debug, Clone)]
+pub struct ServiceCredentials {
+    /// The calling service's name, its entry in `SERVICE_CLIENTS` (`order-service`).
+    pub name: &'static str,
+    pub token_url: url::Url,
+    pub secret: Secret<String>,
+}
+
+impl ServiceCredentials {
+    /// Reads the variables above for the service `name`; problems are recorded in `env`.
+    pub fn from_env(env: &mut Env, name: &'static str) -> Result<Self, ConfigError> {
+        let token_url = env.http_url_or("SERVICE_TOKEN_URL", DEFAULT_TOKEN_URL);
+        let mode = Mode::of(env);
+        let token_url = token_url.and_then(|url| match url.scheme() {
+            "http" => mode.refuse_in_production(
+                env,
+                "SERVICE_TOKEN_URL",
+                url,
+                "is plain http and would send the service secret in clear text; use https",
+            ),
+            _ => Ok(url),
+        });
+        let secret = env.required::<String>(
+            "SERVICE_SECRET",
+            &format!("{name}'s secret in user-service's SERVICE_CLIENTS"),
+        );
+        Ok(Self {
+            name,
+            token_url: token_url?,
+            secret: Secret(secret?),
+        })
+    }
+
+    /// The token cache these credentials feed.
+    pub fn tokens(&self) -> Result<ServiceTokens, reqwest::Error> {
+        ServiceTokens::new(self.token_url.clone(), self.name, self.secret.0.clone())
+    }
+}
 
 /// A cached service token for one calling service.
 pub struct ServiceTokens {
@@ -110,5 +165,32 @@ impl ServiceTokens {
             .map_err(|_| ApiError::new(ErrorKind::Internal, "A token is not valid metadata."))?;
         request.metadata_mut().insert("authorization", value);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_refuses_to_send_the_secret_over_plain_http() {
+        let mut env = Env::from_pairs([("SHOP_ENV", "production"), ("SERVICE_SECRET", "s3cr3t")]);
+        assert!(ServiceCredentials::from_env(&mut env, "order-service").is_err());
+        let text = env.finish().unwrap_err().to_string();
+        assert!(text.contains("SERVICE_TOKEN_URL"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+
+        let mut env = Env::from_pairs([("SHOP_ENV", "development")]);
+        assert!(ServiceCredentials::from_env(&mut env, "order-service").is_err());
+        let text = env.finish().unwrap_err().to_string();
+        assert!(
+            text.contains("SERVICE_SECRET: is not set (expected order-service's secret"),
+            "{text}"
+        );
+
+        let mut env = Env::from_pairs([("SERVICE_SECRET", "s3cr3t")]);
+        let credentials = ServiceCredentials::from_env(&mut env, "order-service").unwrap();
+        assert_eq!(credentials.token_url.as_str(), DEFAULT_TOKEN_URL);
+        assert!(!format!("{credentials:?}").contains("s3cr3t"));
     }
 }

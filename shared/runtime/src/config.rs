@@ -142,6 +142,30 @@ impl Env {
         Ok(secs.map_or(default, Duration::from_secs))
     }
 
+    /// A duration given in whole milliseconds, at least 1, e.g. `ORDER_CALL_TIMEOUT_MS=2000`.
+    pub fn millis_or(&mut self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let ms: Option<u64> = self.optional(key, "a whole number of milliseconds")?;
+        match ms {
+            None => Ok(default),
+            Some(0) => self.fail(key, "must be at least 1".to_owned()),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    /// An `http://` or `https://` URL, e.g. another service's address.
+    ///
+    /// # Panics
+    /// When `default` is not a URL: defaults are constants of the code, checked by its tests.
+    pub fn http_url_or(&mut self, key: &str, default: &str) -> Result<url::Url, ConfigError> {
+        #[allow(clippy::expect_used)]
+        let default = url::Url::parse(default).expect("defaults are URLs");
+        let url = self.parse_or(key, default, "an http(s) URL")?;
+        match url.scheme() {
+            "http" | "https" => Ok(url),
+            other => self.fail(key, format!("has scheme '{other}', expected http or https")),
+        }
+    }
+
     /// Reports every problem recorded so far, or `Ok(())` when there were none.
     pub fn finish(&mut self) -> Result<(), ConfigError> {
         if self.issues.is_empty() {
@@ -180,6 +204,17 @@ impl Env {
     }
 }
 
+/// A configuration value that is never printed: `Debug` shows `Secret(..)`, so a config struct
+/// can derive `Debug` (and be logged at start) without leaking keys or passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(pub T);
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +245,32 @@ mod tests {
         let _ = env.required::<u16>("SECRET_PORT", "a port");
         let text = env.finish().unwrap_err().to_string();
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn milliseconds_and_urls_are_checked_and_named() {
+        let mut env = Env::from_pairs([
+            ("CALL_MS", "0"),
+            ("PEER_URL", "ftp://peer"),
+            ("OK_MS", "250"),
+            ("KEY", "hunter2-secret"),
+        ]);
+        assert!(env.millis_or("CALL_MS", Duration::from_secs(1)).is_err());
+        assert_eq!(
+            env.millis_or("OK_MS", Duration::from_secs(1)),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(env.http_url_or("PEER_URL", "http://127.0.0.1:1").is_err());
+        assert_eq!(
+            env.http_url_or("UNSET_URL", "http://127.0.0.1:1")
+                .map(|url| url.to_string()),
+            Ok("http://127.0.0.1:1/".to_owned())
+        );
+        let secret = Secret(env.raw("KEY").unwrap_or_default().to_owned());
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
+        let text = env.finish().unwrap_err().to_string();
+        assert!(text.contains("CALL_MS: must be at least 1"), "{text}");
+        assert!(text.contains("PEER_URL: has scheme 'ftp'"), "{text}");
     }
 
     #[test]

@@ -64,6 +64,7 @@
 
 pub mod mongo;
 pub mod postgres;
+pub mod stateless;
 
 use std::{
     fmt,

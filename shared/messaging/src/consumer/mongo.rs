@@ -48,13 +48,14 @@ pub trait Handle<E: Event>: Send + Sync + 'static {
     fn handle(&self, event: Received<E>) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-trait Route: Send + Sync {
+/// A handler behind its event type (also used by [`super::stateless`]).
+pub(super) trait Route: Send + Sync {
     fn call(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), HandlerError>>;
 }
 
-struct Typed<E, H> {
-    handler: H,
-    _event: PhantomData<fn() -> E>,
+pub(super) struct Typed<E, H> {
+    pub(super) handler: H,
+    pub(super) _event: PhantomData<fn() -> E>,
 }
 
 impl<E: Event, H: Handle<E>> Route for Typed<E, H> {

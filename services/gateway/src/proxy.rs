@@ -1,0 +1,543 @@
+//! Forwarding one public request to the service that owns it.
+//!
+//! The order of the checks is the order of their cost: the route is known (routing), the
+//! caller is authenticated and authorised (a signature check, in memory), the rate limit is
+//! counted (one Redis round trip), the body is read (bounded), the upstream's circuit and
+//! bulkhead are asked (in memory) — and only then does a request leave the gateway, on a
+//! pooled keep-alive connection.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use shop_auth::{Principal, Verifier, http::AuthRejection};
+use shop_runtime::{ApiError, ErrorKind};
+use tokio::sync::Semaphore;
+
+use crate::{
+    cache::ResponseCache,
+    ratelimit::{Limits, RateLimiter, Subject},
+    resilience::CircuitBreaker,
+    routes::{Access, LimitClass, Route, Upstream},
+};
+
+/// Everything a request needs, shared by all of them.
+#[derive(Debug)]
+pub struct Proxy {
+    /// One pooled client for every upstream: keep-alive connections are reused across requests.
+    pub client: reqwest::Client,
+    pub upstreams: Vec<UpstreamState>,
+    pub verifier: Verifier,
+    pub limiter: RateLimiter,
+    pub limits: Limits,
+    pub cache: ResponseCache,
+    pub max_body_bytes: usize,
+    pub timeout: Duration,
+    pub trust_forwarded_for: bool,
+}
+
+/// One upstream: where it is and how it is protected.
+#[derive(Debug)]
+pub struct UpstreamState {
+    /// The base URL without a trailing slash; the request's path and query are appended.
+    pub base: String,
+    pub bulkhead: Semaphore,
+    pub breaker: CircuitBreaker,
+}
+
+impl UpstreamState {
+    pub fn new(upstream: Upstream, base: &url::Url, concurrency: usize) -> Self {
+        Self {
+            base: base.as_str().trim_end_matches('/').to_owned(),
+            bulkhead: Semaphore::new(concurrency),
+            breaker: CircuitBreaker::new(upstream.name()),
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names, and the ones the
+/// gateway sets itself (`Host` and `Content-Length` come from the new request, trace context
+/// from the gateway's own span).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+/// Methods a retry cannot turn into a second effect (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    )
+}
+
+/// How one attempt at the upstream ended, when it did not produce a response.
+#[derive(Debug)]
+enum Failure {
+    Unreachable(reqwest::Error),
+    TimedOut,
+}
+
+impl Proxy {
+    /// Serves `request` for `route`.
+    pub async fn handle(self: Arc<Self>, route: &'static Route, request: Request) -> Response {
+        match self.forward(route, request).await {
+            Ok(response) => response,
+            Err(rejection) => rejection,
+        }
+    }
+
+    async fn forward(&self, route: &'static Route, request: Request) -> Result<Response, Response> {
+        let (parts, body) = request.into_parts();
+        if has_dot_segment(parts.uri.path()) {
+            return Err(
+                ApiError::not_found(format!("No route for {}.", parts.uri.path())).into_response(),
+            );
+        }
+        let principal = self.authorize(route.access, &parts.headers).await?;
+        let subject = self.rate_subject(route, principal.as_ref(), &parts);
+        let decision = self.limiter.check(&subject).await;
+        if !decision.allowed {
+            let mut response = ApiError::new(
+                ErrorKind::TooManyRequests,
+                format!("Too many requests; retry in {} s.", decision.reset),
+            )
+            .into_response();
+            decision.write_headers(response.headers_mut());
+            return Err(response);
+        }
+
+        let cacheable = self.cache.applies_to(route, &parts.method);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |pq| pq.as_str());
+        if cacheable && let Some(mut hit) = self.cache.fresh(path_and_query).await {
+            decision.write_headers(hit.headers_mut());
+            return Ok(hit);
+        }
+
+        let body = read_body(body, self.max_body_bytes, &parts.headers).await?;
+        let upstream = &self.upstreams[route.upstream.index()];
+
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+        shop_runtime::telemetry::inject_context(&mut headers);
+        // A client's own X-Forwarded-For is not passed on unless a trusted proxy wrote it.
+        let client = client_address(&parts.extensions, &headers, self.trust_forwarded_for);
+        if !self.trust_forwarded_for {
+            headers.remove("x-forwarded-for");
+            if let Some(value) = client.and_then(|client| HeaderValue::from_str(&client).ok()) {
+                headers.insert("x-forwarded-for", value);
+            }
+        }
+
+        // Bulkhead first: a refused call must not take the circuit's half-open trial slot.
+        let outcome = match upstream.bulkhead.try_acquire() {
+            Err(_) => {
+                metrics::counter!("gateway_bulkhead_rejected_total", "upstream" => route.upstream.name())
+                    .increment(1);
+                Err(None)
+            }
+            Ok(_permit) => match upstream.breaker.call() {
+                None => Err(None),
+                Some(call) => {
+                    let url = format!("{}{}", upstream.base, path_and_query);
+                    let result = self
+                        .send(route.upstream, &parts.method, &url, &headers, &body)
+                        .await;
+                    call.record(match &result {
+                        Ok(response) => !matches!(response.status().as_u16(), 502..=504),
+                        Err(_) => false,
+                    });
+                    result.map_err(Some)
+                }
+            },
+        };
+
+        let mut response = match outcome {
+            Ok(upstream_response) => {
+                let response = into_response(upstream_response).await;
+                match response {
+                    Ok(response) => {
+                        if cacheable && response.status() == StatusCode::OK {
+                            self.cache
+                                .store(path_and_query, &response.0, &response.1)
+                                .await;
+                        }
+                        if cacheable && matches!(response.0.status.as_u16(), 502..=504) {
+                            self.stale_or(path_and_query, response.finish()).await
+                        } else {
+                            response.finish()
+                        }
+                    }
+                    Err(failure) => {
+                        self.failed(cacheable, path_and_query, route.upstream, Some(failure))
+                            .await
+                    }
+                }
+            }
+            Err(failure) => {
+                self.failed(cacheable, path_and_query, route.upstream, failure)
+                    .await
+            }
+        };
+        decision.write_headers(response.headers_mut());
+        if route.credentials {
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+                .headers_mut()
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        }
+        Ok(response)
+    }
+
+    /// Checks the route's access rule; returns the principal when a token was required.
+    async fn authorize(
+        &self,
+        access: Access,
+        headers: &HeaderMap,
+    ) -> Result<Option<Principal>, Response> {
+        if access == Access::Public {
+            return Ok(None);
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, token)| {
+                scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()
+            })
+            .map(|(_, token)| token.trim());
+        let Some(token) = token else {
+            return Err(AuthRejection(ApiError::new(
+                ErrorKind::Unauthorized,
+                "Send an access token: Authorization: Bearer <token>.",
+            ))
+            .into_response());
+        };
+        let principal = self
+            .verifier
+            .principal(token)
+            .await
+            .map_err(|err| AuthRejection(err).into_response())?;
+        if access == Access::Admin {
+            principal
+                .require_admin()
+                .map_err(|err| AuthRejection(err).into_response())?;
+        }
+        Ok(Some(principal))
+    }
+
+    fn rate_subject(
+        &self,
+        route: &Route,
+        principal: Option<&Principal>,
+        parts: &http::request::Parts,
+    ) -> Subject {
+        let address = || {
+            client_address(&parts.extensions, &parts.headers, self.trust_forwarded_for)
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        match (route.limit, principal) {
+            (LimitClass::Auth, _) => Subject {
+                policy: "auth",
+                key: format!("auth:{}", address()),
+                limit: self.limits.auth,
+            },
+            (LimitClass::Standard, Some(principal)) => Subject {
+                policy: "user",
+                key: format!("user:{}", principal.user_id),
+                limit: self.limits.user,
+            },
+            (LimitClass::Standard, None) => Subject {
+                policy: "address",
+                key: format!("addr:{}", address()),
+                limit: self.limits.address,
+            },
+        }
+    }
+
+    /// Sends the request; idempotent ones are tried once more when the upstream could not be
+    /// reached or answered 502/503 (a restarting instance). Others are sent once: a timed-out
+    /// `POST /orders` may have been executed, and only the client (with its `Idempotency-Key`)
+    /// can safely repeat it.
+    async fn send(
+        &self,
+        upstream: Upstream,
+        method: &Method,
+        url: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<reqwest::Response, Failure> {
+        let attempts = if is_idempotent(method) { 2 } else { 1 };
+        let mut last = None;
+        for attempt in 1..=attempts {
+            let request = self
+                .client
+                .request(method.clone(), url)
+                .headers(headers.clone())
+                .body(body.clone())
+                .timeout(self.timeout);
+            let result = request.send().await;
+            let outcome = match &result {
+                Ok(response) if response.status().is_server_error() => "error_status",
+                Ok(_) => "answered",
+                Err(err) if err.is_timeout() => "timeout",
+                Err(_) => "unreachable",
+            };
+            metrics::counter!(
+                "gateway_upstream_attempts_total",
+                "upstream" => upstream.name(),
+                "outcome" => outcome
+            )
+            .increment(1);
+            match result {
+                Ok(response)
+                    if attempt < attempts && matches!(response.status().as_u16(), 502 | 503) => {}
+                Ok(response) => return Ok(response),
+                Err(err) if err.is_timeout() => last = Some(Failure::TimedOut),
+                Err(err) => last = Some(Failure::Unreachable(err)),
+            }
+            if let Some(Failure::TimedOut) = last {
+                // A timeout already cost the client the whole budget: do not double it.
+                break;
+            }
+        }
+        Err(last.unwrap_or(Failure::TimedOut))
+    }
+
+    /// The answer when the upstream gave none: a cached copy for product reads
+    /// (stale-if-error), otherwise 502/503/504 without internals.
+    async fn failed(
+        &self,
+        cacheable: bool,
+        path_and_query: &str,
+        upstream: Upstream,
+        failure: Option<Failure>,
+    ) -> Response {
+        metrics::counter!("gateway_upstream_failures_total", "upstream" => upstream.name())
+            .increment(1);
+        let error = match failure {
+            None => {
+                ApiError::unavailable("The service behind this route is unavailable; retry later.")
+                    .into_response()
+            }
+            Some(Failure::TimedOut) => ApiError::new(
+                ErrorKind::Timeout,
+                "The service behind this route did not answer in time.",
+            )
+            .into_response(),
+            Some(Failure::Unreachable(err)) => {
+                tracing::warn!(upstream = upstream.name(), error = %err, "upstream unreachable");
+                bad_gateway()
+            }
+        };
+        if cacheable {
+            self.stale_or(path_and_query, error).await
+        } else {
+            error
+        }
+    }
+
+    async fn stale_or(&self, path_and_query: &str, error: Response) -> Response {
+        match self.cache.load(path_and_query).await {
+            Some(stale) => {
+                metrics::counter!("gateway_cache_stale_served_total").increment(1);
+                stale
+            }
+            None => error,
+        }
+    }
+}
+
+/// An upstream response read into memory (API responses are small JSON documents).
+pub(crate) struct Buffered(pub(crate) http::response::Parts, pub(crate) Bytes);
+
+impl Buffered {
+    fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    fn finish(self) -> Response {
+        Response::from_parts(self.0, Body::from(self.1))
+    }
+}
+
+async fn into_response(upstream: reqwest::Response) -> Result<Buffered, Failure> {
+    let status = upstream.status();
+    let mut headers = upstream.headers().clone();
+    let body = upstream.bytes().await.map_err(|err| {
+        if err.is_timeout() {
+            Failure::TimedOut
+        } else {
+            Failure::Unreachable(err)
+        }
+    })?;
+    strip_hop_by_hop(&mut headers);
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    let (parts, ()) = response.into_parts();
+    Ok(Buffered(parts, body))
+}
+
+/// Reads the body, refusing more than `limit` bytes with 413 (early, from `Content-Length`,
+/// when the client announces it).
+async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Bytes, Response> {
+    let too_large = || {
+        let mut response = ApiError::new(
+            ErrorKind::BadRequest,
+            format!("The request body must not exceed {limit} bytes."),
+        )
+        .into_response();
+        *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        response
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if announced.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// 502 as a problem document. (`ErrorKind` has no 502: services never answer it themselves;
+/// only the edge talks to another server on the caller's behalf.)
+fn bad_gateway() -> Response {
+    let mut doc = serde_json::json!({
+        "type": "urn:shop:problem:bad-gateway",
+        "title": "Bad gateway",
+        "status": 502,
+        "detail": "The service behind this route could not be reached; retry later.",
+    });
+    if let Some(trace_id) = shop_runtime::telemetry::current_trace_id() {
+        doc["trace_id"] = trace_id.into();
+    }
+    (
+        StatusCode::BAD_GATEWAY,
+        [(header::CONTENT_TYPE, shop_runtime::error::PROBLEM_JSON)],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+/// The client's address: the TCP peer, or — only when the operator says a trusted proxy sits in
+/// front (`TRUST_FORWARDED_FOR`) — the last address that proxy appended to `X-Forwarded-For`.
+/// Trusting the header otherwise would let any client pick its own rate-limit key.
+fn client_address(
+    extensions: &http::Extensions,
+    headers: &HeaderMap,
+    trust_forwarded_for: bool,
+) -> Option<String> {
+    if trust_forwarded_for
+        && let Some(last) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .rfind(|value| !value.is_empty())
+    {
+        return Some(last.to_owned());
+    }
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
+/// `.` and `..` segments (also percent-encoded) would be resolved by URL parsing on the way
+/// out and could turn a public path into another one: refused.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        headers.insert("idempotency-key", HeaderValue::from_static("k"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["authorization", "idempotency-key"]);
+    }
+
+    #[test]
+    fn dot_segments_are_detected_encoded_or_not() {
+        assert!(has_dot_segment("/api/v1/orders/../cancel"));
+        assert!(has_dot_segment("/api/v1/products/%2E%2e"));
+        assert!(!has_dot_segment("/api/v1/products/a.b"));
+    }
+
+    #[test]
+    fn forwarded_for_is_used_only_when_trusted() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 10.0.0.9"),
+        );
+        let mut extensions = http::Extensions::new();
+        extensions.insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 4000))));
+        assert_eq!(
+            client_address(&extensions, &headers, true).as_deref(),
+            Some("10.0.0.9")
+        );
+        assert_eq!(
+            client_address(&extensions, &headers, false).as_deref(),
+            Some("127.0.0.1")
+        );
+    }
+}

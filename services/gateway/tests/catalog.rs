@@ -1,0 +1,170 @@
+//! Catalog reads: cached in Redis, forgotten when catalog says a product changed, and served
+//! from the cache while catalog is down.
+
+mod support;
+
+use std::time::Duration;
+
+use shop_auth::{Role, testing::TestIssuer};
+use shop_events::{Money, catalog::PriceChanged};
+use shop_messaging::{Event, envelope::CONTENT_TYPE, topology};
+use shop_testkit::{eventually, proxy::TcpProxy};
+use support::{Echo, gateway};
+
+#[tokio::test]
+async fn product_reads_are_cached_until_catalog_announces_a_change() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let app = gateway(&echo.url, &issuer, []).await;
+    let read = |path: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.get(path).await.unwrap();
+            assert_eq!(response.status(), 200);
+            response
+                .headers()
+                .get("x-cache")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+
+    assert_eq!(read("/api/v1/products/p1").await, None);
+    assert_eq!(read("/api/v1/products/p1").await.as_deref(), Some("HIT"));
+    assert_eq!(read("/api/v1/products?category=lamps").await, None);
+    assert_eq!(
+        read("/api/v1/products?category=lamps").await.as_deref(),
+        Some("HIT")
+    );
+    assert_eq!(echo.hits(), 2, "the second reads were answered from Redis");
+
+    // catalog announces a new price: the event goes through the broker to the gateway's
+    // consumer, twice (a redelivery must change nothing more).
+    let changed = PriceChanged {
+        product_id: "p1".into(),
+        sku: "LAMP-1".into(),
+        old_price: Money {
+            amount: 1999,
+            currency: "EUR".into(),
+        },
+        new_price: Money {
+            amount: 2499,
+            currency: "EUR".into(),
+        },
+        version: 2,
+    }
+    .envelope()
+    .unwrap();
+    let broker = lapin::Connection::connect(&app.env["AMQP_URL"], Default::default())
+        .await
+        .unwrap();
+    let channel = broker.create_channel().await.unwrap();
+    // The consumer's queue exists once it is attached; an event published before would match
+    // no queue.
+    eventually(Duration::from_secs(10), || async {
+        let Ok(response) = app.get("/readyz").await else {
+            return false;
+        };
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        body["checks"]["consumer:gateway.events"] == "up"
+    })
+    .await
+    .expect("the gateway consumes catalog's events");
+    for _ in 0..2 {
+        channel
+            .basic_publish(
+                topology::EXCHANGE.into(),
+                PriceChanged::ROUTING_KEY.into(),
+                Default::default(),
+                &changed.to_vec(),
+                lapin::BasicProperties::default().with_content_type(CONTENT_TYPE.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(10), || async {
+        app.get("/api/v1/products/p1")
+            .await
+            .is_ok_and(|response| response.headers().get("x-cache").is_none())
+    })
+    .await
+    .expect("the product's cached read is forgotten when PriceChanged arrives");
+    assert_eq!(
+        read("/api/v1/products?category=lamps").await,
+        None,
+        "listings too"
+    );
+    assert_eq!(echo.hits(), 4);
+}
+
+#[tokio::test]
+async fn while_catalog_is_down_reads_are_served_stale_and_writes_fail_fast() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let line = TcpProxy::start(echo.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut env = support::all_upstreams(&echo.url);
+    env.retain(|(key, _)| key != "CATALOG_SERVICE_URL");
+    env.push((
+        "CATALOG_SERVICE_URL".into(),
+        format!("http://{}", line.addr()),
+    ));
+    env.push(("AUTH_JWKS_URL".into(), issuer.jwks_url().to_owned()));
+    // Every cached answer is stale at once, so each read goes to catalog first.
+    env.push(("CACHE_FRESH_SECONDS".into(), "0".into()));
+    let app = shop_testkit::spawn_with::<gateway::Gateway>(env)
+        .await
+        .unwrap();
+    let admin = issuer.user_token(uuid::Uuid::new_v4(), &[Role::Customer, Role::Admin]);
+
+    assert_eq!(app.get("/api/v1/products/p1").await.unwrap().status(), 200);
+    line.cut();
+
+    let response = app.get("/api/v1/products/p1").await.unwrap();
+    assert_eq!(response.status(), 200, "stale-if-error");
+    assert_eq!(response.headers()["x-cache"], "STALE");
+
+    // Uncached reads fail; after enough failures the circuit opens and calls fail fast.
+    let mut statuses = Vec::new();
+    for _ in 0..gateway::resilience::FAILURES_TO_OPEN + 1 {
+        let response = app.get("/api/v1/products/p2").await.unwrap();
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    let response = app
+        .client
+        .post(app.url("/api/v1/products"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"sku": "X"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        503,
+        "writes fail fast while the circuit is open"
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = app.get("/api/v1/products/p1").await.unwrap();
+    assert_eq!(
+        response.headers()["x-cache"],
+        "STALE",
+        "still served while open"
+    );
+
+    line.restore();
+    eventually(Duration::from_secs(20), || async {
+        app.get("/api/v1/products/p2").await.unwrap().status() == 200
+    })
+    .await
+    .expect("the circuit closes by itself once catalog is back");
+}

@@ -1,0 +1,142 @@
+//! Rate limits: shared across instances through Redis, and still enforced when Redis is away.
+
+mod support;
+
+use std::time::Duration;
+
+use shop_auth::testing::TestIssuer;
+use shop_testkit::{infra, isolation, proxy::TcpProxy};
+use support::{Echo, gateway};
+
+async fn login(app: &shop_testkit::TestApp) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": "a@example.com", "password": "guess"}))
+        .send()
+        .await
+        .expect("the gateway answers")
+}
+
+#[tokio::test]
+async fn two_gateway_instances_share_one_login_limit() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let (redis_url, prefix) = isolation::redis_prefix().await.unwrap();
+    let shared = || {
+        [
+            ("REDIS_URL", redis_url.clone()),
+            ("REDIS_KEY_PREFIX", prefix.clone()),
+            ("RATE_LIMIT_AUTH", "4".to_owned()),
+        ]
+    };
+    let first = gateway(&echo.url, &issuer, shared()).await;
+    let second = gateway(&echo.url, &issuer, shared()).await;
+
+    let mut refused = Vec::new();
+    for i in 0..10 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let response = login(app).await;
+        if response.status() == 429 {
+            refused.push(response);
+        } else {
+            assert_eq!(response.status(), 200);
+        }
+    }
+    assert_eq!(
+        refused.len(),
+        6,
+        "4 of 10 pass, whichever instance they reach"
+    );
+    assert_eq!(echo.hits(), 4);
+    let response = &refused[0];
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(response.headers()["ratelimit-policy"], "\"auth\";q=4;w=60");
+    assert!(
+        response.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"auth\";r=0;t=")
+    );
+
+    // Other routes have their own, larger budget.
+    assert_eq!(first.get("/api/v1/products").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn limits_hold_locally_while_redis_is_unreachable() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let redis = url::Url::parse(&infra::redis_url().await.unwrap()).unwrap();
+    let line = TcpProxy::start(&format!(
+        "{}:{}",
+        redis.host_str().unwrap(),
+        redis.port().unwrap_or(6379)
+    ))
+    .await
+    .unwrap();
+    let app = gateway(
+        &echo.url,
+        &issuer,
+        [
+            ("REDIS_URL", format!("redis://{}", line.addr())),
+            (
+                "REDIS_KEY_PREFIX",
+                isolation::redis_prefix().await.unwrap().1,
+            ),
+            ("RATE_LIMIT_AUTH", "3".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(login(&app).await.status(), 200, "counted in Redis");
+
+    line.cut();
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(login(&app).await.status().as_u16());
+        }
+        statuses
+    };
+    // Fail open, but not unlimited: the local window allows 3 of its own.
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "served without Redis, still limited"
+    );
+
+    line.restore();
+    // Decisions go back to Redis by themselves: its counter (1 before the cut) moves again.
+    let direct = redis::Client::open(infra::redis_url().await.unwrap()).unwrap();
+    let mut conn = direct.get_multiplexed_async_connection().await.unwrap();
+    // The one login counter of this test's prefix (its suffix is the client's address).
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}rl:auth:*", app.env["REDIS_KEY_PREFIX"]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = keys[0].clone();
+    shop_testkit::eventually(Duration::from_secs(15), || {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        let app = &app;
+        async move {
+            login(app).await;
+            let count: Option<u64> = redis::AsyncCommands::get(&mut conn, &key).await.unwrap();
+            count.unwrap_or(0) >= 2
+        }
+    })
+    .await
+    .unwrap();
+    let count: u64 = redis::AsyncCommands::get(&mut conn, &key).await.unwrap();
+    assert!(count >= 2);
+}

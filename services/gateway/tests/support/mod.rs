@@ -1,0 +1,117 @@
+//! Shared pieces of the gateway's tests: a tiny upstream that echoes what it received, and a
+//! gateway pointed at it.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::IntoResponse,
+    routing::any,
+};
+use gateway::Gateway;
+use shop_auth::testing::TestIssuer;
+use shop_testkit::{TestApp, spawn_with};
+
+/// An upstream standing in for a service: answers every request with a JSON echo of it
+/// (method, path and query, headers, body length) and counts the requests it saw.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    pub url: String,
+    pub hits: Arc<AtomicU64>,
+}
+
+impl Echo {
+    pub async fn start() -> Self {
+        Self::start_with(Duration::ZERO).await
+    }
+
+    /// An echo that waits `delay` before answering (for timeouts).
+    pub async fn start_with(delay: Duration) -> Self {
+        let hits = Arc::new(AtomicU64::new(0));
+        let app = Router::new()
+            .fallback(any(echo))
+            .with_state((hits.clone(), delay));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let url = format!(
+            "http://{}",
+            listener.local_addr().expect("a bound listener")
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, hits }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn echo(
+    State((hits, delay)): State<(Arc<AtomicU64>, Duration)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    hits.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(delay).await;
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into(),
+            )
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        [("etag", "\"v1\""), ("connection", "keep-alive")],
+        Json(serde_json::json!({
+            "method": method.as_str(),
+            "uri": uri.to_string(),
+            "headers": headers,
+            "body_len": body.len(),
+        })),
+    )
+}
+
+/// Every upstream variable pointed at `url`.
+pub fn all_upstreams(url: &str) -> Vec<(String, String)> {
+    [
+        "USER_SERVICE_URL",
+        "CATALOG_SERVICE_URL",
+        "INVENTORY_SERVICE_URL",
+        "ORDER_SERVICE_URL",
+        "PAYMENT_SERVICE_URL",
+        "NOTIFICATION_SERVICE_URL",
+    ]
+    .into_iter()
+    .map(|key| (key.to_owned(), url.to_owned()))
+    .collect()
+}
+
+/// A gateway whose upstreams are all `upstream`, verifying tokens of `issuer`, plus `extra`.
+pub async fn gateway(
+    upstream: &str,
+    issuer: &TestIssuer,
+    extra: impl IntoIterator<Item = (&'static str, String)>,
+) -> TestApp {
+    let mut env = all_upstreams(upstream);
+    env.push(("AUTH_JWKS_URL".into(), issuer.jwks_url().to_owned()));
+    env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    spawn_with::<Gateway>(env)
+        .await
+        .expect("the gateway starts")
+}
