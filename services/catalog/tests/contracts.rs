@@ -3,7 +3,7 @@
 //! * as a **consumer** of inventory's stock events, the real `in_stock` handler runs on each
 //!   example and the pact `contracts/catalog-service-inventory-service.json` is written;
 //! * as a **provider**, every contract naming catalog-service is verified: gRPC calls against
-//!   the real `GetProducts` code, events with messages taken from the broker after the real
+//!   the service's real gRPC listener (with order-service's token), events with messages taken from the broker after the real
 //!   service wrote them through its outbox.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use catalog_service::{grpc::CatalogApi, product, stock::StockLevels, store::Store};
+use catalog_service::{product, stock::StockLevels, store::Store};
 use lapin::{
     Connection, ConnectionProperties,
     options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
@@ -27,7 +27,6 @@ use shop_events::inventory::{
 use shop_messaging::{
     Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE, topology,
 };
-use shop_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
 use support::{Issuer, admin, catalog};
 
 const SKU: &str = "SKU-1";
@@ -279,21 +278,15 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
     let app = catalog(&issuer, &[]).await;
     let token = admin(&issuer);
 
-    // gRPC: the real GetProducts code over a plain server. The pact shim sends no
-    // authorization metadata, so the RequireService layer (tested in tests/grpc.rs) is left out.
+    // gRPC: the service's real listener, access table included, called as order-service
+    // calls it (who may call what is tested in tests/grpc.rs).
     let db = support::database(&app).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = listener.local_addr().unwrap();
-    let server = tonic::transport::Server::builder()
-        .add_service(CatalogServiceServer::new(CatalogApi {
-            store: Store::new(&db),
-        }))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    let server = tokio::spawn(server);
+    let order_token = issuer.service_token("order-service");
 
     let states_db = db.clone();
     let mut provider = Provider::new("catalog-service")
-        .grpc(grpc_addr)
+        .grpc(app.grpc_addr)
+        .grpc_metadata("authorization", format!("Bearer {order_token}"))
         .state(move |state| {
             let products = states_db.collection::<mongodb::bson::Document>("products");
             async move {
@@ -372,5 +365,4 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
         });
     }
     provider.verify().await;
-    server.abort();
 }

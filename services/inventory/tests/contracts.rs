@@ -5,27 +5,24 @@
 //!   `contracts/inventory-service-catalog-service.json`.
 //! * As a **provider**: every contract naming inventory-service is replayed against the real
 //!   service — order-service's gRPC calls (Reserve, Commit, Release, with the provider states
-//!   they name) and catalog-service's stock events, each produced by a real stock change and
-//!   taken from the broker as the relay published it.
+//!   they name, called with order-service's token) and catalog-service's and
+//!   notification-service's stock events, each produced by a real stock change and taken from
+//!   the broker as the relay published it.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
 
 mod support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use inventory_service::{
-    GRPC_ACCESS, MIGRATIONS, grpc::InventoryApi, products::CreateStockRow, stock,
-};
+use inventory_service::{MIGRATIONS, products::CreateStockRow, stock};
 use lapin::options::BasicGetOptions;
-use shop_auth::grpc::RequireService;
 use shop_contract::{Message, pact_consumer::builders::MessageInteractionBuilder, prelude::*};
 use shop_events::{
     catalog::ProductCreated,
     inventory::{OutOfStock, StockLow, StockReleased, StockReplenished, StockReserved},
 };
 use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE};
-use shop_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use sqlx::PgPool;
 use support::{Stack, watch};
 use uuid::Uuid;
@@ -131,40 +128,6 @@ async fn inventory_creates_stock_rows_from_catalogs_product_created() {
         .unwrap();
 }
 
-/// Serves the service's real gRPC stack (the access table included) on its own port, with
-/// order-service's token added to every call: the contract kit replays requests without
-/// credentials, and the contract is about messages, not about authentication (which the
-/// reservation tests cover).
-async fn authenticated_grpc(stack: &Stack, pool: PgPool) -> SocketAddr {
-    let service = RequireService::new(
-        InventoryServiceServer::new(InventoryApi {
-            pool,
-            reservation_ttl: Duration::from_secs(900),
-        }),
-        stack.issuer.verifier(),
-    )
-    .allow_table(GRPC_ACCESS);
-    let token: http::HeaderValue =
-        format!("Bearer {}", stack.issuer.service_token("order-service"))
-            .parse()
-            .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tonic::transport::Server::builder()
-        .layer(tower::util::MapRequestLayer::new(
-            move |mut request: http::Request<tonic::body::Body>| {
-                request
-                    .headers_mut()
-                    .insert(http::header::AUTHORIZATION, token.clone());
-                request
-            },
-        ))
-        .add_service(service)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    tokio::spawn(server);
-    addr
-}
-
 /// Makes a real stock change with `change`, and returns the event it published, as the broker
 /// delivered it.
 async fn published<F, Fut>(
@@ -220,13 +183,16 @@ fn fresh_sku() -> String {
 async fn inventory_honours_the_contracts_of_its_consumers() {
     let stack = Stack::start(&[]).await;
     let pool = stack.database().await;
-    let grpc = authenticated_grpc(&stack, pool.clone()).await;
+    // The service's real gRPC listener, access table included, called as order-service
+    // calls it (who may call what is the reservation tests' business).
+    let token = stack.issuer.service_token("order-service");
     let amqp = stack.inventory.env["AMQP_URL"].clone();
     let ttl = Duration::from_secs(900);
 
     let states = pool.clone();
     let mut provider = Provider::new("inventory-service")
-        .grpc(grpc)
+        .grpc(stack.inventory.grpc_addr)
+        .grpc_metadata("authorization", format!("Bearer {token}"))
         .state(move |state| {
             let pool = states.clone();
             async move {
@@ -262,7 +228,9 @@ async fn inventory_honours_the_contracts_of_its_consumers() {
             }
         });
 
-    // catalog-service's stock events, each from the real change that publishes it.
+    // The stock events, each from the real change that publishes it, under the description
+    // each consumer gave it: catalog-service's "an inventory.stock.low event", and
+    // notification-service's "a stock.low event" (its CloudEvents type).
     let producer = |key: &'static str, change: fn(PgPool, String) -> Change| {
         let (pool, amqp) = (pool.clone(), amqp.clone());
         move || {
@@ -291,31 +259,32 @@ async fn inventory_honours_the_contracts_of_its_consumers() {
                     stock::release(&pool, order_id, "cancelled").await.map(drop)
                 })
             }),
-        )
-        .message(
-            "an inventory.stock.low event",
-            producer(StockLow::ROUTING_KEY, |pool, sku| {
-                Box::pin(async move { reserve(&pool, &sku, 10, 7).await.map(drop) })
-            }),
-        )
-        .message(
-            "an inventory.stock.out_of_stock event",
-            producer(OutOfStock::ROUTING_KEY, |pool, sku| {
-                Box::pin(async move { reserve(&pool, &sku, 2, 2).await.map(drop) })
-            }),
         );
+    let low: fn(PgPool, String) -> Change =
+        |pool, sku| Box::pin(async move { reserve(&pool, &sku, 10, 7).await.map(drop) });
+    let out: fn(PgPool, String) -> Change =
+        |pool, sku| Box::pin(async move { reserve(&pool, &sku, 2, 2).await.map(drop) });
+    for description in ["an inventory.stock.low event", "a stock.low event"] {
+        provider = provider.message(description, producer(StockLow::ROUTING_KEY, low));
+    }
+    for description in [
+        "an inventory.stock.out_of_stock event",
+        "a stock.out_of_stock event",
+    ] {
+        provider = provider.message(description, producer(OutOfStock::ROUTING_KEY, out));
+    }
     let verification = provider.run().await.unwrap();
     assert!(verification.passed, "{}", verification.report);
-    // order-service's contract is in the repository: a verification that found nothing to
-    // check must not pass silently.
-    assert!(
-        verification
-            .pacts
-            .iter()
-            .any(|pact| pact.ends_with("order-service-inventory-service.json")),
-        "{:?}",
-        verification.pacts
-    );
+    // The consumers' contracts are in the repository: a verification that did not find one
+    // of them must not pass silently.
+    for consumer in ["order-service", "catalog-service", "notification-service"] {
+        let file = format!("{consumer}-inventory-service.json");
+        assert!(
+            verification.pacts.iter().any(|pact| pact.ends_with(&file)),
+            "{file} not verified: {:?}",
+            verification.pacts
+        );
+    }
 }
 
 type Change =

@@ -28,7 +28,15 @@ fn level() -> JsonPattern {
 
 /// Records that the consumer handles `E` in the shape `data`, running its decoding on the example.
 async fn handles<E: Event>(provider: &str, data: JsonPattern) -> Result<(), ContractError> {
-    let description = format!("a {} event", E::kind());
+    // "an order.confirmed event", "a user.registered event": the article goes by the sound,
+    // and every kind starting with "u" so far ("user") sounds like "you".
+    let kind = E::kind();
+    let article = if kind.starts_with(['a', 'e', 'i', 'o']) {
+        "an"
+    } else {
+        "a"
+    };
+    let description = format!("{article} {kind} event");
     Contract::new(CONSUMER, provider)
         .message(
             &description,

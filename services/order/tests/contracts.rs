@@ -1,8 +1,30 @@
-//! order-service as a consumer: what the saga relies on from catalog, inventory and payment,
-//! written as Pact contracts into `contracts/` (`order-service-<provider>.json`). Each example
-//! is run through the code order-service really uses to build the request and to decide what
-//! the answer means for the saga (`api::price`, `participants::*_outcome`); the providers'
-//! tests replay the contracts against the real services, with the provider states named here.
+//! order-service's contracts.
+//!
+//! * As a **consumer**: what the saga relies on from catalog, inventory and payment, written
+//!   as Pact contracts into `contracts/` (`order-service-<provider>.json`). Each example is
+//!   run through the code order-service really uses to build the request and to decide what
+//!   the answer means for the saga (`api::price`, `participants::*_outcome`); the providers'
+//!   tests replay the contracts against the real services, with the provider states named
+//!   here.
+//! * As a **provider**: every contract naming order-service is replayed against the real
+//!   service — today notification-service's `order.confirmed` and `order.cancelled` events,
+//!   each produced by a real order (approved, declined) through the saga with its real
+//!   participants, and taken from the broker as the relay published it.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use shop_contract::Message;
+use shop_events::order::{OrderCancelled, OrderConfirmed};
+use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE, topology};
+use shop_testkit::TestApp;
+use support::{APPROVES, DECLINES, PATIENCE, World, order_body, place, uuid_like};
 
 use order_service::{
     api::price,
@@ -333,4 +355,125 @@ async fn payment_authorizes_captures_voids_and_refunds_per_order() {
         })
         .await
         .expect("refund");
+}
+
+/// Places an order paid with `card` through the real HTTP API, and returns the event the
+/// service published under `routing_key` for it, as the broker delivered it.
+async fn published(
+    world: &World,
+    order: &TestApp,
+    card: &str,
+    routing_key: &str,
+) -> Result<Message, String> {
+    let connection = Connection::connect(&order.env["AMQP_URL"], ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    topology::declare_exchange(&channel)
+        .await
+        .map_err(|e| e.to_string())?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology::EXCHANGE.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let customer = world.customer().await;
+    let (product, _) = world.product(1250, 5).await;
+    let (status, placed) = place(
+        &world.http,
+        &order.url(""),
+        &customer,
+        &uuid_like(),
+        &order_body(&[(&product, 2)], card),
+    )
+    .await;
+    let id = placed["id"]
+        .as_str()
+        .ok_or_else(|| format!("placing the order answered {status}: {placed}"))?
+        .to_owned();
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(message) = channel
+            .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let delivery = message.delivery;
+            let envelope = Envelope::from_slice(&delivery.data).map_err(|e| e.to_string())?;
+            if envelope.data["orderId"] != id.as_str() {
+                continue; // another order's
+            }
+            let mut produced = Message::json(&serde_json::Value::Null)
+                .with_metadata("routingKey", delivery.routing_key.to_string())
+                .with_metadata("contentType", CONTENT_TYPE);
+            produced.body = delivery.data.into();
+            produced.content_type = delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(ToString::to_string);
+            return Ok(produced);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "no {routing_key} for order {id} within {PATIENCE:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn order_honours_the_contracts_of_its_consumers() {
+    let world = Arc::new(World::start(&[]).await);
+    let order = Arc::new(world.order_service().await);
+    let producer = |card: &'static str, routing_key: &'static str| {
+        let (world, order) = (world.clone(), order.clone());
+        move || {
+            let (world, order) = (world.clone(), order.clone());
+            async move { published(&world, &order, card, routing_key).await }
+        }
+    };
+    let verification = Provider::new("order-service")
+        .message(
+            "an order.confirmed event",
+            producer(APPROVES, OrderConfirmed::ROUTING_KEY),
+        )
+        .message(
+            "an order.cancelled event",
+            producer(DECLINES, OrderCancelled::ROUTING_KEY),
+        )
+        .run()
+        .await
+        .expect("verification runs");
+    assert!(verification.passed, "{}", verification.report);
+    assert!(
+        verification
+            .pacts
+            .iter()
+            .any(|pact| pact.ends_with("notification-service-order-service.json")),
+        "{:?}",
+        verification.pacts
+    );
 }

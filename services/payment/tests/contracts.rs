@@ -1,5 +1,7 @@
 //! Provider verification: every contract in `contracts/` naming `payment-service` is replayed
-//! against the real service — today order-service's (Authorize, Capture, Void, Refund).
+//! against the real service — order-service's (Authorize, Capture, Void, Refund) and
+//! notification-service's `payment.failed` event (a real declined Authorize, taken from the
+//! broker as the relay published it).
 //!
 //! Provider states the consumer may name (`given(...)`), the order id either as the `orderId`
 //! parameter or as the last word of the name (order-service's `an order's payment is
@@ -17,81 +19,48 @@
 //! Optional parameters: `amount` (minor units, default 1999), `currency` (default EUR),
 //! `userId`.
 //!
-//! The gRPC API takes service tokens only, and the kit's shim calls it without metadata: the
-//! test puts a small forwarding server in between that adds order-service's token.
+//! The gRPC API takes service tokens only: the kit calls it with order-service's token
+//! (`Provider::grpc_metadata`).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
 mod common;
 
-use std::{
-    convert::Infallible,
-    task::{Context, Poll},
-};
-
-use common::{APPROVE, DECLINE, Issuer, client, spawn_payments, with_token};
-use futures::future::BoxFuture;
-use http::{HeaderValue, header::AUTHORIZATION};
+use common::{APPROVE, DECLINE, EventTap, Issuer, authorize, client, spawn_payments, with_token};
 use serde_json::{Value, json};
-use shop_contract::{GrpcInteraction, Provider, State, prelude::*};
+use shop_contract::{GrpcInteraction, Message, Provider, State, prelude::*};
+use shop_events::payment::PaymentFailed;
+use shop_messaging::{Event, envelope::CONTENT_TYPE};
 use shop_proto::{
     common::v1::Money,
     payment::v1::{
         AuthorizeRequest, CaptureRequest, CaptureResponse, Card, RefundRequest, VoidRequest,
     },
 };
-use tonic::{body::Body, server::NamedService, transport::Channel};
 use uuid::Uuid;
 
-/// Forwards every call to payment-service with a service token added.
-#[derive(Clone)]
-struct WithServiceToken {
-    upstream: Channel,
-    token: HeaderValue,
-}
-
-impl NamedService for WithServiceToken {
-    const NAME: &'static str = "shop.payment.v1.PaymentService";
-}
-
-impl tower::Service<http::Request<Body>> for WithServiceToken {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        request
-            .headers_mut()
-            .insert(AUTHORIZATION, self.token.clone());
-        let upstream = self.upstream.clone();
-        Box::pin(async move {
-            use tower::ServiceExt;
-            match upstream.oneshot(request).await {
-                Ok(response) => Ok(response.map(Body::new)),
-                Err(err) => Ok(tonic::Status::unavailable(err.to_string()).into_http()),
-            }
-        })
-    }
-}
-
-/// Starts the forwarder; returns its address.
-async fn forwarder(upstream: Channel, token: &str) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = WithServiceToken {
-        upstream,
-        token: format!("Bearer {token}").parse().unwrap(),
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
+/// notification-service's `payment.failed`: a real declined Authorize (order-service's token,
+/// the declining test card), and the event the relay then published, as the broker delivered
+/// it.
+async fn payment_failed(app: &shop_testkit::TestApp, token: &str) -> Result<Message, String> {
+    let tap = EventTap::bind(app).await;
+    let order_id = Uuid::new_v4();
+    let declined = authorize(order_id, Uuid::new_v4(), 1999, DECLINE);
+    client(app)
+        .await
+        .authorize(with_token(declined, token))
+        .await
+        .map_err(|status| format!("Authorize: {status}"))?;
+    let (routing_key, body, content_type) = tap
+        .next_raw(PaymentFailed::ROUTING_KEY, order_id)
+        .await
+        .ok_or_else(|| format!("no {} event within 15 s", PaymentFailed::ROUTING_KEY))?;
+    let mut message = Message::json(&Value::Null)
+        .with_metadata("routingKey", routing_key)
+        .with_metadata("contentType", CONTENT_TYPE);
+    message.body = body.into();
+    message.content_type = content_type;
+    Ok(message)
 }
 
 /// Sets up one provider state through the service's own API.
@@ -197,19 +166,23 @@ async fn verify(dir: Option<&std::path::Path>) {
     let issuer = Issuer::start().await;
     let app = std::sync::Arc::new(spawn_payments(&issuer).await);
     let token = issuer.service("order-service");
-    let channel = shop_testkit::ops::channel(&app).await.unwrap();
-    let grpc = forwarder(channel, &token).await;
     let mut provider = Provider::new("payment-service")
         .http(app.http_addr)
-        .grpc(grpc);
+        .grpc(app.grpc_addr)
+        .grpc_metadata("authorization", format!("Bearer {token}"));
     if let Some(dir) = dir {
         provider = provider.pacts_in(dir);
     }
-    let states = app.clone();
+    let (states, producer) = (app.clone(), app.clone());
+    let failed_token = token.clone();
     provider
         .state(move |state| {
             let (app, token) = (states.clone(), token.clone());
             async move { set_up(&app, &token, &state).await }
+        })
+        .message("a payment.failed event", move || {
+            let (app, token) = (producer.clone(), failed_token.clone());
+            async move { payment_failed(&app, &token).await }
         })
         .verify()
         .await;

@@ -175,11 +175,13 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Calls `method` on a real gRPC server over `channel`, with a dynamic request and response.
+/// Calls `method` on a real gRPC server over `channel`, with a dynamic request and response,
+/// sending `metadata` with the request (empty: none).
 pub async fn call(
     channel: Channel,
     method: &MethodDescriptor,
     request: DynamicMessage,
+    metadata: &tonic::metadata::MetadataMap,
 ) -> Result<DynamicMessage, Status> {
     let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
     let path =
@@ -194,7 +196,11 @@ pub async fn call(
         response: method.output(),
     };
     let response = client
-        .unary(tonic::Request::new(request), path, codec)
+        .unary(
+            tonic::Request::from_parts(metadata.clone(), tonic::Extensions::default(), request),
+            path,
+            codec,
+        )
         .await?;
     Ok(response.into_inner())
 }

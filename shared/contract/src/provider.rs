@@ -9,7 +9,10 @@
 //! * **gRPC**: the verifier POSTs the synchronous message's request to `/grpc`; the shim
 //!   turns its protobuf JSON into protobuf, calls the provider's real tonic server over
 //!   HTTP/2 and answers with the response as protobuf JSON (or `{"code", "message"}` for an
-//!   error status), which the verifier compares with the contract.
+//!   error status), which the verifier compares with the contract. The test may give
+//!   metadata the shim adds to every call ([`Provider::grpc_metadata`]), such as the caller's
+//!   credentials, so the call goes through the provider's real gRPC stack, access checks
+//!   included.
 //!
 //! Provider states go through `pact_verifier`'s own state-change trait straight to the
 //! callback the test gives, with no HTTP round trip.
@@ -38,7 +41,10 @@ use pact_verifier::{
     VerificationOptions, callback_executors::ProviderStateExecutor, verify_provider_async,
 };
 use serde_json::{Map, Value, json};
-use tonic::transport::Channel;
+use tonic::{
+    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    transport::Channel,
+};
 
 use crate::{
     ContractError, Message,
@@ -76,6 +82,8 @@ pub struct Provider {
     dir: PathBuf,
     http: Option<SocketAddr>,
     grpc: Option<SocketAddr>,
+    /// Metadata added to every gRPC call, as given (checked when verification starts).
+    grpc_metadata: Vec<(String, String)>,
     descriptors: Descriptors,
     states: Option<StateHandler>,
     producers: BTreeMap<String, MessageProducer>,
@@ -90,6 +98,15 @@ impl fmt::Debug for Provider {
             .field("dir", &self.dir)
             .field("http", &self.http)
             .field("grpc", &self.grpc)
+            // Keys only: the values are credentials.
+            .field(
+                "grpc_metadata",
+                &self
+                    .grpc_metadata
+                    .iter()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+            )
             .field("states", &self.states.is_some())
             .field("producers", &self.producers.keys().collect::<Vec<_>>())
             .field("no_pacts_expected", &self.no_pacts_expected)
@@ -116,6 +133,7 @@ impl Provider {
             dir: crate::contracts_dir(),
             http: None,
             grpc: None,
+            grpc_metadata: Vec::new(),
             descriptors: Descriptors::default(),
             states: None,
             producers: BTreeMap::new(),
@@ -138,6 +156,17 @@ impl Provider {
     /// The provider's gRPC listener, for gRPC interactions.
     pub fn grpc(mut self, addr: SocketAddr) -> Self {
         self.grpc = Some(addr);
+        self
+    }
+
+    /// Adds `key: value` metadata to every gRPC call the kit replays, e.g. the consumer's
+    /// credentials (`.grpc_metadata("authorization", format!("Bearer {token}"))`), so the
+    /// contract is verified through the provider's real gRPC stack, access checks included.
+    /// Contracts themselves carry no credentials: who may call what is the provider's own
+    /// tests' business. A key or value that is not valid gRPC ASCII metadata fails
+    /// verification with [`ContractError::Config`].
+    pub fn grpc_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.grpc_metadata.push((key.into(), value.into()));
         self
     }
 
@@ -231,6 +260,16 @@ impl Provider {
             )));
         }
 
+        let mut metadata = MetadataMap::new();
+        for (key, value) in &self.grpc_metadata {
+            let invalid = |what: &str| {
+                ContractError::Config(format!("gRPC metadata '{key}': invalid {what}"))
+            };
+            let name = MetadataKey::from_bytes(key.as_bytes()).map_err(|_| invalid("key"))?;
+            let value = MetadataValue::try_from(value.as_str()).map_err(|_| invalid("value"))?;
+            metadata.append(name, value);
+        }
+
         let problems = Problems::default();
         let shim = Arc::new(Shim {
             producers: self.producers,
@@ -243,6 +282,7 @@ impl Provider {
                 })
                 .transpose()
                 .map_err(|err| ContractError::Config(err.to_string()))?,
+            metadata,
             problems: problems.clone(),
         });
         let listener = tokio::net::TcpListener::bind((loopback, 0)).await?;
@@ -420,6 +460,8 @@ struct Shim {
     producers: BTreeMap<String, MessageProducer>,
     descriptors: Descriptors,
     grpc: Option<Channel>,
+    /// Added to every gRPC call ([`Provider::grpc_metadata`]).
+    metadata: MetadataMap,
     problems: Problems,
 }
 
@@ -506,13 +548,15 @@ async fn grpc_exchange(shim: &Shim, request: &Value) -> Result<(&'static str, Va
     let channel = shim.grpc.clone().ok_or(
         "the contract has gRPC interactions but the test gave no gRPC address (Provider::grpc)",
     )?;
-    Ok(match grpc::call(channel, &method, message).await {
-        Ok(response) => ("OK", grpc::to_json(&response)),
-        Err(status) => {
-            let code = grpc::code_name(status.code());
-            (code, json!({ "code": code, "message": status.message() }))
-        }
-    })
+    Ok(
+        match grpc::call(channel, &method, message, &shim.metadata).await {
+            Ok(response) => ("OK", grpc::to_json(&response)),
+            Err(status) => {
+                let code = grpc::code_name(status.code());
+                (code, json!({ "code": code, "message": status.message() }))
+            }
+        },
+    )
 }
 
 async fn no_http() -> Response {

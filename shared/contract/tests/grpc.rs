@@ -125,6 +125,80 @@ async fn grpc_contract_is_verified_against_the_real_tonic_server() {
     assert!(verification.passed, "{}", verification.report);
 }
 
+/// The health service behind a check of the `authorization` metadata, as a provider's
+/// access layer does: calls without `Bearer <token>` are UNAUTHENTICATED.
+async fn serve_health_requiring(token: &'static str) -> (SocketAddr, HealthReporter) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let check = move |request: tonic::Request<()>| {
+        let expected = format!("Bearer {token}");
+        match request.metadata().get("authorization") {
+            Some(value) if value == expected.as_str() => Ok(request),
+            _ => Err(tonic::Status::unauthenticated("no valid credentials")),
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                service, check,
+            ))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, reporter)
+}
+
+#[tokio::test]
+async fn grpc_metadata_reaches_a_provider_that_requires_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_contract(dir.path()).await;
+    let (addr, reporter) = serve_health_requiring("s3cret").await;
+    let provider = |metadata: Option<&str>| {
+        let mut provider = Provider::new("health")
+            .pacts_in(dir.path())
+            .grpc(addr)
+            .with_descriptors(FILE_DESCRIPTOR_SET)
+            .expect("descriptors");
+        if let Some(value) = metadata {
+            provider = provider.grpc_metadata("authorization", value);
+        }
+        with_states(provider, reporter.clone())
+    };
+
+    let without = provider(None).run().await.expect("verification ran");
+    assert!(!without.passed, "{}", without.report);
+    assert!(
+        without.report.contains("UNAUTHENTICATED"),
+        "{}",
+        without.report
+    );
+
+    let with = provider(Some("Bearer s3cret"))
+        .run()
+        .await
+        .expect("verification ran");
+    assert!(with.passed, "{}", with.report);
+}
+
+#[tokio::test]
+async fn invalid_grpc_metadata_is_a_configuration_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_contract(dir.path()).await;
+    let result = Provider::new("health")
+        .pacts_in(dir.path())
+        .with_descriptors(FILE_DESCRIPTOR_SET)
+        .expect("descriptors")
+        .grpc_metadata("authorization", "Bearer \n")
+        .run()
+        .await;
+    assert!(
+        matches!(&result, Err(ContractError::Config(problem)) if problem.contains("authorization")),
+        "{result:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_grpc_provider_that_answers_differently_fails_verification() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -233,6 +233,45 @@ impl EventTap {
         }
         events
     }
+
+    /// The next event published under `routing_key` for `order_id` (others are skipped),
+    /// exactly as the broker delivered it: (routing key, body, content type). `None` after
+    /// 15 s.
+    pub async fn next_raw(
+        &self,
+        routing_key: &str,
+        order_id: Uuid,
+    ) -> Option<(String, Vec<u8>, Option<String>)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::time::Instant::now() < deadline {
+            let got = self
+                .channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            let Some(message) = got else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let delivery = message.delivery;
+            let envelope = Envelope::from_slice(&delivery.data).unwrap();
+            if delivery.routing_key.as_str() == routing_key
+                && envelope.data["orderId"] == order_id.to_string()
+            {
+                let content_type = delivery
+                    .properties
+                    .content_type()
+                    .as_ref()
+                    .map(ToString::to_string);
+                return Some((
+                    delivery.routing_key.to_string(),
+                    delivery.data,
+                    content_type,
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// The data of `events` as JSON, for comparisons.

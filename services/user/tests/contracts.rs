@@ -1,0 +1,195 @@
+//! user-service as a **provider**: every contract naming it is replayed against the real
+//! service — today notification-service's:
+//!
+//! * the `UserRegistered` event, produced by a real registration through the HTTP API and
+//!   taken from the broker as the relay published it;
+//! * `GetUser` over gRPC, with provider state `a user exists` (parameter `id`), called on the
+//!   service's real gRPC listener with a service token for notification-service, the one
+//!   caller its access table allows (who may call is tested in `identity.rs` and
+//!   `hardening.rs`; the contract is about the messages).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
+
+use std::time::Duration;
+
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use serde_json::{Value, json};
+use shop_auth::client::ServiceTokens;
+use shop_contract::{Message, Provider, State};
+use shop_events::user::UserRegistered;
+use shop_messaging::{Event, envelope::CONTENT_TYPE, topology};
+use shop_testkit::{TestApp, spawn_with};
+use sqlx::PgPool;
+use user_service::UserService;
+use uuid::Uuid;
+
+const NOTIFICATION_SECRET: &str = "notification-service-secret-0123456789";
+
+/// The message the running service publishes under `routing_key` after `write` ran: body,
+/// content type and routing key as they travel on the broker.
+async fn published(
+    amqp_url: &str,
+    routing_key: &str,
+    write: impl AsyncFnOnce() -> Result<(), String>,
+) -> Result<Message, String> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    topology::declare_exchange(&channel)
+        .await
+        .map_err(|e| e.to_string())?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology::EXCHANGE.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    write().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(message) = channel
+            .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let mut produced = Message::json(&Value::Null)
+                .with_metadata("routingKey", message.delivery.routing_key.to_string())
+                .with_metadata("contentType", CONTENT_TYPE);
+            produced.body = message.delivery.data.into();
+            produced.content_type = message
+                .delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(ToString::to_string);
+            return Ok(produced);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("nothing published on {routing_key} within 15 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A registration through the real HTTP API, with an address of its own.
+async fn register(app: &TestApp) -> Result<(), String> {
+    let email = format!("ada-{}@example.com", Uuid::new_v4().simple());
+    let response = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"email": email, "password": "correct horse battery", "name": "Ada Lovelace"}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("registration answered {}", response.status()))
+    }
+}
+
+/// Sets up one provider state in the service's own database.
+async fn set_up(pool: &PgPool, state: &State) -> Result<(), String> {
+    match state.name.as_str() {
+        "a user exists" => {
+            let id = state
+                .params
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or("'a user exists' needs an `id` parameter (a UUID)")?;
+            // GetUser reads id, email and name; the account cannot sign in (no password
+            // hash matches "!"), which this contract does not need.
+            sqlx::query(
+                "INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, '!') \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(format!("user-{}@example.com", id.simple()))
+            .bind("Ada Lovelace")
+            .execute(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        other => Err(format!("unknown provider state '{other}'")),
+    }
+}
+
+#[tokio::test]
+async fn user_honours_the_contracts_of_its_consumers() {
+    let clients = format!("notification-service={NOTIFICATION_SECRET}");
+    let app = std::sync::Arc::new(
+        spawn_with::<UserService>([("SERVICE_CLIENTS", clients.as_str())])
+            .await
+            .unwrap(),
+    );
+    // The token notification-service gets, the way it gets it.
+    let token = ServiceTokens::new(
+        app.url("/internal/v1/service-token").parse().unwrap(),
+        "notification-service",
+        NOTIFICATION_SECRET,
+    )
+    .unwrap()
+    .bearer()
+    .await
+    .unwrap();
+    let pool = PgPool::connect(&app.env["DATABASE_URL"]).await.unwrap();
+
+    let producer = app.clone();
+    let verification = Provider::new("user-service")
+        .grpc(app.grpc_addr)
+        .grpc_metadata("authorization", format!("Bearer {token}"))
+        .state(move |state| {
+            let pool = pool.clone();
+            async move { set_up(&pool, &state).await }
+        })
+        .message("a user.registered event", move || {
+            let app = producer.clone();
+            async move {
+                published(
+                    &app.env["AMQP_URL"],
+                    UserRegistered::ROUTING_KEY,
+                    async || register(&app).await,
+                )
+                .await
+            }
+        })
+        .run()
+        .await
+        .unwrap();
+    assert!(verification.passed, "{}", verification.report);
+    // notification-service's contract is in the repository: a verification that found
+    // nothing to check must not pass silently.
+    assert!(
+        verification
+            .pacts
+            .iter()
+            .any(|pact| pact.ends_with("notification-service-user-service.json")),
+        "{:?}",
+        verification.pacts
+    );
+}
