@@ -110,6 +110,11 @@ declare -A INFRA_PORTS=(
 
 # -----------------------------------------------------------------------------
 # THE service table — the single place that says how each binary is started.
+# Services start in this order, each one ready (its event consumers attached)
+# before the next starts: a consumer's queue must exist before a producer's
+# first events are published, or the broker has nowhere to route them. So
+# inventory (consumes ProductCreated) starts before catalog, whose demo seed
+# publishes them, and notification before the services whose events it mails.
 # Columns: binary name, HTTP port, gRPC port, extra environment (KEY=VALUE
 # words separated by spaces; values must not contain spaces).
 #
@@ -122,13 +127,13 @@ declare -A INFRA_PORTS=(
 # running with such development values; production supplies its own secrets.
 # -----------------------------------------------------------------------------
 SERVICES_TABLE='
-gateway               8080 50050 REDIS_URL=redis://127.0.0.1:6379 AMQP_URL=amqp://gateway:gateway@127.0.0.1:5672/%2f SHOP_ENV=development
 user-service          8081 50051 DATABASE_URL=postgres://user_service:user_service@127.0.0.1:5432/users AMQP_URL=amqp://user_service:user_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_CLIENTS=order-service=dev-only-order-service-secret-0000000000,notification-service=dev-only-notification-service-secret-00000
-catalog-service       8082 50052 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=catalog AMQP_URL=amqp://catalog_service:catalog_service@127.0.0.1:5672/%2f SHOP_ENV=development CATALOG_SEED_DEMO=true
-inventory-service     8083 50053 DATABASE_URL=postgres://inventory_service:inventory_service@127.0.0.1:5432/inventory AMQP_URL=amqp://inventory_service:inventory_service@127.0.0.1:5672/%2f SHOP_ENV=development
-order-service         8084 50054 DATABASE_URL=postgres://order_service:order_service@127.0.0.1:5432/orders AMQP_URL=amqp://order_service:order_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-order-service-secret-0000000000
-payment-service       8085 50055 DATABASE_URL=postgres://payment_service:payment_service@127.0.0.1:5432/payments AMQP_URL=amqp://payment_service:payment_service@127.0.0.1:5672/%2f SHOP_ENV=development
 notification-service  8086 50056 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=notification AMQP_URL=amqp://notification_service:notification_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-notification-service-secret-00000
+inventory-service     8083 50053 DATABASE_URL=postgres://inventory_service:inventory_service@127.0.0.1:5432/inventory AMQP_URL=amqp://inventory_service:inventory_service@127.0.0.1:5672/%2f SHOP_ENV=development
+catalog-service       8082 50052 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=catalog AMQP_URL=amqp://catalog_service:catalog_service@127.0.0.1:5672/%2f SHOP_ENV=development CATALOG_SEED_DEMO=true
+payment-service       8085 50055 DATABASE_URL=postgres://payment_service:payment_service@127.0.0.1:5432/payments AMQP_URL=amqp://payment_service:payment_service@127.0.0.1:5672/%2f SHOP_ENV=development
+order-service         8084 50054 DATABASE_URL=postgres://order_service:order_service@127.0.0.1:5432/orders AMQP_URL=amqp://order_service:order_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-order-service-secret-0000000000
+gateway               8080 50050 REDIS_URL=redis://127.0.0.1:6379 AMQP_URL=amqp://gateway:gateway@127.0.0.1:5672/%2f SHOP_ENV=development
 '
 
 # Extra PostgreSQL roles that are not tied to a service: "role database attrs".
@@ -951,7 +956,12 @@ Stop all:    make down   (or: deploy/local/stack.sh down)
 EOF
 }
 
-service_ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/readyz") == 200 ]]; }
+# /readyz answers 200, and every consumer it reports ("consumer:<queue>") attached to its queue.
+service_consuming() {
+  local body
+  body=$(curl -sf --max-time 2 "http://$1/readyz") || return 1
+  ! grep -oE '"consumer:[^"]*":"[^"]*"' <<<"$body" | grep -vq ':"up"$'
+}
 
 cmd_services_up() {
   local bin_dir=${1:-$REPO_ROOT/target/debug}
@@ -969,7 +979,7 @@ cmd_services_up() {
     warn "infrastructure does not seem to be running; start it with: deploy/local/stack.sh infra-up"
   fi
 
-  say "starting services from $bin_dir"
+  say "starting services from $bin_dir, each ready before the next (up to ${SERVICE_TIMEOUT}s each)"
   while read -r name http grpc rest; do
     if pid=$(running_pid "$name"); then note "$name: already running (pid $pid)"; continue; fi
     clear_stale "$name"
@@ -981,17 +991,12 @@ cmd_services_up() {
     env_args=(HTTP_ADDR="127.0.0.1:$http" GRPC_ADDR="127.0.0.1:$grpc"
               LOG_FORMAT="${LOG_FORMAT:-json}" RUST_LOG="${RUST_LOG:-info}" $rest)
     launch "$name" "$REPO_ROOT" env "${env_args[@]}" "$bin_dir/$name"
-    note "$name: started (pid $(<"$(pidfile "$name")"))"
     started+=("$name")
-  done < <(table_rows "$SERVICES_TABLE")
-
-  say "waiting for /readyz (up to ${SERVICE_TIMEOUT}s each)"
-  while read -r name http _; do
     rc=0
-    wait_until "$name" "$SERVICE_TIMEOUT" service_ready "127.0.0.1:$http" || rc=$?
+    wait_until "$name" "$SERVICE_TIMEOUT" service_consuming "127.0.0.1:$http" || rc=$?
     case $rc in
-      0) note "$name: ready" ;;
-      1) failed=1; warn "$name: http://127.0.0.1:$http/readyz did not return 200 within ${SERVICE_TIMEOUT}s (still running, left as is)" ;;
+      0) note "$name: ready (pid $(<"$(pidfile "$name")"))" ;;
+      1) failed=1; warn "$name: http://127.0.0.1:$http/readyz did not report ready with its consumers attached within ${SERVICE_TIMEOUT}s (still running, left as is)" ;;
       *) failed=1; warn "$name: process exited"; forget_pid "$name" ;;
     esac
     if (( rc )); then
