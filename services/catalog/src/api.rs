@@ -8,11 +8,14 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shop_auth::{Verifier, http::RequireAdmin};
-use shop_runtime::{ApiError, FieldError, error::PROBLEM_JSON};
+use shop_runtime::{
+    ApiError, FieldError,
+    error::PROBLEM_JSON,
+    pagination::{PageQuery, encode_cursor},
+};
 
 use crate::{
     product::{self, Product},
@@ -20,8 +23,8 @@ use crate::{
     store::{IfMatch, ListQuery, Store, WriteError, store_error},
 };
 
-pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
+pub const DEFAULT_LIMIT: u32 = 20;
+pub const MAX_LIMIT: u32 = 100;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -47,40 +50,21 @@ pub fn router(state: AppState) -> Router {
 struct ListParams {
     q: Option<String>,
     category: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
 }
 
-/// `{items, next_cursor}`; `next_cursor` is null on the last page.
+/// `{items, next_cursor}`; `next_cursor` is null on the last page. The cursor carries the last
+/// id of the page (ids sort in creation order), opaque to callers through the shared encoder.
 async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     let mut errors = Vec::new();
-    let limit = match params.limit.as_deref().map(str::parse::<i64>) {
-        None => DEFAULT_LIMIT,
-        Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be a whole number from 1 to {MAX_LIMIT}"),
-            ));
-            DEFAULT_LIMIT
-        }
-    };
-    let after = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(cursor) => {
-            let decoded = decode_cursor(cursor);
-            if decoded.is_none() {
-                errors.push(FieldError::new(
-                    "cursor",
-                    "is not a cursor this API returned",
-                ));
-            }
-            decoded
-        }
-    };
+    let limit = params.page.limit(DEFAULT_LIMIT, MAX_LIMIT, &mut errors);
+    let after = params.page.cursor(&mut errors, |last_id| {
+        (!last_id.is_empty() && last_id.len() <= 64).then(|| last_id.to_owned())
+    });
     let terms = match search::query_terms(params.q.as_deref().unwrap_or_default()) {
         Some(terms) => terms,
         None => {
@@ -98,7 +82,7 @@ async fn list(
         category: params.category.filter(|c| !c.is_empty()),
         terms,
         after,
-        limit,
+        limit: i64::from(limit),
     };
     let page = state.store.list(&query).await.map_err(store_error)?;
     let items: Vec<_> = page.items.iter().map(Product::body).collect();
@@ -106,18 +90,6 @@ async fn list(
         "items": items,
         "next_cursor": page.last.as_deref().map(encode_cursor),
     })))
-}
-
-/// Cursors are opaque to callers (base64url of the last id), so the paging scheme can change
-/// without breaking anyone who just hands back what they got.
-pub fn encode_cursor(last_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(last_id)
-}
-
-fn decode_cursor(cursor: &str) -> Option<String> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let id = String::from_utf8(bytes).ok()?;
-    (!id.is_empty() && id.len() <= 64).then_some(id)
 }
 
 /// One product with its `ETag`; `If-None-Match` with the current tag answers 304.
@@ -222,17 +194,4 @@ fn precondition_failed() -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let id = "0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a";
-        assert_eq!(decode_cursor(&encode_cursor(id)).as_deref(), Some(id));
-        assert_eq!(decode_cursor("%%%"), None);
-        assert_eq!(decode_cursor(""), None);
-    }
 }

@@ -10,11 +10,13 @@ use axum::{
     extract::{FromRef, Query, State},
     routing::get,
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use shop_auth::{Principal, Verifier};
-use shop_runtime::{ApiError, FieldError};
+use shop_runtime::{
+    ApiError,
+    pagination::{PageQuery, encode_cursor},
+};
 
 use crate::store::{After, Store, Summary, chrono};
 
@@ -37,13 +39,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/notifications", get(list))
         .with_state(state)
-}
-
-/// Parameters are strings so a bad one is a field error, not a bare 400.
-#[derive(Debug, Deserialize)]
-struct Page {
-    limit: Option<String>,
-    cursor: Option<String>,
 }
 
 /// One notification as its recipient sees it.
@@ -88,17 +83,14 @@ impl From<Summary> for Item {
     }
 }
 
-fn encode_cursor(after: &After) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "{}|{}",
-        after.created_at.timestamp_millis(),
-        after.event_id
-    ))
+/// What a cursor carries: the last item's keyset position, `<created_at millis>|<event id>`.
+/// The shared encoder makes it opaque, so this format can change without breaking clients.
+fn position(after: &After) -> String {
+    format!("{}|{}", after.created_at.timestamp_millis(), after.event_id)
 }
 
-fn decode_cursor(cursor: &str) -> Option<After> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
-    let (millis, event_id) = raw.split_once('|')?;
+fn read_position(position: &str) -> Option<After> {
+    let (millis, event_id) = position.split_once('|')?;
     Some(After {
         created_at: DateTime::from_timestamp_millis(millis.parse().ok()?)?,
         event_id: event_id.to_owned(),
@@ -108,35 +100,11 @@ fn decode_cursor(cursor: &str) -> Option<After> {
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(page): Query<Page>,
+    Query(page): Query<PageQuery>,
 ) -> Result<Json<Listing>, ApiError> {
     let mut problems = Vec::new();
-    let limit = match page.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<u32>() {
-            Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
-            _ => {
-                problems.push(FieldError::new(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                ));
-                DEFAULT_LIMIT
-            }
-        },
-    };
-    let after = match page.cursor.as_deref() {
-        None | Some("") => None,
-        Some(raw) => {
-            let after = decode_cursor(raw);
-            if after.is_none() {
-                problems.push(FieldError::new(
-                    "cursor",
-                    "is not a cursor this API returned; start without one",
-                ));
-            }
-            after
-        }
-    };
+    let limit = page.limit(DEFAULT_LIMIT, MAX_LIMIT, &mut problems);
+    let after = page.cursor(&mut problems, read_position);
     if !problems.is_empty() {
         return Err(ApiError::validation(problems));
     }
@@ -152,10 +120,10 @@ async fn list(
     let next_cursor = if summaries.len() > limit as usize {
         summaries.truncate(limit as usize);
         summaries.last().map(|last| {
-            encode_cursor(&After {
+            encode_cursor(&position(&After {
                 created_at: chrono(last.created_at),
                 event_id: last.event_id.clone(),
-            })
+            }))
         })
     } else {
         None
@@ -171,13 +139,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
+    fn positions_round_trip_and_garbage_is_refused() {
         let after = After {
             created_at: DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
             event_id: "0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a".into(),
         };
-        assert_eq!(decode_cursor(&encode_cursor(&after)), Some(after));
-        assert_eq!(decode_cursor("not base64!"), None);
-        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("x|y")), None);
+        assert_eq!(read_position(&position(&after)), Some(after));
+        assert_eq!(read_position("x|y"), None);
+        assert_eq!(read_position("1700000000123"), None);
+    }
+
+    #[test]
+    fn a_cursor_from_a_previous_page_reads_back_through_the_shared_encoder() {
+        let after = After {
+            created_at: DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
+            event_id: "0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a".into(),
+        };
+        let page = PageQuery {
+            limit: None,
+            cursor: Some(encode_cursor(&position(&after))),
+        };
+        let mut problems = Vec::new();
+        assert_eq!(page.cursor(&mut problems, read_position), Some(after));
+        assert!(problems.is_empty(), "{problems:?}");
     }
 }

@@ -22,11 +22,14 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use shop_auth::{Principal, Verifier};
 use shop_events::{Money, order::OrderPlaced};
 use shop_messaging::outbox::postgres::enqueue_event;
-use shop_runtime::{ApiError, FieldError};
+use shop_runtime::{
+    ApiError, FieldError,
+    pagination::{PageQuery, encode_cursor},
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -399,45 +402,26 @@ async fn own(pool: &PgPool, principal: &Principal, id: &str) -> Result<OrderView
     Ok(order)
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
 #[derive(Debug, Serialize)]
 struct Listing {
     items: Vec<OrderView>,
     next_cursor: Option<String>,
 }
 
-/// The caller's orders, newest first. The cursor is the last id of the previous page (ids are
-/// UUID v7, ordered by creation), so pages stay stable while new orders arrive.
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+/// The caller's orders, newest first. The cursor carries the last id of the previous page (ids
+/// are UUID v7, ordered by creation), so pages stay stable while new orders arrive; it is
+/// opaque to callers through the shared encoder, so the paging key can change without them.
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(page): Query<Page>,
+    Query(page): Query<PageQuery>,
 ) -> Result<Json<Listing>, ApiError> {
     let mut errors = Vec::new();
-    let limit = match page.limit.as_deref().map(str::parse::<i64>) {
-        None => 20,
-        Some(Ok(limit)) if (1..=100).contains(&limit) => limit,
-        Some(_) => {
-            errors.push(FieldError::new("limit", "must be a number from 1 to 100"));
-            20
-        }
-    };
-    let cursor = match page.cursor.as_deref().map(Uuid::parse_str) {
-        None => None,
-        Some(Ok(cursor)) => Some(cursor),
-        Some(Err(_)) => {
-            errors.push(FieldError::new(
-                "cursor",
-                "is not a cursor from a previous page",
-            ));
-            None
-        }
-    };
+    let limit = i64::from(page.limit(DEFAULT_LIMIT, MAX_LIMIT, &mut errors));
+    let cursor = page.cursor(&mut errors, |last_id| Uuid::parse_str(last_id).ok());
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -462,7 +446,11 @@ async fn list(
         items.push(view(row, lines));
     }
     let next_cursor = more
-        .then(|| items.last().map(|order| order.id.to_string()))
+        .then(|| {
+            items
+                .last()
+                .map(|order| encode_cursor(&order.id.to_string()))
+        })
         .flatten();
     Ok(Json(Listing { items, next_cursor }))
 }

@@ -9,6 +9,7 @@
 //! | [`metrics`] | the Prometheus recorder and request metrics for HTTP and gRPC |
 //! | [`health`] | `/healthz`, `/readyz` and readiness probes |
 //! | [`error`] | [`ApiError`]: RFC 9457 problem+json over HTTP, status codes over gRPC |
+//! | [`pagination`] | `?limit=&cursor=` with opaque cursors, the one way list endpoints page |
 //! | [`http`], [`grpc`] | the servers and their middleware |
 //! | [`stores`] | PostgreSQL, MongoDB, Redis and RabbitMQ connections |
 //! | [`shutdown`] | SIGTERM/SIGINT handling |
@@ -22,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod mode;
+pub mod pagination;
 pub mod service;
 pub mod shutdown;
 pub mod stores;
