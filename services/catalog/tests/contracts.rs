@@ -13,20 +13,14 @@ mod support;
 use std::time::Duration;
 
 use catalog_service::{product, stock::StockLevels, store::Store};
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use mongodb::bson::doc;
 use serde_json::{Value, json};
 use shop_contract::{Message, pact_consumer::builders::MessageInteractionBuilder, prelude::*};
 use shop_events::inventory::{
     OutOfStock, StockLow, StockReleased, StockReplenished, StockReserved,
 };
-use shop_messaging::{
-    Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE, topology,
-};
+use shop_messaging::testing::Tap;
+use shop_messaging::{Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE};
 use support::{Issuer, admin, catalog};
 
 const SKU: &str = "SKU-1";
@@ -173,62 +167,30 @@ async fn published(
     routing_key: &str,
     write: impl AsyncFnOnce(),
 ) -> Result<Message, String> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    topology::declare_exchange(&channel)
-        .await
-        .map_err(|e| e.to_string())?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology::EXCHANGE.into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let tap = Tap::bind(amqp_url, [routing_key])
         .await
         .map_err(|e| e.to_string())?;
     write().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(message) = channel
-            .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let mut produced = Message::json(&Value::Null)
-                .with_metadata("routingKey", routing_key)
-                .with_metadata("contentType", CONTENT_TYPE);
-            produced.body = message.delivery.data.into();
-            produced.content_type = message
-                .delivery
-                .properties
-                .content_type()
-                .as_ref()
-                .map(ToString::to_string);
-            return Ok(produced);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("nothing published on {routing_key}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let delivery = tap
+        .next(Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("nothing published on {routing_key}"))?;
+    Ok(as_message(delivery))
+}
+
+/// The delivery as the contract kit compares it.
+fn as_message(delivery: lapin::message::Delivery) -> Message {
+    let content_type = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(ToString::to_string);
+    Message::published(
+        delivery.data,
+        delivery.routing_key.as_str(),
+        content_type.as_deref(),
+    )
 }
 
 /// A message interaction of a contract naming catalog-service: its description, the routing

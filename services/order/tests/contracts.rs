@@ -13,16 +13,12 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use shop_contract::Message;
 use shop_events::order::{OrderCancelled, OrderConfirmed};
-use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE, topology};
+use shop_messaging::testing::Tap;
+use shop_messaging::{Envelope, Event};
 use shop_testkit::TestApp;
 use support::{APPROVES, DECLINES, PATIENCE, World, order_body, place, uuid_like};
 
@@ -365,35 +361,7 @@ async fn published(
     card: &str,
     routing_key: &str,
 ) -> Result<Message, String> {
-    let connection = Connection::connect(&order.env["AMQP_URL"], ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    topology::declare_exchange(&channel)
-        .await
-        .map_err(|e| e.to_string())?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology::EXCHANGE.into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let tap = Tap::bind(&order.env["AMQP_URL"], [routing_key])
         .await
         .map_err(|e| e.to_string())?;
 
@@ -414,33 +382,26 @@ async fn published(
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Some(message) = channel
-            .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let delivery = tap
+            .next(within)
             .await
             .map_err(|e| e.to_string())?
-        {
-            let delivery = message.delivery;
-            let envelope = Envelope::from_slice(&delivery.data).map_err(|e| e.to_string())?;
-            if envelope.data["orderId"] != id.as_str() {
-                continue; // another order's
-            }
-            let mut produced = Message::json(&serde_json::Value::Null)
-                .with_metadata("routingKey", delivery.routing_key.to_string())
-                .with_metadata("contentType", CONTENT_TYPE);
-            produced.body = delivery.data.into();
-            produced.content_type = delivery
-                .properties
-                .content_type()
-                .as_ref()
-                .map(ToString::to_string);
-            return Ok(produced);
+            .ok_or_else(|| format!("no {routing_key} for order {id} within {PATIENCE:?}"))?;
+        let envelope = Envelope::from_slice(&delivery.data).map_err(|e| e.to_string())?;
+        if envelope.data["orderId"] != id.as_str() {
+            continue; // another order's
         }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "no {routing_key} for order {id} within {PATIENCE:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let content_type = delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(ToString::to_string);
+        return Ok(Message::published(
+            delivery.data,
+            delivery.routing_key.as_str(),
+            content_type.as_deref(),
+        ));
     }
 }
 

@@ -12,16 +12,12 @@
 
 use std::time::Duration;
 
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use serde_json::{Value, json};
 use shop_auth::client::ServiceTokens;
 use shop_contract::{Message, Provider, State};
 use shop_events::user::UserRegistered;
-use shop_messaging::{Event, envelope::CONTENT_TYPE, topology};
+use shop_messaging::Event;
+use shop_messaging::testing::Tap;
 use shop_testkit::{TestApp, spawn_with};
 use sqlx::PgPool;
 use user_service::UserService;
@@ -36,62 +32,25 @@ async fn published(
     routing_key: &str,
     write: impl AsyncFnOnce() -> Result<(), String>,
 ) -> Result<Message, String> {
-    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    topology::declare_exchange(&channel)
-        .await
-        .map_err(|e| e.to_string())?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology::EXCHANGE.into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let tap = Tap::bind(amqp_url, [routing_key])
         .await
         .map_err(|e| e.to_string())?;
     write().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(message) = channel
-            .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let mut produced = Message::json(&Value::Null)
-                .with_metadata("routingKey", message.delivery.routing_key.to_string())
-                .with_metadata("contentType", CONTENT_TYPE);
-            produced.body = message.delivery.data.into();
-            produced.content_type = message
-                .delivery
-                .properties
-                .content_type()
-                .as_ref()
-                .map(ToString::to_string);
-            return Ok(produced);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("nothing published on {routing_key} within 15 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let delivery = tap
+        .next(Duration::from_secs(15))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("nothing published on {routing_key} within 15 s"))?;
+    let content_type = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(ToString::to_string);
+    Ok(Message::published(
+        delivery.data,
+        delivery.routing_key.as_str(),
+        content_type.as_deref(),
+    ))
 }
 
 /// A registration through the real HTTP API, with an address of its own.

@@ -3,16 +3,17 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
+mod support;
+
 use base64::{Engine, engine::general_purpose::STANDARD};
 use reqwest::StatusCode;
 use ring::{rand::SystemRandom, signature::Ed25519KeyPair};
 use serde_json::{Value, json};
 use shop_proto::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
-use shop_testkit::{TestApp, spawn, spawn_with};
+use shop_testkit::{spawn, spawn_with};
+use support::{PASSWORD, login, post, refresh, signed_in};
 use user_service::UserService;
 use uuid::Uuid;
-
-const PASSWORD: &str = "correct horse battery";
 
 /// A fresh Ed25519 private key as PKCS#8 PEM, for `JWT_SIGNING_KEY`.
 fn new_key_pem() -> String {
@@ -21,44 +22,6 @@ fn new_key_pem() -> String {
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
         STANDARD.encode(der.as_ref())
     )
-}
-
-async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Registers and signs in a new customer; returns the token pair.
-async fn signed_in(app: &TestApp) -> Value {
-    let email = format!("{}@example.com", Uuid::new_v4().simple());
-    let registered = post(
-        app,
-        "/api/v1/auth/register",
-        json!({"email": email, "password": PASSWORD, "name": "Ann Lee"}),
-    )
-    .await;
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    let response = post(
-        app,
-        "/api/v1/auth/login",
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
-async fn refresh(app: &TestApp, refresh_token: &Value) -> reqwest::Response {
-    post(
-        app,
-        "/api/v1/auth/refresh",
-        json!({"refresh_token": refresh_token}),
-    )
-    .await
 }
 
 /// Point 2: a reuse (or a logout) racing a legitimate rotation of the same family must leave
@@ -101,15 +64,6 @@ async fn no_token_of_a_family_survives_reuse_or_logout_racing_a_rotation() {
             );
         }
     }
-}
-
-async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
-    post(
-        app,
-        "/api/v1/auth/login",
-        json!({"email": email, "password": password}),
-    )
-    .await
 }
 
 /// Point 1: production refuses the development conveniences, naming each variable.

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
+mod support;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::{
@@ -14,12 +16,12 @@ use serde_json::{Value, json};
 use shop_auth::{Claims, Verifier, VerifierConfig, client::ServiceTokens};
 use shop_proto::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
 use shop_testkit::{TestApp, spawn, spawn_with};
+use support::{PASSWORD, login, post, refresh, register, signed_in};
 use user_service::{UserService, keys::SigningKey};
 use uuid::Uuid;
 
 const ISSUER: &str = "urn:shop:user-service";
 const AUDIENCE: &str = "shop";
-const PASSWORD: &str = "correct horse battery";
 
 /// A fresh Ed25519 key: its PEM (for the service's configuration) and the same key for
 /// signing tokens in the test.
@@ -44,42 +46,6 @@ async fn spawn_with_key(pem: &str) -> TestApp {
         .unwrap()
 }
 
-async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn register(app: &TestApp, email: &str) -> reqwest::Response {
-    post(
-        app,
-        "/api/v1/auth/register",
-        json!({"email": email, "password": PASSWORD, "name": "Ann Lee"}),
-    )
-    .await
-}
-
-async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
-    post(
-        app,
-        "/api/v1/auth/login",
-        json!({"email": email, "password": password}),
-    )
-    .await
-}
-
-/// Registers and signs in a new customer; returns the token pair.
-async fn signed_in(app: &TestApp) -> Value {
-    let email = format!("{}@example.com", Uuid::new_v4().simple());
-    assert_eq!(register(app, &email).await.status(), StatusCode::CREATED);
-    let response = login(app, &email, PASSWORD).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
 async fn me(app: &TestApp, access_token: &str) -> reqwest::Response {
     app.client
         .get(app.url("/api/v1/users/me"))
@@ -87,15 +53,6 @@ async fn me(app: &TestApp, access_token: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-async fn refresh(app: &TestApp, refresh_token: &Value) -> reqwest::Response {
-    post(
-        app,
-        "/api/v1/auth/refresh",
-        json!({"refresh_token": refresh_token}),
-    )
-    .await
 }
 
 /// A problem document without its per-request trace id.

@@ -149,6 +149,26 @@ impl Message {
         }
     }
 
+    /// A message as it travelled on the broker, for a provider test that took it off a queue:
+    /// its body and content type, and the `routingKey` / `contentType` metadata that event
+    /// contracts name.
+    pub fn published(
+        body: impl Into<Bytes>,
+        routing_key: &str,
+        content_type: Option<&str>,
+    ) -> Self {
+        let mut message = Self {
+            body: body.into(),
+            content_type: content_type.map(str::to_owned),
+            metadata: Map::new(),
+        }
+        .with_metadata("routingKey", routing_key);
+        if let Some(content_type) = content_type {
+            message = message.with_metadata("contentType", content_type);
+        }
+        message
+    }
+
     /// Adds a metadata entry.
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
         self.metadata.insert(key.into(), value.into());

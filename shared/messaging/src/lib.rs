@@ -77,6 +77,8 @@ pub mod event;
 pub mod inbox;
 pub mod outbox;
 pub mod publisher;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topology;
 pub mod trace;
 

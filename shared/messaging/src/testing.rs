@@ -1,0 +1,84 @@
+//! For tests (feature `testing`): watch what a service really publishes.
+//!
+//! A [`Tap`] is an exclusive queue (gone with its connection) bound to the events exchange for the routing
+//! keys a test cares about. Bind it *before* the action that publishes (a queue only receives
+//! what is published after it exists), then take messages with a bounded wait.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    message::Delivery,
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+
+use crate::topology;
+
+/// A private queue on the events exchange (see the module docs).
+#[derive(Debug)]
+pub struct Tap {
+    // Kept open for as long as the tap lives: the queue is deleted with its connection.
+    _connection: Connection,
+    channel: Channel,
+    queue: String,
+}
+
+impl Tap {
+    /// Binds a fresh queue for each of `routing_keys` (patterns allowed) on the broker at
+    /// `amqp_url`, declaring the exchange if no service has yet.
+    pub async fn bind(
+        amqp_url: &str,
+        routing_keys: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Self, lapin::Error> {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        topology::declare_exchange(&channel).await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .name()
+            .to_string();
+        for key in routing_keys {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    topology::EXCHANGE.into(),
+                    key.as_ref().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(Self {
+            _connection: connection,
+            channel,
+            queue,
+        })
+    }
+
+    /// The next message, waiting at most `within`; `Ok(None)` when none arrived by then.
+    pub async fn next(&self, within: Duration) -> Result<Option<Delivery>, lapin::Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(message) = self
+                .channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await?
+            {
+                return Ok(Some(message.delivery));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
