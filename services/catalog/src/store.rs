@@ -7,6 +7,9 @@
 //! * **Optimistic concurrency.** An update is read → change → `update_one` filtered on the
 //!   version (and stock flag) that was read. If another writer got there first the filter
 //!   matches nothing and nothing is written; the caller retries or is told (412).
+//! * **One write to a product at a time in this process** ([`outbox::lock_document`]): FerretDB
+//!   v1 applies an update as read, change, write back, so without it the relay's clean-up of an
+//!   old outbox entry could overwrite a change made the same millisecond.
 //! * **The stock read model** ([`Store::apply_stock_level`]) is a conditional update that only
 //!   moves forward: a level older than the one applied is ignored.
 //! * **Pagination** walks `_id` (UUIDv7, creation order) with `_id > cursor`: stable while
@@ -304,6 +307,7 @@ impl Store {
                     outbox::entry(routing_key, &envelope)?,
                 );
             }
+            let _lock = outbox::lock_document(&self.documents, &Bson::from(id)).await;
             let written = self
                 .documents
                 .update_one(
@@ -332,10 +336,15 @@ impl Store {
         &self,
         level: &StockLevel,
     ) -> Result<bool, mongodb::error::Error> {
+        let Some(product) = self.get_by_sku(&level.sku).await? else {
+            return Ok(false);
+        };
+        let _lock = outbox::lock_document(&self.documents, &Bson::from(product.id.as_str())).await;
         let written = self
             .documents
             .update_one(
                 doc! {
+                    "_id": &product.id,
                     "sku": &level.sku,
                     "$or": [
                         { "stock_version": { "$exists": false } },

@@ -50,9 +50,13 @@ impl TcpProxy {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    // Biased, the cut first: data that arrives after `cut()` is never forwarded,
+                    // even when it and the cut are ready in the same poll (an unbiased select
+                    // picks at random, and a test's "ack after the cut" could get through).
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        biased;
                         _ = cut.changed() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                     }
                 });
             }

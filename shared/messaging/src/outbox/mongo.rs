@@ -28,8 +28,21 @@
 //! the [`PARKED`] collection with the reason, logged once and counted in
 //! `messaging_outbox_parked_total`. When the broker itself is down, nothing is counted against
 //! the entries: the relay backs off.
+//!
+//! **One writer per document at a time, in this process.** MongoDB applies an `update_one`
+//! atomically to its document; FerretDB v1 does not: it reads the document, applies the update
+//! in memory and writes the whole document back, so two updates of one document at the same
+//! moment can lose one of them — the relay's `$unset` of an old entry can write back a document
+//! without the change (and the new entry) a producer stored a millisecond earlier. Every write
+//! to a document with an outbox therefore holds [`lock_document`] for that document, the relay's
+//! included. That closes the race for one instance per service, which the relay asks for anyway;
+//! on MongoDB the lock costs an uncontended mutex.
 
-use std::time::Duration;
+use std::{
+    hash::{Hash, Hasher},
+    sync::LazyLock,
+    time::Duration,
+};
 
 use futures::TryStreamExt;
 use mongodb::{
@@ -37,6 +50,7 @@ use mongodb::{
     bson::{self, Bson, Document, doc},
 };
 use shop_runtime::{BootError, Context, stores::amqp::Amqp};
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use super::RelayConfig;
@@ -77,6 +91,27 @@ pub fn pending<'a>(
         outbox.insert(event.id.to_string(), entry(routing_key, event)?);
     }
     Ok(outbox)
+}
+
+/// How many locks the documents of all collections share: enough that unrelated documents
+/// rarely wait for each other, few enough to allocate once.
+const LOCK_STRIPES: usize = 256;
+
+static DOCUMENT_LOCKS: LazyLock<Vec<Mutex<()>>> =
+    LazyLock::new(|| (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect());
+
+/// Holds the in-process write lock of the document `id` of `collection` until the guard is
+/// dropped (see the module documentation for why). Take it around each single-document write
+/// to a collection the relay serves, never around two documents at once.
+pub async fn lock_document<T: Send + Sync>(
+    collection: &mongodb::Collection<T>,
+    id: &Bson,
+) -> MutexGuard<'static, ()> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    collection.namespace().to_string().hash(&mut hasher);
+    id.to_string().hash(&mut hasher);
+    let stripe = usize::try_from(hasher.finish() % LOCK_STRIPES as u64).unwrap_or(0);
+    DOCUMENT_LOCKS[stripe].lock().await
 }
 
 /// The outbox relay for MongoDB.
@@ -252,6 +287,7 @@ async fn relay_batch(
         let entry = format!("{FIELD}.{}", pending.event_id);
         match result {
             Ok(()) => {
+                let _lock = lock_document(&documents, &pending.document).await;
                 documents
                     .update_one(
                         doc! { "_id": pending.document.clone() },
@@ -270,6 +306,7 @@ async fn relay_batch(
                         bson::DateTime::now().timestamp_millis()
                             + i64::try_from(pause.as_millis()).unwrap_or(i64::MAX / 2),
                     );
+                    let _lock = lock_document(&documents, &pending.document).await;
                     documents
                         .update_one(
                             doc! { "_id": pending.document.clone() },
@@ -334,6 +371,7 @@ async fn park(
         Err(err) if crate::inbox::mongo::is_duplicate(&err) => {}
         Err(err) => return Err(err.into()),
     }
+    let _lock = lock_document(documents, &pending.document).await;
     documents
         .update_one(
             doc! { "_id": pending.document.clone() },
