@@ -84,6 +84,8 @@ pub struct Provider {
     grpc: Option<SocketAddr>,
     /// Metadata added to every gRPC call, as given (checked when verification starts).
     grpc_metadata: Vec<(String, String)>,
+    /// Headers set on every HTTP request replayed ([`Provider::http_header`]).
+    http_headers: HashMap<String, String>,
     descriptors: Descriptors,
     states: Option<StateHandler>,
     producers: BTreeMap<String, MessageProducer>,
@@ -106,6 +108,10 @@ impl fmt::Debug for Provider {
                     .iter()
                     .map(|(k, _)| k)
                     .collect::<Vec<_>>(),
+            )
+            .field(
+                "http_headers",
+                &self.http_headers.keys().collect::<Vec<_>>(),
             )
             .field("states", &self.states.is_some())
             .field("producers", &self.producers.keys().collect::<Vec<_>>())
@@ -134,6 +140,7 @@ impl Provider {
             http: None,
             grpc: None,
             grpc_metadata: Vec::new(),
+            http_headers: HashMap::new(),
             descriptors: Descriptors::default(),
             states: None,
             producers: BTreeMap::new(),
@@ -167,6 +174,17 @@ impl Provider {
     /// verification with [`ContractError::Config`].
     pub fn grpc_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.grpc_metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets `name: value` on every HTTP request the kit replays, in place of the header of
+    /// that name a contract declares: the HTTP counterpart of [`Provider::grpc_metadata`].
+    /// A consumer's contract says it sends `Authorization: Bearer <token>` (a pattern); the
+    /// provider test gives a token its service accepts
+    /// (`.http_header("Authorization", format!("Bearer {token}"))`), for the user its provider
+    /// states create data for. Use the header name as the contracts spell it.
+    pub fn http_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.http_headers.insert(name.into(), value.into());
         self
     }
 
@@ -319,6 +337,7 @@ impl Provider {
         let options = VerificationOptions::<NullRequestFilterExecutor> {
             coloured_output: false,
             request_timeout: 15_000,
+            custom_headers: self.http_headers,
             ..VerificationOptions::default()
         };
         let sources = pacts

@@ -16,7 +16,13 @@
 //! assert!(err.to_string().contains("DATABASE_URL: is not set"));
 //! ```
 
-use std::{collections::HashMap, fmt, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    str::FromStr,
+    sync::Mutex,
+    time::Duration,
+};
 
 /// One variable that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +69,8 @@ impl ConfigError {
 pub struct Env {
     vars: HashMap<String, String>,
     issues: Vec<ConfigIssue>,
+    /// Every variable name looked up, set or not (see [`Env::read_variables`]).
+    read: Mutex<BTreeSet<String>>,
 }
 
 impl Env {
@@ -81,6 +89,7 @@ impl Env {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
             issues: Vec::new(),
+            read: Mutex::default(),
         }
     }
 
@@ -91,6 +100,9 @@ impl Env {
 
     /// The raw value, treating an empty string as unset.
     pub fn raw(&self, key: &str) -> Option<&str> {
+        if let Ok(mut read) = self.read.lock() {
+            read.insert(key.to_owned());
+        }
         self.vars
             .get(key)
             .map(String::as_str)
@@ -164,6 +176,19 @@ impl Env {
             "http" | "https" => Ok(url),
             other => self.fail(key, format!("has scheme '{other}', expected http or https")),
         }
+    }
+
+    /// The names of every variable looked up so far, sorted, whether it was set or not.
+    ///
+    /// Every getter goes through [`Env::raw`], so after a service's configuration is loaded
+    /// this is the list of variables that service reads. The deployment checks compare it with
+    /// what docker-compose.yml and the Helm chart set (deploy/check), so the two cannot drift
+    /// from the code.
+    pub fn read_variables(&self) -> Vec<String> {
+        self.read
+            .lock()
+            .map(|read| read.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Reports every problem recorded so far, or `Ok(())` when there were none.
@@ -271,6 +296,14 @@ mod tests {
         let text = env.finish().unwrap_err().to_string();
         assert!(text.contains("CALL_MS: must be at least 1"), "{text}");
         assert!(text.contains("PEER_URL: has scheme 'ftp'"), "{text}");
+    }
+
+    #[test]
+    fn remembers_every_variable_it_was_asked_for() {
+        let mut env = Env::from_pairs([("SET", "1"), ("NEVER_ASKED", "2")]);
+        let _ = env.parse_or("SET", 0u8, "a number");
+        let _ = env.optional::<u8>("UNSET", "a number");
+        assert_eq!(env.read_variables(), ["SET", "UNSET"]);
     }
 
     #[test]
