@@ -8,9 +8,7 @@ mod support;
 use std::time::Duration;
 
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    BasicProperties, Channel, Connection, ConnectionProperties, options::BasicPublishOptions,
 };
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
@@ -19,7 +17,7 @@ use shop_events::{
     catalog::{PriceChanged, ProductCreated, ProductUpdated},
     inventory::{OutOfStock, StockLevel, StockReleased, StockReplenished, StockReserved},
 };
-use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE, topology};
+use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE, testing::Tap, topology};
 use support::{Issuer, admin, catalog, created, database, eventually, get_json, patch, product};
 use uuid::Uuid;
 
@@ -38,27 +36,7 @@ async fn channel(app: &shop_testkit::TestApp) -> (Connection, Channel) {
 async fn product_writes_publish_their_events_through_the_document_outbox() {
     let issuer = Issuer::start().await;
     let app = catalog(&issuer, &[]).await;
-    let (_connection, channel) = channel(&app).await;
-    let queue = "catalog-events-test";
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.into(),
-            topology::EXCHANGE.into(),
-            "catalog.product.*".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let tap = Tap::bind(&app.env["AMQP_URL"], ["catalog.product.*"])
         .await
         .unwrap();
 
@@ -78,15 +56,11 @@ async fn product_writes_publish_their_events_through_the_document_outbox() {
     let mut received: Vec<Envelope> = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while received.len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "only {received:?}");
-        match channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => received.push(Envelope::from_slice(&message.delivery.data).unwrap()),
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(message) = tap.next(remaining).await.unwrap() else {
+            panic!("only {received:?} within {PATIENCE:?}");
+        };
+        received.push(Envelope::from_slice(&message.data).unwrap());
     }
     let eur = |amount| Money {
         amount,

@@ -7,32 +7,16 @@ mod support;
 
 use std::time::Duration;
 
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use shop_events::catalog::ProductCreated;
-use shop_messaging::{Envelope, Event, topology};
+use shop_messaging::{Envelope, Event, testing::Tap};
 use support::{Issuer, catalog, get_json};
 
-/// Every `ProductCreated` in `queue` until it stays empty for a second.
-async fn drain(channel: &Channel, queue: &str) -> Vec<ProductCreated> {
+/// Every `ProductCreated` on `tap` until none arrives for a second.
+async fn drain(tap: &Tap) -> Vec<ProductCreated> {
     let mut events = Vec::new();
-    let mut quiet_since = tokio::time::Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(1) {
-        match channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                let envelope = Envelope::from_slice(&message.delivery.data).unwrap();
-                events.push(envelope.data_as().unwrap());
-                quiet_since = tokio::time::Instant::now();
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
+    while let Some(message) = tap.next(Duration::from_secs(1)).await.unwrap() {
+        let envelope = Envelope::from_slice(&message.data).unwrap();
+        events.push(envelope.data_as().unwrap());
     }
     events
 }
@@ -40,30 +24,10 @@ async fn drain(channel: &Channel, queue: &str) -> Vec<ProductCreated> {
 #[tokio::test]
 async fn the_demo_catalog_is_loaded_once_however_often_the_service_starts() {
     let issuer = Issuer::start().await;
-    // A queue bound before the first start, as inventory's is, sees every ProductCreated.
+    // A queue bound before the first start, as inventory's is, sees every ProductCreated. The
+    // tap's connection is the test's own, so its queue outlives both starts of the service.
     let amqp_url = shop_testkit::isolation::rabbitmq_vhost().await.unwrap();
-    let connection = Connection::connect(&amqp_url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology::declare_exchange(&channel).await.unwrap();
-    let queue = "seed-test";
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.into(),
-            topology::EXCHANGE.into(),
-            ProductCreated::ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let tap = Tap::bind(&amqp_url, [ProductCreated::ROUTING_KEY])
         .await
         .unwrap();
 
@@ -80,7 +44,7 @@ async fn the_demo_catalog_is_loaded_once_however_often_the_service_starts() {
         .map(|p| p["category"].as_str().unwrap())
         .collect();
     assert!(categories.len() >= 5, "{categories:?}");
-    let announced = drain(&channel, queue).await;
+    let announced = drain(&tap).await;
     assert_eq!(announced.len(), items.len());
     let espresso = announced.iter().find(|e| e.sku == "COF-ESP-500").unwrap();
     assert_eq!(
@@ -106,8 +70,5 @@ async fn the_demo_catalog_is_loaded_once_however_often_the_service_starts() {
     .await;
     let again = get_json(&second, "/api/v1/products?limit=100").await;
     assert_eq!(again["items"].as_array().unwrap().len(), items.len());
-    assert!(
-        drain(&channel, queue).await.is_empty(),
-        "no product announced twice"
-    );
+    assert!(drain(&tap).await.is_empty(), "no product announced twice");
 }

@@ -11,7 +11,7 @@ use shop_events::inventory::{
     OutOfStock, StockLow, StockReleased, StockReplenished, StockReserved,
 };
 use shop_messaging::Event;
-use support::{Stack, next_event, watch};
+use support::{Stack, next_event};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -107,18 +107,15 @@ async fn a_bad_stock_body_gets_field_level_problem_json() {
 #[tokio::test]
 async fn every_stock_change_publishes_its_event_with_the_new_level_and_version() {
     let stack = Stack::start(&[]).await;
-    let (_connection, channel) = stack.amqp().await;
-    let queue = watch(
-        &channel,
-        &[
+    let tap = stack
+        .tap(&[
             StockReserved::ROUTING_KEY,
             StockReleased::ROUTING_KEY,
             StockLow::ROUTING_KEY,
             OutOfStock::ROUTING_KEY,
             StockReplenished::ROUTING_KEY,
-        ],
-    )
-    .await;
+        ])
+        .await;
     let admin = stack.admin_token();
     let put = |body: Value| stack.put_stock(&admin, "chair", body);
     assert_eq!(
@@ -128,7 +125,7 @@ async fn every_stock_change_publishes_its_event_with_the_new_level_and_version()
         StatusCode::OK
     );
 
-    let (key, event) = next_event(&channel, &queue).await;
+    let (key, event) = next_event(&tap).await;
     assert_eq!(key, StockReplenished::ROUTING_KEY);
     let replenished: StockReplenished = event.data_as().unwrap();
     assert_eq!(
@@ -139,7 +136,7 @@ async fn every_stock_change_publishes_its_event_with_the_new_level_and_version()
     // Reserving 4 of 6 crosses the threshold of 3: StockReserved, then StockLow.
     let order = Uuid::new_v4();
     stack.reserve(order, &[("chair", 4)]).await.unwrap();
-    let (key, event) = next_event(&channel, &queue).await;
+    let (key, event) = next_event(&tap).await;
     assert_eq!(key, StockReserved::ROUTING_KEY);
     let reserved: StockReserved = event.data_as().unwrap();
     assert_eq!(reserved.order_id, order);
@@ -151,7 +148,7 @@ async fn every_stock_change_publishes_its_event_with_the_new_level_and_version()
         ),
         (2, 4, 2)
     );
-    let (key, event) = next_event(&channel, &queue).await;
+    let (key, event) = next_event(&tap).await;
     assert_eq!(key, StockLow::ROUTING_KEY);
     assert_eq!(event.data_as::<StockLow>().unwrap().threshold, 3);
 
@@ -160,15 +157,12 @@ async fn every_stock_change_publishes_its_event_with_the_new_level_and_version()
         .reserve(Uuid::new_v4(), &[("chair", 2)])
         .await
         .unwrap();
-    assert_eq!(
-        next_event(&channel, &queue).await.0,
-        StockReserved::ROUTING_KEY
-    );
-    let (key, event) = next_event(&channel, &queue).await;
+    assert_eq!(next_event(&tap).await.0, StockReserved::ROUTING_KEY);
+    let (key, event) = next_event(&tap).await;
     assert_eq!(key, OutOfStock::ROUTING_KEY);
     assert_eq!(event.data_as::<OutOfStock>().unwrap().level.version, 3);
     stack.release(order).await.unwrap();
-    let (key, event) = next_event(&channel, &queue).await;
+    let (key, event) = next_event(&tap).await;
     assert_eq!(key, StockReleased::ROUTING_KEY);
     let released: StockReleased = event.data_as().unwrap();
     assert_eq!(
@@ -180,7 +174,7 @@ async fn every_stock_change_publishes_its_event_with_the_new_level_and_version()
     // event is the one of the real change after it.
     assert_eq!(put(json!({"available": 4})).await.status(), StatusCode::OK);
     assert_eq!(put(json!({"available": 9})).await.status(), StatusCode::OK);
-    let (key, event) = next_event(&channel, &queue).await;
+    let (key, event) = next_event(&tap).await;
     assert_eq!(key, StockReplenished::ROUTING_KEY);
     let level = event.data_as::<StockReplenished>().unwrap().level;
     assert_eq!((level.available, level.reserved, level.version), (9, 2, 5));

@@ -11,7 +11,7 @@ use lapin::{BasicProperties, options::BasicPublishOptions};
 use serde_json::Value;
 use shop_events::{Money, catalog::ProductCreated, inventory::StockReplenished};
 use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE, topology};
-use support::{Stack, eventually, next_event, watch};
+use support::{Stack, eventually, next_event};
 
 fn product(sku: &str, initial_stock: Option<i64>) -> ProductCreated {
     ProductCreated {
@@ -66,7 +66,7 @@ async fn a_new_product_gets_one_stock_row_even_when_its_event_is_redelivered() {
     )
     .await;
     let (_connection, channel) = stack.amqp().await;
-    let replenished = watch(&channel, &[StockReplenished::ROUTING_KEY]).await;
+    let replenished = stack.tap(&[StockReplenished::ROUTING_KEY]).await;
 
     // The same event twice (the broker redelivering it, or catalog's relay publishing it again
     // after a lost confirm), then another product's without initial stock.
@@ -77,8 +77,8 @@ async fn a_new_product_gets_one_stock_row_even_when_its_event_is_redelivered() {
 
     // One consumer handles its queue in order: once the second product's event is out, both
     // copies of the first were handled.
-    let (_, first) = next_event(&channel, &replenished).await;
-    let (_, second) = next_event(&channel, &replenished).await;
+    let (_, first) = next_event(&replenished).await;
+    let (_, second) = next_event(&replenished).await;
     let first = first.data_as::<StockReplenished>().unwrap().level;
     let second = second.data_as::<StockReplenished>().unwrap().level;
     assert_eq!(
@@ -108,13 +108,6 @@ async fn a_new_product_gets_one_stock_row_even_when_its_event_is_redelivered() {
     .unwrap();
     assert_eq!(claimed, 1);
     // No second StockReplenished for the redelivered event.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let extra = channel
-        .basic_get(
-            replenished.as_str().into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap();
+    let extra = replenished.next(Duration::from_millis(300)).await.unwrap();
     assert!(extra.is_none(), "the duplicate published an event");
 }

@@ -3,50 +3,19 @@
 
 mod support;
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use shop_events::order::{OrderCancelled, OrderConfirmed, OrderPlaced};
-use shop_messaging::{Envelope, Event, topology};
+use shop_messaging::{Envelope, Event, testing::Tap};
 use support::*;
 
 #[tokio::test]
 async fn placed_confirmed_and_cancelled_orders_publish_their_events() {
     let world = World::start(&[]).await;
     let order = world.order_service().await;
-    let connection = Connection::connect(&order.env["AMQP_URL"], ConnectionProperties::default())
+    let tap = Tap::bind(&order.env["AMQP_URL"], ["order.order.*"])
         .await
-        .expect("broker");
-    let channel = connection.create_channel().await.expect("channel");
-    topology::declare_exchange(&channel)
-        .await
-        .expect("exchange");
-    let queue = "order-events-test";
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue");
-    channel
-        .queue_bind(
-            queue.into(),
-            topology::EXCHANGE.into(),
-            "order.order.*".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("binding");
+        .expect("a queue on the events exchange");
 
     let base = order.url("");
     let ada = world.customer().await;
@@ -71,22 +40,13 @@ async fn placed_confirmed_and_cancelled_orders_publish_their_events() {
     let mut events: HashMap<String, Vec<Envelope>> = HashMap::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while events.values().map(Vec::len).sum::<usize>() < 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events so far: {events:?}"
-        );
-        match channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get")
-        {
-            Some(message) => {
-                let event = Envelope::from_slice(&message.delivery.data).expect("an envelope");
-                assert_eq!(event.source, "order-service");
-                events.entry(event.kind.clone()).or_default().push(event);
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(message) = tap.next(remaining).await.expect("get") else {
+            panic!("events within {PATIENCE:?}: {events:?}");
+        };
+        let event = Envelope::from_slice(&message.data).expect("an envelope");
+        assert_eq!(event.source, "order-service");
+        events.entry(event.kind.clone()).or_default().push(event);
     }
     let placed: Vec<OrderPlaced> = events[OrderPlaced::kind()]
         .iter()

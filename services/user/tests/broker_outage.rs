@@ -4,15 +4,10 @@
 
 use std::time::Duration;
 
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
 use shop_events::user::UserRegistered;
-use shop_messaging::{Envelope, Event, topology};
+use shop_messaging::{Envelope, Event, testing::Tap};
 use shop_testkit::{BoxError, TestApp, isolation, proxy::TcpProxy, spawn_with};
 use user_service::UserService;
 
@@ -55,26 +50,7 @@ async fn registrations_are_accepted_while_the_broker_is_cut_and_their_events_arr
         .set_port(Some(proxy.addr().port()))
         .map_err(|()| "cannot set port")?;
 
-    let connection = Connection::connect(&direct, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    topology::declare_exchange(&channel).await?;
-    let queue = "registrations";
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            topology::EXCHANGE.into(),
-            UserRegistered::ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let tap = Tap::bind(&direct, [UserRegistered::ROUTING_KEY]).await?;
 
     let app = spawn_with::<UserService>([("AMQP_URL", proxied.as_str())]).await?;
     app.wait_ready(PATIENCE).await?;
@@ -118,19 +94,12 @@ async fn registrations_are_accepted_while_the_broker_is_cut_and_their_events_arr
     let mut received = Vec::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while received.len() < emails.len() {
-        match channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await?
-        {
-            Some(message) => {
-                let event = Envelope::from_slice(&message.delivery.data)?;
-                received.push(event.data_as::<UserRegistered>()?.email);
-            }
-            None if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("only {received:?} arrived within {PATIENCE:?}").into());
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(message) = tap.next(remaining).await? else {
+            return Err(format!("only {received:?} arrived within {PATIENCE:?}").into());
+        };
+        let event = Envelope::from_slice(&message.data)?;
+        received.push(event.data_as::<UserRegistered>()?.email);
     }
     received.sort();
     assert_eq!(received, emails);

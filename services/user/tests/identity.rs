@@ -715,41 +715,14 @@ async fn service_tokens_need_the_configured_credentials() {
 
 #[tokio::test]
 async fn a_registration_publishes_user_registered_through_the_outbox() {
-    use lapin::{
-        Connection, ConnectionProperties,
-        options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-        types::FieldTable,
-    };
+    use std::time::Duration;
+
     use shop_events::user::UserRegistered;
-    use shop_messaging::{Envelope, Event, topology};
+    use shop_messaging::{Envelope, Event, testing::Tap};
 
     let app = spawn::<UserService>().await.unwrap();
-    // A queue bound before the event is published, as notification-service's will be.
-    let connection = Connection::connect(&app.env["AMQP_URL"], ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology::declare_exchange(&channel).await.unwrap();
-    let queue = "user-registered-test";
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.into(),
-            topology::EXCHANGE.into(),
-            UserRegistered::ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    // A queue bound before the event is published, as notification-service's is.
+    let tap = Tap::bind(&app.env["AMQP_URL"], [UserRegistered::ROUTING_KEY])
         .await
         .unwrap();
 
@@ -758,22 +731,12 @@ async fn a_registration_publishes_user_registered_through_the_outbox() {
         .json()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    let message = loop {
-        if let Some(message) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            break message;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no UserRegistered within 15 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let event = Envelope::from_slice(&message.delivery.data).unwrap();
+    let message = tap
+        .next(Duration::from_secs(15))
+        .await
+        .unwrap()
+        .expect("no UserRegistered within 15 s");
+    let event = Envelope::from_slice(&message.data).unwrap();
     assert_eq!(event.source, "user-service");
     assert_eq!(event.kind, UserRegistered::kind());
     assert_eq!(event.kind, "user.registered");
@@ -791,12 +754,11 @@ async fn a_registration_publishes_user_registered_through_the_outbox() {
         register(&app, "erin@example.com").await.status(),
         StatusCode::CREATED
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
-        channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        tap.next(Duration::from_millis(500))
             .await
             .unwrap()
-            .is_none()
+            .is_none(),
+        "a second UserRegistered"
     );
 }

@@ -10,13 +10,13 @@ use std::time::Duration;
 use inventory_service::InventoryService;
 use lapin::{
     Channel, Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop_auth::{Role, testing::TestIssuer};
-use shop_messaging::{Envelope, topology};
+use shop_messaging::{Envelope, testing::Tap, topology};
 use shop_proto::inventory::v1::{
     Availability, CommitRequest, GetAvailabilityRequest, Line, ReleaseRequest, ReserveRequest,
     ReserveResponse, inventory_service_client::InventoryServiceClient,
@@ -175,8 +175,16 @@ impl Stack {
             .unwrap()
     }
 
-    /// A channel on the service's broker vhost (to publish, or to watch its events), with its
-    /// connection: keep both alive while the channel is used.
+    /// A queue on the service's events exchange bound to `routing_keys`; bind it before the
+    /// action whose events it should see, and read them with [`next_event`].
+    pub async fn tap(&self, routing_keys: &[&str]) -> Tap {
+        Tap::bind(&self.inventory.env["AMQP_URL"], routing_keys)
+            .await
+            .unwrap()
+    }
+
+    /// A channel on the service's broker vhost (to publish to it), with its connection: keep
+    /// both alive while the channel is used.
     pub async fn amqp(&self) -> (Connection, Channel) {
         let connection = Connection::connect(
             &self.inventory.env["AMQP_URL"],
@@ -198,7 +206,9 @@ async fn grpc_channel(app: &TestApp) -> GrpcChannel {
         .unwrap()
 }
 
-/// An exclusive queue bound to `routing_keys`, declared before the events it should see.
+/// An exclusive queue on `channel` bound to `routing_keys`, declared before the events it should
+/// see — for a test that reads the raw deliveries on its own channel; the others use
+/// [`Stack::tap`].
 pub async fn watch(channel: &Channel, routing_keys: &[&str]) -> String {
     let queue = format!("watch-{}", Uuid::new_v4().simple());
     channel
@@ -227,24 +237,15 @@ pub async fn watch(channel: &Channel, routing_keys: &[&str]) -> String {
     queue
 }
 
-/// The next message on `queue`: its routing key and envelope, waiting up to 15 s.
-pub async fn next_event(channel: &Channel, queue: &str) -> (String, Envelope) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(message) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            let key = message.delivery.routing_key.to_string();
-            return (key, Envelope::from_slice(&message.delivery.data).unwrap());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no event on {queue} within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The next message on `tap`: its routing key and envelope, waiting up to 15 s.
+pub async fn next_event(tap: &Tap) -> (String, Envelope) {
+    let message = tap
+        .next(Duration::from_secs(15))
+        .await
+        .unwrap()
+        .expect("no event within 15 s");
+    let key = message.routing_key.to_string();
+    (key, Envelope::from_slice(&message.data).unwrap())
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

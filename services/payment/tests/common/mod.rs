@@ -14,11 +14,6 @@ use std::{
 use axum::{Json, Router, routing::get};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
 use payment_service::PaymentService;
 use ring::{
     rand::SystemRandom,
@@ -26,7 +21,7 @@ use ring::{
 };
 use serde_json::{Value, json};
 use shop_auth::Claims;
-use shop_messaging::{Envelope, topology};
+use shop_messaging::{Envelope, testing::Tap};
 use shop_proto::{
     common::v1::Money,
     payment::v1::{AuthorizeRequest, Card, payment_service_client::PaymentServiceClient},
@@ -156,11 +151,7 @@ pub async fn database(app: &TestApp) -> PgPool {
 
 /// A queue bound to every payment event on the service's vhost, declared before the events
 /// are published.
-pub struct EventTap {
-    _connection: Connection,
-    channel: Channel,
-    queue: String,
-}
+pub struct EventTap(Tap);
 
 impl EventTap {
     pub async fn bind(app: &TestApp) -> Self {
@@ -168,38 +159,7 @@ impl EventTap {
     }
 
     pub async fn bind_url(amqp_url: &str) -> Self {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        topology::declare_exchange(&channel).await.unwrap();
-        let queue = format!("payment-events-{}", Uuid::new_v4().simple());
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                topology::EXCHANGE.into(),
-                "payment.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        Self {
-            _connection: connection,
-            channel,
-            queue,
-        }
+        Self(Tap::bind(amqp_url, ["payment.#"]).await.unwrap())
     }
 
     /// Every event published so far: waits (bounded) until the outbox is empty — the relay
@@ -221,15 +181,11 @@ impl EventTap {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        // Everything is in the queue by now: no need to wait for more.
         let mut events = Vec::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            let key = message.delivery.routing_key.to_string();
-            events.push((key, Envelope::from_slice(&message.delivery.data).unwrap()));
+        while let Some(message) = self.0.next(Duration::ZERO).await.unwrap() {
+            let key = message.routing_key.to_string();
+            events.push((key, Envelope::from_slice(&message.data).unwrap()));
         }
         events
     }
@@ -243,17 +199,9 @@ impl EventTap {
         order_id: Uuid,
     ) -> Option<(String, Vec<u8>, Option<String>)> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while tokio::time::Instant::now() < deadline {
-            let got = self
-                .channel
-                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap();
-            let Some(message) = got else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let delivery = message.delivery;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let delivery = self.0.next(remaining).await.unwrap()?;
             let envelope = Envelope::from_slice(&delivery.data).unwrap();
             if delivery.routing_key.as_str() == routing_key
                 && envelope.data["orderId"] == order_id.to_string()
@@ -270,7 +218,6 @@ impl EventTap {
                 ));
             }
         }
-        None
     }
 }
 
