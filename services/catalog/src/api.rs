@@ -50,6 +50,8 @@ pub fn router(state: AppState) -> Router {
 struct ListParams {
     q: Option<String>,
     category: Option<String>,
+    /// `ids=a,b,c`: see [`list_by_ids`].
+    ids: Option<String>,
     #[serde(flatten)]
     page: PageQuery,
 }
@@ -60,6 +62,9 @@ async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(ids) = params.ids.as_deref() {
+        return list_by_ids(&state, ids, &params).await;
+    }
     let mut errors = Vec::new();
     let limit = params.page.limit(DEFAULT_LIMIT, MAX_LIMIT, &mut errors);
     let after = params.page.cursor(&mut errors, |last_id| {
@@ -90,6 +95,50 @@ async fn list(
         "items": items,
         "next_cursor": page.last.as_deref().map(encode_cursor),
     })))
+}
+
+/// `GET /api/v1/products?ids=a,b,c`: the products with these ids (at most
+/// [`crate::grpc::MAX_IDS`] distinct ones), in id order, as one page (`next_cursor` null);
+/// ids catalog does not know are simply not in `items`. One query for the whole batch, for a
+/// caller that shows many products at once — the gateway's order composition names every
+/// product of an order in one call instead of one per line. It is the public read API (no
+/// token), so the gateway needs no service credentials for it. Not combined with `q`,
+/// `category` or `cursor` (422 naming `ids`).
+async fn list_by_ids(
+    state: &AppState,
+    ids: &str,
+    params: &ListParams,
+) -> Result<Json<Value>, ApiError> {
+    let mut ids: Vec<String> = ids
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let given = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+    let problem = if given(&params.q) || given(&params.category) || given(&params.page.cursor) {
+        Some("cannot be combined with q, category or cursor".to_owned())
+    } else if ids.is_empty() {
+        Some("must name at least one product id".to_owned())
+    } else if ids.len() > crate::grpc::MAX_IDS {
+        Some(format!(
+            "must name at most {} distinct products",
+            crate::grpc::MAX_IDS
+        ))
+    } else if ids.iter().any(|id| id.len() > 64) {
+        Some("must be product ids of at most 64 characters".to_owned())
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(ApiError::validation(vec![FieldError::new("ids", problem)]));
+    }
+    let mut found = state.store.get_many(&ids).await.map_err(store_error)?;
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    let items: Vec<_> = found.iter().map(Product::body).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": null })))
 }
 
 /// One product with its `ETag`; `If-None-Match` with the current tag answers 304.

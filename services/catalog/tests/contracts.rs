@@ -4,7 +4,12 @@
 //!   example and the pact `contracts/catalog-service-inventory-service.json` is written;
 //! * as a **provider**, every contract naming catalog-service is verified: gRPC calls against
 //!   the service's real gRPC listener (with order-service's token), events with messages taken from the broker after the real
-//!   service wrote them through its outbox.
+//!   service wrote them through its outbox, and the gateway's HTTP requests against the real
+//!   HTTP listener (with an administrator's token, which the admin writes need and the public
+//!   reads ignore).
+//!
+//! Provider state `products exist`: `ids` (each stored with sku `sku`, or its id in capitals),
+//! optional `name`, `category`, `price`, `currency`.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
 
@@ -249,19 +254,24 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
     let mut provider = Provider::new("catalog-service")
         .grpc(app.grpc_addr)
         .grpc_metadata("authorization", format!("Bearer {order_token}"))
+        .http(app.http_addr)
+        .http_header("Authorization", format!("Bearer {token}"))
         .state(move |state| {
             let products = states_db.collection::<mongodb::bson::Document>("products");
             async move {
                 match state.name.as_str() {
                     "products exist" => {
-                        let p = &state.params;
-                        for id in p["ids"].as_array().into_iter().flatten() {
+                        // Optional parameters may be absent (indexing a missing key panics).
+                        let p = |key: &str| state.params.get(key).cloned().unwrap_or(Value::Null);
+                        for id in p("ids").as_array().into_iter().flatten() {
                             let id = id.as_str().unwrap_or_default();
+                            let sku = p("sku").as_str().map_or_else(|| id.to_uppercase(), str::to_owned);
                             let document = doc! {
                                 "_id": id,
-                                "sku": p["sku"].as_str().unwrap_or("SKU-1"),
-                                "name": "Coffee", "description": "", "category": "coffee",
-                                "price": { "amount": p["price"].as_i64().unwrap_or(1999), "currency": p["currency"].as_str().unwrap_or("EUR") },
+                                "sku": sku,
+                                "name": p("name").as_str().unwrap_or("Coffee"), "description": "",
+                                "category": p("category").as_str().unwrap_or("coffee"),
+                                "price": { "amount": p("price").as_i64().unwrap_or(1999), "currency": p("currency").as_str().unwrap_or("EUR") },
                                 "attributes": {}, "in_stock": true, "version": 1_i64, "search_terms": ["coffee"],
                             };
                             products.replace_one(doc! { "_id": id }, document).upsert(true).await.map_err(|e| e.to_string())?;

@@ -55,6 +55,14 @@ pub struct ResponseCache {
     fresh_for: Duration,
 }
 
+/// An entry as read back.
+struct Entry {
+    body: Bytes,
+    content_type: Option<HeaderValue>,
+    etag: Option<HeaderValue>,
+    fresh: bool,
+}
+
 /// An entry as stored: a hash with the body and what is needed to answer with it.
 const BODY: &str = "body";
 const CONTENT_TYPE: &str = "content_type";
@@ -105,7 +113,41 @@ impl ResponseCache {
         self.read(path_and_query, false).await
     }
 
+    /// The body of a cached catalog read and whether it is still fresh, for the gateway's own
+    /// reads ([`crate::compose`]); `None` when nothing is cached or Redis does not answer in time.
+    pub async fn body(&self, path_and_query: &str) -> Option<(Bytes, bool)> {
+        let entry = self.entry(path_and_query).await?;
+        metrics::counter!("gateway_cache_reads_total", "outcome" => if entry.fresh { "hit" } else { "stale" })
+            .increment(1);
+        Some((entry.body, entry.fresh))
+    }
+
     async fn read(&self, path_and_query: &str, fresh_only: bool) -> Option<Response> {
+        let entry = self.entry(path_and_query).await?;
+        if fresh_only && !entry.fresh {
+            return None;
+        }
+        let mut response = Response::new(Body::from(entry.body));
+        *response.status_mut() = StatusCode::OK;
+        let headers = response.headers_mut();
+        for (value, name) in [
+            (entry.content_type, header::CONTENT_TYPE),
+            (entry.etag, header::ETAG),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(
+            "x-cache",
+            HeaderValue::from_static(if entry.fresh { "HIT" } else { "STALE" }),
+        );
+        metrics::counter!("gateway_cache_reads_total", "outcome" => if entry.fresh { "hit" } else { "stale" })
+            .increment(1);
+        Some(response)
+    }
+
+    async fn entry(&self, path_and_query: &str) -> Option<Entry> {
         let (key, _) = self.key(path_and_query)?;
         let read = async {
             let mut conn = self.redis.connection().await?;
@@ -120,33 +162,22 @@ impl ResponseCache {
             }
             Err(_) => return None,
         };
-        let body = entry.remove(BODY)?;
+        let body = Bytes::from(entry.remove(BODY)?);
         let fresh_until: u64 = entry
             .get(FRESH_UNTIL)
             .and_then(|raw| std::str::from_utf8(raw).ok()?.parse().ok())
             .unwrap_or(0);
-        let fresh = now_secs() < fresh_until;
-        if fresh_only && !fresh {
-            return None;
-        }
-        let mut response = Response::new(Body::from(body));
-        *response.status_mut() = StatusCode::OK;
-        let headers = response.headers_mut();
-        for (field, name) in [(CONTENT_TYPE, header::CONTENT_TYPE), (ETAG, header::ETAG)] {
-            if let Some(value) = entry
+        let header = |field: &str| {
+            entry
                 .get(field)
                 .and_then(|raw| HeaderValue::from_bytes(raw).ok())
-            {
-                headers.insert(name, value);
-            }
-        }
-        headers.insert(
-            "x-cache",
-            HeaderValue::from_static(if fresh { "HIT" } else { "STALE" }),
-        );
-        metrics::counter!("gateway_cache_reads_total", "outcome" => if fresh { "hit" } else { "stale" })
-            .increment(1);
-        Some(response)
+        };
+        Some(Entry {
+            content_type: header(CONTENT_TYPE),
+            etag: header(ETAG),
+            body,
+            fresh: now_secs() < fresh_until,
+        })
     }
 
     /// Keeps a 200 answer of a catalog read. Failures are logged and ignored: the cache is an

@@ -13,15 +13,22 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 /// * `Strict-Transport-Security` — ignored over plain HTTP, in force behind TLS termination.
 ///
 /// Headers an upstream set (an `ETag`, a `Location`) are left alone; these are only added.
+///
+/// One exception: the interactive API page under [`crate::docs::PATH`] gets its own policy
+/// ([`crate::docs::CONTENT_SECURITY_POLICY`]), which lets it run its own scripts and styles
+/// from the gateway's origin, since a page that loads nothing cannot work. Every API route
+/// keeps `default-src 'none'`.
 pub async fn security_headers(request: Request, next: Next) -> Response {
+    let policy = if is_docs_page(request.uri().path()) {
+        crate::docs::CONTENT_SECURITY_POLICY
+    } else {
+        "default-src 'none'; frame-ancestors 'none'"
+    };
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     for (name, value) in [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        ),
+        (header::CONTENT_SECURITY_POLICY, policy),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
         (
@@ -32,6 +39,11 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+fn is_docs_page(path: &str) -> bool {
+    path.strip_prefix(crate::docs::PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// CORS for the configured browser origins only; `None` (no header at all, so browsers keep
@@ -73,4 +85,17 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_docs_page_gets_the_relaxed_policy() {
+        assert!(is_docs_page("/api/v1/docs"));
+        assert!(is_docs_page("/api/v1/docs/swagger-ui.css"));
+        assert!(!is_docs_page("/api/v1/docsx"));
+        assert!(!is_docs_page("/api/v1/orders"));
+    }
 }

@@ -11,16 +11,20 @@
 //! | [`proxy`] | forwarding one request: auth, rate limit, body limit, upstream call, errors |
 //! | [`ratelimit`] | per user / per address limits in Redis (one script per decision), local fallback |
 //! | [`resilience`] | the circuit breaker (bulkheads are semaphores in [`proxy`]) |
+//! | [`compose`] | API composition: an order with each line's product from catalog, one batched call |
 //! | [`cache`] | catalog reads cached in Redis, invalidated by catalog's events, stale-if-error |
 //! | [`events`] | the consumer of catalog's events that invalidates the cache |
 //! | [`edge`] | security headers and CORS |
 //! | [`openapi`] | the OpenAPI 3.1 document, built from the route table |
+//! | [`docs`] | the interactive page for that document (Swagger UI, assets in the binary) |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<Gateway>()`);
 //! `main.rs` only hands it to the shared runtime.
 
 pub mod cache;
+pub mod compose;
 pub mod config;
+pub mod docs;
 pub mod edge;
 pub mod events;
 pub mod openapi;
@@ -39,7 +43,7 @@ use crate::{
     config::GatewayConfig,
     proxy::{Proxy, UpstreamState},
     ratelimit::RateLimiter,
-    routes::{ROUTES, Upstream},
+    routes::{Handler, ROUTES, Upstream},
 };
 
 /// The gateway service.
@@ -112,7 +116,14 @@ pub fn router(proxy: Arc<Proxy>, cors_origins: &[String]) -> Router {
             route.path,
             axum::routing::on(filter, move |request: Request| {
                 let proxy = proxy.clone();
-                async move { proxy.handle(route, request).await }
+                async move {
+                    match route.handler {
+                        Handler::Forward => proxy.handle(route, request).await,
+                        Handler::OrderWithProducts => {
+                            proxy.order_with_products(route, request).await
+                        }
+                    }
+                }
             }),
         );
     }
@@ -126,6 +137,7 @@ pub fn router(proxy: Arc<Proxy>, cors_origins: &[String]) -> Router {
             async move { ([(http::header::CONTENT_TYPE, "application/json")], document) }
         }),
     );
+    router = router.merge(docs::router());
     if let Some(cors) = edge::cors(cors_origins) {
         router = router.layer(cors);
     }

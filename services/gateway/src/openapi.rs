@@ -6,20 +6,21 @@
 //! 413, 429, 502–504). A route cannot be published without appearing here, and nothing appears
 //! here that is not routed (`tests/openapi.rs` checks both through a running gateway).
 //!
-//! Not yet here: request and response body schemas; they belong to the services that own the
-//! shapes. No interactive page is served: the UI crates either download their assets at build
-//! time (which fails on an offline build) or load them from a CDN in the browser (which the
-//! gateway's `default-src 'none'` policy forbids).
+//! Body schemas are not here yet, with one exception: the answer the gateway composes itself
+//! (`GET /api/v1/orders/{id}`, [`crate::compose`]), whose shape no single service owns. The
+//! other shapes belong to the services that own them. The interactive page for this document
+//! is [`crate::docs`].
 
 use http::Method;
 use utoipa::openapi::{
-    ComponentsBuilder, HttpMethod, InfoBuilder, OpenApi, OpenApiBuilder, Paths, Required,
-    ResponseBuilder,
+    ComponentsBuilder, ContentBuilder, HttpMethod, InfoBuilder, KnownFormat, ObjectBuilder,
+    OpenApi, OpenApiBuilder, Paths, Required, ResponseBuilder, Schema, SchemaFormat, Type,
     path::{OperationBuilder, ParameterBuilder, ParameterIn},
+    schema::ArrayBuilder,
     security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme},
 };
 
-use crate::routes::{Access, ROUTES, Route};
+use crate::routes::{Access, Handler, ROUTES, Route};
 
 /// Where the document is served.
 pub const PATH: &str = "/api/v1/openapi.json";
@@ -65,11 +66,31 @@ pub fn document() -> OpenApi {
 fn operation(route: &Route) -> utoipa::openapi::path::Operation {
     let mut builder = OperationBuilder::new()
         .tag(route.upstream.name())
-        .operation_id(Some(operation_id(route)))
-        .response(
+        .operation_id(Some(operation_id(route)));
+    builder = match route.handler {
+        Handler::Forward => builder.response(
             "2XX",
             ResponseBuilder::new().description("The owning service's answer."),
-        );
+        ),
+        Handler::OrderWithProducts => builder
+            .description(Some(
+                "API composition: the order from order-service (which decides ownership: \
+                 another customer's order is 404), each line completed with `product`, the \
+                 product as catalog shows it now, fetched for all lines in one call. While \
+                 catalog is unavailable the order is still answered: with the last names the \
+                 gateway cached, or with lines without `product`.",
+            ))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The order, its lines completed from catalog.")
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(composed_order())).build(),
+                    ),
+            )
+            .response("404", problem("No such order among the caller's own.")),
+    };
     for name in path_parameters(route.path) {
         builder = builder.parameter(
             ParameterBuilder::new()
@@ -104,6 +125,69 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
         )
         .response("504", problem("The owning service did not answer in time."))
         .build()
+}
+
+fn string(format: Option<SchemaFormat>) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(format)
+}
+
+fn money() -> Schema {
+    ObjectBuilder::new()
+        .description(Some("Integer minor units and an ISO 4217 currency."))
+        .property("amount", ObjectBuilder::new().schema_type(Type::Integer))
+        .property("currency", string(None))
+        .required("amount")
+        .required("currency")
+        .into()
+}
+
+/// The answer of the composed `GET /api/v1/orders/{id}`: order-service's order, each line with
+/// the `product` the gateway adds.
+fn composed_order() -> Schema {
+    let product = ObjectBuilder::new()
+        .description(Some(
+            "Added by the gateway from catalog: the product as it is now. Absent when catalog \
+             could not be asked and nothing was cached, or no longer knows the product.",
+        ))
+        .property("name", string(None))
+        .property("in_stock", ObjectBuilder::new().schema_type(Type::Boolean));
+    let line = ObjectBuilder::new()
+        .property("product_id", string(None))
+        .property("sku", string(None))
+        .property(
+            "name",
+            string(None).description(Some("The name when the order was placed.")),
+        )
+        .property("quantity", ObjectBuilder::new().schema_type(Type::Integer))
+        .property("unit_price", money())
+        .property("line_total", money())
+        .property("product", product)
+        .required("product_id")
+        .required("quantity");
+    ObjectBuilder::new()
+        .property("id", string(Some(SchemaFormat::Custom("uuid".into()))))
+        .property(
+            "status",
+            string(None).enum_values(Some(["PENDING", "CONFIRMED", "CANCELLED"])),
+        )
+        .property("items", ArrayBuilder::new().items(line))
+        .property("total", money())
+        .property("cancellation_reason", string(None))
+        .property(
+            "created_at",
+            string(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .property(
+            "updated_at",
+            string(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .required("id")
+        .required("status")
+        .required("items")
+        .required("total")
+        .into()
 }
 
 fn problem(description: &str) -> utoipa::openapi::Response {

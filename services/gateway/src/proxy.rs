@@ -100,7 +100,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// How one attempt at the upstream ended, when it did not produce a response.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Unreachable(reqwest::Error),
     TimedOut,
 }
@@ -145,7 +145,6 @@ impl Proxy {
         }
 
         let body = read_body(body, self.max_body_bytes, &parts.headers).await?;
-        let upstream = &self.upstreams[route.upstream.index()];
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
@@ -162,49 +161,26 @@ impl Proxy {
             }
         }
 
-        // Bulkhead first: a refused call must not take the circuit's half-open trial slot.
-        let outcome = match upstream.bulkhead.try_acquire() {
-            Err(_) => {
-                metrics::counter!("gateway_bulkhead_rejected_total", "upstream" => route.upstream.name())
-                    .increment(1);
-                Err(None)
-            }
-            Ok(_permit) => match upstream.breaker.call() {
-                None => Err(None),
-                Some(call) => {
-                    let url = format!("{}{}", upstream.base, path_and_query);
-                    let result = self
-                        .send(route.upstream, &parts.method, &url, &headers, &body)
-                        .await;
-                    call.record(match &result {
-                        Ok(response) => !matches!(response.status().as_u16(), 502..=504),
-                        Err(_) => false,
-                    });
-                    result.map_err(Some)
-                }
-            },
-        };
-
+        let outcome = self
+            .call(
+                route.upstream,
+                &parts.method,
+                path_and_query,
+                &headers,
+                &body,
+            )
+            .await;
         let mut response = match outcome {
-            Ok(upstream_response) => {
-                let response = into_response(upstream_response).await;
-                match response {
-                    Ok(response) => {
-                        if cacheable && response.status() == StatusCode::OK {
-                            self.cache
-                                .store(path_and_query, &response.0, &response.1)
-                                .await;
-                        }
-                        if cacheable && matches!(response.0.status.as_u16(), 502..=504) {
-                            self.stale_or(path_and_query, response.finish()).await
-                        } else {
-                            response.finish()
-                        }
-                    }
-                    Err(failure) => {
-                        self.failed(cacheable, path_and_query, route.upstream, Some(failure))
-                            .await
-                    }
+            Ok(response) => {
+                if cacheable && response.status() == StatusCode::OK {
+                    self.cache
+                        .store(path_and_query, &response.0, &response.1)
+                        .await;
+                }
+                if cacheable && matches!(response.status().as_u16(), 502..=504) {
+                    self.stale_or(path_and_query, response.finish()).await
+                } else {
+                    response.finish()
                 }
             }
             Err(failure) => {
@@ -288,6 +264,36 @@ impl Proxy {
                 limit: self.limits.address,
             },
         }
+    }
+
+    /// One call to `upstream` through its bulkhead and circuit breaker, the answer read whole.
+    /// `Err(None)`: refused here without calling (bulkhead full, circuit open);
+    /// `Err(Some(_))`: the upstream gave no answer. Forwarded requests and the calls the
+    /// gateway makes on its own ([`crate::compose`]) share this path, so they share the
+    /// upstream's protection too.
+    pub(crate) async fn call(
+        &self,
+        upstream: Upstream,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Buffered, Option<Failure>> {
+        let state = &self.upstreams[upstream.index()];
+        // Bulkhead first: a refused call must not take the circuit's half-open trial slot.
+        let Ok(_permit) = state.bulkhead.try_acquire() else {
+            metrics::counter!("gateway_bulkhead_rejected_total", "upstream" => upstream.name())
+                .increment(1);
+            return Err(None);
+        };
+        let call = state.breaker.call().ok_or(None)?;
+        let url = format!("{}{}", state.base, path_and_query);
+        let result = self.send(upstream, method, &url, headers, body).await;
+        call.record(match &result {
+            Ok(response) => !matches!(response.status().as_u16(), 502..=504),
+            Err(_) => false,
+        });
+        into_response(result.map_err(Some)?).await.map_err(Some)
     }
 
     /// Sends the request; idempotent ones are tried once more when the upstream could not be
@@ -387,11 +393,11 @@ impl Proxy {
 pub(crate) struct Buffered(pub(crate) http::response::Parts, pub(crate) Bytes);
 
 impl Buffered {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.0.status
     }
 
-    fn finish(self) -> Response {
+    pub(crate) fn finish(self) -> Response {
         Response::from_parts(self.0, Body::from(self.1))
     }
 }
@@ -440,7 +446,7 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<Byte
 
 /// 502 as a problem document. (`ErrorKind` has no 502: services never answer it themselves;
 /// only the edge talks to another server on the caller's behalf.)
-fn bad_gateway() -> Response {
+pub(crate) fn bad_gateway() -> Response {
     let mut doc = serde_json::json!({
         "type": "urn:shop:problem:bad-gateway",
         "title": "Bad gateway",

@@ -67,6 +67,16 @@ pub enum LimitClass {
     Standard,
 }
 
+/// How the gateway answers a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Forwarded to the owning service as it came; its answer goes back as it is.
+    Forward,
+    /// Forwarded to order-service, and the order it answers is completed with each line's
+    /// product from catalog (API composition, [`crate::compose`]).
+    OrderWithProducts,
+}
+
 /// One published route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -78,6 +88,7 @@ pub struct Route {
     pub limit: LimitClass,
     /// Responses carry credentials: `Cache-Control: no-store` is enforced on them.
     pub credentials: bool,
+    pub handler: Handler,
 }
 
 const fn route(method: Method, path: &'static str, upstream: Upstream, access: Access) -> Route {
@@ -88,6 +99,7 @@ const fn route(method: Method, path: &'static str, upstream: Upstream, access: A
         access,
         limit: LimitClass::Standard,
         credentials: false,
+        handler: Handler::Forward,
     }
 }
 
@@ -99,6 +111,7 @@ const fn credential(path: &'static str) -> Route {
         access: Access::Public,
         limit: LimitClass::Auth,
         credentials: true,
+        handler: Handler::Forward,
     }
 }
 
@@ -117,6 +130,7 @@ pub const ROUTES: &[Route] = &[
         access: Public,
         limit: LimitClass::Standard,
         credentials: true,
+        handler: Handler::Forward,
     },
     route(Method::GET, "/api/v1/users/me", Upstream::User, User),
     route(
@@ -153,7 +167,16 @@ pub const ROUTES: &[Route] = &[
     ),
     route(Method::POST, "/api/v1/orders", Upstream::Order, User),
     route(Method::GET, "/api/v1/orders", Upstream::Order, User),
-    route(Method::GET, "/api/v1/orders/{id}", Upstream::Order, User),
+    // The one composed route: the order, with each line's product named by catalog.
+    Route {
+        method: Method::GET,
+        path: "/api/v1/orders/{id}",
+        upstream: Upstream::Order,
+        access: User,
+        limit: LimitClass::Standard,
+        credentials: false,
+        handler: Handler::OrderWithProducts,
+    },
     route(
         Method::POST,
         "/api/v1/orders/{id}/cancel",

@@ -193,6 +193,9 @@ async fn inventory_honours_the_contracts_of_its_consumers() {
     let mut provider = Provider::new("inventory-service")
         .grpc(stack.inventory.grpc_addr)
         .grpc_metadata("authorization", format!("Bearer {token}"))
+        // The gateway's HTTP contract: the admin stock API, with an administrator's token.
+        .http(stack.inventory.http_addr)
+        .http_header("Authorization", format!("Bearer {}", stack.admin_token()))
         .state(move |state| {
             let pool = states.clone();
             async move {
@@ -277,7 +280,12 @@ async fn inventory_honours_the_contracts_of_its_consumers() {
     assert!(verification.passed, "{}", verification.report);
     // The consumers' contracts are in the repository: a verification that did not find one
     // of them must not pass silently.
-    for consumer in ["order-service", "catalog-service", "notification-service"] {
+    for consumer in [
+        "order-service",
+        "catalog-service",
+        "notification-service",
+        "gateway",
+    ] {
         let file = format!("{consumer}-inventory-service.json");
         assert!(
             verification.pacts.iter().any(|pact| pact.ends_with(&file)),

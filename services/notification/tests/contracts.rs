@@ -2,6 +2,11 @@
 //! producer's tests) and user-service's `GetUser` (a gRPC contract, verified by user-service).
 //! Writes `contracts/notification-service-<provider>.json`.
 //!
+//! And as a provider: the gateway's contract (a customer lists their own notifications) is
+//! replayed against the real service, with the access token of the signed-in customer
+//! ([`CUSTOMER`]) and the state `a notification was sent to the signed-in customer` stored in
+//! its database as the service records one.
+//!
 //! The handler run on each example is what the consumer itself does before its handler sees
 //! the event: read the envelope, match type and version, and decode the payload into the
 //! `shop-events` type; plus, for `GetUser`, turning the answer into a recipient.
@@ -170,4 +175,99 @@ async fn get_user() {
         })
         .await
         .unwrap();
+}
+
+/// The customer the gateway's HTTP requests speak for, in the provider test.
+const CUSTOMER: &str = "0192f0c8-0000-7000-8000-00000000c0de";
+
+#[tokio::test]
+async fn notification_honours_the_contracts_of_its_consumers() {
+    use notification_service::{
+        NotificationService,
+        store::{Notification, Status, Store, millis},
+    };
+    use shop_auth::{Role, testing::TestIssuer};
+
+    let issuer = TestIssuer::start().await;
+    let smtp = std::env::var("TESTKIT_SMTP_URL").expect(
+        "TESTKIT_SMTP_URL is set (source .local/test.env after deploy/local/stack.sh infra-up)",
+    );
+    let (host, port) = smtp
+        .trim_start_matches("smtp://")
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .expect("host:port");
+    // user-service is not needed to list what was stored: its addresses lead nowhere.
+    let app = shop_testkit::spawn_with::<NotificationService>([
+        ("SMTP_HOST", host.to_owned()),
+        ("SMTP_PORT", port.to_owned()),
+        ("USER_GRPC_URL", "http://127.0.0.1:9".to_owned()),
+        (
+            "SERVICE_TOKEN_URL",
+            "http://127.0.0.1:9/internal/v1/service-token".to_owned(),
+        ),
+        (
+            "SERVICE_SECRET",
+            "notification-contract-secret-0123456789".to_owned(),
+        ),
+        ("AUTH_JWKS_URL", issuer.jwks_url().to_owned()),
+    ])
+    .await
+    .expect("notification-service starts");
+    let db = mongodb::Client::with_uri_str(&app.env["MONGODB_URL"])
+        .await
+        .expect("mongodb")
+        .database(&app.env["MONGODB_DATABASE"]);
+    let store = Store::new(&db);
+    let token = issuer.user_token(CUSTOMER.parse().expect("a UUID"), &[Role::Customer]);
+
+    let verification = Provider::new("notification-service")
+        .http(app.http_addr)
+        .http_header("Authorization", format!("Bearer {token}"))
+        .state(move |state| {
+            let store = store.clone();
+            async move {
+                if state.name != "a notification was sent to the signed-in customer" {
+                    return Err(format!("unknown provider state '{}'", state.name));
+                }
+                let now = millis(chrono::Utc::now());
+                let sent = Notification {
+                    event_id: "0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a".into(),
+                    event_type: "user.registered".into(),
+                    user_id: Some(CUSTOMER.into()),
+                    channel: "email".into(),
+                    template: "welcome".into(),
+                    to: vec!["Ada Lovelace <ada@example.com>".into()],
+                    subject: "Welcome to the shop".into(),
+                    text: "Welcome".into(),
+                    html: "<p>Welcome</p>".into(),
+                    message_id: "<0193e1c2@shop.example>".into(),
+                    status: Status::Sent,
+                    attempts: 1,
+                    last_error: None,
+                    next_attempt_at: now,
+                    created_at: now,
+                    updated_at: now,
+                    sent_at: Some(now),
+                };
+                // `false` when an earlier interaction stored it: it exists either way.
+                store
+                    .insert(&sent)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .run()
+        .await
+        .expect("verification runs");
+    assert!(verification.passed, "{}", verification.report);
+    assert!(
+        verification
+            .pacts
+            .iter()
+            .any(|pact| pact.ends_with("gateway-notification-service.json")),
+        "{:?}",
+        verification.pacts
+    );
 }

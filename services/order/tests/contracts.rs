@@ -9,13 +9,18 @@
 //! * As a **provider**: every contract naming order-service is replayed against the real
 //!   service — today notification-service's `order.confirmed` and `order.cancelled` events,
 //!   each produced by a real order (approved, declined) through the saga with its real
-//!   participants, and taken from the broker as the relay published it.
+//!   participants, and taken from the broker as the relay published it — and the gateway's
+//!   HTTP contract (place, read, list), replayed on the real HTTP listener with the access
+//!   token of a customer this test registers first ("the signed-in customer"). Its states:
+//!   `products exist` (`ids`, `price`: stored in the world's catalog, which prices the order)
+//!   and `an order exists` (`id`, `productIds`: a confirmed order of the signed-in customer,
+//!   stored in order-service's database).
 
 mod support;
 
 use std::sync::Arc;
 
-use shop_contract::Message;
+use shop_contract::{Message, State};
 use shop_events::order::{OrderCancelled, OrderConfirmed};
 use shop_messaging::testing::Tap;
 use shop_messaging::{Envelope, Event};
@@ -405,10 +410,131 @@ async fn published(
     }
 }
 
+/// Sets up a provider state of the gateway's contract (see the module documentation).
+async fn set_up(
+    world: &World,
+    order: &TestApp,
+    customer: Uuid,
+    state: &State,
+) -> Result<(), String> {
+    let ids = |key: &str| -> Vec<String> {
+        state
+            .params
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| id.as_str().map(str::to_owned))
+            .collect()
+    };
+    match state.name.as_str() {
+        "products exist" => {
+            // Straight into the world's catalog database, with the ids the contract names (the
+            // admin API would choose its own).
+            let config = shop_runtime::stores::mongo::MongoConfig {
+                url: world.catalog.env["MONGODB_URL"]
+                    .parse()
+                    .map_err(|e| format!("{e}"))?,
+                database: world.catalog.env["MONGODB_DATABASE"].clone(),
+            };
+            let db = shop_runtime::stores::mongo::connect(
+                &config,
+                "order-contracts",
+                &shop_runtime::health::Readiness::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let products = db.collection::<serde_json::Value>("products");
+            let price = state
+                .params
+                .get("price")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(1250);
+            for id in ids("ids") {
+                let product = json!({
+                    "_id": id, "sku": id.to_uppercase(), "name": "Sencha", "description": "",
+                    "category": "tea", "price": { "amount": price, "currency": "EUR" },
+                    "attributes": {}, "in_stock": true, "version": 1, "search_terms": ["sencha"],
+                });
+                match products.insert_one(product).await {
+                    Ok(_) => {}
+                    // Set up by an earlier interaction: it exists, which is all the state says.
+                    Err(err) if err.to_string().contains("E11000") => {}
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+            Ok(())
+        }
+        "an order exists" => {
+            let id = state
+                .params
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or("'an order exists' needs an `id` (a UUID)")?;
+            let lines = ids("productIds");
+            let pool = sqlx::PgPool::connect(&order.env["DATABASE_URL"])
+                .await
+                .map_err(|e| e.to_string())?;
+            let total = 1250 * i64::try_from(lines.len()).unwrap_or(0);
+            let inserted = sqlx::query(
+                "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, status,
+                     total_amount, currency, shipping_address, card_last4)
+                 VALUES ($1, $2, $3, '\\x00', 'CONFIRMED', $4, 'EUR', $5, '4242')
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(customer)
+            .bind(format!("contract-{id}"))
+            .bind(total)
+            .bind(
+                json!({ "name": "Ada Lovelace", "line1": "1 Main St", "city": "Berlin",
+                          "postal_code": "10115", "country": "DE" }),
+            )
+            .execute(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            if inserted.rows_affected() == 1 {
+                for (line_no, product) in lines.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO order_lines (order_id, line_no, product_id, sku, name,
+                             quantity, unit_price_amount)
+                         VALUES ($1, $2, $3, $4, 'Sencha', 1, 1250)",
+                    )
+                    .bind(id)
+                    .bind(i32::try_from(line_no).unwrap_or(i32::MAX))
+                    .bind(product)
+                    .bind(product.to_uppercase())
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            pool.close().await;
+            Ok(())
+        }
+        other => Err(format!("unknown provider state '{other}'")),
+    }
+}
+
 #[tokio::test]
 async fn order_honours_the_contracts_of_its_consumers() {
     let world = Arc::new(World::start(&[]).await);
     let order = Arc::new(world.order_service().await);
+    // The gateway's signed-in customer: a real account, signed in through user-service.
+    let access = world.customer().await;
+    let me: serde_json::Value = world
+        .http
+        .get(world.user.url("/api/v1/users/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    let customer = Uuid::parse_str(me["id"].as_str().expect("an id")).expect("a UUID");
+    let states = (world.clone(), order.clone());
     let producer = |card: &'static str, routing_key: &'static str| {
         let (world, order) = (world.clone(), order.clone());
         move || {
@@ -417,6 +543,12 @@ async fn order_honours_the_contracts_of_its_consumers() {
         }
     };
     let verification = Provider::new("order-service")
+        .http(order.http_addr)
+        .http_header("Authorization", format!("Bearer {access}"))
+        .state(move |state| {
+            let (world, order) = states.clone();
+            async move { set_up(&world, &order, customer, &state).await }
+        })
         .message(
             "an order.confirmed event",
             producer(APPROVES, OrderConfirmed::ROUTING_KEY),
@@ -429,12 +561,14 @@ async fn order_honours_the_contracts_of_its_consumers() {
         .await
         .expect("verification runs");
     assert!(verification.passed, "{}", verification.report);
-    assert!(
-        verification
-            .pacts
-            .iter()
-            .any(|pact| pact.ends_with("notification-service-order-service.json")),
-        "{:?}",
-        verification.pacts
-    );
+    for file in [
+        "notification-service-order-service.json",
+        "gateway-order-service.json",
+    ] {
+        assert!(
+            verification.pacts.iter().any(|pact| pact.ends_with(file)),
+            "{file} not verified: {:?}",
+            verification.pacts
+        );
+    }
 }

@@ -17,10 +17,12 @@
 //! | `no payment for order <id>` | nothing |
 //!
 //! Optional parameters: `amount` (minor units, default 1999), `currency` (default EUR),
-//! `userId`.
+//! `userId` (default: the signed-in customer below).
 //!
 //! The gRPC API takes service tokens only: the kit calls it with order-service's token
-//! (`Provider::grpc_metadata`).
+//! (`Provider::grpc_metadata`). The HTTP API (the gateway's contract: a customer's own
+//! payments) gets the access token of [`CUSTOMER`], "the signed-in customer", whose payments
+//! the states create unless they name another user (`Provider::http_header`).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
@@ -63,6 +65,9 @@ async fn payment_failed(app: &shop_testkit::TestApp, token: &str) -> Result<Mess
     Ok(message)
 }
 
+/// The customer the HTTP requests speak for.
+const CUSTOMER: &str = "0192f0c8-0000-7000-8000-00000000c0de";
+
 /// Sets up one provider state through the service's own API.
 async fn set_up(app: &shop_testkit::TestApp, token: &str, state: &State) -> Result<(), String> {
     let order = state
@@ -91,7 +96,8 @@ async fn set_up(app: &shop_testkit::TestApp, token: &str, state: &State) -> Resu
         .params
         .get("userId")
         .and_then(Value::as_str)
-        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+        .unwrap_or(CUSTOMER)
+        .to_owned();
     // order-service's contract names its states from the saga's point of view.
     let kind = match state.name.as_str() {
         "an order's payment is authorized" => "an authorized payment",
@@ -169,7 +175,14 @@ async fn verify(dir: Option<&std::path::Path>) {
     let mut provider = Provider::new("payment-service")
         .http(app.http_addr)
         .grpc(app.grpc_addr)
-        .grpc_metadata("authorization", format!("Bearer {token}"));
+        .grpc_metadata("authorization", format!("Bearer {token}"))
+        .http_header(
+            "Authorization",
+            format!(
+                "Bearer {}",
+                issuer.customer(Uuid::parse_str(CUSTOMER).unwrap())
+            ),
+        );
     if let Some(dir) = dir {
         provider = provider.pacts_in(dir);
     }

@@ -6,7 +6,14 @@
 //! * `GetUser` over gRPC, with provider state `a user exists` (parameter `id`), called on the
 //!   service's real gRPC listener with a service token for notification-service, the one
 //!   caller its access table allows (who may call is tested in `identity.rs` and
-//!   `hardening.rs`; the contract is about the messages).
+//!   `hardening.rs`; the contract is about the messages);
+//!
+//! and the gateway's: register, login, refresh and `me` over HTTP, on the service's real HTTP
+//! listener. Every HTTP request carries the access token of a customer this test registers and
+//! signs in first ("the signed-in customer"); the states `a user exists with a password`
+//! (`email`, `password`: registered through the API) and `a refresh token was issued`
+//! (`refresh_token`: stored, as the service stores them, for the signed-in customer) set up
+//! the rest.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
 
@@ -70,9 +77,63 @@ async fn register(app: &TestApp) -> Result<(), String> {
     }
 }
 
-/// Sets up one provider state in the service's own database.
-async fn set_up(pool: &PgPool, state: &State) -> Result<(), String> {
+/// A string parameter of a provider state.
+fn text<'a>(state: &'a State, key: &str) -> Result<&'a str, String> {
+    state
+        .params
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("'{}' needs a `{key}` parameter", state.name))
+}
+
+/// Sets up one provider state through the service's API or in its own database; `customer` is
+/// the signed-in customer whose token every HTTP request carries.
+async fn set_up(app: &TestApp, pool: &PgPool, customer: Uuid, state: &State) -> Result<(), String> {
     match state.name.as_str() {
+        "a customer is signed in" => Ok(()),
+        "a user exists with a password" => {
+            let response = app
+                .client
+                .post(app.url("/api/v1/auth/register"))
+                .json(&json!({
+                    "email": text(state, "email")?,
+                    "password": text(state, "password")?,
+                    "name": "Ada Lovelace",
+                }))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match response.status().as_u16() {
+                201 | 409 => Ok(()),
+                other => Err(format!("registration answered {other}")),
+            }
+        }
+        "a refresh token was issued" => {
+            // As the service keeps them: only the SHA-256, in a family (one sign-in).
+            let token = text(state, "refresh_token")?;
+            let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            let family = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO refresh_families (id, user_id, expires_at) \
+                 VALUES ($1, $2, now() + interval '1 day')",
+            )
+            .bind(family)
+            .bind(customer)
+            .execute(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) \
+                 VALUES ($1, $2, $3, now() + interval '1 day') ON CONFLICT DO NOTHING",
+            )
+            .bind(hash.as_ref())
+            .bind(family)
+            .bind(customer)
+            .execute(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }
         "a user exists" => {
             let id = state
                 .params
@@ -117,14 +178,18 @@ async fn user_honours_the_contracts_of_its_consumers() {
     .await
     .unwrap();
     let pool = PgPool::connect(&app.env["DATABASE_URL"]).await.unwrap();
+    // The signed-in customer of the gateway's contract, signed in the way customers are.
+    let (customer, access) = sign_in(&app).await;
 
-    let producer = app.clone();
+    let (producer, states) = (app.clone(), app.clone());
     let verification = Provider::new("user-service")
+        .http(app.http_addr)
+        .http_header("Authorization", format!("Bearer {access}"))
         .grpc(app.grpc_addr)
         .grpc_metadata("authorization", format!("Bearer {token}"))
         .state(move |state| {
-            let pool = pool.clone();
-            async move { set_up(&pool, &state).await }
+            let (app, pool) = (states.clone(), pool.clone());
+            async move { set_up(&app, &pool, customer, &state).await }
         })
         .message("a user.registered event", move || {
             let app = producer.clone();
@@ -143,12 +208,44 @@ async fn user_honours_the_contracts_of_its_consumers() {
     assert!(verification.passed, "{}", verification.report);
     // notification-service's contract is in the repository: a verification that found
     // nothing to check must not pass silently.
-    assert!(
-        verification
-            .pacts
-            .iter()
-            .any(|pact| pact.ends_with("notification-service-user-service.json")),
-        "{:?}",
-        verification.pacts
-    );
+    for file in [
+        "notification-service-user-service.json",
+        "gateway-user-service.json",
+    ] {
+        assert!(
+            verification.pacts.iter().any(|pact| pact.ends_with(file)),
+            "{file} not verified: {:?}",
+            verification.pacts
+        );
+    }
+}
+
+/// Registers and signs in a customer through the API: (user id, access token).
+async fn sign_in(app: &TestApp) -> (Uuid, String) {
+    let email = format!("customer-{}@example.com", Uuid::new_v4().simple());
+    let password = "correct horse battery";
+    let created: Value = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"email": email, "password": password, "name": "Ada Lovelace"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tokens: Value = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        Uuid::parse_str(created["id"].as_str().unwrap()).unwrap(),
+        tokens["access_token"].as_str().unwrap().to_owned(),
+    )
 }

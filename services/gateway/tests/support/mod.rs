@@ -115,3 +115,69 @@ pub async fn gateway(
         .await
         .expect("the gateway starts")
 }
+
+/// An HTTP forwarder in front of a real service that records every request it passes on
+/// (`METHOD /path?query`): how a test counts the calls the gateway makes to that service.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub url: String,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    pub async fn start(upstream: &str) -> Self {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let state = (upstream.trim_end_matches('/').to_owned(), seen.clone());
+        let app = Router::new().fallback(any(forward)).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let url = format!(
+            "http://{}",
+            listener.local_addr().expect("a bound listener")
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, seen }
+    }
+
+    /// The requests seen so far, and forgets them.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().expect("not poisoned"))
+    }
+}
+
+type RecorderState = (String, Arc<std::sync::Mutex<Vec<String>>>);
+
+async fn forward(
+    State((upstream, seen)): State<RecorderState>,
+    method: Method,
+    uri: Uri,
+    mut headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let path = uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    seen.lock()
+        .expect("not poisoned")
+        .push(format!("{method} {path}"));
+    headers.remove(axum::http::header::HOST);
+    let answer = reqwest::Client::new()
+        .request(method, format!("{upstream}{path}"))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    match answer {
+        Ok(answer) => {
+            let status = answer.status();
+            let mut headers = answer.headers().clone();
+            headers.remove(axum::http::header::CONTENT_LENGTH);
+            headers.remove(axum::http::header::TRANSFER_ENCODING);
+            let body = answer.bytes().await.unwrap_or_default();
+            (status, headers, body).into_response()
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
