@@ -3,6 +3,10 @@
 //! `ProductCreated`), and stock set in inventory shows as `in_stock` in catalog (from
 //! `StockReplenished`). Each service's own tests cover the redelivery and ordering cases; this
 //! proves the two sides are wired to each other.
+//!
+//! Not a journey: it talks to the two services directly, so it always runs in-process (with
+//! `.local/test.env` sourced), also when `E2E_BASE_URL` points the journeys (`tests/journeys/`)
+//! at a running stack.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
