@@ -36,7 +36,7 @@ infra-down: ## Stop the infrastructure
 build: ## Build the seven service binaries
 	cargo build --profile $(PROFILE) --bins
 
-test: fmt-check proto-check infra-up clippy test-rust ## fmt, proto lint/breaking check, clippy and every test
+test: fmt-check proto-check infra-up clippy test-rust deploy-check ## fmt, proto lint/breaking check, clippy, every test, the deployment checks
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -62,3 +62,17 @@ contracts: infra-up ## Contract tests of one crate: make contracts SERVICE=order
 	@dir=$$(cargo pkgid -p $(SERVICE) | sed -E 's|^path\+file://([^#]*)#.*|\1|'); \
 	  test -f "$$dir/tests/contracts.rs" || { echo "$(SERVICE) has no contract tests ($$dir/tests/contracts.rs)"; exit 2; }
 	$(WITH_TEST_ENV) cargo test -p $(SERVICE) --locked --test contracts
+
+# ---------------------------------------------------------------------------- deployment
+.PHONY: deploy-check helm-test
+
+# test-rust already ran deploy-check's plain tests; within `make test` only its #[ignore]d
+# ones (they need helm, which deploy-check installs) run again here.
+test: DEPLOY_CHECK_TESTS := --ignored
+
+deploy-check: infra-up ## Dockerfile, compose, Helm chart and dashboards, checked offline (+ selftest)
+	$(WITH_TEST_ENV) DEPLOY_CHECK_TESTS='$(DEPLOY_CHECK_TESTS)' scripts/deploy-check.sh
+	scripts/deploy-check.sh selftest
+
+helm-test: ## helm install/upgrade/uninstall of the chart against a real local kube-apiserver (builds it once)
+	scripts/helm-test.sh

@@ -1,0 +1,12 @@
+//! The deployment's own tests: the files under `deploy/` and `docker-compose.yml` describe the
+//! system the code is, not the one it was when they were written. `make deploy-check` runs them
+//! (after `helm lint`, `kubeconform`, the compose loader and hadolint, `scripts/deploy-check.sh`).
+//!
+//! | test | what it holds |
+//! |---|---|
+//! | `tests/env_drift.rs` | every variable docker-compose.yml, the Helm chart (both install modes, its hooks and init containers), the Dockerfile and `deploy/local/stack.sh` give a service is one that service's configuration reads (`shop_runtime::config::Env::read_variables`), every variable it requires is given, and the development values load; compose mirrors the native stack's variables, credentials and start order; the databases, users and broker accounts the init scripts create are the ones the URLs name |
+//! | `tests/dashboards.rs` | every metric a Grafana dashboard in `deploy/grafana/dashboards` queries is exported on `/metrics` by the running system (booted in-process, driven through one order that is confirmed and one that is declined) |
+//!
+//! The tests that render the chart need helm; they are `#[ignore]`d in a plain `cargo test` and
+//! run by `make deploy-check`, which installs the tools first (`scripts/deploy-tools.sh`). Each
+//! drift test also proves on deliberately broken copies that the check catches what it claims.

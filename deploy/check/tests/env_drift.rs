@@ -1,0 +1,368 @@
+//! The deployment files against the code: every variable a deployment gives a service is one
+//! the service reads, every variable it requires is given, and the development values load.
+//! One list of variables — what each service's configuration reads — checked against
+//! deploy/local/stack.sh (`make run`), docker-compose.yml, the Dockerfile and the Helm chart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+mod support;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use serde_yaml_ng::Value;
+use support::{
+    SERVICES, Values, compose, compose_depends_on, compose_env, container_env, drift,
+    helm_template, image_env, native_env, object, read, scalar,
+};
+
+fn assert_no_drift(problems: Vec<String>) {
+    assert!(
+        problems.is_empty(),
+        "the deployment and the code disagree:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+// ----------------------------------------------------------------------- native and compose
+
+#[test]
+fn the_native_stack_gives_each_service_what_it_reads_and_needs() {
+    let native = native_env();
+    let names: Vec<&str> = native.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names, SERVICES,
+        "stack.sh's service table changed: update SERVICES"
+    );
+    let problems = native
+        .iter()
+        .flat_map(|(service, vars)| drift("deploy/local/stack.sh", service, vars, Values::Known))
+        .collect();
+    assert_no_drift(problems);
+}
+
+#[test]
+fn compose_gives_each_service_what_it_reads_and_needs() {
+    let file = compose(&read("docker-compose.yml"));
+    let problems = SERVICES
+        .iter()
+        .flat_map(|service| {
+            let vars = compose_env(&file, service);
+            assert!(
+                !vars.is_empty(),
+                "docker-compose.yml has no environment for {service}"
+            );
+            drift("docker-compose.yml", service, &vars, Values::Known)
+        })
+        .collect();
+    assert_no_drift(problems);
+}
+
+/// The image's `ENV` lines are defaults under whatever compose or the chart set, so only one
+/// thing can be wrong with them: a name the service does not read.
+#[test]
+fn the_images_default_only_variables_their_service_reads() {
+    let dockerfile = read("deploy/docker/Dockerfile");
+    let mut problems = Vec::new();
+    for service in SERVICES {
+        let vars = image_env(&dockerfile, service);
+        assert!(
+            vars.contains_key("HTTP_ADDR"),
+            "the Dockerfile has no target {service} setting HTTP_ADDR"
+        );
+        let (read, _) = support::load(service, &vars);
+        problems.extend(
+            vars.keys()
+                .filter(|name| !read.contains(*name))
+                .map(|name| {
+                    format!("deploy/docker/Dockerfile: sets {name}, which {service} does not read")
+                }),
+        );
+    }
+    assert_no_drift(problems);
+}
+
+/// Compose runs what `make run` runs: the same variables (hosts aside), the same credentials
+/// and database names, the same start order.
+#[test]
+fn compose_mirrors_the_native_stack() {
+    assert_no_drift(mirror_problems(&read("docker-compose.yml")));
+}
+
+fn mirror_problems(compose_text: &str) -> Vec<String> {
+    let file = compose(compose_text);
+    let mut problems = Vec::new();
+    let mut previous: Option<String> = None;
+    for (service, native) in native_env() {
+        let composed = compose_env(&file, &service);
+        for (name, value) in &native {
+            match composed.get(name) {
+                None => problems.push(format!("{service}: stack.sh sets {name}, compose does not")),
+                Some(theirs) if !same_setting(name, value, theirs) => problems.push(format!(
+                    "{service}: {name} is {value:?} natively but {theirs:?} in compose"
+                )),
+                Some(_) => {}
+            }
+        }
+        if let Some(previous) = previous.replace(service.clone())
+            && !compose_depends_on(&file, &service).contains(&previous)
+        {
+            problems.push(format!(
+                "{service} must wait for {previous} (depends_on), as stack.sh starts them"
+            ));
+        }
+    }
+    problems
+}
+
+/// Equal, except what differs between loopback and a compose network: hosts and listen
+/// addresses. URLs must keep their user, password, path (database) and port — except that
+/// compose's MongoDB has a user per service where the native FerretDB has no authentication:
+/// a native URL without credentials may gain them (and their auth database) in compose.
+fn same_setting(name: &str, native: &str, composed: &str) -> bool {
+    if name.ends_with("_ADDR") {
+        return true; // 127.0.0.1:<port> natively, 0.0.0.0:<port> in a container
+    }
+    match (url::Url::parse(native), url::Url::parse(composed)) {
+        (Ok(a), Ok(b)) if a.has_host() && a.username().is_empty() && !b.username().is_empty() => {
+            a.scheme() == b.scheme() && a.port() == b.port()
+        }
+        (Ok(a), Ok(b)) if a.has_host() => {
+            a.scheme() == b.scheme()
+                && a.username() == b.username()
+                && a.password() == b.password()
+                && a.path().trim_start_matches('/') == b.path().trim_start_matches('/')
+                && a.port() == b.port()
+        }
+        _ => native == composed,
+    }
+}
+
+/// The stores' init scripts create exactly the roles, databases and users the URLs name.
+#[test]
+fn compose_provisions_the_credentials_the_services_use() {
+    let file = compose(&read("docker-compose.yml"));
+    let init_sql = read("deploy/compose/postgres/init.sql");
+    let init_js = read("deploy/compose/mongodb/init.js");
+    let definitions: serde_json::Value =
+        serde_json::from_str(&read("deploy/compose/rabbitmq/definitions.json")).unwrap();
+    let mut problems = Vec::new();
+    for service in SERVICES {
+        let vars = compose_env(&file, service);
+        if let Some(url) = vars.get("DATABASE_URL") {
+            let url = url::Url::parse(url).unwrap();
+            let (role, database) = (url.username(), url.path().trim_start_matches('/'));
+            let password = url.password().unwrap_or_default();
+            if !init_sql.contains(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}';"))
+                || !init_sql.contains(&format!("CREATE DATABASE {database} OWNER {role};"))
+            {
+                problems.push(format!(
+                    "{service}: init.sql does not create {role}/{database}"
+                ));
+            }
+        }
+        if let Some(url) = vars.get("MONGODB_URL") {
+            let url = url::Url::parse(url).unwrap();
+            let (user, database) = (url.username(), url.path().trim_start_matches('/'));
+            // init.js creates each owner with its own name as password.
+            if url.password() != Some(user)
+                || !init_js.contains(&format!("{database}: \"{user}\""))
+                || vars.get("MONGODB_DATABASE").map(String::as_str) != Some(database)
+            {
+                problems.push(format!(
+                    "{service}: init.js does not create {user} on {database}"
+                ));
+            }
+        }
+        let amqp = url::Url::parse(&vars["AMQP_URL"]).unwrap();
+        if !rabbitmq_accepts(
+            &definitions,
+            amqp.username(),
+            amqp.password().unwrap_or_default(),
+        ) {
+            problems.push(format!(
+                "{service}: definitions.json has no user {} with that password",
+                amqp.username()
+            ));
+        }
+    }
+    assert_no_drift(problems);
+}
+
+/// RabbitMQ's rabbit_password_hashing_sha256: base64(salt ++ sha256(salt ++ password)).
+fn rabbitmq_accepts(definitions: &serde_json::Value, user: &str, password: &str) -> bool {
+    definitions["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["name"] == user)
+        .any(|u| {
+            let Ok(stored) = STANDARD.decode(u["password_hash"].as_str().unwrap_or_default())
+            else {
+                return false;
+            };
+            let (salt, hash) = stored.split_at(4.min(stored.len()));
+            let salted = [salt, password.as_bytes()].concat();
+            ring::digest::digest(&ring::digest::SHA256, &salted).as_ref() == hash
+        })
+}
+
+// ------------------------------------------------------------------ the check's own self-test
+
+/// The check is only worth something if it fails: a misspelt variable, a missing required
+/// one and a bad value, each on a copy of compose's real environment, are each reported by name.
+#[test]
+fn the_check_reports_a_misspelt_a_missing_and_a_bad_variable() {
+    let file = compose(&read("docker-compose.yml"));
+    let good = compose_env(&file, "order-service");
+    assert_no_drift(drift("copy", "order-service", &good, Values::Known));
+
+    let mut misspelt = good.clone();
+    let url = misspelt.remove("DATABASE_URL").unwrap();
+    misspelt.insert("DATABSE_URL".to_owned(), url);
+    let problems = drift("copy", "order-service", &misspelt, Values::Known).join("\n");
+    assert!(
+        problems.contains("sets DATABSE_URL, which order-service does not read"),
+        "{problems}"
+    );
+    assert!(problems.contains("DATABASE_URL: is not set"), "{problems}");
+
+    let mut missing = good.clone();
+    missing.remove("SERVICE_SECRET");
+    let problems = drift("copy", "order-service", &missing, Values::NamesOnly).join("\n");
+    assert!(
+        problems.contains("SERVICE_SECRET: is not set"),
+        "{problems}"
+    );
+
+    let mut bad = good;
+    bad.insert("ORDER_CALL_TIMEOUT_MS".to_owned(), "soon".to_owned());
+    let problems = drift("copy", "order-service", &bad, Values::Known).join("\n");
+    assert!(
+        problems.contains("ORDER_CALL_TIMEOUT_MS: could not be parsed"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn the_check_reports_a_compose_copy_that_starts_a_producer_before_its_consumer_or_loses_a_password()
+{
+    let original = read("docker-compose.yml");
+    let early = original.replace(
+        "inventory-service: { condition: service_healthy }",
+        "notification-service: { condition: service_healthy }",
+    );
+    assert_ne!(early, original, "the edit must change the copy");
+    let problems = mirror_problems(&early).join("\n");
+    assert!(
+        problems.contains("catalog-service must wait for inventory-service"),
+        "{problems}"
+    );
+
+    let other_password = original.replace(
+        "postgres://order_service:order_service@",
+        "postgres://order_service:hunter2@",
+    );
+    assert_ne!(other_password, original, "the edit must change the copy");
+    let problems = mirror_problems(&other_password).join("\n");
+    assert!(
+        problems.contains("order-service: DATABASE_URL is"),
+        "{problems}"
+    );
+}
+
+// ------------------------------------------------------------------------------- the chart
+
+/// Development install (in-chart stores, generated secrets): every Deployment, its migration
+/// init container and the seed hook get variables their service reads, and they load.
+#[test]
+#[ignore = "needs helm: run by make deploy-check (scripts/deploy-tools.sh installs it)"]
+fn the_chart_in_development_mode_gives_each_service_what_it_reads_and_needs() {
+    let objects = helm_template(&[]);
+    assert_no_drift(chart_drift(&objects, "chart (default values)"));
+}
+
+/// Production-like install (own stores, existing secrets): names only, since the values live in
+/// Secrets the operator creates; every required variable is still named, and nothing else.
+#[test]
+#[ignore = "needs helm: run by make deploy-check (scripts/deploy-tools.sh installs it)"]
+fn the_chart_in_production_mode_names_each_variable_its_service_needs() {
+    let objects = helm_template(&["-f", "deploy/helm/shop/ci/production-values.yaml"]);
+    let problems = chart_drift(&objects, "chart (ci/production-values.yaml)");
+    assert_no_drift(problems);
+}
+
+/// A chart that renders a variable no service reads, or drops one it requires, is caught.
+#[test]
+#[ignore = "needs helm: run by make deploy-check (scripts/deploy-tools.sh installs it)"]
+fn the_check_reports_a_chart_with_an_unread_and_a_missing_variable() {
+    let objects = helm_template(&[
+        "--set",
+        "services.payment-service.env.PROVIDER_TIMEOUT=5000",
+    ]);
+    let problems = chart_drift(&objects, "chart").join("\n");
+    assert!(
+        problems.contains("sets PROVIDER_TIMEOUT, which payment-service does not read"),
+        "{problems}"
+    );
+
+    let mut objects = helm_template(&[]);
+    let deployment = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "shop-order-service")
+        .unwrap();
+    let pod = &mut deployment["spec"]["template"]["spec"];
+    for containers in ["containers", "initContainers"] {
+        for container in pod[containers].as_sequence_mut().into_iter().flatten() {
+            let env = container["env"].as_sequence_mut().unwrap();
+            env.retain(|entry| entry["name"] != "SERVICE_SECRET");
+        }
+    }
+    let problems = chart_drift(&objects, "chart").join("\n");
+    assert!(
+        problems.contains("SERVICE_SECRET: is not set"),
+        "{problems}"
+    );
+}
+
+fn chart_drift(objects: &[Value], source: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for service in SERVICES {
+        let name = format!("shop-{service}");
+        let Some(deployment) = object(objects, "Deployment", &name) else {
+            problems.push(format!("{source}: no Deployment {name}"));
+            continue;
+        };
+        let pod = &deployment["spec"]["template"]["spec"];
+        let containers = pod["containers"].as_sequence().unwrap();
+        let main = containers
+            .iter()
+            .find(|c| c["name"].as_str() == Some(service))
+            .unwrap_or_else(|| panic!("{name} has no container {service}"));
+        let (vars, values) = container_env(objects, main);
+        problems.extend(drift(&format!("{source} {name}"), service, &vars, values));
+        for init in pod["initContainers"].as_sequence().into_iter().flatten() {
+            let (init_vars, _) = container_env(objects, init);
+            if init_vars != vars {
+                problems.push(format!(
+                    "{source} {name}: init container {} has other variables than the service",
+                    scalar(&init["name"])
+                ));
+            }
+        }
+    }
+    if let Some(job) = object(objects, "Job", "shop-catalog-seed") {
+        let container = &job["spec"]["template"]["spec"]["containers"][0];
+        let (vars, values) = container_env(objects, container);
+        problems.extend(drift(
+            &format!("{source} seed hook"),
+            "catalog-service",
+            &vars,
+            values,
+        ));
+        if vars.get("CATALOG_SEED_DEMO").map(String::as_str) != Some("true") {
+            problems.push(format!(
+                "{source}: the seed hook does not set CATALOG_SEED_DEMO=true"
+            ));
+        }
+    }
+    problems
+}
