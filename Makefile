@@ -76,3 +76,9 @@ deploy-check: infra-up ## Dockerfile, compose, Helm chart and dashboards, checke
 
 helm-test: ## helm install/upgrade/uninstall of the chart against a real local kube-apiserver (builds it once)
 	scripts/helm-test.sh
+
+# The full run takes ~10 minutes once the release build exists and writes bench/report.md;
+# QUICK=1 runs every scenario for a few seconds and writes target/bench-quick/report.md.
+.PHONY: bench
+bench: infra-up ## Measure the system against nginx and pgbench: bench/report.md (QUICK=1: a short run)
+	$(WITH_TEST_ENV) scripts/bench.sh $(if $(QUICK),--quick)

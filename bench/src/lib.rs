@@ -1,0 +1,128 @@
+//! shop-bench: `make bench`. Measures the system the way BRIEF §9 states its targets — as
+//! ratios against references measured in the same run on the same machine (nginx for the
+//! gateway, `pgbench` for PostgreSQL) — and writes `bench/report.md` with the raw results and
+//! SVG plots.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`loadgen`] | the open-loop load generator every scenario uses (and why it is our own) |
+//! | [`http`] | keep-alive HTTP/1.1 workers, and the trivial upstream |
+//! | [`smtp`] | an SMTP sink, so mails do not pile up in the shared MailDev |
+//! | [`infra`] | the run's own databases, vhosts and key prefixes on the shared servers |
+//! | [`stack`] | the seven services as child processes on free ports; RSS, CPU, readiness |
+//! | [`nginx`] | the reference proxy (Debian's package, one worker) |
+//! | [`scenarios`] | the five scenarios |
+//! | [`profile`] | a flat `perf` profile of a process during a run |
+//! | [`report`], [`plot`] | `report.md`, `results/results.json`, SVG plots |
+//! | [`run`] | one run, start to end, cleaning up whatever fails |
+//!
+//! Usage: `shop-bench run [--quick] [--bin-dir target/release] [--out bench]`;
+//! `shop-bench upstream --listen 127.0.0.1:PORT` is the trivial upstream (started by `run`).
+
+pub mod http;
+pub mod infra;
+pub mod loadgen;
+pub mod nginx;
+pub mod plot;
+pub mod profile;
+pub mod report;
+pub mod run;
+pub mod scenarios;
+pub mod smtp;
+pub mod stack;
+
+use std::{path::PathBuf, process::ExitCode};
+
+/// Progress on stderr, with the time since the process started.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("[bench {:>7.1}s] {}", $crate::elapsed().as_secs_f64(), format!($($arg)*))
+    };
+}
+
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Time since the first call (made at start by [`main`]).
+pub fn elapsed() -> std::time::Duration {
+    STARTED.get_or_init(std::time::Instant::now).elapsed()
+}
+
+const USAGE: &str = "usage:
+  shop-bench run [--quick] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--build TEXT]
+  shop-bench upstream --listen ADDR";
+
+/// The command line.
+pub fn main() -> ExitCode {
+    let _ = elapsed();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    match args.first().map(String::as_str) {
+        Some("upstream") => {
+            let Some(addr) = value("--listen") else {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            let result = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
+                runtime.block_on(async {
+                    let listener = tokio::net::TcpListener::bind(&addr).await?;
+                    http::serve_upstream(listener).await?;
+                    Ok(())
+                })
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("upstream: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("run") => {
+            shop_runtime::install_crypto_provider();
+            let bin_dir =
+                PathBuf::from(value("--bin-dir").unwrap_or_else(|| "target/release".into()));
+            let out_dir = PathBuf::from(value("--out").unwrap_or_else(|| "bench".into()));
+            let work_dir = value("--work-dir").map_or_else(
+                || bin_dir.parent().unwrap_or(&bin_dir).join("bench-work"),
+                PathBuf::from,
+            );
+            let options = run::Options {
+                quick: args.iter().any(|arg| arg == "--quick"),
+                bin_dir,
+                out_dir,
+                work_dir,
+                build: value("--build"),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run::run(options)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("shop-bench: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

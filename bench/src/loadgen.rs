@@ -1,0 +1,390 @@
+//! The one load generator every scenario uses: open loop, HDR histograms, latency measured from
+//! the *intended* send time.
+//!
+//! # Open loop, and why it matters
+//!
+//! A closed-loop generator (wrk, ab, most "N virtual users" tools) sends the next request when
+//! the previous answer arrived. When the system stalls for a second, it simply stops sending
+//! for that second, and the one slow answer is all the histogram sees: the thousands of
+//! requests real users would have sent meanwhile — and that would all have waited — are never
+//! issued. That is *coordinated omission*, and it makes a p99 look good exactly when it is bad.
+//!
+//! Here a run is a schedule: request `i` is due at `start + i / rate`. Workers (each owning one
+//! keep-alive connection, or one database session) take the next due ticket, wait until it is
+//! due, send it, and record `answered - due`. A worker that falls behind sends the next ticket
+//! at once, and its latency includes the time it waited to be sent — so a stall shows up in
+//! every request it delayed, as users would feel it. Runs that fall so far behind that tickets
+//! are still unsent `grace` after the schedule ended stop there; those tickets are counted as
+//! `unsent` and reported (they are failures, not omissions).
+//!
+//! Saturation throughput is the one figure measured closed loop ([`Plan::saturate`]): every
+//! worker sends back to back for the duration, and only the completion rate is reported
+//! (latency at saturation is unbounded by definition and would mean nothing).
+//!
+//! # Why our own harness, and not wrk2, oha, goose or k6
+//!
+//! * Debian packages `wrk`, which is closed loop (the problem above); wrk2 (its open-loop fork)
+//!   and oha are not packaged, and the project installs tools only from Debian or crates.
+//! * Two of the five scenarios do not end with an HTTP answer: an order ends when its
+//!   `order.order.confirmed` event arrives, an outbox event when a consumer handles it. An HTTP
+//!   load tool can send those requests but cannot time them; this harness hands each request's
+//!   due time ([`Ticket::due`]) to whoever observes the end ([`Recorder`]).
+//! * One harness for every scenario means one clock and one histogram type, so the ratios the
+//!   report is built on compare like with like (the gateway and nginx are driven by the very
+//!   same code).
+//! * It is small: a schedule, an atomic ticket counter, and `hdrhistogram` (the maintained Rust
+//!   port of HdrHistogram) for 3-significant-digit percentiles from 1 µs to an hour.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// What to offer the system: a rate for a duration, over a number of workers.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Requests per second; `None` = closed loop, as fast as the workers can go.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// How long past the end of the schedule due tickets may still be sent.
+    pub grace: Duration,
+}
+
+impl Plan {
+    /// An open-loop run at `rate` requests per second.
+    pub fn open(rate: f64, duration: Duration) -> Self {
+        Self {
+            rate: Some(rate),
+            duration,
+            grace: duration.min(Duration::from_secs(10)),
+        }
+    }
+
+    /// A closed-loop run to find the most the system completes per second.
+    pub fn saturate(duration: Duration) -> Self {
+        Self {
+            rate: None,
+            duration,
+            grace: Duration::ZERO,
+        }
+    }
+}
+
+/// One scheduled request.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    pub index: u64,
+    /// When it should have been sent; latency is measured from here.
+    pub due: Instant,
+}
+
+/// How one request ended, as far as the worker can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with success (2xx, committed).
+    Ok,
+    /// Answered, but refused (any other status).
+    Refused,
+    /// No answer: connection error or timeout.
+    Error,
+}
+
+/// Sends one request. Each worker is used by one task, so it can own a connection.
+pub trait Worker: Send + 'static {
+    fn call(&mut self, ticket: Ticket) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Latency histogram in microseconds (1 µs to 1 h, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.max(1));
+}
+
+/// A histogram shared by whoever observes completions outside the worker (an event consumer,
+/// an AMQP subscriber): they record `now - ticket.due`.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    inner: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(histogram())),
+        }
+    }
+}
+
+impl Recorder {
+    pub fn record_since(&self, due: Instant) {
+        let elapsed = Instant::now().saturating_duration_since(due);
+        let mut histogram = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        record(&mut histogram, elapsed);
+    }
+
+    pub fn len(&self) -> u64 {
+        self.snapshot().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn reset(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reset();
+    }
+}
+
+/// Percentiles of a histogram, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// `(percentile, ms)` pairs for a percentile-distribution plot.
+    pub distribution: Vec<(f64, f64)>,
+}
+
+const DISTRIBUTION: [f64; 12] = [
+    0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
+];
+
+impl Summary {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            count: histogram.len(),
+            mean_ms: histogram.mean() / 1000.0,
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p90_ms: ms(histogram.value_at_quantile(0.90)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            p999_ms: ms(histogram.value_at_quantile(0.999)),
+            max_ms: ms(histogram.max()),
+            distribution: DISTRIBUTION
+                .iter()
+                .map(|&p| (p, ms(histogram.value_at_quantile(p / 100.0))))
+                .collect(),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Measured {
+    /// Requests per second offered (`None`: closed loop).
+    pub offered_rate: Option<f64>,
+    pub duration_s: f64,
+    pub workers: usize,
+    pub ok: u64,
+    pub refused: u64,
+    pub errors: u64,
+    /// Due tickets never sent because the run was still behind `grace` after the schedule.
+    pub unsent: u64,
+    /// Completed requests (any outcome) per second of the run.
+    pub achieved_rate: f64,
+    /// Successful requests per second of the run.
+    pub ok_rate: f64,
+    /// How late the latest send was against its due time (ms): near 0 means the generator
+    /// kept the schedule.
+    pub max_send_lag_ms: f64,
+    /// Due time → answer (the open-loop latency).
+    pub latency: Summary,
+    /// Send → answer (what a closed-loop tool would have reported).
+    pub service_time: Summary,
+}
+
+/// Runs `plan` over `workers` (one task each) and returns what was measured.
+pub async fn run<W: Worker>(plan: &Plan, workers: Vec<W>) -> Measured {
+    let worker_count = workers.len();
+    let start = Instant::now() + Duration::from_millis(20);
+    let end = start + plan.duration;
+    let total = plan.rate.map(|rate| {
+        let total = rate * plan.duration.as_secs_f64();
+        total.round().max(1.0) as u64
+    });
+    let next = Arc::new(AtomicU64::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let deadline = end + plan.grace;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut worker in workers {
+        let next = next.clone();
+        let stopped = stopped.clone();
+        let rate = plan.rate;
+        tasks.spawn(async move {
+            let mut latency = histogram();
+            let mut service = histogram();
+            let mut counts = [0u64; 3];
+            let mut max_lag = Duration::ZERO;
+            let mut last_done = start;
+            tokio::time::sleep_until(start).await;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let due = match (rate, total) {
+                    (Some(rate), Some(total)) => {
+                        if index >= total {
+                            break;
+                        }
+                        start + Duration::from_secs_f64(index as f64 / rate)
+                    }
+                    _ => {
+                        let now = Instant::now();
+                        if now >= end {
+                            break;
+                        }
+                        now
+                    }
+                };
+                let now = Instant::now();
+                if stopped.load(Ordering::Relaxed) || now > deadline {
+                    stopped.store(true, Ordering::Relaxed);
+                    break;
+                }
+                if due > now {
+                    tokio::time::sleep_until(due).await;
+                }
+                let sent = Instant::now();
+                max_lag = max_lag.max(sent.saturating_duration_since(due));
+                let outcome = worker.call(Ticket { index, due }).await;
+                let done = Instant::now();
+                last_done = last_done.max(done);
+                record(&mut latency, done - due);
+                record(&mut service, done - sent);
+                counts[match outcome {
+                    Outcome::Ok => 0,
+                    Outcome::Refused => 1,
+                    Outcome::Error => 2,
+                }] += 1;
+            }
+            (latency, service, counts, max_lag, last_done)
+        });
+    }
+
+    let mut latency = histogram();
+    let mut service = histogram();
+    let mut counts = [0u64; 3];
+    let mut max_lag = Duration::ZERO;
+    let mut last_done = start;
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((l, s, c, lag, done)) = joined else {
+            continue;
+        };
+        let _ = latency.add(&l);
+        let _ = service.add(&s);
+        for (sum, count) in counts.iter_mut().zip(c) {
+            *sum += count;
+        }
+        max_lag = max_lag.max(lag);
+        last_done = last_done.max(done);
+    }
+    let completed: u64 = counts.iter().sum();
+    let unsent = total.map_or(0, |total| total.saturating_sub(completed));
+    let elapsed = last_done
+        .saturating_duration_since(start)
+        .max(plan.duration)
+        .as_secs_f64();
+    Measured {
+        offered_rate: plan.rate,
+        duration_s: plan.duration.as_secs_f64(),
+        workers: worker_count,
+        ok: counts[0],
+        refused: counts[1],
+        errors: counts[2],
+        unsent,
+        achieved_rate: completed as f64 / elapsed,
+        ok_rate: counts[0] as f64 / elapsed,
+        max_send_lag_ms: max_lag.as_secs_f64() * 1000.0,
+        latency: Summary::of(&latency),
+        service_time: Summary::of(&service),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sleepy(Duration);
+
+    impl Worker for Sleepy {
+        async fn call(&mut self, _: Ticket) -> Outcome {
+            tokio::time::sleep(self.0).await;
+            Outcome::Ok
+        }
+    }
+
+    /// The point of the harness: one worker that needs 20 ms per request, offered one request
+    /// every 10 ms, falls further behind with every request, and the latency says so (a
+    /// closed-loop tool would report a flat 20 ms). Paused time makes this exact, not timed.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_falls_behind_shows_the_wait_in_the_latency() {
+        let measured = run(
+            &Plan::open(100.0, Duration::from_secs(1)),
+            vec![Sleepy(Duration::from_millis(20))],
+        )
+        .await;
+        assert_eq!(measured.ok, 100);
+        assert_eq!(measured.unsent, 0);
+        // The service time stays 20 ms ...
+        assert!((measured.service_time.p99_ms - 20.0).abs() < 1.0);
+        // ... while the last request waited ~1 s to be sent: due at 990 ms, answered at 2000 ms.
+        assert!(measured.latency.max_ms > 990.0, "{:?}", measured.latency);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tickets_still_due_after_the_grace_period_are_counted_unsent() {
+        let plan = Plan {
+            rate: Some(100.0),
+            duration: Duration::from_secs(1),
+            grace: Duration::from_millis(100),
+        };
+        let measured = run(&plan, vec![Sleepy(Duration::from_millis(100))]).await;
+        assert_eq!(measured.ok + measured.unsent, 100);
+        assert!(measured.unsent > 80, "{measured:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_saturation_run_counts_what_the_workers_complete() {
+        let measured = run(
+            &Plan::saturate(Duration::from_secs(1)),
+            vec![
+                Sleepy(Duration::from_millis(10)),
+                Sleepy(Duration::from_millis(10)),
+            ],
+        )
+        .await;
+        assert!((measured.ok as i64 - 200).abs() <= 2, "{measured:?}");
+        assert!(measured.offered_rate.is_none());
+    }
+}

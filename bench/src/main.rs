@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    shop_bench::main()
+}

@@ -1,0 +1,883 @@
+//! The report: `results/results.json` (everything measured), SVG plots, and `report.md`, which
+//! puts each target of BRIEF §9 next to the measured figure and compares this run's ratios
+//! with the previous run's.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    loadgen::Measured,
+    plot::{Series, bar_chart, latency_chart},
+    scenarios::{
+        events::EventsResults, orders::OrdersResults, product::ProductResults, proxy::ProxyResults,
+    },
+    stack::Footprint,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map_or_else(
+                    || "unknown".to_owned(),
+                    |(_, model)| model.trim().to_owned(),
+                ),
+            memory_gib: meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0 / 1024.0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub date: String,
+    pub mode: String,
+    pub commit: String,
+    pub machine: Machine,
+    /// How long the release build took, as the Makefile measured it.
+    pub build: Option<String>,
+    pub binaries: String,
+    pub nginx: Option<String>,
+    pub load_average_before: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub proxy: Option<ProxyResults>,
+    pub product: Option<ProductResults>,
+    pub orders: Option<OrdersResults>,
+    pub events: Option<EventsResults>,
+    pub footprint: Vec<Footprint>,
+    /// Messages sent to the SMTP sink (one per mail notification-service sent).
+    pub mails_sent: u64,
+    /// The figures compared between runs (see [`Results::ratios`]).
+    pub ratios: BTreeMap<String, f64>,
+    /// Scenarios that failed, with the reason.
+    pub failures: Vec<String>,
+}
+
+impl Results {
+    /// The figures two runs should agree on (within 15 %): ratios against the same-run
+    /// references, and the system's own headline numbers.
+    pub fn compute_ratios(&mut self) {
+        let mut ratios = BTreeMap::new();
+        if let Some(proxy) = &self.proxy {
+            if let Some(ratio) = proxy.ratio {
+                ratios.insert("1 gateway / nginx throughput".to_owned(), ratio);
+            }
+            for point in &proxy.points {
+                if let Some(nginx) = &point.nginx
+                    && nginx.latency.p99_ms > 0.0
+                    && let Some(share) = proxy
+                        .nginx
+                        .as_ref()
+                        .map(|n| point.rate / n.measured.ok_rate)
+                {
+                    ratios.insert(
+                        format!(
+                            "1 gateway / nginx p99 at {:.0} % of nginx max",
+                            share * 100.0
+                        ),
+                        point.gateway.latency.p99_ms / nginx.latency.p99_ms,
+                    );
+                }
+            }
+        }
+        if let Some(product) = &self.product
+            && let Some(ratio) = product.ratio_to_nginx
+        {
+            ratios.insert("2 product read / nginx throughput".to_owned(), ratio);
+        }
+        if let Some(orders) = &self.orders {
+            ratios.insert(
+                "3 confirmed / offered orders (sustained)".to_owned(),
+                orders.sustained.confirmed_per_s / orders.sustained.offered_rate,
+            );
+            if let Some(per_order) = orders.sustained.commits_per_order {
+                ratios.insert("3 commits per order".to_owned(), per_order);
+            }
+            if let Some(share) = orders.commit_share_of_pgbench {
+                ratios.insert("3 order commits / pgbench commits per s".to_owned(), share);
+            }
+        }
+        if let Some(events) = &self.events {
+            ratios.insert("4 delivered / produced events at target rate".to_owned(), {
+                events.target.delivered as f64 / (events.target.produce.ok.max(1)) as f64
+            });
+        }
+        self.ratios = ratios;
+    }
+}
+
+fn ms(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "**met**" } else { "**not met**" }
+}
+
+fn measured_row(out: &mut String, label: &str, m: &Measured) {
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+        m.offered_rate
+            .map_or("max (closed loop)".to_owned(), |r| format!("{r:.0}")),
+        m.ok_rate,
+        ms(m.latency.p50_ms),
+        ms(m.latency.p99_ms),
+        ms(m.latency.p999_ms),
+        ms(m.latency.max_ms),
+        m.refused + m.errors + m.unsent,
+        ms(m.max_send_lag_ms),
+    );
+}
+
+const MEASURED_HEADER: &str = "| run | offered (req/s) | achieved ok (req/s) | p50 ms | p99 ms | p99.9 ms | max ms | failed | generator lag ms |\n|---|---|---|---|---|---|---|---|---|\n";
+
+/// Writes `dir/report.md`, `dir/results/results.json` and the plots.
+pub fn write(
+    dir: &Path,
+    results: &Results,
+    previous: Option<&BTreeMap<String, f64>>,
+) -> Result<()> {
+    let out_dir = dir.join("results");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(results)? + "\n",
+    )?;
+    let plots = plots(&out_dir, results);
+
+    let mut md = String::new();
+    let meta = &results.meta;
+    let _ = writeln!(
+        md,
+        "# `make bench`: the system against nginx and PostgreSQL\n"
+    );
+    let _ = writeln!(
+        md,
+        "Generated by `shop-bench` ({} mode) on {}. Raw results: [`results/results.json`](results/results.json).\n",
+        meta.mode, meta.date
+    );
+    if meta.mode != "full" {
+        let _ = writeln!(
+            md,
+            "> **Quick mode**: every scenario ran for a few seconds only. These numbers show that the harness works, not how fast the system is.\n"
+        );
+    }
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let _ = writeln!(md, "| commit | `{}` |", meta.commit);
+    let _ = writeln!(
+        md,
+        "| machine | {} CPUs ({}), {:.1} GiB memory, Linux {} |",
+        meta.machine.cpus, meta.machine.cpu_model, meta.machine.memory_gib, meta.machine.kernel
+    );
+    let _ = writeln!(
+        md,
+        "| load average before the run | {} |",
+        meta.load_average_before
+    );
+    let _ = writeln!(
+        md,
+        "| release build | {} |",
+        meta.build
+            .as_deref()
+            .unwrap_or("not measured (binaries given)")
+    );
+    let _ = writeln!(md, "| binaries | `{}` |", meta.binaries);
+    let _ = writeln!(
+        md,
+        "| reference proxy | {} |",
+        meta.nginx
+            .as_deref()
+            .unwrap_or("nginx not installed: scenario 1 ran without it")
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Everything runs on this one machine at the same time: load generator, proxies, services, PostgreSQL, RabbitMQ, Redis, FerretDB. Absolute numbers therefore say little; the ratios against nginx and pgbench measured in the same run are the figures that matter.\n"
+    );
+
+    // ---- targets
+    let _ = writeln!(md, "## BRIEF §9 targets\n");
+    let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
+    if let Some(proxy) = &results.proxy {
+        match (&proxy.nginx, proxy.ratio) {
+            (Some(nginx), Some(ratio)) => {
+                let _ = writeln!(
+                    md,
+                    "| gateway proxy throughput ≥ nginx (1 worker) | gateway {:.0} req/s vs nginx {:.0} req/s: **{:.2}×** | {} |",
+                    proxy.gateway.measured.ok_rate,
+                    nginx.measured.ok_rate,
+                    ratio,
+                    verdict(ratio >= 1.0)
+                );
+                let worse: Vec<String> = proxy
+                    .points
+                    .iter()
+                    .filter_map(|p| {
+                        let n = p.nginx.as_ref()?;
+                        Some(format!(
+                            "{:.0}/s: {} vs {} ms",
+                            p.rate,
+                            ms(p.gateway.latency.p99_ms),
+                            ms(n.latency.p99_ms)
+                        ))
+                    })
+                    .collect();
+                let all_ok = proxy.points.iter().all(|p| {
+                    p.nginx
+                        .as_ref()
+                        .is_none_or(|n| p.gateway.latency.p99_ms <= n.latency.p99_ms)
+                });
+                let _ = writeln!(
+                    md,
+                    "| gateway p99 no worse than nginx at the same rate | gateway vs nginx p99 — {} | {} |",
+                    worse.join("; "),
+                    verdict(all_ok)
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    md,
+                    "| gateway proxy throughput ≥ nginx | gateway {:.0} req/s; nginx not measured | not measured |",
+                    proxy.gateway.measured.ok_rate
+                );
+            }
+        }
+    }
+    if let Some(product) = &results.product {
+        match product.ratio_to_nginx {
+            Some(ratio) => {
+                let _ = writeln!(
+                    md,
+                    "| cached, authenticated, rate-limited product read ≥ ½ nginx | {:.0} req/s = **{:.2}×** nginx | {} |",
+                    product.saturation.measured.ok_rate,
+                    ratio,
+                    verdict(ratio >= 0.5)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| product read ≥ ½ nginx | {:.0} req/s; nginx not measured | not measured |",
+                    product.saturation.measured.ok_rate
+                );
+            }
+        }
+    }
+    if let Some(orders) = &results.orders {
+        let s = &orders.sustained;
+        let _ = writeln!(
+            md,
+            "| ≥ 300 confirmed orders/s for 60 s | {:.1} confirmed/s offered {:.0}/s for {:.0} s ({} cancelled, {} unfinished, {} POSTs failed) | {} |",
+            s.confirmed_per_s,
+            s.offered_rate,
+            s.duration_s,
+            s.cancelled,
+            s.unfinished,
+            s.post.refused + s.post.errors + s.post.unsent,
+            verdict(s.confirmed_per_s >= 300.0 && s.duration_s >= 60.0)
+        );
+        let _ = writeln!(
+            md,
+            "| p99 `POST /orders` → `CONFIRMED` < 500 ms | p50 {} ms, p99 {} ms (at {:.0}/s offered) | {} |",
+            ms(s.to_confirmed.p50_ms),
+            ms(s.to_confirmed.p99_ms),
+            s.offered_rate,
+            verdict(s.to_confirmed.count > 0 && s.to_confirmed.p99_ms < 500.0 && s.unfinished == 0)
+        );
+        let _ = writeln!(
+            md,
+            "| commits per order, ratio to `pgbench -N` | {} commits/order; pgbench {} tps; the sustained phase used {} of that commit rate | reported |",
+            s.commits_per_order
+                .map_or("-".into(), |c| format!("{c:.1}")),
+            orders
+                .pgbench
+                .as_ref()
+                .map_or("-".into(), |p| format!("{:.0}", p.tps)),
+            orders
+                .commit_share_of_pgbench
+                .map_or("-".into(), |r| format!("{:.0} %", r * 100.0)),
+        );
+    }
+    if let Some(events) = &results.events {
+        let t = &events.target;
+        let _ = writeln!(
+            md,
+            "| outbox → consumer p99 < 50 ms at 1,000 events/s | p50 {} ms, p99 {} ms at {:.0}/s ({} of {} delivered) | {} |",
+            ms(t.latency.p50_ms),
+            ms(t.latency.p99_ms),
+            t.rate,
+            t.delivered,
+            t.produce.ok,
+            verdict(t.rate >= 1000.0 && t.latency.p99_ms < 50.0 && t.delivered >= t.produce.ok)
+        );
+    }
+    if !results.footprint.is_empty() {
+        let over: Vec<String> = results
+            .footprint
+            .iter()
+            .filter(|f| f.idle_rss_mib >= 30.0)
+            .map(|f| format!("{} {:.1} MiB", f.service, f.idle_rss_mib))
+            .collect();
+        let max = results
+            .footprint
+            .iter()
+            .map(|f| f.idle_rss_mib)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            md,
+            "| each service idle < 30 MiB RSS | largest {max:.1} MiB{} | {} |",
+            if over.is_empty() {
+                String::new()
+            } else {
+                format!("; over: {}", over.join(", "))
+            },
+            verdict(over.is_empty())
+        );
+        let slow: Vec<String> = results
+            .footprint
+            .iter()
+            .filter(|f| f.ready_s > 1.0)
+            .map(|f| format!("{} {:.2} s", f.service, f.ready_s))
+            .collect();
+        let max = results
+            .footprint
+            .iter()
+            .map(|f| f.ready_s)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            md,
+            "| each service ready within 1 s of its stores | slowest {max:.2} s{} | {} |",
+            if slow.is_empty() {
+                String::new()
+            } else {
+                format!("; over: {}", slow.join(", "))
+            },
+            verdict(slow.is_empty())
+        );
+    }
+    for failure in &results.failures {
+        let _ = writeln!(md, "| scenario failed | {failure} | **not measured** |");
+    }
+    let _ = writeln!(md);
+
+    // ---- reproducibility
+    let _ = writeln!(
+        md,
+        "## Reproducibility: this run against the previous one\n"
+    );
+    match previous {
+        Some(previous) if !previous.is_empty() => {
+            let _ = writeln!(
+                md,
+                "| figure | previous | this run | difference |\n|---|---|---|---|"
+            );
+            for (name, value) in &results.ratios {
+                match previous.get(name) {
+                    Some(before) if *before != 0.0 => {
+                        let diff = (value - before) / before * 100.0;
+                        let _ = writeln!(
+                            md,
+                            "| {name} | {before:.3} | {value:.3} | {diff:+.1} %{} |",
+                            if diff.abs() > 15.0 {
+                                " (over 15 %)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(md, "| {name} | - | {value:.3} | |");
+                    }
+                }
+            }
+        }
+        _ => {
+            let _ = writeln!(
+                md,
+                "No previous run of this mode in `results/`: run `make bench` again to get the comparison.\n"
+            );
+            let _ = writeln!(md, "| figure | this run |\n|---|---|");
+            for (name, value) in &results.ratios {
+                let _ = writeln!(md, "| {name} | {value:.3} |");
+            }
+        }
+    }
+    let _ = writeln!(md);
+
+    // ---- scenario 1
+    if let Some(proxy) = &results.proxy {
+        let _ = writeln!(md, "## 1. Proxy overhead: gateway vs nginx\n");
+        let _ = writeln!(
+            md,
+            "`GET /.well-known/jwks.json` (public, not cached) forwarded to the same trivial upstream (a hyper server in the bench binary answering a 110-byte JSON document), {} keep-alive connections. The gateway counts every request against the anonymous rate limit in Redis (one `EVALSHA` round trip) before forwarding; nginx does no such work. Saturation is closed loop (each connection sends back to back); the fixed rates are open loop, with latency from the due send time.\n",
+            proxy.connections
+        );
+        let _ = writeln!(md, "{MEASURED_HEADER}");
+        measured_row(
+            &mut md,
+            "upstream alone (no proxy)",
+            &proxy.upstream_direct.measured,
+        );
+        if let Some(nginx) = &proxy.nginx {
+            measured_row(&mut md, "nginx, saturation", &nginx.measured);
+        }
+        measured_row(&mut md, "gateway, saturation", &proxy.gateway.measured);
+        for point in &proxy.points {
+            if let Some(nginx) = &point.nginx {
+                measured_row(&mut md, "nginx", nginx);
+            }
+            measured_row(&mut md, "gateway", &point.gateway);
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "CPU per 1,000 requests at saturation (the proxy process only): nginx worker {}, gateway {}. This is the fairer efficiency figure on a shared machine: nginx is limited to one worker (one core), the gateway's runtime uses both cores.\n",
+            proxy
+                .nginx
+                .as_ref()
+                .and_then(|n| n.cpu_ms_per_1k)
+                .map_or("-".into(), |c| format!("{c:.1} ms")),
+            proxy
+                .gateway
+                .cpu_ms_per_1k
+                .map_or("-".into(), |c| format!("{c:.1} ms")),
+        );
+        if let Some(profile) = &proxy.profile {
+            let _ = writeln!(
+                md,
+                "Flat CPU profile of the gateway at saturation: [`{0}`]({0}).\n",
+                relative(dir, profile)
+            );
+        }
+        let _ = writeln!(md, "![proxy latency](results/proxy-latency.svg)\n");
+    }
+
+    // ---- scenario 2
+    if let Some(product) = &results.product {
+        let _ = writeln!(md, "## 2. Product read through the gateway\n");
+        let _ = writeln!(
+            md,
+            "`GET {}` with a user's bearer token, rate limit counted (limit far above the load), answered from the Redis cache (only `X-Cache: HIT` answers count as successes). Note: the product routes are public in the gateway's table, so the gateway forwards the token without verifying it; the token costs nothing on this path.\n",
+            product.path
+        );
+        let _ = writeln!(md, "{MEASURED_HEADER}");
+        measured_row(&mut md, "saturation", &product.saturation.measured);
+        for point in &product.points {
+            measured_row(&mut md, "fixed rate", point);
+        }
+        let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "Gateway CPU per 1,000 reads at saturation: {}.\n",
+            product
+                .saturation
+                .cpu_ms_per_1k
+                .map_or("-".into(), |c| format!("{c:.1} ms"))
+        );
+        if let Some(profile) = &product.profile {
+            let _ = writeln!(
+                md,
+                "Flat CPU profile of the gateway at saturation: [`{0}`]({0}).\n",
+                relative(dir, profile)
+            );
+        }
+        let _ = writeln!(md, "![product read latency](results/product-latency.svg)\n");
+    }
+
+    // ---- scenario 3
+    if let Some(orders) = &results.orders {
+        let _ = writeln!(md, "## 3. Orders end to end\n");
+        let _ = writeln!(
+            md,
+            "{} registered users order one unit of one of the {} demo products each (approving card `4242…`), by turns, through the gateway. Latency runs from the due send time of `POST /api/v1/orders` to the arrival of the order's `order.order.confirmed` event on a queue of the bench's own (so it includes order-service's outbox relay). Each phase is drained (up to 30 s) before the next starts.\n",
+            orders.users, orders.products
+        );
+        let _ = writeln!(
+            md,
+            "| phase | offered orders/s | POST ok/s | POST p99 ms | confirmed/s | cancelled | unfinished | p50 → CONFIRMED ms | p99 → CONFIRMED ms | max ms | commits/order |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let row = |md: &mut String, label: &str, p: &crate::scenarios::orders::Phase| {
+            let _ = writeln!(
+                md,
+                "| {label} | {:.0} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                p.offered_rate,
+                p.post.ok_rate,
+                ms(p.post.latency.p99_ms),
+                p.confirmed_per_s,
+                p.cancelled,
+                p.unfinished,
+                ms(p.to_confirmed.p50_ms),
+                ms(p.to_confirmed.p99_ms),
+                ms(p.to_confirmed.max_ms),
+                p.commits_per_order
+                    .map_or("-".into(), |c| format!("{c:.1}")),
+            );
+        };
+        for p in &orders.ramp {
+            row(&mut md, &format!("ramp {:.0} s", p.duration_s), p);
+        }
+        row(
+            &mut md,
+            &format!("**sustained {:.0} s**", orders.sustained.duration_s),
+            &orders.sustained,
+        );
+        let _ = writeln!(md);
+        let by_db: Vec<String> = orders
+            .sustained
+            .commits_by_database
+            .iter()
+            .map(|(db, per)| format!("{db} {per:.1}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "Commits per order in the sustained phase, by database (from `pg_stat_database`, including every background commit of those services meanwhile): {}.\n",
+            by_db.join(", ")
+        );
+        if let Some(pgbench) = &orders.pgbench {
+            let _ = writeln!(
+                md,
+                "`pgbench -N -c {} -j 2 -T {:.0}` (scale {}) on the same server, same run: **{:.0} commits/s**. At {} commits per order, PostgreSQL's own commit rate would bound the system at about {} orders/s; the sustained phase used {} of it.\n",
+                pgbench.clients,
+                pgbench.duration_s,
+                pgbench.scale,
+                pgbench.tps,
+                orders
+                    .sustained
+                    .commits_per_order
+                    .map_or("-".into(), |c| format!("{c:.1}")),
+                orders
+                    .sustained
+                    .commits_per_order
+                    .map_or("-".into(), |c| format!("{:.0}", pgbench.tps / c)),
+                orders
+                    .commit_share_of_pgbench
+                    .map_or("-".into(), |r| format!("{:.0} %", r * 100.0)),
+            );
+        }
+        let reasons: BTreeMap<&String, u64> = orders
+            .ramp
+            .iter()
+            .chain(std::iter::once(&orders.sustained))
+            .flat_map(|p| p.cancel_reasons.iter())
+            .fold(BTreeMap::new(), |mut acc, (reason, n)| {
+                *acc.entry(reason).or_default() += n;
+                acc
+            });
+        if !reasons.is_empty() {
+            let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+            let _ = writeln!(md, "Cancellation reasons: {}.\n", list.join(", "));
+        }
+        let _ = writeln!(
+            md,
+            "Mails notification-service sent during the run (to the bench's SMTP sink): {}.\n",
+            results.mails_sent
+        );
+        let _ = writeln!(md, "![orders latency](results/orders-latency.svg)\n");
+    }
+
+    // ---- scenario 4
+    if let Some(events) = &results.events {
+        let _ = writeln!(md, "## 4. Event pipeline: outbox → consumer\n");
+        let _ = writeln!(
+            md,
+            "The `shop_messaging` code every service runs, in the bench process against a fresh database and vhost: one transaction per event writes the outbox row (and its `NOTIFY`), the relay (woken by the notification) publishes with confirms, and a PostgreSQL consumer claims each event in its inbox and runs the handler. Latency: producer's due time → the handler's first line.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| offered events/s | produced ok/s | delivered | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|"
+        );
+        for p in &events.points {
+            let _ = writeln!(
+                md,
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                p.rate,
+                p.produce.ok_rate,
+                p.delivered,
+                ms(p.latency.p50_ms),
+                ms(p.latency.p90_ms),
+                ms(p.latency.p99_ms),
+                ms(p.latency.p999_ms),
+                ms(p.latency.max_ms)
+            );
+        }
+        let _ = writeln!(md, "\n![event latency](results/events-latency.svg)\n");
+    }
+
+    // ---- scenario 5
+    if !results.footprint.is_empty() {
+        let _ = writeln!(md, "## 5. Footprint\n");
+        let _ = writeln!(
+            md,
+            "Each service started alone (the previous one already ready, stores up); ready = from `exec` to the first `/readyz` 200. Idle RSS read after all seven were up and idle; the last column after every scenario ran.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| service | ready (s) | idle RSS (MiB) | RSS after the run (MiB) |\n|---|---|---|---|"
+        );
+        for f in &results.footprint {
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} | {:.1} | {} |",
+                f.service,
+                f.ready_s,
+                f.idle_rss_mib,
+                f.rss_after_load_mib
+                    .map_or("-".into(), |r| format!("{r:.1}"))
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n![idle RSS](results/footprint-rss.svg) ![ready time](results/footprint-ready.svg)\n"
+        );
+    }
+
+    if !plots.is_empty() {
+        let _ = writeln!(md, "Plot errors: {}\n", plots.join("; "));
+    }
+
+    let findings = dir.join("findings.md");
+    if let Ok(text) = std::fs::read_to_string(&findings) {
+        let _ = writeln!(md, "{}", text.trim_end());
+    }
+    std::fs::write(dir.join("report.md"), md)?;
+    Ok(())
+}
+
+fn relative(dir: &Path, path: &str) -> String {
+    Path::new(path)
+        .strip_prefix(dir)
+        .map_or_else(|_| path.to_owned(), |p| p.display().to_string())
+}
+
+/// Draws every plot; returns the errors (a plot failing must not lose the report).
+fn plots(dir: &Path, results: &Results) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut check = |name: &str, result: Result<()>| {
+        if let Err(err) = result {
+            errors.push(format!("{name}: {err:#}"));
+        }
+    };
+    if let Some(proxy) = &results.proxy {
+        let mut series = Vec::new();
+        let rates =
+            |f: &dyn Fn(&crate::scenarios::proxy::Point) -> Option<f64>| -> Vec<(f64, f64)> {
+                proxy
+                    .points
+                    .iter()
+                    .filter_map(|p| Some((p.rate, f(p)?)))
+                    .collect()
+            };
+        if proxy.nginx.is_some() {
+            series.push(
+                Series::new(
+                    "nginx p50",
+                    rates(&|p| Some(p.nginx.as_ref()?.latency.p50_ms)),
+                )
+                .dashed(),
+            );
+            series.push(
+                Series::new(
+                    "nginx p99",
+                    rates(&|p| Some(p.nginx.as_ref()?.latency.p99_ms)),
+                )
+                .dashed(),
+            );
+            series.push(
+                Series::new(
+                    "nginx p99.9",
+                    rates(&|p| Some(p.nginx.as_ref()?.latency.p999_ms)),
+                )
+                .dashed(),
+            );
+        }
+        series.push(Series::new(
+            "gateway p50",
+            rates(&|p| Some(p.gateway.latency.p50_ms)),
+        ));
+        series.push(Series::new(
+            "gateway p99",
+            rates(&|p| Some(p.gateway.latency.p99_ms)),
+        ));
+        series.push(Series::new(
+            "gateway p99.9",
+            rates(&|p| Some(p.gateway.latency.p999_ms)),
+        ));
+        check(
+            "proxy-latency",
+            latency_chart(
+                &dir.join("proxy-latency.svg"),
+                "Proxy overhead: latency vs offered rate",
+                "offered requests/s",
+                &series,
+                None,
+            ),
+        );
+        let mut bars = vec![(
+            "upstream alone".to_owned(),
+            proxy.upstream_direct.measured.ok_rate,
+        )];
+        if let Some(nginx) = &proxy.nginx {
+            bars.push(("nginx".to_owned(), nginx.measured.ok_rate));
+        }
+        bars.push(("gateway proxy".to_owned(), proxy.gateway.measured.ok_rate));
+        if let Some(product) = &results.product {
+            bars.push((
+                "gateway product read".to_owned(),
+                product.saturation.measured.ok_rate,
+            ));
+        }
+        check(
+            "throughput",
+            bar_chart(
+                &dir.join("throughput.svg"),
+                "Saturation throughput",
+                "requests/s",
+                &bars,
+                None,
+            ),
+        );
+    }
+    if let Some(product) = &results.product {
+        let points = |f: &dyn Fn(&Measured) -> f64| -> Vec<(f64, f64)> {
+            product
+                .points
+                .iter()
+                .map(|m| (m.offered_rate.unwrap_or_default(), f(m)))
+                .collect()
+        };
+        check(
+            "product-latency",
+            latency_chart(
+                &dir.join("product-latency.svg"),
+                "Cached product read through the gateway",
+                "offered requests/s",
+                &[
+                    Series::new("p50", points(&|m| m.latency.p50_ms)),
+                    Series::new("p99", points(&|m| m.latency.p99_ms)),
+                    Series::new("p99.9", points(&|m| m.latency.p999_ms)),
+                ],
+                None,
+            ),
+        );
+    }
+    if let Some(orders) = &results.orders {
+        let mut phases: Vec<&crate::scenarios::orders::Phase> = orders.ramp.iter().collect();
+        phases.sort_by(|a, b| a.offered_rate.total_cmp(&b.offered_rate));
+        let points = |f: &dyn Fn(&crate::scenarios::orders::Phase) -> f64| -> Vec<(f64, f64)> {
+            phases.iter().map(|p| (p.offered_rate, f(p))).collect()
+        };
+        check(
+            "orders-latency",
+            latency_chart(
+                &dir.join("orders-latency.svg"),
+                "POST /orders → CONFIRMED (ramp)",
+                "offered orders/s",
+                &[
+                    Series::new("p50", points(&|p| p.to_confirmed.p50_ms)),
+                    Series::new("p99", points(&|p| p.to_confirmed.p99_ms)),
+                    Series::new("POST p99", points(&|p| p.post.latency.p99_ms)).dashed(),
+                ],
+                Some(500.0),
+            ),
+        );
+    }
+    if let Some(events) = &results.events {
+        let points = |f: &dyn Fn(&crate::scenarios::events::EventPoint) -> f64| -> Vec<(f64, f64)> {
+            events.points.iter().map(|p| (p.rate, f(p))).collect()
+        };
+        check(
+            "events-latency",
+            latency_chart(
+                &dir.join("events-latency.svg"),
+                "Outbox → consumer latency",
+                "offered events/s",
+                &[
+                    Series::new("p50", points(&|p| p.latency.p50_ms)),
+                    Series::new("p99", points(&|p| p.latency.p99_ms)),
+                    Series::new("p99.9", points(&|p| p.latency.p999_ms)),
+                ],
+                Some(50.0),
+            ),
+        );
+    }
+    if !results.footprint.is_empty() {
+        let rss: Vec<(String, f64)> = results
+            .footprint
+            .iter()
+            .map(|f| {
+                (
+                    f.service.trim_end_matches("-service").to_owned(),
+                    f.idle_rss_mib,
+                )
+            })
+            .collect();
+        check(
+            "footprint-rss",
+            bar_chart(
+                &dir.join("footprint-rss.svg"),
+                "Idle RSS per service",
+                "MiB",
+                &rss,
+                Some(30.0),
+            ),
+        );
+        let ready: Vec<(String, f64)> = results
+            .footprint
+            .iter()
+            .map(|f| (f.service.trim_end_matches("-service").to_owned(), f.ready_s))
+            .collect();
+        check(
+            "footprint-ready",
+            bar_chart(
+                &dir.join("footprint-ready.svg"),
+                "Start to /readyz 200",
+                "seconds",
+                &ready,
+                Some(1.0),
+            ),
+        );
+    }
+    errors
+}
+
+/// The ratios of the previous run of the same mode, if its results are in `dir/results`.
+pub fn previous_ratios(dir: &Path, mode: &str) -> Option<BTreeMap<String, f64>> {
+    let text = std::fs::read_to_string(dir.join("results").join("results.json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if value["meta"]["mode"] != mode {
+        return None;
+    }
+    serde_json::from_value(value["ratios"].clone()).ok()
+}

@@ -1,0 +1,421 @@
+//! One benchmark run, start to end: the run's slice of the infrastructure, the trivial upstream,
+//! nginx, the seven services, the five scenarios, the report — and everything stopped and
+//! dropped again, whatever failed on the way.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{net::TcpListener, time::Instant};
+
+use crate::{
+    infra::{Infra, Slice},
+    nginx::{self, Nginx},
+    report::{self, Machine, Meta, Results},
+    say,
+    scenarios::{self, Settings, proxy::Target},
+    stack::{Footprint, Proc, Stack, Wiring, free_port, unlimited_rates},
+};
+
+/// What `shop-bench run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    /// Where the seven service binaries are.
+    pub bin_dir: PathBuf,
+    /// Where `report.md` and `results/` go.
+    pub out_dir: PathBuf,
+    /// Where logs and nginx's files go.
+    pub work_dir: PathBuf,
+    /// The release build time, as measured by the caller.
+    pub build: Option<String>,
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let text = if text.is_empty() {
+        String::from_utf8_lossy(&output.stderr).trim().to_owned()
+    } else {
+        text
+    };
+    (!text.is_empty()).then_some(text)
+}
+
+fn commit() -> String {
+    let head = command_output("git", &["rev-parse", "--short=12", "HEAD"])
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_some();
+    if dirty {
+        format!("{head} (with uncommitted changes)")
+    } else {
+        head
+    }
+}
+
+/// Starts this binary as the trivial upstream, in its own process (its CPU is then its own,
+/// not the load generator's).
+async fn start_upstream(log_dir: &std::path::Path) -> Result<(tokio::process::Child, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let log = std::fs::File::create(log_dir.join("upstream.log"))?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["upstream", "--listen", &addr.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the trivial upstream")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the trivial upstream did not listen on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((child, addr))
+}
+
+pub async fn run(options: Options) -> Result<PathBuf> {
+    let settings = if options.quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
+    let mode = if options.quick { "quick" } else { "full" };
+    let log_dir = options.work_dir.join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    std::fs::create_dir_all(options.out_dir.join("results"))?;
+    say!(
+        "shop-bench {mode} run: binaries {}, report in {}",
+        options.bin_dir.display(),
+        options.out_dir.display()
+    );
+    let nginx_binary = nginx::binary();
+    let meta = Meta {
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        mode: mode.to_owned(),
+        commit: commit(),
+        machine: Machine::read(),
+        build: options.build.clone(),
+        binaries: options.bin_dir.display().to_string(),
+        nginx: nginx_binary
+            .as_ref()
+            .and_then(|b| command_output(&b.display().to_string(), &["-v"]))
+            .map(|v| format!("{v}, worker_processes 1, keep-alive to the upstream, no access log")),
+        load_average_before: std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+    };
+    let previous = report::previous_ratios(&options.out_dir, mode);
+
+    let mut slice = Slice::new(Infra::from_env()?);
+    let outcome = measure(&options, &settings, &mut slice, &log_dir, nginx_binary).await;
+    if let Err(err) = slice.drop_all().await {
+        say!("cleaning up: {err:#}");
+    }
+    let (mut partial, error) = match outcome {
+        Ok(partial) => (partial, None),
+        Err((partial, error)) => (partial, Some(error)),
+    };
+    if let Some(error) = &error {
+        partial.failures.push(format!("{error:#}"));
+    }
+    let mut results = Results {
+        meta,
+        proxy: partial.proxy,
+        product: partial.product,
+        orders: partial.orders,
+        events: partial.events,
+        footprint: partial.footprint,
+        mails_sent: partial.mails,
+        ratios: Default::default(),
+        failures: partial.failures,
+    };
+    results.compute_ratios();
+    report::write(&options.out_dir, &results, previous.as_ref())?;
+    let report = options.out_dir.join("report.md");
+    say!("report: {}", report.display());
+    match error {
+        Some(error) => Err(error.context(format!(
+            "the run failed (partial report in {})",
+            report.display()
+        ))),
+        None if !results.failures.is_empty() => Err(anyhow::anyhow!(
+            "{} scenario(s) failed (see {}): {}",
+            results.failures.len(),
+            report.display(),
+            results.failures.join("; ")
+        )),
+        None => Ok(report),
+    }
+}
+
+/// What has been measured so far.
+#[derive(Debug, Default)]
+struct Partial {
+    proxy: Option<scenarios::proxy::ProxyResults>,
+    product: Option<scenarios::product::ProductResults>,
+    orders: Option<scenarios::orders::OrdersResults>,
+    events: Option<scenarios::events::EventsResults>,
+    footprint: Vec<Footprint>,
+    mails: u64,
+    failures: Vec<String>,
+}
+
+async fn measure(
+    options: &Options,
+    settings: &Settings,
+    slice: &mut Slice,
+    log_dir: &std::path::Path,
+    nginx_binary: Option<PathBuf>,
+) -> std::result::Result<Partial, (Partial, anyhow::Error)> {
+    let mut partial = Partial::default();
+    let mails = Arc::new(AtomicU64::new(0));
+    let smtp = match TcpListener::bind("127.0.0.1:0").await {
+        Ok(listener) => listener,
+        Err(err) => return Err((partial, err.into())),
+    };
+    let smtp_port = smtp.local_addr().map(|a| a.port()).unwrap_or_default();
+    let sink = tokio::spawn(crate::smtp::serve(smtp, mails.clone()));
+
+    let outcome = async {
+        let amqp = slice.vhost("stack").await?;
+        say!(
+            "starting the seven services from {}",
+            options.bin_dir.display()
+        );
+        let stack = Stack::start(
+            slice,
+            &Wiring {
+                bin_dir: options.bin_dir.clone(),
+                log_dir: log_dir.to_owned(),
+                amqp: amqp.to_string(),
+                smtp_port,
+                unlimited: true,
+            },
+        )
+        .await?;
+        let result = scenarios_on(
+            options,
+            settings,
+            slice,
+            log_dir,
+            nginx_binary,
+            &stack,
+            amqp.as_ref(),
+            &mut partial,
+        )
+        .await;
+        partial.footprint = stack
+            .procs
+            .iter()
+            .zip(std::mem::take(&mut partial.footprint))
+            .map(|(proc, mut footprint)| {
+                footprint.rss_after_load_mib = proc.rss_mib();
+                footprint
+            })
+            .collect();
+        stack.stop().await;
+        result
+    }
+    .await;
+    sink.abort();
+    partial.mails = mails.load(std::sync::atomic::Ordering::Relaxed);
+    match outcome {
+        Ok(()) => Ok(partial),
+        Err(err) => Err((partial, err)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scenarios_on(
+    options: &Options,
+    settings: &Settings,
+    slice: &mut Slice,
+    log_dir: &std::path::Path,
+    nginx_binary: Option<PathBuf>,
+    stack: &Stack,
+    amqp: &str,
+    partial: &mut Partial,
+) -> Result<()> {
+    // Scenario 5 first: the footprint of a system that has not served anything yet.
+    tokio::time::sleep(settings.idle).await;
+    partial.footprint = stack
+        .procs
+        .iter()
+        .map(|proc| Footprint {
+            service: proc.name.clone(),
+            ready_s: proc.ready_after.map_or(f64::NAN, |d| d.as_secs_f64()),
+            idle_rss_mib: proc.rss_mib().unwrap_or(f64::NAN),
+            rss_after_load_mib: None,
+        })
+        .collect();
+    for f in &partial.footprint {
+        say!(
+            "scenario 5: {} ready in {:.2} s, idle RSS {:.1} MiB",
+            f.service,
+            f.ready_s,
+            f.idle_rss_mib
+        );
+    }
+    let profile_dir = (!settings.quick).then(|| options.out_dir.join("results"));
+
+    // Scenario 1: its own gateway (upstreams = the trivial server) and nginx.
+    let proxy = async {
+        let (upstream, upstream_addr) = start_upstream(log_dir).await?;
+        let vhost = slice.vhost("proxy").await?;
+        let mut env: Vec<(String, String)> = vec![
+            ("AMQP_URL".into(), vhost.to_string()),
+            (
+                "AUTH_JWKS_URL".into(),
+                stack.get("user-service").url("/.well-known/jwks.json"),
+            ),
+            ("REDIS_URL".into(), slice.infra.redis.clone()),
+            ("REDIS_KEY_PREFIX".into(), slice.redis_prefix("proxy")),
+        ];
+        for key in [
+            "USER_SERVICE_URL",
+            "CATALOG_SERVICE_URL",
+            "INVENTORY_SERVICE_URL",
+            "ORDER_SERVICE_URL",
+            "PAYMENT_SERVICE_URL",
+            "NOTIFICATION_SERVICE_URL",
+        ] {
+            env.push((key.into(), format!("http://{upstream_addr}")));
+        }
+        env.extend(unlimited_rates());
+        let mut gateway = Proc::spawn(
+            "gateway-proxy",
+            &options.bin_dir.join("gateway"),
+            &env,
+            log_dir,
+        )?;
+        gateway
+            .wait_ready(Instant::now(), Duration::from_secs(30))
+            .await?;
+        let nginx = match &nginx_binary {
+            Some(binary) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                Some(
+                    Nginx::start(binary, addr, upstream_addr, &options.work_dir.join("nginx"))
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        let results = scenarios::proxy::run_scenario(
+            settings,
+            Target {
+                addr: upstream_addr,
+                pid: upstream.id(),
+            },
+            nginx.as_ref().map(|n| Target {
+                addr: n.addr,
+                pid: n.worker_pid(),
+            }),
+            Target {
+                addr: gateway.http,
+                pid: Some(gateway.pid),
+            },
+            profile_dir.as_deref(),
+        )
+        .await;
+        if let Some(nginx) = nginx {
+            nginx.stop().await;
+        }
+        gateway.stop(Duration::from_secs(10)).await;
+        drop(upstream);
+        Ok::<_, anyhow::Error>(results)
+    }
+    .await;
+    match proxy {
+        Ok(results) => partial.proxy = Some(results),
+        Err(err) => partial
+            .failures
+            .push(format!("scenario 1 (proxy): {err:#}")),
+    }
+
+    // Users and stock for scenarios 2 and 3.
+    let gateway = stack.gateway();
+    say!("preparing {} users and stock", settings.users);
+    let shop = scenarios::orders::prepare(
+        &format!("http://{}", gateway.http),
+        settings.users,
+        100_000_000,
+    )
+    .await?;
+
+    // Scenario 2: warm the cache with one read, then measure.
+    let product = async {
+        let (product_id, _) = shop
+            .products
+            .first()
+            .context("the demo catalog has products")?;
+        let url = gateway.url(&format!("/api/v1/products/{product_id}"));
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = http.get(&url).send().await?;
+            if response
+                .headers()
+                .get("x-cache")
+                .is_some_and(|v| v == "HIT")
+            {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the product read is not cached after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        scenarios::product::run_scenario(
+            settings,
+            Target {
+                addr: gateway.http,
+                pid: Some(gateway.pid),
+            },
+            product_id,
+            &shop.tokens[0],
+            partial
+                .proxy
+                .as_ref()
+                .and_then(|p| p.nginx.as_ref())
+                .map(|n| n.measured.ok_rate),
+            profile_dir.as_deref(),
+        )
+        .await
+    }
+    .await;
+    match product {
+        Ok(results) => partial.product = Some(results),
+        Err(err) => partial
+            .failures
+            .push(format!("scenario 2 (product read): {err:#}")),
+    }
+
+    // Scenario 3.
+    match scenarios::orders::run_scenario(settings, gateway.http, &shop, amqp, slice).await {
+        Ok(results) => partial.orders = Some(results),
+        Err(err) => partial
+            .failures
+            .push(format!("scenario 3 (orders): {err:#}")),
+    }
+
+    // Scenario 4.
+    match scenarios::events::run_scenario(settings, slice).await {
+        Ok(results) => partial.events = Some(results),
+        Err(err) => partial
+            .failures
+            .push(format!("scenario 4 (events): {err:#}")),
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! The five scenarios of `make bench`, and how long each runs in the full and the quick mode.
+//!
+//! | scenario | module | what is measured |
+//! |---|---|---|
+//! | 1 proxy overhead | [`proxy`] | gateway vs nginx (one worker) in front of the same trivial upstream |
+//! | 2 product read | [`product`] | authenticated, rate-limited, cache-hit `GET /api/v1/products/{id}` |
+//! | 3 orders end to end | [`orders`] | `POST /orders` → `order.order.confirmed`, commits per order, `pgbench -N` |
+//! | 4 event pipeline | [`events`] | outbox commit → consumer handler, through RabbitMQ |
+//! | 5 footprint | [`crate::stack`] | idle RSS and start-to-ready per service |
+
+pub mod events;
+pub mod orders;
+pub mod product;
+pub mod proxy;
+
+use std::time::Duration;
+
+/// Durations and rates of one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    /// Keep-alive connections per HTTP run (scenarios 1 and 2).
+    pub connections: usize,
+    pub saturation: Duration,
+    pub point: Duration,
+    /// Fixed rates as fractions of nginx's saturation throughput (scenario 1).
+    pub proxy_fractions: Vec<f64>,
+    /// Fixed rates as fractions of the product read's own saturation (scenario 2).
+    pub product_fractions: Vec<f64>,
+    pub users: usize,
+    pub order_ramp: Vec<f64>,
+    pub order_ramp_step: Duration,
+    pub order_rate: f64,
+    pub order_duration: Duration,
+    pub order_connections: usize,
+    pub pgbench_scale: u32,
+    pub pgbench_clients: u32,
+    pub pgbench_duration: Duration,
+    pub event_rates: Vec<f64>,
+    pub event_step: Duration,
+    /// The target rate of BRIEF §9 (1,000 events/s) runs longer.
+    pub event_target_rate: f64,
+    pub event_target_duration: Duration,
+    /// Idle time before the footprint is read.
+    pub idle: Duration,
+}
+
+impl Settings {
+    pub fn full() -> Self {
+        Self {
+            quick: false,
+            connections: 64,
+            saturation: Duration::from_secs(8),
+            point: Duration::from_secs(8),
+            proxy_fractions: vec![0.25, 0.5, 0.75],
+            product_fractions: vec![0.25, 0.5, 0.75],
+            users: 40,
+            order_ramp: vec![100.0, 200.0, 300.0, 400.0],
+            order_ramp_step: Duration::from_secs(10),
+            order_rate: 300.0,
+            order_duration: Duration::from_secs(60),
+            order_connections: 64,
+            pgbench_scale: 10,
+            pgbench_clients: 16,
+            pgbench_duration: Duration::from_secs(20),
+            event_rates: vec![250.0, 2000.0],
+            event_step: Duration::from_secs(8),
+            event_target_rate: 1000.0,
+            event_target_duration: Duration::from_secs(30),
+            idle: Duration::from_secs(5),
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            quick: true,
+            connections: 8,
+            saturation: Duration::from_secs(1),
+            point: Duration::from_secs(1),
+            proxy_fractions: vec![0.5],
+            product_fractions: vec![0.5],
+            users: 3,
+            order_ramp: vec![10.0],
+            order_ramp_step: Duration::from_secs(1),
+            order_rate: 20.0,
+            order_duration: Duration::from_secs(2),
+            order_connections: 8,
+            pgbench_scale: 1,
+            pgbench_clients: 2,
+            pgbench_duration: Duration::from_secs(2),
+            event_rates: Vec::new(),
+            event_step: Duration::from_secs(1),
+            event_target_rate: 100.0,
+            event_target_duration: Duration::from_secs(2),
+            idle: Duration::from_secs(1),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Scenario 1, proxy overhead: nginx (one worker) and the gateway in front of the same trivial
+//! upstream, driven by the same generator with the same connections.
+//!
+//! The gateway route is `GET /.well-known/jwks.json`: public (no token check) and not cached,
+//! so every request is forwarded — but, as on every gateway route, counted against the
+//! anonymous rate limit in Redis first (one `EVALSHA` round trip). nginx does no such thing;
+//! that difference is part of what the ratio measures, and the report says so.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use serde::Serialize;
+
+use crate::{
+    http::{Fixed, HttpWorker},
+    loadgen::{Measured, Plan, run},
+    profile::Profile,
+    say,
+    scenarios::Settings,
+    stack::cpu_seconds,
+};
+
+/// The path both proxies forward.
+pub const PATH: &str = "/.well-known/jwks.json";
+
+/// One system under test: where it listens and which process does its work.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Saturation {
+    pub measured: Measured,
+    /// CPU milliseconds the proxy process spent per 1,000 requests.
+    pub cpu_ms_per_1k: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub rate: f64,
+    pub nginx: Option<Measured>,
+    pub gateway: Measured,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyResults {
+    pub connections: usize,
+    /// The upstream alone, no proxy: the ceiling of generator + upstream on this machine.
+    pub upstream_direct: Saturation,
+    pub nginx: Option<Saturation>,
+    pub gateway: Saturation,
+    pub points: Vec<Point>,
+    /// `gateway / nginx` saturation throughput.
+    pub ratio: Option<f64>,
+    /// The gateway's flat CPU profile during its saturation run.
+    pub profile: Option<String>,
+}
+
+/// Runs the closed-loop saturation of one target.
+pub async fn saturate(
+    target: Target,
+    settings: &Settings,
+    path: &str,
+    profile: Option<(&Path, &str)>,
+) -> (Saturation, Option<String>) {
+    let exchange = Arc::new(Fixed {
+        path: path.to_owned(),
+        headers: Vec::new(),
+    });
+    saturate_with(target, settings, exchange, profile).await
+}
+
+pub async fn saturate_with<E: crate::http::Exchange>(
+    target: Target,
+    settings: &Settings,
+    exchange: Arc<E>,
+    profile: Option<(&Path, &str)>,
+) -> (Saturation, Option<String>) {
+    // A short warm-up so connections exist and caches are hot before the measured run.
+    let warm = Plan::saturate(settings.saturation / 5);
+    let _ = run(
+        &warm,
+        HttpWorker::many(target.addr, exchange.clone(), settings.connections),
+    )
+    .await;
+    let before = target.pid.and_then(cpu_seconds);
+    let recording = profile.and_then(|(dir, name)| {
+        target.pid.and_then(|pid| {
+            Profile::start(
+                pid,
+                settings
+                    .saturation
+                    .saturating_sub(std::time::Duration::from_secs(1)),
+                dir,
+                name,
+            )
+        })
+    });
+    let measured = run(
+        &Plan::saturate(settings.saturation),
+        HttpWorker::many(target.addr, exchange, settings.connections),
+    )
+    .await;
+    let after = target.pid.and_then(cpu_seconds);
+    let report = match recording {
+        Some(recording) => recording
+            .finish()
+            .await
+            .map(|path| path.display().to_string()),
+        None => None,
+    };
+    let completed = (measured.ok + measured.refused + measured.errors) as f64;
+    let cpu_ms_per_1k = match (before, after) {
+        (Some(before), Some(after)) if completed > 0.0 => {
+            Some((after - before) * 1000.0 / (completed / 1000.0))
+        }
+        _ => None,
+    };
+    (
+        Saturation {
+            measured,
+            cpu_ms_per_1k,
+        },
+        report,
+    )
+}
+
+/// One open-loop run at `rate`.
+pub async fn at_rate<E: crate::http::Exchange>(
+    target: Target,
+    settings: &Settings,
+    exchange: Arc<E>,
+    rate: f64,
+) -> Measured {
+    run(
+        &Plan::open(rate, settings.point),
+        HttpWorker::many(target.addr, exchange, settings.connections),
+    )
+    .await
+}
+
+pub async fn run_scenario(
+    settings: &Settings,
+    upstream: Target,
+    nginx: Option<Target>,
+    gateway: Target,
+    profile_dir: Option<&Path>,
+) -> ProxyResults {
+    let exchange = Arc::new(Fixed {
+        path: PATH.to_owned(),
+        headers: Vec::new(),
+    });
+    say!("scenario 1: upstream alone, saturation");
+    let (upstream_direct, _) = saturate(upstream, settings, PATH, None).await;
+    say!("  {:.0} req/s", upstream_direct.measured.ok_rate);
+    let nginx_saturation = match nginx {
+        Some(nginx) => {
+            say!("scenario 1: nginx, saturation");
+            let (saturation, _) = saturate(nginx, settings, PATH, None).await;
+            say!("  {:.0} req/s", saturation.measured.ok_rate);
+            Some(saturation)
+        }
+        None => None,
+    };
+    say!("scenario 1: gateway, saturation");
+    let (gateway_saturation, profile) = saturate(
+        gateway,
+        settings,
+        PATH,
+        profile_dir.map(|dir| (dir, "gateway-proxy")),
+    )
+    .await;
+    say!("  {:.0} req/s", gateway_saturation.measured.ok_rate);
+
+    let reference = nginx_saturation
+        .as_ref()
+        .map_or(gateway_saturation.measured.ok_rate, |n| n.measured.ok_rate);
+    let mut points = Vec::new();
+    for fraction in &settings.proxy_fractions {
+        let rate = (reference * fraction).round().max(10.0);
+        let nginx_point = match nginx {
+            Some(nginx) => Some(at_rate(nginx, settings, exchange.clone(), rate).await),
+            None => None,
+        };
+        let gateway_point = at_rate(gateway, settings, exchange.clone(), rate).await;
+        say!(
+            "scenario 1: {rate:.0} req/s: nginx p99 {} ms, gateway p99 {:.2} ms",
+            nginx_point
+                .as_ref()
+                .map_or("-".to_owned(), |m| format!("{:.2}", m.latency.p99_ms)),
+            gateway_point.latency.p99_ms
+        );
+        points.push(Point {
+            rate,
+            nginx: nginx_point,
+            gateway: gateway_point,
+        });
+    }
+    let ratio = nginx_saturation
+        .as_ref()
+        .map(|n| gateway_saturation.measured.ok_rate / n.measured.ok_rate);
+    ProxyResults {
+        connections: settings.connections,
+        upstream_direct,
+        nginx: nginx_saturation,
+        gateway: gateway_saturation,
+        points,
+        ratio,
+        profile,
+    }
+}

@@ -1,0 +1,81 @@
+//! The smoke test of `make bench`: a quick run against the debug binaries `cargo test` has
+//! already built (no release compile in CI), on free ports and the run's own databases and
+//! vhosts, so it never meets a `make run` stack or another test. It checks that every scenario
+//! ran and that the report, the raw results and the plots were written — and nothing about the
+//! figures: performance is measured by `make bench`, never asserted in tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+use std::{path::Path, process::Command};
+
+const SERVICES: [&str; 7] = [
+    "user-service",
+    "notification-service",
+    "inventory-service",
+    "catalog-service",
+    "payment-service",
+    "order-service",
+    "gateway",
+];
+
+#[test]
+fn a_quick_run_on_the_debug_build_writes_the_report_the_results_and_the_plots() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_shop-bench"));
+    let bin_dir = bench.parent().unwrap();
+    let missing: Vec<&str> = SERVICES
+        .into_iter()
+        .filter(|name| !bin_dir.join(name).is_file())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{missing:?} not in {}: build the services first (cargo build --bins; `make test` does)",
+        bin_dir.display()
+    );
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(bench)
+        .args(["run", "--quick", "--bin-dir"])
+        .arg(bin_dir)
+        .arg("--out")
+        .arg(out.path())
+        .arg("--work-dir")
+        .arg(out.path().join("work"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "shop-bench run --quick failed: {status}");
+
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    for section in [
+        "## BRIEF §9 targets",
+        "## 1. Proxy overhead",
+        "## 2. Product read",
+        "## 3. Orders end to end",
+        "## 4. Event pipeline",
+        "## 5. Footprint",
+    ] {
+        assert!(
+            report.contains(section),
+            "the report has no '{section}':\n{report}"
+        );
+    }
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("results/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results["failures"], serde_json::json!([]), "{results:#}");
+    assert_eq!(results["footprint"].as_array().unwrap().len(), 7);
+    for plot in [
+        "proxy-latency.svg",
+        "throughput.svg",
+        "product-latency.svg",
+        "orders-latency.svg",
+        "events-latency.svg",
+        "footprint-rss.svg",
+        "footprint-ready.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.path().join("results").join(plot)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("</svg>"),
+            "{plot} is not an SVG"
+        );
+    }
+}
