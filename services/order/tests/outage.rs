@@ -1,8 +1,10 @@
 //! A participant down for a while: inventory is cut off behind a TCP proxy while orders come
 //! in. The sagas wait and retry, the breaker opens (exported as a metric) and closes again
-//! once inventory is back, and every order ends terminal with the stock exactly right.
+//! once inventory is back, and every order ends terminal with the stock exactly right. And
+//! catalog down: an order cannot be priced, so it is refused at once (503, nothing recorded)
+//! and the same request with the same `Idempotency-Key` succeeds once catalog is back.
 //!
-//! Its own test binary, so the breaker gauge it reads is order-service's alone.
+//! Its own test binary, so the breaker gauges it reads are order-service's alone.
 
 mod support;
 
@@ -84,4 +86,75 @@ async fn sagas_wait_for_a_participant_that_is_down_and_all_end_once_it_is_back()
     }
     eventually("the inventory breaker closes", || breaker(&order, "0")).await;
     assert_eq!(world.stock(&sku).await, (10 - confirmed, 0));
+}
+
+#[tokio::test]
+async fn while_catalog_is_down_an_order_is_refused_with_503_and_the_same_request_succeeds_once_it_is_back()
+ {
+    let world = World::start(&[]).await;
+    let (product, _sku) = world.product(450, 5).await;
+    let proxy = TcpProxy::start(&world.catalog.grpc_addr.to_string())
+        .await
+        .expect("proxy");
+    let mut env = world.order_env();
+    for (key, value) in &mut env {
+        if key == "CATALOG_GRPC_URL" {
+            *value = format!("http://{}", proxy.addr());
+        }
+    }
+    let order = spawn_with::<order_service::OrderService>(env)
+        .await
+        .expect("order-service starts");
+    let base = order.url("");
+    let ada = world.customer().await;
+    let body = order_body(&[(&product, 1)], APPROVES);
+
+    proxy.cut();
+    // "Fast" here means: an answer, not a hang until the client gives up. The client below
+    // would wait 30 s; order-service's call deadline (1 s in this world) ends it long before.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let (status, problem) = place(&client, &base, &ada, "catalog-outage", &body).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["status"], 503, "a problem document: {problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("Idempotency-Key"),
+        "tells the client how to retry: {problem}"
+    );
+    assert!(
+        !detail.contains("grpc") && !detail.contains("127.0.0.1"),
+        "no internals: {problem}"
+    );
+    let listed: serde_json::Value = client
+        .get(format!("{base}/api/v1/orders"))
+        .bearer_auth(&ada)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("a page");
+    assert_eq!(
+        listed["items"],
+        serde_json::json!([]),
+        "nothing was recorded: {listed}"
+    );
+
+    proxy.restore();
+    let placed = eventually("the order is accepted once catalog is back", || {
+        let (client, base, ada, body) = (&client, &base, &ada, &body);
+        async move {
+            let (status, placed) = place(client, base, ada, "catalog-outage", body).await;
+            (status == 202).then_some(placed)
+        }
+    })
+    .await;
+    let id = placed["id"].as_str().expect("an id");
+    assert_eq!(
+        settled(&client, &base, &ada, id).await["status"],
+        "CONFIRMED"
+    );
 }
