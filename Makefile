@@ -82,3 +82,11 @@ helm-test: ## helm install/upgrade/uninstall of the chart against a real local k
 .PHONY: bench
 bench: infra-up ## Measure the system against nginx and pgbench: bench/report.md (QUICK=1: a short run)
 	$(WITH_TEST_ENV) scripts/bench.sh $(if $(QUICK),--quick)
+
+# ---------------------------------------------------------------------------- compose under podman
+.PHONY: compose-test
+# docker-compose.yml exercised for real without a Docker engine or registry: podman, stand-in
+# infrastructure images, service images from deploy/docker/Dockerfile, every e2e journey, a
+# selftest with a broken variable (deploy/podman/README.md). QUICK=1: one journey, no selftest.
+compose-test: ## docker compose up --wait under podman, the e2e journeys against it, then down
+	deploy/podman/compose-test.sh $(if $(QUICK),quick,all)

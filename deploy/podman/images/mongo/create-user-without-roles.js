@@ -1,0 +1,16 @@
+// Loaded by the MongoDB stand-in's entrypoint before every *.js init script (mongosh --eval).
+// FerretDB 1.x refuses createUser with roles ("support for field roles ... is not implemented
+// yet"): it authenticates users but has no authorization. Rather than fail the init script, the
+// user is created without its roles, and the log says which roles were not applied.
+(() => {
+  const proto = Object.getPrototypeOf(db);
+  const createUser = proto.createUser;
+  proto.createUser = function (user, ...rest) {
+    if (Array.isArray(user.roles) && user.roles.length > 0) {
+      print(`[mongo stand-in] FerretDB 1.x has no roles: creating user ${user.user} ` +
+            `without ${JSON.stringify(user.roles)}`);
+      user = Object.assign({}, user, { roles: [] });
+    }
+    return createUser.call(this, user, ...rest);
+  };
+})();
