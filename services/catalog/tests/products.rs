@@ -308,3 +308,53 @@ async fn search_and_category_filters_work_on_ferretdb() {
     let paged = all_pages(&app, "q=beans&limit=1", async || {}).await;
     assert_eq!(paged.len(), 2);
 }
+
+#[tokio::test]
+async fn products_are_read_by_ids_in_one_call_and_a_bad_id_list_names_ids() {
+    let issuer = Issuer::start().await;
+    let app = catalog(&issuer, &[]).await;
+    let admin = admin(&issuer);
+    let mut ids = Vec::new();
+    for name in ["Cup", "Saucer", "Teapot"] {
+        let product = created(&app, &admin, &product(name, "batch", 500)).await;
+        ids.push(product["id"].as_str().unwrap().to_owned());
+    }
+
+    // Repeats, blanks and unknown ids are tolerated: each known product once, in id order.
+    let query = format!(
+        "/api/v1/products?ids={}, {},,{},{},no-such-product",
+        ids[2], ids[0], ids[1], ids[0]
+    );
+    let page = get_json(&app, &query).await;
+    let mut expected = ids.clone();
+    expected.sort();
+    let got: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(page["next_cursor"], Value::Null);
+    assert_eq!(
+        page["items"][0]["category"], "batch",
+        "the full product body"
+    );
+
+    let too_many = (0..101)
+        .map(|n| format!("p{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for query in [
+        format!("ids={}&q=cup", ids[0]),
+        format!("ids={}&category=batch", ids[0]),
+        "ids=,,".to_owned(),
+        format!("ids={too_many}"),
+        format!("ids={}", "x".repeat(65)),
+    ] {
+        let (status, body) =
+            problem(app.get(&format!("/api/v1/products?{query}")).await.unwrap()).await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["errors"][0]["field"], "ids", "{query}: {body}");
+    }
+}
