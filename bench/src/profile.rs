@@ -70,10 +70,19 @@ impl Profile {
             .ok()?;
         let _ = std::fs::remove_file(&self.data);
         let text = String::from_utf8_lossy(&output.stdout);
+        // perf pads the symbol column to the longest name and appends two empty `-` columns;
+        // both are cut so the file reads as one short line per symbol.
         let lines: Vec<&str> = text
             .lines()
             .filter(|line| {
                 !line.trim().is_empty() && (!line.starts_with('#') || line.contains("Samples"))
+            })
+            .map(|line| {
+                line.trim_end()
+                    .trim_end_matches('-')
+                    .trim_end()
+                    .trim_end_matches('-')
+                    .trim_end()
             })
             .collect();
         if lines.is_empty() {
