@@ -13,10 +13,10 @@ use shop_events::inventory::{
 };
 use shop_messaging::{HandlerError, Received, consumer::mongo::Handle};
 
-use crate::store::Store;
+use crate::store::{Store, WriteError};
 
 /// Applies every level an event carries; returns how many changed the read model.
-pub async fn apply(store: &Store, levels: &[StockLevel]) -> Result<usize, mongodb::error::Error> {
+pub async fn apply(store: &Store, levels: &[StockLevel]) -> Result<usize, WriteError> {
     let mut applied = 0;
     for level in levels {
         let outcome = if store.apply_stock_level(level).await? {
@@ -39,7 +39,12 @@ pub struct StockLevels {
 
 impl StockLevels {
     async fn levels(&self, levels: &[StockLevel]) -> Result<(), HandlerError> {
-        apply(&self.store, levels).await?;
+        apply(&self.store, levels).await.map_err(|err| match err {
+            WriteError::Store(err) => HandlerError::from(err),
+            WriteError::Event(err) => HandlerError::from(err),
+            // Another writer kept flipping the flag: try the delivery again later.
+            other => HandlerError::retryable(other),
+        })?;
         Ok(())
     }
 }

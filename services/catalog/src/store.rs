@@ -332,29 +332,57 @@ impl Store {
     ///
     /// One conditional `update_one`: idempotent (the same level twice matches once) and
     /// order-independent (an older level arriving late matches nothing), without an inbox.
-    pub async fn apply_stock_level(
-        &self,
-        level: &StockLevel,
-    ) -> Result<bool, mongodb::error::Error> {
-        let Some(product) = self.get_by_sku(&level.sku).await? else {
+    ///
+    /// When the level flips `in_stock`, the same write puts a `ProductUpdated` into the
+    /// product's outbox: `in_stock` is part of what a product read answers (and of its `ETag`),
+    /// so whoever caches product reads — the gateway — must hear of it like of any other change.
+    /// A level that leaves `in_stock` as it was publishes nothing.
+    pub async fn apply_stock_level(&self, level: &StockLevel) -> Result<bool, WriteError> {
+        let Some(found) = self.get_by_sku(&level.sku).await? else {
             return Ok(false);
         };
-        let _lock = outbox::lock_document(&self.documents, &Bson::from(product.id.as_str())).await;
-        let written = self
-            .documents
-            .update_one(
-                doc! {
-                    "_id": &product.id,
-                    "sku": &level.sku,
-                    "$or": [
-                        { "stock_version": { "$exists": false } },
-                        { "stock_version": { "$lt": level.version } },
-                    ],
-                },
-                doc! { "$set": { "in_stock": level.available > 0, "stock_version": level.version } },
-            )
-            .await?;
-        Ok(written.matched_count == 1)
+        let _lock = outbox::lock_document(&self.documents, &Bson::from(found.id.as_str())).await;
+        let in_stock = level.available > 0;
+        for _ in 0..UPDATE_ATTEMPTS {
+            // Read under the lock: the flag as read decides whether an event goes with the
+            // write, and the filter insists on it (another instance may flip it meanwhile).
+            let Some(product) = self.get(&found.id).await? else {
+                return Ok(false);
+            };
+            let mut set = doc! { "in_stock": in_stock, "stock_version": level.version };
+            if product.in_stock != in_stock {
+                let envelope = product_updated(&product).envelope()?;
+                set.insert(
+                    outbox::path(&envelope),
+                    outbox::entry(ProductUpdated::ROUTING_KEY, &envelope)?,
+                );
+            }
+            let written = self
+                .documents
+                .update_one(
+                    doc! {
+                        "_id": &product.id,
+                        "sku": &level.sku,
+                        "in_stock": product.in_stock,
+                        "$or": [
+                            { "stock_version": { "$exists": false } },
+                            { "stock_version": { "$lt": level.version } },
+                        ],
+                    },
+                    doc! { "$set": set },
+                )
+                .await?;
+            if written.matched_count == 1 {
+                return Ok(true);
+            }
+            // Nothing matched: either this level is old (done), or the flag moved under us
+            // (read again and retry).
+            match self.get(&found.id).await? {
+                Some(now) if now.in_stock != product.in_stock => continue,
+                _ => return Ok(false),
+            }
+        }
+        Err(WriteError::Busy)
     }
 
     /// The product with this sku.

@@ -239,3 +239,97 @@ async fn stock_events_keep_in_stock_by_the_newest_level_whatever_their_order_or_
     .await
     .unwrap();
 }
+
+/// The `ProductUpdated` events for `product_id` that arrive on `tap` within `wait`; returns
+/// as soon as there is one.
+async fn updates_of(tap: &Tap, product_id: &str, wait: Duration) -> Vec<ProductUpdated> {
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(message) = tap.next(remaining).await.unwrap() else {
+            return found;
+        };
+        let envelope = Envelope::from_slice(&message.data).unwrap();
+        let event: ProductUpdated = envelope.data_as().unwrap();
+        if event.product_id == product_id {
+            found.push(event);
+            return found;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stock_level_that_flips_in_stock_publishes_product_updated_and_one_that_does_not_publishes_nothing()
+ {
+    let issuer = Issuer::start().await;
+    let app = catalog(&issuer, &[]).await;
+    let (_connection, channel) = channel(&app).await;
+    let tap = Tap::bind(&app.env["AMQP_URL"], [ProductUpdated::ROUTING_KEY])
+        .await
+        .unwrap();
+    let product = created(&app, &admin(&issuer), &product("Scale", "kitchen", 2900)).await;
+    let id = product["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/products/{id}");
+    let sku = product["sku"].as_str().unwrap().to_owned();
+    assert_eq!(product["in_stock"], false, "a new product has no stock yet");
+    eventually(PATIENCE, || async {
+        let body: Value = app.get("/readyz").await.unwrap().json().await.unwrap();
+        body["checks"]["consumer:catalog.events"] == "up"
+    })
+    .await
+    .unwrap();
+    let applied = async || counter(&app, "catalog_stock_levels_total{outcome=\"applied\"}").await;
+    let before = applied().await;
+
+    // Out of stock → in stock: one ProductUpdated, so product-read caches forget the product.
+    publish(
+        &channel,
+        &StockReplenished {
+            level: level(&sku, 5, 1),
+        },
+    )
+    .await;
+    let updates = updates_of(&tap, &id, PATIENCE).await;
+    assert!(
+        !updates.is_empty(),
+        "no ProductUpdated after in_stock flipped to true"
+    );
+    assert_eq!(get_json(&app, &path).await["in_stock"], true);
+
+    // In stock → still in stock (5 → 3): applied, and nothing is published.
+    publish(
+        &channel,
+        &StockReserved {
+            order_id: Uuid::new_v4(),
+            levels: vec![level(&sku, 3, 2)],
+        },
+    )
+    .await;
+    eventually(PATIENCE, || async { applied().await - before >= 2.0 })
+        .await
+        .unwrap();
+    assert_eq!(
+        updates_of(&tap, &id, Duration::from_secs(3)).await.len(),
+        0,
+        "a level that leaves in_stock as it was published an event"
+    );
+
+    // In stock → out of stock: one more.
+    publish(
+        &channel,
+        &OutOfStock {
+            level: level(&sku, 0, 3),
+        },
+    )
+    .await;
+    eventually(PATIENCE, || async {
+        get_json(&app, &path).await["in_stock"] == false
+    })
+    .await
+    .unwrap();
+    assert!(
+        !updates_of(&tap, &id, PATIENCE).await.is_empty(),
+        "no ProductUpdated after in_stock flipped to false"
+    );
+}

@@ -6,9 +6,9 @@
 //! event deletes keys that are already gone. A Redis error is retried through the consumer's
 //! delay queues like any other handler failure.
 //!
-//! Known gap: a product's `in_stock` flag changes through inventory's events, which catalog
-//! applies without publishing a product event, so a cached read can show a stale `in_stock`
-//! for up to the cache's freshness time (`CACHE_FRESH_SECONDS`).
+//! A product's `in_stock` flag changes through inventory's events; when one flips it, catalog
+//! publishes `ProductUpdated` too (`catalog_service::store::Store::apply_stock_level`), so a
+//! cached read stops showing the old flag once that event arrives, like any other change.
 
 use shop_events::catalog::{PriceChanged, ProductCreated, ProductUpdated};
 use shop_messaging::{Consumer, HandlerError, Received, consumer::stateless::Handle};
