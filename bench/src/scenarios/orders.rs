@@ -21,11 +21,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{Connection, ConnectionProperties, options::BasicConsumeOptions, types::FieldTable};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -255,30 +251,11 @@ impl Tracker {
 async fn observe(amqp: &str, tracker: Tracker) -> Result<Connection> {
     let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    shop_messaging::topology::declare_exchange(&channel).await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .name()
-        .to_string();
-    for key in ["order.order.confirmed", "order.order.cancelled"] {
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                shop_messaging::topology::EXCHANGE.into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    let queue = shop_messaging::topology::declare_private_queue(
+        &channel,
+        ["order.order.confirmed", "order.order.cancelled"],
+    )
+    .await?;
     let mut deliveries = channel
         .basic_consume(
             queue.as_str().into(),

@@ -73,6 +73,19 @@ async fn json(response: reqwest::Response) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET path` through the gateway with `token`: (status, body).
+async fn get_json(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
+    json(
+        app.client
+            .get(app.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the gateway answers"),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn user_service_registers_signs_in_refreshes_and_shows_the_account() {
     let issuer = TestIssuer::start().await;
@@ -181,15 +194,7 @@ async fn user_service_registers_signs_in_refreshes_and_shows_the_account() {
     assert_eq!(response.status(), 200);
 
     let customer = issuer.user_token(Uuid::new_v4(), &[Role::Customer]);
-    let (status, me) = json(
-        app.client
-            .get(app.url("/api/v1/users/me"))
-            .bearer_auth(&customer)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, me) = get_json(&app, "/api/v1/users/me", &customer).await;
     assert_eq!(status, 200);
     assert!(me["roles"].is_array(), "{me}");
     drop(server);
@@ -332,15 +337,7 @@ async fn inventory_service_shows_and_sets_stock_for_administrators() {
     let app = gateway(&issuer, &[("INVENTORY_SERVICE_URL", &server)]).await;
     let admin = issuer.user_token(Uuid::new_v4(), &[Role::Customer, Role::Admin]);
 
-    let (status, stock) = json(
-        app.client
-            .get(app.url("/api/v1/inventory/GW-SKU-1"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, stock) = get_json(&app, "/api/v1/inventory/GW-SKU-1", &admin).await;
     assert_eq!((status, &stock["sku"]), (200, &json!("GW-SKU-1")));
     let (status, stock) = json(
         app.client
@@ -435,15 +432,7 @@ async fn order_service_places_and_lists_the_customers_orders() {
     let (status, order) = json(response).await;
     assert_eq!((status, &order["status"]), (202, &json!("PENDING")));
 
-    let (status, page) = json(
-        app.client
-            .get(app.url("/api/v1/orders?limit=10"))
-            .bearer_auth(&customer)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, page) = get_json(&app, "/api/v1/orders?limit=10", &customer).await;
     assert_eq!(status, 200);
     assert!(page["items"].is_array(), "{page}");
     drop(server);
@@ -513,15 +502,7 @@ async fn an_order_and_its_products_in_one_catalog_call() {
     )
     .await;
     let customer = issuer.user_token(Uuid::new_v4(), &[Role::Customer]);
-    let (status, order) = json(
-        app.client
-            .get(app.url(&format!("/api/v1/orders/{ORDER_ID}")))
-            .bearer_auth(&customer)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, order) = get_json(&app, &format!("/api/v1/orders/{ORDER_ID}"), &customer).await;
     assert_eq!(status, 200, "{order}");
     for line in order["items"].as_array().unwrap() {
         assert_eq!(line["product"]["name"], "Sencha", "{order}");
@@ -564,13 +545,10 @@ async fn payment_service_lists_the_customers_payments() {
     });
     let app = gateway(&issuer, &[("PAYMENT_SERVICE_URL", &server)]).await;
     let customer = issuer.user_token(Uuid::new_v4(), &[Role::Customer]);
-    let (status, page) = json(
-        app.client
-            .get(app.url(&format!("/api/v1/payments?order_id={ORDER_ID}")))
-            .bearer_auth(&customer)
-            .send()
-            .await
-            .unwrap(),
+    let (status, page) = get_json(
+        &app,
+        &format!("/api/v1/payments?order_id={ORDER_ID}"),
+        &customer,
     )
     .await;
     assert_eq!(status, 200);
@@ -603,15 +581,7 @@ async fn notification_service_lists_the_customers_notifications() {
     });
     let app = gateway(&issuer, &[("NOTIFICATION_SERVICE_URL", &server)]).await;
     let customer = issuer.user_token(Uuid::new_v4(), &[Role::Customer]);
-    let (status, page) = json(
-        app.client
-            .get(app.url("/api/v1/notifications"))
-            .bearer_auth(&customer)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, page) = get_json(&app, "/api/v1/notifications", &customer).await;
     assert_eq!(status, 200);
     assert_eq!(page["items"][0]["channel"], "email", "{page}");
     drop(server);

@@ -7,10 +7,7 @@
 use std::time::Duration;
 
 use lapin::{
-    Channel, Connection, ConnectionProperties,
-    message::Delivery,
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    Channel, Connection, ConnectionProperties, message::Delivery, options::BasicGetOptions,
 };
 
 use crate::topology;
@@ -25,7 +22,7 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Binds a fresh queue for each of `routing_keys` (patterns allowed) on the broker at
+    /// Binds a fresh private queue to `routing_keys` (patterns allowed) on the broker at
     /// `amqp_url`, declaring the exchange if no service has yet.
     pub async fn bind(
         amqp_url: &str,
@@ -33,30 +30,7 @@ impl Tap {
     ) -> Result<Self, lapin::Error> {
         let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        topology::declare_exchange(&channel).await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?
-            .name()
-            .to_string();
-        for key in routing_keys {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    topology::EXCHANGE.into(),
-                    key.as_ref().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        let queue = topology::declare_private_queue(&channel, routing_keys).await?;
         Ok(Self {
             _connection: connection,
             channel,

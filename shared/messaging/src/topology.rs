@@ -111,6 +111,42 @@ pub async fn declare_exchange(channel: &Channel) -> Result<(), lapin::Error> {
         .await
 }
 
+/// Declares the exchange and a private queue bound to `routing_keys` (patterns allowed): a
+/// server-named, exclusive queue that the broker deletes with the channel's connection. For
+/// observers that must see what is published and leave nothing behind: the test kit's `Tap`
+/// and the benchmark's order tracker. It only receives what is published after it exists.
+/// Returns the queue's name.
+pub async fn declare_private_queue(
+    channel: &Channel,
+    routing_keys: impl IntoIterator<Item = impl AsRef<str>>,
+) -> Result<String, lapin::Error> {
+    declare_exchange(channel).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .name()
+        .to_string();
+    for key in routing_keys {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                EXCHANGE.into(),
+                key.as_ref().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(queue)
+}
+
 fn string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }

@@ -41,14 +41,7 @@ impl Echo {
         let app = Router::new()
             .fallback(any(echo))
             .with_state((hits.clone(), delay));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let url = format!(
-            "http://{}",
-            listener.local_addr().expect("a bound listener")
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve(app).await;
         Self { url, hits }
     }
 
@@ -129,14 +122,7 @@ impl Recorder {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let state = (upstream.trim_end_matches('/').to_owned(), seen.clone());
         let app = Router::new().fallback(any(forward)).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let url = format!(
-            "http://{}",
-            listener.local_addr().expect("a bound listener")
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve(app).await;
         Self { url, seen }
     }
 
@@ -180,4 +166,17 @@ async fn forward(
         }
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; returns its base URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!(
+        "http://{}",
+        listener.local_addr().expect("a bound listener")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
 }
