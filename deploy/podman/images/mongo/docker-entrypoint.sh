@@ -63,6 +63,9 @@ if [[ ! -e $data/.stand-in-initialized ]]; then
       sleep 0.5
     done
     export MONGO_INITDB_DATABASE=${MONGO_INITDB_DATABASE:-test}
+    STANDIN_AUTH=off
+    [[ -z $root_user ]] || STANDIN_AUTH=on
+    export STANDIN_AUTH
     for f in "${scripts[@]}"; do
       case $f in
         *.js)
