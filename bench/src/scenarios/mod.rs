@@ -23,7 +23,7 @@ pub struct Settings {
     pub connections: usize,
     pub saturation: Duration,
     pub point: Duration,
-    /// Fixed rates as fractions of nginx's saturation throughput (scenario 1).
+    /// Fixed rates as fractions of the slower proxy's saturation throughput (scenario 1).
     pub proxy_fractions: Vec<f64>,
     /// Fixed rates as fractions of the product read's own saturation (scenario 2).
     pub product_fractions: Vec<f64>,
@@ -55,7 +55,8 @@ impl Settings {
             proxy_fractions: vec![0.25, 0.5, 0.75],
             product_fractions: vec![0.25, 0.5, 0.75],
             users: 40,
-            order_ramp: vec![100.0, 200.0, 300.0, 400.0],
+            // Starts well below the knee of the runs so far (50-60/s) so the ramp shows it.
+            order_ramp: vec![25.0, 50.0, 100.0, 200.0, 300.0],
             order_ramp_step: Duration::from_secs(10),
             order_rate: 300.0,
             order_duration: Duration::from_secs(60),
