@@ -18,6 +18,10 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use tokio::{process::Child, time::Instant};
 
+/// glibc's mmap threshold fixed, as the image and `make run` start the services
+/// (docs/adr/0014-malloc-mmap-threshold.md).
+pub const GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";
+
 /// A free loopback port (bound and released: the service binds it right after).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -72,6 +76,7 @@ impl Proc {
                 std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("SHOP_ENV", "development")
+            .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
             // The run ends by stopping everything; a long drain would only make it slower.
             .env("SHUTDOWN_GRACE_SECONDS", "3")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

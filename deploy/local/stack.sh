@@ -47,6 +47,9 @@ LOG_DIR="$STATE_DIR/logs"
 # Tools we build ourselves go to a per-user cache that survives `git clean`
 # and fresh clones, so FerretDB is compiled once per machine, not per checkout.
 TOOLS_BIN="${XDG_CACHE_HOME:-$HOME/.cache}/shop-stack/bin"
+# Every service runs with glibc's mmap threshold fixed, as in the image, so a freed large
+# buffer is given back (docs/adr/0014-malloc-mmap-threshold.md).
+GLIBC_TUNABLES_FOR_SERVICES=glibc.malloc.mmap_threshold=131072
 
 # --- PostgreSQL -------------------------------------------------------------
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -988,8 +991,10 @@ cmd_services_up() {
     # our environment (e.g. OTEL_EXPORTER_OTLP_ENDPOINT) is inherited; export
     # RUST_LOG or LOG_FORMAT yourself to override those two defaults.
     # shellcheck disable=SC2206  # intentional word splitting of the env column
+    # GLIBC_TUNABLES as in the image: docs/adr/0014-malloc-mmap-threshold.md.
     env_args=(HTTP_ADDR="127.0.0.1:$http" GRPC_ADDR="127.0.0.1:$grpc"
-              LOG_FORMAT="${LOG_FORMAT:-json}" RUST_LOG="${RUST_LOG:-info}" $rest)
+              LOG_FORMAT="${LOG_FORMAT:-json}" RUST_LOG="${RUST_LOG:-info}"
+              GLIBC_TUNABLES="$GLIBC_TUNABLES_FOR_SERVICES" $rest)
     launch "$name" "$REPO_ROOT" env "${env_args[@]}" "$bin_dir/$name"
     started+=("$name")
     rc=0

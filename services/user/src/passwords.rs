@@ -6,6 +6,10 @@
 //! because the blocking pool grows to hundreds of threads and each hash holds 19 MiB: a login
 //! burst must queue, not exhaust the memory of the pod. The queue itself is bounded too
 //! ([`Limiter`]): past it, 503 with `Retry-After`.
+//!
+//! Those 19 MiB are freed after each hash, but glibc keeps a freed block that large resident
+//! unless its mmap threshold is fixed: the service runs with `GLIBC_TUNABLES` set for that
+//! (docs/adr/0014-malloc-mmap-threshold.md), which halves its idle memory.
 
 use std::sync::Arc;
 

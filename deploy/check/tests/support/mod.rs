@@ -38,6 +38,10 @@ pub fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
 }
 
+/// Variables every service's process reads through glibc rather than its configuration
+/// (docs/adr/0014-malloc-mmap-threshold.md).
+const READ_BY_THE_C_LIBRARY: [&str; 1] = ["GLIBC_TUNABLES"];
+
 /// Loads service `name`'s configuration from `vars` exactly as its binary does
 /// (`shop_runtime::load`): the variables it read, and its verdict.
 pub fn load(name: &str, vars: &Vars) -> (BTreeSet<String>, Result<(), Issues>) {
@@ -60,7 +64,11 @@ pub fn load(name: &str, vars: &Vars) -> (BTreeSet<String>, Result<(), Issues>) {
         "gateway" => shop_runtime::load::<gateway::Gateway>(&mut env).map(drop),
         other => panic!("no service called {other}"),
     };
-    let read = env.read_variables().into_iter().collect();
+    let read = env
+        .read_variables()
+        .into_iter()
+        .chain(READ_BY_THE_C_LIBRARY.map(str::to_owned))
+        .collect();
     let result = result.map_err(|err| {
         err.issues
             .into_iter()
