@@ -617,9 +617,15 @@ run_journeys() {
   gateway=$(published_port gateway 8080)
   mail=$(published_port mailpit 8025)
   say "e2e journeys against http://$HOST_IP:$gateway ${*:+(filter: $*)}"
-  (cd "$REPO_ROOT" && E2E_BASE_URL="http://$HOST_IP:$gateway" E2E_MAILDEV_URL="http://$HOST_IP:$mail" \
-     cargo test -p e2e --locked --test journeys -- "$@") 2>&1 | tee "$LOG_DIR/e2e.log" | grep -E '^(test |test result|error|failures:|    [a-z_:]+$)' || true
-  [[ ${PIPESTATUS[0]} == 0 ]] || die "e2e journeys failed against the compose stack (log: $LOG_DIR/e2e.log)"
+  # The pipeline's statuses are read before anything else runs: the test run's own is the first.
+  # (`... | grep || true` would leave PIPESTATUS to `true` whenever the pipeline failed.)
+  local statuses
+  set +e +o pipefail
+  (cd "$REPO_ROOT" && E2E_BASE_URL="http://$HOST_IP:$gateway" E2E_MAILPIT_URL="http://$HOST_IP:$mail" \
+     cargo test -p e2e --locked --test journeys -- "$@") 2>&1 | tee "$LOG_DIR/e2e.log" | grep -E '^(test |test result|error|failures:|    [a-z_:]+$)'
+  statuses=("${PIPESTATUS[@]}")
+  set -e -o pipefail
+  [[ ${statuses[0]} == 0 ]] || die "e2e journeys failed against the compose stack (log: $LOG_DIR/e2e.log)"
   note "journeys passed in $((SECONDS - started))s"
 }
 

@@ -12,8 +12,9 @@
 //!   local stack's mail catcher (MailDev, `TESTKIT_SMTP_URL` / `TESTKIT_MAIL_API` from
 //!   `.local/test.env`).
 //! * **A running stack**, when `E2E_BASE_URL` is set (`http://127.0.0.1:8080` after `make run`,
-//!   later a compose stack): the same journeys against that gateway; `E2E_MAILDEV_URL` (default
-//!   `http://127.0.0.1:1080`) is where its emails are read back, `E2E_ADMIN_EMAIL` /
+//!   or a compose stack): the same journeys against that gateway; its emails are read back from
+//!   MailDev at `E2E_MAILDEV_URL` (default `http://127.0.0.1:1080`, what `make run` starts) or
+//!   from Mailpit at `E2E_MAILPIT_URL` (what docker-compose.yml starts), `E2E_ADMIN_EMAIL` /
 //!   `E2E_ADMIN_PASSWORD` (default: the development admin) the administrator the journeys use.
 //!
 //! # One system per test binary
@@ -112,12 +113,70 @@ pub enum Target {
 pub struct System {
     /// The gateway, e.g. `http://127.0.0.1:8080`; every journey request goes there.
     pub base_url: String,
-    /// MailDev's HTTP API, where the emails the system sent are read back.
-    pub mail_api: String,
+    /// The mail catcher whose HTTP API the emails the system sent are read back from.
+    pub mail: MailCatcher,
     pub target: Target,
     admin_email: String,
     admin_password: String,
     admin_token: OnceCell<String>,
+}
+
+/// A mail catcher's HTTP API, by its base URL. The native stack runs MailDev; the compose file
+/// runs Mailpit. Their APIs differ, so [`Client::mail`] asks each in its own terms and hands the
+/// journeys one shape: `{"subject", "text", "html", "to": [{"address"}]}` (MailDev's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailCatcher {
+    MailDev(String),
+    Mailpit(String),
+}
+
+impl MailCatcher {
+    /// The emails to `to` (newest last), in MailDev's shape; `None` when the catcher does not
+    /// answer.
+    async fn mails_to(&self, http: &reqwest::Client, to: &str) -> Option<Vec<Value>> {
+        match self {
+            // MailDev filters by recipient itself.
+            Self::MailDev(base) => {
+                let url = format!("{base}/email?to.address={to}");
+                let mails: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                mails.as_array().cloned()
+            }
+            // Mailpit: a search (newest first, summaries only), then each message for its body.
+            Self::Mailpit(base) => {
+                let search = reqwest::Url::parse_with_params(
+                    &format!("{base}/api/v1/search"),
+                    [("query", format!("to:\"{to}\""))],
+                )
+                .ok()?;
+                let found: Value = http.get(search).send().await.ok()?.json().await.ok()?;
+                let mut mails = Vec::new();
+                for summary in found["messages"].as_array()?.iter().rev() {
+                    let id = summary["ID"].as_str()?;
+                    let message: Value = http
+                        .get(format!("{base}/api/v1/message/{id}"))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    let recipients: Vec<Value> = message["To"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|to| serde_json::json!({ "address": to["Address"] }))
+                        .collect();
+                    mails.push(serde_json::json!({
+                        "subject": message["Subject"],
+                        "text": message["Text"],
+                        "html": message["HTML"],
+                        "to": recipients,
+                    }));
+                }
+                Some(mails)
+            }
+        }
+    }
 }
 
 static SYSTEM: OnceCell<Result<System, String>> = OnceCell::const_new();
@@ -152,7 +211,15 @@ fn env(key: &str) -> Option<String> {
 /// A stack someone else started: check that its gateway answers before any journey begins.
 async fn external(base_url: String) -> Result<System, BoxError> {
     let system = System {
-        mail_api: env("E2E_MAILDEV_URL").unwrap_or_else(|| "http://127.0.0.1:1080".into()),
+        mail: match (env("E2E_MAILPIT_URL"), env("E2E_MAILDEV_URL")) {
+            (Some(_), Some(_)) => {
+                return Err("set E2E_MAILPIT_URL or E2E_MAILDEV_URL, not both".into());
+            }
+            (Some(mailpit), None) => MailCatcher::Mailpit(mailpit),
+            (None, maildev) => {
+                MailCatcher::MailDev(maildev.unwrap_or_else(|| "http://127.0.0.1:1080".into()))
+            }
+        },
         target: Target::External,
         admin_email: env("E2E_ADMIN_EMAIL").unwrap_or_else(|| DEV_ADMIN.0.into()),
         admin_password: env("E2E_ADMIN_PASSWORD").unwrap_or_else(|| DEV_ADMIN.1.into()),
@@ -286,7 +353,9 @@ async fn boot() -> Result<(System, Vec<TestApp>), BoxError> {
     }
     let system = System {
         base_url: base(&gateway),
-        mail_api: env("TESTKIT_MAIL_API").unwrap_or_else(|| "http://127.0.0.1:1080".into()),
+        mail: MailCatcher::MailDev(
+            env("TESTKIT_MAIL_API").unwrap_or_else(|| "http://127.0.0.1:1080".into()),
+        ),
         target: Target::InProcess,
         admin_email: DEV_ADMIN.0.into(),
         admin_password: DEV_ADMIN.1.into(),
@@ -687,12 +756,11 @@ impl Client {
     /// Waits (bounded) for an email to `to` whose subject contains `subject`, read from the mail
     /// catcher's API; the mail as MailDev describes it (`subject`, `text`, `html`, `to`, ...).
     pub async fn mail(&self, to: &str, subject: &str) -> Value {
-        // MailDev filters by recipient itself; the check below is for a catcher that does not.
-        let url = format!("{}/email?to.address={to}", self.system.mail_api);
         let catcher = reqwest::Client::new();
         wait_for(&format!("an email to {to} about '{subject}'"), || async {
-            let mails: Value = catcher.get(&url).send().await.ok()?.json().await.ok()?;
-            mails.as_array()?.iter().rev().find_map(|mail| {
+            let mails = self.system.mail.mails_to(&catcher, to).await?;
+            // The recipient is checked again: a catcher's filter may match more loosely.
+            mails.iter().rev().find_map(|mail| {
                 let addressed = mail["to"].as_array().is_some_and(|recipients| {
                     recipients
                         .iter()
