@@ -15,7 +15,7 @@
 #                            variables, ports and healthcheck commands
 #   the service images       built from the repository's own Dockerfile, the
 #                            base images passed as build arguments
-#   compose.override.yml     swaps image names only (and moves published
+#   compose.override.yml     swaps image names (MongoDB: credentials too; moves published
 #                            ports off the native stack's, see below)
 #
 # Then: `docker compose up --wait`, the end-to-end journeys against the
