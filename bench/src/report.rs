@@ -87,11 +87,12 @@ impl Results {
             if let Some(ratio) = proxy.ratio {
                 ratios.insert("1 gateway / nginx throughput".to_owned(), ratio);
             }
+            // The fixed rates are fractions of the slower proxy's saturation (scenario 1).
+            let slower = proxy
+                .nginx
+                .as_ref()
+                .map(|n| n.measured.ok_rate.min(proxy.gateway.measured.ok_rate));
             for point in &proxy.points {
-                let slower = proxy
-                    .nginx
-                    .as_ref()
-                    .map(|n| n.measured.ok_rate.min(proxy.gateway.measured.ok_rate));
                 if let Some(nginx) = &point.nginx
                     && nginx.latency.p99_ms > 0.0
                     && let Some(share) = slower.map(|max| point.rate / max)

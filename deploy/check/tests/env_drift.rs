@@ -80,6 +80,36 @@ fn the_images_default_only_variables_their_service_reads() {
     assert_no_drift(problems);
 }
 
+/// ADR 0014: every way of starting a service (the image, hence compose and the chart; `make
+/// run`; `make bench`) fixes glibc's mmap threshold, and all three say the same.
+#[test]
+fn every_launcher_gives_the_services_the_same_glibc_tunables() {
+    let dockerfile = read("deploy/docker/Dockerfile");
+    let image = image_env(&dockerfile, "runtime")
+        .remove("GLIBC_TUNABLES")
+        .expect("deploy/docker/Dockerfile: the runtime stage sets GLIBC_TUNABLES");
+    let stack = read("deploy/local/stack.sh");
+    let native = stack
+        .lines()
+        .find_map(|line| line.strip_prefix("GLIBC_TUNABLES_FOR_SERVICES="))
+        .expect("deploy/local/stack.sh sets GLIBC_TUNABLES_FOR_SERVICES");
+    let bench = read("bench/src/stack.rs");
+    let benchmark = bench
+        .lines()
+        .find_map(|line| line.strip_prefix("pub const GLIBC_TUNABLES: &str = \""))
+        .and_then(|rest| rest.strip_suffix("\";"))
+        .expect("bench/src/stack.rs declares GLIBC_TUNABLES");
+    assert!(
+        image.contains("glibc.malloc.mmap_threshold="),
+        "the image's GLIBC_TUNABLES fixes no mmap threshold: {image}"
+    );
+    assert_eq!(
+        (native, benchmark),
+        (image.as_str(), image.as_str()),
+        "make run and make bench start the services with other GLIBC_TUNABLES than the image"
+    );
+}
+
 /// Compose runs what `make run` runs: the same variables (hosts aside), the same credentials
 /// and database names, the same start order.
 #[test]

@@ -103,26 +103,36 @@ impl ResponseCache {
         self.redis.key(&format!("cache:item:{id}"))
     }
 
-    /// A fresh cached answer for this read, marked `X-Cache: HIT`.
+    /// A fresh cached answer for this read, marked `X-Cache: HIT`. Not counted as a hit until
+    /// [`Self::count_served_hit`]: the proxy looks it up together with the rate-limit decision,
+    /// and a refused request is not served from the cache.
     pub async fn fresh(&self, path_and_query: &str) -> Option<Response> {
-        self.read(path_and_query, true).await
+        let (response, _) = self.read(path_and_query, true).await?;
+        Some(response)
+    }
+
+    /// Counts a fresh answer from [`Self::fresh`] that was sent to the client.
+    pub fn count_served_hit(&self) {
+        count_read(true);
     }
 
     /// A cached answer, fresh or not, marked `X-Cache: STALE` (for stale-if-error).
     pub async fn load(&self, path_and_query: &str) -> Option<Response> {
-        self.read(path_and_query, false).await
+        let (response, fresh) = self.read(path_and_query, false).await?;
+        count_read(fresh);
+        Some(response)
     }
 
     /// The body of a cached catalog read and whether it is still fresh, for the gateway's own
     /// reads ([`crate::compose`]); `None` when nothing is cached or Redis does not answer in time.
     pub async fn body(&self, path_and_query: &str) -> Option<(Bytes, bool)> {
         let entry = self.entry(path_and_query).await?;
-        metrics::counter!("gateway_cache_reads_total", "outcome" => if entry.fresh { "hit" } else { "stale" })
-            .increment(1);
+        count_read(entry.fresh);
         Some((entry.body, entry.fresh))
     }
 
-    async fn read(&self, path_and_query: &str, fresh_only: bool) -> Option<Response> {
+    /// The cached answer and whether it is fresh; not counted (the callers count what they use).
+    async fn read(&self, path_and_query: &str, fresh_only: bool) -> Option<(Response, bool)> {
         let entry = self.entry(path_and_query).await?;
         if fresh_only && !entry.fresh {
             return None;
@@ -142,9 +152,7 @@ impl ResponseCache {
             "x-cache",
             HeaderValue::from_static(if entry.fresh { "HIT" } else { "STALE" }),
         );
-        metrics::counter!("gateway_cache_reads_total", "outcome" => if entry.fresh { "hit" } else { "stale" })
-            .increment(1);
-        Some(response)
+        Some((response, entry.fresh))
     }
 
     async fn entry(&self, path_and_query: &str) -> Option<Entry> {
@@ -233,6 +241,12 @@ impl ResponseCache {
         metrics::counter!("gateway_cache_invalidations_total").increment(1);
         Ok(())
     }
+}
+
+/// One cache read that was used: a fresh hit or a stale copy.
+fn count_read(fresh: bool) {
+    metrics::counter!("gateway_cache_reads_total", "outcome" => if fresh { "hit" } else { "stale" })
+        .increment(1);
 }
 
 fn now_secs() -> u64 {

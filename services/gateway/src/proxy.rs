@@ -130,7 +130,8 @@ impl Proxy {
             .map_or(parts.uri.path(), |pq| pq.as_str());
         // A cacheable read asks Redis for the rate-limit decision and the cached answer at once:
         // both travel on the one multiplexed connection, so the hottest path waits for one round
-        // trip instead of two. A refused request's cache read is simply dropped.
+        // trip instead of two. The price: a refused read costs Redis a lookup it did not need,
+        // whose answer is dropped here (the decision is checked first, below).
         let (decision, hit) = if cacheable {
             tokio::join!(
                 self.limiter.check(&subject),
@@ -150,6 +151,7 @@ impl Proxy {
         }
 
         if let Some(mut hit) = hit {
+            self.cache.count_served_hit();
             decision.write_headers(hit.headers_mut());
             return Ok(hit);
         }

@@ -71,6 +71,46 @@ async fn two_gateway_instances_share_one_login_limit() {
     assert_eq!(first.get("/api/v1/products").await.unwrap().status(), 200);
 }
 
+/// A cached product read asks for its rate-limit decision and its cache entry in one Redis
+/// round trip; the cached answer must still not go to a client that is over its limit.
+#[tokio::test]
+async fn a_cached_product_read_is_refused_past_the_limit_like_any_other() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let app = gateway(&echo.url, &issuer, [("RATE_LIMIT_ADDRESS", "3".to_owned())]).await;
+
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let response = app.get("/api/v1/products/p1").await.unwrap();
+        let cache = response
+            .headers()
+            .get("x-cache")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        answers.push((response.status().as_u16(), cache, content_type));
+    }
+    let statuses: Vec<_> = answers
+        .iter()
+        .map(|(status, cache, _)| (*status, cache.as_deref()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (200, None),
+            (200, Some("HIT")),
+            (200, Some("HIT")),
+            (429, None),
+            (429, None),
+        ],
+        "the first read fills the cache, the next two are hits, then the limit holds"
+    );
+    assert_eq!(answers[3].2, "application/problem+json");
+    assert_eq!(echo.hits(), 1, "only the first read reached catalog");
+}
+
 #[tokio::test]
 async fn limits_hold_locally_while_redis_is_unreachable() {
     let echo = Echo::start().await;
