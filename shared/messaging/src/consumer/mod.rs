@@ -505,7 +505,7 @@ impl<I: Inbox> Worker<I> {
                 match next {
                     Some(Ok(delivery)) => {
                         // Not raced against shutdown: the current message is always finished.
-                        if let Err(err) = self.process(delivery).await {
+                        if let Err(err) = self.process(delivery, &connection).await {
                             tracing::warn!(queue = %self.queues.main, error = %err, "lost the channel while settling a message");
                             break;
                         }
@@ -580,7 +580,11 @@ impl<I: Inbox> Worker<I> {
 
     /// Handles one delivery and settles it. Errors only when the channel is gone (the message
     /// will then be redelivered).
-    async fn process(&self, delivery: Delivery) -> Result<(), lapin::Error> {
+    async fn process(
+        &self,
+        delivery: Delivery,
+        connection: &Connection,
+    ) -> Result<(), lapin::Error> {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         let failures = attempts(&headers);
         let routing_key = trace::header_str(&headers, ROUTING_KEY_HEADER)
@@ -633,8 +637,12 @@ impl<I: Inbox> Worker<I> {
         metrics::histogram!("messaging_handler_duration_seconds", "queue" => self.queues.main.clone())
             .record(started.elapsed().as_secs_f64());
 
-        // Settling (ack, retry, park) is logged inside the consumer span too.
-        async {
+        // Settling (ack, retry, park) is logged inside the consumer span too. It is raced
+        // against the connection dying: lapin can leave an acknowledgement sent just as the
+        // socket closed pending for ever, and a worker waiting on it would never reattach —
+        // while the broker, which saw the connection close, has already put the message back
+        // for a redelivery nobody consumes. The handler's work is not raced: it has committed.
+        let settling = async {
             match outcome {
                 Ok(outcome) => {
                     delivery.ack(BasicAckOptions::default()).await?;
@@ -668,8 +676,13 @@ impl<I: Inbox> Worker<I> {
                 }
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        tokio::select! {
+            settled = settling => settled,
+            () = lost(connection) => Err(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Error),
+            )),
+        }
     }
 
     /// Moves the message to the parking queue with the reason.
@@ -742,6 +755,16 @@ impl<I: Inbox> Worker<I> {
         self.status.count(outcome);
         metrics::counter!("messaging_consumed_total", "queue" => self.queues.main.clone(), "outcome" => outcome)
             .increment(1);
+    }
+}
+
+/// Resolves once `connection` is no longer usable. Polled, because lapin reports a dead
+/// connection through its status (and one error callback, which the supervisor's reconnect
+/// logic does not own); the poll runs only while a message is being settled.
+async fn lost(connection: &Connection) {
+    const EVERY: Duration = Duration::from_millis(50);
+    while connection.status().connected() {
+        tokio::time::sleep(EVERY).await;
     }
 }
 
