@@ -16,7 +16,8 @@
 //! | [`report`], [`plot`] | `report.md`, `results/results.json`, SVG plots |
 //! | [`run`] | one run, start to end, cleaning up whatever fails |
 //!
-//! Usage: `shop-bench run [--quick] [--bin-dir target/release] [--out bench]`;
+//! Usage: `shop-bench run [--quick] [--bin-dir target/release] [--out bench] [--only 1,4]`
+//! (`--only`: some of scenarios 1–4, for working on one; the report then lacks the others);
 //! `shop-bench upstream --listen 127.0.0.1:PORT` is the trivial upstream (started by `run`).
 
 pub mod http;
@@ -49,7 +50,7 @@ pub fn elapsed() -> std::time::Duration {
 }
 
 const USAGE: &str = "usage:
-  shop-bench run [--quick] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--build TEXT]
+  shop-bench run [--quick] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--build TEXT] [--only 1,4]
   shop-bench upstream --listen ADDR";
 
 /// The command line.
@@ -101,6 +102,11 @@ pub fn main() -> ExitCode {
                 out_dir,
                 work_dir,
                 build: value("--build"),
+                only: value("--only").map(|list| {
+                    list.split(',')
+                        .filter_map(|n| n.trim().parse().ok())
+                        .collect()
+                }),
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

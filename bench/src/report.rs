@@ -175,6 +175,25 @@ fn measured_row(out: &mut String, label: &str, m: &Measured) {
     );
 }
 
+/// "Saturation windows (ok req/s; the median is in the table): nginx 1 / 2 / 3; …".
+fn windows_line(targets: &[(&str, &crate::scenarios::proxy::Saturation)]) -> String {
+    let parts: Vec<String> = targets
+        .iter()
+        .map(|(name, saturation)| {
+            let rates: Vec<String> = saturation
+                .windows
+                .iter()
+                .map(|rate| format!("{rate:.0}"))
+                .collect();
+            format!("{name} {}", rates.join(" / "))
+        })
+        .collect();
+    format!(
+        "Saturation windows (ok req/s, in the order run; the table shows the median): {}.",
+        parts.join("; ")
+    )
+}
+
 const MEASURED_HEADER: &str = "| run | offered (req/s) | achieved ok (req/s) | p50 ms | p99 ms | p99.9 ms | max ms | failed | generator lag ms |\n|---|---|---|---|---|---|---|---|---|\n";
 
 /// Writes `dir/report.md`, `dir/results/results.json` and the plots.
@@ -475,6 +494,12 @@ pub fn write(
             measured_row(&mut md, "gateway", &point.gateway);
         }
         let _ = writeln!(md);
+        let mut windows = vec![("upstream alone", &proxy.upstream_direct)];
+        if let Some(nginx) = &proxy.nginx {
+            windows.push(("nginx", nginx));
+        }
+        windows.push(("gateway", &proxy.gateway));
+        let _ = writeln!(md, "{}\n", windows_line(&windows));
         let _ = writeln!(
             md,
             "CPU per 1,000 requests at saturation (the proxy process only): nginx worker {}, gateway {}. This is the fairer efficiency figure on a shared machine: nginx is limited to one worker (one core), the gateway's runtime uses both cores.\n",
@@ -512,6 +537,11 @@ pub fn write(
             measured_row(&mut md, "fixed rate", point);
         }
         let _ = writeln!(md);
+        let _ = writeln!(
+            md,
+            "{}\n",
+            windows_line(&[("product read", &product.saturation)])
+        );
         let _ = writeln!(
             md,
             "Gateway CPU per 1,000 reads at saturation: {}.\n",

@@ -33,6 +33,17 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// The release build time, as measured by the caller.
     pub build: Option<String>,
+    /// Run only these of scenarios 1–4 (`--only 1,4`), for working on one of them; the
+    /// footprint (5) is always read. `None`: all of them, as `make bench` does.
+    pub only: Option<Vec<u8>>,
+}
+
+impl Options {
+    fn wants(&self, scenario: u8) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.contains(&scenario))
+    }
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
@@ -270,6 +281,9 @@ async fn scenarios_on(
 
     // Scenario 1: its own gateway (upstreams = the trivial server) and nginx.
     let proxy = async {
+        if !options.wants(1) {
+            return Ok(None);
+        }
         let (upstream, upstream_addr) = start_upstream(log_dir).await?;
         let vhost = slice.vhost("proxy").await?;
         let mut env: Vec<(String, String)> = vec![
@@ -333,17 +347,42 @@ async fn scenarios_on(
         }
         gateway.stop(Duration::from_secs(10)).await;
         drop(upstream);
-        Ok::<_, anyhow::Error>(results)
+        Ok::<_, anyhow::Error>(Some(results))
     }
     .await;
     match proxy {
-        Ok(results) => partial.proxy = Some(results),
+        Ok(results) => partial.proxy = results,
         Err(err) => partial
             .failures
             .push(format!("scenario 1 (proxy): {err:#}")),
     }
 
-    // Users and stock for scenarios 2 and 3.
+    if options.wants(2) || options.wants(3) {
+        scenarios_2_and_3(options, settings, slice, profile_dir, stack, amqp, partial).await?;
+    }
+
+    // Scenario 4.
+    if options.wants(4) {
+        match scenarios::events::run_scenario(settings, slice).await {
+            Ok(results) => partial.events = Some(results),
+            Err(err) => partial
+                .failures
+                .push(format!("scenario 4 (events): {err:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// Scenarios 2 and 3 share their users and stock, prepared through the stack's gateway.
+async fn scenarios_2_and_3(
+    options: &Options,
+    settings: &Settings,
+    slice: &mut Slice,
+    profile_dir: Option<PathBuf>,
+    stack: &Stack,
+    amqp: &str,
+    partial: &mut Partial,
+) -> Result<()> {
     let gateway = stack.gateway();
     say!("preparing {} users and stock", settings.users);
     let shop = scenarios::orders::prepare(
@@ -355,6 +394,9 @@ async fn scenarios_on(
 
     // Scenario 2: warm the cache with one read, then measure.
     let product = async {
+        if !options.wants(2) {
+            return Ok(None);
+        }
         let (product_id, _) = shop
             .products
             .first()
@@ -393,29 +435,24 @@ async fn scenarios_on(
             profile_dir.as_deref(),
         )
         .await
+        .map(Some)
     }
     .await;
     match product {
-        Ok(results) => partial.product = Some(results),
+        Ok(results) => partial.product = results,
         Err(err) => partial
             .failures
             .push(format!("scenario 2 (product read): {err:#}")),
     }
 
     // Scenario 3.
-    match scenarios::orders::run_scenario(settings, gateway.http, &shop, amqp, slice).await {
-        Ok(results) => partial.orders = Some(results),
-        Err(err) => partial
-            .failures
-            .push(format!("scenario 3 (orders): {err:#}")),
-    }
-
-    // Scenario 4.
-    match scenarios::events::run_scenario(settings, slice).await {
-        Ok(results) => partial.events = Some(results),
-        Err(err) => partial
-            .failures
-            .push(format!("scenario 4 (events): {err:#}")),
+    if options.wants(3) {
+        match scenarios::orders::run_scenario(settings, gateway.http, &shop, amqp, slice).await {
+            Ok(results) => partial.orders = Some(results),
+            Err(err) => partial
+                .failures
+                .push(format!("scenario 3 (orders): {err:#}")),
+        }
     }
     Ok(())
 }

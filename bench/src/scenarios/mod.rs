@@ -22,6 +22,9 @@ pub struct Settings {
     /// Keep-alive connections per HTTP run (scenarios 1 and 2).
     pub connections: usize,
     pub saturation: Duration,
+    /// Closed-loop saturation windows per target; the median window is reported (one long
+    /// window on two shared cores is at the mercy of whatever else ran in it).
+    pub saturation_windows: usize,
     pub point: Duration,
     /// Fixed rates as fractions of the slower proxy's saturation throughput (scenario 1).
     pub proxy_fractions: Vec<f64>,
@@ -51,6 +54,7 @@ impl Settings {
             quick: false,
             connections: 64,
             saturation: Duration::from_secs(8),
+            saturation_windows: 3,
             point: Duration::from_secs(8),
             proxy_fractions: vec![0.25, 0.5, 0.75],
             product_fractions: vec![0.25, 0.5, 0.75],
@@ -77,6 +81,7 @@ impl Settings {
             quick: true,
             connections: 8,
             saturation: Duration::from_secs(1),
+            saturation_windows: 1,
             point: Duration::from_secs(1),
             proxy_fractions: vec![0.5],
             product_fractions: vec![0.5],

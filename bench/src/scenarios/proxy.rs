@@ -31,7 +31,10 @@ pub struct Target {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Saturation {
+    /// The median of the windows by throughput.
     pub measured: Measured,
+    /// Every window's throughput (ok req/s), in the order run.
+    pub windows: Vec<f64>,
     /// CPU milliseconds the proxy process spent per 1,000 requests.
     pub cpu_ms_per_1k: Option<f64>,
 }
@@ -85,6 +88,7 @@ pub async fn saturate_with<E: crate::http::Exchange>(
     )
     .await;
     let before = target.pid.and_then(cpu_seconds);
+    // The profile covers the first window only: one is enough to see where the time goes.
     let recording = profile.and_then(|(dir, name)| {
         target.pid.and_then(|pid| {
             Profile::start(
@@ -97,11 +101,16 @@ pub async fn saturate_with<E: crate::http::Exchange>(
             )
         })
     });
-    let measured = run(
-        &Plan::saturate(settings.saturation),
-        HttpWorker::many(target.addr, exchange, settings.connections),
-    )
-    .await;
+    let mut windows = Vec::new();
+    for _ in 0..settings.saturation_windows.max(1) {
+        windows.push(
+            run(
+                &Plan::saturate(settings.saturation),
+                HttpWorker::many(target.addr, exchange.clone(), settings.connections),
+            )
+            .await,
+        );
+    }
     let after = target.pid.and_then(cpu_seconds);
     let report = match recording {
         Some(recording) => recording
@@ -110,16 +119,23 @@ pub async fn saturate_with<E: crate::http::Exchange>(
             .map(|path| path.display().to_string()),
         None => None,
     };
-    let completed = (measured.ok + measured.refused + measured.errors) as f64;
+    let completed: f64 = windows
+        .iter()
+        .map(|m| (m.ok + m.refused + m.errors) as f64)
+        .sum();
     let cpu_ms_per_1k = match (before, after) {
         (Some(before), Some(after)) if completed > 0.0 => {
             Some((after - before) * 1000.0 / (completed / 1000.0))
         }
         _ => None,
     };
+    let rates = windows.iter().map(|m| m.ok_rate).collect();
+    windows.sort_by(|a, b| a.ok_rate.total_cmp(&b.ok_rate));
+    let measured = windows.swap_remove(windows.len() / 2);
     (
         Saturation {
             measured,
+            windows: rates,
             cpu_ms_per_1k,
         },
         report,

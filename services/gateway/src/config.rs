@@ -62,13 +62,16 @@ fn upstream(env: &mut Env, key: &str, port: u16) -> Result<Url, ConfigError> {
     let url = env.parse_or(
         key,
         default,
-        "an http(s) URL such as http://catalog-service:8082",
+        "an http URL such as http://catalog-service:8082",
     )?;
+    // Plain HTTP only: TLS ends at the ingress, and inside the cluster the gateway's client
+    // (crate::proxy::http_client) speaks HTTP/1.1 without TLS. Refused at start rather than
+    // failing on every request.
     match url.scheme() {
-        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" if url.host().is_some() => Ok(url),
         other => env.invalid(
             key,
-            format!("has scheme '{other}' or no host, expected an http(s) URL"),
+            format!("has scheme '{other}' or no host, expected an http:// URL"),
         ),
     }
 }
@@ -157,5 +160,14 @@ mod tests {
         assert!(err.contains("CATALOG_SERVICE_URL"), "{err}");
         assert!(err.contains("UPSTREAM_TIMEOUT_MS"), "{err}");
         assert!(err.contains("RATE_LIMIT_WINDOW_SECONDS"), "{err}");
+    }
+
+    #[test]
+    fn an_https_upstream_is_refused_at_start_since_the_client_speaks_plain_http() {
+        let mut env = Env::from_pairs([("ORDER_SERVICE_URL", "https://order-service:8084")]);
+        let _ = GatewayConfig::from_env(&mut env);
+        let err = env.finish().unwrap_err().to_string();
+        assert!(err.contains("ORDER_SERVICE_URL"), "{err}");
+        assert!(err.contains("expected an http:// URL"), "{err}");
     }
 }

@@ -59,19 +59,7 @@ impl Service for Gateway {
 
     async fn build(ctx: &Context, config: GatewayConfig) -> Result<Endpoints, BootError> {
         let redis = ctx.redis()?.clone();
-        let client = reqwest::Client::builder()
-            // Keep-alive connections per upstream, reused by every request: the hot path pays
-            // no TCP handshake.
-            .pool_max_idle_per_host(256)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1).min(config.upstream_timeout))
-            // A gateway passes redirects to the client and never goes through a proxy taken
-            // from its environment.
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|err| BootError::Other(format!("cannot build the HTTP client: {err}")))?;
+        let client = proxy::http_client(Duration::from_secs(1).min(config.upstream_timeout));
         let urls = &config.upstreams;
         let upstreams = Upstream::ALL
             .iter()
@@ -86,7 +74,8 @@ impl Service for Gateway {
                 };
                 UpstreamState::new(upstream, base, config.upstream_concurrency)
             })
-            .collect();
+            .collect::<Result<_, _>>()
+            .map_err(BootError::Other)?;
         let cache = ResponseCache::new(redis.clone(), config.cache_fresh_for);
         events::spawn(ctx, cache.clone()).await?;
         let proxy = Arc::new(Proxy {

@@ -5,6 +5,11 @@
 //! counted (one Redis round trip, which a catalog read shares with its cache lookup), the
 //! body is read (bounded), the upstream's circuit and bulkhead are asked (in memory) — and
 //! only then does a request leave the gateway, on a pooled keep-alive connection.
+//!
+//! Forwarding uses hyper-util's pooled client directly rather than reqwest (which wraps the
+//! same client): each upstream's scheme and authority are parsed once at start, so a request
+//! costs no URL parsing, no redirect policy and no per-attempt timer of a general-purpose
+//! client. `make bench` measured the difference (bench/findings.md).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,7 +19,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
 use shop_auth::{Principal, Verifier, http::AuthRejection};
 use shop_runtime::{ApiError, ErrorKind};
 use tokio::sync::Semaphore;
@@ -26,11 +39,28 @@ use crate::{
     routes::{Access, LimitClass, Route, Upstream},
 };
 
+/// The client every forwarded request and every composition call goes out on.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// One pooled client for every upstream: keep-alive connections are reused across requests,
+/// so the hot path pays no TCP handshake. Plain HTTP inside the cluster (TLS ends at the
+/// ingress); no proxy from the environment; redirects go back to the client untouched.
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
 /// Everything a request needs, shared by all of them.
 #[derive(Debug)]
 pub struct Proxy {
     /// One pooled client for every upstream: keep-alive connections are reused across requests.
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     pub upstreams: Vec<UpstreamState>,
     pub verifier: Verifier,
     pub limiter: RateLimiter,
@@ -44,19 +74,47 @@ pub struct Proxy {
 /// One upstream: where it is and how it is protected.
 #[derive(Debug)]
 pub struct UpstreamState {
-    /// The base URL without a trailing slash; the request's path and query are appended.
-    pub base: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's path without a trailing slash (usually empty); the request's path and
+    /// query are appended.
+    prefix: String,
     pub bulkhead: Semaphore,
     pub breaker: CircuitBreaker,
 }
 
 impl UpstreamState {
-    pub fn new(upstream: Upstream, base: &url::Url, concurrency: usize) -> Self {
-        Self {
-            base: base.as_str().trim_end_matches('/').to_owned(),
+    /// Parses `base` once. Only `http://host[:port][/path]` URLs are valid (the configuration
+    /// checks that at start), so a malformed one is refused here with the reason.
+    pub fn new(upstream: Upstream, base: &url::Url, concurrency: usize) -> Result<Self, String> {
+        let uri: Uri = base
+            .as_str()
+            .parse()
+            .map_err(|err| format!("{} URL '{base}': {err}", upstream.name()))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(format!("{} URL '{base}' has no host", upstream.name()));
+        };
+        Ok(Self {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
             bulkhead: Semaphore::new(concurrency),
             breaker: CircuitBreaker::new(upstream.name()),
-        }
+        })
+    }
+
+    /// The upstream's URI for a public request's path and query.
+    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let path_and_query = if self.prefix.is_empty() {
+            PathAndQuery::try_from(path_and_query)?
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 }
 
@@ -101,7 +159,7 @@ fn is_idempotent(method: &Method) -> bool {
 /// How one attempt at the upstream ended, when it did not produce a response.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    Unreachable(reqwest::Error),
+    Unreachable(Box<dyn std::error::Error + Send + Sync>),
     TimedOut,
 }
 
@@ -299,42 +357,46 @@ impl Proxy {
             return Err(None);
         };
         let call = state.breaker.call().ok_or(None)?;
-        let url = format!("{}{}", state.base, path_and_query);
-        let result = self.send(upstream, method, &url, headers, body).await;
+        let uri = state
+            .uri(path_and_query)
+            .map_err(|err| Some(Failure::Unreachable(err.into())))?;
+        let result = self.send(upstream, method, &uri, headers, body).await;
         call.record(match &result {
             Ok(response) => !matches!(response.status().as_u16(), 502..=504),
             Err(_) => false,
         });
-        into_response(result.map_err(Some)?).await.map_err(Some)
+        result.map_err(Some)
     }
 
-    /// Sends the request; idempotent ones are tried once more when the upstream could not be
-    /// reached or answered 502/503 (a restarting instance). Others are sent once: a timed-out
-    /// `POST /orders` may have been executed, and only the client (with its `Idempotency-Key`)
-    /// can safely repeat it.
+    /// Sends the request and reads the answer; idempotent ones are tried once more when the
+    /// upstream could not be reached or answered 502/503 (a restarting instance). Others are
+    /// sent once: a timed-out `POST /orders` may have been executed, and only the client (with
+    /// its `Idempotency-Key`) can safely repeat it. The timeout covers one attempt, answer
+    /// included.
     async fn send(
         &self,
         upstream: Upstream,
         method: &Method,
-        url: &str,
+        uri: &Uri,
         headers: &HeaderMap,
         body: &Bytes,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<Buffered, Failure> {
         let attempts = if is_idempotent(method) { 2 } else { 1 };
         let mut last = None;
         for attempt in 1..=attempts {
-            let request = self
-                .client
-                .request(method.clone(), url)
-                .headers(headers.clone())
-                .body(body.clone())
-                .timeout(self.timeout);
-            let result = request.send().await;
+            let mut request = http::Request::new(Full::new(body.clone()));
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers.clone();
+            let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::TimedOut),
+            };
             let outcome = match &result {
                 Ok(response) if response.status().is_server_error() => "error_status",
                 Ok(_) => "answered",
-                Err(err) if err.is_timeout() => "timeout",
-                Err(_) => "unreachable",
+                Err(Failure::TimedOut) => "timeout",
+                Err(Failure::Unreachable(_)) => "unreachable",
             };
             metrics::counter!(
                 "gateway_upstream_attempts_total",
@@ -346,8 +408,7 @@ impl Proxy {
                 Ok(response)
                     if attempt < attempts && matches!(response.status().as_u16(), 502 | 503) => {}
                 Ok(response) => return Ok(response),
-                Err(err) if err.is_timeout() => last = Some(Failure::TimedOut),
-                Err(err) => last = Some(Failure::Unreachable(err)),
+                Err(failure) => last = Some(failure),
             }
             if let Some(Failure::TimedOut) = last {
                 // A timeout already cost the client the whole budget: do not double it.
@@ -355,6 +416,24 @@ impl Proxy {
             }
         }
         Err(last.unwrap_or(Failure::TimedOut))
+    }
+
+    /// One request and its whole answer (API responses are small JSON documents).
+    async fn exchange(&self, request: http::Request<Full<Bytes>>) -> Result<Buffered, Failure> {
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|err| Failure::Unreachable(err.into()))?;
+        let (mut parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|err| Failure::Unreachable(err.into()))?
+            .to_bytes();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.extensions = http::Extensions::new();
+        Ok(Buffered(parts, body))
     }
 
     /// The answer when the upstream gave none: a cached copy for product reads
@@ -412,24 +491,6 @@ impl Buffered {
     pub(crate) fn finish(self) -> Response {
         Response::from_parts(self.0, Body::from(self.1))
     }
-}
-
-async fn into_response(upstream: reqwest::Response) -> Result<Buffered, Failure> {
-    let status = upstream.status();
-    let mut headers = upstream.headers().clone();
-    let body = upstream.bytes().await.map_err(|err| {
-        if err.is_timeout() {
-            Failure::TimedOut
-        } else {
-            Failure::Unreachable(err)
-        }
-    })?;
-    strip_hop_by_hop(&mut headers);
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    let (parts, ()) = response.into_parts();
-    Ok(Buffered(parts, body))
 }
 
 /// Reads the body, refusing more than `limit` bytes with 413 (early, from `Content-Length`,
