@@ -80,8 +80,8 @@ helm-test: ## helm install/upgrade/uninstall of the chart against a real local k
 # The full run takes ~10 minutes once the release build exists and writes bench/report.md;
 # QUICK=1 runs every scenario for a few seconds and writes target/bench-quick/report.md.
 .PHONY: bench
-bench: infra-up ## Measure the system against nginx and pgbench: bench/report.md (QUICK=1: a short run)
-	$(WITH_TEST_ENV) scripts/bench.sh $(if $(QUICK),--quick)
+bench: infra-up ## Measure the system against nginx and pgbench: bench/report.md (QUICK=1: a short run; ONLY=1,4: some scenarios)
+	$(WITH_TEST_ENV) scripts/bench.sh $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 # ---------------------------------------------------------------------------- compose under podman
 .PHONY: compose-test

@@ -9,14 +9,23 @@
 #      scenarios and writes the report.
 #
 # The full run writes bench/report.md and bench/results/; the quick one writes to
-# target/bench-quick/ so it never replaces the committed report.
+# target/bench-quick/, and one of some scenarios only (ONLY=1,4: `--only 1,4`) to
+# target/bench-only/, so neither replaces the committed report.
 set -euo pipefail
 
 REPO_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$REPO_ROOT"
 
 QUICK=0
-[[ ${1:-} == --quick ]] && QUICK=1
+ONLY=
+while (( $# )); do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --only) ONLY=${2:?--only needs a list such as 1,4}; shift ;;
+    *) echo "usage: scripts/bench.sh [--quick] [--only 1,4]" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 as_root() { if (( EUID == 0 )); then "$@"; else sudo "$@"; fi; }
 
@@ -55,7 +64,10 @@ fi
 rm -f "$log"
 
 if (( QUICK )); then
-  exec target/release/shop-bench run --quick --bin-dir target/release --out target/bench-quick --build "$build"
+  exec target/release/shop-bench run --quick --bin-dir target/release --out target/bench-quick --build "$build" \
+    ${ONLY:+--only "$ONLY"}
+elif [[ -n $ONLY ]]; then
+  exec target/release/shop-bench run --only "$ONLY" --bin-dir target/release --out target/bench-only --build "$build"
 else
   exec target/release/shop-bench run --bin-dir target/release --out bench --build "$build"
 fi
