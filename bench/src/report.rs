@@ -268,7 +268,7 @@ pub fn write(
             (Some(nginx), Some(ratio)) => {
                 let _ = writeln!(
                     md,
-                    "| gateway proxy throughput ≥ nginx (1 worker) | gateway {:.0} req/s vs nginx {:.0} req/s: **{:.2}×** | {} |",
+                    "| gateway proxy throughput ≥ nginx (1 worker) | gateway {:.0} req/s vs nginx {:.0} req/s (median windows); median of the paired windows' ratios **{:.2}×** | {} |",
                     proxy.gateway.measured.ok_rate,
                     nginx.measured.ok_rate,
                     ratio,
@@ -500,6 +500,18 @@ pub fn write(
         }
         windows.push(("gateway", &proxy.gateway));
         let _ = writeln!(md, "{}\n", windows_line(&windows));
+        if !proxy.paired_ratios.is_empty() {
+            let pairs: Vec<String> = proxy
+                .paired_ratios
+                .iter()
+                .map(|ratio| format!("{ratio:.3}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "nginx and the gateway are saturated in alternating windows; the throughput ratio is the median of the pairs' ratios: {}.\n",
+                pairs.join(" / ")
+            );
+        }
         let _ = writeln!(
             md,
             "CPU per 1,000 requests at saturation (the proxy process only): nginx worker {}, gateway {}. This is the fairer efficiency figure on a shared machine: nginx is limited to one worker (one core), the gateway's runtime uses both cores.\n",

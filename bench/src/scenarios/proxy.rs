@@ -54,8 +54,11 @@ pub struct ProxyResults {
     pub nginx: Option<Saturation>,
     pub gateway: Saturation,
     pub points: Vec<Point>,
-    /// `gateway / nginx` saturation throughput.
+    /// `gateway / nginx` saturation throughput: the median of the paired windows' ratios.
     pub ratio: Option<f64>,
+    /// Each pair's `gateway / nginx` ratio (the windows alternate, nginx then gateway, so a
+    /// pair shares whatever the machine was doing at the time).
+    pub paired_ratios: Vec<f64>,
     /// The gateway's flat CPU profile during its saturation run.
     pub profile: Option<String>,
 }
@@ -142,6 +145,107 @@ pub async fn saturate_with<E: crate::http::Exchange>(
     )
 }
 
+/// Saturates two targets in alternating windows (`a`, `b`, `a`, `b`, …) and returns each
+/// one's result and every pair's `b / a` throughput ratio. On a shared machine whose speed
+/// drifts between minutes, a ratio of two windows taken back to back is steadier than one of
+/// two medians taken a minute apart.
+pub async fn saturate_pair(
+    a: Target,
+    b: Target,
+    settings: &Settings,
+    path: &str,
+    profile_b: Option<(&Path, &str)>,
+) -> (Saturation, Saturation, Vec<f64>, Option<String>) {
+    let exchange = Arc::new(Fixed {
+        path: path.to_owned(),
+        headers: Vec::new(),
+    });
+    let warm = Plan::saturate(settings.saturation / 5);
+    for target in [a, b] {
+        let _ = run(
+            &warm,
+            HttpWorker::many(target.addr, exchange.clone(), settings.connections),
+        )
+        .await;
+    }
+    let mut windows: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu = [Some(0.0), Some(0.0)];
+    let mut recording = None;
+    for round in 0..settings.saturation_windows.max(1) {
+        for (side, target) in [a, b].into_iter().enumerate() {
+            if side == 1 && round == 0 {
+                recording = profile_b.and_then(|(dir, name)| {
+                    target.pid.and_then(|pid| {
+                        Profile::start(
+                            pid,
+                            settings
+                                .saturation
+                                .saturating_sub(std::time::Duration::from_secs(1)),
+                            dir,
+                            name,
+                        )
+                    })
+                });
+            }
+            let before = target.pid.and_then(cpu_seconds);
+            windows[side].push(
+                run(
+                    &Plan::saturate(settings.saturation),
+                    HttpWorker::many(target.addr, exchange.clone(), settings.connections),
+                )
+                .await,
+            );
+            let after = target.pid.and_then(cpu_seconds);
+            cpu[side] = match (cpu[side], before, after) {
+                (Some(sum), Some(before), Some(after)) => Some(sum + after - before),
+                _ => None,
+            };
+        }
+    }
+    let profile = match recording {
+        Some(recording) => recording
+            .finish()
+            .await
+            .map(|path| path.display().to_string()),
+        None => None,
+    };
+    let ratios = windows[0]
+        .iter()
+        .zip(&windows[1])
+        .filter(|(a, _)| a.ok_rate > 0.0)
+        .map(|(a, b)| b.ok_rate / a.ok_rate)
+        .collect();
+    let [wa, wb] = windows;
+    let [ca, cb] = cpu;
+    (summarise(wa, ca), summarise(wb, cb), ratios, profile)
+}
+
+/// The median window and the CPU per 1,000 requests over all of them.
+fn summarise(mut windows: Vec<Measured>, cpu_seconds: Option<f64>) -> Saturation {
+    let completed: f64 = windows
+        .iter()
+        .map(|m| (m.ok + m.refused + m.errors) as f64)
+        .sum();
+    let cpu_ms_per_1k = cpu_seconds
+        .filter(|_| completed > 0.0)
+        .map(|cpu| cpu * 1000.0 / (completed / 1000.0));
+    let rates = windows.iter().map(|m| m.ok_rate).collect();
+    windows.sort_by(|a, b| a.ok_rate.total_cmp(&b.ok_rate));
+    let measured = windows.swap_remove(windows.len() / 2);
+    Saturation {
+        measured,
+        windows: rates,
+        cpu_ms_per_1k,
+    }
+}
+
+/// The median of some ratios (`None` when there are none).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// One open-loop run at `rate`.
 pub async fn at_rate<E: crate::http::Exchange>(
     target: Target,
@@ -170,24 +274,25 @@ pub async fn run_scenario(
     say!("scenario 1: upstream alone, saturation");
     let (upstream_direct, _) = saturate(upstream, settings, PATH, None).await;
     say!("  {:.0} req/s", upstream_direct.measured.ok_rate);
-    let nginx_saturation = match nginx {
+    let profile_to = profile_dir.map(|dir| (dir, "gateway-proxy"));
+    let (nginx_saturation, gateway_saturation, paired_ratios, profile) = match nginx {
         Some(nginx) => {
-            say!("scenario 1: nginx, saturation");
-            let (saturation, _) = saturate(nginx, settings, PATH, None).await;
-            say!("  {:.0} req/s", saturation.measured.ok_rate);
-            Some(saturation)
+            say!("scenario 1: nginx and gateway, saturation, alternating windows");
+            let (nginx, gateway, ratios, profile) =
+                saturate_pair(nginx, gateway, settings, PATH, profile_to).await;
+            say!(
+                "  nginx {:.0} req/s, gateway {:.0} req/s, paired ratios {ratios:.3?}",
+                nginx.measured.ok_rate,
+                gateway.measured.ok_rate
+            );
+            (Some(nginx), gateway, ratios, profile)
         }
-        None => None,
+        None => {
+            say!("scenario 1: gateway, saturation (no nginx)");
+            let (gateway, profile) = saturate(gateway, settings, PATH, profile_to).await;
+            (None, gateway, Vec::new(), profile)
+        }
     };
-    say!("scenario 1: gateway, saturation");
-    let (gateway_saturation, profile) = saturate(
-        gateway,
-        settings,
-        PATH,
-        profile_dir.map(|dir| (dir, "gateway-proxy")),
-    )
-    .await;
-    say!("  {:.0} req/s", gateway_saturation.measured.ok_rate);
 
     // The fixed rates are fractions of the slower proxy's saturation, so that both are measured
     // below their capacity: past it, latency measures the length of a growing queue, which
@@ -218,9 +323,7 @@ pub async fn run_scenario(
             gateway: gateway_point,
         });
     }
-    let ratio = nginx_saturation
-        .as_ref()
-        .map(|n| gateway_saturation.measured.ok_rate / n.measured.ok_rate);
+    let ratio = median(&paired_ratios);
     ProxyResults {
         connections: settings.connections,
         upstream_direct,
@@ -228,6 +331,7 @@ pub async fn run_scenario(
         gateway: gateway_saturation,
         points,
         ratio,
+        paired_ratios,
         profile,
     }
 }
