@@ -83,66 +83,9 @@ pub async fn saturate_with<E: crate::http::Exchange>(
     exchange: Arc<E>,
     profile: Option<(&Path, &str)>,
 ) -> (Saturation, Option<String>) {
-    // A short warm-up so connections exist and caches are hot before the measured run.
-    let warm = Plan::saturate(settings.saturation / 5);
-    let _ = run(
-        &warm,
-        HttpWorker::many(target.addr, exchange.clone(), settings.connections),
-    )
-    .await;
-    let before = target.pid.and_then(cpu_seconds);
-    // The profile covers the first window only: one is enough to see where the time goes.
-    let recording = profile.and_then(|(dir, name)| {
-        target.pid.and_then(|pid| {
-            Profile::start(
-                pid,
-                settings
-                    .saturation
-                    .saturating_sub(std::time::Duration::from_secs(1)),
-                dir,
-                name,
-            )
-        })
-    });
-    let mut windows = Vec::new();
-    for _ in 0..settings.saturation_windows.max(1) {
-        windows.push(
-            run(
-                &Plan::saturate(settings.saturation),
-                HttpWorker::many(target.addr, exchange.clone(), settings.connections),
-            )
-            .await,
-        );
-    }
-    let after = target.pid.and_then(cpu_seconds);
-    let report = match recording {
-        Some(recording) => recording
-            .finish()
-            .await
-            .map(|path| path.display().to_string()),
-        None => None,
-    };
-    let completed: f64 = windows
-        .iter()
-        .map(|m| (m.ok + m.refused + m.errors) as f64)
-        .sum();
-    let cpu_ms_per_1k = match (before, after) {
-        (Some(before), Some(after)) if completed > 0.0 => {
-            Some((after - before) * 1000.0 / (completed / 1000.0))
-        }
-        _ => None,
-    };
-    let rates = windows.iter().map(|m| m.ok_rate).collect();
-    windows.sort_by(|a, b| a.ok_rate.total_cmp(&b.ok_rate));
-    let measured = windows.swap_remove(windows.len() / 2);
-    (
-        Saturation {
-            measured,
-            windows: rates,
-            cpu_ms_per_1k,
-        },
-        report,
-    )
+    let profile = profile.map(|(dir, name)| (0, dir, name));
+    let (mut saturations, profile) = alternate(&[target], settings, exchange, profile).await;
+    (saturations.remove(0), profile)
 }
 
 /// Saturates two targets in alternating windows (`a`, `b`, `a`, `b`, …) and returns each
@@ -160,31 +103,54 @@ pub async fn saturate_pair(
         path: path.to_owned(),
         headers: Vec::new(),
     });
+    let profile_b = profile_b.map(|(dir, name)| (1, dir, name));
+    let (mut saturations, profile) = alternate(&[a, b], settings, exchange, profile_b).await;
+    let (a, b) = (saturations.remove(0), saturations.remove(0));
+    let ratios = a
+        .windows
+        .iter()
+        .zip(&b.windows)
+        .filter(|(a, _)| **a > 0.0)
+        .map(|(a, b)| b / a)
+        .collect();
+    (a, b, ratios, profile)
+}
+
+/// `settings.saturation_windows` closed-loop windows of each target, the targets taking turns
+/// window by window, after a short warm-up of each (so connections exist and caches are hot).
+/// `profile` (`(index, dir, name)`) records the first window of `targets[index]`: one window
+/// is enough to see where the time goes. Returns one [`Saturation`] per target, in order.
+async fn alternate<E: crate::http::Exchange>(
+    targets: &[Target],
+    settings: &Settings,
+    exchange: Arc<E>,
+    profile: Option<(usize, &Path, &str)>,
+) -> (Vec<Saturation>, Option<String>) {
     let warm = Plan::saturate(settings.saturation / 5);
-    for target in [a, b] {
+    for target in targets {
         let _ = run(
             &warm,
             HttpWorker::many(target.addr, exchange.clone(), settings.connections),
         )
         .await;
     }
-    let mut windows: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
-    let mut cpu = [Some(0.0), Some(0.0)];
+    let mut windows: Vec<Vec<Measured>> = vec![Vec::new(); targets.len()];
+    let mut cpu: Vec<Option<f64>> = vec![Some(0.0); targets.len()];
     let mut recording = None;
     for round in 0..settings.saturation_windows.max(1) {
-        for (side, target) in [a, b].into_iter().enumerate() {
-            if side == 1 && round == 0 {
-                recording = profile_b.and_then(|(dir, name)| {
-                    target.pid.and_then(|pid| {
-                        Profile::start(
-                            pid,
-                            settings
-                                .saturation
-                                .saturating_sub(std::time::Duration::from_secs(1)),
-                            dir,
-                            name,
-                        )
-                    })
+        for (side, target) in targets.iter().enumerate() {
+            if round == 0
+                && let Some((_, dir, name)) = profile.filter(|(index, ..)| *index == side)
+            {
+                recording = target.pid.and_then(|pid| {
+                    Profile::start(
+                        pid,
+                        settings
+                            .saturation
+                            .saturating_sub(std::time::Duration::from_secs(1)),
+                        dir,
+                        name,
+                    )
                 });
             }
             let before = target.pid.and_then(cpu_seconds);
@@ -209,15 +175,12 @@ pub async fn saturate_pair(
             .map(|path| path.display().to_string()),
         None => None,
     };
-    let ratios = windows[0]
-        .iter()
-        .zip(&windows[1])
-        .filter(|(a, _)| a.ok_rate > 0.0)
-        .map(|(a, b)| b.ok_rate / a.ok_rate)
+    let saturations = windows
+        .into_iter()
+        .zip(cpu)
+        .map(|(windows, cpu)| summarise(windows, cpu))
         .collect();
-    let [wa, wb] = windows;
-    let [ca, cb] = cpu;
-    (summarise(wa, ca), summarise(wb, cb), ratios, profile)
+    (saturations, profile)
 }
 
 /// The median window and the CPU per 1,000 requests over all of them.
