@@ -3,7 +3,13 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use lapin::{
     Connection, ConnectionProperties,
@@ -12,12 +18,15 @@ use lapin::{
 };
 use serde_json::json;
 use shop_messaging::{
-    Publisher, topology,
+    Consumer, HandlerError, Publisher, Received,
+    consumer::postgres::Handle,
+    topology,
     topology::{ATTEMPTS_HEADER, REASON_HEADER, ROUTING_KEY_HEADER},
     trace::header_str,
 };
 use shop_testkit::BoxError;
-use support::{PARKING, QUEUE, ROUTING_KEY, Recorder, Stack, event, eventually};
+use support::{PARKING, QUEUE, ROUTING_KEY, Recorder, Stack, Thing, event, eventually};
+use tokio::sync::Notify;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -515,5 +524,88 @@ async fn the_postgres_inbox_is_pruned_on_a_schedule() -> Result<(), BoxError> {
     })
     .await?;
     assert_eq!(stack.effects(thing.id).await?, 1);
+    Ok(())
+}
+
+/// A handler that writes its effect and then waits until the test opens the gate, counting how
+/// many of its calls are in flight at once.
+#[derive(Clone, Default)]
+struct Gate {
+    in_flight: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    open: Arc<AtomicBool>,
+    opened: Arc<Notify>,
+}
+
+impl Handle<Thing> for Gate {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: Received<Thing>,
+    ) -> Result<(), HandlerError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+            .bind(event.id())
+            .execute(&mut *tx)
+            .await?;
+        while !self.open.load(Ordering::SeqCst) {
+            let opened = self.opened.notified();
+            if self.open.load(Ordering::SeqCst) {
+                break;
+            }
+            opened.await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Commits eight events to a consumer with `concurrency`, checks that exactly that many
+/// handlers run at once while they are held, then lets them all finish.
+async fn handled_at_once(concurrency: usize) -> Result<usize, BoxError> {
+    let stack = Stack::new().await?;
+    let gate = Gate::default();
+    let status = stack
+        .start(
+            Consumer::postgres(support::CONSUMER, stack.pool.clone())
+                .on::<Thing>(gate.clone())
+                .concurrency(concurrency)
+                .handler_timeout(Duration::from_secs(30)),
+        )
+        .await?;
+    stack.relay();
+    let things: Vec<_> = (0..8).map(|n| event(json!({ "n": n }))).collect();
+    for thing in &things {
+        stack.commit(thing).await?;
+    }
+    eventually(PATIENCE, || async {
+        gate.in_flight.load(Ordering::SeqCst) == concurrency
+    })
+    .await?;
+    // Held for a while: no further message is taken while `concurrency` are being handled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gate.in_flight.load(Ordering::SeqCst), concurrency);
+    assert_eq!(status.settled("handled"), 0);
+
+    gate.open.store(true, Ordering::SeqCst);
+    gate.opened.notify_waiters();
+    eventually(PATIENCE, || async { status.settled("handled") == 8 }).await?;
+    for thing in &things {
+        assert_eq!(stack.effects(thing.id).await?, 1);
+    }
+    Ok(gate.most.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_consumer_handles_as_many_messages_at_once_as_its_concurrency_and_no_more()
+-> Result<(), BoxError> {
+    assert_eq!(handled_at_once(4).await?, 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_with_concurrency_one_handles_one_message_at_a_time() -> Result<(), BoxError> {
+    assert_eq!(handled_at_once(1).await?, 1);
     Ok(())
 }

@@ -57,10 +57,16 @@
 //! original is then returned to the queue, never acknowledged. Messages behind a failing one
 //! keep flowing: a retry waits in its delay queue, not at the head of the consumer's queue.
 //!
-//! One consumer handles one message at a time; `prefetch` bounds how many more the broker
-//! pushes ahead (and how many return to the queue if this instance dies). Scale out with more
-//! instances: they compete for the same queue. At shutdown the current message is finished
-//! (within the handler timeout) and acknowledged; prefetched ones go back to the queue.
+//! One consumer instance handles up to `concurrency` messages at once (default 4), each in its
+//! own transaction and settled on its own; `prefetch` bounds how many the broker pushes ahead
+//! (and how many return to the queue if this instance dies). Handling several at once is what
+//! lets a consumer keep up with a producer: a handler's time is mostly its commit, and
+//! PostgreSQL flushes concurrent commits together (group commit), so four handlers in flight
+//! cost barely more than one. Order was never promised (a retry comes back behind newer
+//! messages, competing instances interleave; `docs/messaging.md`), so this gives nothing up;
+//! set `concurrency(1)` for one message at a time in queue order. Scale out with more
+//! instances: they compete for the same queue. At shutdown the messages being handled are
+//! finished (within the handler timeout) and acknowledged; prefetched ones go back to the queue.
 
 pub mod mongo;
 pub mod postgres;
@@ -86,6 +92,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use shop_runtime::{BootError, Context, health::Readiness, stores::amqp::Amqp};
+use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -227,8 +234,12 @@ impl ConsumerStatus {
 /// How a consumer paces, retries and forgets.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// How many unacknowledged messages the broker pushes ahead to this instance.
+    /// How many unacknowledged messages the broker pushes ahead to this instance (never fewer
+    /// than `concurrency`).
     pub prefetch: u16,
+    /// How many messages this instance handles at once, each in its own transaction (at least
+    /// 1). Each holds a database connection while its handler runs: keep it below the pool.
+    pub concurrency: usize,
     /// One delay per retry, growing; a message is parked after failing `len() + 1` times.
     pub retry_delays: Vec<Duration>,
     /// A handler still running after this long is abandoned (its transaction rolls back) and
@@ -246,11 +257,12 @@ pub struct Settings {
 }
 
 impl Default for Settings {
-    /// Prefetch 16; retries after 1 s, 10 s, 1 min and 5 min; handler timeout 15 s; delivery
-    /// limit 20; inbox kept 7 days, pruned hourly.
+    /// Prefetch 16; 4 messages handled at once; retries after 1 s, 10 s, 1 min and 5 min;
+    /// handler timeout 15 s; delivery limit 20; inbox kept 7 days, pruned hourly.
     fn default() -> Self {
         Self {
             prefetch: 16,
+            concurrency: 4,
             retry_delays: [1, 10, 60, 300].map(Duration::from_secs).to_vec(),
             handler_timeout: Duration::from_secs(15),
             delivery_limit: topology::DELIVERY_LIMIT,
@@ -342,6 +354,13 @@ impl<I: Inbox> Consumer<I> {
 
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.settings.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// How many messages to handle at once (see [`Settings::concurrency`]); 1 handles them
+    /// one at a time, in queue order.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.settings.concurrency = concurrency.max(1);
         self
     }
 
@@ -496,19 +515,26 @@ impl<I: Inbox> Worker<I> {
             self.status.set_attached(&self.queues.main, true);
             backoff = new_backoff();
             tracing::info!(queue = %self.queues.main, "consuming");
+            // The messages being handled, each a task of its own (so handlers use both
+            // cores); a new delivery is taken only while fewer than `concurrency` run.
+            let mut handling: JoinSet<Result<(), lapin::Error>> = JoinSet::new();
+            let concurrency = self.settings.concurrency.max(1);
             loop {
                 let next = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => break,
-                    next = deliveries.next() => next,
+                    Some(done) = handling.join_next() => {
+                        if settled_lost_channel(&self.queues.main, done) {
+                            break;
+                        }
+                        continue;
+                    }
+                    next = deliveries.next(), if handling.len() < concurrency => next,
                 };
                 match next {
                     Some(Ok(delivery)) => {
-                        // Not raced against shutdown: the current message is always finished.
-                        if let Err(err) = self.process(delivery, &connection).await {
-                            tracing::warn!(queue = %self.queues.main, error = %err, "lost the channel while settling a message");
-                            break;
-                        }
+                        let (worker, connection) = (self.clone(), connection.clone());
+                        handling.spawn(async move { worker.process(delivery, &connection).await });
                     }
                     Some(Err(err)) => {
                         tracing::warn!(queue = %self.queues.main, error = %err, "consumer detached; reattaching");
@@ -519,6 +545,11 @@ impl<I: Inbox> Worker<I> {
                         break;
                     }
                 }
+            }
+            // Not raced against shutdown: the messages being handled are always finished (a
+            // lost channel makes their settling fail fast, and the broker redelivers them).
+            while let Some(done) = handling.join_next().await {
+                settled_lost_channel(&self.queues.main, done);
             }
             self.status.set_attached(&self.queues.main, false);
             if shutdown.is_cancelled() {
@@ -552,6 +583,12 @@ impl<I: Inbox> Worker<I> {
         }
     }
 
+    /// The prefetch, raised to the concurrency: handlers cannot run on messages not sent yet.
+    fn prefetch(&self) -> u16 {
+        let concurrency = u16::try_from(self.settings.concurrency).unwrap_or(u16::MAX);
+        self.settings.prefetch.max(concurrency)
+    }
+
     async fn attach(
         &self,
         connection: &Connection,
@@ -565,7 +602,7 @@ impl<I: Inbox> Worker<I> {
         )
         .await?;
         channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .basic_qos(self.prefetch(), BasicQosOptions::default())
             .await?;
         let deliveries = channel
             .basic_consume(
@@ -755,6 +792,26 @@ impl<I: Inbox> Worker<I> {
         self.status.count(outcome);
         metrics::counter!("messaging_consumed_total", "queue" => self.queues.main.clone(), "outcome" => outcome)
             .increment(1);
+    }
+}
+
+/// Logs how a message's handling task ended; `true` when the channel was lost while settling
+/// (the consumer then reattaches).
+fn settled_lost_channel(
+    queue: &str,
+    done: Result<Result<(), lapin::Error>, tokio::task::JoinError>,
+) -> bool {
+    match done {
+        Ok(Ok(())) => false,
+        Ok(Err(err)) => {
+            tracing::warn!(%queue, error = %err, "lost the channel while settling a message");
+            true
+        }
+        // A handler's panic is caught inside `process`; this is a panic while settling.
+        Err(err) => {
+            tracing::error!(%queue, error = %err, "settling a message panicked; reattaching");
+            true
+        }
     }
 }
 
