@@ -190,8 +190,12 @@ async fn published(
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("nothing published on {routing_key} for sku {sku}"))?;
-        let of_this_write = Envelope::from_slice(&delivery.data)
-            .is_ok_and(|envelope| envelope.data["sku"] == sku.as_str());
+        // Catalog keeps skus in capitals, whatever case they were written in.
+        let of_this_write = Envelope::from_slice(&delivery.data).is_ok_and(|envelope| {
+            envelope.data["sku"]
+                .as_str()
+                .is_some_and(|published| published.eq_ignore_ascii_case(&sku))
+        });
         if of_this_write {
             return Ok(as_message(delivery));
         }
