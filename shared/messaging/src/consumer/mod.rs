@@ -244,7 +244,7 @@ pub struct Settings {
     pub retry_delays: Vec<Duration>,
     /// A handler still running after this long is abandoned (its transaction rolls back) and
     /// the message retried: a hung handler must not stall the queue. Also how long shutdown
-    /// waits for the current message; keep it below the runtime's drain limit (20 s).
+    /// waits for the messages being handled; keep it below the runtime's drain limit (20 s).
     pub handler_timeout: Duration,
     /// How many times the broker delivers a message that is never settled (it crashes the
     /// process each time) before it parks it.
@@ -497,7 +497,7 @@ impl<I: Inbox> Worker<I> {
                 () = shutdown.cancelled() => break,
             };
             // Held until this attachment ends: at shutdown the supervisor keeps the connection
-            // open until it is dropped, so the current message can still be acknowledged.
+            // open until it is dropped, so the messages being handled can still be acknowledged.
             let Some(connection) = connection else {
                 continue; // the supervisor is reconnecting
             };
