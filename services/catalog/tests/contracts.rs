@@ -165,9 +165,8 @@ async fn catalog_keeps_in_stock_from_inventorys_stock_events() {
     .unwrap();
 }
 
-/// The message the running service publishes under `routing_key` for the product `write`
-/// wrote (its sku is what `write` returns): body, content type and routing key as they travel
-/// on the broker.
+/// The message the running service publishes under `routing_key` for the product with `sku`
+/// after `write` ran: body, content type and routing key as they travel on the broker.
 ///
 /// Events of other products on the same routing key are skipped: an earlier interaction's
 /// product (or the service's own seed) may still be on its way through the outbox, and taking
@@ -176,30 +175,25 @@ async fn catalog_keeps_in_stock_from_inventorys_stock_events() {
 async fn published(
     amqp_url: &str,
     routing_key: &str,
-    write: impl AsyncFnOnce() -> String,
+    sku: &str,
+    write: impl AsyncFnOnce(),
 ) -> Result<Message, String> {
     let tap = Tap::bind(amqp_url, [routing_key])
         .await
         .map_err(|e| e.to_string())?;
-    let sku = write().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let delivery = tap
-            .next(left)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("nothing published on {routing_key} for sku {sku}"))?;
-        // Catalog keeps skus in capitals, whatever case they were written in.
-        let of_this_write = Envelope::from_slice(&delivery.data).is_ok_and(|envelope| {
-            envelope.data["sku"]
-                .as_str()
-                .is_some_and(|published| published.eq_ignore_ascii_case(&sku))
-        });
-        if of_this_write {
-            return Ok(as_message(delivery));
-        }
-    }
+    write().await;
+    // Catalog keeps skus in capitals, whatever case they were written in.
+    let of_this_product = |envelope: &Envelope| {
+        envelope.data["sku"]
+            .as_str()
+            .is_some_and(|published| published.eq_ignore_ascii_case(sku))
+    };
+    let delivery = tap
+        .next_where(Duration::from_secs(10), of_this_product)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("nothing published on {routing_key} for sku {sku}"))?;
+    Ok(as_message(delivery))
 }
 
 /// The delivery as the contract kit compares it.
@@ -323,12 +317,12 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
             async move {
                 let body = support::product("Contract Coffee", "coffee", 1999);
                 let sku = body["sku"].as_str().unwrap().to_owned();
-                published(&amqp, &routing_key, async || {
+                published(&amqp, &routing_key, &sku, async || {
                     if seeded {
                         // What the demo seed does for each of its products.
                         let content = product::new_product(&body).unwrap();
                         Store::new(&db).create(&content, Some(12)).await.unwrap();
-                        return sku;
+                        return;
                     }
                     let client = reqwest::Client::new();
                     let product: Value = client
@@ -350,7 +344,6 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
                         .send()
                         .await
                         .unwrap();
-                    sku
                 })
                 .await
             }

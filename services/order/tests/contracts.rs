@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use shop_contract::{Message, State};
 use shop_events::order::{OrderCancelled, OrderConfirmed};
+use shop_messaging::Event;
 use shop_messaging::testing::Tap;
-use shop_messaging::{Envelope, Event};
 use shop_testkit::TestApp;
 use support::{APPROVES, DECLINES, PATIENCE, World, order_body, place, uuid_like};
 
@@ -385,29 +385,21 @@ async fn published(
         .ok_or_else(|| format!("placing the order answered {status}: {placed}"))?
         .to_owned();
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let delivery = tap
-            .next(within)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no {routing_key} for order {id} within {PATIENCE:?}"))?;
-        let envelope = Envelope::from_slice(&delivery.data).map_err(|e| e.to_string())?;
-        if envelope.data["orderId"] != id.as_str() {
-            continue; // another order's
-        }
-        let content_type = delivery
-            .properties
-            .content_type()
-            .as_ref()
-            .map(ToString::to_string);
-        return Ok(Message::published(
-            delivery.data,
-            delivery.routing_key.as_str(),
-            content_type.as_deref(),
-        ));
-    }
+    let delivery = tap
+        .next_where(PATIENCE, |envelope| envelope.data["orderId"] == id.as_str())
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no {routing_key} for order {id} within {PATIENCE:?}"))?;
+    let content_type = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(ToString::to_string);
+    Ok(Message::published(
+        delivery.data,
+        delivery.routing_key.as_str(),
+        content_type.as_deref(),
+    ))
 }
 
 /// Sets up a provider state of the gateway's contract (see the module documentation).

@@ -10,7 +10,7 @@ use lapin::{
     Channel, Connection, ConnectionProperties, message::Delivery, options::BasicGetOptions,
 };
 
-use crate::topology;
+use crate::{Envelope, Error, topology};
 
 /// A private queue on the events exchange (see the module docs).
 #[derive(Debug)]
@@ -53,6 +53,26 @@ impl Tap {
                 return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The next message whose envelope `matches`, waiting at most `within` in all; messages
+    /// that do not match (another order's, another product's) are taken and dropped. A body
+    /// that is not an event envelope is an error: whatever published it broke the contract.
+    pub async fn next_where(
+        &self,
+        within: Duration,
+        matches: impl Fn(&Envelope) -> bool,
+    ) -> Result<Option<Delivery>, Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(delivery) = self.next(left).await? else {
+                return Ok(None);
+            };
+            if matches(&Envelope::from_slice(&delivery.data)?) {
+                return Ok(Some(delivery));
+            }
         }
     }
 }

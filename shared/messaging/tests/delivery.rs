@@ -5,8 +5,8 @@ mod support;
 
 use std::{
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -26,7 +26,7 @@ use shop_messaging::{
 };
 use shop_testkit::BoxError;
 use support::{PARKING, QUEUE, ROUTING_KEY, Recorder, Stack, Thing, event, eventually};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -528,13 +528,13 @@ async fn the_postgres_inbox_is_pruned_on_a_schedule() -> Result<(), BoxError> {
 }
 
 /// A handler that writes its effect and then waits until the test opens the gate, counting how
-/// many of its calls are in flight at once.
-#[derive(Clone, Default)]
+/// many of its calls are in flight at once and recording the order it was called in.
+#[derive(Clone)]
 struct Gate {
     in_flight: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
-    open: Arc<AtomicBool>,
-    opened: Arc<Notify>,
+    order: Arc<Mutex<Vec<u64>>>,
+    open: watch::Sender<bool>,
 }
 
 impl Handle<Thing> for Gate {
@@ -545,27 +545,32 @@ impl Handle<Thing> for Gate {
     ) -> Result<(), HandlerError> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
+        let Thing(data) = &event.payload;
+        self.order
+            .lock()
+            .expect("lock")
+            .push(data["n"].as_u64().unwrap_or(u64::MAX));
         sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
             .bind(event.id())
             .execute(&mut *tx)
             .await?;
-        while !self.open.load(Ordering::SeqCst) {
-            let opened = self.opened.notified();
-            if self.open.load(Ordering::SeqCst) {
-                break;
-            }
-            opened.await;
-        }
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 }
 
-/// Commits eight events to a consumer with `concurrency`, checks that exactly that many
-/// handlers run at once while they are held, then lets them all finish.
-async fn handled_at_once(concurrency: usize) -> Result<usize, BoxError> {
+/// Commits eight events, one after the other, to a consumer with `concurrency`; checks that
+/// exactly that many handlers run at once while they are held, then lets them all finish.
+/// Returns the most that ran at once and the order the handler saw them in.
+async fn handled_at_once(concurrency: usize) -> Result<(usize, Vec<u64>), BoxError> {
     let stack = Stack::new().await?;
-    let gate = Gate::default();
+    let gate = Gate {
+        in_flight: Arc::default(),
+        most: Arc::default(),
+        order: Arc::default(),
+        open: watch::Sender::new(false),
+    };
     let status = stack
         .start(
             Consumer::postgres(support::CONSUMER, stack.pool.clone())
@@ -588,24 +593,29 @@ async fn handled_at_once(concurrency: usize) -> Result<usize, BoxError> {
     assert_eq!(gate.in_flight.load(Ordering::SeqCst), concurrency);
     assert_eq!(status.settled("handled"), 0);
 
-    gate.open.store(true, Ordering::SeqCst);
-    gate.opened.notify_waiters();
+    gate.open.send_replace(true);
     eventually(PATIENCE, || async { status.settled("handled") == 8 }).await?;
     for thing in &things {
         assert_eq!(stack.effects(thing.id).await?, 1);
     }
-    Ok(gate.most.load(Ordering::SeqCst))
+    let order = gate.order.lock().expect("lock").clone();
+    Ok((gate.most.load(Ordering::SeqCst), order))
 }
 
 #[tokio::test]
 async fn a_consumer_handles_as_many_messages_at_once_as_its_concurrency_and_no_more()
 -> Result<(), BoxError> {
-    assert_eq!(handled_at_once(4).await?, 4);
+    let (most, _order) = handled_at_once(4).await?;
+    assert_eq!(most, 4);
     Ok(())
 }
 
 #[tokio::test]
-async fn a_consumer_with_concurrency_one_handles_one_message_at_a_time() -> Result<(), BoxError> {
-    assert_eq!(handled_at_once(1).await?, 1);
+async fn a_consumer_with_concurrency_one_handles_one_message_at_a_time_in_queue_order()
+-> Result<(), BoxError> {
+    let (most, order) = handled_at_once(1).await?;
+    assert_eq!(most, 1);
+    // Committed one after the other, relayed by one relay: queue order is commit order.
+    assert_eq!(order, (0..8).collect::<Vec<u64>>());
     Ok(())
 }

@@ -60,9 +60,9 @@
 //! One consumer instance handles up to `concurrency` messages at once (default 4), each in its
 //! own transaction and settled on its own; `prefetch` bounds how many the broker pushes ahead
 //! (and how many return to the queue if this instance dies). Handling several at once is what
-//! lets a consumer keep up with a producer: a handler's time is mostly its commit, and
-//! PostgreSQL flushes concurrent commits together (group commit), so four handlers in flight
-//! cost barely more than one. Order was never promised (a retry comes back behind newer
+//! lets a consumer keep up with its producers: a handler's time is mostly the wait for its
+//! commit to be flushed, and PostgreSQL can flush concurrent commits together (group commit)
+//! where it must flush one after the other for a lone handler. Order was never promised (a retry comes back behind newer
 //! messages, competing instances interleave; `docs/messaging.md`), so this gives nothing up;
 //! set `concurrency(1)` for one message at a time in queue order. Scale out with more
 //! instances: they compete for the same queue. At shutdown the messages being handled are
