@@ -62,11 +62,12 @@
 //! (and how many return to the queue if this instance dies). Handling several at once is what
 //! lets a consumer keep up with its producers: a handler's time is mostly the wait for its
 //! commit to be flushed, and PostgreSQL can flush concurrent commits together (group commit)
-//! where it must flush one after the other for a lone handler. Order was never promised (a retry comes back behind newer
-//! messages, competing instances interleave; `docs/messaging.md`), so this gives nothing up;
-//! set `concurrency(1)` for one message at a time in queue order. Scale out with more
-//! instances: they compete for the same queue. At shutdown the messages being handled are
-//! finished (within the handler timeout) and acknowledged; prefetched ones go back to the queue.
+//! where it must flush one after the other for a lone handler. Order was never promised (a
+//! retry comes back behind newer messages, competing instances interleave;
+//! `docs/messaging.md`), so this gives nothing up; set `concurrency(1)` for one message at a
+//! time in queue order. Scale out with more instances: they compete for the same queue. At
+//! shutdown the messages being handled are finished (within the handler timeout) and
+//! acknowledged; prefetched ones go back to the queue.
 
 pub mod mongo;
 pub mod postgres;
