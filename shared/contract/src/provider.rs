@@ -386,10 +386,20 @@ fn pacts_for(dir: &Path, provider: &str) -> Result<Vec<PathBuf>, ContractError> 
             dir.display()
         ))
     })?;
+    // A contract is written as `<consumer>-<provider>.json` (Pact's default file name, which
+    // `crate::consumer` uses). Files named for another provider are not even opened: a consumer
+    // test running beside this verification (one test binary runs its tests in parallel) may be
+    // rewriting one of them, and Pact's writer truncates a file before it writes it again, so a
+    // reader that does not take the writer's lock can find it empty.
+    let suffix = format!("-{provider}.json");
     let mut found = Vec::new();
     for entry in entries {
         let path = entry?.path();
-        if path.extension().is_none_or(|ext| ext != "json") {
+        let named_for_provider = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.ends_with(&suffix));
+        if !named_for_provider {
             continue;
         }
         let text = std::fs::read_to_string(&path)?;
@@ -584,4 +594,31 @@ async fn no_http() -> Response {
         "the contract has HTTP interactions but the test gave no HTTP address (Provider::http)",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::pacts_for;
+
+    /// The race seen in CI: a consumer test rewrites its contract (truncated, then written)
+    /// while the same binary's provider test lists the folder. A file named for another
+    /// provider is not opened, so an empty one there is no error.
+    #[test]
+    fn contracts_of_other_providers_are_not_opened_even_while_being_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("catalog-inventory.json"), "").unwrap();
+        let mine = dir.path().join("gateway-catalog.json");
+        std::fs::write(
+            &mine,
+            r#"{"consumer":{"name":"gateway"},"provider":{"name":"catalog"}}"#,
+        )
+        .unwrap();
+        assert_eq!(pacts_for(dir.path(), "catalog").unwrap(), [mine]);
+        // The rule applies to this provider's own files too: one being rewritten is an error,
+        // not silently skipped (a contract must never go unverified).
+        std::fs::write(dir.path().join("order-catalog.json"), "").unwrap();
+        assert!(pacts_for(dir.path(), "catalog").is_err());
+    }
 }
