@@ -160,7 +160,7 @@ impl Proxy {
         path_and_query: &str,
         request_id: Option<&HeaderValue>,
     ) -> (Option<Bytes>, Source) {
-        let cached = self.cache.body(path_and_query).await;
+        let (cached, generation) = self.cache.body(path_and_query).await;
         if let Some((body, true)) = cached {
             return (Some(body), Source::Current);
         }
@@ -181,7 +181,9 @@ impl Proxy {
             .await;
         match answer {
             Ok(page) if page.status() == StatusCode::OK => {
-                self.cache.store(path_and_query, &page.0, &page.1).await;
+                self.cache
+                    .store(path_and_query, generation, &page.0, &page.1)
+                    .await;
                 return (Some(page.1), Source::Current);
             }
             Ok(page) => {

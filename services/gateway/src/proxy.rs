@@ -33,7 +33,7 @@ use shop_runtime::{ApiError, ErrorKind};
 use tokio::sync::Semaphore;
 
 use crate::{
-    cache::ResponseCache,
+    cache::{Lookup, ResponseCache},
     ratelimit::{Limits, RateLimiter, Subject},
     resilience::CircuitBreaker,
     routes::{Access, LimitClass, Route, Upstream},
@@ -190,11 +190,12 @@ impl Proxy {
         // both travel on the one multiplexed connection, so the hottest path waits for one round
         // trip instead of two. The price: a refused read costs Redis a lookup it did not need,
         // whose answer is dropped here (the decision is checked first, below).
-        let (decision, hit) = if cacheable {
-            tokio::join!(
+        let (decision, lookup) = if cacheable {
+            let (decision, lookup) = tokio::join!(
                 self.limiter.check(&subject),
                 self.cache.fresh(path_and_query)
-            )
+            );
+            (decision, Some(lookup))
         } else {
             (self.limiter.check(&subject).await, None)
         };
@@ -208,11 +209,17 @@ impl Proxy {
             return Err(response);
         }
 
-        if let Some(mut hit) = hit {
-            self.cache.count_served_hit();
-            decision.write_headers(hit.headers_mut());
-            return Ok(hit);
-        }
+        let generation = match lookup {
+            Some(Lookup {
+                hit: Some(mut hit), ..
+            }) => {
+                self.cache.count_served_hit();
+                decision.write_headers(hit.headers_mut());
+                return Ok(hit);
+            }
+            Some(Lookup { generation, .. }) => Some(generation),
+            None => None,
+        };
 
         let body = read_body(body, self.max_body_bytes, &parts.headers).await?;
 
@@ -242,9 +249,11 @@ impl Proxy {
             .await;
         let mut response = match outcome {
             Ok(response) => {
-                if cacheable && response.status() == StatusCode::OK {
+                if let Some(generation) = generation
+                    && response.status() == StatusCode::OK
+                {
                     self.cache
-                        .store(path_and_query, &response.0, &response.1)
+                        .store(path_and_query, generation, &response.0, &response.1)
                         .await;
                 }
                 if cacheable && matches!(response.status().as_u16(), 502..=504) {

@@ -168,3 +168,54 @@ async fn while_catalog_is_down_reads_are_served_stale_and_writes_fail_fast() {
     .await
     .expect("the circuit closes by itself once catalog is back");
 }
+
+/// The race an invalidating event alone cannot close: a read asks catalog before a change,
+/// the change's event arrives and empties the cache, and only then does the old answer come
+/// back. Stored now, it would be served as fresh until the entry's freshness ran out, long
+/// after the event meant to remove it. The interleaving is played step by step on the cache
+/// itself (real Redis), for an item and for a listing.
+#[tokio::test]
+async fn a_catalog_answer_that_raced_an_invalidation_is_not_cached() {
+    let (url, prefix) = shop_testkit::isolation::redis_prefix().await.unwrap();
+    let config = shop_runtime::stores::redis::RedisConfig {
+        url: url.parse().unwrap(),
+        key_prefix: prefix,
+    };
+    let redis =
+        shop_runtime::stores::redis::connect(&config, &shop_runtime::health::Readiness::default())
+            .unwrap();
+    let cache = gateway::cache::ResponseCache::new(redis, Duration::from_secs(300));
+    let (parts, ()) = http::Response::builder()
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let old_answer = bytes::Bytes::from_static(br#"{"price":{"amount":1999}}"#);
+
+    for path in ["/api/v1/products/p1", "/api/v1/products?category=lamps"] {
+        // A miss: the proxy asks catalog, which answers with the price before the change...
+        let lookup = cache.fresh(path).await;
+        assert!(lookup.hit.is_none(), "{path}: nothing cached yet");
+        // ...but the change's event is handled before that answer is stored.
+        cache.invalidate_product("p1").await.unwrap();
+        cache
+            .store(path, lookup.generation, &parts, &old_answer)
+            .await;
+        assert!(
+            cache.fresh(path).await.hit.is_none(),
+            "{path}: an answer that may predate the change is not kept"
+        );
+
+        // With no change in between, the next read's answer is kept as usual.
+        let lookup = cache.fresh(path).await;
+        cache
+            .store(path, lookup.generation, &parts, &old_answer)
+            .await;
+        let hit = cache
+            .fresh(path)
+            .await
+            .hit
+            .expect("stored when nothing raced");
+        assert_eq!(hit.headers()["x-cache"], "HIT");
+    }
+}
