@@ -668,7 +668,7 @@ pub fn write(
         let _ = writeln!(md, "## 4. Event pipeline: outbox → consumer\n");
         let _ = writeln!(
             md,
-            "The `shop_messaging` code every service runs, in the bench process against a fresh database and vhost: one transaction per event writes the outbox row (and its `NOTIFY`), the relay (woken by the notification) publishes with confirms, and a PostgreSQL consumer claims each event in its inbox and runs the handler. Latency: producer's due time → the handler's first line.\n"
+            "The `shop_messaging` code every service runs, in the bench process against a fresh database and vhost: one transaction per event writes the outbox row and commits through `outbox::postgres::commit`, the relay (woken in process after that commit) publishes with confirms, and a PostgreSQL consumer claims each event in its inbox and runs the handler. Latency: producer's due time → the handler's first line.\n"
         );
         let _ = writeln!(
             md,

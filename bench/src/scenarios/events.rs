@@ -1,9 +1,9 @@
 //! Scenario 4, the event pipeline: the same `shop_messaging` code every service runs — a
-//! transaction that writes an outbox row (`enqueue_event`, with its `NOTIFY`), the relay that
-//! wakes on the notification and publishes with confirms, RabbitMQ, and a PostgreSQL consumer
-//! that claims the event in its inbox and runs the handler — in this process, against a fresh
-//! database and vhost. Latency runs from the producer's due time (before its transaction) to
-//! the handler's first line.
+//! transaction that writes an outbox row (`enqueue_event`) and commits through
+//! `outbox::postgres::commit`, the relay that this commit wakes and that publishes with
+//! confirms, RabbitMQ, and a PostgreSQL consumer that claims the event in its inbox and runs
+//! the handler — in this process, against a fresh database and vhost. Latency runs from the
+//! producer's due time (before its transaction) to the handler's first line.
 //!
 //! The probe event is the bench's own (`bench.probe.sent`): it exists only in the run's vhost,
 //! so no service ever sees it, and it carries its own due time, so no bookkeeping sits in the
@@ -85,7 +85,7 @@ impl Worker for Produce {
         let result = async {
             let mut tx = self.pool.begin().await?;
             outbox::postgres::enqueue_event(&mut tx, &probe).await?;
-            tx.commit().await?;
+            outbox::postgres::commit(tx).await?;
             Ok::<_, shop_messaging::Error>(())
         }
         .await;

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use shop_events::inventory::{
     OutOfStock, StockLevel, StockLow, StockReleased, StockReplenished, StockReserved,
 };
-use shop_messaging::outbox::postgres::enqueue_event;
+use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use shop_runtime::{ApiError, FieldError};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -262,7 +262,7 @@ pub async fn reserve(
             .map_or(0, |old| old.available);
         announce_fall(&mut tx, was, row).await?;
     }
-    tx.commit().await?;
+    outbox::commit(tx).await?;
     record("inventory_reservations_total", "reserved");
     Ok((
         Reservation {
@@ -462,7 +462,7 @@ pub async fn release(pool: &PgPool, order_id: Uuid, reason: &str) -> Result<Outc
             }
             Some(Status::Reserved) => {
                 release_locked(&mut tx, order_id, Status::Released, reason).await?;
-                tx.commit().await?;
+                outbox::commit(tx).await?;
                 record("inventory_releases_total", "released");
                 return Ok(Outcome::Applied);
             }
@@ -536,7 +536,7 @@ pub async fn expire_due(pool: &PgPool, batch: usize) -> Result<usize, ApiError> 
             break;
         };
         release_locked(&mut tx, order_id, Status::Expired, "expired").await?;
-        tx.commit().await?;
+        outbox::commit(tx).await?;
         metrics::counter!("inventory_reservations_expired_total").increment(1);
         tracing::info!(%order_id, "reservation expired and released");
         expired += 1;
@@ -631,7 +631,7 @@ pub async fn set(
                 .map_err(outbox_failed)?;
         }
     }
-    tx.commit().await?;
+    outbox::commit(tx).await?;
     Ok(after)
 }
 

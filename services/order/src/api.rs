@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shop_auth::{Principal, Verifier};
 use shop_events::{Money, order::OrderPlaced};
-use shop_messaging::outbox::postgres::enqueue_event;
+use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use shop_runtime::{
     ApiError, FieldError,
     pagination::{PageQuery, encode_cursor},
@@ -294,7 +294,7 @@ async fn place(
     )
     .await
     .map_err(ApiError::internal)?;
-    tx.commit().await?;
+    outbox::commit(tx).await?;
     metrics::counter!("orders_placed_total").increment(1);
     driver.start(order_id);
 

@@ -34,7 +34,7 @@ use shop_events::{
     Money,
     order::{OrderCancelled, OrderConfirmed, OrderLine},
 };
-use shop_messaging::outbox::postgres::enqueue_event;
+use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -341,8 +341,11 @@ impl Driver {
         }
         if ended {
             finish(&mut tx, order_id, row, step, reason).await?;
+            // `finish` enqueued the order's event: publish it now, not at the next poll.
+            outbox::commit(tx).await?;
+        } else {
+            tx.commit().await?;
         }
-        tx.commit().await?;
         if ended {
             let outcome = if step == Step::Confirmed {
                 "confirmed"

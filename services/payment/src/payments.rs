@@ -26,7 +26,7 @@ use shop_events::{
     Money,
     payment::{PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentVoided},
 };
-use shop_messaging::outbox::postgres::enqueue_event;
+use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use shop_runtime::{ApiError, ErrorKind};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::task::TaskTracker;
@@ -582,7 +582,7 @@ impl Payments {
         )
         .await
         .map_err(ApiError::internal)?;
-        tx.commit().await?;
+        outbox::commit(tx).await?;
 
         match outcome {
             Outcome::Captured => {

@@ -167,7 +167,7 @@ async fn register(
         name: user.name.clone(),
     };
     outbox::postgres::enqueue_event(&mut tx, &event).await?;
-    tx.commit().await?;
+    outbox::postgres::commit(tx).await?;
     metrics::counter!("user_registrations_total").increment(1);
     Ok((StatusCode::CREATED, Json(user)))
 }

@@ -24,7 +24,9 @@
 //! let mut tx = pool.begin().await?;
 //! // ... INSERT INTO users ... (the state change)
 //! outbox::postgres::enqueue_event(&mut tx, &UserRegistered { user_id: uuid::Uuid::now_v7() }).await?;
-//! tx.commit().await?; // the event exists if and only if the user does
+//! // The event exists if and only if the user does; committed through the outbox, the
+//! // relay of this process publishes it at once (a plain `tx.commit()`: at its next poll).
+//! outbox::postgres::commit(tx).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -191,6 +193,7 @@ fn public_futures_are_send(
     collection: &mongodb::Collection<mongodb::bson::Document>,
     ctx: &shop_runtime::Context,
     event: &Envelope,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
 ) {
     fn send<T: Send>(_: T) {}
 
@@ -230,6 +233,7 @@ fn public_futures_are_send(
     use outbox::postgres;
     send(postgres::install(pool));
     send(postgres::enqueue(conn, "a.b.c", event));
+    send(postgres::commit(tx));
     send(postgres::Relay::spawn(ctx, outbox::RelayConfig::default()));
     send(inbox::postgres::claim(conn, "c", event.id));
     send(inbox::postgres::prune(

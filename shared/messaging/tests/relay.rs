@@ -102,7 +102,7 @@ async fn a_message_the_broker_keeps_refusing_is_parked_and_holds_nothing_up() ->
     let refused = event(json!({ "n": 0 }));
     let mut tx = stack.pool.begin().await?;
     shop_messaging::outbox::postgres::enqueue(&mut tx, "shop.full.thing", &refused).await?;
-    tx.commit().await?;
+    shop_messaging::outbox::postgres::commit(tx).await?;
     let behind: Vec<_> = (1..=3).map(|n| event(json!({ "n": n }))).collect();
     for thing in &behind {
         stack.commit(thing).await?;
@@ -225,7 +225,7 @@ async fn two_relays_with_transactions_committing_out_of_sequence_order_lose_noth
         stack.effects(first.id).await.unwrap_or(0) == 1
     })
     .await?;
-    open.commit().await?;
+    shop_messaging::outbox::postgres::commit(open).await?;
 
     for thing in later.iter().chain([&early]) {
         eventually(PATIENCE, || async {

@@ -54,7 +54,7 @@ async fn create_thing(State(pool): State<PgPool>) -> Result<String, StatusCode> 
     postgres::enqueue(&mut tx, ROUTING_KEY, &thing)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    tx.commit().await.map_err(fail)?;
+    postgres::commit(tx).await.map_err(fail)?;
     Ok(thing.id.to_string())
 }
 

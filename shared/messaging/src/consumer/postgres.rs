@@ -116,7 +116,10 @@ impl super::Inbox for Inbox {
                 return Ok(Outcome::Duplicate); // rolled back on drop: nothing was written
             }
             route.call(&mut tx, envelope).await?;
-            tx.commit().await?;
+            // Through the outbox's commit: a handler may have enqueued events (a saga step's
+            // next command, a reaction), which this process's relay then publishes at once.
+            // When it enqueued none, a waiting relay runs one empty query.
+            crate::outbox::postgres::commit(tx).await?;
             Ok(Outcome::Handled)
         })
     }

@@ -20,8 +20,10 @@ use std::time::Duration;
 pub struct RelayConfig {
     /// Rows (PostgreSQL) or documents (MongoDB) taken per round.
     pub batch_size: i64,
-    /// How often to look for pending events: the fallback for PostgreSQL, which is woken by
-    /// notifications; the only trigger for MongoDB (use ~1 s there).
+    /// How often to look for pending events. For PostgreSQL, the fallback behind the wake of
+    /// [`postgres::commit`]: it bounds the delay of events committed any other way or by
+    /// another process (the only trigger of a relay running in a process of its own). The
+    /// only trigger for MongoDB (use ~1 s there).
     pub poll_interval: Duration,
     /// The longest wait between attempts while the broker or the database is down, and
     /// between two attempts of one message the broker refused.

@@ -13,9 +13,21 @@
 //! [`Relay`] loops: lock a batch of rows (`FOR UPDATE SKIP LOCKED`, so several instances share
 //! the work without ever taking the same row), publish them with confirms, delete the confirmed
 //! rows, commit. If the process dies anywhere in between, the transaction rolls back and the
-//! rows are published again later: a duplicate, never a loss. It wakes on `NOTIFY` from
-//! [`enqueue`] (delivered at commit) and also polls, in case a notification was missed while
-//! its listening connection was being re-established.
+//! rows are published again later: a duplicate, never a loss.
+//!
+//! # Waking the relay
+//!
+//! A producer that commits with [`commit`] wakes the relays of its own process right after
+//! the commit, so its events leave at once. Everything else is found by the relay's poll
+//! ([`RelayConfig::poll_interval`]): a transaction committed with a plain `tx.commit()`, or by
+//! another process (the `outbox-relay` binary only ever polls). Slower, never lost.
+//!
+//! The wake used to be a `NOTIFY` sent inside the producer's transaction and delivered at
+//! commit. PostgreSQL serialises the commits of transactions that sent a notification (a
+//! database-wide lock held until the commit record is flushed), so every event-producing
+//! transaction lost group commit: with 16 clients, 3.3x fewer commits per second than the
+//! same insert without it (`bench/findings.md`, run 7; ADR 0015). A wake in process memory
+//! after the commit costs the database nothing.
 //!
 //! A failure is either the broker's (unreachable, no confirm in time): every row waits and the
 //! relay backs off; or the row's (the broker refused this message, the row is not an event):
@@ -24,10 +36,14 @@
 //! [`RelayConfig::max_attempts`] times, is moved to `messaging.outbox_parked` with the reason,
 //! logged once and counted in `messaging_outbox_parked_total`.
 
-use std::time::{Duration, Instant};
+use std::{
+    pin::pin,
+    time::{Duration, Instant},
+};
 
 use shop_runtime::{BootError, Context, stores::amqp::Amqp};
-use sqlx::{Executor, PgConnection, PgPool, postgres::PgListener, types::Json};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Transaction, types::Json};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -79,9 +95,6 @@ CREATE TABLE IF NOT EXISTS messaging.outbox_parked (
 );
 ";
 
-/// The `NOTIFY` channel [`enqueue`] signals and the relay listens on.
-pub const CHANNEL: &str = "messaging_outbox";
-
 /// An arbitrary constant: the advisory lock that serialises concurrent [`install`]s.
 const INSTALL_LOCK: i64 = 0x5348_4f50_4d53_4700; // "SHOPMSG\0"
 
@@ -100,6 +113,8 @@ pub async fn install(pool: &PgPool) -> Result<(), Error> {
 
 /// Writes `event` to the outbox on `conn`, which should be inside the caller's transaction
 /// (pass `&mut tx`): the event is then published if and only if that transaction commits.
+/// Commit that transaction with [`commit`] so that the relay publishes the event at once;
+/// committed otherwise, it waits for the relay's next poll.
 ///
 /// `routing_key` is `<service>.<aggregate>.<event>`, e.g. `user.user.registered`.
 pub async fn enqueue(
@@ -114,16 +129,12 @@ pub async fn enqueue(
         .bind(Json(event))
         .execute(&mut *conn)
         .await?;
-    // Delivered to listeners when (and only if) the transaction commits.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
 /// Writes a declared [`Event`] to the outbox on `conn` (inside the caller's transaction), in a
-/// fresh envelope under its own routing key, and returns that envelope.
+/// fresh envelope under its own routing key, and returns that envelope. As with [`enqueue`],
+/// commit the transaction with [`commit`].
 pub async fn enqueue_event<E: Event>(
     conn: &mut PgConnection,
     event: &E,
@@ -131,6 +142,34 @@ pub async fn enqueue_event<E: Event>(
     let envelope = event.envelope()?;
     enqueue(conn, E::ROUTING_KEY, &envelope).await?;
     Ok(envelope)
+}
+
+/// Wakes the relays of this process; signalled by [`commit`], awaited by [`Relay::run`].
+///
+/// One for the whole process rather than one per database: a producer does not know which
+/// relay serves its database, and a relay woken for another database's commit only runs one
+/// empty query.
+static WAKE: Notify = Notify::const_new();
+
+/// Commits `tx` (a transaction that [`enqueue`]d events), then wakes the relays running in
+/// this process so that they publish those events now instead of at their next poll.
+///
+/// The wake happens after the commit, outside the database: unlike a `NOTIFY` in the
+/// transaction, it does not serialise the commits of concurrent producers (see the module
+/// docs). It reaches every relay of the process, whatever database it serves: when several
+/// services share one process (tests), a commit also wakes the others' relays, which costs
+/// each of them one empty query. It reaches no relay in another process: those find the rows
+/// at their next poll, as they do rows committed with a plain `tx.commit()`.
+///
+/// When the commit fails nothing is woken: either nothing was written, or (the connection was
+/// lost after the server committed) the poll finds the rows.
+pub async fn commit(tx: Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    tx.commit().await?;
+    // Wakes the relays registered right now and stores no permit for later ones. A relay
+    // registers before each batch (see `Relay::run`), so one in the middle of a batch is
+    // registered too; one in its backoff looks at the table when the backoff ends anyway.
+    WAKE.notify_waiters();
+    Ok(())
 }
 
 /// The outbox relay for PostgreSQL.
@@ -150,16 +189,21 @@ impl Relay {
     }
 
     /// The relay loop, until `shutdown` is cancelled.
+    ///
+    /// Between batches it waits for a [`commit`] in this process or for the poll interval,
+    /// whichever comes first; after a failure, for its backoff only (a stream of commits must
+    /// not turn the backoff into a busy loop against a broker that is down).
     pub async fn run(pool: PgPool, amqp: Amqp, config: RelayConfig, shutdown: CancellationToken) {
         let publisher = Publisher::new(amqp);
         let new_backoff = || shop_runtime::backoff::forever(config.max_backoff);
         let mut backoff = new_backoff();
-        let mut listener: Option<PgListener> = None;
         let mut last_report: Option<Instant> = None;
         while !shutdown.is_cancelled() {
-            if listener.is_none() {
-                listener = listen(&pool).await;
-            }
+            // Registered *before* the batch: a commit that lands while the batch runs (too
+            // late for its SELECT) still ends the wait below. Registered after it, that wake
+            // would be lost and the event would wait for the poll.
+            let mut woken = pin!(WAKE.notified());
+            woken.as_mut().enable();
             let outcome = relay_batch(&pool, &publisher, &config).await;
             if last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 report_backlog(&pool).await;
@@ -182,45 +226,21 @@ impl Relay {
                     Some(delay)
                 }
             };
-            match (wait, listener.as_mut()) {
-                (Some(delay), _) => {
+            match wait {
+                Some(delay) => {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
                     }
                 }
-                (None, Some(l)) => {
+                None => {
                     tokio::select! {
-                        received = l.recv() => if let Err(err) = received {
-                            tracing::warn!(error = %err, "outbox notifications lost; polling until re-listening");
-                            listener = None;
-                        },
+                        () = woken => {}
                         () = tokio::time::sleep(config.poll_interval) => {}
                         () = shutdown.cancelled() => break,
                     }
                 }
-                (None, None) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(config.poll_interval.min(Duration::from_secs(1))) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                }
             }
-        }
-    }
-}
-
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let attempt = async {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
-        Ok::<_, sqlx::Error>(listener)
-    };
-    match attempt.await {
-        Ok(listener) => Some(listener),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for outbox notifications; polling");
-            None
         }
     }
 }

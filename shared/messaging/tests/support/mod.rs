@@ -184,13 +184,42 @@ impl Stack {
         ));
     }
 
-    /// Commits `event` through the outbox, in a transaction with another write.
+    /// Commits `event` through the outbox, in a transaction with another write, the way
+    /// services do: with `outbox::postgres::commit`, which wakes the relays of this process.
     pub async fn commit(&self, event: &Envelope) -> Result<(), BoxError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT 1").execute(&mut *tx).await?; // stands in for the state change
         shop_messaging::outbox::postgres::enqueue(&mut tx, ROUTING_KEY, event).await?;
+        shop_messaging::outbox::postgres::commit(tx).await?;
+        Ok(())
+    }
+
+    /// Like [`Stack::commit`], but with a plain `tx.commit()`, which wakes no relay: the event
+    /// leaves at the relay's next poll.
+    pub async fn commit_unannounced(&self, event: &Envelope) -> Result<(), BoxError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        shop_messaging::outbox::postgres::enqueue(&mut tx, ROUTING_KEY, event).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Starts watching what reaches the broker on [`ROUTING_KEY`] in the test vhost (directly,
+    /// not through the proxy), without a consumer: a consumer's commit would wake the relay
+    /// too, and some tests must know what woke it.
+    pub async fn watch(&self) -> Result<Published, BoxError> {
+        let connection =
+            lapin::Connection::connect(&self.direct_url, lapin::ConnectionProperties::default())
+                .await?;
+        let channel = connection.create_channel().await?;
+        let queue =
+            shop_messaging::topology::declare_private_queue(&channel, [ROUTING_KEY]).await?;
+        Ok(Published {
+            _connection: connection,
+            channel,
+            queue,
+            seen: Mutex::default(),
+        })
     }
 
     pub async fn effects(&self, id: Uuid) -> Result<i64, BoxError> {
@@ -210,6 +239,32 @@ impl Stack {
 
     pub async fn readiness_of(&self, probe: &str) -> Option<&'static str> {
         self.readiness.check().await.checks.get(probe).copied()
+    }
+}
+
+/// The events published since [`Stack::watch`], by id (a private queue, deleted with its
+/// connection).
+pub struct Published {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+    seen: Mutex<Vec<Uuid>>,
+}
+
+impl Published {
+    /// Whether the event `id` has been published: takes what arrived since the last call.
+    pub async fn includes(&self, id: Uuid) -> Result<bool, BoxError> {
+        use lapin::options::BasicGetOptions;
+
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            let envelope = Envelope::from_slice(&message.delivery.data)?;
+            self.seen.lock().expect("lock").push(envelope.id);
+        }
+        Ok(self.seen.lock().expect("lock").contains(&id))
     }
 }
 
