@@ -4,13 +4,22 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde_json::json;
-use shop_messaging::outbox::RelayConfig;
+use shop_messaging::{
+    Envelope, HandlerError, Received,
+    consumer::postgres::Handle,
+    envelope::CONTENT_TYPE,
+    outbox::{RelayConfig, postgres::enqueue_event},
+    topology,
+};
 use shop_testkit::BoxError;
 use sqlx::postgres::PgListener;
-use support::{Stack, event, eventually};
+use support::{ROUTING_KEY, Stack, Thing, event, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -41,6 +50,80 @@ async fn an_event_committed_through_the_outbox_commit_is_published_without_waiti
     stack.commit(&second).await?;
     eventually(PATIENCE, || async {
         published.includes(second.id).await.unwrap_or(false)
+    })
+    .await?;
+    Ok(())
+}
+
+/// A handler that reacts to a `{"forward": true}` thing by enqueuing another thing in its
+/// transaction, and remembers the id of what it enqueued.
+#[derive(Clone, Default)]
+struct Forwarder {
+    enqueued: Arc<Mutex<Option<uuid::Uuid>>>,
+}
+
+impl Handle<Thing> for Forwarder {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: Received<Thing>,
+    ) -> Result<(), HandlerError> {
+        if event.payload.0["forward"] == true {
+            let reaction = Thing(json!({ "reaction_to": event.id() }));
+            let envelope = enqueue_event(tx, &reaction).await?;
+            *self.enqueued.lock().expect("lock") = Some(envelope.id);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_event_a_consumer_handler_enqueues_is_published_without_waiting_for_the_poll()
+-> Result<(), BoxError> {
+    let stack = Stack::new().await?;
+    let published = stack.watch().await?;
+    let first = event(json!({ "n": 1 }));
+    stack.commit_unannounced(&first).await?;
+    stack.relay_with(RelayConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..Stack::relay_config()
+    });
+    // As above: once `first` is out, the relay has run its start-up batch and waits.
+    eventually(PATIENCE, || async {
+        published.includes(first.id).await.unwrap_or(false)
+    })
+    .await?;
+
+    let forwarder = Forwarder::default();
+    stack
+        .start(
+            shop_messaging::Consumer::postgres("forwarder", stack.pool.clone())
+                .on::<Thing>(forwarder.clone()),
+        )
+        .await?;
+    // The trigger goes straight to the broker: no outbox commit of the test's wakes the relay.
+    let connection =
+        lapin::Connection::connect(&stack.direct_url, lapin::ConnectionProperties::default())
+            .await?;
+    let channel = connection.create_channel().await?;
+    let trigger: Envelope = event(json!({ "forward": true }));
+    channel
+        .basic_publish(
+            topology::EXCHANGE.into(),
+            ROUTING_KEY.into(),
+            lapin::options::BasicPublishOptions::default(),
+            &trigger.to_vec(),
+            lapin::BasicProperties::default().with_content_type(CONTENT_TYPE.into()),
+        )
+        .await?
+        .await?;
+
+    // Only the consumer's commit, through the outbox, can wake the relay within the patience.
+    eventually(PATIENCE, || async {
+        let Some(reaction) = *forwarder.enqueued.lock().expect("lock") else {
+            return false;
+        };
+        published.includes(reaction).await.unwrap_or(false)
     })
     .await?;
     Ok(())

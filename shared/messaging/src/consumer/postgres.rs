@@ -12,7 +12,7 @@ use std::{future::Future, marker::PhantomData, time::Duration};
 use sqlx::{PgConnection, PgPool};
 
 use super::{BoxFuture, HandlerError, Outcome, Received, RouteInfo, decode, sealed};
-use crate::{Consumer, Envelope, Error, Event, inbox};
+use crate::{Consumer, Envelope, Error, Event, inbox, outbox::postgres as outbox};
 
 /// The handler of one event type `E` for a PostgreSQL consumer.
 pub trait Handle<E: Event>: Send + Sync + 'static {
@@ -115,11 +115,17 @@ impl super::Inbox for Inbox {
             if !inbox::postgres::claim(&mut tx, consumer, envelope.id).await? {
                 return Ok(Outcome::Duplicate); // rolled back on drop: nothing was written
             }
+            let mark = outbox::enqueue_mark();
             route.call(&mut tx, envelope).await?;
-            // Through the outbox's commit: a handler may have enqueued events (a saga step's
-            // next command, a reaction), which this process's relay then publishes at once.
-            // When it enqueued none, a waiting relay runs one empty query.
-            crate::outbox::postgres::commit(tx).await?;
+            if outbox::enqueued_since(mark) {
+                // The handler may have enqueued events (a reaction to this one): committed
+                // through the outbox, this process's relay publishes them at once.
+                outbox::commit(tx).await?;
+            } else {
+                // Certainly none: waking the relay after every message handled would only
+                // have it run an empty query each time.
+                tx.commit().await?;
+            }
             Ok(Outcome::Handled)
         })
     }

@@ -38,6 +38,7 @@
 
 use std::{
     pin::pin,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -129,7 +130,26 @@ pub async fn enqueue(
         .bind(Json(event))
         .execute(&mut *conn)
         .await?;
+    ENQUEUED.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// How many events [`enqueue`] has written in this process, committed or not. Only compared
+/// before and after a piece of work, to tell whether that work *may* have enqueued anything
+/// ([`enqueued_since`]).
+static ENQUEUED: AtomicU64 = AtomicU64::new(0);
+
+/// A mark to pass to [`enqueued_since`].
+pub(crate) fn enqueue_mark() -> u64 {
+    ENQUEUED.load(Ordering::Relaxed)
+}
+
+/// Whether any [`enqueue`] ran in this process since `mark`. `false` means the work in between
+/// certainly enqueued nothing; `true` that it may have (any task's enqueue counts): the
+/// PostgreSQL consumer uses it to wake the relay only after a handler that may have produced
+/// events, not after every message it handles.
+pub(crate) fn enqueued_since(mark: u64) -> bool {
+    ENQUEUED.load(Ordering::Relaxed) != mark
 }
 
 /// Writes a declared [`Event`] to the outbox on `conn` (inside the caller's transaction), in a
