@@ -9,34 +9,19 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use shop_messaging::outbox::RelayConfig;
 use shop_testkit::BoxError;
-use support::{Stack, event, eventually};
-
-const PATIENCE: Duration = Duration::from_secs(20);
+use support::{Stack, event};
 
 #[tokio::test]
 async fn an_event_committed_with_a_plain_commit_is_published_by_the_poll() -> Result<(), BoxError> {
     let stack = Stack::new().await?;
     let published = stack.watch().await?;
-    let first = event(json!({ "n": 1 }));
-    stack.commit_unannounced(&first).await?;
-    stack.relay_with(RelayConfig {
-        poll_interval: Duration::from_millis(200),
-        ..Stack::relay_config()
-    });
-    // The relay's first batch, which runs at start, published `first`: `second` is committed
-    // after the relay looked at the table, and nothing in this process wakes it.
-    eventually(PATIENCE, || async {
-        published.includes(first.id).await.unwrap_or(false)
-    })
-    .await?;
-
+    stack
+        .relay_past_its_first_batch(Duration::from_millis(200), &published)
+        .await?;
+    // Committed after the relay looked at the table, and nothing in this process wakes it.
     let second = event(json!({ "n": 2 }));
     stack.commit_unannounced(&second).await?;
-    eventually(PATIENCE, || async {
-        published.includes(second.id).await.unwrap_or(false)
-    })
-    .await?;
+    published.wait_for(second.id).await?;
     Ok(())
 }

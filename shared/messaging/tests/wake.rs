@@ -11,11 +11,8 @@ use std::{
 
 use serde_json::json;
 use shop_messaging::{
-    Envelope, HandlerError, Received,
-    consumer::postgres::Handle,
-    envelope::CONTENT_TYPE,
-    outbox::{RelayConfig, postgres::enqueue_event},
-    topology,
+    Envelope, HandlerError, Received, consumer::postgres::Handle, envelope::CONTENT_TYPE,
+    outbox::postgres::enqueue_event, topology,
 };
 use shop_testkit::BoxError;
 use sqlx::postgres::PgListener;
@@ -33,25 +30,12 @@ async fn an_event_committed_through_the_outbox_commit_is_published_without_waiti
     let published = stack.watch().await?;
     // A poll far beyond the test's patience: only a wake can publish within it. (No consumer
     // here: its commits would wake the relay too.)
-    let first = event(json!({ "n": 1 }));
-    stack.commit_unannounced(&first).await?;
-    stack.relay_with(RelayConfig {
-        poll_interval: Duration::from_secs(3600),
-        ..Stack::relay_config()
-    });
-    // The relay's first batch, which runs at start, published `first`: the relay has looked
-    // at the table and any later row needs a wake (or an hour).
-    eventually(PATIENCE, || async {
-        published.includes(first.id).await.unwrap_or(false)
-    })
-    .await?;
-
+    stack
+        .relay_past_its_first_batch(Duration::from_secs(3600), &published)
+        .await?;
     let second = event(json!({ "n": 2 }));
     stack.commit(&second).await?;
-    eventually(PATIENCE, || async {
-        published.includes(second.id).await.unwrap_or(false)
-    })
-    .await?;
+    published.wait_for(second.id).await?;
     Ok(())
 }
 
@@ -82,17 +66,9 @@ async fn an_event_a_consumer_handler_enqueues_is_published_without_waiting_for_t
 -> Result<(), BoxError> {
     let stack = Stack::new().await?;
     let published = stack.watch().await?;
-    let first = event(json!({ "n": 1 }));
-    stack.commit_unannounced(&first).await?;
-    stack.relay_with(RelayConfig {
-        poll_interval: Duration::from_secs(3600),
-        ..Stack::relay_config()
-    });
-    // As above: once `first` is out, the relay has run its start-up batch and waits.
-    eventually(PATIENCE, || async {
-        published.includes(first.id).await.unwrap_or(false)
-    })
-    .await?;
+    stack
+        .relay_past_its_first_batch(Duration::from_secs(3600), &published)
+        .await?;
 
     let forwarder = Forwarder::default();
     stack

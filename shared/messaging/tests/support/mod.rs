@@ -242,6 +242,25 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Starts a relay polling every `poll_interval` and returns once it has run its start-up
+    /// batch (an event committed before it started has reached `published`). From then on a
+    /// new row reaches the broker only when something wakes the relay or its poll comes round.
+    pub async fn relay_past_its_first_batch(
+        &self,
+        poll_interval: Duration,
+        published: &Published,
+    ) -> Result<(), BoxError> {
+        let first = event(serde_json::json!({ "before_the_relay": true }));
+        self.commit_unannounced(&first).await?;
+        self.relay_with(RelayConfig {
+            poll_interval,
+            ..Self::relay_config()
+        });
+        published.wait_for(first.id).await
+    }
+}
+
 /// The events published since [`Stack::watch`], by id (a private queue, deleted with its
 /// connection).
 pub struct Published {
@@ -265,6 +284,15 @@ impl Published {
             self.seen.lock().expect("lock").push(envelope.id);
         }
         Ok(self.seen.lock().expect("lock").contains(&id))
+    }
+
+    /// Waits (up to 20 s) until the event `id` has been published.
+    pub async fn wait_for(&self, id: Uuid) -> Result<(), BoxError> {
+        eventually(Duration::from_secs(20), || async {
+            self.includes(id).await.unwrap_or(false)
+        })
+        .await?;
+        Ok(())
     }
 }
 
