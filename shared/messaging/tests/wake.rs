@@ -11,8 +11,7 @@ use std::{
 
 use serde_json::json;
 use shop_messaging::{
-    Envelope, HandlerError, Received, consumer::postgres::Handle, envelope::CONTENT_TYPE,
-    outbox::postgres::enqueue_event, topology,
+    HandlerError, Publisher, Received, consumer::postgres::Handle, outbox::postgres::enqueue_event,
 };
 use shop_testkit::BoxError;
 use sqlx::postgres::PgListener;
@@ -77,22 +76,13 @@ async fn an_event_a_consumer_handler_enqueues_is_published_without_waiting_for_t
                 .on::<Thing>(forwarder.clone()),
         )
         .await?;
-    // The trigger goes straight to the broker: no outbox commit of the test's wakes the relay.
-    let connection =
-        lapin::Connection::connect(&stack.direct_url, lapin::ConnectionProperties::default())
-            .await?;
-    let channel = connection.create_channel().await?;
-    let trigger: Envelope = event(json!({ "forward": true }));
-    channel
-        .basic_publish(
-            topology::EXCHANGE.into(),
-            ROUTING_KEY.into(),
-            lapin::options::BasicPublishOptions::default(),
-            &trigger.to_vec(),
-            lapin::BasicProperties::default().with_content_type(CONTENT_TYPE.into()),
-        )
-        .await?
-        .await?;
+    // The trigger goes straight to the broker, with the crate's own publisher (confirmed), not
+    // through the outbox: no commit of the test's wakes the relay.
+    let trigger = event(json!({ "forward": true }));
+    let results = Publisher::new(stack.amqp.clone())
+        .publish_events(&[(ROUTING_KEY.to_owned(), trigger)])
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
 
     // Only the consumer's commit, through the outbox, can wake the relay within the patience.
     eventually(PATIENCE, || async {
