@@ -31,7 +31,7 @@ pub trait Exchange: Send + Sync + 'static {
         if status.is_success() {
             Outcome::Ok
         } else {
-            Outcome::Refused
+            Outcome::Refused(status.as_u16())
         }
     }
 }

@@ -36,6 +36,7 @@
 //!   port of HdrHistogram) for 3-significant-digit percentiles from 1 µs to an hour.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     sync::{
         Arc, Mutex,
@@ -91,8 +92,9 @@ pub struct Ticket {
 pub enum Outcome {
     /// Answered with success (2xx, committed).
     Ok,
-    /// Answered, but refused (any other status).
-    Refused,
+    /// Answered, but refused: the status (a 2xx whose body the scenario cannot use counts
+    /// under its own status).
+    Refused(u16),
     /// No answer: connection error or timeout.
     Error,
 }
@@ -209,6 +211,8 @@ pub struct Measured {
     pub workers: usize,
     pub ok: u64,
     pub refused: u64,
+    /// The refused answers by HTTP status, so a report can say *why* requests failed.
+    pub refused_by_status: BTreeMap<u16, u64>,
     pub errors: u64,
     /// Due tickets never sent because the run was still behind `grace` after the schedule.
     pub unsent: u64,
@@ -247,6 +251,7 @@ pub async fn run<W: Worker>(plan: &Plan, workers: Vec<W>) -> Measured {
             let mut latency = histogram();
             let mut service = histogram();
             let mut counts = [0u64; 3];
+            let mut statuses = BTreeMap::<u16, u64>::new();
             let mut max_lag = Duration::ZERO;
             let mut last_done = start;
             tokio::time::sleep_until(start).await;
@@ -284,27 +289,34 @@ pub async fn run<W: Worker>(plan: &Plan, workers: Vec<W>) -> Measured {
                 record(&mut service, done - sent);
                 counts[match outcome {
                     Outcome::Ok => 0,
-                    Outcome::Refused => 1,
+                    Outcome::Refused(status) => {
+                        *statuses.entry(status).or_default() += 1;
+                        1
+                    }
                     Outcome::Error => 2,
                 }] += 1;
             }
-            (latency, service, counts, max_lag, last_done)
+            (latency, service, counts, statuses, max_lag, last_done)
         });
     }
 
     let mut latency = histogram();
     let mut service = histogram();
     let mut counts = [0u64; 3];
+    let mut refused_by_status = BTreeMap::<u16, u64>::new();
     let mut max_lag = Duration::ZERO;
     let mut last_done = start;
     while let Some(joined) = tasks.join_next().await {
-        let Ok((l, s, c, lag, done)) = joined else {
+        let Ok((l, s, c, statuses, lag, done)) = joined else {
             continue;
         };
         let _ = latency.add(&l);
         let _ = service.add(&s);
         for (sum, count) in counts.iter_mut().zip(c) {
             *sum += count;
+        }
+        for (status, count) in statuses {
+            *refused_by_status.entry(status).or_default() += count;
         }
         max_lag = max_lag.max(lag);
         last_done = last_done.max(done);
@@ -321,6 +333,7 @@ pub async fn run<W: Worker>(plan: &Plan, workers: Vec<W>) -> Measured {
         workers: worker_count,
         ok: counts[0],
         refused: counts[1],
+        refused_by_status,
         errors: counts[2],
         unsent,
         achieved_rate: completed as f64 / elapsed,
@@ -360,6 +373,29 @@ mod tests {
         assert!((measured.service_time.p99_ms - 20.0).abs() < 1.0);
         // ... while the last request waited ~1 s to be sent: due at 990 ms, answered at 2000 ms.
         assert!(measured.latency.max_ms > 990.0, "{:?}", measured.latency);
+    }
+
+    /// Answers 429 to every third ticket and 503 to the rest.
+    struct Refusing;
+
+    impl Worker for Refusing {
+        async fn call(&mut self, ticket: Ticket) -> Outcome {
+            Outcome::Refused(if ticket.index.is_multiple_of(3) {
+                429
+            } else {
+                503
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_answers_are_counted_by_status() {
+        let measured = run(&Plan::open(100.0, Duration::from_secs(1)), vec![Refusing]).await;
+        assert_eq!(measured.refused, 100);
+        assert_eq!(
+            measured.refused_by_status,
+            BTreeMap::from([(429, 34), (503, 66)])
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -175,6 +175,27 @@ fn measured_row(out: &mut String, label: &str, m: &Measured) {
     );
 }
 
+/// What became of the requests that did not succeed: "0", or e.g. "263 (503 ×250, 429 ×13)",
+/// "5504 (503 ×5504) + 11229 never sent", with connection errors and timeouts as "errors".
+fn not_accepted(m: &Measured) -> String {
+    let total = m.refused + m.errors + m.unsent;
+    if total == 0 {
+        return "0".into();
+    }
+    let mut parts: Vec<String> = m
+        .refused_by_status
+        .iter()
+        .map(|(status, count)| format!("{status} ×{count}"))
+        .collect();
+    if m.errors > 0 {
+        parts.push(format!("errors ×{}", m.errors));
+    }
+    if m.unsent > 0 {
+        parts.push(format!("never sent ×{}", m.unsent));
+    }
+    format!("{total} ({})", parts.join(", "))
+}
+
 /// "Saturation windows (ok req/s; the median is in the table): nginx 1 / 2 / 3; …".
 fn windows_line(targets: &[(&str, &crate::scenarios::proxy::Saturation)]) -> String {
     let parts: Vec<String> = targets
@@ -582,15 +603,16 @@ pub fn write(
         );
         let _ = writeln!(
             md,
-            "| phase | offered orders/s | POST ok/s | POST p99 ms | confirmed/s | cancelled | unfinished | p50 → CONFIRMED ms | p99 → CONFIRMED ms | max ms | commits/order |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| phase | offered orders/s | POST ok/s | POST p99 ms | POSTs not accepted | confirmed/s | cancelled | unfinished | p50 → CONFIRMED ms | p99 → CONFIRMED ms | max ms | commits/order |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let row = |md: &mut String, label: &str, p: &crate::scenarios::orders::Phase| {
             let _ = writeln!(
                 md,
-                "| {label} | {:.0} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {:.0} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 p.offered_rate,
                 p.post.ok_rate,
                 ms(p.post.latency.p99_ms),
+                not_accepted(&p.post),
                 p.confirmed_per_s,
                 p.cancelled,
                 p.unfinished,

@@ -319,7 +319,7 @@ impl Exchange for PlaceOrder {
 
     fn response(&self, ticket: &Ticket, status: StatusCode, _: &HeaderMap, body: Bytes) -> Outcome {
         if !status.is_success() {
-            return Outcome::Refused;
+            return Outcome::Refused(status.as_u16());
         }
         let id = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -329,7 +329,7 @@ impl Exchange for PlaceOrder {
                 self.tracker.placed(id, self.phase, ticket.due);
                 Outcome::Ok
             }
-            None => Outcome::Refused,
+            None => Outcome::Refused(status.as_u16()),
         }
     }
 }

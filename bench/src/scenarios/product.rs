@@ -43,7 +43,7 @@ impl Exchange for CachedRead {
         if status == StatusCode::OK && headers.get("x-cache").is_some_and(|v| v == "HIT") {
             Outcome::Ok
         } else {
-            Outcome::Refused
+            Outcome::Refused(status.as_u16())
         }
     }
 }

@@ -265,11 +265,14 @@ async fn place(
         .execute(&mut *tx)
         .await?;
     }
-    // The saga starts leased to this instance, which drives it right after the commit.
+    // The saga starts leased to this instance, which drives it right after the commit; the
+    // first attempt of its first step is persisted here too, so the call needs no commit of
+    // its own.
     sqlx::query(
-        "INSERT INTO order_sagas (order_id, step, deadline, lease_owner, lease_until, sealed_card)
+        "INSERT INTO order_sagas (order_id, step, deadline, lease_owner, lease_until, sealed_card,
+                                  attempts)
          VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4,
-                 now() + $5 * interval '1 millisecond', $6)",
+                 now() + $5 * interval '1 millisecond', $6, 1)",
     )
     .bind(order_id)
     .bind(Step::Reserve.as_str())
@@ -296,7 +299,7 @@ async fn place(
     .map_err(ApiError::internal)?;
     outbox::commit(tx).await?;
     metrics::counter!("orders_placed_total").increment(1);
-    driver.start(order_id);
+    driver.start(order_id, true);
 
     let (_, order) = load(&state.pool, order_id)
         .await?

@@ -7,6 +7,11 @@
 //!    asks [`saga::after`] where the answer leads and writes that (persisted *after* the call),
 //!    with the order's status and its event in the outbox when the saga ends.
 //!
+//! Step 1 rarely needs a commit of its own: the transaction of step 3 also writes the next
+//! step's first attempt, and `POST /orders` writes the first `Reserve` attempt with the order.
+//! Only a run the sweeper starts (a retry, a resume) writes its attempt separately. So a saga
+//! that goes straight through costs one commit per step, not two.
+//!
 //! **Who drives.** A saga row carries a lease (`lease_owner`, `lease_until`). `POST /orders`
 //! creates the saga already leased to the instance that took the request, which starts it at
 //! once. Every other run begins with the [sweeper](Driver::sweep): every
@@ -70,8 +75,19 @@ pub struct Driver {
     slots: Arc<Semaphore>,
 }
 
+/// Where a run goes after [`Driver::record`] persisted a transition.
+#[derive(Debug)]
+enum Then {
+    /// The saga ended, waits for a retry, or this instance lost its lease.
+    Stop,
+    /// The next step's first attempt is persisted with the transition: call it now.
+    Run(Row),
+    /// The next step turns around before any call: read the row and decide again.
+    Reload,
+}
+
 /// A saga row, as read under the lease.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Row {
     step: String,
     reason: Option<String>,
@@ -119,34 +135,45 @@ impl Driver {
         }
     }
 
-    /// Drives `order_id` (leased to this instance) in the background.
-    pub fn start(self: &Arc<Self>, order_id: Uuid) {
+    /// Drives `order_id` (leased to this instance) in the background. `marked`: the attempt
+    /// of its current step is already persisted (`POST /orders` writes the first `Reserve`
+    /// attempt with the order), so the run calls at once.
+    pub fn start(self: &Arc<Self>, order_id: Uuid, marked: bool) {
         let driver = self.clone();
         let permit = self.slots.clone().try_acquire_owned().ok();
         self.tasks.spawn(async move {
-            driver.drive(order_id).await;
+            driver.drive(order_id, marked).await;
             drop(permit);
         });
     }
 
     /// Runs the saga step after step until it ends, must wait for a retry, or the lease is
     /// gone. Errors of our own database end the run; the sweeper resumes it later.
-    pub async fn drive(&self, order_id: Uuid) {
-        if let Err(err) = self.drive_steps(order_id).await {
+    pub async fn drive(&self, order_id: Uuid, marked: bool) {
+        if let Err(err) = self.drive_steps(order_id, marked).await {
             tracing::warn!(%order_id, error = %err, "saga run interrupted; it resumes later");
         }
     }
 
-    async fn drive_steps(&self, order_id: Uuid) -> Result<(), sqlx::Error> {
+    async fn drive_steps(&self, order_id: Uuid, mut marked: bool) -> Result<(), sqlx::Error> {
+        // The row as the last transition left it, when that transition also persisted the
+        // next step's attempt: no need to read it back.
+        let mut ready: Option<Row> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 // Hand the saga over at once instead of letting the lease run out.
                 self.give_up_lease(order_id, None, Duration::ZERO).await?;
                 return Ok(());
             }
-            let Some(row) = self.load(order_id).await? else {
-                tracing::debug!(%order_id, "lease lost or saga unknown");
-                return Ok(());
+            let row = match ready.take() {
+                Some(row) => row,
+                None => match self.load(order_id).await? {
+                    Some(row) => row,
+                    None => {
+                        tracing::debug!(%order_id, "lease lost or saga unknown");
+                        return Ok(());
+                    }
+                },
             };
             let state = match row.state(self.config.late_authorization) {
                 Ok(state) => state,
@@ -161,12 +188,17 @@ impl Driver {
             }
             // The user cancelled or the time limit passed: turn around without calling anyone.
             if saga::before(&state, Utc::now()).is_some() {
-                if !self.record(order_id, &row, None, None).await? {
-                    return Ok(());
+                match self.record(order_id, &row, None, None).await? {
+                    Then::Stop => return Ok(()),
+                    Then::Reload => marked = false,
+                    Then::Run(next) => {
+                        ready = Some(next);
+                        marked = true;
+                    }
                 }
                 continue;
             }
-            if !self.mark_attempt(order_id, state.step).await? {
+            if !marked && !self.mark_attempt(order_id, state.step).await? {
                 return Ok(());
             }
             let started = Instant::now();
@@ -175,12 +207,17 @@ impl Driver {
                 "step" => state.step.as_str(), "outcome" => outcome_label(outcome))
             .record(started.elapsed().as_secs_f64());
             tracing::debug!(%order_id, step = %state.step, ?outcome, "step answered");
-            let goes_on = self.record(order_id, &row, Some(outcome), last4).await?;
+            let then = self.record(order_id, &row, Some(outcome), last4).await?;
             if self.config.crash_after == Some(state.step) {
                 crash(order_id, state.step);
             }
-            if !goes_on {
-                return Ok(());
+            match then {
+                Then::Stop => return Ok(()),
+                Then::Reload => marked = false,
+                Then::Run(next) => {
+                    ready = Some(next);
+                    marked = true;
+                }
             }
         }
     }
@@ -272,14 +309,20 @@ impl Driver {
 
     /// Persisted after the call (or, with no outcome, a turn to compensation decided by
     /// [`saga::before`]): the transition, decided under the row lock with the freshest
-    /// `cancel_requested`. Returns whether the saga goes on in this run.
+    /// `cancel_requested`.
+    ///
+    /// When the saga moves on to a step it can run at once, the same transaction also
+    /// persists that step's first attempt (what [`Driver::mark_attempt`] writes otherwise), so
+    /// a step costs one commit instead of two; the run then calls without reading the row
+    /// back ([`Then::Run`]). A cancellation that lands after this commit is seen when the
+    /// call answers, exactly as one landing during the call.
     async fn record(
         &self,
         order_id: Uuid,
         row: &Row,
         outcome: Option<Outcome>,
         last4: Option<String>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Then, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let fresh: Option<(bool,)> = sqlx::query_as(
             "SELECT cancel_requested FROM order_sagas
@@ -290,11 +333,11 @@ impl Driver {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((cancel_requested,)) = fresh else {
-            return Ok(false); // lease lost: someone else drives it now
+            return Ok(Then::Stop); // lease lost: someone else drives it now
         };
         let mut state = match row.state(self.config.late_authorization) {
             Ok(state) => state,
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(Then::Stop),
         };
         state.cancel_requested = cancel_requested;
         let now = Utc::now();
@@ -310,19 +353,30 @@ impl Driver {
                 let delay = saga::retry_delay(attempt, RETRY_BASE, self.config.retry_max, jitter());
                 self.give_up_lease(order_id, outcome.map(outcome_label), delay)
                     .await?;
-                return Ok(false);
+                return Ok(Then::Stop);
             }
         };
         let leaving_authorize = state.step == Step::Authorize && step != Step::Authorize;
         let ended = step.is_terminal();
-        sqlx::query(
+        // Does the next step run at once? Not if it is itself about to turn around.
+        let next_state = State {
+            step,
+            reason,
+            ..state.clone()
+        };
+        let run_next = !ended && saga::before(&next_state, now).is_none();
+        let (authorize_sent_at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
             "UPDATE order_sagas
-             SET step = $2, reason = $3, attempts = 0, next_attempt_at = now(), last_error = NULL,
+             SET step = $2, reason = $3, next_attempt_at = now(), last_error = NULL,
+                 attempts = CASE WHEN $7 THEN 1 ELSE 0 END,
+                 authorize_sent_at = CASE WHEN $7 AND $2 = 'authorize' THEN now()
+                                          ELSE authorize_sent_at END,
                  lease_owner = CASE WHEN $4 THEN NULL ELSE lease_owner END,
                  lease_until = CASE WHEN $4 THEN NULL ELSE now() + $5 * interval '1 millisecond' END,
                  sealed_card = CASE WHEN $6 THEN NULL ELSE sealed_card END,
                  updated_at = now()
-             WHERE order_id = $1",
+             WHERE order_id = $1
+             RETURNING authorize_sent_at",
         )
         .bind(order_id)
         .bind(step.as_str())
@@ -330,7 +384,8 @@ impl Driver {
         .bind(ended)
         .bind(millis(self.config.lease))
         .bind(leaving_authorize || ended)
-        .execute(&mut *tx)
+        .bind(run_next)
+        .fetch_one(&mut *tx)
         .await?;
         if let Some(last4) = last4 {
             sqlx::query("UPDATE orders SET card_last4 = $2 WHERE id = $1")
@@ -356,10 +411,25 @@ impl Driver {
                 "reason" => reason.map_or("", Reason::as_str))
             .increment(1);
             tracing::info!(%order_id, %step, reason = reason.map(Reason::as_str), "saga ended");
-        } else {
-            tracing::debug!(%order_id, from = %state.step, to = %step, "saga moved");
+            return Ok(Then::Stop);
         }
-        Ok(!ended)
+        tracing::debug!(%order_id, from = %state.step, to = %step, "saga moved");
+        if !run_next {
+            return Ok(Then::Reload);
+        }
+        Ok(Then::Run(Row {
+            step: step.as_str().to_owned(),
+            reason: reason.map(|reason| reason.as_str().to_owned()),
+            cancel_requested,
+            authorize_sent_at,
+            sealed_card: if leaving_authorize {
+                None
+            } else {
+                row.sealed_card.clone()
+            },
+            attempts: 1,
+            ..row.clone()
+        }))
     }
 
     /// Gives the lease up and schedules the next attempt `delay` from now.
@@ -409,7 +479,7 @@ impl Driver {
         .fetch_all(&self.pool)
         .await?;
         for (order_id,) in &claimed {
-            self.start(*order_id);
+            self.start(*order_id, false);
         }
         let pending: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM order_sagas WHERE step NOT IN {TERMINAL}"

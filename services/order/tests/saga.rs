@@ -291,3 +291,49 @@ async fn two_instances_on_one_database_end_every_order_once() {
     }
     assert_eq!(world.stock(&sku).await, (0, 0));
 }
+
+/// The driver writes the next step's attempt in the transaction that records the step before
+/// (and `POST` writes the first one with the order), so a saga that goes straight through
+/// updates its row once per step: Reserve → Authorize → CommitStock → Capture → Confirmed is
+/// four updates. Writing each attempt on its own, as before, made it eight.
+#[tokio::test]
+async fn a_saga_that_goes_straight_through_writes_its_row_once_per_step() {
+    let world = World::start(&[]).await;
+    let order = world.order_service().await;
+    let base = order.url("");
+    let ada = world.customer().await;
+    let (product, _) = world.product(1000, 5).await;
+
+    let (status, placed) = place(
+        &world.http,
+        &base,
+        &ada,
+        "straight",
+        &order_body(&[(&product, 1)], APPROVES),
+    )
+    .await;
+    assert_eq!(status, 202, "{placed}");
+    let ended = settled(&world.http, &base, &ada, &id(&placed)).await;
+    assert_eq!(ended["status"], "CONFIRMED", "{ended}");
+
+    // The service's own database (one per test): PostgreSQL's count of row updates of the
+    // saga table. Backends report it within a second or so of their transactions.
+    let pool = sqlx::PgPool::connect(&order.env["DATABASE_URL"])
+        .await
+        .expect("the order database");
+    let updates = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'order_sagas'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("table statistics")
+    };
+    eventually("the saga's updates reported", || async {
+        (updates().await >= 4).then_some(())
+    })
+    .await;
+    // Give any further update time to be reported too.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(updates().await, 4, "one update of the saga row per step");
+}
