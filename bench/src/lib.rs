@@ -10,6 +10,7 @@
 //! | [`smtp`] | an SMTP sink, so mails do not pile up in the shared MailDev |
 //! | [`infra`] | the run's own databases, vhosts and key prefixes on the shared servers |
 //! | [`stack`] | the seven services as child processes on free ports; RSS, CPU, readiness |
+//! | [`cpu`] | CPU time by part of the system (services, PostgreSQL, FerretDB, …) per order |
 //! | [`nginx`] | the reference proxy (Debian's package, one worker) |
 //! | [`scenarios`] | the five scenarios |
 //! | [`profile`] | a flat `perf` profile of a process during a run |
@@ -20,6 +21,7 @@
 //! (`--only`: some of scenarios 1–4, for working on one; the report then lacks the others);
 //! `shop-bench upstream --listen 127.0.0.1:PORT` is the trivial upstream (started by `run`).
 
+pub mod cpu;
 pub mod http;
 pub mod infra;
 pub mod loadgen;

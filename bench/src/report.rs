@@ -643,6 +643,64 @@ pub fn write(
             "Commits per order in the sustained phase, by database (from `pg_stat_database`, including every background commit of those services meanwhile): {}.\n",
             by_db.join(", ")
         );
+        // Where the two cores went, per order: the lowest rate (below the knee) and the
+        // sustained phase.
+        let cpu_phases: Vec<(String, &crate::scenarios::orders::Phase)> = orders
+            .ramp
+            .first()
+            .map(|p| (format!("ramp at {:.0}/s", p.offered_rate), p))
+            .into_iter()
+            .chain([(
+                format!("sustained at {:.0}/s", orders.sustained.offered_rate),
+                &orders.sustained,
+            )])
+            .filter(|(_, p)| !p.cpu_ms_per_order.is_empty())
+            .collect();
+        if !cpu_phases.is_empty() {
+            let _ = writeln!(
+                md,
+                "CPU milliseconds per ended order, by part of the system (every process on the machine, user + system time over the phase and its drain; `other` is everything else, the kernel's threads included). At N orders/s the two cores allow about 2,000 / total ms per order:\n"
+            );
+            let mut parts: Vec<String> = Vec::new();
+            for (_, phase) in &cpu_phases {
+                for (part, _) in &phase.cpu_ms_per_order {
+                    if !parts.contains(part) {
+                        parts.push(part.clone());
+                    }
+                }
+            }
+            let header: Vec<&str> = cpu_phases.iter().map(|(label, _)| label.as_str()).collect();
+            let _ = writeln!(
+                md,
+                "| part | {} |\n|---|{}",
+                header.join(" | "),
+                "---|".repeat(header.len())
+            );
+            for part in &parts {
+                let cells: Vec<String> = cpu_phases
+                    .iter()
+                    .map(|(_, phase)| {
+                        phase
+                            .cpu_ms_per_order
+                            .iter()
+                            .find(|(p, _)| p == part)
+                            .map_or("-".into(), |(_, ms)| format!("{ms:.1}"))
+                    })
+                    .collect();
+                let _ = writeln!(md, "| {part} | {} |", cells.join(" | "));
+            }
+            let totals: Vec<String> = cpu_phases
+                .iter()
+                .map(|(_, phase)| {
+                    let total: f64 = phase.cpu_ms_per_order.iter().map(|(_, ms)| ms).sum();
+                    format!(
+                        "**{total:.1}** (≈ {:.0} orders/s on 2 cores)",
+                        2000.0 / total.max(0.001)
+                    )
+                })
+                .collect();
+            let _ = writeln!(md, "| **total** | {} |\n", totals.join(" | "));
+        }
         if let Some(pgbench) = &orders.pgbench {
             let _ = writeln!(
                 md,

@@ -353,6 +353,9 @@ pub struct Phase {
     /// Commits in the four PostgreSQL databases per ended order, by database.
     pub commits_per_order: Option<f64>,
     pub commits_by_database: Vec<(String, f64)>,
+    /// CPU milliseconds per ended order, by part of the system, largest first (the phase and
+    /// its drain; see [`crate::cpu`]).
+    pub cpu_ms_per_order: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -405,6 +408,7 @@ async fn phase(
     // pg_stat_database is updated by each backend about once a second: let it settle.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let before = service_commits(slice).await?;
+    let cpu_before = crate::cpu::by_part();
     let exchange = Arc::new(PlaceOrder {
         shop: shop.clone(),
         tracker: tracker.clone(),
@@ -421,6 +425,7 @@ async fn phase(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cpu_after = crate::cpu::by_part();
     let after = service_commits(slice).await?;
     let unfinished = tracker.pending_in(index) as u64;
     let state = tracker.lock();
@@ -449,6 +454,11 @@ async fn phase(
         to_confirmed: Summary::of(&stats.confirmed),
         commits_per_order: (ended > 0).then_some(total),
         commits_by_database,
+        cpu_ms_per_order: if ended > 0 {
+            crate::cpu::per_unit(&cpu_before, &cpu_after, ended)
+        } else {
+            Vec::new()
+        },
     })
 }
 
