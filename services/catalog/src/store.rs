@@ -15,7 +15,7 @@
 //! * **Pagination** walks `_id` (UUIDv7, creation order) with `_id > cursor`: stable while
 //!   products are added, each product exactly once.
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{self, Bson, Document, doc},
@@ -36,6 +36,9 @@ pub const PRODUCTS: &str = "products";
 
 /// Attempts of an update without `If-Match` that keeps losing to concurrent writers.
 const UPDATE_ATTEMPTS: usize = 5;
+
+/// Point reads [`Store::get_many`] runs at once.
+const GET_MANY_CONCURRENCY: usize = 8;
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -177,13 +180,21 @@ impl Store {
     }
 
     /// The products with these ids, in no particular order; unknown ids are simply absent.
+    ///
+    /// One point read per id, [`GET_MANY_CONCURRENCY`] at a time, rather than one `$in`:
+    /// FerretDB v1 hands its SQLite backend only a filter that is exactly `{_id: <string>}`.
+    /// Any other filter, `$in` included, makes it read and decode every product of the
+    /// collection, `search_terms` arrays and all. With the 24 demo products that was most of
+    /// FerretDB's CPU under `make bench`'s orders (every `POST /orders` prices its cart here;
+    /// `bench/findings.md`, runs 8–9), and it grows with the catalog. On MongoDB a point read
+    /// is one index lookup, and a cart has few lines (at most [`crate::grpc::MAX_IDS`]).
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Product>, mongodb::error::Error> {
-        self.products
-            .find(doc! { "_id": { "$in": ids } })
-            .projection(public_fields())
-            .await?
+        let reads: Vec<_> = ids.iter().map(|id| self.get(id)).collect();
+        let found: Vec<Option<Product>> = futures::stream::iter(reads)
+            .buffer_unordered(GET_MANY_CONCURRENCY)
             .try_collect()
-            .await
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// A page in id order. One more product than asked for is read to know whether a next
