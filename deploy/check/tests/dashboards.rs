@@ -270,6 +270,8 @@ fn a_dashboard_metric_that_nothing_exports_is_reported() {
 
 struct System {
     gateway: String,
+    /// catalog-service itself, to tell a slow seed from a stale gateway cache on failure.
+    catalog: String,
     _apps: Vec<TestApp>,
 }
 
@@ -344,6 +346,7 @@ impl System {
         consuming(&gateway).await;
         Self {
             gateway: base(&gateway),
+            catalog: base(&catalog),
             _apps: vec![
                 gateway,
                 order,
@@ -361,23 +364,35 @@ impl System {
         let http = reqwest::Client::new();
         let api = |path: &str| format!("{}/api/v1{path}", self.gateway);
 
-        // A demo product inventory has stock for (its stock row comes from ProductCreated).
-        let in_stock = || async {
-            let response = http.get(api("/products?limit=50")).send().await.ok()?;
-            let page: Value = response.json().await.ok()?;
-            page["items"]
-                .as_array()?
-                .iter()
-                .find(|p| p["in_stock"] == true)
-                .and_then(|p| p["id"].as_str())
-                .map(str::to_owned)
+        // A demo product inventory has stock for (its stock row comes from ProductCreated,
+        // and `in_stock` from inventory's answer: catalog → broker → inventory → broker →
+        // catalog, on FerretDB, while the whole suite shares two cores; hence the patience).
+        let in_stock = |base: String| {
+            let http = http.clone();
+            async move {
+                let url = format!("{base}/api/v1/products?limit=50");
+                let page: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+                page["items"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["in_stock"] == true)
+                    .and_then(|p| p["id"].as_str())
+                    .map(str::to_owned)
+            }
         };
-        eventually(Duration::from_secs(30), || async {
-            in_stock().await.is_some()
+        let seeded = eventually(Duration::from_secs(90), || async {
+            in_stock(self.gateway.clone()).await.is_some()
         })
-        .await
-        .expect("the demo catalog is seeded and in stock");
-        let product = in_stock().await.unwrap();
+        .await;
+        if seeded.is_err() {
+            // Say which link failed: catalog itself, or the gateway's (cached) view of it.
+            let direct = in_stock(self.catalog.clone()).await;
+            panic!(
+                "no demo product in stock through the gateway within 90 s; catalog itself says {}",
+                direct.map_or("none is in stock either".into(), |id| format!("{id} is"))
+            );
+        }
+        let product = in_stock(self.gateway.clone()).await.unwrap();
         // Read twice: the second read is served from the gateway's cache.
         for _ in 0..2 {
             http.get(api(&format!("/products/{product}")))
