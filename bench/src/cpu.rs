@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-/// The names the report groups processes under. A process counts under the first whose
-/// command name (`comm`, cut to 15 characters by the kernel) is a prefix of it.
+/// The names the report groups processes under. A process counts under the one its command
+/// name (`comm`) equals, or, when the kernel cut `comm` to its 15 characters, begins with.
 const PARTS: &[(&str, &str)] = &[
     ("postgres", "postgres"),
     ("beam.smp", "rabbitmq"),
@@ -24,10 +24,13 @@ const PARTS: &[(&str, &str)] = &[
     ("shop-bench", "shop-bench (load generator)"),
 ];
 
+/// The longest `comm` the kernel keeps (`TASK_COMM_LEN` less the terminating zero).
+const COMM_MAX: usize = 15;
+
 fn part_of(comm: &str) -> &'static str {
     PARTS
         .iter()
-        .find(|(name, _)| name.starts_with(comm) || comm.starts_with(name))
+        .find(|(name, _)| *name == comm || (comm.len() == COMM_MAX && name.starts_with(comm)))
         .map_or("other", |(_, part)| part)
 }
 
@@ -87,6 +90,9 @@ mod tests {
         assert_eq!(part_of("postgres"), "postgres");
         assert_eq!(part_of("beam.smp"), "rabbitmq");
         assert_eq!(part_of("kworker/0:1"), "other");
+        // A short name is not a truncated one: a shell is not the load generator.
+        assert_eq!(part_of("sh"), "other");
+        assert_eq!(part_of("go"), "other");
     }
 
     #[test]
