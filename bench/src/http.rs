@@ -57,14 +57,14 @@ impl Exchange for Fixed {
 }
 
 /// A worker with its own keep-alive connection to `addr`, re-established after an error.
-pub struct HttpWorker<E> {
+pub struct HttpWorker<E: ?Sized> {
     addr: SocketAddr,
     exchange: Arc<E>,
     sender: Option<SendRequest<Full<Bytes>>>,
     timeout: Duration,
 }
 
-impl<E> std::fmt::Debug for HttpWorker<E> {
+impl<E: ?Sized> std::fmt::Debug for HttpWorker<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpWorker")
             .field("addr", &self.addr)
@@ -72,7 +72,7 @@ impl<E> std::fmt::Debug for HttpWorker<E> {
     }
 }
 
-impl<E: Exchange> HttpWorker<E> {
+impl<E: Exchange + ?Sized> HttpWorker<E> {
     /// `count` workers for `addr`, sharing one exchange. Connections open on first use.
     pub fn many(addr: SocketAddr, exchange: Arc<E>, count: usize) -> Vec<Self> {
         (0..count)
@@ -115,7 +115,7 @@ impl<E: Exchange> HttpWorker<E> {
     }
 }
 
-impl<E: Exchange> Worker for HttpWorker<E> {
+impl<E: Exchange + ?Sized> Worker for HttpWorker<E> {
     async fn call(&mut self, ticket: Ticket) -> Outcome {
         match tokio::time::timeout(self.timeout, self.exchange(ticket)).await {
             Ok(Ok(outcome)) => outcome,

@@ -26,6 +26,9 @@ pub struct Settings {
     /// window on two shared cores is at the mercy of whatever else ran in it).
     pub saturation_windows: usize,
     pub point: Duration,
+    /// Open-loop windows per target at each fixed rate of scenario 1, alternating with
+    /// nginx's; the median pair's p99 ratio is the figure (see [`proxy::Point`]).
+    pub point_windows: usize,
     /// Fixed rates as fractions of the slower proxy's saturation throughput (scenario 1).
     pub proxy_fractions: Vec<f64>,
     /// Fixed rates as fractions of the product read's own saturation (scenario 2).
@@ -56,6 +59,7 @@ impl Settings {
             saturation: Duration::from_secs(8),
             saturation_windows: 3,
             point: Duration::from_secs(8),
+            point_windows: 3,
             proxy_fractions: vec![0.25, 0.5, 0.75],
             product_fractions: vec![0.25, 0.5, 0.75],
             users: 40,
@@ -83,6 +87,7 @@ impl Settings {
             saturation: Duration::from_secs(1),
             saturation_windows: 1,
             point: Duration::from_secs(1),
+            point_windows: 1,
             proxy_fractions: vec![0.5],
             product_fractions: vec![0.5],
             users: 3,

@@ -16,7 +16,7 @@ use crate::{
     say,
     scenarios::{
         Settings,
-        proxy::{Saturation, Target, at_rate, saturate_with},
+        proxy::{self, Saturation, Side, Target, at_rate, median, saturate, saturate_pair},
     },
 };
 
@@ -24,8 +24,14 @@ use crate::{
 pub struct ProductResults {
     pub path: String,
     pub saturation: Saturation,
+    /// nginx proxying scenario 1's path, saturated in the windows between the product read's.
+    pub nginx: Option<Saturation>,
+    /// Each pair's `product read / nginx` throughput, in the order run.
+    pub paired_ratios: Vec<f64>,
     pub points: Vec<Measured>,
-    /// Saturation throughput / nginx's in scenario 1.
+    /// The median of [`Self::paired_ratios`]: nginx is measured again here, window by window
+    /// beside the product read, rather than taken from scenario 1 minutes earlier (the
+    /// machine's speed drifts between minutes; a pair shares it).
     pub ratio_to_nginx: Option<f64>,
     pub profile: Option<String>,
 }
@@ -51,36 +57,46 @@ impl Exchange for CachedRead {
 pub async fn run_scenario(
     settings: &Settings,
     gateway: Target,
+    nginx: Option<Target>,
     product_id: &str,
     token: &str,
-    nginx_saturation: Option<f64>,
     profile_dir: Option<&Path>,
 ) -> anyhow::Result<ProductResults> {
     let path = format!("/api/v1/products/{product_id}");
-    let exchange = Arc::new(CachedRead(Fixed {
-        path: path.clone(),
-        headers: vec![(
-            http::header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}"))?,
-        )],
-    }));
-    say!("scenario 2: product read, saturation");
-    let (saturation, profile) = saturate_with(
+    let read: Side = (
         gateway,
-        settings,
-        exchange.clone(),
-        profile_dir.map(|dir| (dir, "gateway-product")),
-    )
-    .await;
+        Arc::new(CachedRead(Fixed {
+            path: path.clone(),
+            headers: vec![(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}"))?,
+            )],
+        })),
+    );
+    let profile_to = profile_dir.map(|dir| (dir, "gateway-product"));
+    let (nginx, saturation, paired_ratios, profile) = match nginx {
+        Some(nginx) => {
+            say!("scenario 2: product read, saturation, alternating with nginx");
+            let nginx = (nginx, proxy::get(proxy::PATH));
+            let (nginx, read, ratios, profile) =
+                saturate_pair(nginx, read.clone(), settings, profile_to).await;
+            (Some(nginx), read, ratios, profile)
+        }
+        None => {
+            say!("scenario 2: product read, saturation (no nginx)");
+            let (read, profile) = saturate(read.clone(), settings, profile_to).await;
+            (None, read, Vec::new(), profile)
+        }
+    };
     say!(
-        "  {:.0} req/s ({} not cache hits)",
+        "  {:.0} req/s ({} not cache hits), paired ratios to nginx {paired_ratios:.3?}",
         saturation.measured.ok_rate,
         saturation.measured.refused
     );
     let mut points = Vec::new();
     for fraction in &settings.product_fractions {
         let rate = (saturation.measured.ok_rate * fraction).round().max(10.0);
-        let measured = at_rate(gateway, settings, exchange.clone(), rate).await;
+        let measured = at_rate(&read, settings, rate).await;
         say!(
             "scenario 2: {rate:.0} req/s: p99 {:.2} ms",
             measured.latency.p99_ms
@@ -89,8 +105,10 @@ pub async fn run_scenario(
     }
     Ok(ProductResults {
         path,
-        ratio_to_nginx: nginx_saturation.map(|nginx| saturation.measured.ok_rate / nginx),
+        ratio_to_nginx: median(&paired_ratios),
         saturation,
+        nginx,
+        paired_ratios,
         points,
         profile,
     })

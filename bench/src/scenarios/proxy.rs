@@ -11,7 +11,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use serde::Serialize;
 
 use crate::{
-    http::{Fixed, HttpWorker},
+    http::{Exchange, Fixed, HttpWorker},
     loadgen::{Measured, Plan, run},
     profile::Profile,
     say,
@@ -39,11 +39,21 @@ pub struct Saturation {
     pub cpu_ms_per_1k: Option<f64>,
 }
 
+/// One fixed rate, both proxies: `settings.point_windows` open-loop windows each, taken in
+/// turns (nginx, gateway, nginx, …) like the saturation windows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
     pub rate: f64,
+    /// nginx's window with the median p99 (`None`: nginx not measured).
     pub nginx: Option<Measured>,
+    /// The gateway's window with the median p99.
     pub gateway: Measured,
+    /// Each pair's `gateway p99 / nginx p99`, in the order run.
+    pub p99_ratios: Vec<f64>,
+    /// The median of [`Self::p99_ratios`]: the figure judged and compared between runs. A p99
+    /// of a few milliseconds on two shared cores moves with whatever else was scheduled in
+    /// its window; two windows taken back to back share that, one window per proxy does not.
+    pub p99_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,28 +73,25 @@ pub struct ProxyResults {
     pub profile: Option<String>,
 }
 
-/// Runs the closed-loop saturation of one target.
-pub async fn saturate(
-    target: Target,
-    settings: &Settings,
-    path: &str,
-    profile: Option<(&Path, &str)>,
-) -> (Saturation, Option<String>) {
-    let exchange = Arc::new(Fixed {
+/// What one side of a comparison is: where to send, and what to send.
+pub type Side = (Target, Arc<dyn Exchange>);
+
+/// `GET path` with no headers, as an [`Exchange`] any side can use.
+pub fn get(path: &str) -> Arc<dyn Exchange> {
+    Arc::new(Fixed {
         path: path.to_owned(),
         headers: Vec::new(),
-    });
-    saturate_with(target, settings, exchange, profile).await
+    })
 }
 
-pub async fn saturate_with<E: crate::http::Exchange>(
-    target: Target,
+/// Runs the closed-loop saturation of one target.
+pub async fn saturate(
+    side: Side,
     settings: &Settings,
-    exchange: Arc<E>,
     profile: Option<(&Path, &str)>,
 ) -> (Saturation, Option<String>) {
     let profile = profile.map(|(dir, name)| (0, dir, name));
-    let (mut saturations, profile) = alternate(&[target], settings, exchange, profile).await;
+    let (mut saturations, profile) = alternate(&[side], settings, profile).await;
     (saturations.remove(0), profile)
 }
 
@@ -93,18 +100,13 @@ pub async fn saturate_with<E: crate::http::Exchange>(
 /// drifts between minutes, a ratio of two windows taken back to back is steadier than one of
 /// two medians taken a minute apart.
 pub async fn saturate_pair(
-    a: Target,
-    b: Target,
+    a: Side,
+    b: Side,
     settings: &Settings,
-    path: &str,
     profile_b: Option<(&Path, &str)>,
 ) -> (Saturation, Saturation, Vec<f64>, Option<String>) {
-    let exchange = Arc::new(Fixed {
-        path: path.to_owned(),
-        headers: Vec::new(),
-    });
     let profile_b = profile_b.map(|(dir, name)| (1, dir, name));
-    let (mut saturations, profile) = alternate(&[a, b], settings, exchange, profile_b).await;
+    let (mut saturations, profile) = alternate(&[a, b], settings, profile_b).await;
     let (a, b) = (saturations.remove(0), saturations.remove(0));
     let ratios = a
         .windows
@@ -118,27 +120,26 @@ pub async fn saturate_pair(
 
 /// `settings.saturation_windows` closed-loop windows of each target, the targets taking turns
 /// window by window, after a short warm-up of each (so connections exist and caches are hot).
-/// `profile` (`(index, dir, name)`) records the first window of `targets[index]`: one window
+/// `profile` (`(index, dir, name)`) records the first window of `sides[index]`: one window
 /// is enough to see where the time goes. Returns one [`Saturation`] per target, in order.
-async fn alternate<E: crate::http::Exchange>(
-    targets: &[Target],
+async fn alternate(
+    sides: &[Side],
     settings: &Settings,
-    exchange: Arc<E>,
     profile: Option<(usize, &Path, &str)>,
 ) -> (Vec<Saturation>, Option<String>) {
     let warm = Plan::saturate(settings.saturation / 5);
-    for target in targets {
+    for (target, exchange) in sides {
         let _ = run(
             &warm,
             HttpWorker::many(target.addr, exchange.clone(), settings.connections),
         )
         .await;
     }
-    let mut windows: Vec<Vec<Measured>> = vec![Vec::new(); targets.len()];
-    let mut cpu: Vec<Option<f64>> = vec![Some(0.0); targets.len()];
+    let mut windows: Vec<Vec<Measured>> = vec![Vec::new(); sides.len()];
+    let mut cpu: Vec<Option<f64>> = vec![Some(0.0); sides.len()];
     let mut recording = None;
     for round in 0..settings.saturation_windows.max(1) {
-        for (side, target) in targets.iter().enumerate() {
+        for (side, (target, exchange)) in sides.iter().enumerate() {
             if round == 0
                 && let Some((_, dir, name)) = profile.filter(|(index, ..)| *index == side)
             {
@@ -210,17 +211,48 @@ pub fn median(values: &[f64]) -> Option<f64> {
 }
 
 /// One open-loop run at `rate`.
-pub async fn at_rate<E: crate::http::Exchange>(
-    target: Target,
-    settings: &Settings,
-    exchange: Arc<E>,
-    rate: f64,
-) -> Measured {
+pub async fn at_rate(side: &Side, settings: &Settings, rate: f64) -> Measured {
+    let (target, exchange) = side;
     run(
         &Plan::open(rate, settings.point),
-        HttpWorker::many(target.addr, exchange, settings.connections),
+        HttpWorker::many(target.addr, exchange.clone(), settings.connections),
     )
     .await
+}
+
+/// `settings.point_windows` open-loop windows of `gateway` at `rate`, alternating with as
+/// many of `nginx` when there is one (nginx first in each pair).
+async fn point(nginx: Option<&Side>, gateway: &Side, settings: &Settings, rate: f64) -> Point {
+    let mut nginx_windows = Vec::new();
+    let mut gateway_windows = Vec::new();
+    for _ in 0..settings.point_windows.max(1) {
+        if let Some(nginx) = nginx {
+            nginx_windows.push(at_rate(nginx, settings, rate).await);
+        }
+        gateway_windows.push(at_rate(gateway, settings, rate).await);
+    }
+    let p99_ratios: Vec<f64> = nginx_windows
+        .iter()
+        .zip(&gateway_windows)
+        .filter(|(nginx, _)| nginx.latency.p99_ms > 0.0)
+        .map(|(nginx, gateway)| gateway.latency.p99_ms / nginx.latency.p99_ms)
+        .collect();
+    Point {
+        rate,
+        nginx: median_by_p99(nginx_windows),
+        gateway: median_by_p99(gateway_windows).unwrap_or_default(),
+        p99_ratio: median(&p99_ratios),
+        p99_ratios,
+    }
+}
+
+/// The window whose p99 is the median of the windows'.
+fn median_by_p99(mut windows: Vec<Measured>) -> Option<Measured> {
+    if windows.is_empty() {
+        return None;
+    }
+    windows.sort_by(|a, b| a.latency.p99_ms.total_cmp(&b.latency.p99_ms));
+    Some(windows.swap_remove(windows.len() / 2))
 }
 
 pub async fn run_scenario(
@@ -230,19 +262,18 @@ pub async fn run_scenario(
     gateway: Target,
     profile_dir: Option<&Path>,
 ) -> ProxyResults {
-    let exchange = Arc::new(Fixed {
-        path: PATH.to_owned(),
-        headers: Vec::new(),
-    });
+    let upstream: Side = (upstream, get(PATH));
+    let nginx: Option<Side> = nginx.map(|nginx| (nginx, get(PATH)));
+    let gateway: Side = (gateway, get(PATH));
     say!("scenario 1: upstream alone, saturation");
-    let (upstream_direct, _) = saturate(upstream, settings, PATH, None).await;
+    let (upstream_direct, _) = saturate(upstream, settings, None).await;
     say!("  {:.0} req/s", upstream_direct.measured.ok_rate);
     let profile_to = profile_dir.map(|dir| (dir, "gateway-proxy"));
-    let (nginx_saturation, gateway_saturation, paired_ratios, profile) = match nginx {
+    let (nginx_saturation, gateway_saturation, paired_ratios, profile) = match &nginx {
         Some(nginx) => {
             say!("scenario 1: nginx and gateway, saturation, alternating windows");
             let (nginx, gateway, ratios, profile) =
-                saturate_pair(nginx, gateway, settings, PATH, profile_to).await;
+                saturate_pair(nginx.clone(), gateway.clone(), settings, profile_to).await;
             say!(
                 "  nginx {:.0} req/s, gateway {:.0} req/s, paired ratios {ratios:.3?}",
                 nginx.measured.ok_rate,
@@ -252,7 +283,7 @@ pub async fn run_scenario(
         }
         None => {
             say!("scenario 1: gateway, saturation (no nginx)");
-            let (gateway, profile) = saturate(gateway, settings, PATH, profile_to).await;
+            let (gateway, profile) = saturate(gateway.clone(), settings, profile_to).await;
             (None, gateway, Vec::new(), profile)
         }
     };
@@ -268,23 +299,17 @@ pub async fn run_scenario(
     let mut points = Vec::new();
     for fraction in &settings.proxy_fractions {
         let rate = (reference * fraction).round().max(10.0);
-        let nginx_point = match nginx {
-            Some(nginx) => Some(at_rate(nginx, settings, exchange.clone(), rate).await),
-            None => None,
-        };
-        let gateway_point = at_rate(gateway, settings, exchange.clone(), rate).await;
+        let point = point(nginx.as_ref(), &gateway, settings, rate).await;
         say!(
-            "scenario 1: {rate:.0} req/s: nginx p99 {} ms, gateway p99 {:.2} ms",
-            nginx_point
+            "scenario 1: {rate:.0} req/s: nginx p99 {} ms, gateway p99 {:.2} ms (median windows), paired p99 ratios {:.2?}",
+            point
+                .nginx
                 .as_ref()
                 .map_or("-".to_owned(), |m| format!("{:.2}", m.latency.p99_ms)),
-            gateway_point.latency.p99_ms
+            point.gateway.latency.p99_ms,
+            point.p99_ratios
         );
-        points.push(Point {
-            rate,
-            nginx: nginx_point,
-            gateway: gateway_point,
-        });
+        points.push(point);
     }
     let ratio = median(&paired_ratios);
     ProxyResults {
