@@ -244,6 +244,15 @@ impl Tracker {
         }
     }
 
+    /// Confirmations (of any phase's orders) that arrived within `window`.
+    fn delivered_in(&self, window: &std::ops::Range<Instant>) -> usize {
+        self.lock()
+            .confirmations
+            .iter()
+            .filter(|at| window.contains(at))
+            .count()
+    }
+
     fn pending_in(&self, phase: usize) -> usize {
         self.lock()
             .pending
@@ -441,15 +450,11 @@ async fn phase(
     let cpu_after = crate::cpu::by_part();
     let after = service_commits(slice).await?;
     let unfinished = tracker.pending_in(index) as u64;
+    let delivered = tracker.delivered_in(&window);
     let state = tracker.lock();
     let stats = &state.phases[index];
     let confirmed = stats.confirmed.len();
     let ended = confirmed + stats.cancelled;
-    let delivered = state
-        .confirmations
-        .iter()
-        .filter(|at| window.contains(at))
-        .count();
     let mut commits_by_database: Vec<(String, f64)> = SERVICE_DATABASES
         .iter()
         .map(|db| {
@@ -628,4 +633,30 @@ pub async fn run_scenario(
         pgbench,
         commit_share_of_pgbench,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the knee a phase's orders keep confirming after it: they count for the phase
+    /// (`confirmed`), but only what arrived while it offered load is what the system delivered.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_finished_after_the_phase_is_confirmed_but_not_delivered_in_it() {
+        let tracker = Tracker::default();
+        let phase = tracker.start_phase();
+        let start = Instant::now();
+        let window = start..start + Duration::from_secs(10);
+        let (early, late) = (Uuid::new_v4(), Uuid::new_v4());
+        tracker.placed(early, phase, start);
+        tracker.placed(late, phase, start);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        tracker.ended(early, true, String::new());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        tracker.ended(late, true, String::new());
+
+        assert_eq!(tracker.lock().phases[phase].confirmed.len(), 2);
+        assert_eq!(tracker.delivered_in(&window), 1);
+        assert_eq!(tracker.pending_in(phase), 0);
+    }
 }
