@@ -391,10 +391,10 @@ async fn scenarios_on(
             .push(format!("scenario 1 (proxy): {err:#}")),
     }
 
-    // Scenario 4 before scenario 3: the orders leave the stack busy for minutes after their
-    // last confirmation (their mails, stock levels and outboxes), and the event pipeline
-    // measured in that aftermath measured the aftermath (p99 184 and 187 ms in runs 12 and
-    // 13, against 34 ms alone; bench/findings.md).
+    // Scenario 4 before scenario 3: after the orders' last confirmation FerretDB stayed at
+    // 58-109 % of a core (catalog and notification still digesting the orders' events), and
+    // the event pipeline measured then measured that aftermath (p99 184 and 187 ms in runs 12
+    // and 13, against 34 ms alone; bench/findings.md).
     if options.wants(4) {
         match scenarios::events::run_scenario(settings, slice).await {
             Ok(results) => partial.events = Some(results),
