@@ -206,14 +206,12 @@ impl Tracker {
         at: Instant,
         reason: String,
     ) {
-        if confirmed {
-            state.confirmations.push(at);
-        }
         let stats = &mut state.phases[phase];
         if confirmed {
             let micros =
                 u64::try_from(at.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
             stats.confirmed.saturating_record(micros.max(1));
+            state.confirmations.push(at);
         } else {
             stats.cancelled += 1;
             *stats.reasons.entry(reason).or_default() += 1;

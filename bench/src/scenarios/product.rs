@@ -16,7 +16,7 @@ use crate::{
     say,
     scenarios::{
         Settings,
-        proxy::{self, Saturation, Side, Target, at_rate, median, saturate, saturate_pair},
+        proxy::{self, Saturation, Side, Target, at_rate, median, saturate_beside},
     },
 };
 
@@ -74,20 +74,10 @@ pub async fn run_scenario(
         })),
     );
     let profile_to = profile_dir.map(|dir| (dir, "gateway-product"));
-    let (nginx, saturation, paired_ratios, profile) = match nginx {
-        Some(nginx) => {
-            say!("scenario 2: product read, saturation, alternating with nginx");
-            let nginx = (nginx, proxy::get(proxy::PATH));
-            let (nginx, read, ratios, profile) =
-                saturate_pair(nginx, read.clone(), settings, profile_to).await;
-            (Some(nginx), read, ratios, profile)
-        }
-        None => {
-            say!("scenario 2: product read, saturation (no nginx)");
-            let (read, profile) = saturate(read.clone(), settings, profile_to).await;
-            (None, read, Vec::new(), profile)
-        }
-    };
+    say!("scenario 2: product read saturation, windows alternating with nginx's (when installed)");
+    let nginx = nginx.map(|nginx| -> Side { (nginx, proxy::get(proxy::PATH)) });
+    let (nginx, saturation, paired_ratios, profile) =
+        saturate_beside(nginx, read.clone(), settings, profile_to).await;
     say!(
         "  {:.0} req/s ({} not cache hits), paired ratios to nginx {paired_ratios:.3?}",
         saturation.measured.ok_rate,

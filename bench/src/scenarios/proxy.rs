@@ -95,27 +95,32 @@ pub async fn saturate(
     (saturations.remove(0), profile)
 }
 
-/// Saturates two targets in alternating windows (`a`, `b`, `a`, `b`, …) and returns each
-/// one's result and every pair's `b / a` throughput ratio. On a shared machine whose speed
-/// drifts between minutes, a ratio of two windows taken back to back is steadier than one of
-/// two medians taken a minute apart.
-pub async fn saturate_pair(
-    a: Side,
-    b: Side,
+/// Saturates `side`, in windows alternating with `reference`'s when there is one
+/// (`reference`, `side`, `reference`, …), and returns each one's result and every pair's
+/// `side / reference` throughput ratio. On a shared machine whose speed drifts between
+/// minutes, a ratio of two windows taken back to back is steadier than one of two medians
+/// taken a minute apart. `profile` records `side`.
+pub async fn saturate_beside(
+    reference: Option<Side>,
+    side: Side,
     settings: &Settings,
-    profile_b: Option<(&Path, &str)>,
-) -> (Saturation, Saturation, Vec<f64>, Option<String>) {
-    let profile_b = profile_b.map(|(dir, name)| (1, dir, name));
-    let (mut saturations, profile) = alternate(&[a, b], settings, profile_b).await;
-    let (a, b) = (saturations.remove(0), saturations.remove(0));
-    let ratios = a
+    profile: Option<(&Path, &str)>,
+) -> (Option<Saturation>, Saturation, Vec<f64>, Option<String>) {
+    let Some(reference) = reference else {
+        let (side, profile) = saturate(side, settings, profile).await;
+        return (None, side, Vec::new(), profile);
+    };
+    let profile = profile.map(|(dir, name)| (1, dir, name));
+    let (mut saturations, profile) = alternate(&[reference, side], settings, profile).await;
+    let (reference, side) = (saturations.remove(0), saturations.remove(0));
+    let ratios = reference
         .windows
         .iter()
-        .zip(&b.windows)
-        .filter(|(a, _)| **a > 0.0)
-        .map(|(a, b)| b / a)
+        .zip(&side.windows)
+        .filter(|(reference, _)| **reference > 0.0)
+        .map(|(reference, side)| side / reference)
         .collect();
-    (a, b, ratios, profile)
+    (Some(reference), side, ratios, profile)
 }
 
 /// `settings.saturation_windows` closed-loop windows of each target, the targets taking turns
@@ -269,24 +274,16 @@ pub async fn run_scenario(
     let (upstream_direct, _) = saturate(upstream, settings, None).await;
     say!("  {:.0} req/s", upstream_direct.measured.ok_rate);
     let profile_to = profile_dir.map(|dir| (dir, "gateway-proxy"));
-    let (nginx_saturation, gateway_saturation, paired_ratios, profile) = match &nginx {
-        Some(nginx) => {
-            say!("scenario 1: nginx and gateway, saturation, alternating windows");
-            let (nginx, gateway, ratios, profile) =
-                saturate_pair(nginx.clone(), gateway.clone(), settings, profile_to).await;
-            say!(
-                "  nginx {:.0} req/s, gateway {:.0} req/s, paired ratios {ratios:.3?}",
-                nginx.measured.ok_rate,
-                gateway.measured.ok_rate
-            );
-            (Some(nginx), gateway, ratios, profile)
-        }
-        None => {
-            say!("scenario 1: gateway, saturation (no nginx)");
-            let (gateway, profile) = saturate(gateway.clone(), settings, profile_to).await;
-            (None, gateway, Vec::new(), profile)
-        }
-    };
+    say!("scenario 1: gateway saturation, windows alternating with nginx's (when installed)");
+    let (nginx_saturation, gateway_saturation, paired_ratios, profile) =
+        saturate_beside(nginx.clone(), gateway.clone(), settings, profile_to).await;
+    say!(
+        "  nginx {} req/s, gateway {:.0} req/s, paired ratios {paired_ratios:.3?}",
+        nginx_saturation
+            .as_ref()
+            .map_or("-".to_owned(), |n| format!("{:.0}", n.measured.ok_rate)),
+        gateway_saturation.measured.ok_rate
+    );
 
     // The fixed rates are fractions of the slower proxy's saturation, so that both are measured
     // below their capacity: past it, latency measures the length of a growing queue, which

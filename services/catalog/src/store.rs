@@ -180,6 +180,7 @@ impl Store {
     }
 
     /// The products with these ids, in no particular order; unknown ids are simply absent.
+    /// `ids` must be distinct (both callers deduplicate them): each id is one read.
     ///
     /// One point read per id, [`GET_MANY_CONCURRENCY`] at a time, rather than one `$in`:
     /// FerretDB v1 hands its SQLite backend only a filter that is exactly `{_id: <string>}`.
