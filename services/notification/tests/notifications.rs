@@ -427,15 +427,17 @@ async fn each_event_becomes_one_email_to_its_recipient_and_the_user_lists_their_
             "welcome"
         ]
     );
-    // RFC 3339 in UTC with milliseconds: fixed width, so text order is time order.
-    let created: Vec<&str> = all
+    // The keyset the API promises: (created_at, id), strictly descending across pages. RFC
+    // 3339 in UTC with milliseconds is fixed width, so text order is time order; the id breaks
+    // ties within a millisecond.
+    let keys: Vec<(&str, &str)> = all
         .iter()
-        .filter_map(|n| n["created_at"].as_str())
+        .filter_map(|n| Some((n["created_at"].as_str()?, n["id"].as_str()?)))
         .collect();
-    assert_eq!(created.len(), 4);
+    assert_eq!(keys.len(), 4);
     assert!(
-        created.windows(2).all(|pair| pair[0] >= pair[1]),
-        "newest first across pages: {created:?}"
+        keys.windows(2).all(|pair| pair[0] > pair[1]),
+        "newest first across pages: {keys:?}"
     );
 
     let anonymous = app.get("/api/v1/notifications").await.unwrap();
