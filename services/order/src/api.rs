@@ -11,6 +11,11 @@
 //!   of its two requests it meant would be worse;
 //! * two identical requests racing both price the cart, but only one `INSERT` wins the unique
 //!   constraint; the other reads the winner's order and answers with it.
+//!
+//! Placing also refuses what the saga could not finish well: a cart that adds up to nothing
+//! (422: a card cannot be authorized for zero, and a free order has no payment to run; ADR
+//! 0009), and more sagas than this instance drives at once (503 with `Retry-After`, nothing
+//! stored: the client retries with the same key).
 
 use std::{sync::Arc, time::Duration};
 
@@ -59,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders", post(place).get(list))
         .route("/api/v1/orders/{id}", get(show))
         .route("/api/v1/orders/{id}/cancel", post(cancel))
+        .merge(crate::admin::router())
         .with_state(state)
 }
 
@@ -211,6 +217,7 @@ async fn place(
         ApiError::unavailable(
             "The catalog cannot price the order right now; retry with the same Idempotency-Key.",
         )
+        .with_retry_after(1)
         .with_source(err)
     })?;
     let Priced {
@@ -218,9 +225,24 @@ async fn place(
         currency,
         total,
     } = price(&request.items, &products, &missing).map_err(ApiError::validation)?;
+    if total == 0 {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "items",
+            "add up to nothing; a free order cannot be paid by card",
+        )]));
+    }
 
-    let order_id = Uuid::now_v7();
     let driver = &state.driver;
+    // A slot to drive the saga, taken before anything is stored: an instance that already
+    // drives as many sagas as it may says so instead of queueing work it cannot start.
+    let Some(slot) = driver.try_slot() else {
+        metrics::counter!("orders_refused_total", "reason" => "saturated").increment(1);
+        return Err(ApiError::unavailable(
+            "Too many orders are being processed; retry with the same Idempotency-Key.",
+        )
+        .with_retry_after(1));
+    };
+    let order_id = Uuid::now_v7();
     let sealed = driver
         .vault
         .seal(order_id, &request.card)
@@ -269,19 +291,23 @@ async fn place(
     // first attempt of its first step is persisted here too, so the call needs no commit of
     // its own.
     sqlx::query(
-        "INSERT INTO order_sagas (order_id, step, deadline, lease_owner, lease_until, sealed_card,
-                                  attempts)
+        "INSERT INTO order_sagas (order_id, step, deadline, lease_owner, lease_until, attempts)
          VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4,
-                 now() + $5 * interval '1 millisecond', $6, 1)",
+                 now() + $5 * interval '1 millisecond', 1)",
     )
     .bind(order_id)
     .bind(Step::Reserve.as_str())
     .bind(i64::try_from(driver.config.saga_timeout.as_millis()).unwrap_or(i64::MAX))
     .bind(driver.instance)
     .bind(i64::try_from(driver.config.lease.as_millis()).unwrap_or(i64::MAX))
-    .bind(&sealed)
     .execute(&mut *tx)
     .await?;
+    // Its own row, deleted once the authorization's outcome is known (see `driver`).
+    sqlx::query("INSERT INTO order_cards (order_id, sealed) VALUES ($1, $2)")
+        .bind(order_id)
+        .bind(&sealed)
+        .execute(&mut *tx)
+        .await?;
     let items = event_lines(&mut tx, order_id, &currency).await?;
     enqueue_event(
         &mut tx,
@@ -299,7 +325,7 @@ async fn place(
     .map_err(ApiError::internal)?;
     outbox::commit(tx).await?;
     metrics::counter!("orders_placed_total").increment(1);
-    driver.start(order_id, true);
+    driver.start(order_id, true, slot);
 
     let (_, order) = load(&state.pool, order_id)
         .await?

@@ -7,12 +7,15 @@
 //! authorization's outcome or the end of the saga. It is never logged and never returned; the
 //! only card data kept afterwards are the last four digits payment-service answers with.
 //!
-//! The request fingerprint (for `Idempotency-Key`) is an HMAC with the same key, not a plain
-//! hash: a plain SHA-256 over a body containing a card number could be brute-forced back to it.
+//! The request fingerprint (for `Idempotency-Key`, kept as long as the order) covers the
+//! request *without* the card number and the CVC: only what PCI DSS allows to be kept in the
+//! clear (the first six and last four digits, the expiry). It is still an HMAC rather than a
+//! plain hash, under a key of its own derived from `ORDER_CARD_KEY` with HKDF: a leaked
+//! fingerprint key reveals nothing about the encryption key, and nothing it covers is secret.
 
 use ring::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
-    hmac,
+    hkdf, hmac,
     rand::{SecureRandom, SystemRandom},
 };
 use serde::{Deserialize, Serialize};
@@ -40,6 +43,14 @@ impl Card {
         let start = self.number.len().saturating_sub(4);
         self.number.get(start..).unwrap_or_default()
     }
+
+    /// The issuer identification number (first six digits): with the last four, the most of
+    /// a card number PCI DSS lets a merchant keep in the clear.
+    pub fn first6(&self) -> &str {
+        self.number
+            .get(..6.min(self.number.len()))
+            .unwrap_or_default()
+    }
 }
 
 /// Encrypts cards for storage and fingerprints requests; built once from `ORDER_CARD_KEY`.
@@ -64,9 +75,15 @@ impl CardVault {
     /// `key` is 32 bytes (checked by the configuration).
     pub fn new(key: &[u8]) -> Result<Self, VaultError> {
         let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| VaultError)?;
+        // A key of its own for fingerprints, derived apart from the encryption key.
+        let mac: hmac::Key = hkdf::Salt::new(hkdf::HKDF_SHA256, b"shop order-service")
+            .extract(key)
+            .expand(&[b"idempotency fingerprint v1"], hmac::HMAC_SHA256)
+            .map_err(|_| VaultError)?
+            .into();
         Ok(Self {
             key: std::sync::Arc::new(LessSafeKey::new(unbound)),
-            mac: hmac::Key::new(hmac::HMAC_SHA256, key),
+            mac,
             random: SystemRandom::new(),
         })
     }
@@ -102,7 +119,8 @@ impl CardVault {
         serde_json::from_slice(plain).map_err(|_| VaultError)
     }
 
-    /// The fingerprint of a (canonical, already validated) request body.
+    /// The fingerprint of a (canonical, already validated) request body; the canonical form
+    /// holds no card number and no CVC ([`crate::validate::PlaceOrder::canonical`]).
     pub fn fingerprint(&self, canonical: &[u8]) -> Vec<u8> {
         hmac::sign(&self.mac, canonical).as_ref().to_vec()
     }
@@ -145,6 +163,13 @@ mod tests {
     #[test]
     fn fingerprints_depend_on_body_and_key() {
         let vault = CardVault::new(&[7u8; 32]).unwrap();
+        // Not a plain HMAC under the encryption key: the fingerprint key is derived apart.
+        assert_ne!(
+            vault.fingerprint(b"a"),
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &[7u8; 32]), b"a")
+                .as_ref()
+                .to_vec()
+        );
         assert_eq!(vault.fingerprint(b"a"), vault.fingerprint(b"a"));
         assert_ne!(vault.fingerprint(b"a"), vault.fingerprint(b"b"));
         assert_ne!(

@@ -17,7 +17,11 @@
 //! | `ORDER_LATE_AUTHORIZATION_SECONDS` | `60` | how long a void keeps looking for an authorization still in flight |
 //! | `ORDER_BREAKER_FAILURES` | `5` | consecutive failures that open a downstream's breaker |
 //! | `ORDER_BREAKER_COOLDOWN_MS` | `5000` | how long it stays open before one probe |
+//! | `ORDER_MAX_IN_FLIGHT` | `256` | sagas one instance drives at once; `POST /orders` beyond that answers 503 with `Retry-After` |
+//! | `ORDER_PARK_AFTER_ATTEMPTS` | `20` | a step past the pivot (or a compensation) that failed this many times in a row is parked for an operator |
 //! | `ORDER_CRASH_AFTER_STEP` | unset | **test-only fault injection**: abort the process right after persisting this step; refused by release builds and with `SHOP_ENV=production` |
+//! | `ORDER_CRASH_BEFORE_RECORDING` | unset | **test-only**: abort after this step's participant answered, before the answer is persisted (same refusals) |
+//! | `ORDER_STALL_BEFORE_RECORDING` | unset | **test-only**: once, sleep for twice the lease after this step's participant answered, before persisting, as a paused process would (same refusals) |
 
 use std::time::Duration;
 
@@ -57,7 +61,21 @@ pub struct SagaConfig {
     pub sweep_interval: Duration,
     pub retry_max: Duration,
     pub late_authorization: Duration,
+    pub max_in_flight: usize,
+    pub park_after: u32,
+    pub faults: Faults,
+}
+
+/// Test-only fault injection (refused by release builds and in production).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Abort right after the transition out of this step committed.
     pub crash_after: Option<Step>,
+    /// Abort after this step's participant answered, before the answer is persisted.
+    pub crash_before_recording: Option<Step>,
+    /// Once per process, stall (twice the lease) after this step's participant answered,
+    /// before persisting: another instance takes the saga over meanwhile.
+    pub stall_before_recording: Option<Step>,
 }
 
 impl FromEnv for OrderConfig {
@@ -94,24 +112,25 @@ impl FromEnv for OrderConfig {
         let breaker_failures = env.parse_or("ORDER_BREAKER_FAILURES", 5u32, "a positive number");
         let breaker_cooldown =
             env.millis_or("ORDER_BREAKER_COOLDOWN_MS", Duration::from_millis(5000));
-        let crash_after = env.optional::<Step>("ORDER_CRASH_AFTER_STEP", "a saga step name");
-        let crash_after = crash_after.and_then(|step| {
-            if step.is_some() && !cfg!(debug_assertions) {
-                env.invalid(
-                    "ORDER_CRASH_AFTER_STEP",
-                    "is a test-only fault injection; release builds refuse it".to_owned(),
-                )
-            } else if step.is_some() {
-                mode.refuse_in_production(
-                    env,
-                    "ORDER_CRASH_AFTER_STEP",
-                    step,
-                    "is a test-only fault injection",
-                )
+        let max_in_flight = env.parse_or("ORDER_MAX_IN_FLIGHT", 256usize, "a positive number");
+        let max_in_flight = max_in_flight.and_then(|n| {
+            if n == 0 {
+                env.invalid("ORDER_MAX_IN_FLIGHT", "must be at least 1".to_owned())
             } else {
-                Ok(step)
+                Ok(n)
             }
         });
+        let park_after = env.parse_or("ORDER_PARK_AFTER_ATTEMPTS", 20u32, "a positive number");
+        let park_after = park_after.and_then(|n| {
+            if n == 0 {
+                env.invalid("ORDER_PARK_AFTER_ATTEMPTS", "must be at least 1".to_owned())
+            } else {
+                Ok(n)
+            }
+        });
+        let crash_after = test_only_step(env, mode, "ORDER_CRASH_AFTER_STEP");
+        let crash_before_recording = test_only_step(env, mode, "ORDER_CRASH_BEFORE_RECORDING");
+        let stall_before_recording = test_only_step(env, mode, "ORDER_STALL_BEFORE_RECORDING");
         // A lease must outlive one call with its quick retries, or two instances could call
         // for the same saga at once (harmless, every call is idempotent, but not "one driver").
         let lease = match (&lease, &call_timeout) {
@@ -136,11 +155,33 @@ impl FromEnv for OrderConfig {
                 sweep_interval: sweep_interval?,
                 retry_max: retry_max?,
                 late_authorization: late_authorization?,
-                crash_after: crash_after?,
+                max_in_flight: max_in_flight?,
+                park_after: park_after?,
+                faults: Faults {
+                    crash_after: crash_after?,
+                    crash_before_recording: crash_before_recording?,
+                    stall_before_recording: stall_before_recording?,
+                },
             },
             breaker_failures: breaker_failures?,
             breaker_cooldown: breaker_cooldown?,
         })
+    }
+}
+
+/// A saga step named by a test-only fault-injection variable: refused by release builds (a
+/// binary that can be told to abort must never ship) and with `SHOP_ENV=production`.
+fn test_only_step(env: &mut Env, mode: Mode, name: &str) -> Result<Option<Step>, ConfigError> {
+    let step = env.optional::<Step>(name, "a saga step name")?;
+    if step.is_some() && !cfg!(debug_assertions) {
+        env.invalid(
+            name,
+            "is a test-only fault injection; release builds refuse it".to_owned(),
+        )
+    } else if step.is_some() {
+        mode.refuse_in_production(env, name, step, "is a test-only fault injection")
+    } else {
+        Ok(step)
     }
 }
 
@@ -162,7 +203,8 @@ mod tests {
         let config = load(&[("SERVICE_SECRET", "s")]).unwrap();
         assert_eq!(config.card_key.0, DEV_CARD_KEY);
         assert_eq!(config.saga.call_timeout, Duration::from_secs(2));
-        assert_eq!(config.saga.crash_after, None);
+        assert_eq!(config.saga.faults, Faults::default());
+        assert_eq!(config.saga.max_in_flight, 256);
     }
 
     #[test]
@@ -192,6 +234,7 @@ mod tests {
             ("SERVICE_SECRET", "s"),
             ("SHOP_ENV", "production"),
             ("ORDER_CRASH_AFTER_STEP", "capture"),
+            ("ORDER_STALL_BEFORE_RECORDING", "reserve"),
         ])
         .unwrap_err();
         assert!(err.contains("ORDER_CARD_KEY: is not set"), "{err}");
@@ -200,11 +243,15 @@ mod tests {
             err.contains("ORDER_CRASH_AFTER_STEP: is a test-only"),
             "{err}"
         );
+        assert!(
+            err.contains("ORDER_STALL_BEFORE_RECORDING: is a test-only"),
+            "{err}"
+        );
         let config = load(&[
             ("SERVICE_SECRET", "s"),
             ("ORDER_CRASH_AFTER_STEP", "capture"),
         ])
         .unwrap();
-        assert_eq!(config.saga.crash_after, Some(Step::Capture));
+        assert_eq!(config.saga.faults.crash_after, Some(Step::Capture));
     }
 }

@@ -28,6 +28,19 @@
 //!
 //! **Retries.** An answer that settles nothing ([`Outcome::Unknown`]) schedules the same step
 //! again after an exponential, jittered back-off (`next_attempt_at`) and gives the lease up.
+//!
+//! **Parking.** A refusal past the pivot, or a step that cannot turn back and failed
+//! `ORDER_PARK_AFTER_ATTEMPTS` times in a row, is parked ([`Next::Park`]): `parked_at` and
+//! `parked_reason` are set, the sweeper skips it, the `order_sagas_parked` gauge counts it, and
+//! an operator lists and resumes it through the admin API ([`crate::admin`]).
+//!
+//! **One clock.** Deadlines and lease times are written with the database's `now()`, so they
+//! are also *compared* with the database's `now()` (read with the saga row), never with this
+//! process's clock: two instances on machines whose clocks disagree still agree on when a saga
+//! timed out.
+//!
+//! **Card data.** The sealed card lives in `order_cards`, a row of its own that the transition
+//! leaving `Authorize` (or ending the saga) *deletes*.
 
 use std::{
     sync::Arc,
@@ -41,7 +54,7 @@ use shop_events::{
 };
 use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -54,9 +67,6 @@ use crate::{
 
 /// The terminal steps, as SQL sees them.
 const TERMINAL: &str = "('confirmed', 'cancelled')";
-
-/// Sagas one instance drives at once; the sweeper claims no more than that.
-const MAX_IN_FLIGHT: usize = 256;
 
 /// The shortest back-off between two attempts of a step.
 const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -72,7 +82,31 @@ pub struct Driver {
     pub instance: Uuid,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// One permit per saga driven at once (`ORDER_MAX_IN_FLIGHT`): the sweeper claims no more
+    /// than it has, and `POST /orders` answers 503 when none is left.
     slots: Arc<Semaphore>,
+    /// `ORDER_STALL_BEFORE_RECORDING` fires once per process.
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+/// A participant's answer to a step, with what the driver keeps of it.
+#[derive(Debug, Clone)]
+struct Answer {
+    outcome: Outcome,
+    /// The card's last four digits, from an authorization.
+    last4: Option<String>,
+    /// What the participant said when it refused or failed (for `last_error`, parking).
+    detail: Option<String>,
+}
+
+impl Answer {
+    fn of(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            last4: None,
+            detail: None,
+        }
+    }
 }
 
 /// Where a run goes after [`Driver::record`] persisted a transition.
@@ -89,6 +123,8 @@ enum Then {
 /// A saga row, as read under the lease.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Row {
+    /// The database's clock when the row was read: the one clock deadlines are compared with.
+    db_now: DateTime<Utc>,
     step: String,
     reason: Option<String>,
     cancel_requested: bool,
@@ -102,14 +138,16 @@ struct Row {
 }
 
 impl Row {
-    fn state(&self, late_authorization: Duration) -> Result<State, String> {
+    fn state(&self, config: &SagaConfig) -> Result<State, String> {
         Ok(State {
             step: self.step.parse()?,
             reason: self.reason.as_deref().map(str::parse).transpose()?,
+            attempts: u32::try_from(self.attempts).unwrap_or_default(),
+            park_after: config.park_after,
             cancel_requested: self.cancel_requested,
             deadline: self.deadline,
             authorize_sent_at: self.authorize_sent_at,
-            late_authorization,
+            late_authorization: config.late_authorization,
         })
     }
 }
@@ -123,6 +161,7 @@ impl Driver {
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_in_flight));
         Self {
             pool,
             participants,
@@ -131,16 +170,22 @@ impl Driver {
             instance: Uuid::new_v4(),
             tasks,
             shutdown,
-            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            slots,
+            stalled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Drives `order_id` (leased to this instance) in the background. `marked`: the attempt
-    /// of its current step is already persisted (`POST /orders` writes the first `Reserve`
-    /// attempt with the order), so the run calls at once.
-    pub fn start(self: &Arc<Self>, order_id: Uuid, marked: bool) {
+    /// A slot to drive one more saga, if this instance has one free.
+    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Drives `order_id` (leased to this instance) in the background, holding `permit` until
+    /// the run ends. `marked`: the attempt of its current step is already persisted
+    /// (`POST /orders` writes the first `Reserve` attempt with the order), so the run calls at
+    /// once.
+    pub fn start(self: &Arc<Self>, order_id: Uuid, marked: bool, permit: OwnedSemaphorePermit) {
         let driver = self.clone();
-        let permit = self.slots.clone().try_acquire_owned().ok();
         self.tasks.spawn(async move {
             driver.drive(order_id, marked).await;
             drop(permit);
@@ -165,7 +210,7 @@ impl Driver {
                 self.give_up_lease(order_id, None, Duration::ZERO).await?;
                 return Ok(());
             }
-            let row = match ready.take() {
+            let mut row = match ready.take() {
                 Some(row) => row,
                 None => match self.load(order_id).await? {
                     Some(row) => row,
@@ -175,7 +220,7 @@ impl Driver {
                     }
                 },
             };
-            let state = match row.state(self.config.late_authorization) {
+            let state = match row.state(&self.config) {
                 Ok(state) => state,
                 Err(err) => {
                     tracing::error!(%order_id, error = %err, "unreadable saga row");
@@ -187,8 +232,8 @@ impl Driver {
                 return Ok(());
             }
             // The user cancelled or the time limit passed: turn around without calling anyone.
-            if saga::before(&state, Utc::now()).is_some() {
-                match self.record(order_id, &row, None, None).await? {
+            if saga::before(&state, row.db_now).is_some() {
+                match self.record(order_id, &row, None).await? {
                     Then::Stop => return Ok(()),
                     Then::Reload => marked = false,
                     Then::Run(next) => {
@@ -198,17 +243,21 @@ impl Driver {
                 }
                 continue;
             }
-            if !marked && !self.mark_attempt(order_id, state.step).await? {
-                return Ok(());
+            if !marked {
+                if !self.mark_attempt(order_id, state.step).await? {
+                    return Ok(());
+                }
+                row.attempts += 1;
             }
             let started = Instant::now();
-            let (outcome, last4) = self.run(order_id, &row, state.step).await;
+            let answer = self.run(order_id, &row, state.step).await;
             metrics::histogram!("order_saga_step_duration_seconds",
-                "step" => state.step.as_str(), "outcome" => outcome_label(outcome))
+                "step" => state.step.as_str(), "outcome" => outcome_label(answer.outcome))
             .record(started.elapsed().as_secs_f64());
-            tracing::debug!(%order_id, step = %state.step, ?outcome, "step answered");
-            let then = self.record(order_id, &row, Some(outcome), last4).await?;
-            if self.config.crash_after == Some(state.step) {
+            tracing::debug!(%order_id, step = %state.step, outcome = ?answer.outcome, "step answered");
+            self.inject_before_recording(order_id, state.step).await;
+            let then = self.record(order_id, &row, Some(answer)).await?;
+            if self.config.faults.crash_after == Some(state.step) {
                 crash(order_id, state.step);
             }
             match then {
@@ -222,13 +271,33 @@ impl Driver {
         }
     }
 
-    /// The saga and its order, if this instance holds the lease.
+    /// `ORDER_CRASH_BEFORE_RECORDING` / `ORDER_STALL_BEFORE_RECORDING`: the participant acted,
+    /// and this instance dies or pauses before it writes down what it learned.
+    async fn inject_before_recording(&self, order_id: Uuid, step: Step) {
+        let faults = &self.config.faults;
+        if faults.crash_before_recording == Some(step) {
+            crash(order_id, step);
+        }
+        if faults.stall_before_recording == Some(step)
+            && !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let stall = self.config.lease.saturating_mul(2);
+            tracing::error!(%order_id, %step, ?stall, "ORDER_STALL_BEFORE_RECORDING: pausing");
+            tokio::time::sleep(stall).await;
+        }
+    }
+
+    /// The saga and its order (and its sealed card while it has one), if this instance holds
+    /// the lease and nobody parked it.
     async fn load(&self, order_id: Uuid) -> Result<Option<Row>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT s.step, s.reason, s.cancel_requested, s.deadline, s.authorize_sent_at,
-                    s.sealed_card, s.attempts, o.user_id, o.total_amount, o.currency
+            "SELECT now() AS db_now, s.step, s.reason, s.cancel_requested, s.deadline,
+                    s.authorize_sent_at, c.sealed AS sealed_card, s.attempts, o.user_id,
+                    o.total_amount, o.currency
              FROM order_sagas s JOIN orders o ON o.id = s.order_id
-             WHERE s.order_id = $1 AND s.lease_owner = $2 AND s.lease_until > now()",
+                  LEFT JOIN order_cards c ON c.order_id = s.order_id
+             WHERE s.order_id = $1 AND s.lease_owner = $2 AND s.lease_until > now()
+               AND s.parked_at IS NULL",
         )
         .bind(order_id)
         .bind(self.instance)
@@ -257,15 +326,15 @@ impl Driver {
     }
 
     /// Calls the participant of `step`.
-    async fn run(&self, order_id: Uuid, row: &Row, step: Step) -> (Outcome, Option<String>) {
+    async fn run(&self, order_id: Uuid, row: &Row, step: Step) -> Answer {
         let p = &self.participants;
         let reason = row.reason.as_deref().and_then(|r| r.parse().ok());
         match step {
             Step::Reserve => match self.lines(order_id).await {
-                Ok(lines) => (p.reserve(order_id, lines).await, None),
+                Ok(lines) => Answer::of(p.reserve(order_id, lines).await),
                 Err(err) => {
                     tracing::warn!(%order_id, error = %err, "cannot read the order's lines");
-                    (Outcome::Unknown, None)
+                    Answer::of(Outcome::Unknown)
                 }
             },
             Step::Authorize => {
@@ -274,21 +343,39 @@ impl Driver {
                     .as_deref()
                     .and_then(|sealed| self.vault.open(order_id, sealed).ok());
                 let Some(card) = card else {
-                    // Only if ORDER_CARD_KEY changed under a running saga: nothing to charge.
+                    // Only if ORDER_CARD_KEY changed under a running saga (or the card row is
+                    // gone): nothing to charge. A refusal like a decline, so the saga voids
+                    // whatever an earlier attempt may have authorized before releasing stock.
                     tracing::error!(%order_id, "the card cannot be read; declining");
-                    return (Outcome::Refused(Reason::PaymentDeclined), None);
+                    return Answer {
+                        outcome: Outcome::Refused(Reason::PaymentDeclined),
+                        last4: None,
+                        detail: Some("the sealed card could not be opened".to_owned()),
+                    };
                 };
                 let amount = shop_proto::common::v1::Money {
                     amount: row.total_amount,
                     currency: row.currency.clone(),
                 };
-                p.authorize(order_id, row.user_id, amount, card).await
+                let (outcome, last4) = p.authorize(order_id, row.user_id, amount, card).await;
+                Answer {
+                    outcome,
+                    last4,
+                    detail: None,
+                }
             }
-            Step::CommitStock => (p.commit(order_id).await, None),
-            Step::Capture => (p.capture(order_id).await, None),
-            Step::VoidPayment => (p.void(order_id).await, None),
-            Step::ReleaseStock => (p.release(order_id, reason).await, None),
-            Step::Confirmed | Step::Cancelled => (Outcome::Done, None),
+            Step::CommitStock => Answer::of(p.commit(order_id).await),
+            Step::Capture => {
+                let (outcome, detail) = p.capture(order_id).await;
+                Answer {
+                    outcome,
+                    last4: None,
+                    detail,
+                }
+            }
+            Step::VoidPayment => Answer::of(p.void(order_id).await),
+            Step::ReleaseStock => Answer::of(p.release(order_id, reason).await),
+            Step::Confirmed | Step::Cancelled => Answer::of(Outcome::Done),
         }
     }
 
@@ -320,42 +407,76 @@ impl Driver {
         &self,
         order_id: Uuid,
         row: &Row,
-        outcome: Option<Outcome>,
-        last4: Option<String>,
+        answer: Option<Answer>,
     ) -> Result<Then, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let fresh: Option<(bool,)> = sqlx::query_as(
-            "SELECT cancel_requested FROM order_sagas
+        // Fenced by the lease: an instance that stalled past it (another took over) changes
+        // nothing any more.
+        let fresh: Option<(bool, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT cancel_requested, now() FROM order_sagas
              WHERE order_id = $1 AND lease_owner = $2 AND lease_until > now() FOR UPDATE",
         )
         .bind(order_id)
         .bind(self.instance)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((cancel_requested,)) = fresh else {
-            return Ok(Then::Stop); // lease lost: someone else drives it now
+        let Some((cancel_requested, now)) = fresh else {
+            tracing::info!(%order_id, "lease lost before recording; the new owner drives the saga");
+            return Ok(Then::Stop);
         };
-        let mut state = match row.state(self.config.late_authorization) {
+        let mut state = match row.state(&self.config) {
             Ok(state) => state,
             Err(_) => return Ok(Then::Stop),
         };
         state.cancel_requested = cancel_requested;
-        let now = Utc::now();
+        let outcome = answer.as_ref().map(|answer| answer.outcome);
         let next = match outcome {
             Some(outcome) => saga::after(&state, outcome, now),
             None => saga::before(&state, now).unwrap_or(Next::Retry),
         };
+        let detail = answer.as_ref().and_then(|answer| answer.detail.clone());
         let (step, reason) = match next {
             Next::Go(step, reason) => (step, reason),
             Next::Retry => {
                 tx.rollback().await?;
-                let attempt = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+                let attempt = u32::try_from(row.attempts).unwrap_or(u32::MAX);
                 let delay = saga::retry_delay(attempt, RETRY_BASE, self.config.retry_max, jitter());
-                self.give_up_lease(order_id, outcome.map(outcome_label), delay)
+                let error = detail.or_else(|| outcome.map(|o| outcome_label(o).to_owned()));
+                self.give_up_lease(order_id, error.as_deref(), delay)
                     .await?;
                 return Ok(Then::Stop);
             }
+            Next::Park => {
+                let why = match (outcome, detail) {
+                    (Some(Outcome::Refused(_)), Some(detail)) => {
+                        format!("{} refused: {detail}", state.step)
+                    }
+                    (_, detail) => format!(
+                        "{} got no usable answer in {} attempts{}",
+                        state.step,
+                        state.attempts,
+                        detail.map(|d| format!(" (last: {d})")).unwrap_or_default()
+                    ),
+                };
+                sqlx::query(
+                    "UPDATE order_sagas
+                     SET parked_at = now(), parked_reason = $2, last_error = $2,
+                         lease_owner = NULL, lease_until = NULL, updated_at = now()
+                     WHERE order_id = $1",
+                )
+                .bind(order_id)
+                .bind(&why)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                metrics::counter!("order_sagas_parked_total", "step" => state.step.as_str())
+                    .increment(1);
+                tracing::warn!(%order_id, step = %state.step, reason = %why,
+                    "saga parked: an operator must look at it (GET /api/v1/admin/sagas/parked)");
+                return Ok(Then::Stop);
+            }
         };
+        let last4 = answer.and_then(|answer| answer.last4);
         let leaving_authorize = state.step == Step::Authorize && step != Step::Authorize;
         let ended = step.is_terminal();
         // Does the next step run at once? Not if it is itself about to turn around.
@@ -368,12 +489,11 @@ impl Driver {
         let (authorize_sent_at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
             "UPDATE order_sagas
              SET step = $2, reason = $3, next_attempt_at = now(), last_error = NULL,
-                 attempts = CASE WHEN $7 THEN 1 ELSE 0 END,
-                 authorize_sent_at = CASE WHEN $7 AND $2 = 'authorize' THEN now()
+                 attempts = CASE WHEN $6 THEN 1 ELSE 0 END,
+                 authorize_sent_at = CASE WHEN $6 AND $2 = 'authorize' THEN now()
                                           ELSE authorize_sent_at END,
                  lease_owner = CASE WHEN $4 THEN NULL ELSE lease_owner END,
                  lease_until = CASE WHEN $4 THEN NULL ELSE now() + $5 * interval '1 millisecond' END,
-                 sealed_card = CASE WHEN $6 THEN NULL ELSE sealed_card END,
                  updated_at = now()
              WHERE order_id = $1
              RETURNING authorize_sent_at",
@@ -383,10 +503,16 @@ impl Driver {
         .bind(reason.map(Reason::as_str))
         .bind(ended)
         .bind(millis(self.config.lease))
-        .bind(leaving_authorize || ended)
         .bind(run_next)
         .fetch_one(&mut *tx)
         .await?;
+        if leaving_authorize || ended {
+            // The card is needed no more: its row is deleted, not blanked.
+            sqlx::query("DELETE FROM order_cards WHERE order_id = $1")
+                .bind(order_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(last4) = last4 {
             sqlx::query("UPDATE orders SET card_last4 = $2 WHERE id = $1")
                 .bind(order_id)
@@ -418,6 +544,7 @@ impl Driver {
             return Ok(Then::Reload);
         }
         Ok(Then::Run(Row {
+            db_now: now,
             step: step.as_str().to_owned(),
             reason: reason.map(|reason| reason.as_str().to_owned()),
             cancel_requested,
@@ -457,7 +584,10 @@ impl Driver {
 
     /// Claims due sagas (free or expired lease) and drives them; returns how many.
     pub async fn sweep(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
-        let room = self.slots.available_permits();
+        // Claim no more than this instance has slots for, and hold them while claiming.
+        let mut permits: Vec<OwnedSemaphorePermit> =
+            std::iter::from_fn(|| self.try_slot()).collect();
+        let room = permits.len();
         if room == 0 {
             return Ok(0);
         }
@@ -467,6 +597,7 @@ impl Driver {
              WHERE order_id IN (
                  SELECT order_id FROM order_sagas
                  WHERE step NOT IN {TERMINAL} AND next_attempt_at <= now()
+                   AND parked_at IS NULL
                    AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY next_attempt_at
                  LIMIT $3
@@ -478,15 +609,18 @@ impl Driver {
         .bind(i64::try_from(room).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        for (order_id,) in &claimed {
-            self.start(*order_id, false);
+        for ((order_id,), permit) in claimed.iter().zip(permits.drain(..)) {
+            self.start(*order_id, false, permit);
         }
-        let pending: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM order_sagas WHERE step NOT IN {TERMINAL}"
+        let (pending, parked): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*) FILTER (WHERE parked_at IS NULL),
+                    count(*) FILTER (WHERE parked_at IS NOT NULL)
+             FROM order_sagas WHERE step NOT IN {TERMINAL}"
         ))
         .fetch_one(&self.pool)
         .await?;
         metrics::gauge!("order_sagas_in_flight").set(pending as f64);
+        metrics::gauge!("order_sagas_parked").set(parked as f64);
         Ok(claimed.len())
     }
 

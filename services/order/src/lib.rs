@@ -13,11 +13,13 @@
 //! | [`card`] | card data kept encrypted until authorization; request fingerprints |
 //! | [`validate`] | the placing request, checked field by field |
 //! | [`api`] | the HTTP API (`/api/v1/orders`, own orders only) |
+//! | [`admin`] | parked sagas for operators: list and resume (admins only) |
 //! | [`config`] | its settings |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<OrderService>()`);
 //! `main.rs` only hands it to the shared runtime.
 
+pub mod admin;
 pub mod api;
 pub mod breaker;
 pub mod card;
@@ -60,8 +62,8 @@ impl Service for OrderService {
         if config.card_key.0 == config::DEV_CARD_KEY {
             tracing::warn!("encrypting card data with the development key; set ORDER_CARD_KEY");
         }
-        if let Some(step) = config.saga.crash_after {
-            tracing::warn!(%step, "ORDER_CRASH_AFTER_STEP is set: this process aborts after that step (tests only)");
+        if config.saga.faults != config::Faults::default() {
+            tracing::warn!(faults = ?config.saga.faults, "test-only fault injection is set: this process aborts or stalls on purpose");
         }
         // The outbox tables must exist before the first order writes to them.
         Relay::spawn(ctx, RelayConfig::default()).await?;

@@ -309,8 +309,8 @@ impl Participants {
         commit_outcome(result.map(drop))
     }
 
-    /// payment `Capture`.
-    pub async fn capture(&self, order_id: Uuid) -> Outcome {
+    /// payment `Capture`, and what payment said when it refused.
+    pub async fn capture(&self, order_id: Uuid) -> (Outcome, Option<String>) {
         let client = self.payment.clone();
         let result = self
             .call(
@@ -325,7 +325,15 @@ impl Participants {
                 },
             )
             .await;
-        capture_outcome(result.map(|response| response.status()))
+        let detail = match &result {
+            Err(CallError::Status(status)) => Some(status.message().to_owned()),
+            Err(err) => Some(err.to_string()),
+            Ok(_) => None,
+        };
+        (
+            capture_outcome(result.map(|response| response.status())),
+            detail,
+        )
     }
 
     /// payment `Void` of the order's authorization, or `Refund` if it turns out captured.
@@ -459,12 +467,19 @@ pub fn commit_outcome(result: Result<(), CallError>) -> Outcome {
     }
 }
 
+/// `Capture`: a refusal (`FAILED_PRECONDITION`: the provider refused, e.g. an expired
+/// authorization, or the payment is not capturable) is told apart from an unknown outcome:
+/// retrying it would change nothing, so the saga parks for an operator instead of looping.
 pub fn capture_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
     match result {
         Ok(PaymentStatus::Captured) => Outcome::Done,
         Ok(status) => {
             tracing::error!(?status, "capture did not capture");
             Outcome::Unknown
+        }
+        Err(CallError::Status(status)) if status.code() == Code::FailedPrecondition => {
+            tracing::warn!(message = status.message(), "payment refused the capture");
+            Outcome::Refused(Reason::PaymentDeclined)
         }
         Err(err) => unknown("payment.Capture", &err),
     }
@@ -478,14 +493,18 @@ pub enum Voided {
     Captured,
 }
 
+/// `Void` is final on payment's side: it voids what exists and leaves a tombstone that refuses
+/// any authorization landing later (even for an order payment has never seen), so `VOIDED` and
+/// `DECLINED` (nothing held) settle the question of money for good.
 pub fn void_outcome(result: Result<PaymentStatus, CallError>) -> Voided {
     match result {
-        Ok(PaymentStatus::Voided | PaymentStatus::Refunded) => Voided::Settled(Outcome::Done),
-        Ok(PaymentStatus::Captured | PaymentStatus::PartiallyRefunded) => Voided::Captured,
-        // Declined or never seen: nothing is authorized (yet).
-        Ok(PaymentStatus::Declined | PaymentStatus::Unspecified) => {
-            Voided::Settled(Outcome::NothingToUndo)
+        Ok(PaymentStatus::Voided | PaymentStatus::Refunded | PaymentStatus::Declined) => {
+            Voided::Settled(Outcome::Done)
         }
+        Ok(PaymentStatus::Captured | PaymentStatus::PartiallyRefunded) => Voided::Captured,
+        // Never seen (a payment-service without tombstones): nothing is authorized *yet*; the
+        // saga keeps looking for a late authorization for a while.
+        Ok(PaymentStatus::Unspecified) => Voided::Settled(Outcome::NothingToUndo),
         Ok(PaymentStatus::Authorized) => Voided::Settled(Outcome::Unknown),
         Err(CallError::Status(status)) if status.code() == Code::NotFound => {
             Voided::Settled(Outcome::NothingToUndo)

@@ -8,15 +8,14 @@
 //!        ▼
 //!   ┌─────────┐ reserved ┌───────────┐ authorized ┌─────────────┐ committed ┌─────────┐ captured
 //!   │ Reserve ├─────────▶│ Authorize ├───────────▶│ CommitStock ├──────────▶│ Capture ├─────────▶ CONFIRMED
-//!   └────┬────┘          └─────┬─────┘            └──────┬──────┘  (pivot)  └─────────┘ (retried until
-//!        │ out of stock        │ declined /              │ reservation                    it succeeds)
-//!        │                     │ insufficient funds      │ expired
-//!        ▼                     ▼                         ▼
-//!    CANCELLED          ┌──────────────┐  voided   ┌──────────────┐  released
-//!                       │ ReleaseStock │◀──────────┤ VoidPayment  │◀── timeout / cancelled_by_user
-//!                       └──────┬───────┘           └──────────────┘    while in Authorize
-//!                              │                         ▲
-//!                              ▼                         └── (Authorize answered "declined": skip it)
+//!   └────┬────┘          └─────┬─────┘            └──────┬──────┘  (pivot)  └────┬────┘
+//!        │ out of stock        │ declined, refused,      │ reservation           │ refused, or failing
+//!        │                     │ timeout, cancelled      │ expired               │ N times: PARKED for
+//!        ▼                     ▼ by user                 ▼                       ▼ an operator (resume)
+//!    CANCELLED          ┌──────────────┐  voided   ┌──────────────┐
+//!                       │ ReleaseStock │◀──────────┤ VoidPayment  │
+//!                       └──────┬───────┘           └──────────────┘
+//!                              ▼
 //!                          CANCELLED      ◀── timeout / cancelled_by_user while in Reserve go to ReleaseStock
 //! ```
 //!
@@ -24,12 +23,21 @@
 //!
 //! * **compensatable** — `Reserve`, `Authorize`: undone by `ReleaseStock` and `VoidPayment`. While
 //!   the saga is here, a user's cancellation or the saga's time limit sends it to compensation.
+//!   Once an `Authorize` may have reached payment-service, *every* way back goes through
+//!   `VoidPayment`, a refusal included: a refusal says nothing about an earlier attempt that
+//!   timed out on our side but was approved on payment's, and payment's `Void` is a tombstone
+//!   (it voids what exists and refuses any authorization that lands later), so the saga never
+//!   has to guess whether money is held.
 //! * **pivot** — `CommitStock`: once inventory has committed, stock is gone for good (inventory has
 //!   no "un-commit"), so the saga can only go forward. Cancelling is refused from here on (409).
 //!   A commit that inventory *refuses* (the reservation expired because the saga was too slow)
 //!   proves nothing was committed, so the saga can still compensate then.
-//! * **retriable** — `Capture`: retried until it succeeds; capturing an authorized payment only
-//!   fails while payment-service is unreachable.
+//! * **retriable** — `Capture`: retried while the answer is unknown (payment unreachable). A
+//!   *refusal* is told apart from an unknown outcome: a real provider refuses captures (an
+//!   expired authorization), and retrying a refusal forever would hide it. Such a saga, and any
+//!   step past the pivot or in compensation that failed [`State::park_after`] times in a row, is
+//!   **parked**: it stops, shows in `GET /api/v1/admin/sagas/parked` and the
+//!   `order_sagas_parked` gauge, and an operator resumes it once the cause is fixed.
 //!
 //! Every participant call is idempotent per order id (the `.proto` files say so), which is what
 //! makes "persist, call, persist" safe: a crash between the call and the second write repeats the
@@ -166,6 +174,11 @@ pub struct State {
     pub step: Step,
     /// Set once the saga turned to compensation: the reason the order will be cancelled with.
     pub reason: Option<Reason>,
+    /// Attempts of the current step so far, this one included.
+    pub attempts: u32,
+    /// After this many attempts without an answer, a step that cannot give up (past the pivot,
+    /// or a compensation) is parked for an operator instead of retried forever.
+    pub park_after: u32,
     /// The user asked to cancel (`POST /orders/{id}/cancel`).
     pub cancel_requested: bool,
     /// After this the saga gives up (before the pivot) and compensates with `timeout`.
@@ -205,6 +218,9 @@ pub enum Next {
     Go(Step, Option<Reason>),
     /// Stay on the current step; try again after a back-off.
     Retry,
+    /// Stop here, on the current step, until an operator resumes the saga: a refusal past the
+    /// pivot, or too many unanswered attempts of a step that cannot turn back.
+    Park,
 }
 
 fn compensate_from(step: Step, reason: Reason) -> Next {
@@ -246,8 +262,10 @@ pub fn after(state: &State, outcome: Outcome, now: DateTime<Utc>) -> Next {
         },
         // All or nothing: a refused reservation reserved nothing.
         (Reserve, Refused(reason)) => Next::Go(Cancelled, Some(reason)),
-        // A declined card authorized nothing: only the stock goes back.
-        (Authorize, Refused(reason)) => Next::Go(ReleaseStock, Some(reason)),
+        // A declined card authorized nothing *in this attempt*, but an earlier attempt whose
+        // answer we never saw may have: the way back goes through the void (a no-op on a
+        // declined payment), never straight to the stock.
+        (Authorize, Refused(reason)) => Next::Go(VoidPayment, Some(reason)),
         (Reserve | Authorize, _) => before(state, now).unwrap_or(Next::Retry),
 
         (CommitStock, Done) => Next::Go(Capture, None),
@@ -255,10 +273,13 @@ pub fn after(state: &State, outcome: Outcome, now: DateTime<Utc>) -> Next {
         // still compensate (it was too slow: `timeout`).
         (CommitStock, Refused(_)) => compensate_from(CommitStock, Reason::Timeout),
         // Past the pivot an unknown answer is retried, never compensated: it may have committed.
-        (CommitStock, _) => Next::Retry,
+        (CommitStock, _) => retry_or_park(state),
 
         (Capture, Done) => Next::Go(Confirmed, None),
-        (Capture, _) => Next::Retry,
+        // The provider said no (an expired authorization): retrying will not change that, and
+        // the stock is committed, so a person decides.
+        (Capture, Refused(_)) => Next::Park,
+        (Capture, _) => retry_or_park(state),
 
         (VoidPayment, Done | AlreadyCaptured) => Next::Go(ReleaseStock, state.reason),
         // Nothing to void yet; an Authorize still in flight at payment-service may land later.
@@ -273,16 +294,26 @@ pub fn after(state: &State, outcome: Outcome, now: DateTime<Utc>) -> Next {
                 Next::Go(ReleaseStock, state.reason)
             }
         }
-        // A compensation must complete: retried until the participant answers.
-        (VoidPayment, Unknown) => Next::Retry,
+        // A compensation must complete: retried until the participant answers (parked, visibly,
+        // if it keeps failing).
+        (VoidPayment, Unknown) => retry_or_park(state),
 
         (ReleaseStock, Done | NothingToUndo | Refused(_) | AlreadyCaptured) => {
             Next::Go(Cancelled, state.reason)
         }
-        (ReleaseStock, Unknown) => Next::Retry,
+        (ReleaseStock, Unknown) => retry_or_park(state),
 
         // Terminal states stay where they are.
         (Confirmed | Cancelled, _) => Next::Go(state.step, state.reason),
+    }
+}
+
+/// Another attempt later, or, after [`State::park_after`] attempts, a stop for an operator.
+fn retry_or_park(state: &State) -> Next {
+    if state.attempts >= state.park_after {
+        Next::Park
+    } else {
+        Next::Retry
     }
 }
 
@@ -304,6 +335,8 @@ mod tests {
         State {
             step,
             reason: None,
+            attempts: 1,
+            park_after: 20,
             cancel_requested: false,
             deadline: Utc::now() + chrono::Duration::seconds(30),
             authorize_sent_at: None,
@@ -326,7 +359,7 @@ mod tests {
                     state.step = step;
                     state.reason = reason;
                 }
-                Next::Retry => panic!("a success is never retried"),
+                Next::Retry | Next::Park => panic!("a success is never retried or parked"),
             }
             path.push(state.step);
         }
@@ -352,10 +385,17 @@ mod tests {
     }
 
     #[test]
-    fn a_declined_card_releases_the_stock_then_cancels_with_its_reason() {
+    fn a_declined_card_voids_then_releases_the_stock_then_cancels_with_its_reason() {
         for reason in [Reason::PaymentDeclined, Reason::InsufficientFunds] {
+            // Through the void: an earlier attempt whose answer was lost may have authorized.
             assert_eq!(
                 run(&at(Step::Authorize), Outcome::Refused(reason)),
+                Next::Go(Step::VoidPayment, Some(reason))
+            );
+            let mut voiding = at(Step::VoidPayment);
+            voiding.reason = Some(reason);
+            assert_eq!(
+                run(&voiding, Outcome::Done),
                 Next::Go(Step::ReleaseStock, Some(reason))
             );
             let mut releasing = at(Step::ReleaseStock);
@@ -398,6 +438,33 @@ mod tests {
             run(&at(Step::Capture), Outcome::Done),
             Next::Go(Step::Confirmed, None)
         );
+    }
+
+    #[test]
+    fn a_refused_capture_parks_and_so_do_steps_that_keep_failing_past_the_pivot() {
+        assert_eq!(
+            run(
+                &at(Step::Capture),
+                Outcome::Refused(Reason::PaymentDeclined)
+            ),
+            Next::Park
+        );
+        for step in [
+            Step::CommitStock,
+            Step::Capture,
+            Step::VoidPayment,
+            Step::ReleaseStock,
+        ] {
+            let mut state = at(step);
+            state.attempts = 19;
+            assert_eq!(run(&state, Outcome::Unknown), Next::Retry, "{step}");
+            state.attempts = 20;
+            assert_eq!(run(&state, Outcome::Unknown), Next::Park, "{step}");
+        }
+        // Before the pivot the time limit decides, never parking.
+        let mut authorizing = at(Step::Authorize);
+        authorizing.attempts = 100;
+        assert_eq!(run(&authorizing, Outcome::Unknown), Next::Retry);
     }
 
     #[test]

@@ -28,10 +28,12 @@ pub struct Item {
 impl PlaceOrder {
     /// The request in one canonical form (fields in fixed order, unknown ones dropped), so the
     /// same order sent twice with different key order or extra fields has the same fingerprint.
+    /// The card appears only as first six + last four digits and expiry: the fingerprint is
+    /// kept as long as the order, and neither the full number nor the CVC may be.
     pub fn canonical(&self) -> String {
         json!({
             "items": self.items.iter().map(|i| json!([i.product_id, i.quantity])).collect::<Vec<_>>(),
-            "card": [self.card.number, self.card.expiry, self.card.cvc],
+            "card": [self.card.first6(), self.card.last4(), self.card.expiry],
             "shipping_address": self.shipping_address,
         })
         .to_string()
@@ -262,6 +264,16 @@ mod tests {
             place_order(&body()).unwrap().canonical(),
             place_order(&other).unwrap().canonical()
         );
+    }
+
+    #[test]
+    fn the_canonical_form_keeps_no_card_number_and_no_cvc() {
+        let mut with_cvc = body();
+        with_cvc["payment"]["cvc"] = json!("987");
+        let canonical = place_order(&with_cvc).unwrap().canonical();
+        assert!(!canonical.contains("4242424242424242"), "{canonical}");
+        assert!(!canonical.contains("987"), "{canonical}");
+        assert!(canonical.contains("424242") && canonical.contains("4242"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Crash safety: the real order-service binary is killed (`ORDER_CRASH_AFTER_STEP`, a test-only
-//! fault injection that aborts the process right after persisting that step) after each step in
-//! turn, and restarted. Every saga resumes from the database and ends exactly once.
+//! Crash safety: the real order-service binary is killed after each step in turn, and
+//! restarted. Two test-only fault injections abort the process: `ORDER_CRASH_AFTER_STEP` right
+//! after the step's transition committed, and `ORDER_CRASH_BEFORE_RECORDING` after the
+//! participant acted but before the saga wrote down its answer (the step then runs again after
+//! the restart, and the participant's idempotency must absorb it). Every saga resumes from the
+//! database and ends exactly once, with one capture per confirmed order and none otherwise.
 
 mod support;
 
@@ -13,7 +16,7 @@ use support::*;
 const BINARY: &str = env!("CARGO_BIN_EXE_order-service");
 
 #[tokio::test]
-async fn killed_after_each_step_every_saga_resumes_and_ends_exactly_once() {
+async fn killed_before_and_after_recording_each_step_every_saga_resumes_and_ends_exactly_once() {
     let world = World::start(&[]).await;
     let mut env = world.order_env();
     env.push((
@@ -30,21 +33,32 @@ async fn killed_after_each_step_every_saga_resumes_and_ends_exactly_once() {
     let ada = world.customer().await;
     let (product, sku) = world.product(1000, 20).await;
 
+    const AFTER: &str = "ORDER_CRASH_AFTER_STEP";
+    const BEFORE: &str = "ORDER_CRASH_BEFORE_RECORDING";
     let cases = [
-        ("reserve", APPROVES, "CONFIRMED"),
-        ("authorize", APPROVES, "CONFIRMED"),
-        ("commit_stock", APPROVES, "CONFIRMED"),
-        ("capture", APPROVES, "CONFIRMED"),
-        ("authorize", DECLINES, "CANCELLED"),
-        ("release_stock", DECLINES, "CANCELLED"),
+        (AFTER, "reserve", APPROVES, "CONFIRMED"),
+        (AFTER, "authorize", APPROVES, "CONFIRMED"),
+        (AFTER, "commit_stock", APPROVES, "CONFIRMED"),
+        (AFTER, "capture", APPROVES, "CONFIRMED"),
+        (AFTER, "authorize", DECLINES, "CANCELLED"),
+        (AFTER, "void_payment", DECLINES, "CANCELLED"),
+        (AFTER, "release_stock", DECLINES, "CANCELLED"),
+        (BEFORE, "reserve", APPROVES, "CONFIRMED"),
+        (BEFORE, "authorize", APPROVES, "CONFIRMED"),
+        (BEFORE, "commit_stock", APPROVES, "CONFIRMED"),
+        (BEFORE, "capture", APPROVES, "CONFIRMED"),
+        (BEFORE, "void_payment", DECLINES, "CANCELLED"),
+        (BEFORE, "release_stock", DECLINES, "CANCELLED"),
     ];
     let mut ids = Vec::new();
-    for (n, (step, card, expected)) in cases.into_iter().enumerate() {
+    for (n, (fault, step, card, expected)) in cases.into_iter().enumerate() {
+        let step = format!("{fault}={step}");
+        let (fault, name) = step.split_once('=').expect("a fault");
         let mut crashing = ChildService::start(
             BINARY,
             env.iter()
                 .cloned()
-                .chain([("ORDER_CRASH_AFTER_STEP".to_owned(), step.to_owned())]),
+                .chain([(fault.to_owned(), name.to_owned())]),
         )
         .expect("the binary starts");
         crashing
@@ -86,17 +100,14 @@ async fn killed_after_each_step_every_saga_resumes_and_ends_exactly_once() {
     // Exactly one capture per confirmed order, none for the others; stock exactly right.
     let mut confirmed = 0;
     for (order_id, expected) in &ids {
-        let payments: Vec<Value> = world.payments(&ada, order_id).await;
-        let captured: i64 = payments
-            .iter()
-            .map(|p| p["captured"]["amount"].as_i64().unwrap_or_default())
-            .sum();
+        let payment: Value = world.payment(&ada, order_id).await;
         if *expected == "CONFIRMED" {
             confirmed += 1;
-            assert_eq!(payments.len(), 1, "{payments:?}");
-            assert_eq!(captured, 1000, "{payments:?}");
+            assert_eq!(payment["state"], "CAPTURED", "{payment}");
+            assert_eq!(payment["captured"]["amount"], 1000, "{payment}");
         } else {
-            assert_eq!(captured, 0, "{payments:?}");
+            assert_eq!(payment["state"], "DECLINED", "{payment}");
+            assert_eq!(payment["captured"]["amount"], 0, "{payment}");
         }
     }
     assert_eq!(world.stock(&sku).await, (20 - confirmed, 0));

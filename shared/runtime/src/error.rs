@@ -134,6 +134,8 @@ struct Inner {
     fields: Vec<FieldError>,
     /// Extra members of the problem document (e.g. per-check readiness results).
     extensions: serde_json::Map<String, serde_json::Value>,
+    /// Seconds for a `Retry-After` header: when the caller may try again (503, 429).
+    retry_after: Option<u32>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -144,6 +146,7 @@ impl ApiError {
             detail: detail.into(),
             fields: Vec::new(),
             extensions: serde_json::Map::new(),
+            retry_after: None,
             source: None,
         }))
     }
@@ -181,6 +184,13 @@ impl ApiError {
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
         self.0.source = Some(source.into());
+        self
+    }
+
+    /// Tells the caller when to try again (`Retry-After`, in seconds): an overloaded or
+    /// briefly unavailable service says so instead of leaving clients to guess and hammer it.
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.0.retry_after = Some(seconds);
         self
     }
 
@@ -235,6 +245,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.0.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -263,15 +278,40 @@ impl From<JsonRejection> for ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// A database that is down, restarting or out of connections is a 503 the caller may
+    /// retry, not a 500: during a PostgreSQL crash and restart every query fails with an I/O
+    /// error or one of the "server is shutting down / starting up" codes, and a client that
+    /// sees 500 concludes the request itself is broken. Everything else stays internal.
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::RowNotFound => Self::not_found("The resource does not exist."),
-            sqlx::Error::PoolTimedOut => {
-                Self::unavailable("The database is busy or unreachable; retry later.")
-                    .with_source(err)
-            }
-            other => Self::internal(other),
+        if matches!(err, sqlx::Error::RowNotFound) {
+            return Self::not_found("The resource does not exist.");
         }
+        if store_unavailable(&err) {
+            return Self::unavailable("The database is busy or unreachable; retry later.")
+                .with_retry_after(1)
+                .with_source(err);
+        }
+        Self::internal(err)
+    }
+}
+
+/// Whether a database error means "the store is not reachable right now" (retry later) rather
+/// than "this request is wrong" or a bug.
+pub fn store_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // The connection broke mid-conversation (the server went away).
+        sqlx::Error::Protocol(_) => true,
+        // SQLSTATE class 08 (connection exception), 57P01..57P05 (admin/crash shutdown, cannot
+        // connect now, idle session timeout), 53300 (too many connections).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
     }
 }
 
@@ -426,6 +466,21 @@ mod tests {
             response.status(),
             StatusCode::OK,
             "successes pass untouched"
+        );
+    }
+
+    #[test]
+    fn a_database_that_is_down_is_503_with_retry_after_not_500() {
+        let refused = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let response = ApiError::from(refused).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bug = sqlx::Error::ColumnNotFound("total".into());
+        assert_eq!(
+            ApiError::from(bug).into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
         );
     }
 

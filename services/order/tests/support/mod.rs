@@ -19,6 +19,12 @@ pub const APPROVES: &str = "4242424242424242";
 pub const DECLINES: &str = "4000000000000002";
 pub const INSUFFICIENT: &str = "4000000000009995";
 pub const SLOW: &str = "4000000000000259";
+/// The provider never answers and does nothing (see payment-service's README).
+pub const PROVIDER_TIMES_OUT: &str = "4000000000000119";
+/// The provider approves, then the answer is lost on the way back.
+pub const ANSWER_LOST: &str = "4000000000000127";
+/// Approved, but the provider refuses the capture (the authorization expired).
+pub const CAPTURE_REFUSED: &str = "4000000000000069";
 
 /// How long any wait in these tests may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(45);
@@ -101,6 +107,7 @@ impl World {
             ("ORDER_LATE_AUTHORIZATION_SECONDS", "8".to_owned()),
             ("ORDER_BREAKER_FAILURES", "3".to_owned()),
             ("ORDER_BREAKER_COOLDOWN_MS", "500".to_owned()),
+            ("ORDER_PARK_AFTER_ATTEMPTS", "8".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -189,9 +196,11 @@ impl World {
         )
     }
 
-    /// The customer's payments for an order, as payment-service shows them.
+    /// The customer's payments for an order, as payment-service shows them. Fails the test
+    /// unless payment-service answered 200 with a list: an error must never read as "no
+    /// payments" (that made checks over the result vacuous).
     pub async fn payments(&self, token: &str, order_id: &str) -> Vec<Value> {
-        let body: Value = self
+        let response = self
             .http
             .get(
                 self.payment
@@ -200,11 +209,28 @@ impl World {
             .bearer_auth(token)
             .send()
             .await
-            .expect("payments")
-            .json()
-            .await
-            .expect("json");
-        body["items"].as_array().cloned().unwrap_or_default()
+            .expect("payments");
+        let status = response.status();
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(
+            status, 200,
+            "GET /api/v1/payments answered {status}: {body}"
+        );
+        body["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("no items in {body}"))
+    }
+
+    /// The one payment of an order (fails unless there is exactly one).
+    pub async fn payment(&self, token: &str, order_id: &str) -> Value {
+        let mut payments = self.payments(token, order_id).await;
+        assert_eq!(
+            payments.len(),
+            1,
+            "one payment for {order_id}: {payments:?}"
+        );
+        payments.remove(0)
     }
 }
 
