@@ -485,7 +485,7 @@ async fn a_refused_capture_parks_the_saga_for_an_operator_instead_of_looping() {
     let attempts = parked["attempts"].clone();
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let (_, again) = admin(
-        world_ref(&world),
+        &world,
         reqwest::Method::GET,
         order.url("/api/v1/admin/sagas/parked"),
     )
