@@ -258,6 +258,72 @@ async fn lapsed_reservations_are_released_once_by_either_of_two_instances() {
     second.stop().await.unwrap();
 }
 
+/// A saga that comes back just as its reservation lapses: its Commit and the expiry job race
+/// for the same rows. Each reservation must end exactly one way, and the answer the saga got
+/// must say which: a Commit that succeeded means committed (the stock is sold), a refused one
+/// means expired (the stock is back). Never both, never stock lost or counted twice.
+#[tokio::test]
+async fn commits_racing_the_expiry_of_their_reservations_each_end_exactly_one_way() {
+    let stack = Stack::start(&[
+        ("RESERVATION_TTL_SECONDS", "1"),
+        ("EXPIRY_INTERVAL_SECONDS", "1"),
+    ])
+    .await;
+    stack.set_stock("kettle", 40).await;
+    let orders: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    for order in &orders {
+        stack.reserve(*order, &[("kettle", 1)]).await.unwrap();
+    }
+    // Right at the expiry: the service's own expiry job runs every second, and a second
+    // expirer works on the same database at the same time as the commits.
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    let db = stack.database().await;
+    let expirer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut expired = 0;
+            for _ in 0..40 {
+                expired += inventory_service::stock::expire_due(&db, 2).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            expired
+        })
+    };
+    let stack_ref = &stack;
+    let answers = join_all(orders.iter().map(|order| async move {
+        tokio::time::sleep(Duration::from_millis(u64::from(order.as_bytes()[0]) % 150)).await;
+        (*order, stack_ref.commit(*order).await)
+    }))
+    .await;
+    expirer.await.unwrap();
+
+    let mut committed = 0;
+    for (order, answer) in answers {
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+                .bind(order)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        match answer {
+            Ok(()) => {
+                assert_eq!(status, "committed", "{order}: commit answered OK");
+                committed += 1;
+            }
+            Err(refusal) => {
+                assert_eq!(refusal.code(), Code::FailedPrecondition, "{refusal:?}");
+                assert_eq!(status, "expired", "{order}: commit refused");
+            }
+        }
+    }
+    // Whatever the interleaving, stock is conserved exactly: sold + available = 40, and
+    // nothing stays reserved once every reservation ended.
+    eventually(Duration::from_secs(10), "nothing left reserved", || async {
+        (stack.stock("kettle").await == (40 - committed, 0)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn only_services_may_call_and_bad_requests_name_the_field() {
     let stack = Stack::start(&[]).await;
