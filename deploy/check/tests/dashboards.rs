@@ -1,5 +1,6 @@
-//! Every metric a Grafana dashboard in deploy/grafana/dashboards queries is one the system
-//! exports. The seven services boot in this process (as e2e does), each against its own
+//! Every metric a Grafana dashboard in deploy/grafana/dashboards or an alert rule in
+//! deploy/prometheus/alerts.yml queries is one the system exports (an alert on a metric nobody
+//! exports never fires, silently). The seven services boot in this process (as e2e does), each against its own
 //! stores and all on one RabbitMQ vhost so events flow between them; one customer then places
 //! an order that is confirmed and one that is declined, through the gateway, so the request,
 //! saga, payment, stock, outbox and consumer figures exist; then `/metrics` is scraped and each
@@ -24,9 +25,15 @@ const ORDER_SECRET: &str = "deploy-check-order-service-secret-0123456789";
 const NOTIFICATION_SECRET: &str = "deploy-check-notification-service-secret-0123";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_metric_a_dashboard_queries_is_exported_by_the_running_system() {
-    let wanted = dashboard_metrics();
+async fn every_metric_a_dashboard_or_an_alert_rule_queries_is_exported_by_the_running_system() {
+    let mut wanted = dashboard_metrics();
     assert!(wanted.len() >= 20, "the dashboards query only {wanted:?}");
+    let alerts = alert_metrics();
+    assert!(
+        alerts.contains("payment_unsettled_authorizations") && alerts.contains("order_sagas_parked"),
+        "the money alerts are gone: {alerts:?}"
+    );
+    wanted.extend(alerts);
 
     let system = System::boot().await;
     system.place_orders().await;
@@ -43,7 +50,7 @@ async fn every_metric_a_dashboard_queries_is_exported_by_the_running_system() {
     let absent = missing(&wanted, &exported(&system.gateway).await);
     assert!(
         absent.is_empty(),
-        "dashboards query metrics no service exports: {absent:?}"
+        "dashboards or alert rules query metrics no service exports: {absent:?}"
     );
 }
 
@@ -95,6 +102,23 @@ fn dashboard_metrics() -> BTreeSet<String> {
                 "no metric in {query:?} ({})",
                 path.display()
             );
+            names.extend(found);
+        }
+    }
+    names
+}
+
+/// Every metric name the alert rules shipped with the deployment use.
+fn alert_metrics() -> BTreeSet<String> {
+    let path = support::root().join("deploy/prometheus/alerts.yml");
+    let rules: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut names = BTreeSet::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let expr = rule["expr"].as_str().expect("an expr");
+            let found = metric_names(expr);
+            assert!(!found.is_empty(), "no metric in {expr:?} ({})", path.display());
             names.extend(found);
         }
     }
