@@ -4,8 +4,14 @@
 //!
 //! Declines are answers (`status: DECLINED` with a reason), not errors. Errors are:
 //! `INVALID_ARGUMENT` naming each bad field, `NOT_FOUND` (no payment for the order),
-//! `FAILED_PRECONDITION` (the state machine refused; the message says why) and `UNAVAILABLE`
-//! (the provider did not answer; retry the same request).
+//! `FAILED_PRECONDITION` (the state machine or the provider refused; the message says why) and
+//! `UNAVAILABLE` (the provider did not answer, or refused a void for now; retry the same
+//! request).
+//!
+//! A Void always settles something: `VOIDED` with an empty `payment_id` for an order without a
+//! payment (a tombstone: a later Authorize is refused), `VOIDED` for a payment whose
+//! authorization has no known outcome (voided at the provider by its key), `DECLINED` for a
+//! declined payment (nothing is held).
 
 use chrono::Utc;
 use shop_proto::{
@@ -102,6 +108,22 @@ fn status(state: State) -> PaymentStatus {
     }
 }
 
+fn authorize_response(receipt: &Receipt) -> AuthorizeResponse {
+    let payment = &receipt.payment;
+    AuthorizeResponse {
+        payment_id: payment.id.to_string(),
+        status: status(receipt.ledger.state).into(),
+        decline_reason: if receipt.outcome == Outcome::Declined {
+            receipt.reason.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        card_last4: payment.card_last4.clone(),
+        card_brand: payment.card_brand.clone(),
+        amount: proto_money(payment.amount, &payment.currency),
+    }
+}
+
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn authorize(
@@ -134,8 +156,23 @@ impl PaymentService for PaymentApi {
         // The request (and the card in it) is dropped here; only `Card` goes on.
         drop(body);
         let (Some(order_id), Some(user_id), Some(amount), Some(card)) =
-            (order_id, user_id, amount, card)
+            (order_id, user_id, amount.clone(), card)
         else {
+            // A retry of an Authorize that completed is answered with its result even if the
+            // card no longer validates (its expiry month passed in between): the saga must
+            // learn the money is held, not read "invalid" and walk away from it.
+            if let Some(order_id) = order_id
+                && let Some(receipt) = self.payments.recorded_authorization(order_id).await?
+                && user_id.is_none_or(|user| user == receipt.payment.user_id)
+                && amount.as_ref().is_none_or(|amount| {
+                    amount.amount == receipt.payment.amount
+                        && amount.currency == receipt.payment.currency
+                })
+            {
+                metrics::counter!("payment_operations_total", "operation" => "authorize", "outcome" => "replayed")
+                    .increment(1);
+                return Ok(Response::new(authorize_response(&receipt)));
+            }
             return Err(invalid("authorize", errors));
         };
         let receipt = self
@@ -151,19 +188,7 @@ impl PaymentService for PaymentApi {
                 &caller,
             )
             .await?;
-        let payment = &receipt.payment;
-        Ok(Response::new(AuthorizeResponse {
-            payment_id: payment.id.to_string(),
-            status: status(receipt.ledger.state).into(),
-            decline_reason: if receipt.outcome == Outcome::Declined {
-                receipt.reason.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
-            card_last4: payment.card_last4.clone(),
-            card_brand: payment.card_brand.clone(),
-            amount: proto_money(payment.amount, &payment.currency),
-        }))
+        Ok(Response::new(authorize_response(&receipt)))
     }
 
     async fn capture(
@@ -189,11 +214,19 @@ impl PaymentService for PaymentApi {
         let Some(order_id) = order_id(&request.get_ref().order_id, &mut errors) else {
             return Err(invalid("void", errors));
         };
-        let receipt = self.payments.void(order_id, &caller).await?;
-        Ok(Response::new(VoidResponse {
-            status: status(receipt.ledger.state).into(),
-            payment_id: receipt.payment.id.to_string(),
-        }))
+        Ok(Response::new(
+            match self.payments.void(order_id, &caller).await? {
+                Some(receipt) => VoidResponse {
+                    status: status(receipt.ledger.state).into(),
+                    payment_id: receipt.payment.id.to_string(),
+                },
+                // No payment: the tombstone voids whatever Authorize may still arrive.
+                None => VoidResponse {
+                    status: PaymentStatus::Voided.into(),
+                    payment_id: String::new(),
+                },
+            },
+        ))
     }
 
     async fn refund(

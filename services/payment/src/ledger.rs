@@ -9,11 +9,19 @@
 //! ```text
 //!              Authorize                Capture                  Refund (part)
 //!   (none) ──────────────▶ AUTHORIZED ───────────▶ CAPTURED ────────────────▶ PARTIALLY_REFUNDED
-//!      │                        │                      │                          │      │ Refund (part)
-//!      │ declined               │ Void                 │ Refund (all)             │      └──────┐
-//!      ▼                        ▼                      ▼                          ▼ Refund (rest) │
-//!   DECLINED                  VOIDED                REFUNDED ◀───────────────────────────────────┘
+//!   PENDING                     │                      │                          │      │ Refund (part)
+//!      │ │ declined             │ Void                 │ Refund (all)             │      └──────┐
+//!      │ ▼                      ▼                      ▼                          ▼ Refund (rest) │
+//!      │ DECLINED             VOIDED                REFUNDED ◀───────────────────────────────────┘
+//!      │                        ▲
+//!      └────────────────────────┘ Void (no authorization outcome known: a tombstone)
 //! ```
+//!
+//! The void of a PENDING payment is what settles money under uncertainty: an authorization
+//! that timed out or lost its answer may or may not hold money at the provider, and the order
+//! gave up on it. The void is carried out at the provider by the authorization's key, and the
+//! VOIDED state is final: any later Authorize is refused, so a retry still on its way cannot
+//! hold money for a cancelled order.
 
 use std::fmt;
 
@@ -44,6 +52,14 @@ impl Operation {
             "refund" => Some(Self::Refund),
             _ => None,
         }
+    }
+}
+
+impl std::str::FromStr for Operation {
+    type Err = &'static str;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::parse(name).ok_or("expected authorize, capture, void or refund")
     }
 }
 
@@ -143,6 +159,10 @@ pub enum Decision {
     Proceed(i64),
     /// Not allowed in this state; the reason tells the caller what happened instead.
     Refuse(String),
+    /// Nothing to do and nothing to refuse: what the request asks for is already the case
+    /// (a void of a declined payment: nothing is held). Answer with the completed operation
+    /// at this index.
+    AlreadySettled(usize),
 }
 
 impl Ledger {
@@ -210,12 +230,24 @@ impl Ledger {
         let refuse = |reason: &str| Decision::Refuse(reason.to_owned());
         match (operation, self.state) {
             (Operation::Authorize, State::Pending) => Decision::Proceed(0),
+            (Operation::Authorize, State::Voided) => refuse(
+                "This order's payment was voided before its authorization completed; it cannot be authorized any more.",
+            ),
             (Operation::Authorize, _) => {
                 refuse("The order already has a payment with a different outcome.")
             }
+            // Nothing is known to be held; the void is carried out by the authorization's key.
+            (Operation::Void, State::Pending) => Decision::Proceed(0),
             (_, State::Pending) => refuse("The payment is not authorized (yet); authorize first."),
+            (Operation::Void, State::Declined) => {
+                let declined = completed
+                    .iter()
+                    .rposition(|op| op.outcome == Outcome::Declined)
+                    .unwrap_or_default();
+                Decision::AlreadySettled(declined)
+            }
             (_, State::Declined) => {
-                refuse("The payment was declined; there is nothing to capture, void or refund.")
+                refuse("The payment was declined; there is nothing to capture or refund.")
             }
             (Operation::Capture, State::Authorized) => Decision::Proceed(self.authorized),
             (Operation::Capture, State::Voided) => {
@@ -326,7 +358,7 @@ mod tests {
         assert!(refused(&decide(&authorized(), Operation::Refund, "", None)));
         assert!(refused(&decide(&[], Operation::Capture, "", None)));
         let declined = vec![op(Operation::Authorize, "", Outcome::Declined, 0)];
-        for operation in [Operation::Capture, Operation::Void, Operation::Refund] {
+        for operation in [Operation::Capture, Operation::Refund] {
             assert!(refused(&decide(&declined, operation, "", None)));
         }
         let mut refunded = captured();
@@ -352,6 +384,37 @@ mod tests {
         assert_eq!(
             decide(&ops, Operation::Refund, "c", None),
             Decision::Proceed(300)
+        );
+    }
+
+    #[test]
+    fn a_pending_payment_can_be_voided_and_never_authorized_after() {
+        assert_eq!(decide(&[], Operation::Void, "", None), Decision::Proceed(0));
+        let tombstone = vec![op(Operation::Void, "", Outcome::Voided, 0)];
+        assert_eq!(Ledger::replay(&tombstone).state, State::Voided);
+        let Decision::Refuse(reason) = decide(&tombstone, Operation::Authorize, "", None) else {
+            panic!("an Authorize after the void must be refused");
+        };
+        assert!(
+            reason.contains("voided before its authorization completed"),
+            "{reason}"
+        );
+        // A retry of the void is answered with the void.
+        assert_eq!(
+            decide(&tombstone, Operation::Void, "", None),
+            Decision::Replay(0)
+        );
+        for operation in [Operation::Capture, Operation::Refund] {
+            assert!(refused(&decide(&tombstone, operation, "", None)));
+        }
+    }
+
+    #[test]
+    fn voiding_a_declined_payment_is_answered_not_refused() {
+        let declined = vec![op(Operation::Authorize, "", Outcome::Declined, 0)];
+        assert_eq!(
+            decide(&declined, Operation::Void, "", None),
+            Decision::AlreadySettled(0)
         );
     }
 }

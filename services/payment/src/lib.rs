@@ -6,11 +6,12 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | [`config`] | its settings (provider timeout, the slow test card's delay) |
+//! | [`config`] | its settings (provider timeout, the simulated provider's faults, the reconciler's pace) |
 //! | [`card`] | card validation (Luhn, expiry, CVC) and the types that never reveal a card |
-//! | [`provider`] | the provider trait and the simulated provider with the test cards |
+//! | [`provider`] | the provider trait and the simulated provider with the test cards and its own record |
 //! | [`ledger`] | the state machine, derived from the completed operations |
 //! | [`payments`] | the operations: idempotent, serialised per payment, audited, evented |
+//! | [`reconciler`] | the background task that settles every authorization whose outcome is unknown |
 //! | [`grpc`] | `PaymentService`, for service callers only |
 //! | [`api`] | `GET /api/v1/payments`, a customer's own payments |
 //!
@@ -24,6 +25,7 @@ pub mod grpc;
 pub mod ledger;
 pub mod payments;
 pub mod provider;
+pub mod reconciler;
 
 use std::sync::Arc;
 
@@ -33,7 +35,9 @@ use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 use sqlx::migrate::Migrator;
 
-use crate::{config::PaymentConfig, payments::Payments, provider::SimulatedProvider};
+use crate::{
+    config::PaymentConfig, payments::Payments, provider::SimulatedProvider, reconciler::Reconciler,
+};
 
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
@@ -62,16 +66,29 @@ impl Service for PaymentService {
         // Creates the outbox tables before the first operation can write to them.
         Relay::spawn(ctx, RelayConfig::default()).await?;
         let verifier = config.auth.verifier()?;
-        // The one place to plug in a real provider.
-        let provider = Arc::new(SimulatedProvider {
-            slow_delay: config.slow_card_delay,
-        });
+        // The one place to plug in a real provider. The simulated one keeps its record in its
+        // own schema of this database (a stand-in for the provider's system).
+        let provider = Arc::new(SimulatedProvider::new(
+            pool.clone(),
+            config.slow_card_delay,
+            config.faults,
+        ));
+        if let Some(operation) = config.crash_after {
+            tracing::warn!(%operation, "PAYMENT_CRASH_AFTER_PROVIDER is set: this process aborts after the provider answers that operation (tests only)");
+        }
         let payments = Payments::new(
             pool.clone(),
             provider,
             config.provider_timeout,
             ctx.tasks.clone(),
-        );
+        )
+        .crash_after(config.crash_after);
+        Reconciler::new(
+            payments.clone(),
+            config.reconcile_interval,
+            config.reconcile_alert_after,
+        )
+        .spawn(ctx);
         let grpc = RequireService::new(
             PaymentServiceServer::new(grpc::PaymentApi { payments }),
             verifier.clone(),

@@ -18,6 +18,22 @@
 //! calling the provider again with the same idempotency key (a real provider deduplicates on
 //! it). An attempt whose lease expired before it could record (a paused process) abandons its
 //! result rather than record it late, over a takeover's.
+//!
+//! **Money under uncertainty.** An authorization whose outcome is unknown (no answer in time,
+//! an answer lost, a process that died, an approval too late to record) may hold the customer's
+//! money at the provider while the payment reads PENDING. Three things make sure every such
+//! hold settles:
+//!
+//! * every authorization is put on the reconciliation queue when it starts (due when its lease
+//!   ends) and taken off when its result is recorded, so whatever kept it from recording, the
+//!   reconciler ([`crate::reconciler`]) asks the provider what happened and records it;
+//! * a Void does not need a known outcome: for an order without a payment it leaves a tombstone
+//!   (`voided_orders`) that refuses any later Authorize, and for a PENDING payment it voids at
+//!   the provider by the authorization's key and records VOIDED, after which the ledger refuses
+//!   any Authorize. Authorize's begin and Void take the same per-order advisory lock, so of the
+//!   two racing, one clearly comes first;
+//! * a provider refusal (capture of an expired hold, a void to be retried) is an answer, recorded
+//!   as a `refused` row with the provider's reason, never mistaken for "no answer".
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,9 +50,16 @@ use uuid::Uuid;
 
 use crate::{
     card::{Card, CardSummary},
-    ledger::{Completed, Decision, Ledger, Operation, Outcome},
+    ledger::{Completed, Decision, Ledger, Operation, Outcome, State},
     provider::{AuthorizationOutcome, CardProvider, ProviderError},
+    reconciler,
 };
+
+/// Who the audit trail names for what the reconciler records.
+pub const RECONCILER: &str = "payment-service/reconciler";
+
+/// The answer to an Authorize for an order whose payment was voided before it existed.
+pub const ORDER_VOIDED: &str = "This order's payment was voided; it cannot be authorized any more (the order was given up: place a new order).";
 
 /// A payment as stored: the facts fixed when it was authorized.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -135,7 +158,7 @@ pub struct Refund {
     pub reason: String,
 }
 
-/// The payment operations, shared by the gRPC handlers.
+/// The payment operations, shared by the gRPC handlers and the reconciler.
 #[derive(Debug, Clone)]
 pub struct Payments {
     pool: PgPool,
@@ -143,14 +166,20 @@ pub struct Payments {
     provider_timeout: Duration,
     lease: Duration,
     tasks: TaskTracker,
+    /// `PAYMENT_CRASH_AFTER_PROVIDER` (tests only).
+    crash_after: Option<Operation>,
 }
 
 /// What step 1 found.
 enum Begin {
     Replay(Receipt),
+    /// Nothing to do, nothing to refuse (a void of a declined payment).
+    Settled(Receipt),
     Refused(String),
     InFlight,
     Started(Started),
+    /// A void for an order without a payment: the tombstone is written.
+    Tombstone,
 }
 
 /// An attempt recorded as `started`, ready for the provider call.
@@ -162,10 +191,86 @@ struct Started {
     key: String,
     /// Minor units the operation moves.
     amount: i64,
-    /// The approved authorization's provider reference (capture, void, refund).
+    /// The approved authorization's provider reference (capture, void, refund); empty for the
+    /// void of a payment whose authorization has no known outcome.
     reference: String,
     reason: String,
     requested_by: String,
+}
+
+impl Started {
+    /// Whether this attempt leaves the payment's money unsettled when it ends without a
+    /// result: an authorization, or the void of one whose outcome is unknown.
+    fn leaves_unsettled(&self) -> bool {
+        self.operation == Operation::Authorize
+            || (self.operation == Operation::Void && self.reference.is_empty())
+    }
+}
+
+/// A completed operation about to be recorded.
+struct Completion<'a> {
+    payment: &'a Payment,
+    operation: Operation,
+    key: &'a str,
+    attempt_id: Uuid,
+    outcome: Outcome,
+    amount: i64,
+    reason: Option<String>,
+    reference: Option<String>,
+    requested_by: &'a str,
+}
+
+/// What must still hold when a result is recorded.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    /// The attempt's lease has not expired (an attempt recording its own provider call).
+    Lease,
+    /// No attempt is in flight (the reconciler recording what the provider says).
+    NothingInFlight,
+}
+
+/// What recording a result came to.
+enum Recorded {
+    Done(Receipt),
+    /// The same operation was recorded first by another attempt: its result stands.
+    Duplicate,
+    /// Too late to record (the lease lapsed, something else is in flight, or the state moved
+    /// on, e.g. the payment was voided meanwhile); why.
+    Stale(String),
+}
+
+/// What the reconciler sees of a payment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub payment: Payment,
+    pub state: State,
+    /// The latest lease of an attempt still in flight.
+    pub in_flight_until: Option<DateTime<Utc>>,
+    /// When anything was last recorded for the payment.
+    pub last_activity: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+/// The idempotency key the provider sees for an operation: `<payment>:<operation>:<key>`.
+pub fn provider_key(payment_id: Uuid, operation: Operation, key: &str) -> String {
+    format!("{payment_id}:{operation}:{key}")
+}
+
+/// Takes the per-order lock Authorize's begin and Void share, until the transaction ends.
+///
+/// Without it, an Authorize and a Void for an order without a payment could each miss the
+/// other: the Void finds no payment and writes a tombstone while the Authorize, not seeing the
+/// tombstone yet, creates the payment and goes on to hold money for a voided order. The
+/// two-key form keeps these locks apart from any single-key advisory lock (the outbox's).
+async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    /// "payment order": the first key, naming what the second one (a hash of the order) is.
+    const ORDER_LOCKS: i32 = 0x5041_594f;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
+        .bind(ORDER_LOCKS)
+        .bind(order_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 impl Payments {
@@ -182,11 +287,34 @@ impl Payments {
             // Longer than any live attempt can take, so only a dead or paused one loses it.
             lease: provider_timeout + Duration::from_secs(10),
             tasks,
+            crash_after: None,
         }
+    }
+
+    /// Aborts the process right after the provider answered `operation`, before recording
+    /// (`PAYMENT_CRASH_AFTER_PROVIDER`, refused outside tests by [`crate::config`]).
+    #[must_use]
+    pub fn crash_after(mut self, operation: Option<Operation>) -> Self {
+        self.crash_after = operation;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn provider(&self) -> &dyn CardProvider {
+        self.provider.as_ref()
+    }
+
+    pub fn provider_timeout(&self) -> Duration {
+        self.provider_timeout
+    }
+
+    /// How long an attempt owns its operation: also how long a provider may plausibly still
+    /// act on a request whose answer never came.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     pub async fn authorize(&self, request: Authorize, caller: &str) -> Result<Receipt, ApiError> {
@@ -209,7 +337,8 @@ impl Payments {
             Some(&new),
             &mut card,
         )
-        .await
+        .await?
+        .ok_or_else(|| ApiError::internal("an authorization ended without a payment"))
     }
 
     pub async fn capture(&self, order_id: Uuid, caller: &str) -> Result<Receipt, ApiError> {
@@ -224,10 +353,13 @@ impl Payments {
             None,
             &mut no_card,
         )
-        .await
+        .await?
+        .ok_or_else(|| ApiError::internal("a capture ended without a payment"))
     }
 
-    pub async fn void(&self, order_id: Uuid, caller: &str) -> Result<Receipt, ApiError> {
+    /// The void of the order's payment; `None` when the order has no payment (a tombstone was
+    /// written: nothing can be authorized for the order any more).
+    pub async fn void(&self, order_id: Uuid, caller: &str) -> Result<Option<Receipt>, ApiError> {
         let mut no_card = None;
         self.run(
             order_id,
@@ -254,10 +386,34 @@ impl Payments {
             None,
             &mut no_card,
         )
-        .await
+        .await?
+        .ok_or_else(|| ApiError::internal("a refund ended without a payment"))
     }
 
-    /// Steps 1 to 3, polling while another operation on the payment is in flight.
+    /// The recorded result of the order's Authorize, if it completed: what a retry gets even
+    /// when its card no longer passes validation (an expiry month that passed since).
+    pub async fn recorded_authorization(
+        &self,
+        order_id: Uuid,
+    ) -> Result<Option<Receipt>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let payment: Option<Payment> = sqlx::query_as("SELECT * FROM payments WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(payment) = payment else {
+            return Ok(None);
+        };
+        let rows = operations(&mut conn, payment.id).await?;
+        let (done, done_rows) = completed(&rows);
+        Ok(done
+            .iter()
+            .position(|op| op.operation == Operation::Authorize)
+            .map(|index| receipt(&payment, &done, &done_rows, index, true)))
+    }
+
+    /// Steps 1 to 3, polling while another operation on the payment is in flight. `None`: a
+    /// void found no payment and left a tombstone.
     #[allow(clippy::too_many_arguments)] // private; the four public operations name them
     async fn run(
         &self,
@@ -269,7 +425,7 @@ impl Payments {
         caller: &str,
         new: Option<&NewPayment>,
         card: &mut Option<Card>,
-    ) -> Result<Receipt, ApiError> {
+    ) -> Result<Option<Receipt>, ApiError> {
         let mut pause = Duration::from_millis(20);
         loop {
             let begun = self
@@ -285,7 +441,15 @@ impl Payments {
             match begun {
                 Begin::Replay(receipt) => {
                     record_metric(operation, "replayed");
-                    return Ok(receipt);
+                    return Ok(Some(receipt));
+                }
+                Begin::Settled(receipt) => {
+                    record_metric(operation, "nothing_held");
+                    return Ok(Some(receipt));
+                }
+                Begin::Tombstone => {
+                    record_metric(operation, "tombstone");
+                    return Ok(None);
                 }
                 Begin::Refused(reason) => {
                     record_metric(operation, "refused");
@@ -310,9 +474,12 @@ impl Payments {
                         record_metric(operation, outcome);
                         receipt
                     });
-                    return attempt.await.map_err(|err| {
-                        ApiError::internal(format!("payment attempt failed: {err}"))
-                    })?;
+                    return attempt
+                        .await
+                        .map_err(|err| {
+                            ApiError::internal(format!("payment attempt failed: {err}"))
+                        })?
+                        .map(Some);
                 }
             }
         }
@@ -331,7 +498,22 @@ impl Payments {
         new: Option<&NewPayment>,
     ) -> Result<Begin, ApiError> {
         let mut tx = self.pool.begin().await?;
+        if matches!(operation, Operation::Authorize | Operation::Void) {
+            lock_order(&mut tx, order_id).await?;
+        }
         if let Some(new) = new {
+            let voided: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM voided_orders WHERE order_id = $1)",
+            )
+            .bind(order_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if voided {
+                // No payment row to hang a `refused` row on: the tombstone is the record, and
+                // nothing went to the provider.
+                tracing::info!(%order_id, "authorize refused: the order's payment was voided");
+                return Ok(Begin::Refused(ORDER_VOIDED.to_owned()));
+            }
             // Concurrent first attempts: the unique order_id makes the second insert wait for
             // the first to commit, then do nothing.
             sqlx::query(
@@ -349,12 +531,28 @@ impl Payments {
             .execute(&mut *tx)
             .await?;
         }
-        let payment: Payment =
+        let payment: Option<Payment> =
             sqlx::query_as("SELECT * FROM payments WHERE order_id = $1 FOR UPDATE")
                 .bind(order_id)
                 .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| ApiError::not_found("No payment exists for this order."))?;
+                .await?;
+        let Some(payment) = payment else {
+            if operation == Operation::Void {
+                // Nothing was authorized and now nothing will be: the tombstone refuses the
+                // Authorize should it still arrive.
+                sqlx::query(
+                    "INSERT INTO voided_orders (order_id, requested_by) VALUES ($1, $2)
+                     ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(order_id)
+                .bind(caller)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(Begin::Tombstone);
+            }
+            return Err(ApiError::not_found("No payment exists for this order."));
+        };
         if let Some(new) = new {
             new.same_as(&payment)?;
         }
@@ -381,6 +579,29 @@ impl Payments {
             }
             // Decided only once nothing else is in flight: its result may change the answer.
             _ if in_flight(&rows, now) => return Ok(Begin::InFlight),
+            Decision::AlreadySettled(index) => {
+                insert_row(
+                    &mut tx,
+                    &Row {
+                        payment_id: payment.id,
+                        operation,
+                        key,
+                        attempt_id: Uuid::now_v7(),
+                        phase: "settled",
+                        outcome: None,
+                        amount: Some(0),
+                        reason: Some("nothing_held: the authorization was declined"),
+                        reference: None,
+                        requested_by: caller,
+                        lease: None,
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Begin::Settled(receipt(
+                    &payment, &done, &done_rows, index, true,
+                )));
+            }
             Decision::Proceed(amount) => amount,
             Decision::Refuse(refusal) => {
                 insert_row(
@@ -434,6 +655,12 @@ impl Payments {
             },
         )
         .await?;
+        if operation == Operation::Authorize {
+            // Written ahead: if this attempt never records (the process dies, the answer is
+            // lost), the reconciler asks the provider once the lease is over. Recording the
+            // result takes the payment off the queue.
+            reconciler::enqueue(&mut tx, payment.id, "authorization_started", lease).await?;
+        }
         tx.commit().await?;
         Ok(Begin::Started(Started {
             payment,
@@ -449,16 +676,15 @@ impl Payments {
 
     /// Steps 2 and 3.
     async fn attempt(&self, started: Started, card: Option<Card>) -> Result<Receipt, ApiError> {
-        let idempotency_key = format!(
-            "{}:{}:{}",
-            started.payment.id, started.operation, started.key
-        );
+        let idempotency_key = provider_key(started.payment.id, started.operation, &started.key);
+        let authorize_key = provider_key(started.payment.id, Operation::Authorize, "");
         let call = async {
             let provider = self.provider.as_ref();
             let reference = started.reference.as_str();
             match started.operation {
                 Operation::Authorize => {
-                    let card = card.ok_or_else(|| ProviderError("no card to authorize".into()))?;
+                    let card = card
+                        .ok_or_else(|| ProviderError::Unavailable("no card to authorize".into()))?;
                     provider
                         .authorize(
                             &idempotency_key,
@@ -472,8 +698,14 @@ impl Payments {
                     .capture(&idempotency_key, reference, started.amount)
                     .await
                     .map(|()| approved(reference)),
+                // Without a reference (no known authorization outcome) the provider voids by
+                // the authorization's key.
                 Operation::Void => provider
-                    .void(&idempotency_key, reference)
+                    .void(
+                        &idempotency_key,
+                        &authorize_key,
+                        (!reference.is_empty()).then_some(reference),
+                    )
                     .await
                     .map(|()| approved(reference)),
                 Operation::Refund => provider
@@ -485,16 +717,22 @@ impl Payments {
         let timer = std::time::Instant::now();
         let answer = match tokio::time::timeout(self.provider_timeout, call).await {
             Ok(answer) => answer,
-            Err(_) => Err(ProviderError(format!(
+            Err(_) => Err(ProviderError::Unavailable(format!(
                 "no answer within {:?}",
                 self.provider_timeout
             ))),
         };
         metrics::histogram!("payment_provider_call_seconds", "operation" => started.operation.as_str())
             .record(timer.elapsed().as_secs_f64());
+        if !matches!(answer, Err(ProviderError::Unavailable(_))) {
+            self.crash_if_asked(&started);
+        }
         match answer {
             Ok(answer) => self.record(&started, answer).await,
-            Err(err) => {
+            Err(ProviderError::Refused(reason)) => {
+                self.refused_by_provider(&started, &reason).await
+            }
+            Err(err @ ProviderError::Unavailable(_)) => {
                 tracing::warn!(operation = %started.operation, payment_id = %started.payment.id, error = %err, "provider call failed");
                 self.abandon(&started, "provider_unavailable").await?;
                 Err(ApiError::unavailable(
@@ -504,13 +742,23 @@ impl Payments {
         }
     }
 
+    /// `PAYMENT_CRASH_AFTER_PROVIDER`: dies the hardest way there is (no destructors, no
+    /// graceful shutdown), between the provider's answer and its recording, as a power cut
+    /// would.
+    fn crash_if_asked(&self, started: &Started) {
+        if self.crash_after == Some(started.operation) {
+            tracing::error!(operation = %started.operation, payment_id = %started.payment.id,
+                "PAYMENT_CRASH_AFTER_PROVIDER: aborting the process");
+            std::process::abort();
+        }
+    }
+
     /// Step 3: the completed row and its event, in one transaction.
     async fn record(
         &self,
         started: &Started,
         answer: AuthorizationOutcome,
     ) -> Result<Receipt, ApiError> {
-        let payment = &started.payment;
         let (outcome, amount, reason, reference) = match (started.operation, answer) {
             (Operation::Authorize, AuthorizationOutcome::Approved { reference }) => {
                 (Outcome::Approved, started.amount, None, Some(reference))
@@ -527,47 +775,97 @@ impl Payments {
                 None,
             ),
         };
+        let completion = Completion {
+            payment: &started.payment,
+            operation: started.operation,
+            key: &started.key,
+            attempt_id: started.attempt_id,
+            outcome,
+            amount,
+            reason,
+            reference,
+            requested_by: &started.requested_by,
+        };
+        match self.complete(&completion, Guard::Lease).await? {
+            Recorded::Done(receipt) => Ok(receipt),
+            // Another attempt recorded this operation first (a takeover): its result stands.
+            Recorded::Duplicate => {
+                self.replay(&started.payment, started.operation, &started.key)
+                    .await
+            }
+            Recorded::Stale(why) => {
+                // An answer that can no longer be recorded as this attempt's: the lease lapsed
+                // (a paused process) or the payment moved on. Never dropped silently: an
+                // authorization goes back on the reconciliation queue (`abandon`), and the
+                // reconciler records or voids what the provider holds.
+                tracing::warn!(operation = %started.operation, payment_id = %started.payment.id,
+                    %why, "provider answer too late to record");
+                self.abandon(started, &why).await?;
+                Err(ApiError::unavailable(
+                    "The payment operation took too long; retry the same request.",
+                ))
+            }
+        }
+    }
 
+    /// Records a completed operation and its event in one transaction, if `guard` and the
+    /// state machine still allow it. Shared by the attempts and the reconciler.
+    async fn complete(&self, c: &Completion<'_>, guard: Guard) -> Result<Recorded, ApiError> {
+        let payment = c.payment;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE")
             .bind(payment.id)
             .execute(&mut *tx)
             .await?;
-        let lease_held: bool = sqlx::query_scalar(
-            "SELECT lease_expires_at > now() FROM payment_operations
-             WHERE attempt_id = $1 AND phase = 'started'",
-        )
-        .bind(started.attempt_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !lease_held {
-            drop(tx);
-            self.abandon(started, "lease_expired").await?;
-            return Err(ApiError::unavailable(
-                "The payment operation took too long; retry the same request.",
-            ));
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = operations(&mut tx, payment.id).await?;
+        match guard {
+            Guard::Lease => {
+                let lease_held = rows.iter().any(|row| {
+                    row.attempt_id == c.attempt_id
+                        && row.phase == "started"
+                        && row.lease_expires_at.is_some_and(|lease| lease > now)
+                });
+                if !lease_held {
+                    return Ok(Recorded::Stale("lease_expired".into()));
+                }
+            }
+            Guard::NothingInFlight => {
+                if in_flight(&rows, now) {
+                    return Ok(Recorded::Stale("in_flight".into()));
+                }
+            }
+        }
+        let (done, _) = completed(&rows);
+        let before = Ledger::replay(&done);
+        let asked = (c.operation == Operation::Refund).then_some(c.amount);
+        match before.decide(&done, c.operation, c.key, asked) {
+            Decision::Proceed(_) => {}
+            Decision::Replay(_) => return Ok(Recorded::Duplicate),
+            Decision::AlreadySettled(_) => return Ok(Recorded::Stale("settled".into())),
+            Decision::Refuse(reason) => return Ok(Recorded::Stale(reason)),
         }
         let inserted = insert_row(
             &mut tx,
             &Row {
                 payment_id: payment.id,
-                operation: started.operation,
-                key: &started.key,
-                attempt_id: started.attempt_id,
+                operation: c.operation,
+                key: c.key,
+                attempt_id: c.attempt_id,
                 phase: "completed",
-                outcome: Some(outcome),
-                amount: Some(amount),
-                reason: reason.as_deref(),
-                reference: reference.as_deref(),
-                requested_by: &started.requested_by,
+                outcome: Some(c.outcome),
+                amount: Some(c.amount),
+                reason: c.reason.as_deref(),
+                reference: c.reference.as_deref(),
+                requested_by: c.requested_by,
                 lease: None,
             },
         )
         .await?;
         if !inserted {
-            // Another attempt recorded this operation first (a takeover): its result stands.
-            drop(tx);
-            return self.replay(payment, started.operation, &started.key).await;
+            return Ok(Recorded::Duplicate);
         }
         let rows = operations(&mut tx, payment.id).await?;
         let (done, done_rows) = completed(&rows);
@@ -575,41 +873,90 @@ impl Payments {
         enqueue(
             &mut tx,
             payment,
-            outcome,
-            amount,
-            reason.as_deref(),
+            c.outcome,
+            c.amount,
+            c.reason.as_deref(),
             &ledger,
         )
         .await
         .map_err(ApiError::internal)?;
+        match c.operation {
+            // The authorization's outcome is known: nothing left to reconcile.
+            Operation::Authorize => reconciler::dequeue(&mut tx, payment.id).await?,
+            // Voided without a known authorization: one more look at the provider, for a hold
+            // that shows up after all.
+            Operation::Void if before.state == State::Pending => {
+                reconciler::enqueue(&mut tx, payment.id, "voided_without_outcome", now).await?;
+            }
+            _ => {}
+        }
         outbox::commit(tx).await?;
 
-        match outcome {
+        match c.outcome {
             Outcome::Captured => {
                 metrics::counter!("payment_captured_minor_units_total", "currency" => payment.currency.clone())
-                    .increment(amount.unsigned_abs());
+                    .increment(c.amount.unsigned_abs());
             }
             Outcome::Refunded => {
                 metrics::counter!("payment_refunded_minor_units_total", "currency" => payment.currency.clone())
-                    .increment(amount.unsigned_abs());
+                    .increment(c.amount.unsigned_abs());
             }
             _ => {}
         }
         let index = done.len() - 1;
-        Ok(receipt(payment, &done, &done_rows, index, false))
+        Ok(Recorded::Done(receipt(
+            payment, &done, &done_rows, index, false,
+        )))
+    }
+
+    /// The provider answered and refused: an answer, recorded as a `refused` row ending the
+    /// attempt, with the provider's reason.
+    async fn refused_by_provider(
+        &self,
+        started: &Started,
+        reason: &str,
+    ) -> Result<Receipt, ApiError> {
+        let message = match started.operation {
+            Operation::Capture => format!(
+                "The provider refused the capture: {reason}. Nothing was captured; the authorization can only be voided now."
+            ),
+            Operation::Void => {
+                format!("The provider refused the void for now ({reason}); retry the same request.")
+            }
+            operation => format!("The provider refused the {operation}: {reason}."),
+        };
+        tracing::warn!(operation = %started.operation, payment_id = %started.payment.id, reason, "provider refused");
+        self.end_attempt(started, "refused", &message).await?;
+        Err(match started.operation {
+            // Refused for now; the same request later may succeed.
+            Operation::Void => ApiError::unavailable(message),
+            _ => ApiError::conflict(message),
+        })
     }
 
     /// Records that an attempt ended without a result; a retry may start a new one at once.
     async fn abandon(&self, started: &Started, why: &str) -> Result<(), ApiError> {
-        let mut conn = self.pool.acquire().await?;
+        self.end_attempt(started, "abandoned", why).await
+    }
+
+    /// Ends an attempt without a completed row (`abandoned` or `refused`). An authorization
+    /// (or the void of one with no known outcome) goes on the reconciliation queue, due now:
+    /// the provider may hold money nobody recorded.
+    async fn end_attempt(
+        &self,
+        started: &Started,
+        phase: &'static str,
+        why: &str,
+    ) -> Result<(), ApiError> {
+        let mut tx = self.pool.begin().await?;
         insert_row(
-            &mut conn,
+            &mut tx,
             &Row {
                 payment_id: started.payment.id,
                 operation: started.operation,
                 key: &started.key,
                 attempt_id: started.attempt_id,
-                phase: "abandoned",
+                phase,
                 outcome: None,
                 amount: Some(started.amount),
                 reason: Some(why),
@@ -619,6 +966,14 @@ impl Payments {
             },
         )
         .await?;
+        if started.leaves_unsettled() {
+            let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+                .fetch_one(&mut *tx)
+                .await?;
+            let reason = format!("{}_{phase}: {why}", started.operation);
+            reconciler::enqueue(&mut tx, started.payment.id, &reason, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -636,6 +991,123 @@ impl Payments {
             .position(|op| op.operation == operation && op.key == key)
             .ok_or_else(|| ApiError::internal("a recorded operation disappeared"))?;
         Ok(receipt(payment, &done, &done_rows, index, true))
+    }
+
+    // What the reconciler uses: the same recording as the attempts, with its own guard.
+
+    /// The payment, its state, and whether an attempt is in flight.
+    pub async fn snapshot(&self, payment_id: Uuid) -> Result<Snapshot, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let payment: Payment = sqlx::query_as("SELECT * FROM payments WHERE id = $1")
+            .bind(payment_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let rows = operations(&mut conn, payment_id).await?;
+        let (done, _) = completed(&rows);
+        let in_flight_until = in_flight(&rows, now)
+            .then(|| rows.iter().filter_map(|row| row.lease_expires_at).max())
+            .flatten();
+        let last_activity = rows
+            .iter()
+            .map(|row| row.recorded_at)
+            .max()
+            .unwrap_or(payment.created_at);
+        Ok(Snapshot {
+            state: Ledger::replay(&done).state,
+            payment,
+            in_flight_until,
+            last_activity,
+            now,
+        })
+    }
+
+    /// Records what the provider says became of an authorization nobody recorded (approved
+    /// with its reference, or declined), with its event, as the attempt would have. `None`
+    /// when it cannot be recorded now: an attempt is in flight, or the payment is no longer
+    /// PENDING (a retry recorded it, or it was voided).
+    pub async fn record_found_authorization(
+        &self,
+        payment: &Payment,
+        answer: AuthorizationOutcome,
+    ) -> Result<Option<Receipt>, ApiError> {
+        let (outcome, amount, reason, reference) = match answer {
+            AuthorizationOutcome::Approved { reference } => {
+                (Outcome::Approved, payment.amount, None, Some(reference))
+            }
+            AuthorizationOutcome::Declined(why) => {
+                (Outcome::Declined, 0, Some(why.as_str().to_owned()), None)
+            }
+        };
+        let completion = Completion {
+            payment,
+            operation: Operation::Authorize,
+            key: "",
+            attempt_id: Uuid::now_v7(),
+            outcome,
+            amount,
+            reason,
+            reference,
+            requested_by: RECONCILER,
+        };
+        Ok(
+            match self.complete(&completion, Guard::NothingInFlight).await? {
+                Recorded::Done(receipt) => Some(receipt),
+                Recorded::Duplicate | Recorded::Stale(_) => None,
+            },
+        )
+    }
+
+    /// Releases a hold the provider keeps for a payment that is VOIDED or DECLINED here, and
+    /// says so in the audit trail (a `settled` row: the payment's state does not change). Its
+    /// own idempotency key (`<payment>:void:reconciler`): the payment's own void key may have
+    /// been used up by a void that found nothing to release.
+    pub async fn release_hold(
+        &self,
+        payment: &Payment,
+        reference: &str,
+    ) -> Result<(), ProviderError> {
+        let key = provider_key(payment.id, Operation::Void, "reconciler");
+        let authorize_key = provider_key(payment.id, Operation::Authorize, "");
+        let call = self.provider.void(&key, &authorize_key, Some(reference));
+        let answer = match tokio::time::timeout(self.provider_timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ProviderError::Unavailable("no answer".into())),
+        };
+        let (phase, why) = match &answer {
+            Ok(()) => ("settled", "provider_hold_released".to_owned()),
+            Err(ProviderError::Refused(reason)) => (
+                "refused",
+                format!("the provider refused to release the hold: {reason}"),
+            ),
+            Err(ProviderError::Unavailable(_)) => return answer,
+        };
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| ProviderError::Unavailable(err.to_string()))?;
+        insert_row(
+            &mut conn,
+            &Row {
+                payment_id: payment.id,
+                operation: Operation::Void,
+                key: "reconciler",
+                attempt_id: Uuid::now_v7(),
+                phase,
+                outcome: None,
+                amount: Some(0),
+                reason: Some(&why),
+                reference: Some(reference),
+                requested_by: RECONCILER,
+                lease: None,
+            },
+        )
+        .await
+        .map_err(|err| ProviderError::Unavailable(err.to_string()))?;
+        answer
     }
 }
 
@@ -682,7 +1154,7 @@ fn in_flight(rows: &[OperationRow], now: DateTime<Utc>) -> bool {
             && row.lease_expires_at.is_some_and(|lease| lease > now)
             && !rows.iter().any(|other| {
                 other.attempt_id == row.attempt_id
-                    && matches!(other.phase.as_str(), "completed" | "abandoned")
+                    && matches!(other.phase.as_str(), "completed" | "abandoned" | "refused")
             })
     })
 }

@@ -4,19 +4,35 @@
 //! idempotency key (the attempt's operation key, the same for every retry of that operation),
 //! because the one thing payment-service cannot know after a crash or a timeout is whether the
 //! provider acted: real providers deduplicate on such a key, which is what makes calling again
-//! safe (see `ledger` and the README, "idempotency across the provider call").
+//! safe. For the same reason the trait can *ask*: [`CardProvider::retrieve`] looks an
+//! authorization up by its idempotency key, which is how the reconciler
+//! ([`crate::reconciler`]) learns what became of a call whose answer never arrived, and
+//! [`CardProvider::void`] can cancel by that key when no reference ever came back (what real
+//! providers call a "technical cancel" or void by merchant reference).
 //!
-//! [`SimulatedProvider`] answers by card number, with the test cards of the brief:
+//! [`SimulatedProvider`] fails the way real providers fail, by test card (all Luhn-valid):
 //!
 //! | number | outcome |
 //! |---|---|
-//! | `4242424242424242` | approved |
+//! | `4242424242424242` | approved (or, at `SIMULATED_FAULT_RATE`, one of the two faults below, chosen per idempotency key) |
 //! | `4000000000000002` | declined, `card_declined` |
 //! | `4000000000009995` | declined, `insufficient_funds` |
-//! | `4000000000000259` | approved after [`SimulatedProvider::slow_delay`] (default 5 s) |
+//! | `4000000000000259` | approved after [`SimulatedProvider::slow_delay`]: the provider decides only then, whether or not the caller still waits |
+//! | `4000000000000119` | **timeout before acting**: never answers, records nothing |
+//! | `4000000000000127` | **approved, answer lost**: the hold is recorded, then the call fails like a connection reset |
+//! | `4000000000000069` | **capture refused**: approved; the capture is refused, `authorization_expired` (the hold lapses) |
+//! | `4000000000000101` | **void refused once**: approved; the first void is refused, `try_again_later` |
 //! | any other valid number | declined, `unknown_card` (a real card typed into a demo is never "charged") |
+//!
+//! The simulation keeps its own record (schema `simulated_provider`, migration 0002) so that,
+//! like a real provider, it remembers what it did across a restart of payment-service and
+//! whether or not anybody got its answer. Each call is carried out in a task of its own: a
+//! caller that gives up (a timeout) does not stop the provider from acting, which is exactly
+//! the uncertainty payment-service has to live with.
 
 use std::{fmt, future::Future, pin::Pin, time::Duration};
+
+use sqlx::{PgConnection, PgPool};
 
 use crate::card::Card;
 
@@ -29,6 +45,8 @@ pub enum DeclineReason {
     CardDeclined,
     InsufficientFunds,
     UnknownCard,
+    /// The merchant voided this authorization's key before the authorization was processed.
+    AuthorizationVoided,
 }
 
 impl DeclineReason {
@@ -37,7 +55,19 @@ impl DeclineReason {
             Self::CardDeclined => "card_declined",
             Self::InsufficientFunds => "insufficient_funds",
             Self::UnknownCard => "unknown_card",
+            Self::AuthorizationVoided => "authorization_voided",
         }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        [
+            Self::CardDeclined,
+            Self::InsufficientFunds,
+            Self::UnknownCard,
+            Self::AuthorizationVoided,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == code)
     }
 }
 
@@ -51,10 +81,34 @@ pub enum AuthorizationOutcome {
     Declined(DeclineReason),
 }
 
-/// The provider could not be asked or did not answer: the outcome is unknown.
+/// What the provider knows about an authorization, looked up by its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderRecord {
+    /// Never heard of it: the request did not arrive, or has not been processed yet.
+    Nothing,
+    /// Approved and still holding `amount` on the card.
+    Held { reference: String, amount: i64 },
+    /// Approved and charged.
+    Captured { reference: String, amount: i64 },
+    /// Released by a void (or voided by key before it was processed).
+    Voided,
+    /// The hold lapsed at the provider.
+    Expired,
+    /// Declined, with its reason code.
+    Declined { reason: String },
+}
+
+/// A call that did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("card provider unavailable: {0}")]
-pub struct ProviderError(pub String);
+pub enum ProviderError {
+    /// The provider could not be asked or did not answer: the outcome is unknown.
+    #[error("card provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered and refused to act, with its reason code (`authorization_expired`,
+    /// `try_again_later`, ...): nothing happened.
+    #[error("card provider refused: {0}")]
+    Refused(String),
+}
 
 /// A card provider. Object safe, so the service holds an `Arc<dyn CardProvider>`.
 pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
@@ -75,8 +129,17 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
         amount: i64,
     ) -> ProviderFuture<'a, ()>;
 
-    /// Releases what `reference` holds, without charging.
-    fn void<'a>(&'a self, idempotency_key: &'a str, reference: &'a str) -> ProviderFuture<'a, ()>;
+    /// Releases what the authorization holds, without charging. It is named by its
+    /// `reference` when one came back, otherwise by the key it was requested under
+    /// (`authorize_key`): voiding a key the provider has not seen yet makes a later
+    /// authorization under that key a decline, so a request still on its way cannot hold money
+    /// for an order that gave up.
+    fn void<'a>(
+        &'a self,
+        idempotency_key: &'a str,
+        authorize_key: &'a str,
+        reference: Option<&'a str>,
+    ) -> ProviderFuture<'a, ()>;
 
     /// Gives `amount` of a capture back.
     fn refund<'a>(
@@ -85,18 +148,445 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
         reference: &'a str,
         amount: i64,
     ) -> ProviderFuture<'a, ()>;
+
+    /// What the provider knows about the authorization requested under `authorize_key`.
+    fn retrieve<'a>(&'a self, authorize_key: &'a str) -> ProviderFuture<'a, ProviderRecord>;
 }
 
 pub const APPROVE: &str = "4242424242424242";
 pub const DECLINE: &str = "4000000000000002";
 pub const INSUFFICIENT_FUNDS: &str = "4000000000009995";
 pub const SLOW_APPROVE: &str = "4000000000000259";
+pub const TIMEOUT_BEFORE_ACTING: &str = "4000000000000119";
+pub const ANSWER_LOST: &str = "4000000000000127";
+pub const CAPTURE_REFUSED: &str = "4000000000000069";
+pub const VOID_REFUSED_ONCE: &str = "4000000000000101";
 
-/// The provider inside payment-service: no network, fixed answers per test card.
+/// Faults injected into the approving card's authorizations, for load tests: each idempotency
+/// key is faulty with probability `rate`, decided by a hash of `seed` and the key, so a run is
+/// reproducible and a retry (same key) meets the same fault.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultRate {
+    /// 0.0 to 1.0.
+    pub rate: f64,
+    pub seed: u64,
+}
+
+impl FaultRate {
+    pub const NONE: Self = Self { rate: 0.0, seed: 0 };
+
+    /// The fault this key meets, if any: half of the faulty keys lose the answer, half are
+    /// never answered.
+    fn fault_of(self, idempotency_key: &str) -> Option<Behaviour> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let hash = fnv1a(
+            self.seed
+                .to_le_bytes()
+                .iter()
+                .chain(idempotency_key.as_bytes()),
+        );
+        // The top 53 bits as a number in [0, 1): uniform enough for a rate.
+        #[allow(clippy::cast_precision_loss)] // 53 bits fit an f64's mantissa exactly
+        let roll = (hash >> 11) as f64 / (1u64 << 53) as f64;
+        (roll < self.rate).then_some(if hash & 1 == 0 {
+            Behaviour::AnswerLost
+        } else {
+            Behaviour::NeverAnswer
+        })
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash (unlike `std`'s, which may change between releases), so a
+/// seed means the same faults on every build.
+fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a test card (or an injected fault) makes the provider do with an authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Approve(Option<Quirk>),
+    /// Approve, after deciding for `slow_delay`.
+    Slow,
+    Decline(DeclineReason),
+    /// Never answer, never act.
+    NeverAnswer,
+    /// Approve (record the hold), then fail the call as a dropped connection would.
+    AnswerLost,
+}
+
+/// What an approved test card does later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quirk {
+    CaptureExpires,
+    VoidRefusedOnce,
+}
+
+impl Quirk {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::CaptureExpires => "capture_expires",
+            Self::VoidRefusedOnce => "void_refused_once",
+        }
+    }
+}
+
+/// The provider inside payment-service: no network, fixed behaviour per test card, and its own
+/// record in the `simulated_provider` schema (a stand-in for the provider's system, reached
+/// only through [`CardProvider`]).
 #[derive(Debug, Clone)]
 pub struct SimulatedProvider {
-    /// How long the slow card takes to be approved.
-    pub slow_delay: Duration,
+    pool: PgPool,
+    /// How long the provider takes to decide on the slow card.
+    slow_delay: Duration,
+    faults: FaultRate,
+}
+
+/// One row of `simulated_provider.authorizations`.
+#[derive(Debug, sqlx::FromRow)]
+struct Authorization {
+    idempotency_key: String,
+    reference: Option<String>,
+    amount: i64,
+    status: String,
+    decline_reason: Option<String>,
+    quirk: Option<String>,
+    void_refusals: i32,
+    refunded: i64,
+}
+
+impl Authorization {
+    /// The answer a (repeated) authorize request gets: the first one's.
+    fn outcome(&self) -> AuthorizationOutcome {
+        match (&self.reference, self.status.as_str()) {
+            (Some(reference), "held" | "captured" | "voided" | "expired") => {
+                AuthorizationOutcome::Approved {
+                    reference: reference.clone(),
+                }
+            }
+            (None, "voided") => AuthorizationOutcome::Declined(DeclineReason::AuthorizationVoided),
+            _ => AuthorizationOutcome::Declined(
+                self.decline_reason
+                    .as_deref()
+                    .and_then(DeclineReason::parse)
+                    .unwrap_or(DeclineReason::CardDeclined),
+            ),
+        }
+    }
+
+    fn record(&self) -> ProviderRecord {
+        let reference = || self.reference.clone().unwrap_or_default();
+        match self.status.as_str() {
+            "held" => ProviderRecord::Held {
+                reference: reference(),
+                amount: self.amount,
+            },
+            "captured" => ProviderRecord::Captured {
+                reference: reference(),
+                amount: self.amount,
+            },
+            "voided" => ProviderRecord::Voided,
+            "expired" => ProviderRecord::Expired,
+            _ => ProviderRecord::Declined {
+                reason: self.decline_reason.clone().unwrap_or_default(),
+            },
+        }
+    }
+}
+
+fn unavailable(err: impl fmt::Display) -> ProviderError {
+    ProviderError::Unavailable(err.to_string())
+}
+
+fn refused(reason: &str) -> ProviderError {
+    ProviderError::Refused(reason.to_owned())
+}
+
+impl SimulatedProvider {
+    pub fn new(pool: PgPool, slow_delay: Duration, faults: FaultRate) -> Self {
+        Self {
+            pool,
+            slow_delay,
+            faults,
+        }
+    }
+
+    fn behaviour(&self, idempotency_key: &str, digits: &str) -> Behaviour {
+        match digits {
+            APPROVE => self
+                .faults
+                .fault_of(idempotency_key)
+                .unwrap_or(Behaviour::Approve(None)),
+            SLOW_APPROVE => Behaviour::Slow,
+            DECLINE => Behaviour::Decline(DeclineReason::CardDeclined),
+            INSUFFICIENT_FUNDS => Behaviour::Decline(DeclineReason::InsufficientFunds),
+            TIMEOUT_BEFORE_ACTING => Behaviour::NeverAnswer,
+            ANSWER_LOST => Behaviour::AnswerLost,
+            CAPTURE_REFUSED => Behaviour::Approve(Some(Quirk::CaptureExpires)),
+            VOID_REFUSED_ONCE => Behaviour::Approve(Some(Quirk::VoidRefusedOnce)),
+            _ => Behaviour::Decline(DeclineReason::UnknownCard),
+        }
+    }
+
+    /// Runs `work` as the provider's own task and waits for it: dropping the returned future
+    /// (a caller's timeout) does not undo or stop what the provider does.
+    async fn on_the_provider<T, F>(work: F) -> Result<T, ProviderError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ProviderError>> + Send + 'static,
+    {
+        tokio::spawn(work)
+            .await
+            .map_err(|err| unavailable(format!("provider task failed: {err}")))?
+    }
+
+    /// Processes an authorization; the bool is whether this request created the record (a
+    /// repeat gets the first answer).
+    async fn process_authorization(
+        self,
+        key: String,
+        amount: i64,
+        currency: String,
+        behaviour: Behaviour,
+    ) -> Result<(AuthorizationOutcome, bool), ProviderError> {
+        if behaviour == Behaviour::Slow {
+            tokio::time::sleep(self.slow_delay).await;
+        }
+        let (status, reason, quirk) = match behaviour {
+            Behaviour::Approve(quirk) => ("held", None, quirk),
+            Behaviour::Slow | Behaviour::AnswerLost => ("held", None, None),
+            Behaviour::Decline(reason) => ("declined", Some(reason.as_str()), None),
+            Behaviour::NeverAnswer => return Err(unavailable("never answers")),
+        };
+        // Deterministic per key, as a real provider's deduplication would make it; a key voided
+        // before it got here keeps its `voided` row and this request is declined.
+        let reference = (status == "held").then(|| format!("sim_auth_{key}"));
+        let created = sqlx::query(
+            "INSERT INTO simulated_provider.authorizations
+               (idempotency_key, reference, amount, currency, status, decline_reason, quirk)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(&key)
+        .bind(&reference)
+        .bind(if status == "held" { amount } else { 0 })
+        .bind(&currency)
+        .bind(status)
+        .bind(reason)
+        .bind(quirk.map(Quirk::as_str))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected()
+            == 1;
+        let stored: Authorization = sqlx::query_as(
+            "SELECT * FROM simulated_provider.authorizations WHERE idempotency_key = $1",
+        )
+        .bind(&key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok((stored.outcome(), created))
+    }
+
+    /// The authorization a capture, void or refund names, locked; `None` when unknown.
+    async fn locked(
+        conn: &mut PgConnection,
+        by_reference: Option<&str>,
+        by_key: &str,
+    ) -> Result<Option<Authorization>, ProviderError> {
+        let query = match by_reference {
+            Some(_) => {
+                "SELECT * FROM simulated_provider.authorizations WHERE reference = $1 FOR UPDATE"
+            }
+            None => {
+                "SELECT * FROM simulated_provider.authorizations WHERE idempotency_key = $1 FOR UPDATE"
+            }
+        };
+        sqlx::query_as(query)
+            .bind(by_reference.unwrap_or(by_key))
+            .fetch_optional(conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Whether a capture, void or refund under `key` already took effect.
+    async fn done_before(conn: &mut PgConnection, key: &str) -> Result<bool, ProviderError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM simulated_provider.requests WHERE idempotency_key = $1)",
+        )
+        .bind(key)
+        .fetch_one(conn)
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn remember(
+        conn: &mut PgConnection,
+        key: &str,
+        operation: &str,
+        authorization: &str,
+        amount: i64,
+    ) -> Result<(), ProviderError> {
+        sqlx::query(
+            "INSERT INTO simulated_provider.requests (idempotency_key, operation, authorization_key, amount)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key)
+        .bind(operation)
+        .bind(authorization)
+        .bind(amount)
+        .execute(conn)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn set_status(
+        conn: &mut PgConnection,
+        authorization: &str,
+        status: &str,
+    ) -> Result<(), ProviderError> {
+        sqlx::query(
+            "UPDATE simulated_provider.authorizations SET status = $2, updated_at = now()
+             WHERE idempotency_key = $1",
+        )
+        .bind(authorization)
+        .bind(status)
+        .execute(conn)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn process_capture(
+        self,
+        key: String,
+        reference: String,
+        amount: i64,
+    ) -> Result<(), ProviderError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if Self::done_before(&mut tx, &key).await? {
+            return Ok(());
+        }
+        let Some(auth) = Self::locked(&mut tx, Some(&reference), "").await? else {
+            return Err(refused("unknown_authorization"));
+        };
+        match auth.status.as_str() {
+            "held" if auth.quirk.as_deref() == Some(Quirk::CaptureExpires.as_str()) => {
+                // The hold lapsed before the capture: nothing is held any more either.
+                Self::set_status(&mut tx, &auth.idempotency_key, "expired").await?;
+                tx.commit().await.map_err(unavailable)?;
+                Err(refused("authorization_expired"))
+            }
+            "held" if amount <= auth.amount => {
+                Self::set_status(&mut tx, &auth.idempotency_key, "captured").await?;
+                Self::remember(&mut tx, &key, "capture", &auth.idempotency_key, amount).await?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(())
+            }
+            "held" => Err(refused("amount_exceeds_authorization")),
+            "expired" => Err(refused("authorization_expired")),
+            "voided" => Err(refused("authorization_voided")),
+            "captured" => Err(refused("already_captured")),
+            _ => Err(refused("not_authorized")),
+        }
+    }
+
+    async fn process_void(
+        self,
+        key: String,
+        authorize_key: String,
+        reference: Option<String>,
+    ) -> Result<(), ProviderError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if Self::done_before(&mut tx, &key).await? {
+            return Ok(());
+        }
+        let mut found = Self::locked(&mut tx, reference.as_deref(), &authorize_key).await?;
+        if found.is_none() && reference.is_none() {
+            // Void by key of an authorization never seen: remember the key as voided, so the
+            // authorization, should it still arrive, is declined. A concurrent authorization
+            // that got in first wins the insert and is voided below instead.
+            sqlx::query(
+                "INSERT INTO simulated_provider.authorizations (idempotency_key, status)
+                 VALUES ($1, 'voided') ON CONFLICT (idempotency_key) DO NOTHING",
+            )
+            .bind(&authorize_key)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            found = Self::locked(&mut tx, None, &authorize_key).await?;
+        }
+        let Some(auth) = found else {
+            return Err(refused("unknown_authorization"));
+        };
+        match auth.status.as_str() {
+            "held"
+                if auth.quirk.as_deref() == Some(Quirk::VoidRefusedOnce.as_str())
+                    && auth.void_refusals == 0 =>
+            {
+                sqlx::query(
+                    "UPDATE simulated_provider.authorizations SET void_refusals = void_refusals + 1
+                     WHERE idempotency_key = $1",
+                )
+                .bind(&auth.idempotency_key)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                Err(refused("try_again_later"))
+            }
+            "captured" => Err(refused("already_captured")),
+            status => {
+                if status == "held" {
+                    Self::set_status(&mut tx, &auth.idempotency_key, "voided").await?;
+                }
+                // Voided, expired or declined already: nothing is held, which is what a void
+                // asks for.
+                Self::remember(&mut tx, &key, "void", &auth.idempotency_key, auth.amount).await?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn process_refund(
+        self,
+        key: String,
+        reference: String,
+        amount: i64,
+    ) -> Result<(), ProviderError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if Self::done_before(&mut tx, &key).await? {
+            return Ok(());
+        }
+        let Some(auth) = Self::locked(&mut tx, Some(&reference), "").await? else {
+            return Err(refused("unknown_authorization"));
+        };
+        if auth.status != "captured" {
+            return Err(refused("not_captured"));
+        }
+        if auth.refunded + amount > auth.amount {
+            return Err(refused("amount_exceeds_capture"));
+        }
+        sqlx::query(
+            "UPDATE simulated_provider.authorizations SET refunded = refunded + $2, updated_at = now()
+             WHERE idempotency_key = $1",
+        )
+        .bind(&auth.idempotency_key)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        Self::remember(&mut tx, &key, "refund", &auth.idempotency_key, amount).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 impl CardProvider for SimulatedProvider {
@@ -104,38 +594,130 @@ impl CardProvider for SimulatedProvider {
         &'a self,
         idempotency_key: &'a str,
         card: &'a Card,
-        _amount: i64,
-        _currency: &'a str,
+        amount: i64,
+        currency: &'a str,
     ) -> ProviderFuture<'a, AuthorizationOutcome> {
+        // Only the behaviour goes on to the provider's task, never the card.
+        let behaviour = self.behaviour(idempotency_key, card.number().digits());
         Box::pin(async move {
-            let approved = || AuthorizationOutcome::Approved {
-                // Deterministic per key, as a real provider's deduplication would make it.
-                reference: format!("sim_auth_{idempotency_key}"),
-            };
-            Ok(match card.number().digits() {
-                APPROVE => approved(),
-                SLOW_APPROVE => {
-                    tokio::time::sleep(self.slow_delay).await;
-                    approved()
-                }
-                DECLINE => AuthorizationOutcome::Declined(DeclineReason::CardDeclined),
-                INSUFFICIENT_FUNDS => {
-                    AuthorizationOutcome::Declined(DeclineReason::InsufficientFunds)
-                }
-                _ => AuthorizationOutcome::Declined(DeclineReason::UnknownCard),
-            })
+            if behaviour == Behaviour::NeverAnswer {
+                // Waits past any timeout; nothing is recorded.
+                return std::future::pending().await;
+            }
+            let work = self.clone().process_authorization(
+                idempotency_key.to_owned(),
+                amount,
+                currency.to_owned(),
+                behaviour,
+            );
+            let (outcome, created) = Self::on_the_provider(work).await?;
+            if behaviour == Behaviour::AnswerLost && created {
+                // The hold exists; the answer never reaches the caller. A repeat (same key)
+                // finds it and is answered, as deduplication would.
+                return Err(unavailable("connection reset by peer"));
+            }
+            Ok(outcome)
         })
     }
 
-    fn capture<'a>(&'a self, _: &'a str, _: &'a str, _: i64) -> ProviderFuture<'a, ()> {
-        Box::pin(async { Ok(()) })
+    fn capture<'a>(
+        &'a self,
+        idempotency_key: &'a str,
+        reference: &'a str,
+        amount: i64,
+    ) -> ProviderFuture<'a, ()> {
+        let work =
+            self.clone()
+                .process_capture(idempotency_key.to_owned(), reference.to_owned(), amount);
+        Box::pin(Self::on_the_provider(work))
     }
 
-    fn void<'a>(&'a self, _: &'a str, _: &'a str) -> ProviderFuture<'a, ()> {
-        Box::pin(async { Ok(()) })
+    fn void<'a>(
+        &'a self,
+        idempotency_key: &'a str,
+        authorize_key: &'a str,
+        reference: Option<&'a str>,
+    ) -> ProviderFuture<'a, ()> {
+        let work = self.clone().process_void(
+            idempotency_key.to_owned(),
+            authorize_key.to_owned(),
+            reference.map(str::to_owned),
+        );
+        Box::pin(Self::on_the_provider(work))
     }
 
-    fn refund<'a>(&'a self, _: &'a str, _: &'a str, _: i64) -> ProviderFuture<'a, ()> {
-        Box::pin(async { Ok(()) })
+    fn refund<'a>(
+        &'a self,
+        idempotency_key: &'a str,
+        reference: &'a str,
+        amount: i64,
+    ) -> ProviderFuture<'a, ()> {
+        let work =
+            self.clone()
+                .process_refund(idempotency_key.to_owned(), reference.to_owned(), amount);
+        Box::pin(Self::on_the_provider(work))
+    }
+
+    fn retrieve<'a>(&'a self, authorize_key: &'a str) -> ProviderFuture<'a, ProviderRecord> {
+        Box::pin(async move {
+            let found: Option<Authorization> = sqlx::query_as(
+                "SELECT * FROM simulated_provider.authorizations WHERE idempotency_key = $1",
+            )
+            .bind(authorize_key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(found.map_or(ProviderRecord::Nothing, |auth| auth.record()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_faults_follow_the_rate_and_the_seed() {
+        let keys: Vec<String> = (0..2000).map(|i| format!("p{i}:authorize:")).collect();
+        let faulty = |faults: FaultRate| {
+            keys.iter()
+                .filter_map(|key| faults.fault_of(key))
+                .collect::<Vec<_>>()
+        };
+        assert!(faulty(FaultRate::NONE).is_empty());
+        assert_eq!(faulty(FaultRate { rate: 1.0, seed: 7 }).len(), keys.len());
+        let some = faulty(FaultRate {
+            rate: 0.25,
+            seed: 7,
+        });
+        assert!((400..600).contains(&some.len()), "{}", some.len());
+        assert!(some.contains(&Behaviour::AnswerLost) && some.contains(&Behaviour::NeverAnswer));
+        // Reproducible for a seed, different for another.
+        assert_eq!(
+            some,
+            faulty(FaultRate {
+                rate: 0.25,
+                seed: 7
+            })
+        );
+        let key_faults = |seed| {
+            keys.iter()
+                .map(|key| FaultRate { rate: 0.25, seed }.fault_of(key))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(key_faults(7), key_faults(8));
+    }
+
+    #[test]
+    fn decline_reasons_round_trip() {
+        for reason in [
+            DeclineReason::CardDeclined,
+            DeclineReason::InsufficientFunds,
+            DeclineReason::UnknownCard,
+            DeclineReason::AuthorizationVoided,
+        ] {
+            assert_eq!(DeclineReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(DeclineReason::parse("nope"), None);
     }
 }

@@ -315,7 +315,6 @@ async fn every_forbidden_transition_is_refused_and_changes_nothing() {
             grpc.capture(t!(capture(declined))).await.map(drop),
             "declined",
         ),
-        (grpc.void(t!(void(declined))).await.map(drop), "declined"),
     ];
     for (result, expected) in refusals {
         let status = result.unwrap_err();
@@ -328,6 +327,10 @@ async fn every_forbidden_transition_is_refused_and_changes_nothing() {
     }
     let missing = grpc.capture(t!(capture(Uuid::new_v4()))).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+    // Voiding a declined payment is not refused: nothing is held, and the answer says so.
+    let declined_void = grpc.void(t!(void(declined))).await.unwrap().into_inner();
+    assert_eq!(declined_void.status(), PaymentStatus::Declined);
+    assert!(!declined_void.payment_id.is_empty());
 
     // Nothing changed: no new result, no event. Each refusal is in the audit trail.
     let completed_after: i64 =
@@ -348,9 +351,18 @@ async fn every_forbidden_transition_is_refused_and_changes_nothing() {
     assert_eq!(
         operations,
         [
-            "capture", "refund", "void", "refund", "capture", "refund", "capture", "void"
+            "capture", "refund", "void", "refund", "capture", "refund", "capture"
         ]
     );
+    let settled: Vec<(String, String)> = sqlx::query_as(
+        "SELECT operation, reason FROM payment_operations WHERE phase = 'settled' ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0].0, "void");
+    assert!(settled[0].1.contains("declined"), "{settled:?}");
     assert!(refused.iter().all(|(_, caller)| caller == ORDER_SERVICE));
 
     // The voided payment still reads as voided, the captured one as captured.
