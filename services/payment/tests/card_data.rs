@@ -1,7 +1,8 @@
-//! No full card number leaves the provider call: not in the database, not in the events, not in
-//! the logs. The real `payment-service` binary runs with debug logging, every card goes through
-//! every path (approved, declined, slow, invalid, a conflicting retry, capture, refund), and
-//! then everything it wrote is searched for the numbers.
+//! No full card number leaves the provider call: not in the database (the simulated provider's
+//! own schema included), not in the events, not in the logs. The real `payment-service` binary
+//! runs with debug logging, every card goes through every path (approved, declined, slow,
+//! invalid, a conflicting retry, capture, refund, and the fault cards: timeout, lost answer,
+//! refused capture, refused void), and then everything it wrote is searched for the numbers.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
@@ -13,21 +14,26 @@ use std::{
 };
 
 use common::{
-    APPROVE, DECLINE, EventTap, INSUFFICIENT_FUNDS, Issuer, SLOW, authorize, card, with_token,
+    ANSWER_LOST, APPROVE, CAPTURE_REFUSED, DECLINE, EventTap, INSUFFICIENT_FUNDS, Issuer, SLOW,
+    TIMEOUT_BEFORE_ACTING, VOID_REFUSED_ONCE, authorize, card, with_token,
 };
 use shop_proto::payment::v1::{
-    CaptureRequest, RefundRequest, payment_service_client::PaymentServiceClient,
+    CaptureRequest, RefundRequest, VoidRequest, payment_service_client::PaymentServiceClient,
 };
 use shop_testkit::isolation;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_payment-service");
-const NUMBERS: [&str; 5] = [
+const NUMBERS: [&str; 9] = [
     APPROVE,
     DECLINE,
     INSUFFICIENT_FUNDS,
     SLOW,
+    TIMEOUT_BEFORE_ACTING,
+    ANSWER_LOST,
+    CAPTURE_REFUSED,
+    VOID_REFUSED_ONCE,
     "4242424242424241",
 ];
 
@@ -40,7 +46,12 @@ async fn everything_stored(pool: &PgPool) -> String {
     .fetch_all(pool)
     .await
     .unwrap();
-    assert!(tables.iter().any(|t| t == "public.payments"), "{tables:?}");
+    for expected in ["public.payments", "simulated_provider.authorizations"] {
+        assert!(
+            tables.iter().any(|t| t == expected),
+            "{expected} in {tables:?}"
+        );
+    }
     let mut dump = String::new();
     for table in tables {
         let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
@@ -88,6 +99,8 @@ async fn no_full_card_number_in_the_database_the_events_or_the_logs() {
         .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env("SIMULATED_SLOW_CARD_DELAY_MS", "200")
+        // The timeout card waits past any timeout: keep that short.
+        .env("PROVIDER_TIMEOUT_MS", "500")
         // As verbose as an operator would ever run it, request and SQL logs included.
         .env("RUST_LOG", "debug")
         .env("LOG_FORMAT", "json")
@@ -159,12 +172,54 @@ async fn no_full_card_number_in_the_database_the_events_or_the_logs() {
         .unwrap_err();
 
     let pool = PgPool::connect(&database_url).await.unwrap();
-    let events = tap.drain(&pool).await;
+    let mut events = tap.drain(&pool).await;
     assert_eq!(
         events.len(),
         6,
         "4 authorizations, 1 capture, 1 refund: {events:?}"
     );
+
+    // The fault cards, through every path they have: an answer that never comes or is lost,
+    // then a retry, a capture (refused for one of them) and a void (refused once for another).
+    for number in [
+        TIMEOUT_BEFORE_ACTING,
+        ANSWER_LOST,
+        CAPTURE_REFUSED,
+        VOID_REFUSED_ONCE,
+    ] {
+        let order = Uuid::new_v4();
+        let id = order.to_string();
+        for _ in 0..2 {
+            let _ = grpc
+                .authorize(with_token(authorize(order, user, 1500, number), &token))
+                .await;
+        }
+        let _ = grpc
+            .capture(with_token(
+                CaptureRequest {
+                    order_id: id.clone(),
+                },
+                &token,
+            ))
+            .await;
+        for _ in 0..2 {
+            let _ = grpc
+                .void(with_token(
+                    VoidRequest {
+                        order_id: id.clone(),
+                    },
+                    &token,
+                ))
+                .await;
+        }
+    }
+    events.extend(tap.drain(&pool).await);
+    let provider_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM simulated_provider.authorizations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(provider_rows >= 8, "the provider's record was written");
     let events = format!("{events:?}");
     let stored = everything_stored(&pool).await;
     drop(stop);

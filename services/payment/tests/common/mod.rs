@@ -35,6 +35,10 @@ pub const APPROVE: &str = "4242424242424242";
 pub const DECLINE: &str = "4000000000000002";
 pub const INSUFFICIENT_FUNDS: &str = "4000000000009995";
 pub const SLOW: &str = "4000000000000259";
+pub const TIMEOUT_BEFORE_ACTING: &str = "4000000000000119";
+pub const ANSWER_LOST: &str = "4000000000000127";
+pub const CAPTURE_REFUSED: &str = "4000000000000069";
+pub const VOID_REFUSED_ONCE: &str = "4000000000000101";
 
 /// Signs tokens as user-service would and serves the public key at a JWKS URL.
 pub struct Issuer {
@@ -105,6 +109,75 @@ pub async fn spawn_payments(issuer: &Issuer) -> TestApp {
     ])
     .await
     .unwrap()
+}
+
+/// payment-service like [`spawn_payments`], with `overrides` on top.
+pub async fn spawn_payments_with(issuer: &Issuer, overrides: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![
+        ("AUTH_JWKS_URL", issuer.jwks_url.as_str()),
+        ("SIMULATED_SLOW_CARD_DELAY_MS", "400"),
+    ];
+    env.extend_from_slice(overrides);
+    spawn_with::<PaymentService>(env).await.unwrap()
+}
+
+/// The payment id of `order_id`, if it has a payment.
+pub async fn payment_of(pool: &PgPool, order_id: Uuid) -> Option<Uuid> {
+    sqlx::query_scalar("SELECT id FROM payments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+/// What the simulated provider's own record says about the payment's authorization:
+/// (status, reference), `None` when the provider never heard of it.
+pub async fn provider_record(pool: &PgPool, payment_id: Uuid) -> Option<(String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT status, reference FROM simulated_provider.authorizations WHERE idempotency_key = $1",
+    )
+    .bind(format!("{payment_id}:authorize:"))
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Authorizations the provider holds money for, across all payments.
+pub async fn provider_holds(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM simulated_provider.authorizations WHERE status = 'held'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Completed rows of `operation` for the payment: (outcome, requested_by, provider_reference).
+pub async fn completed(
+    pool: &PgPool,
+    payment_id: Uuid,
+    operation: &str,
+) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT outcome, requested_by, provider_reference FROM payment_operations
+         WHERE payment_id = $1 AND operation = $2 AND phase = 'completed' ORDER BY seq",
+    )
+    .bind(payment_id)
+    .bind(operation)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Polls `condition` until it holds; panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    shop_testkit::eventually(timeout, condition)
+        .await
+        .unwrap_or_else(|err| panic!("{what}: {err}"));
 }
 
 pub async fn client(app: &TestApp) -> PaymentServiceClient<GrpcChannel> {
