@@ -184,7 +184,13 @@ impl Reconciler {
                     result
                 }
             };
-            tracing::info!(%payment_id, result, "reconciled");
+            // Settling is worth an info line; "not yet" comes back every interval.
+            match look {
+                Look::Done(_) => tracing::info!(%payment_id, result, "reconciled"),
+                Look::Later(_, due) => {
+                    tracing::debug!(%payment_id, result, %due, "reconcile later")
+                }
+            }
             metrics::counter!("payment_reconciliations_total", "result" => result).increment(1);
         }
         Ok(claimed.len())
