@@ -584,33 +584,38 @@ impl Driver {
 
     /// Claims due sagas (free or expired lease) and drives them; returns how many.
     pub async fn sweep(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
-        // Claim no more than this instance has slots for, and hold them while claiming.
-        let mut permits: Vec<OwnedSemaphorePermit> =
-            std::iter::from_fn(|| self.try_slot()).collect();
-        let room = permits.len();
-        if room == 0 {
-            return Ok(0);
-        }
-        let claimed: Vec<(Uuid,)> = sqlx::query_as(&format!(
-            "UPDATE order_sagas
-             SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
-             WHERE order_id IN (
-                 SELECT order_id FROM order_sagas
-                 WHERE step NOT IN {TERMINAL} AND next_attempt_at <= now()
-                   AND parked_at IS NULL
-                   AND (lease_until IS NULL OR lease_until < now())
-                 ORDER BY next_attempt_at
-                 LIMIT $3
-                 FOR UPDATE SKIP LOCKED)
-             RETURNING order_id"
-        ))
-        .bind(self.instance)
-        .bind(millis(self.config.lease))
-        .bind(i64::try_from(room).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        for ((order_id,), permit) in claimed.iter().zip(permits.drain(..)) {
-            self.start(*order_id, false, permit);
+        // Claim no more than this instance has free slots for. The slots are taken one by one
+        // after the claim, not held during it: holding them all would make a `POST /orders`
+        // arriving meanwhile find none and answer 503.
+        let room = self.slots.available_permits();
+        let mut claimed_count = 0;
+        if room > 0 {
+            let claimed: Vec<(Uuid,)> = sqlx::query_as(&format!(
+                "UPDATE order_sagas
+                 SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
+                 WHERE order_id IN (
+                     SELECT order_id FROM order_sagas
+                     WHERE step NOT IN {TERMINAL} AND next_attempt_at <= now()
+                       AND parked_at IS NULL
+                       AND (lease_until IS NULL OR lease_until < now())
+                     ORDER BY next_attempt_at
+                     LIMIT $3
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING order_id"
+            ))
+            .bind(self.instance)
+            .bind(millis(self.config.lease))
+            .bind(i64::try_from(room).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+            claimed_count = claimed.len();
+            for (order_id,) in claimed {
+                match self.try_slot() {
+                    Some(permit) => self.start(order_id, false, permit),
+                    // Placements took the slots meanwhile: hand the saga back at once.
+                    None => self.give_up_lease(order_id, None, Duration::ZERO).await?,
+                }
+            }
         }
         let (pending, parked): (i64, i64) = sqlx::query_as(&format!(
             "SELECT count(*) FILTER (WHERE parked_at IS NULL),
@@ -621,7 +626,7 @@ impl Driver {
         .await?;
         metrics::gauge!("order_sagas_in_flight").set(pending as f64);
         metrics::gauge!("order_sagas_parked").set(parked as f64);
-        Ok(claimed.len())
+        Ok(claimed_count)
     }
 
     /// The sweeper loop: at start (resuming what a crash left behind) and then periodically.

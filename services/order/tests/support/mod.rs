@@ -107,7 +107,7 @@ impl World {
             ("ORDER_LATE_AUTHORIZATION_SECONDS", "8".to_owned()),
             ("ORDER_BREAKER_FAILURES", "3".to_owned()),
             ("ORDER_BREAKER_COOLDOWN_MS", "500".to_owned()),
-            ("ORDER_PARK_AFTER_ATTEMPTS", "8".to_owned()),
+            ("ORDER_PARK_AFTER_ATTEMPTS", "30".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
