@@ -30,7 +30,8 @@ async fn every_metric_a_dashboard_or_an_alert_rule_queries_is_exported_by_the_ru
     assert!(wanted.len() >= 20, "the dashboards query only {wanted:?}");
     let alerts = alert_metrics();
     assert!(
-        alerts.contains("payment_unsettled_authorizations") && alerts.contains("order_sagas_parked"),
+        alerts.contains("payment_unsettled_authorizations")
+            && alerts.contains("order_sagas_parked"),
         "the money alerts are gone: {alerts:?}"
     );
     wanted.extend(alerts);
@@ -118,7 +119,11 @@ fn alert_metrics() -> BTreeSet<String> {
         for rule in group["rules"].as_sequence().expect("rules") {
             let expr = rule["expr"].as_str().expect("an expr");
             let found = metric_names(expr);
-            assert!(!found.is_empty(), "no metric in {expr:?} ({})", path.display());
+            assert!(
+                !found.is_empty(),
+                "no metric in {expr:?} ({})",
+                path.display()
+            );
             names.extend(found);
         }
     }
