@@ -51,7 +51,7 @@ use uuid::Uuid;
 
 /// One order id per interaction: every participant is idempotent per order, so a provider
 /// replaying two interactions with the same order would answer the second like the first.
-const ORDER: [&str; 11] = [
+const ORDER: [&str; 14] = [
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c50",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c51",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c52",
@@ -63,6 +63,9 @@ const ORDER: [&str; 11] = [
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c58",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c59",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5a",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5b",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5c",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5d",
 ];
 
 fn order_id(n: usize) -> Uuid {
@@ -337,6 +340,65 @@ async fn payment_authorizes_captures_voids_and_refunds_per_order() {
         })
         .await
         .expect("void after capture");
+
+    // The void is final on payment's side: for an order it never saw it leaves a tombstone
+    // (a later Authorize is refused) and answers VOIDED; for a declined payment, DECLINED.
+    // Either settles the money question for the saga.
+    for (order, description, given, answer) in [
+        (
+            ORDER[11],
+            "a void for an order payment has never seen",
+            "no payment",
+            "PAYMENT_STATUS_VOIDED",
+        ),
+        (
+            ORDER[12],
+            "a void of a declined payment",
+            "a declined payment",
+            "PAYMENT_STATUS_DECLINED",
+        ),
+    ] {
+        let void = GrpcInteraction::new(description, "/shop.payment.v1.PaymentService/Void")
+            .given_with_params(&format!("{given} for order"), json!({ "orderId": order }))
+            .request(&VoidRequest {
+                order_id: order.into(),
+            })
+            .response(json_pattern!({ "status": answer }));
+        contract
+            .grpc(void, |example| async move {
+                let response = example.response_as::<VoidResponse>().map(|r| r.status());
+                expect(
+                    void_outcome(status(response)),
+                    Voided::Settled(Outcome::Done),
+                )
+            })
+            .await
+            .expect(description);
+    }
+
+    // A capture the provider refuses is a refusal, not an unknown outcome: the saga parks.
+    let refused_capture = GrpcInteraction::new(
+        "a capture the provider refuses",
+        "/shop.payment.v1.PaymentService/Capture",
+    )
+    .given_with_params(
+        "an authorized payment whose capture the provider refuses for order",
+        json!({ "orderId": ORDER[13], "amount": 3998, "currency": "EUR" }),
+    )
+    .request(&CaptureRequest {
+        order_id: ORDER[13].into(),
+    })
+    .error(Code::FailedPrecondition);
+    contract
+        .grpc(refused_capture, |example| async move {
+            let response = example.response_as::<CaptureResponse>().map(|r| r.status());
+            expect(
+                capture_outcome(status(response)),
+                Outcome::Refused(Reason::PaymentDeclined),
+            )
+        })
+        .await
+        .expect("capture refused");
 
     let refund = GrpcInteraction::new(
         "a refund of a captured payment",

@@ -14,6 +14,7 @@
 //! | `a voided payment for order <id>` | Authorize, Void |
 //! | `a refunded payment for order <id>` | Authorize, Capture, Refund (all) |
 //! | `a declined payment for order <id>` | Authorize (declining test card) |
+//! | `an authorized payment whose capture the provider refuses for order <id>` | Authorize (the card whose capture the simulated provider refuses) |
 //! | `no payment for order <id>` | nothing |
 //!
 //! Optional parameters: `amount` (minor units, default 1999), `currency` (default EUR),
@@ -28,7 +29,10 @@
 
 mod common;
 
-use common::{APPROVE, DECLINE, EventTap, Issuer, authorize, client, spawn_payments, with_token};
+use common::{
+    APPROVE, CAPTURE_REFUSED, DECLINE, EventTap, Issuer, authorize, client, spawn_payments,
+    with_token,
+};
 use serde_json::{Value, json};
 use shop_contract::{GrpcInteraction, Message, Provider, State, prelude::*};
 use shop_events::payment::PaymentFailed;
@@ -124,6 +128,11 @@ async fn set_up(app: &shop_testkit::TestApp, token: &str, state: &State) -> Resu
         "no payment" => {}
         "a declined payment" => {
             grpc.authorize(with_token(authorize(DECLINE), token))
+                .await
+                .map_err(fail)?;
+        }
+        "an authorized payment whose capture the provider refuses" => {
+            grpc.authorize(with_token(authorize(CAPTURE_REFUSED), token))
                 .await
                 .map_err(fail)?;
         }
