@@ -359,7 +359,7 @@ async fn payment_authorizes_captures_voids_and_refunds_per_order() {
         ),
     ] {
         let void = GrpcInteraction::new(description, "/shop.payment.v1.PaymentService/Void")
-            .given_with_params(&format!("{given} for order"), json!({ "orderId": order }))
+            .given_with_params(format!("{given} for order"), json!({ "orderId": order }))
             .request(&VoidRequest {
                 order_id: order.into(),
             })
