@@ -17,6 +17,7 @@
 //! | `NOTIFY_SEND_BACKOFF_MAX_MS` | `300000` | longest wait between two SMTP attempts of one email |
 //! | `NOTIFY_SEND_MAX_ATTEMPTS` | `100` | SMTP attempts before an email is given up (`failed`); about 8 hours at the default ceiling |
 //! | `NOTIFY_POLL_MS` | `1000` | how often the sender looks for due emails besides being woken by new ones |
+//! | `NOTIFICATION_RETENTION_DAYS` | `90` | how long a notification (a rendered email: personal data) is kept; a TTL index on MongoDB, an hourly delete where the server has none (FerretDB v1) |
 
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct NotificationConfig {
     pub call_timeout: Duration,
     pub retry_delays: Vec<Duration>,
     pub delivery: DeliveryConfig,
+    /// How long notifications are kept (`NOTIFICATION_RETENTION_DAYS`).
+    pub retention: Duration,
 }
 
 /// Where and as whom mail is sent.
@@ -133,6 +136,22 @@ impl FromEnv for NotificationConfig {
             }
         });
         let poll = env.millis_or("NOTIFY_POLL_MS", Duration::from_millis(1000));
+        let retention_days = env
+            .parse_or(
+                "NOTIFICATION_RETENTION_DAYS",
+                90u32,
+                "a number of days from 1 to 36500",
+            )
+            .and_then(|days| {
+                if (1..=36_500).contains(&days) {
+                    Ok(days)
+                } else {
+                    env.invalid(
+                        "NOTIFICATION_RETENTION_DAYS",
+                        "must be from 1 to 36500 days".to_owned(),
+                    )
+                }
+            });
 
         let timeout = timeout?;
         Ok(Self {
@@ -154,6 +173,7 @@ impl FromEnv for NotificationConfig {
                 poll: poll?,
                 lease: timeout.saturating_mul(3),
             },
+            retention: Duration::from_secs(u64::from(retention_days?) * 86_400),
         })
     }
 }
@@ -183,6 +203,7 @@ mod tests {
         assert_eq!(config.admins[0].email.to_string(), "admin@example.com");
         assert_eq!(config.retry_delays.len(), 6);
         assert!(config.delivery.lease > config.smtp.timeout);
+        assert_eq!(config.retention, Duration::from_secs(90 * 86_400));
         assert!(!format!("{config:?}").contains("\"s\""));
     }
 
@@ -195,6 +216,7 @@ mod tests {
             ("NOTIFY_ADMIN_EMAILS", "ops@example.com, not-an-address"),
             ("NOTIFY_RETRY_DELAYS_MS", "100,0"),
             ("USER_GRPC_URL", "ftp://users"),
+            ("NOTIFICATION_RETENTION_DAYS", "0"),
         ])
         .unwrap_err();
         for expected in [
@@ -203,6 +225,7 @@ mod tests {
             "NOTIFY_ADMIN_EMAILS: 'not-an-address' is not an email address",
             "NOTIFY_RETRY_DELAYS_MS: '0' is not a positive number",
             "USER_GRPC_URL: has scheme 'ftp'",
+            "NOTIFICATION_RETENTION_DAYS: must be from 1 to 36500 days",
         ] {
             assert!(err.contains(expected), "{expected} in {err}");
         }

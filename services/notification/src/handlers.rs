@@ -26,10 +26,10 @@ use shop_events::{
     user::UserRegistered,
 };
 use shop_messaging::{Envelope, HandlerError, Received, consumer::mongo::Handle};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::{
+    sender::Wake,
     store::{Notification, Status, Store, millis},
     templates::{Template, Templates},
     users::Users,
@@ -44,7 +44,8 @@ pub struct Notifier {
     pub admins: Vec<Mailbox>,
     /// The domain of the Message-IDs (the sender's).
     pub domain: String,
-    pub wake: Arc<Notify>,
+    /// The sender, told each new notification's id (it claims that one by `_id`).
+    pub wake: Arc<Wake>,
 }
 
 /// Who a notification goes to.
@@ -93,7 +94,7 @@ impl Notifier {
         if self.store.insert(&notification).await? {
             metrics::counter!("notification_recorded_total", "template" => template.name())
                 .increment(1);
-            self.wake.notify_one();
+            self.wake.recorded(&notification.event_id);
         } else {
             tracing::debug!(event_id = %envelope.id, "already recorded; not recording twice");
         }
@@ -101,9 +102,10 @@ impl Notifier {
     }
 
     /// Already recorded: skip the lookup (a redelivery during a user-service outage must not
-    /// wait for user-service to be acknowledged).
+    /// wait for user-service to be acknowledged). The store also completes a recording a crash
+    /// cut short ([`Store::recorded`]).
     async fn recorded(&self, envelope: &Envelope) -> Result<bool, HandlerError> {
-        Ok(self.store.get(&envelope.id.to_string()).await?.is_some())
+        Ok(self.store.recorded(&envelope.id.to_string()).await?)
     }
 
     /// The user's mailbox and name, from `GetUser`.

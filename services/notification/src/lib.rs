@@ -8,7 +8,7 @@
 //! | [`handlers`] | event → recipient, template and values; records the notification |
 //! | [`users`] | `GetUser` with a service token, for events without an address |
 //! | [`templates`] | minijinja templates (text + HTML), money and reasons for humans |
-//! | [`store`] | the `notifications` collection: idempotency record and send queue in one |
+//! | [`store`] | where notifications are kept: the history (idempotency record), the send queue and the per-user listing, laid out for the server (MongoDB or FerretDB v1), and their retention |
 //! | [`sender`] | the loop that sends due notifications over SMTP, and the guarantee it gives |
 //! | [`mailer`] | one SMTP message with lettre |
 //! | [`api`] | `GET /api/v1/notifications` |
@@ -35,11 +35,15 @@ use shop_events::{
 };
 use shop_messaging::Consumer;
 use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
-use tokio::sync::Notify;
 
 use crate::{
-    config::NotificationConfig, handlers::Notifier, mailer::Mailer, sender::Sender, store::Store,
-    templates::Templates, users::Users,
+    config::NotificationConfig,
+    handlers::Notifier,
+    mailer::Mailer,
+    sender::{Sender, Wake},
+    store::{Expiry, Layout, Store},
+    templates::Templates,
+    users::Users,
 };
 
 /// The consumer's name: queues `notification.events`, its delay queues and
@@ -61,18 +65,26 @@ impl Service for NotificationService {
 
     async fn build(ctx: &Context, config: NotificationConfig) -> Result<Endpoints, BootError> {
         let db = ctx.mongo()?.clone();
-        let store = Store::new(&db);
-        store
+        let store = Store::open(&db, config.retention)
+            .await
+            .map_err(|err| BootError::store("mongodb", err))?;
+        let expiry = store
             .install()
             .await
             .map_err(|err| BootError::store("mongodb", err))?;
+        tracing::info!(layout = ?store.layout(), ?expiry, "notification store ready");
+        // Retention where the server does not delete by itself (FerretDB v1 has no TTL
+        // indexes), and for the keyed layout's own collections.
+        if expiry == Expiry::Sweep || store.layout() == Layout::Keyed {
+            ctx.tasks.spawn(sweep(store.clone(), ctx.shutdown.clone()));
+        }
         let templates = Templates::new().map_err(|err| {
             BootError::Other(format!("the email templates do not compile: {err:#}"))
         })?;
         let users = Users::new(&config.user_url, &config.credentials, config.call_timeout)
             .map_err(BootError::Other)?;
         let mailer = Mailer::new(&config.smtp);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
 
         // Sending runs beside consuming: an SMTP outage holds up emails, never events.
         let sender = Sender {
@@ -107,5 +119,26 @@ impl Service for NotificationService {
             verifier: config.auth.verifier()?,
         });
         Ok(Endpoints::new(router))
+    }
+}
+
+/// How often expired notifications are deleted where the server does not do it.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes expired notifications now and every [`SWEEP_EVERY`] until shutdown.
+async fn sweep(store: Store, shutdown: tokio_util::sync::CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match store.expire(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(deleted, "expired notifications deleted");
+                metrics::counter!("notification_expired_total").increment(deleted);
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot delete expired notifications"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
     }
 }

@@ -31,17 +31,51 @@
 //! or a lost reply inside that window; never a second copy because an event was delivered
 //! twice** (that is the store's unique event id).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use chrono::Utc;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::DeliveryConfig,
     mailer::{Mailer, SendError},
-    store::{Notification, Store},
+    store::{DUE_BATCH, Notification, Store},
 };
+
+/// What the handlers hand the sender: the ids they just recorded, and a wake-up.
+///
+/// The sender claims these by `_id` ([`Store::claim`]) instead of searching for due work, so
+/// a new email costs the same however many are stored. Ids beyond [`Wake::CAPACITY`] are
+/// dropped: the sender's periodic look at the due ones ([`Store::due`], [`Store::claim_due`])
+/// still finds them, which is also what finds retries and what other instances recorded.
+#[derive(Debug, Default)]
+pub struct Wake {
+    ids: Mutex<VecDeque<String>>,
+    notify: Notify,
+}
+
+impl Wake {
+    pub const CAPACITY: usize = 10_000;
+
+    /// `event_id` was recorded and is due now.
+    pub fn recorded(&self, event_id: &str) {
+        if let Ok(mut ids) = self.ids.lock()
+            && ids.len() < Self::CAPACITY
+        {
+            ids.push_back(event_id.to_owned());
+        }
+        self.notify.notify_one();
+    }
+
+    fn next(&self) -> Option<String> {
+        self.ids.lock().ok()?.pop_front()
+    }
+}
 
 /// The sending loop and what it needs.
 #[derive(Debug, Clone)]
@@ -49,9 +83,9 @@ pub struct Sender {
     pub store: Store,
     pub mailer: Mailer,
     pub config: DeliveryConfig,
-    /// Woken by the handler after each new notification, so a new email does not wait for
-    /// the next poll.
-    pub wake: Arc<Notify>,
+    /// Woken by the handler after each new notification, with its id, so a new email neither
+    /// waits for the next poll nor needs a search.
+    pub wake: Arc<Wake>,
 }
 
 /// The wait before attempt `attempts + 1`: 100 ms, 200 ms, ... up to `max`, jittered — the
@@ -63,13 +97,27 @@ fn backoff(attempts: i32, max: Duration) -> Duration {
         .unwrap_or(max)
 }
 
+/// Where the sender takes its next email from.
+#[derive(Debug)]
+struct Queue {
+    /// Due ids from the last look at the outbox ([`crate::store::Layout::Keyed`]).
+    due: VecDeque<String>,
+    /// When due work was last looked for: at least every poll interval, so retries are not
+    /// starved by a steady stream of new emails.
+    looked: Option<Instant>,
+}
+
 impl Sender {
     /// Sends due notifications one after the other until shutdown. An email being sent when
     /// shutdown begins is finished (bounded by the SMTP timeout) and recorded.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut store_errors = shop_runtime::backoff::forever(Duration::from_secs(5));
+        let mut queue = Queue {
+            due: VecDeque::new(),
+            looked: None,
+        };
         while !shutdown.is_cancelled() {
-            match self.store.claim_due(self.config.lease).await {
+            match self.next(&mut queue).await {
                 Ok(Some(notification)) => {
                     store_errors = shop_runtime::backoff::forever(Duration::from_secs(5));
                     self.deliver(notification).await;
@@ -78,7 +126,7 @@ impl Sender {
                     self.report_pending().await;
                     tokio::select! {
                         () = shutdown.cancelled() => {}
-                        () = self.wake.notified() => {}
+                        () = self.wake.notify.notified() => {}
                         () = tokio::time::sleep(self.config.poll) => {}
                     }
                 }
@@ -90,6 +138,61 @@ impl Sender {
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// The next email to send, claimed: one just recorded (by its id), else one that is due.
+    async fn next(&self, queue: &mut Queue) -> mongodb::error::Result<Option<Notification>> {
+        let lease = self.config.lease;
+        let overdue = queue
+            .looked
+            .is_none_or(|looked| looked.elapsed() >= self.config.poll);
+        if !overdue {
+            while let Some(id) = self.wake.next() {
+                if let Some(claimed) = self.store.claim(&id, lease).await? {
+                    return Ok(Some(claimed));
+                }
+            }
+        }
+        if let Some(claimed) = self.next_due(queue).await? {
+            return Ok(Some(claimed));
+        }
+        while let Some(id) = self.wake.next() {
+            if let Some(claimed) = self.store.claim(&id, lease).await? {
+                return Ok(Some(claimed));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One due email: the longest due one on an indexed store, else the next id of the last
+    /// look at the outbox that can still be claimed (looking again when they are used up).
+    async fn next_due(&self, queue: &mut Queue) -> mongodb::error::Result<Option<Notification>> {
+        let lease = self.config.lease;
+        if let Some(claimed) = self.store.claim_due(lease).await? {
+            queue.looked = Some(Instant::now());
+            return Ok(Some(claimed));
+        }
+        if self.store.layout() == crate::store::Layout::Indexed {
+            queue.looked = Some(Instant::now());
+            return Ok(None);
+        }
+        let mut looked_now = false;
+        loop {
+            if queue.due.is_empty() {
+                if looked_now {
+                    return Ok(None);
+                }
+                queue.due = self.store.due(DUE_BATCH).await?.into();
+                queue.looked = Some(Instant::now());
+                looked_now = true;
+            }
+            let Some(id) = queue.due.pop_front() else {
+                return Ok(None);
+            };
+            if let Some(claimed) = self.store.claim(&id, lease).await? {
+                return Ok(Some(claimed));
             }
         }
     }
@@ -107,19 +210,21 @@ impl Sender {
         let template = notification.template.clone();
         let outcome = self.mailer.send(&notification).await;
         let recorded = match &outcome {
-            Ok(()) => self.mark_sent(id).await,
-            Err(SendError::Permanent(reason)) => self.store.mark_failed(id, reason).await,
+            Ok(()) => self.mark_sent(&notification).await,
+            Err(SendError::Permanent(reason)) => {
+                self.store.mark_failed(&notification, reason).await
+            }
             Err(SendError::Transient(reason))
                 if notification.attempts
                     >= i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX) =>
             {
                 let reason = format!("gave up after {} attempts: {reason}", notification.attempts);
-                self.store.mark_failed(id, &reason).await
+                self.store.mark_failed(&notification, &reason).await
             }
             Err(SendError::Transient(reason)) => {
                 let wait = backoff(notification.attempts, self.config.backoff_max);
                 let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                self.store.mark_retry(id, reason, next).await
+                self.store.mark_retry(&notification, reason, next).await
             }
         };
         let label = match &outcome {
@@ -143,10 +248,10 @@ impl Sender {
     }
 
     /// Marks a sent notification, retrying briefly: every failure here is a resend later.
-    async fn mark_sent(&self, id: &str) -> mongodb::error::Result<()> {
+    async fn mark_sent(&self, notification: &Notification) -> mongodb::error::Result<()> {
         let mut delays = [50, 200, 1000].map(Duration::from_millis).into_iter();
         loop {
-            match self.store.mark_sent(id).await {
+            match self.store.mark_sent(notification).await {
                 Ok(()) => return Ok(()),
                 Err(err) => match delays.next() {
                     Some(delay) => tokio::time::sleep(delay).await,

@@ -1,27 +1,79 @@
-//! The `notifications` collection: one document per notification, which is at the same time
-//! the consumer's idempotency record and the sender's work queue (an outbox for email).
+//! Where notifications are kept, and how each path reaches them in time that does not grow with
+//! the number stored.
+//!
+//! # Two servers, two layouts
+//!
+//! The store speaks the MongoDB protocol to two very different servers:
+//!
+//! * **MongoDB** (compose, Helm): secondary indexes, atomic single-document updates, TTL
+//!   indexes. Its best path is the plain one: one `notifications` collection that is at the
+//!   same time the history and the send queue, with an index per query ([`Layout::Indexed`]).
+//! * **FerretDB v1 on SQLite** (the native stack, the tests, CI): it pushes down to SQLite
+//!   **only a filter that is exactly `{_id: <string>}`**. Any other filter or sort — and
+//!   whatever indexes were created — reads and decodes every document of the collection, so a
+//!   claim on `status` + `next_attempt_at` or a listing on `user_id` costs as much as the whole
+//!   history; with a few thousand emails stored that was one email every ~2 s and 1.6 s per
+//!   listing. Its `findAndModify` and `update` are also read-then-overwrite, not atomic between
+//!   two clients; only an insert (unique `_id`) and a delete (which counts what it deleted)
+//!   are. [`Layout::Keyed`] is built from those: every read and write of the history is by
+//!   `_id`, and what must be found without knowing an `_id` lives in small collections.
+//!
+//! [`Layout::detect`] picks the layout from `buildInfo` (FerretDB v1 reports
+//! `ferretdbVersion: "v1..."`). Both layouts keep the same history documents, so the API and
+//! the record of what was sent are the same either way.
+//!
+//! # The guarantees (both layouts)
+//!
+//! * **One notification per event id.** The history document's `_id` **is the event id**;
+//!   inserting it is the consumer's effect, a single-document write that a redelivery hits as
+//!   a duplicate key ("already recorded"), on any server.
+//! * **One send per claim, under a lease.** A claim reserves an email for `lease` (longer than
+//!   one SMTP conversation) and counts the attempt; an instance that dies mid-send leaves an
+//!   email that becomes due again when the lease runs out (see [`crate::sender`] for the one
+//!   duplicate this allows).
+//!
+//! # `Layout::Keyed` (FerretDB v1)
 //!
 //! ```text
-//! consumer ─ insert {_id: event id, status: pending, next_attempt_at: now} ─┐  (duplicate key = already recorded)
-//!                                                                           ▼
-//! sender ── claim: pending and due → next_attempt_at = now + lease, attempts + 1
-//!        ── SMTP ── accepted → status: sent │ 4xx/unreachable → next_attempt_at = now + backoff
-//!                                           │ 5xx or attempts used up → status: failed
+//! notifications      {_id: event id, ...the record...}             history: read/written by _id only
+//! notification_outbox {_id: event id, attempts, next_attempt_at}   pending sends only: deleted when done
+//! notification_claims {_id: "<event id>#<attempt>", at}            one insert per attempt = the claim
+//! notification_by_user {_id: "<user>:<yyyy-mm>", entries: [{id, at}]}  a user's ids per month
 //! ```
 //!
-//! The document's `_id` **is the event id**. Inserting it is the consumer's whole effect, one
-//! single-document write, so a redelivered event cannot create a second notification even on
-//! a server without multi-document transactions (FerretDB, a standalone MongoDB): the second
-//! insert fails with a duplicate key, which means "already recorded".
+//! * **Record**: insert the history document (the uniqueness above), then its outbox entry and
+//!   its id in the user's month bucket. A crash between them is repaired when the event is
+//!   handled again (the consumer redelivers it: the handler did not return): a duplicate
+//!   finds the history `pending` and re-adds what may be missing ([`Store::recorded`]).
+//! * **Claim** ([`Store::claim`]): the sender mostly knows *which* email to claim — the handler
+//!   hands it the id it just recorded — so no search is needed: read the outbox entry by `_id`;
+//!   if it is due, insert the claim `<id>#<attempts + 1>`. That insert is atomic on every
+//!   server: of two instances claiming the same attempt, one gets a duplicate key and backs
+//!   off. The winner pushes the entry's `next_attempt_at` past the lease and reads the message
+//!   from the history by `_id`. Retries (and ids nobody handed over) are found by
+//!   [`Store::due`]: a scan of the outbox, which holds the pending emails only, never the
+//!   history.
+//! * **Outcome**: the history document by `_id`; the outbox entry deleted (sent, failed) or
+//!   rescheduled (retry); the claim deleted.
+//! * **Listing** ([`Store::list_for_user`]): the user's month buckets newest first, by `_id`,
+//!   back to the retention horizon (so at most `retention / 30 + 1` reads), until a page is
+//!   full; then each listed notification by `_id`.
 //!
-//! A claim moves `next_attempt_at` past the lease in the same `findAndModify` that selects the
-//! document: two sender instances never claim the same email at once, and an instance that
-//! dies mid-send leaves an email that becomes due again when its lease runs out.
+//! # Retention
+//!
+//! Rendered emails hold personal data: they are kept `NOTIFICATION_RETENTION_DAYS`. On MongoDB a
+//! TTL index on `created_at` deletes them; FerretDB v1 does not implement TTL indexes
+//! (`expireAfterSeconds` is refused), so [`Store::install`] reports [`Expiry::Sweep`] and the
+//! service deletes expired documents itself every hour ([`Store::expire`]).
 
-use chrono::{DateTime, Utc};
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Datelike, Utc};
+use futures::TryStreamExt;
 use mongodb::{
     Collection, Database, IndexModel,
-    bson::{self, Bson, doc},
+    bson::{self, Bson, Document, doc},
+    error::ErrorKind,
     options::{IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
@@ -36,8 +88,19 @@ pub fn chrono(at: bson::DateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or_default()
 }
 
-/// The collection, in the service's own database.
+/// The history: one document per notification, `_id` = the event id.
 pub const COLLECTION: &str = "notifications";
+/// [`Layout::Keyed`]: the pending sends.
+pub const OUTBOX: &str = "notification_outbox";
+/// [`Layout::Keyed`]: one document per claimed attempt.
+pub const CLAIMS: &str = "notification_claims";
+/// [`Layout::Keyed`]: each user's notification ids, one document per user and month.
+pub const BY_USER: &str = "notification_by_user";
+
+/// The TTL index's name (MongoDB).
+const RETENTION_INDEX: &str = "retention";
+/// How many due ids one scan of the outbox hands the sender.
+pub const DUE_BATCH: i64 = 100;
 
 /// Where a notification is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +125,7 @@ impl Status {
     }
 }
 
-/// One notification, as stored.
+/// One notification, as stored in the history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// The id of the event that caused it: unique, so one event makes at most one notification.
@@ -119,62 +182,379 @@ pub struct After {
     pub event_id: String,
 }
 
-/// The notifications collection.
+/// [`Layout::Keyed`]: a pending send. Small on purpose: [`Store::due`] scans these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Queued {
+    #[serde(rename = "_id")]
+    event_id: String,
+    /// Attempts claimed so far.
+    attempts: i32,
+    next_attempt_at: bson::DateTime,
+    created_at: bson::DateTime,
+}
+
+/// One id in a user's month bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    id: String,
+    at: bson::DateTime,
+}
+
+/// [`Layout::Keyed`]: a user's notifications of one month (UTC).
+#[derive(Debug, Clone, Deserialize)]
+struct Bucket {
+    #[serde(default)]
+    entries: Vec<Entry>,
+}
+
+/// How the notifications are laid out (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One collection, an index per query: MongoDB (and any server that uses its indexes).
+    Indexed,
+    /// Every history access by `_id`, pending sends and per-user ids in small collections:
+    /// FerretDB v1, which pushes nothing else down.
+    Keyed,
+}
+
+impl Layout {
+    /// [`Layout::Keyed`] for FerretDB v1 (its `buildInfo` says `ferretdbVersion: "v1.x"`),
+    /// [`Layout::Indexed`] for anything else.
+    pub async fn detect(db: &Database) -> mongodb::error::Result<Self> {
+        let info = db.run_command(doc! { "buildInfo": 1 }).await?;
+        Ok(Self::of_build_info(&info))
+    }
+
+    fn of_build_info(info: &Document) -> Self {
+        match info.get_str("ferretdbVersion") {
+            Ok(version) if version.trim_start_matches('v').starts_with("1.") => Self::Keyed,
+            _ => Self::Indexed,
+        }
+    }
+}
+
+/// How expired notifications go (see [`Store::install`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The server deletes them (a TTL index): nothing to do.
+    Ttl,
+    /// The server cannot: the service calls [`Store::expire`] periodically.
+    Sweep,
+}
+
+/// The notification store.
 #[derive(Debug, Clone)]
 pub struct Store {
+    layout: Layout,
+    retention: Duration,
     notifications: Collection<Notification>,
+    outbox: Collection<Queued>,
+    claims: Collection<Document>,
+    by_user: Collection<Document>,
+    /// [`Layout::Keyed`]: FerretDB v1's updates are read-then-overwrite, so two concurrent
+    /// `$addToSet`s on one bucket could lose one id; this instance's bucket writes take turns.
+    buckets: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// `true` for a MongoDB command error with one of `codes`.
+fn command_code(err: &mongodb::error::Error, codes: &[i32]) -> bool {
+    matches!(err.kind.as_ref(), ErrorKind::Command(command) if codes.contains(&command.code))
+}
+
+fn is_duplicate(err: &mongodb::error::Error) -> bool {
+    shop_messaging::inbox::mongo::is_duplicate(err)
+}
+
+/// A month as a number (`year * 12 + month - 1`), so months compare and count down.
+fn month_of(at: DateTime<Utc>) -> i32 {
+    at.year() * 12 + i32::try_from(at.month0()).unwrap_or(0)
+}
+
+/// `<user>:<yyyy-mm>`: the `_id` of a user's bucket for `month`.
+fn bucket_id(user_id: &str, month: i32) -> String {
+    format!("{user_id}:{:04}-{:02}", month.div_euclid(12), month.rem_euclid(12) + 1)
+}
+
+/// `<event id>#<attempt>`: the `_id` whose insert is the claim of that attempt.
+fn claim_id(event_id: &str, attempt: i32) -> String {
+    format!("{event_id}#{attempt}")
+}
+
+/// The keyset order of a listing: newest first, then the id descending.
+fn newest_first(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    (b.at, &b.id).cmp(&(a.at, &a.id))
 }
 
 impl Store {
-    pub fn new(db: &Database) -> Self {
+    /// A store of `layout` in `db` that keeps notifications for `retention`.
+    pub fn new(db: &Database, layout: Layout, retention: Duration) -> Self {
         Self {
+            layout,
+            retention,
             notifications: db.collection(COLLECTION),
+            outbox: db.collection(OUTBOX),
+            claims: db.collection(CLAIMS),
+            by_user: db.collection(BY_USER),
+            buckets: Arc::default(),
         }
     }
 
-    /// Creates the indexes (idempotent). The `_id` index is the uniqueness of the event id.
-    pub async fn install(&self) -> mongodb::error::Result<()> {
-        let index = |keys, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build()
-        };
-        self.notifications
-            .create_index(index(
-                doc! { "user_id": 1, "created_at": -1, "_id": -1 },
-                "user_newest_first",
-            ))
-            .await?;
-        self.notifications
-            .create_index(index(
-                doc! { "status": 1, "next_attempt_at": 1 },
-                "due_for_sending",
-            ))
-            .await?;
-        Ok(())
+    /// A store whose layout fits the server ([`Layout::detect`]).
+    pub async fn open(db: &Database, retention: Duration) -> mongodb::error::Result<Self> {
+        Ok(Self::new(db, Layout::detect(db).await?, retention))
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Creates the indexes (idempotent) and says how notifications expire. The `_id` index is
+    /// the uniqueness of the event id.
+    ///
+    /// [`Layout::Keyed`] creates no secondary index: FerretDB v1 would maintain it and never
+    /// use it. The TTL index is tried on every server: where it is refused as not implemented
+    /// (FerretDB v1) the answer is [`Expiry::Sweep`]; where it exists with another period (the
+    /// setting changed) `collMod` moves it.
+    pub async fn install(&self) -> mongodb::error::Result<Expiry> {
+        /// `NotImplemented`, `CommandNotSupported`, `InvalidOptions`.
+        const UNSUPPORTED: [i32; 3] = [238, 115, 72];
+        /// `IndexOptionsConflict`, `IndexKeySpecsConflict`.
+        const CONFLICT: [i32; 2] = [85, 86];
+
+        if self.layout == Layout::Indexed {
+            let index = |keys, name: &str| {
+                IndexModel::builder()
+                    .keys(keys)
+                    .options(IndexOptions::builder().name(name.to_owned()).build())
+                    .build()
+            };
+            self.notifications
+                .create_index(index(
+                    doc! { "user_id": 1, "created_at": -1, "_id": -1 },
+                    "user_newest_first",
+                ))
+                .await?;
+            self.notifications
+                .create_index(index(
+                    doc! { "status": 1, "next_attempt_at": 1 },
+                    "due_for_sending",
+                ))
+                .await?;
+        }
+        match self.notifications.create_index(retention_index(self.retention)).await {
+            Ok(_) => Ok(Expiry::Ttl),
+            Err(err) if command_code(&err, &UNSUPPORTED) => Ok(Expiry::Sweep),
+            Err(err) if command_code(&err, &CONFLICT) => {
+                let seconds = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+                self.notifications
+                    .client()
+                    .database(self.notifications.namespace().db.as_str())
+                    .run_command(doc! {
+                        "collMod": COLLECTION,
+                        "index": { "name": RETENTION_INDEX, "expireAfterSeconds": seconds },
+                    })
+                    .await?;
+                Ok(Expiry::Ttl)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Records a notification. `false`: one for this event id already exists (a redelivery),
-    /// and nothing was written.
+    /// and nothing new was recorded.
     pub async fn insert(&self, notification: &Notification) -> mongodb::error::Result<bool> {
         match self.notifications.insert_one(notification).await {
-            Ok(_) => Ok(true),
-            Err(err) if shop_messaging::inbox::mongo::is_duplicate(&err) => Ok(false),
+            Ok(_) => {
+                if self.layout == Layout::Keyed {
+                    self.enqueue(notification).await?;
+                    self.index(notification).await?;
+                }
+                Ok(true)
+            }
+            Err(err) if is_duplicate(&err) => {
+                if self.layout == Layout::Keyed
+                    && let Some(existing) = self.get(&notification.event_id).await?
+                {
+                    self.repair(&existing).await?;
+                }
+                Ok(false)
+            }
             Err(err) => Err(err),
         }
+    }
+
+    /// Whether the event's notification is recorded. [`Layout::Keyed`]: a recorded one also
+    /// gets its outbox entry and bucket entry back, had a crash cut its recording short.
+    pub async fn recorded(&self, event_id: &str) -> mongodb::error::Result<bool> {
+        let Some(existing) = self.get(event_id).await? else {
+            return Ok(false);
+        };
+        if self.layout == Layout::Keyed {
+            self.repair(&existing).await?;
+        }
+        Ok(true)
+    }
+
+    /// [`Layout::Keyed`]: the outbox and bucket entries of a recorded notification, each added
+    /// if missing (both writes are idempotent). An outbox entry re-added just after the sender
+    /// finished is harmless: [`Store::claim`] reads the history first and drops it.
+    async fn repair(&self, existing: &Notification) -> mongodb::error::Result<()> {
+        if existing.status == Status::Pending {
+            self.enqueue(existing).await?;
+        }
+        self.index(existing).await
+    }
+
+    /// [`Layout::Keyed`]: the notification's outbox entry, unless it has one.
+    async fn enqueue(&self, notification: &Notification) -> mongodb::error::Result<()> {
+        if notification.status != Status::Pending {
+            return Ok(());
+        }
+        let queued = Queued {
+            event_id: notification.event_id.clone(),
+            attempts: notification.attempts,
+            next_attempt_at: notification.next_attempt_at,
+            created_at: notification.created_at,
+        };
+        match self.outbox.insert_one(&queued).await {
+            Err(err) if !is_duplicate(&err) => Err(err),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Layout::Keyed`]: the notification's id in its user's bucket of its month.
+    async fn index(&self, notification: &Notification) -> mongodb::error::Result<()> {
+        let Some(user_id) = notification.user_id.as_deref() else {
+            return Ok(());
+        };
+        let id = bucket_id(user_id, month_of(chrono(notification.created_at)));
+        let entry = doc! { "id": &notification.event_id, "at": notification.created_at };
+        let _turn = self.buckets.lock().await;
+        // Two instances creating one bucket at once: one upsert loses on the unique `_id`,
+        // and its second try updates the bucket the other created.
+        for attempt in 0..2 {
+            let written = self
+                .by_user
+                .update_one(
+                    doc! { "_id": &id },
+                    doc! { "$addToSet": { "entries": &entry } },
+                )
+                .upsert(true)
+                .await;
+            match written {
+                Err(err) if attempt == 0 && is_duplicate(&err) => {}
+                other => return other.map(drop),
+            }
+        }
+        Ok(())
     }
 
     pub async fn get(&self, event_id: &str) -> mongodb::error::Result<Option<Notification>> {
         self.notifications.find_one(doc! { "_id": event_id }).await
     }
 
-    /// Claims the pending notification that has been due longest: reserves it for `lease`
-    /// and counts the attempt, in one atomic single-document update.
-    pub async fn claim_due(
+    /// Claims `event_id`'s notification if it is pending and due: reserves it for `lease` and
+    /// counts the attempt. `None`: not pending, not due, or claimed by someone else.
+    pub async fn claim(
         &self,
-        lease: std::time::Duration,
+        event_id: &str,
+        lease: Duration,
     ) -> mongodb::error::Result<Option<Notification>> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        match self.layout {
+            // One atomic update on MongoDB, found through `_id`.
+            Layout::Indexed => {
+                self.notifications
+                    .find_one_and_update(
+                        doc! {
+                            "_id": event_id,
+                            "status": Status::Pending.as_str(),
+                            "next_attempt_at": { "$lte": millis(now) },
+                        },
+                        Self::lease_update(now, until),
+                    )
+                    .return_document(ReturnDocument::After)
+                    .await
+            }
+            Layout::Keyed => self.claim_keyed(event_id, lease, now, until).await,
+        }
+    }
+
+    fn lease_update(now: DateTime<Utc>, until: DateTime<Utc>) -> Document {
+        doc! {
+            "$set": { "next_attempt_at": millis(until), "updated_at": millis(now) },
+            "$inc": { "attempts": 1 },
+        }
+    }
+
+    /// The claim of [`Layout::Keyed`], described in the module docs. Every step is by `_id`.
+    async fn claim_keyed(
+        &self,
+        event_id: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<Notification>> {
+        let Some(queued) = self.outbox.find_one(doc! { "_id": event_id }).await? else {
+            return Ok(None);
+        };
+        if queued.next_attempt_at > millis(now) {
+            return Ok(None);
+        }
+        let attempt = queued.attempts + 1;
+        let claim = claim_id(event_id, attempt);
+        if let Err(err) = self
+            .claims
+            .insert_one(doc! { "_id": &claim, "at": millis(now) })
+            .await
+        {
+            if !is_duplicate(&err) {
+                return Err(err);
+            }
+            // Someone claimed this attempt. If that was longer ago than a lease and the entry
+            // still shows the attempt unclaimed, the claimer died between its claim and its
+            // update: skip the attempt number, so the next claim can take the next one.
+            let stale = millis(now - chrono::Duration::from_std(lease).unwrap_or_default());
+            if let Some(previous) = self.claims.find_one(doc! { "_id": &claim }).await?
+                && previous.get_datetime("at").is_ok_and(|at| *at < stale)
+            {
+                self.outbox
+                    .update_one(
+                        doc! { "_id": event_id },
+                        doc! { "$max": { "attempts": attempt } },
+                    )
+                    .await?;
+            }
+            return Ok(None);
+        }
+        self.outbox
+            .update_one(
+                doc! { "_id": event_id },
+                doc! { "$set": { "attempts": attempt, "next_attempt_at": millis(until) } },
+            )
+            .await?;
+        match self.get(event_id).await? {
+            Some(mut notification) if notification.status == Status::Pending => {
+                notification.attempts = attempt;
+                Ok(Some(notification))
+            }
+            // Done already (an entry re-added by a repair), or expired: nothing to send.
+            _ => {
+                self.outbox.delete_one(doc! { "_id": event_id }).await?;
+                self.claims.delete_one(doc! { "_id": &claim }).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Claims the pending notification that has been due longest ([`Layout::Indexed`]: one
+    /// atomic update on the `due_for_sending` index). [`Layout::Keyed`] answers `None`: its
+    /// sender claims the ids of [`Store::due`] one by one instead.
+    pub async fn claim_due(&self, lease: Duration) -> mongodb::error::Result<Option<Notification>> {
+        if self.layout == Layout::Keyed {
+            return Ok(None);
+        }
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
         self.notifications
@@ -183,45 +563,103 @@ impl Store {
                     "status": Status::Pending.as_str(),
                     "next_attempt_at": { "$lte": millis(now) },
                 },
-                doc! {
-                    "$set": {
-                        "next_attempt_at": millis(until),
-                        "updated_at": millis(now),
-                    },
-                    "$inc": { "attempts": 1 },
-                },
+                Self::lease_update(now, until),
             )
             .sort(doc! { "next_attempt_at": 1 })
             .return_document(ReturnDocument::After)
             .await
     }
 
-    /// The mail server accepted it.
-    pub async fn mark_sent(&self, event_id: &str) -> mongodb::error::Result<()> {
+    /// [`Layout::Keyed`]: the ids of up to `limit` due notifications, longest due first — a
+    /// scan of the outbox, which holds only what is pending.
+    pub async fn due(&self, limit: i64) -> mongodb::error::Result<Vec<String>> {
+        let queued: Vec<Document> = self
+            .outbox
+            .clone_with_type::<Document>()
+            .find(doc! { "next_attempt_at": { "$lte": bson::DateTime::now() } })
+            .sort(doc! { "next_attempt_at": 1 })
+            .projection(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(queued
+            .iter()
+            .filter_map(|entry| entry.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// The history document, by `_id` alone on [`Layout::Keyed`] (FerretDB v1 pushes down
+    /// nothing more), guarded by its status on [`Layout::Indexed`].
+    fn history_filter(&self, event_id: &str) -> Document {
+        match self.layout {
+            Layout::Indexed => doc! { "_id": event_id, "status": Status::Pending.as_str() },
+            Layout::Keyed => doc! { "_id": event_id },
+        }
+    }
+
+    /// [`Layout::Keyed`]: the claimed attempt is over: its claim goes, and the outbox entry
+    /// goes (`next = None`) or waits until `next`.
+    async fn settle(
+        &self,
+        claimed: &Notification,
+        next: Option<DateTime<Utc>>,
+    ) -> mongodb::error::Result<()> {
+        if self.layout == Layout::Indexed {
+            return Ok(());
+        }
+        let id = claimed.event_id.as_str();
+        match next {
+            None => drop(self.outbox.delete_one(doc! { "_id": id }).await?),
+            Some(next) => drop(
+                self.outbox
+                    .update_one(
+                        doc! { "_id": id },
+                        doc! { "$set": { "next_attempt_at": millis(next) } },
+                    )
+                    .await?,
+            ),
+        }
+        self.claims
+            .delete_one(doc! { "_id": claim_id(id, claimed.attempts) })
+            .await?;
+        Ok(())
+    }
+
+    /// The mail server accepted it. The history says so before the outbox entry goes, so an
+    /// entry found without a pending history is always one that may be dropped.
+    pub async fn mark_sent(&self, claimed: &Notification) -> mongodb::error::Result<()> {
         let now = bson::DateTime::now();
         self.notifications
             .update_one(
-                doc! { "_id": event_id },
+                doc! { "_id": &claimed.event_id },
                 doc! {
-                    "$set": { "status": Status::Sent.as_str(), "sent_at": now, "updated_at": now, "last_error": Bson::Null },
+                    "$set": {
+                        "status": Status::Sent.as_str(),
+                        "attempts": claimed.attempts,
+                        "sent_at": now,
+                        "updated_at": now,
+                        "last_error": Bson::Null,
+                    },
                 },
             )
             .await?;
-        Ok(())
+        self.settle(claimed, None).await
     }
 
     /// A failed attempt that is worth repeating at `next`.
     pub async fn mark_retry(
         &self,
-        event_id: &str,
+        claimed: &Notification,
         error: &str,
         next: DateTime<Utc>,
     ) -> mongodb::error::Result<()> {
         self.notifications
             .update_one(
-                doc! { "_id": event_id, "status": Status::Pending.as_str() },
+                self.history_filter(&claimed.event_id),
                 doc! {
                     "$set": {
+                        "attempts": claimed.attempts,
                         "next_attempt_at": millis(next),
                         "last_error": error,
                         "updated_at": bson::DateTime::now(),
@@ -229,27 +667,42 @@ impl Store {
                 },
             )
             .await?;
-        Ok(())
+        self.settle(claimed, Some(next)).await
     }
 
     /// Given up: refused for good, or out of attempts.
-    pub async fn mark_failed(&self, event_id: &str, error: &str) -> mongodb::error::Result<()> {
+    pub async fn mark_failed(
+        &self,
+        claimed: &Notification,
+        error: &str,
+    ) -> mongodb::error::Result<()> {
         self.notifications
             .update_one(
-                doc! { "_id": event_id, "status": Status::Pending.as_str() },
+                self.history_filter(&claimed.event_id),
                 doc! {
-                    "$set": { "status": Status::Failed.as_str(), "last_error": error, "updated_at": bson::DateTime::now() },
+                    "$set": {
+                        "status": Status::Failed.as_str(),
+                        "attempts": claimed.attempts,
+                        "last_error": error,
+                        "updated_at": bson::DateTime::now(),
+                    },
                 },
             )
             .await?;
-        Ok(())
+        self.settle(claimed, None).await
     }
 
-    /// Notifications waiting to be sent (a gauge for the metrics).
+    /// Notifications waiting to be sent (a gauge for the metrics): the outbox's size on
+    /// [`Layout::Keyed`], never a count over the history.
     pub async fn pending(&self) -> mongodb::error::Result<u64> {
-        self.notifications
-            .count_documents(doc! { "status": Status::Pending.as_str() })
-            .await
+        match self.layout {
+            Layout::Indexed => {
+                self.notifications
+                    .count_documents(doc! { "status": Status::Pending.as_str() })
+                    .await
+            }
+            Layout::Keyed => self.outbox.count_documents(doc! {}).await,
+        }
     }
 
     /// `user_id`'s notifications, newest first, `limit` of them after `after`.
@@ -259,8 +712,19 @@ impl Store {
         limit: u32,
         after: Option<&After>,
     ) -> mongodb::error::Result<Vec<Summary>> {
-        use futures::TryStreamExt;
+        match self.layout {
+            Layout::Indexed => self.list_indexed(user_id, limit, after).await,
+            Layout::Keyed => self.list_keyed(user_id, limit, after).await,
+        }
+    }
 
+    /// One query on the `user_newest_first` index.
+    async fn list_indexed(
+        &self,
+        user_id: &str,
+        limit: u32,
+        after: Option<&After>,
+    ) -> mongodb::error::Result<Vec<Summary>> {
         let mut filter = doc! { "user_id": user_id };
         if let Some(after) = after {
             let at = millis(after.created_at);
@@ -281,5 +745,160 @@ impl Store {
             .await?
             .try_collect()
             .await
+    }
+
+    /// The user's month buckets from the cursor's month back to the retention horizon, until
+    /// a page is full (a bucket covers a whole month, so once a page is full no older month
+    /// can hold anything newer); then the page's notifications, each by `_id`.
+    async fn list_keyed(
+        &self,
+        user_id: &str,
+        limit: u32,
+        after: Option<&After>,
+    ) -> mongodb::error::Result<Vec<Summary>> {
+        let limit = limit as usize;
+        let now = Utc::now();
+        let horizon = now - chrono::Duration::from_std(self.retention).unwrap_or_default();
+        let oldest = month_of(horizon);
+        let cursor = after.map(|after| Entry {
+            id: after.event_id.clone(),
+            at: millis(after.created_at),
+        });
+        let mut month = after.map_or(month_of(now), |after| {
+            month_of(after.created_at).min(month_of(now))
+        });
+        let mut page: Vec<Entry> = Vec::new();
+        while month >= oldest && page.len() < limit {
+            let bucket = self
+                .by_user
+                .clone_with_type::<Bucket>()
+                .find_one(doc! { "_id": bucket_id(user_id, month) })
+                .await?;
+            if let Some(bucket) = bucket {
+                page.extend(bucket.entries.into_iter().filter(|entry| {
+                    cursor
+                        .as_ref()
+                        .is_none_or(|cursor| newest_first(cursor, entry).is_lt())
+                }));
+            }
+            month -= 1;
+        }
+        page.sort_by(newest_first);
+        page.dedup_by(|a, b| a.id == b.id);
+        page.truncate(limit);
+
+        let summaries = self.notifications.clone_with_type::<Summary>();
+        let reads = page.iter().map(|entry| {
+            let summaries = &summaries;
+            async move {
+                summaries
+                    .find_one(doc! { "_id": &entry.id })
+                    .projection(doc! { "text": 0, "html": 0 })
+                    .await
+            }
+        });
+        // Expired meanwhile (or not yet swept from the bucket): not listed.
+        Ok(futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Deletes what is older than the retention period, as of `now`: the history and, on
+    /// [`Layout::Keyed`], the outbox entries, claims and month buckets that go with it.
+    /// Returns how many notifications went.
+    ///
+    /// On FerretDB v1 each delete reads its whole collection (a filter on a date is not
+    /// pushed down): that is the price of retention without TTL, paid once an hour, not per
+    /// email.
+    pub async fn expire(&self, now: DateTime<Utc>) -> mongodb::error::Result<u64> {
+        let horizon = now - chrono::Duration::from_std(self.retention).unwrap_or_default();
+        let before = doc! { "$lt": millis(horizon) };
+        let deleted = self
+            .notifications
+            .delete_many(doc! { "created_at": before.clone() })
+            .await?
+            .deleted_count;
+        if self.layout == Layout::Keyed {
+            self.outbox
+                .delete_many(doc! { "created_at": before.clone() })
+                .await?;
+            self.claims.delete_many(doc! { "at": before }).await?;
+            let oldest = month_of(horizon);
+            let mut stale = Vec::new();
+            let mut buckets = self
+                .by_user
+                .find(doc! {})
+                .projection(doc! { "_id": 1 })
+                .await?;
+            while let Some(bucket) = buckets.try_next().await? {
+                if let Ok(id) = bucket.get_str("_id")
+                    && bucket_month(id).is_some_and(|month| month < oldest)
+                {
+                    stale.push(id.to_owned());
+                }
+            }
+            for id in stale {
+                self.by_user.delete_one(doc! { "_id": id }).await?;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// The TTL index: a document goes `retention` after its `created_at`.
+fn retention_index(retention: Duration) -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { "created_at": 1 })
+        .options(
+            IndexOptions::builder()
+                .name(RETENTION_INDEX.to_owned())
+                .expire_after(retention)
+                .build(),
+        )
+        .build()
+}
+
+/// The month of a bucket `_id` (`<user>:<yyyy-mm>`).
+fn bucket_month(id: &str) -> Option<i32> {
+    let (_, month) = id.rsplit_once(':')?;
+    let (year, month) = month.split_once('-')?;
+    Some(year.parse::<i32>().ok()? * 12 + month.parse::<i32>().ok()? - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ferretdb_v1_gets_the_keyed_layout_everything_else_the_indexed_one() {
+        let ferret = doc! { "version": "7.0.77", "ferretdbVersion": "v1.24.2" };
+        assert_eq!(Layout::of_build_info(&ferret), Layout::Keyed);
+        let ferret2 = doc! { "version": "7.0.77", "ferretdbVersion": "v2.1.0" };
+        assert_eq!(Layout::of_build_info(&ferret2), Layout::Indexed);
+        let mongo = doc! { "version": "8.0.4" };
+        assert_eq!(Layout::of_build_info(&mongo), Layout::Indexed);
+    }
+
+    #[test]
+    fn bucket_ids_name_the_user_and_the_month_and_read_back() {
+        let at = DateTime::parse_from_rfc3339("2025-01-31T23:59:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let month = month_of(at);
+        assert_eq!(bucket_id("u1", month), "u1:2025-01");
+        assert_eq!(bucket_id("u1", month - 1), "u1:2024-12");
+        assert_eq!(bucket_month("u1:2024-12"), Some(month - 1));
+        assert_eq!(bucket_month("garbage"), None);
+    }
+
+    #[test]
+    fn the_ttl_index_expires_after_the_retention_period() {
+        let index = retention_index(Duration::from_secs(90 * 86_400));
+        assert_eq!(index.keys, doc! { "created_at": 1 });
+        let options = index.options.unwrap();
+        assert_eq!(options.expire_after, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(options.name.as_deref(), Some(RETENTION_INDEX));
     }
 }

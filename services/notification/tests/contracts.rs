@@ -218,7 +218,9 @@ async fn notification_honours_the_contracts_of_its_consumers() {
         .await
         .expect("mongodb")
         .database(&app.env["MONGODB_DATABASE"]);
-    let store = Store::new(&db);
+    let store = Store::open(&db, std::time::Duration::from_secs(90 * 86_400))
+        .await
+        .expect("the store's layout");
     let token = issuer.user_token(CUSTOMER.parse().expect("a UUID"), &[Role::Customer]);
 
     let verification = Provider::new("notification-service")

@@ -639,7 +639,9 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
         .await
         .unwrap()
         .database(&database);
-    let store = Store::new(&db);
+    let store = Store::open(&db, Duration::from_secs(90 * 86_400))
+        .await
+        .unwrap();
     store.install().await.unwrap();
     let unused = url::Url::parse("http://127.0.0.1:9").unwrap();
     let notifier = Notifier {
