@@ -1,0 +1,397 @@
+//! The store against the real FerretDB v1 (the native stack's MongoDB server), where only a
+//! filter that is exactly `{_id: ...}` is pushed down and everything else reads the whole
+//! collection.
+//!
+//! The claims here are about *which documents each path touches*, never about time: with
+//! 20,000 notifications of other users in the history, the record → claim → send → listing
+//! path of one user must reach the history by `_id` alone, so that its cost does not depend on
+//! how much is stored. A revert to a scan (a claim on `status`, a listing on `user_id`) fails
+//! these tests on any machine, fast or slow.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Utc;
+use mongodb::{
+    Database,
+    bson::{Bson, Document, doc},
+    event::{EventHandler, command::CommandEvent},
+    options::ClientOptions,
+};
+use notification_service::{
+    config::{DeliveryConfig, SmtpConfig},
+    mailer::Mailer,
+    sender::{Sender, Wake},
+    store::{
+        After, BY_USER, CLAIMS, COLLECTION, Expiry, Layout, Notification, OUTBOX, Status, Store,
+        millis,
+    },
+};
+use uuid::Uuid;
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// Other users' notifications in the history before the path under test runs.
+const HISTORY: usize = 20_000;
+
+/// One command the store sent: its name, collection and the filters it carries.
+#[derive(Debug, Clone)]
+struct Seen {
+    command: String,
+    collection: String,
+    filters: Vec<Document>,
+}
+
+/// The filters of a command: `find`'s `filter`, `findAndModify`'s `query`, each update's and
+/// delete's `q`, an aggregation's `$match`es.
+fn seen(command: &Document, name: &str) -> Option<Seen> {
+    let collection = command.get_str(name).ok()?.to_owned();
+    let mut filters = Vec::new();
+    let docs_in = |field: &str| -> Vec<Document> {
+        command
+            .get_array(field)
+            .map(|array| {
+                array
+                    .iter()
+                    .filter_map(Bson::as_document)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match name {
+        "find" => filters.push(command.get_document("filter").cloned().unwrap_or_default()),
+        "findAndModify" => filters.push(command.get_document("query").cloned().unwrap_or_default()),
+        "update" => filters.extend(
+            docs_in("updates")
+                .iter()
+                .map(|u| u.get_document("q").cloned().unwrap_or_default()),
+        ),
+        "delete" => filters.extend(
+            docs_in("deletes")
+                .iter()
+                .map(|d| d.get_document("q").cloned().unwrap_or_default()),
+        ),
+        "aggregate" | "count" => filters.extend(
+            docs_in("pipeline")
+                .iter()
+                .filter_map(|stage| stage.get_document("$match").ok().cloned()),
+        ),
+        _ => {}
+    }
+    Some(Seen {
+        command: name.to_owned(),
+        collection,
+        filters,
+    })
+}
+
+/// A database of its own, on a client that records every command while `recording` is set.
+async fn monitored() -> (Database, Arc<Mutex<Vec<Seen>>>, Arc<Mutex<bool>>) {
+    let (url, database) = shop_testkit::isolation::mongo_database().await.unwrap();
+    let log: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let recording: Arc<Mutex<bool>> = Arc::default();
+    let mut options = ClientOptions::parse(&url).await.unwrap();
+    let (into, on) = (log.clone(), recording.clone());
+    options.command_event_handler = Some(EventHandler::callback(move |event: CommandEvent| {
+        if let CommandEvent::Started(started) = event
+            && *on.lock().unwrap()
+            && let Some(seen) = seen(&started.command, &started.command_name)
+        {
+            into.lock().unwrap().push(seen);
+        }
+    }));
+    let db = mongodb::Client::with_options(options)
+        .unwrap()
+        .database(&database);
+    (db, log, recording)
+}
+
+/// A recorded notification as the handler makes it.
+fn notification(user: &str, to: &str, created: chrono::DateTime<Utc>) -> Notification {
+    let id = Uuid::now_v7().to_string();
+    let at = millis(created);
+    Notification {
+        message_id: format!("<{id}@shop.example>"),
+        event_id: id,
+        event_type: "user.registered".into(),
+        user_id: Some(user.to_owned()),
+        channel: "email".into(),
+        template: "welcome".into(),
+        to: vec![to.to_owned()],
+        subject: format!("Welcome {to}"),
+        text: "Hello".into(),
+        html: "<p>Hello</p>".into(),
+        status: Status::Pending,
+        attempts: 0,
+        last_error: None,
+        next_attempt_at: at,
+        created_at: at,
+        updated_at: at,
+        sent_at: None,
+    }
+}
+
+/// `n` sent notifications of other users, written straight into the history in bulk, with
+/// bodies of a realistic size (a rendered order email is a few kilobytes).
+async fn seed_history(db: &Database, n: usize) {
+    let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
+    let now = Utc::now();
+    let docs: Vec<Document> = (0..n)
+        .map(|i| {
+            let at = millis(now - chrono::Duration::seconds(i64::try_from(i).unwrap()));
+            doc! {
+                "_id": Uuid::new_v4().to_string(),
+                "event_type": "order.confirmed",
+                "user_id": Uuid::new_v4().to_string(),
+                "channel": "email",
+                "template": "order_confirmed",
+                "to": [format!("someone-{i}@example.com")],
+                "subject": format!("Your order {i} is confirmed"),
+                "text": &body,
+                "html": &body,
+                "message_id": format!("<{i}@shop.example>"),
+                "status": "sent",
+                "attempts": 1,
+                "next_attempt_at": at,
+                "created_at": at,
+                "updated_at": at,
+                "sent_at": at,
+            }
+        })
+        .collect();
+    let history = db.collection::<Document>(COLLECTION);
+    for chunk in docs.chunks(2_000) {
+        history.insert_many(chunk.to_vec()).await.unwrap();
+    }
+}
+
+fn smtp() -> SmtpConfig {
+    let url = std::env::var("TESTKIT_SMTP_URL").expect("TESTKIT_SMTP_URL is set (source .local/test.env)");
+    let (host, port) = url
+        .trim_start_matches("smtp://")
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .unwrap();
+    SmtpConfig {
+        host: host.to_owned(),
+        port: port.parse().unwrap(),
+        from: "Shop <no-reply@shop.example>".parse().unwrap(),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn sender(store: &Store) -> Sender {
+    Sender {
+        store: store.clone(),
+        mailer: Mailer::new(&smtp()),
+        config: DeliveryConfig {
+            backoff_max: Duration::from_millis(300),
+            max_attempts: 3,
+            poll: Duration::from_millis(100),
+            lease: Duration::from_secs(15),
+        },
+        wake: Arc::new(Wake::default()),
+    }
+}
+
+/// `{_id: "<a string>"}` and nothing else: the only filter FerretDB v1 answers without
+/// reading the whole collection.
+fn keyed(filter: &Document) -> bool {
+    filter.len() == 1 && matches!(filter.get("_id"), Some(Bson::String(_)))
+}
+
+#[tokio::test]
+async fn with_a_large_history_recording_sending_and_listing_one_users_mail_reach_the_history_by_id_only()
+ {
+    let (db, log, recording) = monitored().await;
+    let store = Store::open(&db, 90 * DAY).await.unwrap();
+    assert_eq!(
+        store.layout(),
+        Layout::Keyed,
+        "these tests run against FerretDB v1"
+    );
+    store.install().await.unwrap();
+    seed_history(&db, HISTORY).await;
+
+    *recording.lock().unwrap() = true;
+    let user = Uuid::new_v4().to_string();
+    let to = format!("history-{}@example.com", Uuid::new_v4().simple());
+    let now = Utc::now();
+    let first = notification(&user, &to, now - chrono::Duration::seconds(1));
+    let second = notification(&user, &to, now);
+    assert!(store.insert(&first).await.unwrap());
+    assert!(store.insert(&second).await.unwrap());
+    assert!(!store.insert(&second).await.unwrap(), "a redelivery");
+    let sender = sender(&store);
+    for id in [&first.event_id, &second.event_id] {
+        let claimed = store.claim(id, sender.config.lease).await.unwrap().unwrap();
+        assert_eq!(claimed.attempts, 1);
+        sender.deliver(claimed).await;
+    }
+    assert!(store.due(100).await.unwrap().is_empty(), "nothing left to send");
+    let page = store.list_for_user(&user, 1, None).await.unwrap();
+    let rest = store
+        .list_for_user(
+            &user,
+            10,
+            Some(&After {
+                created_at: notification_service::store::chrono(page[0].created_at),
+                event_id: page[0].event_id.clone(),
+            }),
+        )
+        .await
+        .unwrap();
+    *recording.lock().unwrap() = false;
+
+    // The user's two, newest first, both sent; nobody else's.
+    let listed: Vec<(&str, Status)> = page
+        .iter()
+        .chain(&rest)
+        .map(|n| (n.event_id.as_str(), n.status))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (second.event_id.as_str(), Status::Sent),
+            (first.event_id.as_str(), Status::Sent)
+        ]
+    );
+
+    // The design property: the history (and every collection that grows with it) was only
+    // ever reached by `_id`; the one collection searched is the outbox, which holds what is
+    // pending and is empty again now.
+    let log = log.lock().unwrap().clone();
+    let history_reads = log.iter().filter(|s| s.collection == COLLECTION).count();
+    assert!(history_reads >= 6, "the path was recorded: {log:#?}");
+    for seen in &log {
+        match seen.collection.as_str() {
+            OUTBOX => {}
+            COLLECTION | CLAIMS | BY_USER => assert!(
+                seen.filters.iter().all(keyed),
+                "{} on {} with a filter FerretDB v1 answers by reading all {HISTORY}+ documents: {:?}",
+                seen.command,
+                seen.collection,
+                seen.filters
+            ),
+            other => panic!("an unexpected collection: {other} ({seen:?})"),
+        }
+    }
+    let outbox = db.collection::<Document>(OUTBOX);
+    assert_eq!(outbox.count_documents(doc! {}).await.unwrap(), 0);
+    let history = db.collection::<Document>(COLLECTION);
+    assert_eq!(
+        history.estimated_document_count().await.unwrap(),
+        u64::try_from(HISTORY).unwrap() + 2
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_someone_else_claimed_is_not_claimed_again() {
+    let (db, _, _) = monitored().await;
+    let store = Store::open(&db, 90 * DAY).await.unwrap();
+    store.install().await.unwrap();
+    let mine = notification("u", "a@example.com", Utc::now());
+    store.insert(&mine).await.unwrap();
+
+    // Another instance read the same outbox entry and inserted the claim of attempt 1 first
+    // (FerretDB v1 has no atomic read-and-update: this insert is what decides).
+    db.collection::<Document>(CLAIMS)
+        .insert_one(doc! { "_id": format!("{}#1", mine.event_id), "at": bson_now() })
+        .await
+        .unwrap();
+    assert_eq!(store.claim(&mine.event_id, DAY).await.unwrap(), None);
+
+    // Nobody holds attempt 2 yet: a lease of nothing lets it be claimed at once.
+    db.collection::<Document>(OUTBOX)
+        .update_one(doc! { "_id": &mine.event_id }, doc! { "$set": { "attempts": 1 } })
+        .await
+        .unwrap();
+    let claimed = store.claim(&mine.event_id, Duration::ZERO).await.unwrap();
+    assert_eq!(claimed.map(|n| n.attempts), Some(2));
+    // And while its lease runs, not again.
+    let other = notification("u", "a@example.com", Utc::now());
+    store.insert(&other).await.unwrap();
+    assert!(store.claim(&other.event_id, DAY).await.unwrap().is_some());
+    assert_eq!(store.claim(&other.event_id, DAY).await.unwrap(), None);
+}
+
+fn bson_now() -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::now()
+}
+
+#[tokio::test]
+async fn a_recording_cut_short_by_a_crash_is_completed_when_the_event_comes_again() {
+    let (db, _, _) = monitored().await;
+    let store = Store::open(&db, 90 * DAY).await.unwrap();
+    store.install().await.unwrap();
+    let user = Uuid::new_v4().to_string();
+    let cut = notification(&user, "cut@example.com", Utc::now());
+    // The crash: the history document was written, its outbox and bucket entries were not.
+    db.collection::<Notification>(COLLECTION)
+        .insert_one(&cut)
+        .await
+        .unwrap();
+    assert_eq!(store.claim(&cut.event_id, DAY).await.unwrap(), None);
+    assert!(store.list_for_user(&user, 10, None).await.unwrap().is_empty());
+
+    // The consumer redelivers the event (the handler never returned): still one record.
+    assert!(!store.insert(&cut).await.unwrap());
+    let listed = store.list_for_user(&user, 10, None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let claimed = store.claim(&cut.event_id, DAY).await.unwrap().unwrap();
+    store.mark_sent(&claimed).await.unwrap();
+
+    // An entry re-added after it was sent (a repair racing the sender) is dropped, not sent.
+    db.collection::<Document>(OUTBOX)
+        .insert_one(doc! { "_id": &cut.event_id, "attempts": 1, "next_attempt_at": bson_now(), "created_at": bson_now() })
+        .await
+        .unwrap();
+    assert_eq!(store.claim(&cut.event_id, DAY).await.unwrap(), None);
+    assert!(store.due(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn notifications_older_than_the_retention_period_are_deleted_where_the_server_has_no_ttl() {
+    let (db, _, _) = monitored().await;
+    let store = Store::open(&db, 30 * DAY).await.unwrap();
+    // FerretDB v1 refuses `expireAfterSeconds`: the service must delete by itself.
+    assert_eq!(store.install().await.unwrap(), Expiry::Sweep);
+
+    let user = Uuid::new_v4().to_string();
+    let now = Utc::now();
+    let old = notification(&user, "old@example.com", now - chrono::Duration::days(100));
+    let recent = notification(&user, "recent@example.com", now - chrono::Duration::days(29));
+    store.insert(&old).await.unwrap();
+    store.insert(&recent).await.unwrap();
+
+    assert_eq!(store.expire(now).await.unwrap(), 1);
+    assert_eq!(store.get(&old.event_id).await.unwrap(), None);
+    assert!(store.get(&recent.event_id).await.unwrap().is_some());
+    let outbox = db.collection::<Document>(OUTBOX);
+    assert_eq!(
+        outbox
+            .count_documents(doc! { "_id": &old.event_id })
+            .await
+            .unwrap(),
+        0,
+        "nothing expired is still queued to be sent"
+    );
+    let buckets = db.collection::<Document>(BY_USER);
+    assert_eq!(
+        buckets.count_documents(doc! {}).await.unwrap(),
+        1,
+        "only the recent month's bucket is left"
+    );
+    let listed: Vec<String> = store
+        .list_for_user(&user, 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.event_id)
+        .collect();
+    assert_eq!(listed, [recent.event_id.clone()]);
+}
