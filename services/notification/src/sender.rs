@@ -14,7 +14,9 @@
 //!
 //! For one notification, in order:
 //!
-//! 1. The claim: `pending` and due → reserved for a lease, `attempts + 1` (one atomic update).
+//! 1. The claim: `pending` and due → reserved for a lease, `attempts + 1` — one atomic update
+//!    on MongoDB; on FerretDB v1 the insert of a claim document keyed by the attempt (see
+//!    [`crate::store`]). Mostly by the id the handler just recorded ([`Wake`]), so no search.
 //! 2. SMTP: the message, with a Message-ID derived from the event id, until the server's 250.
 //! 3. `status: sent`.
 //!

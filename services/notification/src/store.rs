@@ -272,7 +272,11 @@ fn month_of(at: DateTime<Utc>) -> i32 {
 
 /// `<user>:<yyyy-mm>`: the `_id` of a user's bucket for `month`.
 fn bucket_id(user_id: &str, month: i32) -> String {
-    format!("{user_id}:{:04}-{:02}", month.div_euclid(12), month.rem_euclid(12) + 1)
+    format!(
+        "{user_id}:{:04}-{:02}",
+        month.div_euclid(12),
+        month.rem_euclid(12) + 1
+    )
 }
 
 /// `<event id>#<attempt>`: the `_id` whose insert is the claim of that attempt.
@@ -341,7 +345,11 @@ impl Store {
                 ))
                 .await?;
         }
-        match self.notifications.create_index(retention_index(self.retention)).await {
+        match self
+            .notifications
+            .create_index(retention_index(self.retention))
+            .await
+        {
             Ok(_) => Ok(Expiry::Ttl),
             Err(err) if command_code(&err, &UNSUPPORTED) => Ok(Expiry::Sweep),
             Err(err) if command_code(&err, &CONFLICT) => {
@@ -610,15 +618,17 @@ impl Store {
         }
         let id = claimed.event_id.as_str();
         match next {
-            None => drop(self.outbox.delete_one(doc! { "_id": id }).await?),
-            Some(next) => drop(
+            None => {
+                self.outbox.delete_one(doc! { "_id": id }).await?;
+            }
+            Some(next) => {
                 self.outbox
                     .update_one(
                         doc! { "_id": id },
                         doc! { "$set": { "next_attempt_at": millis(next) } },
                     )
-                    .await?,
-            ),
+                    .await?;
+            }
         }
         self.claims
             .delete_one(doc! { "_id": claim_id(id, claimed.attempts) })

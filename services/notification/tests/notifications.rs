@@ -138,9 +138,20 @@ async fn register(users: &TestApp, name: &str) -> (Uuid, String, String) {
 
 /// notification-service wired to `users` (gRPC at `user_grpc`), sending to `smtp`.
 async fn notifications(users: &TestApp, user_grpc: &str, smtp: &str, admins: &str) -> TestApp {
+    notifications_with(users, user_grpc, smtp, admins, []).await
+}
+
+/// [`notifications`] with more settings (e.g. a database seeded beforehand).
+async fn notifications_with<const N: usize>(
+    users: &TestApp,
+    user_grpc: &str,
+    smtp: &str,
+    admins: &str,
+    more: [(&str, String); N],
+) -> TestApp {
     let (host, port) = smtp.rsplit_once(':').unwrap();
     let delays: Vec<String> = RETRY_DELAYS_MS.iter().map(ToString::to_string).collect();
-    spawn_with::<NotificationService>([
+    let settings = [
         ("SMTP_HOST", host.to_owned()),
         ("SMTP_PORT", port.to_owned()),
         ("NOTIFY_ADMIN_EMAILS", admins.to_owned()),
@@ -152,9 +163,10 @@ async fn notifications(users: &TestApp, user_grpc: &str, smtp: &str, admins: &st
         ("NOTIFY_SEND_BACKOFF_MAX_MS", "300".to_owned()),
         ("NOTIFY_POLL_MS", "100".to_owned()),
         ("SMTP_TIMEOUT_MS", "2000".to_owned()),
-    ])
-    .await
-    .unwrap()
+    ];
+    spawn_with::<NotificationService>(settings.into_iter().chain(more))
+        .await
+        .unwrap()
 }
 
 /// Publishes to the service's vhost, with publisher confirms. Declares the consumer's queues
@@ -687,4 +699,127 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
         store.get(&received.id().to_string()).await.unwrap(),
         Some(first)
     );
+}
+
+/// `n` sent order emails of other users, written straight into the history in bulk (bodies of
+/// a realistic few kilobytes), created `age` ago and one second apart before that.
+async fn seed_history(db: &mongodb::Database, n: usize, age: chrono::Duration) {
+    let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
+    let newest = chrono::Utc::now() - age;
+    let docs: Vec<mongodb::bson::Document> = (0..n)
+        .map(|i| {
+            let at = notification_service::store::millis(
+                newest - chrono::Duration::seconds(i64::try_from(i).unwrap()),
+            );
+            doc! {
+                "_id": Uuid::new_v4().to_string(),
+                "event_type": "order.confirmed",
+                "user_id": Uuid::new_v4().to_string(),
+                "channel": "email",
+                "template": "order_confirmed",
+                "to": [format!("someone-{i}@example.com")],
+                "subject": format!("Your order {i} is confirmed"),
+                "text": &body,
+                "html": &body,
+                "message_id": format!("<{i}@shop.example>"),
+                "status": "sent",
+                "attempts": 1,
+                "next_attempt_at": at,
+                "created_at": at,
+                "updated_at": at,
+                "sent_at": at,
+            }
+        })
+        .collect();
+    let history = db.collection::<mongodb::bson::Document>("notifications");
+    for chunk in docs.chunks(2_000) {
+        history.insert_many(chunk.to_vec()).await.unwrap();
+    }
+}
+
+/// "A system that has run for days": 20,000 notifications of other users already stored
+/// (and a few past the retention period). Through the service, a user's events still become
+/// emails and their listing holds exactly their own; the queue of pending sends is empty once
+/// they are sent (it never holds history); expired notifications are deleted by the service
+/// itself, FerretDB v1 having no TTL index. Which documents each path touches is proven in
+/// `tests/store.rs`; this test shows the service works on top of a large history.
+#[tokio::test]
+async fn with_20000_notifications_stored_a_users_events_are_sent_and_listed_and_expired_ones_deleted()
+ {
+    const STORED: usize = 20_000;
+    let users = users().await;
+    let (url, database) = shop_testkit::isolation::mongo_database().await.unwrap();
+    let db = mongodb::Client::with_uri_str(&url)
+        .await
+        .unwrap()
+        .database(&database);
+    seed_history(&db, STORED, chrono::Duration::minutes(1)).await;
+    seed_history(&db, 3, chrono::Duration::days(31)).await;
+
+    let app = notifications_with(
+        &users,
+        &users.grpc_addr.to_string(),
+        &smtp_addr(),
+        "ops@example.com",
+        [
+            ("MONGODB_URL", url.clone()),
+            ("MONGODB_DATABASE", database.clone()),
+            ("NOTIFICATION_RETENTION_DAYS", "30".to_owned()),
+        ],
+    )
+    .await;
+    let broker = Broker::of(&app).await;
+    let (user_id, email, token) = register(&users, "Ada Byron").await;
+    broker
+        .publish(&UserRegistered {
+            user_id,
+            email: email.clone(),
+            name: "Ada Byron".into(),
+        })
+        .await;
+    broker
+        .publish(&OrderCancelled {
+            order_id: Uuid::new_v4(),
+            user_id,
+            reason: "payment_failed".into(),
+            total: eur(2500),
+        })
+        .await;
+    wait_for_mails(&email, 2).await;
+
+    let listing: Value = eventually("two sent notifications listed", || async {
+        let listing: Value = app
+            .client
+            .get(app.url("/api/v1/notifications"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = listing["items"].as_array()?;
+        (items.len() == 2 && items.iter().all(|item| item["status"] == "sent")).then_some(listing)
+    })
+    .await;
+    let mut templates: Vec<&str> = listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| item["template"].as_str())
+        .collect();
+    templates.sort_unstable();
+    assert_eq!(templates, ["order_cancelled", "welcome"]);
+    assert!(listing["next_cursor"].is_null(), "{listing}");
+    assert_eq!(mails_to(&email).await.len(), 2);
+
+    let outbox = db.collection::<mongodb::bson::Document>(notification_service::store::OUTBOX);
+    assert_eq!(outbox.count_documents(doc! {}).await.unwrap(), 0);
+    let history = db.collection::<mongodb::bson::Document>("notifications");
+    let kept = eventually("the expired notifications deleted", || async {
+        let kept = history.count_documents(doc! {}).await.unwrap();
+        (kept == u64::try_from(STORED).unwrap() + 2).then_some(kept)
+    })
+    .await;
+    assert_eq!(kept, 20_002);
 }

@@ -170,7 +170,8 @@ async fn seed_history(db: &Database, n: usize) {
 }
 
 fn smtp() -> SmtpConfig {
-    let url = std::env::var("TESTKIT_SMTP_URL").expect("TESTKIT_SMTP_URL is set (source .local/test.env)");
+    let url = std::env::var("TESTKIT_SMTP_URL")
+        .expect("TESTKIT_SMTP_URL is set (source .local/test.env)");
     let (host, port) = url
         .trim_start_matches("smtp://")
         .trim_end_matches('/')
@@ -232,7 +233,10 @@ async fn with_a_large_history_recording_sending_and_listing_one_users_mail_reach
         assert_eq!(claimed.attempts, 1);
         sender.deliver(claimed).await;
     }
-    assert!(store.due(100).await.unwrap().is_empty(), "nothing left to send");
+    assert!(
+        store.due(100).await.unwrap().is_empty(),
+        "nothing left to send"
+    );
     let page = store.list_for_user(&user, 1, None).await.unwrap();
     let rest = store
         .list_for_user(
@@ -307,7 +311,10 @@ async fn an_attempt_someone_else_claimed_is_not_claimed_again() {
 
     // Nobody holds attempt 2 yet: a lease of nothing lets it be claimed at once.
     db.collection::<Document>(OUTBOX)
-        .update_one(doc! { "_id": &mine.event_id }, doc! { "$set": { "attempts": 1 } })
+        .update_one(
+            doc! { "_id": &mine.event_id },
+            doc! { "$set": { "attempts": 1 } },
+        )
         .await
         .unwrap();
     let claimed = store.claim(&mine.event_id, Duration::ZERO).await.unwrap();
@@ -336,7 +343,13 @@ async fn a_recording_cut_short_by_a_crash_is_completed_when_the_event_comes_agai
         .await
         .unwrap();
     assert_eq!(store.claim(&cut.event_id, DAY).await.unwrap(), None);
-    assert!(store.list_for_user(&user, 10, None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_for_user(&user, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // The consumer redelivers the event (the handler never returned): still one record.
     assert!(!store.insert(&cut).await.unwrap());
@@ -364,7 +377,11 @@ async fn notifications_older_than_the_retention_period_are_deleted_where_the_ser
     let user = Uuid::new_v4().to_string();
     let now = Utc::now();
     let old = notification(&user, "old@example.com", now - chrono::Duration::days(100));
-    let recent = notification(&user, "recent@example.com", now - chrono::Duration::days(29));
+    let recent = notification(
+        &user,
+        "recent@example.com",
+        now - chrono::Duration::days(29),
+    );
     store.insert(&old).await.unwrap();
     store.insert(&recent).await.unwrap();
 
@@ -393,5 +410,66 @@ async fn notifications_older_than_the_retention_period_are_deleted_where_the_ser
         .into_iter()
         .map(|n| n.event_id)
         .collect();
-    assert_eq!(listed, [recent.event_id.clone()]);
+    assert_eq!(listed, [recent.event_id]);
+}
+
+/// Not a test: the measurement behind ADR 0012's before/after table. Seeds
+/// `NOTIFY_BENCH_STORED` (default 100,000) notifications of other users, then times, for each
+/// layout on the same data, one record + claim + SMTP send + mark, one listing of a user who
+/// has two, and one retention sweep with nothing to expire. `Layout::Indexed` on FerretDB v1
+/// is the design before (a claim and a listing that read the whole history).
+///
+/// `cargo test -p notification-service --test store -- --ignored --nocapture measure`
+#[tokio::test]
+#[ignore = "a measurement, minutes long; run by hand"]
+#[allow(clippy::print_stdout)] // a measurement reports what it measured
+async fn measure_claim_send_and_listing_on_a_large_history() {
+    use std::time::Instant;
+
+    let stored: usize = std::env::var("NOTIFY_BENCH_STORED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let (db, _, _) = monitored().await;
+    let started = Instant::now();
+    seed_history(&db, stored).await;
+    println!("seeded {stored} in {:?}", started.elapsed());
+
+    for layout in [Layout::Keyed, Layout::Indexed] {
+        let store = Store::new(&db, layout, 90 * DAY);
+        store.install().await.unwrap();
+        let sender = sender(&store);
+        let user = Uuid::new_v4().to_string();
+        let to = format!("bench-{}@example.com", Uuid::new_v4().simple());
+        store
+            .insert(&notification(&user, &to, Utc::now()))
+            .await
+            .unwrap();
+
+        let mine = notification(&user, &to, Utc::now());
+        let started = Instant::now();
+        store.insert(&mine).await.unwrap();
+        let recorded = started.elapsed();
+        let claimed = match layout {
+            Layout::Keyed => store.claim(&mine.event_id, sender.config.lease).await,
+            Layout::Indexed => store.claim_due(sender.config.lease).await,
+        }
+        .unwrap()
+        .unwrap();
+        let claim = started.elapsed() - recorded;
+        sender.deliver(claimed).await;
+        let sent = started.elapsed();
+
+        let started = Instant::now();
+        let listed = store.list_for_user(&user, 21, None).await.unwrap();
+        let listing = started.elapsed();
+        assert_eq!(listed.len(), 2);
+
+        let started = Instant::now();
+        store.expire(Utc::now()).await.unwrap();
+        let sweep = started.elapsed();
+        println!(
+            "{layout:?} with {stored} stored: record {recorded:?}, claim {claim:?}, record+claim+send+mark {sent:?}; listing {listing:?}; sweep {sweep:?}"
+        );
+    }
 }
