@@ -113,7 +113,8 @@ pub enum Error {
     NotConfirmed,
     #[error("broker unavailable: {0}")]
     Unavailable(String),
-    /// The broker returned a message no queue took (a retry or parking queue that is missing).
+    /// The broker returned a message no queue took: a retry or parking queue that is missing,
+    /// or an event some consumer of the topology subscribes to whose queue or binding is gone.
     #[error("no queue took the message (returned by the broker)")]
     Returned,
     /// A consumer that cannot start as configured.
