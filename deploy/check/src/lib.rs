@@ -4,7 +4,7 @@
 //!
 //! | test | what it holds |
 //! |---|---|
-//! | `tests/env_drift.rs` | every variable docker-compose.yml, the Helm chart (both install modes, its hooks and init containers), the Dockerfile and `deploy/local/stack.sh` give a service is one that service's configuration reads (`shop_runtime::config::Env::read_variables`), every variable it requires is given, and the development values load; compose mirrors the native stack's variables, credentials and start order; the databases, users and broker accounts the init scripts create are the ones the URLs name |
+//! | `tests/env_drift.rs` | every variable docker-compose.yml, the Helm chart (both install modes, its hooks and init containers), the Dockerfile and `deploy/local/stack.sh` give a service is one that service's configuration reads (`shop_runtime::config::Env::read_variables`), every variable it requires is given, and the development values load; compose mirrors the native stack's variables and credentials, and no service waits for another to start (ADR 0016); the databases, users and broker accounts the init scripts create are the ones the URLs name |
 //! | `tests/dashboards.rs` | every metric a Grafana dashboard in `deploy/grafana/dashboards` queries is exported on `/metrics` by the running system (booted in-process, driven through one order that is confirmed and one that is declined) |
 //!
 //! The tests that render the chart need helm; they are `#[ignore]`d in a plain `cargo test` and

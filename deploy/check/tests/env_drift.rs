@@ -111,7 +111,10 @@ fn every_launcher_gives_the_services_the_same_glibc_tunables() {
 }
 
 /// Compose runs what `make run` runs: the same variables (hosts aside), the same credentials
-/// and database names, the same start order.
+/// and database names. Start order is its own: every service waits for the broker (and its
+/// stores), none for another service, because every service declares the whole broker
+/// topology before it publishes (ADR 0016); a chain of services would only hide a service that
+/// needs one again.
 #[test]
 fn compose_mirrors_the_native_stack() {
     assert_no_drift(mirror_problems(&read("docker-compose.yml")));
@@ -120,7 +123,6 @@ fn compose_mirrors_the_native_stack() {
 fn mirror_problems(compose_text: &str) -> Vec<String> {
     let file = compose(compose_text);
     let mut problems = Vec::new();
-    let mut previous: Option<String> = None;
     for (service, native) in native_env() {
         let composed = compose_env(&file, &service);
         for (name, value) in &native {
@@ -132,11 +134,14 @@ fn mirror_problems(compose_text: &str) -> Vec<String> {
                 Some(_) => {}
             }
         }
-        if let Some(previous) = previous.replace(service.clone())
-            && !compose_depends_on(&file, &service).contains(&previous)
-        {
+        let waits_for = compose_depends_on(&file, &service);
+        if !waits_for.contains("rabbitmq") {
+            problems.push(format!("{service} must wait for rabbitmq (depends_on)"));
+        }
+        for other in SERVICES.iter().filter(|other| waits_for.contains(**other)) {
             problems.push(format!(
-                "{service} must wait for {previous} (depends_on), as stack.sh starts them"
+                "{service} must not wait for {other} (depends_on): every service declares the \
+                 broker topology itself, ADR 0016"
             ));
         }
     }
@@ -273,17 +278,18 @@ fn the_check_reports_a_misspelt_a_missing_and_a_bad_variable() {
 }
 
 #[test]
-fn the_check_reports_a_compose_copy_that_starts_a_producer_before_its_consumer_or_loses_a_password()
-{
+fn the_check_reports_a_compose_copy_that_chains_services_or_loses_a_password() {
     let original = read("docker-compose.yml");
-    let early = original.replace(
-        "inventory-service: { condition: service_healthy }",
-        "notification-service: { condition: service_healthy }",
+    // catalog-service waiting for inventory-service, as the old start chain had it.
+    let chained = original.replacen(
+        "    ports: [\"127.0.0.1:8082:8082\", \"127.0.0.1:50052:50052\"]\n    depends_on:\n",
+        "    ports: [\"127.0.0.1:8082:8082\", \"127.0.0.1:50052:50052\"]\n    depends_on:\n      inventory-service: { condition: service_healthy }\n",
+        1,
     );
-    assert_ne!(early, original, "the edit must change the copy");
-    let problems = mirror_problems(&early).join("\n");
+    assert_ne!(chained, original, "the edit must change the copy");
+    let problems = mirror_problems(&chained).join("\n");
     assert!(
-        problems.contains("catalog-service must wait for inventory-service"),
+        problems.contains("catalog-service must not wait for inventory-service"),
         "{problems}"
     );
 

@@ -65,7 +65,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`envelope`] | [`Envelope`]: the CloudEvents 1.0 JSON envelope every event travels in |
-//! | [`topology`] | the exchange, each consumer's queue, its delay queues and its parking queue |
+//! | [`topology`] | the exchange, each consumer's queue, its delay queues and its parking queue; the table of every consumer, declared by every publisher |
 //! | [`trace`] | W3C trace context in AMQP headers |
 //! | [`publisher`] | a confirm-mode channel that survives reconnects |
 //! | [`outbox`] | transactional outboxes for PostgreSQL and MongoDB, and their relays |
@@ -113,7 +113,8 @@ pub enum Error {
     NotConfirmed,
     #[error("broker unavailable: {0}")]
     Unavailable(String),
-    /// The broker returned a message no queue took (a retry or parking queue that is missing).
+    /// The broker returned a message no queue took: a retry or parking queue that is missing,
+    /// or an event some consumer of the topology subscribes to whose queue or binding is gone.
     #[error("no queue took the message (returned by the broker)")]
     Returned,
     /// A consumer that cannot start as configured.

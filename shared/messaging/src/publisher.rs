@@ -5,8 +5,21 @@
 //! with the connection, so callers keep their copy (the outbox row) until [`Publisher`] says
 //! `Ok`. The channel is opened lazily on the current connection and reopened on the next one
 //! after the runtime's supervisor reconnects ([`shop_runtime::stores::amqp`]).
+//!
+//! Every new channel first declares the whole topology ([`topology::declare_topology`]): every
+//! consumer's queue exists before this process publishes its first event, whatever order the
+//! services started in. Events are published `mandatory`, so the broker tells which ones no
+//! queue took: for a routing key some consumer subscribes to, that is a loss in the making (its
+//! queue or binding was deleted since), and the event is refused, kept by the caller (the
+//! outbox) and the topology declared again before the next publish.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::future::join_all;
 use lapin::{
@@ -100,6 +113,9 @@ pub fn publish_span(routing_key: &str, envelope: &Envelope) -> tracing::Span {
 pub struct Publisher {
     amqp: Amqp,
     channel: Mutex<Option<(Arc<Connection>, Channel)>>,
+    /// Set when the broker returned an event the topology routes: the open channel declares the
+    /// topology again before its next publish.
+    redeclare: AtomicBool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -115,16 +131,23 @@ impl Publisher {
         Self {
             amqp,
             channel: Mutex::new(None),
+            redeclare: AtomicBool::new(false),
         }
     }
 
-    /// The open channel, or a new one (in confirm mode, with the exchange declared) on the
-    /// current connection.
+    /// The open channel, or a new one (in confirm mode, with the whole topology declared) on
+    /// the current connection.
     async fn channel(&self) -> Result<Channel, Error> {
         let mut cached = self.channel.lock().await;
-        if let Some((_, channel)) = cached.as_ref()
+        if let Some((connection, channel)) = cached.as_ref()
             && channel.status().connected()
         {
+            if self.redeclare.swap(false, Ordering::SeqCst)
+                && let Err(err) = topology::declare_topology(connection).await
+            {
+                self.redeclare.store(true, Ordering::SeqCst);
+                return Err(err.into());
+            }
             return Ok(channel.clone());
         }
         *cached = None;
@@ -136,7 +159,10 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_exchange(&channel).await?;
+        // Before the first publish: see the module docs. A broker that cannot be talked to
+        // fails this publish and leaves no channel cached, so the next one declares again.
+        topology::declare_topology(&connection).await?;
+        self.redeclare.store(false, Ordering::SeqCst);
         *cached = Some((connection, channel.clone()));
         Ok(channel)
     }
@@ -170,7 +196,7 @@ impl Publisher {
                     .basic_publish(
                         EXCHANGE.into(),
                         outgoing.routing_key.as_str().into(),
-                        // mandatory: an event no queue is bound for comes back, and we count it.
+                        // mandatory: an event no queue is bound for comes back (see `settle`).
                         BasicPublishOptions {
                             mandatory: true,
                             ..BasicPublishOptions::default()
@@ -185,10 +211,17 @@ impl Publisher {
             .await;
             pending.push((routing_key.as_str(), confirm, span));
         }
-        join_all(pending.into_iter().map(|(routing_key, confirm, span)| {
-            async move { settle(routing_key, confirm, Returned::Counted).await }.instrument(span)
+        let results = join_all(pending.into_iter().map(|(routing_key, confirm, span)| {
+            async move { settle(routing_key, confirm, Returned::Event).await }.instrument(span)
         }))
-        .await
+        .await;
+        if results
+            .iter()
+            .any(|result| matches!(result, Err(Error::Returned)))
+        {
+            self.redeclare.store(true, Ordering::SeqCst);
+        }
+        results
     }
 
     /// Publishes `body` to a queue through the default exchange (retries and parking) and waits
@@ -221,8 +254,10 @@ impl Publisher {
 /// What a returned (unroutable, `mandatory`) message means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Returned {
-    /// An event no consumer binds to (yet): confirmed, counted, not an error.
-    Counted,
+    /// A domain event: a failure when the topology says some consumer subscribes to its
+    /// routing key (that consumer would never see it), else confirmed and counted (nobody
+    /// subscribes to it).
+    Event,
     /// A copy meant for one specific queue: losing it would lose the message.
     Failure,
 }
@@ -242,9 +277,17 @@ async fn settle(
             Ok(Ok(Confirmation::Ack(Some(_)))) if on_return == Returned::Failure => {
                 Err(Error::Returned)
             }
+            Ok(Ok(Confirmation::Ack(Some(_)))) if topology::is_subscribed(routing_key) => {
+                // The topology was declared on this channel, so a queue or binding that should
+                // keep this event was deleted since. Confirming it would drop it for good.
+                metrics::counter!("messaging_returned_total", "routing_key" => routing_key.to_owned())
+                    .increment(1);
+                tracing::error!(%routing_key, "a subscribed event reached no queue (was a queue or binding deleted?); kept, declaring the topology again");
+                Err(Error::Returned)
+            }
             Ok(Ok(Confirmation::Ack(returned))) => {
                 if returned.is_some() {
-                    // Confirmed but routed to no queue: nobody subscribes to it (yet).
+                    // Confirmed but routed to no queue: no consumer of the topology subscribes.
                     metrics::counter!("messaging_unroutable_total", "routing_key" => routing_key.to_owned())
                         .increment(1);
                     tracing::debug!(%routing_key, "published event matched no queue");

@@ -411,6 +411,28 @@ impl<I: Inbox> Consumer<I> {
     ) -> Result<ConsumerStatus, Error> {
         let routes = self.inbox.routes();
         check_routes(&self.name, &routes)?;
+        let mut bindings: Vec<String> = routes
+            .iter()
+            .map(|route| route.routing_key.to_owned())
+            .collect();
+        bindings.sort();
+        bindings.dedup();
+        // Every service declares the queues of `topology::SUBSCRIPTIONS`; this consumer must
+        // agree with what they declare for it.
+        match topology::subscription(&self.name) {
+            Some(_) => {
+                let unhandled = topology::check_subscription(
+                    &self.name,
+                    &bindings,
+                    self.settings.delivery_limit,
+                )?;
+                if !unhandled.is_empty() {
+                    tracing::warn!(consumer = %self.name, ?unhandled, "topology::SUBSCRIPTIONS binds this consumer's queue to events it does not handle; they will be acknowledged unhandled");
+                }
+            }
+            None => tracing::info!(consumer = %self.name,
+                "consumer not in topology::SUBSCRIPTIONS: its queue exists once it first attached, and events published before are not kept for it"),
+        }
         self.inbox.install().await?;
 
         let queues = ConsumerQueues::new(&self.name, &self.settings.retry_delays);
@@ -430,12 +452,6 @@ impl<I: Inbox> Consumer<I> {
             }
         });
 
-        let mut bindings: Vec<String> = routes
-            .iter()
-            .map(|route| route.routing_key.to_owned())
-            .collect();
-        bindings.sort();
-        bindings.dedup();
         let worker = Arc::new(Worker {
             publisher: Publisher::new(amqp.clone()),
             name: self.name,
