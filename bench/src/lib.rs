@@ -179,8 +179,16 @@ fn chaos_main(args: &[String], value: impl Fn(&str) -> Option<String>) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(chaos::run(options)) {
-        Ok(_) => ExitCode::SUCCESS,
+    // Ctrl-C drops the run: every service it started is killed with it (`kill_on_drop`); the
+    // slice is left to the testkit's sweep of slices older than an hour.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = chaos::run(options) => outcome.map(|_| ()),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("shop-bench chaos: {err:#}");
             ExitCode::FAILURE
