@@ -40,7 +40,7 @@ pub struct Proc {
     pub log: PathBuf,
     /// From spawn to the first `/readyz` 200.
     pub ready_after: Option<Duration>,
-    /// How it was started, so [`Proc::kill_and_restart`] starts it again exactly so.
+    /// How it was started, so [`Proc::restart`] starts it again exactly so.
     binary: PathBuf,
     env: Vec<(String, String)>,
     log_dir: PathBuf,
@@ -87,23 +87,16 @@ impl Proc {
         })
     }
 
-    /// `kill -9`, then — after `down` — the same binary with the same environment on the same
-    /// two ports (so every caller's configured address is right again), waited for until
-    /// ready. The restarted process logs to `<name>.<restarts>.log`. Returns the time from the
-    /// start command to ready.
-    pub async fn kill_and_restart(&mut self, down: Duration) -> Result<Duration> {
-        self.kill9().await;
-        tokio::time::sleep(down).await;
-        self.restart().await
-    }
-
     /// SIGKILL, and the exit reaped: no chance to drain, flush or say goodbye to anyone.
     pub async fn kill9(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
 
-    /// Starts the process again as it was first started (after [`Proc::kill9`]).
+    /// Starts the process again as it was first started (after [`Proc::kill9`]): the same
+    /// binary and environment on the same two ports, so every caller's configured address is
+    /// right again; waited for until ready. Its output goes to `<name>.<restarts>.log`.
+    /// Returns the time from the start command to ready.
     pub async fn restart(&mut self) -> Result<Duration> {
         self.restarts += 1;
         self.log = self

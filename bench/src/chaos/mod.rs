@@ -530,13 +530,18 @@ async fn notes(scenario: &Scenario, ctx: &checks::Context<'_>) -> Result<Vec<Str
                 .join(", ")
         ));
     }
+    // The provider's faults show as an abandoned authorization (no answer, or a lost one) or
+    // a refused capture; refused voids and refunds are the saga's, whatever the provider did.
+    let provider_faulted = provider.iter().any(|(operation, phase, _)| {
+        (operation == "authorize" && phase == "abandoned") || operation == "capture"
+    });
     if matches!(
         scenario.fault,
         Fault::Card { .. } | Fault::ProviderFaultRate { .. }
-    ) && provider.is_empty()
+    ) && !provider_faulted
     {
         notes.push(
-            "no provider call was abandoned or refused: the payment-service of this build does not simulate this fault (the card was declined as unknown, or the variables were ignored), so the scenario ran as plain load".into(),
+            "no authorization abandoned and no capture refused: the payment-service of this build does not simulate this fault (it declined the card as unknown, or ignored the variables), so the scenario ran as a load with declined orders, or a plain one".into(),
         );
     }
     Ok(notes)
