@@ -90,3 +90,15 @@ bench: infra-up ## Measure the system against nginx and pgbench: bench/report.md
 # selftest with a broken variable (deploy/podman/README.md). QUICK=1: one journey, no selftest.
 compose-test: ## docker compose up --wait under podman, the e2e journeys against it, then down
 	deploy/podman/compose-test.sh $(if $(QUICK),quick,all)
+
+# ---------------------------------------------------------------------------- chaos
+.PHONY: chaos
+# Each scenario starts its own copy of the system from the debug build (faults, not speed, are
+# measured), strikes with one fault under load and checks the invariants (docs/chaos.md).
+# The whole suite takes ~25 minutes here; FAULT=kill-order,redis-down runs some scenarios,
+# QUICK=1 a few seconds of load each. `make test` runs kill-order quickly (bench/tests/chaos.rs).
+CHAOS_BIN = $${CARGO_TARGET_DIR:-target}/debug
+chaos: infra-up ## Faults under load, invariants afterwards: target/chaos/report.md (FAULT=name[,name]: some; QUICK=1: short)
+	cargo build --bins --locked
+	$(WITH_TEST_ENV) $(CHAOS_BIN)/shop-bench chaos --bin-dir $(CHAOS_BIN) --out target/chaos \
+	  $(if $(FAULT),--only $(FAULT)) $(if $(QUICK),--quick)

@@ -16,11 +16,15 @@
 //! | [`profile`] | a flat `perf` profile of a process during a run |
 //! | [`report`], [`plot`] | `report.md`, `results/results.json`, SVG plots |
 //! | [`run`] | one run, start to end, cleaning up whatever fails |
+//! | [`chaos`] | `make chaos`: one fault at a time under load, and the invariants afterwards |
 //!
 //! Usage: `shop-bench run [--quick] [--bin-dir target/release] [--out bench] [--only 1,4]`
 //! (`--only`: some of scenarios 1–4, for working on one; the report then lacks the others);
 //! `shop-bench upstream --listen 127.0.0.1:PORT` is the trivial upstream (started by `run`).
+//! `shop-bench chaos [--quick] [--only kill-order,redis-down] [--bin-dir target/debug]
+//! [--out target/chaos]` runs the fault scenarios ([`chaos`]; `--list` names them).
 
+pub mod chaos;
 pub mod cpu;
 pub mod http;
 pub mod infra;
@@ -53,7 +57,8 @@ pub fn elapsed() -> std::time::Duration {
 
 const USAGE: &str = "usage:
   shop-bench run [--quick] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--build TEXT] [--only 1,4]
-  shop-bench upstream --listen ADDR";
+  shop-bench upstream --listen ADDR
+  shop-bench chaos [--quick] [--only NAME,NAME] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--list]";
 
 /// The command line.
 pub fn main() -> ExitCode {
@@ -128,9 +133,65 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Some("chaos") => chaos_main(&args, value),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn chaos_main(args: &[String], value: impl Fn(&str) -> Option<String>) -> ExitCode {
+    if args.iter().any(|arg| arg == "--list") {
+        for scenario in chaos::faults::SCENARIOS {
+            eprintln!("{:<26} {}", scenario.name, scenario.what);
+        }
+        return ExitCode::SUCCESS;
+    }
+    shop_runtime::install_crypto_provider();
+    let bin_dir = PathBuf::from(value("--bin-dir").unwrap_or_else(|| "target/debug".into()));
+    let out_dir = PathBuf::from(value("--out").unwrap_or_else(|| "target/chaos".into()));
+    let work_dir = value("--work-dir").map_or_else(|| out_dir.join("work"), PathBuf::from);
+    let only = value("--only").map(|list| {
+        list.split(',')
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect::<Vec<_>>()
+    });
+    let options = chaos::Options {
+        quick: args.iter().any(|arg| arg == "--quick"),
+        bin_dir,
+        out_dir,
+        work_dir,
+        only,
+    };
+    if let Err(err) = chaos::select(options.only.as_deref()) {
+        eprintln!("shop-bench chaos: {err:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Ctrl-C drops the run: every service it started is killed with it (`kill_on_drop`); the
+    // slice is left to the testkit's sweep of slices older than an hour.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = chaos::run(options) => outcome.map(|_| ()),
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("shop-bench chaos: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -239,6 +239,7 @@ async fn measure(
                 amqp: amqp.to_string(),
                 smtp_port,
                 unlimited: true,
+                via: Default::default(),
             },
         )
         .await?;

@@ -4,9 +4,12 @@
 //! benchmark would pile tens of thousands of mails into the catcher other people's tests read;
 //! this sink answers the handful of SMTP commands lettre sends (RFC 5321, no extensions) and
 //! counts the messages, so the mail leg of the system still runs for real.
+//!
+//! The chaos suite also keeps each message's recipients and text ([`serve_recording`]): "one
+//! email per order event, none missing, none doubled" is checked on what really arrived here.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -15,23 +18,56 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+/// One message as it arrived: the `RCPT TO` addresses and the DATA, line endings kept.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// The messages a recording sink received so far.
+pub type Mailbox = Arc<Mutex<Vec<Received>>>;
+
 /// Serves SMTP on `listener` until the task is dropped; `accepted` counts the messages.
 pub async fn serve(listener: TcpListener, accepted: Arc<AtomicU64>) -> std::io::Result<()> {
+    serve_inner(listener, accepted, None).await
+}
+
+/// Like [`serve`], and keeps every message in `mailbox`.
+pub async fn serve_recording(
+    listener: TcpListener,
+    accepted: Arc<AtomicU64>,
+    mailbox: Mailbox,
+) -> std::io::Result<()> {
+    serve_inner(listener, accepted, Some(mailbox)).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    accepted: Arc<AtomicU64>,
+    mailbox: Option<Mailbox>,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let accepted = accepted.clone();
+        let mailbox = mailbox.clone();
         tokio::spawn(async move {
-            let _ = session(stream, &accepted).await;
+            let _ = session(stream, &accepted, mailbox.as_ref()).await;
         });
     }
 }
 
-async fn session(stream: TcpStream, accepted: &AtomicU64) -> std::io::Result<()> {
+async fn session(
+    stream: TcpStream,
+    accepted: &AtomicU64,
+    mailbox: Option<&Mailbox>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     write.write_all(b"220 bench-sink ESMTP\r\n").await?;
     let mut line = String::new();
     let mut in_data = false;
+    let mut message = Received::default();
     loop {
         line.clear();
         if lines.read_line(&mut line).await? == 0 {
@@ -40,12 +76,32 @@ async fn session(stream: TcpStream, accepted: &AtomicU64) -> std::io::Result<()>
         if in_data {
             if line == ".\r\n" || line == ".\n" {
                 in_data = false;
+                // Counted (and kept) before the 250: a sender that got its 250 has a message
+                // here, one that did not may send it again — as with a real server.
                 accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(mailbox) = mailbox {
+                    mailbox
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(std::mem::take(&mut message));
+                }
                 write.write_all(b"250 OK: queued\r\n").await?;
+            } else if mailbox.is_some() {
+                message.data.push_str(&line);
             }
             continue;
         }
         let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        if verb == "RCPT" && mailbox.is_some() {
+            let address = line
+                .split_once('<')
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(address, _)| address.to_owned())
+                .unwrap_or_default();
+            message.to.push(address);
+        } else if verb == "MAIL" || verb == "RSET" {
+            message = Received::default();
+        }
         let reply: &[u8] = match verb.as_str() {
             "EHLO" => b"250-bench-sink\r\n250 8BITMIME\r\n",
             "HELO" => b"250 bench-sink\r\n",

@@ -40,6 +40,12 @@ pub struct Proc {
     pub log: PathBuf,
     /// From spawn to the first `/readyz` 200.
     pub ready_after: Option<Duration>,
+    /// How it was started, so [`Proc::restart`] starts it again exactly so.
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    log_dir: PathBuf,
+    /// Times it was killed and started again.
+    pub restarts: u32,
 }
 
 impl Proc {
@@ -64,28 +70,7 @@ impl Proc {
         grpc: SocketAddr,
     ) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
-        let out =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = tokio::process::Command::new(binary)
-            .env("HTTP_ADDR", http.to_string())
-            .env("GRPC_ADDR", grpc.to_string())
-            .env("LOG_FORMAT", "json")
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("SHOP_ENV", "development")
-            .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
-            // The run ends by stopping everything; a long drain would only make it slower.
-            .env("SHUTDOWN_GRACE_SECONDS", "3")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let child = spawn_child(binary, env, &log, http, grpc)?;
         let pid = child.id().context("the child has a pid")?;
         Ok(Self {
             name: name.to_owned(),
@@ -95,7 +80,34 @@ impl Proc {
             child,
             log,
             ready_after: None,
+            binary: binary.to_owned(),
+            env: env.to_vec(),
+            log_dir: log_dir.to_owned(),
+            restarts: 0,
         })
+    }
+
+    /// SIGKILL, and the exit reaped: no chance to drain, flush or say goodbye to anyone.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Starts the process again as it was first started (after [`Proc::kill9`]): the same
+    /// binary and environment on the same two ports, so every caller's configured address is
+    /// right again; waited for until ready. Its output goes to `<name>.<restarts>.log`.
+    /// Returns the time from the start command to ready.
+    pub async fn restart(&mut self) -> Result<Duration> {
+        self.restarts += 1;
+        self.log = self
+            .log_dir
+            .join(format!("{}.{}.log", self.name, self.restarts));
+        self.child = spawn_child(&self.binary, &self.env, &self.log, self.http, self.grpc)?;
+        self.pid = self.child.id().context("the child has a pid")?;
+        self.ready_after = None;
+        let started = Instant::now();
+        self.wait_ready(started, Duration::from_secs(60)).await?;
+        Ok(started.elapsed())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -159,6 +171,11 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL after `grace`.
     pub async fn stop(mut self, grace: Duration) {
+        // Already exited and reaped (killed, and not started again): its pid may be someone
+        // else's by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         if let Ok(pid) = i32::try_from(self.pid) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -172,6 +189,37 @@ impl Proc {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// Starts one service binary with the stack's defaults, `env` on top, output to `log`.
+fn spawn_child(
+    binary: &Path,
+    env: &[(String, String)],
+    log: &Path,
+    http: SocketAddr,
+    grpc: SocketAddr,
+) -> Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    tokio::process::Command::new(binary)
+        .env("HTTP_ADDR", http.to_string())
+        .env("GRPC_ADDR", grpc.to_string())
+        .env("LOG_FORMAT", "json")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("SHOP_ENV", "development")
+        .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
+        // The run ends by stopping everything; a long drain would only make it slower.
+        .env("SHUTDOWN_GRACE_SECONDS", "3")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 pub fn rss_mib(pid: u32) -> Option<f64> {
@@ -227,6 +275,42 @@ pub struct Wiring {
     /// Per-user rate limits high enough never to trigger (the scenarios measure cost, not
     /// refusals).
     pub unlimited: bool,
+    /// Proxies between the services and what they depend on (`make chaos`); none for
+    /// `make bench`.
+    pub via: Via,
+}
+
+/// Where the chaos suite's proxies stand: every service reaches PostgreSQL, FerretDB and Redis
+/// through these addresses instead of the servers' own (the broker's is in [`Wiring::amqp`]),
+/// so one proxy cut strikes every service at once, as an outage of the server would.
+#[derive(Debug, Clone, Default)]
+pub struct Via {
+    pub postgres: Option<SocketAddr>,
+    pub mongodb: Option<SocketAddr>,
+    pub redis: Option<SocketAddr>,
+    /// order-service reaches payment's gRPC through this proxy (a partition between the two);
+    /// its upstream is set once payment-service listens.
+    pub payment_grpc: Option<std::sync::Arc<crate::chaos::proxy::FaultProxy>>,
+    /// Extra variables for one service: `(service, key, value)` (the payment provider's
+    /// simulated fault rate).
+    pub env: Vec<(String, String, String)>,
+}
+
+impl Via {
+    /// `url` with its host and port replaced by the proxy's, when there is one.
+    pub fn through(url: &str, proxy: Option<SocketAddr>) -> String {
+        let Some(proxy) = proxy else {
+            return url.to_owned();
+        };
+        match url::Url::parse(url) {
+            Ok(mut parsed) => {
+                let _ = parsed.set_ip_host(proxy.ip());
+                let _ = parsed.set_port(Some(proxy.port()));
+                parsed.to_string()
+            }
+            Err(_) => url.to_owned(),
+        }
+    }
 }
 
 /// The whole system, started.
@@ -243,13 +327,30 @@ impl Stack {
             .unwrap_or_else(|| panic!("{name} is part of the stack"))
     }
 
+    pub fn get_mut(&mut self, name: &str) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .find(|proc| proc.name == name)
+            .unwrap_or_else(|| panic!("{name} is part of the stack"))
+    }
+
     pub fn gateway(&self) -> &Proc {
         self.get("gateway")
     }
 
     /// Starts the seven services in the order of `deploy/local/stack.sh`.
     pub async fn start(slice: &mut crate::infra::Slice, wiring: &Wiring) -> Result<Self> {
-        let mongo_url = slice.infra.mongodb.clone();
+        let via = &wiring.via;
+        let mut mongo_url = Via::through(&slice.infra.mongodb, via.mongodb);
+        if via.mongodb.is_some() {
+            // The driver must not look for the server under the address it reports itself.
+            mongo_url = format!(
+                "{}{}directConnection=true",
+                mongo_url,
+                if mongo_url.contains('?') { '&' } else { '?' }
+            );
+        }
+        let pg = |url: url::Url| Via::through(url.as_str(), via.postgres);
         let mut procs: Vec<Proc> = Vec::new();
         let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
 
@@ -259,7 +360,7 @@ impl Stack {
             "user-service",
             wiring,
             vec![
-                pair("DATABASE_URL", users.as_str()),
+                pair("DATABASE_URL", &pg(users)),
                 pair(
                     "SERVICE_CLIENTS",
                     &format!(
@@ -299,7 +400,7 @@ impl Stack {
                 wiring,
                 vec![
                     pair("AUTH_JWKS_URL", &jwks),
-                    pair("DATABASE_URL", inventory_db.as_str()),
+                    pair("DATABASE_URL", &pg(inventory_db)),
                 ],
             )
             .await?,
@@ -325,7 +426,7 @@ impl Stack {
                 wiring,
                 vec![
                     pair("AUTH_JWKS_URL", &jwks),
-                    pair("DATABASE_URL", payments_db.as_str()),
+                    pair("DATABASE_URL", &pg(payments_db)),
                 ],
             )
             .await?,
@@ -338,14 +439,25 @@ impl Stack {
                 .map(Proc::grpc_url)
                 .unwrap_or_default()
         };
+        let payment_grpc = match &via.payment_grpc {
+            Some(proxy) => {
+                let payment = procs
+                    .iter()
+                    .find(|proc| proc.name == "payment-service")
+                    .context("payment-service started before order-service")?;
+                proxy.set_upstream(payment.grpc);
+                format!("http://{}", proxy.addr())
+            }
+            None => grpc_of(&procs, "payment-service"),
+        };
         let order_env = vec![
             pair("AUTH_JWKS_URL", &jwks),
-            pair("DATABASE_URL", orders_db.as_str()),
+            pair("DATABASE_URL", &pg(orders_db)),
             pair("SERVICE_TOKEN_URL", &token_url),
             pair("SERVICE_SECRET", ORDER_SECRET),
             pair("CATALOG_GRPC_URL", &grpc_of(&procs, "catalog-service")),
             pair("INVENTORY_GRPC_URL", &grpc_of(&procs, "inventory-service")),
-            pair("PAYMENT_GRPC_URL", &grpc_of(&procs, "payment-service")),
+            pair("PAYMENT_GRPC_URL", &payment_grpc),
         ];
         procs.push(start_one("order-service", wiring, order_env).await?);
 
@@ -358,7 +470,7 @@ impl Stack {
         };
         let mut gateway_env = vec![
             pair("AUTH_JWKS_URL", &jwks),
-            pair("REDIS_URL", &slice.infra.redis),
+            pair("REDIS_URL", &Via::through(&slice.infra.redis, via.redis)),
             pair("REDIS_KEY_PREFIX", &slice.redis_prefix("gateway")),
             pair("USER_SERVICE_URL", &base("user-service")),
             pair("CATALOG_SERVICE_URL", &base("catalog-service")),
@@ -395,6 +507,14 @@ pub fn unlimited_rates() -> Vec<(String, String)> {
 
 async fn start_one(name: &str, wiring: &Wiring, mut env: Vec<(String, String)>) -> Result<Proc> {
     env.push(("AMQP_URL".into(), wiring.amqp.clone()));
+    env.extend(
+        wiring
+            .via
+            .env
+            .iter()
+            .filter(|(service, ..)| service == name)
+            .map(|(_, key, value)| (key.clone(), value.clone())),
+    );
     let binary = wiring.bin_dir.join(name);
     if !binary.is_file() {
         bail!(

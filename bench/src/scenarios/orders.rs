@@ -39,6 +39,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Shop {
     pub tokens: Vec<String>,
+    /// The customers' addresses (each got a welcome mail).
+    pub emails: Vec<String>,
     /// `(product id, sku)`.
     pub products: Vec<(String, String)>,
 }
@@ -55,7 +57,12 @@ async fn json_of(response: reqwest::Response) -> Result<Value> {
     Ok(serde_json::from_str(&body)?)
 }
 
-async fn login(http: &reqwest::Client, base: &str, email: &str, password: &str) -> Result<String> {
+pub async fn login(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> Result<String> {
     let body = json_of(
         http.post(format!("{base}/api/v1/auth/login"))
             .json(&json!({ "email": email, "password": password }))
@@ -126,10 +133,13 @@ pub async fn prepare(base: &str, users: usize, stock: i64) -> Result<Shop> {
 
     // Password hashing is deliberately slow: a few at a time, as user-service's queue allows.
     let run = Uuid::new_v4().simple().to_string();
+    let emails: Vec<String> = (0..users)
+        .map(|i| format!("bench-{}-{i}@example.com", &run[..8]))
+        .collect();
     let tokens = futures::stream::iter(0..users)
         .map(|i| {
             let http = http.clone();
-            let email = format!("bench-{}-{i}@example.com", &run[..8]);
+            let email = emails[i].clone();
             async move {
                 json_of(
                     http.post(format!("{base}/api/v1/auth/register"))
@@ -147,7 +157,11 @@ pub async fn prepare(base: &str, users: usize, stock: i64) -> Result<Shop> {
         .await
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
-    Ok(Shop { tokens, products })
+    Ok(Shop {
+        tokens,
+        emails,
+        products,
+    })
 }
 
 /// Orders placed and not yet ended, and the statistics of each phase.
