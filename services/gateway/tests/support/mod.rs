@@ -169,7 +169,7 @@ async fn forward(
 }
 
 /// Serves `app` on a free loopback port for the rest of the test; returns its base URL.
-async fn serve(app: Router) -> String {
+pub async fn serve(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
