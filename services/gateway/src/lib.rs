@@ -54,7 +54,11 @@ impl Service for Gateway {
     type Config = GatewayConfig;
 
     fn spec() -> ServiceSpec {
-        ServiceSpec::new("gateway", 8080, 50050).redis().amqp()
+        // Redis is reported in /readyz, not required: without it rate limits fall back to a
+        // local limiter and the cache is bypassed (ADR 0013), so the gateway still serves.
+        ServiceSpec::new("gateway", 8080, 50050)
+            .redis_optional()
+            .amqp()
     }
 
     async fn build(ctx: &Context, config: GatewayConfig) -> Result<Endpoints, BootError> {

@@ -181,9 +181,12 @@ async fn a_catalog_answer_that_raced_an_invalidation_is_not_cached() {
         url: url.parse().unwrap(),
         key_prefix: prefix,
     };
-    let redis =
-        shop_runtime::stores::redis::connect(&config, &shop_runtime::health::Readiness::default())
-            .unwrap();
+    let redis = shop_runtime::stores::redis::connect(
+        &config,
+        &shop_runtime::health::Readiness::default(),
+        true,
+    )
+    .unwrap();
     let cache = gateway::cache::ResponseCache::new(redis, Duration::from_secs(300));
     let (parts, ()) = http::Response::builder()
         .header("content-type", "application/json")

@@ -31,6 +31,8 @@ pub struct Needs {
     pub postgres: bool,
     pub mongo: bool,
     pub redis: bool,
+    /// Redis is reported in `/readyz` but not required (see [`ServiceSpec::redis_optional`]).
+    pub redis_optional: bool,
     pub amqp: bool,
 }
 
@@ -60,6 +62,7 @@ impl ServiceSpec {
                 postgres: false,
                 mongo: false,
                 redis: false,
+                redis_optional: false,
                 amqp: false,
             },
             migrations: None,
@@ -88,6 +91,15 @@ impl ServiceSpec {
     /// Uses Redis.
     pub const fn redis(mut self) -> Self {
         self.needs.redis = true;
+        self
+    }
+
+    /// Uses Redis but can answer requests without it (the gateway: rate limits fall back to a
+    /// local limiter, the cache is bypassed): Redis is *reported* in `/readyz`, not required,
+    /// so a Redis outage does not take every replica out of the load balancer.
+    pub const fn redis_optional(mut self) -> Self {
+        self.needs.redis = true;
+        self.needs.redis_optional = true;
         self
     }
 
@@ -300,7 +312,11 @@ pub async fn launch<S: Service>(
         None => None,
     };
     let redis = match &runtime.redis {
-        Some(redis) => Some(stores::redis::connect(redis, &readiness)?),
+        Some(redis) => Some(stores::redis::connect(
+            redis,
+            &readiness,
+            !spec.needs.redis_optional,
+        )?),
         None => None,
     };
     let amqp = runtime
