@@ -43,7 +43,7 @@ use crate::{
     config::GatewayConfig,
     proxy::{Proxy, UpstreamState},
     ratelimit::RateLimiter,
-    routes::{Handler, ROUTES, Upstream},
+    routes::{Access, Handler, ROUTES, Upstream},
 };
 
 /// The gateway service.
@@ -110,12 +110,16 @@ pub fn router(proxy: Arc<Proxy>, cors_origins: &[String]) -> Router {
             axum::routing::on(filter, move |request: Request| {
                 let proxy = proxy.clone();
                 async move {
-                    match route.handler {
+                    let mut response = match route.handler {
                         Handler::Forward => proxy.handle(route, request).await,
                         Handler::OrderWithProducts => {
                             proxy.order_with_products(route, request).await
                         }
+                    };
+                    if route.access != Access::Public {
+                        edge::no_store_unless_set(response.headers_mut());
                     }
+                    response
                 }
             }),
         );
