@@ -50,13 +50,18 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// One pooled client for every upstream: keep-alive connections are reused across requests,
 /// so the hot path pays no TCP handshake. Plain HTTP inside the cluster (TLS ends at the
 /// ingress); no proxy from the environment; redirects go back to the client untouched.
+///
+/// An idle connection is given up after 20 s: the services close one after their header read
+/// deadline (`HTTP_HEADER_READ_TIMEOUT_SECONDS`, 30 s, `shop_runtime::http::serve`), and a
+/// pooled connection must never be reused just as its server is closing it (the request would
+/// fail, and a `POST` is not retried).
 pub fn http_client(connect_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(20))
         .pool_timer(TokioTimer::new())
         .build(connector)
 }

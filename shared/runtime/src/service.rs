@@ -362,18 +362,14 @@ pub async fn launch<S: Service>(
 
     let mut servers = tokio::task::JoinSet::new();
     let app = http::router(endpoints.http, readiness.clone(), metrics);
-    let http_shutdown = shutdown.clone();
-    servers.spawn(async move {
-        // Handlers may read the peer address (`ConnectInfo<SocketAddr>`): the gateway rate-limits
-        // anonymous clients by it.
-        axum::serve(
-            http_listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(http_shutdown.cancelled_owned())
-        .await
-        .map_err(|err| BootError::Other(format!("HTTP server failed: {err}")))
-    });
+    // Handlers may read the peer address (`ConnectInfo<SocketAddr>`): the gateway rate-limits
+    // anonymous clients by it. Slow clients get a header deadline (http::serve).
+    servers.spawn(http::serve(
+        http_listener,
+        app,
+        runtime.http_header_read_timeout,
+        shutdown.clone(),
+    ));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     tasks.spawn(grpc::mirror_readiness(
