@@ -60,6 +60,13 @@ PG_PORT=5432
 # --- Redis ------------------------------------------------------------------
 REDIS_DIR="$STATE_DIR/redis"
 REDIS_PORT=6379
+# Bounded memory, and what goes first when it is full. volatile-lru evicts only keys with an
+# expiry: cached answers and rate-limit windows (both can be lost: a miss, a window restarting),
+# never the gateway's cache generation and set of listings (no expiry), which invalidation needs
+# to be correct; allkeys-lru could evict those and leave an old price cached. Same in
+# docker-compose.yml and the Helm chart (services/gateway/src/cache.rs).
+REDIS_MAXMEMORY=256mb
+REDIS_MAXMEMORY_POLICY=volatile-lru
 
 # --- RabbitMQ ---------------------------------------------------------------
 # We call the scripts in /usr/lib/rabbitmq/bin directly. The /usr/sbin ones are
@@ -673,6 +680,7 @@ start_redis() {
     # --logfile '' = log to stdout, which launch sends to .local/logs/redis.log.
     launch redis "$REDIS_DIR" redis-server \
       --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
+      --maxmemory "$REDIS_MAXMEMORY" --maxmemory-policy "$REDIS_MAXMEMORY_POLICY" \
       --dir "$REDIS_DIR" --save '' --appendonly no --daemonize no --logfile ''
   fi
   wait_infra redis "redis-cli ping" redis_ping

@@ -8,11 +8,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 use shop_auth::{Verifier, http::RequireAdmin};
 use shop_runtime::{
-    ApiError, FieldError,
+    ApiError, ErrorKind, FieldError,
     error::PROBLEM_JSON,
     pagination::{PageQuery, encode_cursor},
 };
@@ -46,22 +45,72 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Every parameter is text here so that a bad one is a field error naming it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 struct ListParams {
     q: Option<String>,
     category: Option<String>,
     /// `ids=a,b,c`: see [`list_by_ids`].
     ids: Option<String>,
-    #[serde(flatten)]
     page: PageQuery,
+}
+
+/// The query parameters `GET /api/v1/products` understands; any other is refused.
+///
+/// Refused rather than ignored, for two reasons. A misspelt filter (`?categroy=lamps`) would
+/// otherwise answer the unfiltered listing as if it were the filtered one. And every ignored
+/// parameter makes another URL for the same answer: the gateway caches listings by their
+/// parameters, and `?x=<anything>` was a new cache entry per request, each kept for a day.
+pub const LIST_PARAMETERS: [&str; 5] = ["q", "category", "ids", "limit", "cursor"];
+
+/// Reads the listing's parameters: 400 (a problem naming the parameter) for one not in
+/// [`LIST_PARAMETERS`] or one given twice (which value would count is anyone's guess).
+fn list_params(pairs: Vec<(String, String)>) -> Result<ListParams, ApiError> {
+    let mut params = ListParams::default();
+    for (name, value) in pairs {
+        let slot = match name.as_str() {
+            "q" => &mut params.q,
+            "category" => &mut params.category,
+            "ids" => &mut params.ids,
+            "limit" => &mut params.page.limit,
+            "cursor" => &mut params.page.cursor,
+            _ => {
+                return Err(bad_parameter(
+                    &name,
+                    &format!(
+                        "is not a parameter of this listing (it accepts {})",
+                        LIST_PARAMETERS.join(", ")
+                    ),
+                ));
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(bad_parameter(&name, "is given more than once"));
+        }
+    }
+    Ok(params)
+}
+
+/// 400 naming the parameter, in the detail and in `errors` like a field error. The name is
+/// the caller's own text: cut short, so the answer cannot be made to echo a long string back.
+fn bad_parameter(name: &str, problem: &str) -> ApiError {
+    let name: String = name.chars().take(64).collect();
+    ApiError::new(
+        ErrorKind::BadRequest,
+        format!("Query parameter '{name}' {problem}."),
+    )
+    .with_extension(
+        "errors",
+        json!([FieldError::new(name.clone(), problem.to_owned())]),
+    )
 }
 
 /// `{items, next_cursor}`; `next_cursor` is null on the last page. The cursor carries the last
 /// id of the page (ids sort in creation order), opaque to callers through the shared encoder.
 async fn list(
     State(state): State<AppState>,
-    Query(params): Query<ListParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
+    let params = list_params(pairs)?;
     if let Some(ids) = params.ids.as_deref() {
         return list_by_ids(&state, ids, &params).await;
     }

@@ -358,3 +358,31 @@ async fn products_are_read_by_ids_in_one_call_and_a_bad_id_list_names_ids() {
         assert_eq!(body["errors"][0]["field"], "ids", "{query}: {body}");
     }
 }
+
+/// An unknown parameter is refused, not ignored: ignored, a misspelt filter would answer the
+/// unfiltered listing, and every `?x=<anything>` would be one more URL (one more gateway cache
+/// entry) for the same answer.
+#[tokio::test]
+async fn the_listing_refuses_parameters_it_does_not_know_naming_them() {
+    let issuer = Issuer::start().await;
+    let app = catalog(&issuer, &[]).await;
+
+    for (query, field) in [
+        ("x=1", "x"),
+        ("categroy=lamps", "categroy"),
+        ("limit=5&x%2Dy=z", "x-y"),
+        ("q=a&q=b", "q"),
+    ] {
+        let (status, body) =
+            problem(app.get(&format!("/api/v1/products?{query}")).await.unwrap()).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{query}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(field),
+            "{query}: {body}"
+        );
+    }
+    // Every parameter it knows is still accepted, in any order.
+    let page = get_json(&app, "/api/v1/products?limit=2&category=none&q=cup&cursor=").await;
+    assert_eq!(page["items"], json!([]));
+}

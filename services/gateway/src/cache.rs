@@ -8,6 +8,17 @@
 //! * `<prefix>cache:list:<query>` — one page of a listing, its key recorded in the set
 //!   `<prefix>cache:lists`.
 //!
+//! **A key names the answer, not the spelling of the request.** Keys made from the raw URL let
+//! anyone mint entries: catalog ignored unknown parameters, so `?x=<random>` was a new entry per
+//! request (kept for a day), and `/products/%61bc` cached a second copy of product `abc` that
+//! the invalidation of `abc` never deleted, serving its old price. So the id in an item key is
+//! percent-decoded as catalog's router decodes it ([`canonical_id`]), and a listing key is built
+//! from the parsed parameters ([`canonical_listing`]): only catalog's own ([`LIST_PARAMETERS`];
+//! a request with any other, or with one twice, is not cached at all — catalog refuses it),
+//! decoded, with values catalog reads the same written the same, in a fixed order. Distinct
+//! *legitimate* listings (a search per word) are still distinct entries, so at most
+//! [`MAX_LISTINGS`] are kept at once; beyond that a listing is answered without being stored.
+//!
 //! **Freshness comes from events, not from a TTL.** When catalog publishes `ProductCreated`,
 //! `ProductUpdated` or `PriceChanged`, [`ResponseCache::invalidate_product`] deletes that
 //! product's entry and every cached listing (any page may show it), so a changed price is
@@ -26,12 +37,22 @@
 //! one product also stops a concurrent fill of another, which costs that read nothing but a
 //! later miss.
 //!
+//! **Redis down: the cache is bypassed.** A failed or slow cache call makes the cache step aside
+//! for [`BYPASS_FOR`]: reads go to catalog, nothing is stored, and requests do not each wait
+//! for a timeout. (The rate limiter does the same with its local fallback, ADR 0013.)
+//!
 //! **Stale-if-error.** An entry is kept for [`KEEP_FOR`] after it stops being fresh. While
 //! catalog is down (unreachable, timing out, its circuit open) a product read is answered from
 //! that copy, marked `X-Cache: STALE`, rather than failing: a slightly old catalog is better
 //! than none. Everything else fails fast.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{body::Body, response::Response};
 use bytes::Bytes;
@@ -49,6 +70,18 @@ pub const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Redis calls of the cache give up after this: a slow cache must not slow the reads down.
 const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// After a failed or timed-out Redis call the cache is not used for this long.
+pub const BYPASS_FOR: Duration = Duration::from_secs(1);
+
+/// The query parameters of catalog's listing (`catalog_service::api::LIST_PARAMETERS`; catalog
+/// answers 400 to any other, so a request with another one is never cached).
+pub const LIST_PARAMETERS: [&str; 5] = ["q", "category", "ids", "limit", "cursor"];
+
+/// At most this many listings are cached at once (the set `cache:lists`): every distinct search
+/// is a legitimate listing, and without a bound a client inventing searches would fill Redis.
+/// Beyond it a listing is served but not stored until an invalidation (or expiry) makes room.
+pub const MAX_LISTINGS: u64 = 1000;
+
 /// Deletes every listing and one product entry and moves the generation on: `KEYS[1]` the set
 /// of listings, `KEYS[2]` the product's entry, `KEYS[3]` the generation. One script so no
 /// listing cached meanwhile escapes the sweep.
@@ -62,17 +95,27 @@ return #lists
 
 /// Stores an entry unless an invalidation came after the lookup that missed it: `KEYS[1]` the
 /// entry, `KEYS[2]` the generation, `KEYS[3]` (listings only) the set of listings; `ARGV[1]`
-/// the generation the lookup saw, `ARGV[2]` seconds to keep the entry, then field, value, ...
-/// Returns 1 when stored, 0 when the answer may predate a change and was dropped.
+/// the generation the lookup saw, `ARGV[2]` seconds to keep the entry, `ARGV[3]` the most
+/// listings to keep, then field, value, ...
+/// Returns 1 when stored, 0 when the answer may predate a change and was dropped, 2 when it is a
+/// new listing and [`MAX_LISTINGS`] are cached (after forgetting those whose entry expired).
+///
+/// The set of listings and the generation carry no expiry on purpose: Redis runs with
+/// `maxmemory-policy volatile-lru` (it evicts only keys with an expiry), so under memory
+/// pressure entries and rate-limit windows go, but never the two keys invalidation relies on.
 const STORE: &str = r"
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if KEYS[3] then
-  redis.call('SADD', KEYS[3], KEYS[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
+if KEYS[3] and redis.call('SISMEMBER', KEYS[3], KEYS[1]) == 0
+   and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    if redis.call('EXISTS', key) == 0 then redis.call('SREM', KEYS[3], key) end
+  end
+  if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 2 end
 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if KEYS[3] then redis.call('SADD', KEYS[3], KEYS[1]) end
 return 1
 ";
 
@@ -82,6 +125,30 @@ pub struct ResponseCache {
     invalidate: redis::Script,
     store: redis::Script,
     fresh_for: Duration,
+    bypass: Arc<Bypass>,
+}
+
+/// Whether the cache is stepping aside after a Redis failure (see the module docs).
+#[derive(Debug)]
+struct Bypass {
+    started: Instant,
+    /// Milliseconds since `started` before which Redis is not asked.
+    until_ms: AtomicU64,
+}
+
+impl Bypass {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn active(&self) -> bool {
+        self.now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) {
+        let until = self.now_ms().saturating_add(BYPASS_FOR.as_millis() as u64);
+        self.until_ms.store(until, Ordering::Relaxed);
+    }
 }
 
 /// What a lookup found: a fresh answer to serve, or else the generation to store catalog's
@@ -127,6 +194,10 @@ impl ResponseCache {
             invalidate: redis::Script::new(INVALIDATE),
             store: redis::Script::new(STORE),
             fresh_for,
+            bypass: Arc::new(Bypass {
+                started: Instant::now(),
+                until_ms: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -135,20 +206,21 @@ impl ResponseCache {
         route.upstream == Upstream::Catalog && method == Method::GET
     }
 
-    /// The key for a request, or `None` when it is not cached (an item read with a query).
+    /// The key for a request, or `None` when it is not cached: an item read with a query, a
+    /// listing with a parameter catalog does not take (see the module docs).
     fn key(&self, path_and_query: &str) -> Option<(String, bool)> {
         let (path, query) = path_and_query
             .split_once('?')
             .map_or((path_and_query, None), |(path, query)| (path, Some(query)));
         if path == "/api/v1/products" {
-            return Some((
-                self.redis
-                    .key(&format!("cache:list:{}", query.unwrap_or(""))),
-                true,
-            ));
+            let listing = canonical_listing(query.unwrap_or(""))?;
+            return Some((self.redis.key(&format!("cache:list:{listing}")), true));
         }
         let id = path.strip_prefix("/api/v1/products/")?;
-        (query.is_none() && !id.is_empty()).then(|| (self.item_key(id), false))
+        if query.is_some() {
+            return None;
+        }
+        Some((self.item_key(&canonical_id(id)?), false))
     }
 
     fn item_key(&self, id: &str) -> String {
@@ -204,6 +276,9 @@ impl ResponseCache {
         let Some((key, _)) = self.key(path_and_query) else {
             return (None, Generation::UNKNOWN);
         };
+        if self.bypass.active() {
+            return (None, Generation::UNKNOWN);
+        }
         let read = async {
             let mut conn = self.redis.connection().await?;
             redis::pipe()
@@ -215,10 +290,15 @@ impl ResponseCache {
         let (mut entry, generation) = match tokio::time::timeout(CACHE_TIMEOUT, read).await {
             Ok(Ok(found)) => found,
             Ok(Err(err)) => {
-                tracing::debug!(error = %err, "response cache unavailable");
+                tracing::debug!(error = %err, "response cache unavailable; bypassing it");
+                self.bypass.start();
                 return (None, Generation::UNKNOWN);
             }
-            Err(_) => return (None, Generation::UNKNOWN),
+            Err(_) => {
+                tracing::debug!("response cache timed out; bypassing it");
+                self.bypass.start();
+                return (None, Generation::UNKNOWN);
+            }
         };
         // A missing counter is generation 0, as the store script reads it.
         let generation = Generation(Some(generation.unwrap_or(0)));
@@ -261,6 +341,9 @@ impl ResponseCache {
         else {
             return;
         };
+        if self.bypass.active() {
+            return;
+        }
         let mut invocation = self.store.prepare_invoke();
         invocation.key(&key).key(self.generation_key());
         if is_list {
@@ -269,6 +352,7 @@ impl ResponseCache {
         invocation
             .arg(generation)
             .arg((self.fresh_for + KEEP_FOR).as_secs())
+            .arg(MAX_LISTINGS)
             .arg(BODY)
             .arg(body.as_ref())
             .arg(FRESH_UNTIL)
@@ -284,12 +368,22 @@ impl ResponseCache {
         };
         match tokio::time::timeout(CACHE_TIMEOUT, write).await {
             Ok(Ok(1)) => {}
+            Ok(Ok(2)) => {
+                tracing::debug!(path_and_query, "listing not cached: {MAX_LISTINGS} are");
+                metrics::counter!("gateway_cache_listings_full_total").increment(1);
+            }
             Ok(Ok(_)) => {
                 tracing::debug!(path_and_query, "catalog read not cached: it raced a change");
                 metrics::counter!("gateway_cache_fills_dropped_total").increment(1);
             }
-            Ok(Err(err)) => tracing::debug!(error = %err, "could not cache a catalog read"),
-            Err(_) => tracing::debug!("caching a catalog read timed out"),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "could not cache a catalog read; bypassing the cache");
+                self.bypass.start();
+            }
+            Err(_) => {
+                tracing::debug!("caching a catalog read timed out; bypassing the cache");
+                self.bypass.start();
+            }
         }
     }
 
@@ -330,6 +424,57 @@ impl Entry {
     }
 }
 
+/// The product id of an item path segment, percent-decoded as catalog's router decodes it, so
+/// `/products/%61bc` and `/products/abc` share the entry that invalidating `abc` deletes.
+/// `None` (not cached) when the decoded bytes are not UTF-8: catalog refuses such a path.
+pub fn canonical_id(segment: &str) -> Option<String> {
+    let id = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?;
+    (!id.is_empty()).then(|| id.into_owned())
+}
+
+/// A listing's query string in one spelling per answer, or `None` when the request is not to
+/// be cached: a parameter catalog does not take, or one given twice (catalog answers 400).
+///
+/// Parameters are form-decoded as catalog decodes them and written back re-encoded in the
+/// order of [`LIST_PARAMETERS`]; values catalog reads the same are written the same: an empty
+/// `q`, `category` or `cursor` is left out (catalog reads it as absent), `limit` as the number
+/// it parses to (`05` is `5`), and `ids` as the sorted, distinct, trimmed ids (catalog answers
+/// the set, in id order).
+pub fn canonical_listing(query: &str) -> Option<String> {
+    let mut given: [Option<String>; LIST_PARAMETERS.len()] = Default::default();
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let slot = LIST_PARAMETERS.iter().position(|known| *known == name)?;
+        if given[slot].replace(value.into_owned()).is_some() {
+            return None;
+        }
+    }
+    let mut canonical = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in LIST_PARAMETERS.iter().zip(given) {
+        let Some(value) = value else { continue };
+        let value = match *name {
+            "q" | "category" | "cursor" if value.is_empty() => continue,
+            "limit" => value
+                .parse::<u32>()
+                .map_or(value, |limit| limit.to_string()),
+            "ids" => {
+                let mut ids: Vec<&str> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|id| !id.is_empty())
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.join(",")
+            }
+            _ => value,
+        };
+        canonical.append_pair(name, &value);
+    }
+    Some(canonical.finish())
+}
+
 /// One cache read that was used: a fresh hit or a stale copy.
 fn count_read(fresh: bool) {
     metrics::counter!("gateway_cache_reads_total", "outcome" => if fresh { "hit" } else { "stale" })
@@ -341,4 +486,55 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_listing_has_one_key_however_it_is_spelt() {
+        let key = canonical_listing("category=lamps&limit=5").unwrap();
+        for variant in [
+            "limit=5&category=lamps",
+            "category=%6Camps&limit=05",
+            "q=&category=lamps&cursor=&limit=5",
+            "limit=5&category=lamps&",
+        ] {
+            assert_eq!(
+                canonical_listing(variant).as_deref(),
+                Some(key.as_str()),
+                "{variant}"
+            );
+        }
+        assert_eq!(
+            canonical_listing("ids=b,a,%20b").unwrap(),
+            canonical_listing("ids=a,b").unwrap()
+        );
+        assert_ne!(
+            canonical_listing("q=lamp").unwrap(),
+            canonical_listing("q=Lamp").unwrap(),
+            "values catalog may read differently stay apart"
+        );
+        assert_eq!(canonical_listing("").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn listings_with_unknown_or_repeated_parameters_are_not_cached() {
+        assert_eq!(canonical_listing("category=lamps&x=1"), None);
+        assert_eq!(canonical_listing("q=a&q=b"), None);
+        assert_eq!(canonical_listing("limit=5&limit=5"), None);
+    }
+
+    #[test]
+    fn item_ids_are_percent_decoded_like_the_router_does() {
+        assert_eq!(canonical_id("%61bc").as_deref(), Some("abc"));
+        assert_eq!(canonical_id("abc").as_deref(), Some("abc"));
+        assert_eq!(
+            canonical_id("a+b").as_deref(),
+            Some("a+b"),
+            "no form decoding in paths"
+        );
+        assert_eq!(canonical_id("%FF"), None);
+    }
 }

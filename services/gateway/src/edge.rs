@@ -1,7 +1,7 @@
 //! Headers every answer from the edge carries: security headers and CORS.
 
 use axum::{extract::Request, middleware::Next, response::Response};
-use http::{HeaderName, HeaderValue, Method, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Security headers for a JSON API, on every response (errors included):
@@ -39,6 +39,17 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// `Cache-Control: no-store` on an answer to a signed-in request, unless the service set a
+/// `Cache-Control` of its own. Such answers are personal data (`/users/me`, orders, payments,
+/// notifications); without a directive a shared cache between the client and the edge, or the
+/// browser's own, may keep them and show them to the next person on the machine. A service that
+/// knows better (a private, revalidated answer) says so and is left alone.
+pub fn no_store_unless_set(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
 }
 
 fn is_docs_page(path: &str) -> bool {

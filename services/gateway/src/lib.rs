@@ -43,7 +43,7 @@ use crate::{
     config::GatewayConfig,
     proxy::{Proxy, UpstreamState},
     ratelimit::RateLimiter,
-    routes::{Handler, ROUTES, Upstream},
+    routes::{Access, Handler, ROUTES, Upstream},
 };
 
 /// The gateway service.
@@ -54,7 +54,11 @@ impl Service for Gateway {
     type Config = GatewayConfig;
 
     fn spec() -> ServiceSpec {
-        ServiceSpec::new("gateway", 8080, 50050).redis().amqp()
+        // Redis is reported in /readyz, not required: without it rate limits fall back to a
+        // local limiter and the cache is bypassed (ADR 0013), so the gateway still serves.
+        ServiceSpec::new("gateway", 8080, 50050)
+            .redis_optional()
+            .amqp()
     }
 
     async fn build(ctx: &Context, config: GatewayConfig) -> Result<Endpoints, BootError> {
@@ -106,12 +110,16 @@ pub fn router(proxy: Arc<Proxy>, cors_origins: &[String]) -> Router {
             axum::routing::on(filter, move |request: Request| {
                 let proxy = proxy.clone();
                 async move {
-                    match route.handler {
+                    let mut response = match route.handler {
                         Handler::Forward => proxy.handle(route, request).await,
                         Handler::OrderWithProducts => {
                             proxy.order_with_products(route, request).await
                         }
+                    };
+                    if route.access != Access::Public {
+                        edge::no_store_unless_set(response.headers_mut());
                     }
+                    response
                 }
             }),
         );

@@ -1,10 +1,15 @@
 //! Forwarding one public request to the service that owns it.
 //!
-//! The order of the checks is the order of their cost: the route is known (routing), the
-//! caller is authenticated and authorised (a signature check, in memory), the rate limit is
-//! counted (one Redis round trip, which a catalog read shares with its cache lookup), the
-//! body is read (bounded), the upstream's circuit and bulkhead are asked (in memory) — and
-//! only then does a request leave the gateway, on a pooled keep-alive connection.
+//! The order of the checks: the route is known (routing); the caller's *address* is charged
+//! its rate limit (one Redis round trip, which a catalog read shares with its cache lookup);
+//! the caller is authenticated and authorised (a signature check, in memory) and a signed-in
+//! caller is charged the *user* limit too; the body is read (bounded); the upstream's circuit
+//! and bulkhead are asked (in memory) — and only then does a request leave the gateway, on a
+//! pooled keep-alive connection.
+//!
+//! The address is charged before the token is looked at, though the signature check is the
+//! cheaper of the two: a request whose token fails costs a signature check and, charged after
+//! it, would never be counted at all — a flood of forged tokens would be free and unlimited.
 //!
 //! Forwarding uses hyper-util's pooled client directly rather than reqwest (which wraps the
 //! same client): each upstream's scheme and authority are parsed once at start, so a request
@@ -34,7 +39,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     cache::{Lookup, ResponseCache},
-    ratelimit::{Limits, RateLimiter, Subject},
+    ratelimit::{Decision, Limits, RateLimiter, Subject, write_headers},
     resilience::CircuitBreaker,
     routes::{Access, LimitClass, Route, Upstream},
 };
@@ -45,13 +50,18 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// One pooled client for every upstream: keep-alive connections are reused across requests,
 /// so the hot path pays no TCP handshake. Plain HTTP inside the cluster (TLS ends at the
 /// ingress); no proxy from the environment; redirects go back to the client untouched.
+///
+/// An idle connection is given up after 20 s: the services close one after their header read
+/// deadline (`HTTP_HEADER_READ_TIMEOUT_SECONDS`, 30 s, `shop_runtime::http::serve`), and a
+/// pooled connection must never be reused just as its server is closing it (the request would
+/// fail, and a `POST` is not retried).
 pub fn http_client(connect_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(20))
         .pool_timer(TokioTimer::new())
         .build(connector)
 }
@@ -179,8 +189,7 @@ impl Proxy {
                 ApiError::not_found(format!("No route for {}.", parts.uri.path())).into_response(),
             );
         }
-        let principal = self.authorize(route.access, &parts.headers).await?;
-        let subject = self.rate_subject(route, principal.as_ref(), &parts);
+        let subject = self.address_subject(route, &parts);
         let cacheable = self.cache.applies_to(route, &parts.method);
         let path_and_query = parts
             .uri
@@ -199,14 +208,28 @@ impl Proxy {
         } else {
             (self.limiter.check(&subject).await, None)
         };
-        if !decision.allowed {
-            let mut response = ApiError::new(
-                ErrorKind::TooManyRequests,
-                format!("Too many requests; retry in {} s.", decision.reset),
-            )
-            .into_response();
-            decision.write_headers(response.headers_mut());
-            return Err(response);
+        let mut decisions = vec![decision];
+        if !decisions[0].allowed {
+            return Err(too_many_requests(&decisions));
+        }
+        let principal = match self.authorize(route.access, &parts.headers).await {
+            Ok(principal) => principal,
+            Err(mut refused) => {
+                write_headers(&decisions, refused.headers_mut());
+                return Err(refused);
+            }
+        };
+        // A signed-in caller also spends its own budget, wherever it calls from.
+        if let Some(principal) = &principal {
+            let user = Subject {
+                policy: "user",
+                key: format!("user:{}", principal.user_id),
+                limit: self.limits.user,
+            };
+            decisions.push(self.limiter.check(&user).await);
+            if decisions.iter().any(|decision| !decision.allowed) {
+                return Err(too_many_requests(&decisions));
+            }
         }
 
         let generation = match lookup {
@@ -214,7 +237,7 @@ impl Proxy {
                 hit: Some(mut hit), ..
             }) => {
                 self.cache.count_served_hit();
-                decision.write_headers(hit.headers_mut());
+                write_headers(&decisions, hit.headers_mut());
                 return Ok(hit);
             }
             Some(Lookup { generation, .. }) => Some(generation),
@@ -267,7 +290,7 @@ impl Proxy {
                     .await
             }
         };
-        decision.write_headers(response.headers_mut());
+        write_headers(&decisions, response.headers_mut());
         if route.credentials {
             response
                 .headers_mut()
@@ -316,30 +339,20 @@ impl Proxy {
         Ok(Some(principal))
     }
 
-    fn rate_subject(
-        &self,
-        route: &Route,
-        principal: Option<&Principal>,
-        parts: &http::request::Parts,
-    ) -> Subject {
-        let address = || {
-            client_address(&parts.extensions, &parts.headers, self.trust_forwarded_for)
-                .unwrap_or_else(|| "unknown".to_owned())
-        };
-        match (route.limit, principal) {
-            (LimitClass::Auth, _) => Subject {
+    /// The budget a request is charged before its token is looked at: the client address's,
+    /// `auth` on the credential routes, `address` on every other.
+    fn address_subject(&self, route: &Route, parts: &http::request::Parts) -> Subject {
+        let address = client_address(&parts.extensions, &parts.headers, self.trust_forwarded_for)
+            .unwrap_or_else(|| "unknown".to_owned());
+        match route.limit {
+            LimitClass::Auth => Subject {
                 policy: "auth",
-                key: format!("auth:{}", address()),
+                key: format!("auth:{address}"),
                 limit: self.limits.auth,
             },
-            (LimitClass::Standard, Some(principal)) => Subject {
-                policy: "user",
-                key: format!("user:{}", principal.user_id),
-                limit: self.limits.user,
-            },
-            (LimitClass::Standard, None) => Subject {
+            LimitClass::Standard => Subject {
                 policy: "address",
-                key: format!("addr:{}", address()),
+                key: format!("addr:{address}"),
                 limit: self.limits.address,
             },
         }
@@ -500,6 +513,23 @@ impl Buffered {
     pub(crate) fn finish(self) -> Response {
         Response::from_parts(self.0, Body::from(self.1))
     }
+}
+
+/// 429 with the state of every budget the request was charged, `Retry-After` included.
+fn too_many_requests(decisions: &[Decision]) -> Response {
+    let reset = decisions
+        .iter()
+        .filter(|decision| !decision.allowed)
+        .map(|decision| decision.reset)
+        .max()
+        .unwrap_or(1);
+    let mut response = ApiError::new(
+        ErrorKind::TooManyRequests,
+        format!("Too many requests; retry in {reset} s."),
+    )
+    .into_response();
+    write_headers(decisions, response.headers_mut());
+    response
 }
 
 /// Reads the body, refusing more than `limit` bytes with 413 (early, from `Content-Length`,

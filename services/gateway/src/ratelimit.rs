@@ -64,17 +64,32 @@ impl Decision {
     /// `RateLimit-Policy` and `RateLimit` as in the IETF httpapi draft (structured fields),
     /// plus `Retry-After` on a refusal.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let policy = format!("\"{}\";q={};w={}", self.policy, self.limit, self.window);
-        let state = format!("\"{}\";r={};t={}", self.policy, self.remaining, self.reset);
-        if let Ok(value) = HeaderValue::from_str(&policy) {
-            headers.insert("ratelimit-policy", value);
-        }
-        if let Ok(value) = HeaderValue::from_str(&state) {
-            headers.insert("ratelimit", value);
-        }
-        if !self.allowed {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(self.reset));
-        }
+        write_headers(std::slice::from_ref(self), headers);
+    }
+}
+
+/// The headers for every budget one request was charged (the client address, and the user when
+/// signed in): one list member per policy in `RateLimit-Policy` and `RateLimit`, as the draft
+/// allows, and `Retry-After` for the longest wait among the refusing ones.
+pub fn write_headers(decisions: &[Decision], headers: &mut HeaderMap) {
+    let join = |item: &dyn Fn(&Decision) -> String| {
+        decisions.iter().map(item).collect::<Vec<_>>().join(", ")
+    };
+    let policy = join(&|d| format!("\"{}\";q={};w={}", d.policy, d.limit, d.window));
+    let state = join(&|d| format!("\"{}\";r={};t={}", d.policy, d.remaining, d.reset));
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert("ratelimit-policy", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&state) {
+        headers.insert("ratelimit", value);
+    }
+    if let Some(reset) = decisions
+        .iter()
+        .filter(|d| !d.allowed)
+        .map(|d| d.reset)
+        .max()
+    {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(reset));
     }
 }
 

@@ -181,9 +181,12 @@ async fn a_catalog_answer_that_raced_an_invalidation_is_not_cached() {
         url: url.parse().unwrap(),
         key_prefix: prefix,
     };
-    let redis =
-        shop_runtime::stores::redis::connect(&config, &shop_runtime::health::Readiness::default())
-            .unwrap();
+    let redis = shop_runtime::stores::redis::connect(
+        &config,
+        &shop_runtime::health::Readiness::default(),
+        true,
+    )
+    .unwrap();
     let cache = gateway::cache::ResponseCache::new(redis, Duration::from_secs(300));
     let (parts, ()) = http::Response::builder()
         .header("content-type", "application/json")
@@ -217,5 +220,170 @@ async fn a_catalog_answer_that_raced_an_invalidation_is_not_cached() {
             .hit
             .expect("stored when nothing raced");
         assert_eq!(hit.headers()["x-cache"], "HIT");
+    }
+}
+
+/// Publishes catalog's `PriceChanged` for `product_id` once the gateway's consumer is attached
+/// (an event published before would match no queue).
+async fn announce_price_change(app: &shop_testkit::TestApp, product_id: &str) {
+    eventually(Duration::from_secs(10), || async {
+        let Ok(response) = app.get("/readyz").await else {
+            return false;
+        };
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        body["checks"]["consumer:gateway.events"] == "up"
+    })
+    .await
+    .expect("the gateway consumes catalog's events");
+    let changed = PriceChanged {
+        product_id: product_id.into(),
+        sku: "LAMP-1".into(),
+        old_price: Money {
+            amount: 1999,
+            currency: "EUR".into(),
+        },
+        new_price: Money {
+            amount: 2499,
+            currency: "EUR".into(),
+        },
+        version: 2,
+    }
+    .envelope()
+    .expect("an envelope");
+    let broker = lapin::Connection::connect(&app.env["AMQP_URL"], Default::default())
+        .await
+        .expect("the broker");
+    let channel = broker.create_channel().await.expect("a channel");
+    channel
+        .basic_publish(
+            topology::EXCHANGE.into(),
+            PriceChanged::ROUTING_KEY.into(),
+            Default::default(),
+            &changed.to_vec(),
+            lapin::BasicProperties::default().with_content_type(CONTENT_TYPE.into()),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("confirmed");
+}
+
+/// The gateway's Redis keys under its prefix matching `pattern` (e.g. `cache:list:*`).
+async fn cache_keys(app: &shop_testkit::TestApp, pattern: &str) -> Vec<String> {
+    let redis = redis::Client::open(app.env["REDIS_URL"].as_str()).expect("a Redis URL");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    redis::cmd("KEYS")
+        .arg(format!("{}{pattern}", app.env["REDIS_KEY_PREFIX"]))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS")
+}
+
+/// Keys made from the raw query string let anyone mint cache entries: `?x=<random>` was a new
+/// entry per request. Now one listing is one key however it is spelt, a parameter catalog does
+/// not take means no entry at all, and even distinct searches stop at `MAX_LISTINGS` entries.
+/// (The upstream here answers 200 to anything, so it is the gateway that refuses to store.)
+#[tokio::test]
+async fn a_flood_of_parameter_variants_creates_a_bounded_number_of_cache_keys() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let app = gateway(
+        &echo.url,
+        &issuer,
+        [("RATE_LIMIT_ADDRESS", "1000000".to_owned())],
+    )
+    .await;
+
+    for i in 0..400 {
+        let path = match i % 4 {
+            0 => format!("/api/v1/products?category=lamps&limit=5&x={i}"),
+            1 => "/api/v1/products?limit=5&category=lamps".to_owned(),
+            2 => "/api/v1/products?category=%6Camps&limit=0005&q=".to_owned(),
+            _ => format!("/api/v1/products?limit=5&utm_source={i}&category=lamps"),
+        };
+        assert_eq!(app.get(&path).await.unwrap().status(), 200, "{path}");
+    }
+    assert_eq!(
+        cache_keys(&app, "cache:list:*").await.len(),
+        1,
+        "400 spellings of one listing: one entry"
+    );
+    assert_eq!(
+        echo.hits(),
+        200 + 1,
+        "unknown parameters always went to catalog, the canonical spellings once"
+    );
+
+    let searches = gateway::cache::MAX_LISTINGS + 50;
+    for i in 0..searches {
+        let path = format!("/api/v1/products?q=word{i}");
+        assert_eq!(app.get(&path).await.unwrap().status(), 200, "{path}");
+    }
+    let keys = cache_keys(&app, "cache:list:*").await.len() as u64;
+    assert_eq!(
+        keys,
+        gateway::cache::MAX_LISTINGS,
+        "{searches} distinct searches: no more than the bound"
+    );
+}
+
+/// `/products/%61bc` is product `abc`: catalog's router decodes it. A second cache entry under
+/// the encoded spelling would outlive the invalidation of `abc` and keep serving the old price.
+#[tokio::test]
+async fn an_encoded_id_shares_the_products_entry_and_no_spelling_keeps_the_old_price() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    let price = Arc::new(AtomicU64::new(1999));
+    let served = price.clone();
+    let catalog = support::serve(axum::Router::new().fallback(move || {
+        let price = served.load(Ordering::SeqCst);
+        async move { axum::Json(serde_json::json!({"id": "abc", "price": price})) }
+    }))
+    .await;
+    let issuer = TestIssuer::start().await;
+    let app = gateway(&catalog, &issuer, []).await;
+    let read = |path: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.get(path).await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            let cache = response
+                .headers()
+                .get("x-cache")
+                .map(|value| value.to_str().unwrap().to_owned());
+            let body: serde_json::Value = response.json().await.unwrap();
+            (cache, body["price"].as_u64().unwrap())
+        }
+    };
+    let aliases = [
+        "/api/v1/products/%61bc",
+        "/api/v1/products/%61%62%63",
+        "/api/v1/products/ab%63",
+    ];
+
+    assert_eq!(read("/api/v1/products/abc").await, (None, 1999));
+    for alias in aliases {
+        assert_eq!(
+            read(alias).await,
+            (Some("HIT".to_owned()), 1999),
+            "{alias}: the product's own entry"
+        );
+    }
+    assert_eq!(cache_keys(&app, "cache:item:*").await.len(), 1);
+
+    price.store(2499, Ordering::SeqCst);
+    announce_price_change(&app, "abc").await;
+    eventually(Duration::from_secs(10), || async {
+        read("/api/v1/products/abc").await.1 == 2499
+    })
+    .await
+    .expect("the change reaches the product's entry");
+    for alias in aliases {
+        assert_eq!(read(alias).await.1, 2499, "{alias} serves the new price");
     }
 }

@@ -180,3 +180,102 @@ async fn limits_hold_locally_while_redis_is_unreachable() {
     let count: u64 = redis::AsyncCommands::get(&mut conn, &key).await.unwrap();
     assert!(count >= 2);
 }
+
+/// The address is charged before the token is checked. Charged after, a request whose token
+/// fails would cost a signature check and never be counted: forged tokens would be free.
+#[tokio::test]
+async fn a_flood_of_requests_with_bad_tokens_meets_429() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let app = gateway(&echo.url, &issuer, [("RATE_LIMIT_ADDRESS", "5".to_owned())]).await;
+    // Signed by a key the gateway does not trust: a well-formed token whose check fails.
+    let forged = TestIssuer::start()
+        .await
+        .user_token(uuid::Uuid::new_v4(), &[shop_auth::Role::Customer]);
+
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let token = if i % 2 == 0 { "garbage" } else { &forged };
+        let response = app
+            .client
+            .get(app.url("/api/v1/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+            assert_eq!(
+                response.headers()["ratelimit-policy"],
+                "\"address\";q=5;w=60"
+            );
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [[401; 5].as_slice(), [429; 7].as_slice()].concat(),
+        "5 refused tokens, then the address is over its limit"
+    );
+    assert_eq!(echo.hits(), 0);
+}
+
+/// A signed-in request spends the address's budget and the user's: neither a user calling from
+/// many addresses nor many users behind one address escapes a limit.
+#[tokio::test]
+async fn signed_in_requests_count_against_both_the_address_and_the_user() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let customer = |_| issuer.user_token(uuid::Uuid::new_v4(), &[shop_auth::Role::Customer]);
+    let orders = |app: &shop_testkit::TestApp, token: &str, from: &str| {
+        app.client
+            .get(app.url("/api/v1/orders"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", from)
+            .send()
+    };
+
+    // One address, a new user each time: the address's limit (3) holds.
+    let app = gateway(
+        &echo.url,
+        &issuer,
+        [
+            ("RATE_LIMIT_ADDRESS", "3".to_owned()),
+            ("RATE_LIMIT_USER", "100".to_owned()),
+            ("TRUST_FORWARDED_FOR", "true".to_owned()),
+        ],
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let response = orders(&app, &customer(i), "10.0.0.1").await.unwrap();
+        if i == 0 {
+            assert_eq!(
+                response.headers()["ratelimit-policy"],
+                "\"address\";q=3;w=60, \"user\";q=100;w=60",
+                "both budgets are announced"
+            );
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "per address");
+
+    // One user, a new address each time: the user's limit (2) holds.
+    let app = gateway(
+        &echo.url,
+        &issuer,
+        [
+            ("RATE_LIMIT_ADDRESS", "100".to_owned()),
+            ("RATE_LIMIT_USER", "2".to_owned()),
+            ("TRUST_FORWARDED_FOR", "true".to_owned()),
+        ],
+    )
+    .await;
+    let token = customer(0);
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let response = orders(&app, &token, &format!("10.0.1.{i}")).await.unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429], "per user");
+}

@@ -283,3 +283,52 @@ async fn metric(app: &shop_testkit::TestApp, series: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Answers to signed-in requests are personal data: `no-store` unless the service chose a
+/// `Cache-Control` itself; public catalog reads stay cacheable.
+#[tokio::test]
+async fn answers_to_signed_in_requests_are_no_store_unless_the_service_says_otherwise() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let app = gateway(&echo.url, &issuer, []).await;
+    let token = issuer.user_token(Uuid::new_v4(), &[Role::Customer, Role::Admin]);
+
+    let signed_in: Vec<&gateway::routes::Route> = gateway::routes::ROUTES
+        .iter()
+        .filter(|route| route.access != gateway::routes::Access::Public)
+        .collect();
+    assert!(
+        signed_in.len() >= 8,
+        "users/me, orders, payments, notifications, admin"
+    );
+    for route in signed_in {
+        let path = route.path.replace("{id}", "o1").replace("{sku}", "SKU-1");
+        let request = || {
+            app.client
+                .request(route.method.clone(), app.url(&path))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({}))
+        };
+        let response = request().send().await.unwrap();
+        assert_eq!(response.status(), 200, "{} {path}", route.method);
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-store",
+            "{} {path}",
+            route.method
+        );
+        let response = request()
+            .header("x-echo-cache-control", "private, max-age=10")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["cache-control"],
+            "private, max-age=10",
+            "{} {path}: the service's own directive is kept",
+            route.method
+        );
+    }
+    let product = app.get("/api/v1/products/p1").await.unwrap();
+    assert!(product.headers().get("cache-control").is_none());
+}

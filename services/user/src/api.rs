@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     clients::{self, ServiceClients},
+    login_limit,
     passwords::Passwords,
     tokens::{TokenPair, Tokens},
     validate,
@@ -191,7 +192,7 @@ impl std::fmt::Debug for LoginRequest {
 async fn login(
     State(state): State<AppState>,
     body: Result<Json<LoginRequest>, JsonRejection>,
-) -> Result<NoStore<TokenPair>, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(body) = body?;
     // No registered password is longer (the registration rule), and hashing cost must not be
     // the attacker's to choose: refused before any lookup or hash, as at registration.
@@ -204,8 +205,24 @@ async fn login(
             ),
         )]));
     }
-    let account: Option<(Uuid, String, Vec<String>)> = match validate::normalise_email(&body.email)
+    let email = validate::normalise_email(&body.email);
+    // A locked account is refused before any hash (crate::login_limit), the right password
+    // included; an unknown email is locked the same way, so the answer tells nothing.
+    if let Some(email) = &email
+        && let Some(seconds) = login_limit::locked_for(&state.pool, email).await?
     {
+        metrics::counter!("user_logins_total", "outcome" => "locked").increment(1);
+        let mut response = ApiError::new(
+            ErrorKind::TooManyRequests,
+            format!("Too many failed sign-ins for this account; retry in {seconds} s."),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return Ok(response);
+    }
+    let account: Option<(Uuid, String, Vec<String>)> = match &email {
         Some(email) => {
             sqlx::query_as("SELECT id, password_hash, roles FROM users WHERE email = $1")
                 .bind(email)
@@ -222,10 +239,16 @@ async fn login(
     match id {
         Some(id) if valid => {
             metrics::counter!("user_logins_total", "outcome" => "success").increment(1);
-            Ok(NoStore(state.tokens.sign_in(&state.pool, id, roles).await?))
+            if let Some(email) = &email {
+                login_limit::succeeded(&state.pool, email).await?;
+            }
+            Ok(NoStore(state.tokens.sign_in(&state.pool, id, roles).await?).into_response())
         }
         _ => {
             metrics::counter!("user_logins_total", "outcome" => "refused").increment(1);
+            if let Some(email) = &email {
+                login_limit::failed(&state.pool, email).await?;
+            }
             Err(ApiError::new(
                 ErrorKind::Unauthorized,
                 "The email or password is incorrect.",

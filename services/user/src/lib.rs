@@ -20,6 +20,7 @@ pub mod clients;
 pub mod config;
 pub mod grpc;
 pub mod keys;
+pub mod login_limit;
 pub mod passwords;
 pub mod tokens;
 pub mod validate;

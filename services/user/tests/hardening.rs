@@ -300,3 +300,66 @@ async fn token_responses_are_not_stored_by_caches() {
         .unwrap();
     no_store(&service);
 }
+
+/// Many machines guessing one account's password each stay under the gateway's per-address
+/// limit, and a caller that reaches user-service directly is not behind that limit at all: the
+/// account itself keeps count. 25 wrong passwords sent straight here, each "from" another
+/// address, meet 429 with `Retry-After` — the right password too while the lock holds (or the
+/// lock would confirm a guess) — and an unknown email is locked the same way (or the lock would
+/// confirm which accounts exist). Other accounts are not affected.
+#[tokio::test]
+async fn twenty_five_wrong_passwords_for_one_account_meet_429_whatever_the_address() {
+    let app = spawn::<UserService>().await.unwrap();
+    let victim = format!("{}@example.com", Uuid::new_v4().simple());
+    assert_eq!(
+        support::register(&app, &victim).await.status(),
+        StatusCode::CREATED
+    );
+    let attempt = |email: String, password: &'static str, from: usize| {
+        app.client
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", format!("198.51.100.{from}"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+
+    let nobody = format!("{}@example.com", Uuid::new_v4().simple());
+    for email in [&victim, &nobody] {
+        let mut statuses = Vec::new();
+        let mut refused = None;
+        for i in 0..25 {
+            let response = attempt(email.clone(), "not the password", i).await.unwrap();
+            statuses.push(response.status().as_u16());
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                refused = Some(response);
+            }
+        }
+        // The free failures, then the one that locks (still a 401), then locked.
+        let free = user_service::login_limit::FREE_FAILURES as usize;
+        assert_eq!(
+            statuses,
+            [vec![401; free + 1], vec![429; 25 - free - 1]].concat(),
+            "{email}"
+        );
+        let refused = refused.unwrap();
+        let retry_after: u64 = refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1, "{retry_after}");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+
+    let right = attempt(victim.clone(), PASSWORD, 99).await.unwrap();
+    assert_eq!(
+        right.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked means locked"
+    );
+    let other = signed_in(&app).await;
+    assert!(other["access_token"].is_string(), "other accounts sign in");
+}

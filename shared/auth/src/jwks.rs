@@ -11,7 +11,13 @@
 //!   must stop verifying. The set is therefore also refreshed when older than `max_age`.
 //!
 //! When a refresh fails the keys we have are kept: a user-service outage does not log
-//! everyone out, it only delays the next rotation until it is back.
+//! everyone out, it only delays the next rotation until it is back. **But not forever**: a key
+//! set last fetched more than `max_stale` ago is not used at all. Otherwise anyone able to keep
+//! the issuer unreachable (or a long outage nobody noticed) would keep a withdrawn — perhaps
+//! leaked — key verifying indefinitely. Past that bound, and while no key set was ever loaded,
+//! a token *cannot be checked*, which is not the same as a bad token: the verifier answers
+//! 503 (retry later), not 401 (a client would throw its token away and sign in again, into
+//! the same outage).
 
 use std::{
     collections::HashMap,
@@ -85,14 +91,32 @@ struct Refresh {
     fetched_at: Option<Instant>,
 }
 
+/// Why there is no key to verify a token with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyError {
+    /// The key set is current and has no such key: the token is refused (401).
+    Unknown,
+    /// No key set was ever loaded, or the one we have is older than `max_stale`: the token
+    /// cannot be checked now (503).
+    Unavailable,
+}
+
+/// The keys as last fetched, and when.
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, VerifyingKey>,
+    fetched_at: Option<Instant>,
+}
+
 /// The cached key set of one issuer.
 pub(crate) struct KeyCache {
     source: Box<dyn JwksSource>,
-    keys: RwLock<Arc<HashMap<String, VerifyingKey>>>,
+    keys: RwLock<Arc<KeySet>>,
     /// Held while fetching, so concurrent misses wait for one fetch instead of each starting one.
     refresh: tokio::sync::Mutex<Refresh>,
     min_refresh_interval: Duration,
     max_age: Duration,
+    max_stale: Duration,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -100,7 +124,7 @@ impl std::fmt::Debug for KeyCache {
         let kids: Vec<String> = self
             .keys
             .read()
-            .map(|keys| keys.keys().cloned().collect())
+            .map(|set| set.keys.keys().cloned().collect())
             .unwrap_or_default();
         f.debug_struct("KeyCache").field("kids", &kids).finish()
     }
@@ -111,6 +135,7 @@ impl KeyCache {
         source: impl JwksSource,
         min_refresh_interval: Duration,
         max_age: Duration,
+        max_stale: Duration,
     ) -> Self {
         Self {
             source: Box::new(source),
@@ -118,24 +143,32 @@ impl KeyCache {
             refresh: tokio::sync::Mutex::default(),
             min_refresh_interval,
             max_age,
+            max_stale,
         }
     }
 
-    fn cached(&self, kid: &str) -> Option<VerifyingKey> {
-        self.keys
+    /// The key named `kid` in the set we have, if that set may still be used.
+    fn cached(&self, kid: &str) -> Result<VerifyingKey, KeyError> {
+        let set = self
+            .keys
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(kid)
-            .cloned()
+            .clone();
+        match set.fetched_at {
+            Some(at) if at.elapsed() < self.max_stale => {
+                set.keys.get(kid).cloned().ok_or(KeyError::Unknown)
+            }
+            _ => Err(KeyError::Unavailable),
+        }
     }
 
     /// The key named `kid`, refreshing the set when `kid` is unknown or the set is old —
     /// within the refresh bound.
-    pub(crate) async fn get(&self, kid: &str) -> Option<VerifyingKey> {
+    pub(crate) async fn get(&self, kid: &str) -> Result<VerifyingKey, KeyError> {
         let cached = self.cached(kid);
         // Fast path, never waiting: a known key from a fresh set. `try_lock` only fails while
         // a refresh runs, and then the key we have is still good for the moment.
-        if cached.is_some() {
+        if cached.is_ok() {
             match self.refresh.try_lock() {
                 Ok(state) if is_fresh(&state, self.max_age) => return cached,
                 Err(_) => return cached,
@@ -145,10 +178,10 @@ impl KeyCache {
 
         let mut state = self.refresh.lock().await;
         // Another task may have refreshed while we waited.
-        if let Some(key) = self.cached(kid)
+        if let Ok(key) = self.cached(kid)
             && is_fresh(&state, self.max_age)
         {
-            return Some(key);
+            return Ok(key);
         }
         if state
             .last_attempt
@@ -162,15 +195,30 @@ impl KeyCache {
             Ok(set) => {
                 let keys = usable_keys(&set);
                 tracing::info!(kids = ?keys.keys().collect::<Vec<_>>(), "key set refreshed");
+                let fetched_at = Instant::now();
                 *self
                     .keys
                     .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
-                state.fetched_at = Some(Instant::now());
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(KeySet {
+                    keys,
+                    fetched_at: Some(fetched_at),
+                });
+                state.fetched_at = Some(fetched_at);
             }
             Err(err) => {
                 metrics::counter!("auth_jwks_fetch_failures_total").increment(1);
-                tracing::warn!(error = %err, "cannot refresh the key set; keeping the cached keys");
+                match state.fetched_at {
+                    Some(at) if at.elapsed() < self.max_stale => tracing::warn!(
+                        error = %err,
+                        "cannot refresh the key set; keeping the cached keys"
+                    ),
+                    Some(_) => tracing::error!(
+                        error = %err,
+                        max_stale = ?self.max_stale,
+                        "cannot refresh the key set, and the cached one is too old to use"
+                    ),
+                    None => tracing::error!(error = %err, "cannot load the key set"),
+                }
             }
         }
         self.cached(kid)

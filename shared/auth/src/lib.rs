@@ -20,7 +20,8 @@
 //! * `testing` (feature `testing`): a token issuer for the tests of verifying services.
 //!
 //! Every failure is a [`shop_runtime::ApiError`]: 401 problem+json over HTTP, `UNAUTHENTICATED`
-//! over gRPC. The caller learns *that* the token was refused and, when it helps them (expired →
+//! over gRPC — except "cannot check tokens now" (no key set loaded yet, or the cached one too
+//! stale, [`jwks`]), which is 503 / `UNAVAILABLE`: the token may be fine, retry later. The caller learns *that* the token was refused and, when it helps them (expired →
 //! refresh), why; never which key or check an attacker would have to defeat next.
 
 pub mod client;

@@ -7,7 +7,7 @@ use shop_runtime::{ApiError, ErrorKind};
 
 use crate::{
     Claims, Principal, ServicePrincipal,
-    jwks::{HttpJwks, JwksSource, KeyCache},
+    jwks::{HttpJwks, JwksSource, KeyCache, KeyError},
     unauthorized,
 };
 
@@ -36,10 +36,16 @@ pub struct VerifierConfig {
     pub min_refresh_interval: Duration,
     /// The key set is refreshed when older than this, so a withdrawn key stops verifying.
     pub max_age: Duration,
+    /// While refreshes fail, the keys we have are used for at most this long after they were
+    /// fetched; then tokens cannot be checked (503) until a refresh succeeds (see
+    /// [`crate::jwks`]). Bounds how long a withdrawn key keeps verifying when the issuer cannot
+    /// be reached.
+    pub max_stale: Duration,
 }
 
 impl VerifierConfig {
-    /// Defaults: 30 s leeway, at most one refresh per 30 s, keys re-read every 10 minutes.
+    /// Defaults: 30 s leeway, at most one refresh per 30 s, keys re-read every 10 minutes and
+    /// used for at most an hour without a successful refresh.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
@@ -47,6 +53,7 @@ impl VerifierConfig {
             leeway: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(30),
             max_age: Duration::from_secs(600),
+            max_stale: Duration::from_secs(3600),
         }
     }
 }
@@ -82,7 +89,12 @@ impl Verifier {
             .collect();
         Self {
             inner: Arc::new(Inner {
-                keys: KeyCache::new(source, config.min_refresh_interval, config.max_age),
+                keys: KeyCache::new(
+                    source,
+                    config.min_refresh_interval,
+                    config.max_age,
+                    config.max_stale,
+                ),
                 validations,
             }),
         }
@@ -94,7 +106,8 @@ impl Verifier {
         Ok(Self::new(config, HttpJwks::new(jwks_url)?))
     }
 
-    /// Checks `token` and returns its claims, or a 401 error.
+    /// Checks `token` and returns its claims, or a 401 error — or 503 while the key set cannot
+    /// be used (never loaded, or too stale: [`VerifierConfig::max_stale`]).
     pub async fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         if token.len() > MAX_TOKEN_LENGTH {
             return Err(refused("longer than any token we issue"));
@@ -108,12 +121,16 @@ impl Verifier {
             )));
         }
         let kid = header.kid.ok_or_else(|| refused("no kid"))?;
-        let key = self
-            .inner
-            .keys
-            .get(&kid)
-            .await
-            .ok_or_else(|| refused(format!("unknown kid {kid}")))?;
+        let key = match self.inner.keys.get(&kid).await {
+            Ok(key) => key,
+            Err(KeyError::Unknown) => return Err(refused(format!("unknown kid {kid}"))),
+            // Not the token's fault: ours. 503, so the client retries instead of signing in again.
+            Err(KeyError::Unavailable) => {
+                return Err(ApiError::unavailable(
+                    "Access tokens cannot be checked right now; retry later.",
+                ));
+            }
+        };
         if key.algorithm != header.alg {
             return Err(refused(format!(
                 "header says {:?}, key {kid} is {:?}",

@@ -115,9 +115,16 @@ impl Jwks {
 }
 
 async fn verifier(jwks: &Jwks, min_refresh_interval: Duration) -> Verifier {
+    verifier_with(jwks, |config| {
+        config.min_refresh_interval = min_refresh_interval;
+    })
+    .await
+}
+
+async fn verifier_with(jwks: &Jwks, configure: impl FnOnce(&mut VerifierConfig)) -> Verifier {
     let addr = jwks.serve().await;
     let mut config = VerifierConfig::new(ISSUER, AUDIENCE);
-    config.min_refresh_interval = min_refresh_interval;
+    configure(&mut config);
     let url = format!("http://{addr}/.well-known/jwks.json")
         .parse()
         .unwrap();
@@ -196,6 +203,71 @@ async fn keeps_the_cached_keys_when_the_issuer_is_down() {
     ));
     assert_eq!(jwks.fetches(), 2);
     // ...and the keys we had still verify: an issuer outage logs nobody out.
+    verifier.verify(&key.sign(&claims(&[]))).await.unwrap();
+}
+
+fn unavailable(result: Result<Claims, shop_runtime::ApiError>) -> bool {
+    matches!(result, Err(err) if err.kind() == ErrorKind::Unavailable)
+}
+
+/// Keeping the cached keys through an issuer outage has a bound: past `max_stale` a withdrawn
+/// (perhaps leaked) key must not go on verifying just because nobody can reach the issuer.
+/// Tokens then cannot be checked, which is 503, and verification resumes with the next refresh.
+#[tokio::test]
+async fn cached_keys_are_not_used_past_max_stale_while_refreshes_fail() {
+    let key = Key::generate("k1");
+    let jwks = Jwks::default();
+    jwks.publish(&[&key]);
+    let max_stale = Duration::from_millis(300);
+    let verifier = verifier_with(&jwks, |config| {
+        config.min_refresh_interval = Duration::from_millis(10);
+        config.max_age = Duration::from_millis(10);
+        config.max_stale = max_stale;
+    })
+    .await;
+    let token = key.sign(&claims(&[]));
+    verifier.verify(&token).await.unwrap();
+
+    jwks.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Older than max_age: a refresh is tried and fails; within max_stale the keys still verify.
+    verifier.verify(&token).await.unwrap();
+    assert_eq!(jwks.fetches(), 2);
+
+    tokio::time::sleep(max_stale).await;
+    assert!(unavailable(verifier.verify(&token).await), "503, not 401");
+    assert!(
+        unavailable(
+            verifier
+                .verify(&Key::generate("k2").sign(&claims(&[])))
+                .await
+        ),
+        "an unknown kid cannot be judged either"
+    );
+
+    jwks.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    verifier.verify(&token).await.unwrap();
+}
+
+/// Before any key set was loaded no token can be checked: 503 (retry), not 401 (which tells a
+/// client to throw its token away and sign in again, into the same outage).
+#[tokio::test]
+async fn answers_503_not_401_while_no_key_set_was_ever_loaded() {
+    let key = Key::generate("k1");
+    let jwks = Jwks::default();
+    jwks.publish(&[&key]);
+    jwks.down.store(true, Ordering::SeqCst);
+    let verifier = verifier(&jwks, Duration::from_millis(10)).await;
+
+    let err = verifier.verify(&key.sign(&claims(&[]))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let response = axum::response::IntoResponse::into_response(shop_auth::http::AuthRejection(err));
+    assert_eq!(response.status(), 503);
+    assert!(!response.headers().contains_key("www-authenticate"));
+
+    jwks.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
     verifier.verify(&key.sign(&claims(&[]))).await.unwrap();
 }
 

@@ -39,7 +39,7 @@ pub async fn serve(
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     ]);
-    for name in advertised {
+    for name in advertised.clone() {
         reflection_v1 = reflection_v1.with_service_name(name);
         reflection_v1alpha = reflection_v1alpha.with_service_name(name);
     }
@@ -50,6 +50,8 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|err| BootError::Other(err.to_string()))?;
 
+    // Only these services' methods are metric labels (GrpcMetricsLayer).
+    let metrics = GrpcMetricsLayer::new(advertised.clone());
     let routes = routes
         .add_service(health)
         .add_service(reflection_v1)
@@ -64,7 +66,7 @@ pub async fn serve(
                 // transport layer only notes failures at debug level.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
-        .layer(GrpcMetricsLayer)
+        .layer(metrics)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await

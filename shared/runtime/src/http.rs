@@ -1,7 +1,7 @@
 //! The HTTP side of every service: the service's own routes plus the operational endpoints,
 //! wrapped in the same middleware stack everywhere.
 
-use std::any::Any;
+use std::{any::Any, net::SocketAddr, time::Duration};
 
 use axum::{
     Router,
@@ -10,8 +10,15 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower::ServiceBuilder;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -19,6 +26,7 @@ use tower_http::{
 };
 
 use crate::{
+    BootError,
     error::{ApiError, not_found_fallback, problem_for_plain_errors},
     health::{self, Readiness},
     metrics, telemetry,
@@ -88,4 +96,97 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         "handler panicked: {message}"
     )))
     .into_response()
+}
+
+/// How long a client may take to send a request's headers, unless
+/// `HTTP_HEADER_READ_TIMEOUT_SECONDS` says otherwise. Any real client sends them at once; 30 s
+/// is hyper's own default, which `axum::serve` never switched on (it sets no timer).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown`, then lets in-flight requests finish.
+///
+/// Why not `axum::serve`: it gives no access to hyper's connection settings, and left hyper's
+/// header read deadline off, so a client sending its headers a byte at a time (or nothing at
+/// all) held a connection, a task and a socket for as long as it liked — a few thousand such
+/// connections exhaust a service's file descriptors (slowloris). Here every connection is
+/// hyper's HTTP/1.1 with `header_read_timeout`: the headers of each request must arrive within
+/// it, and since hyper starts that clock whenever it waits for a request, an idle keep-alive
+/// connection is also closed after that long. (So a client keeping connections to a service
+/// idle in a pool must give them up sooner: the gateway's pool does after 20 s.)
+///
+/// HTTP/1.1 only: hyper's deadline is HTTP/1's, an HTTP/2 connection could stay open idle, and
+/// nothing calls these ports with HTTP/2 (gRPC has its own server and port). The peer address
+/// is put where `ConnectInfo<SocketAddr>` finds it, as `into_make_service_with_connect_info`
+/// did: the gateway limits anonymous clients by it.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), BootError> {
+    // Every connection task holds a receiver; when all are gone, every connection is closed.
+    let (open, all_closed) = tokio::sync::watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait instead of spinning, as
+                    // axum::serve does; a refused connection is the client's problem.
+                    tracing::warn!(error = %err, "accepting an HTTP connection failed");
+                    if !is_connection_error(&err) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app
+            .clone()
+            .map_request(move |mut request: ::http::Request<Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+                request
+            });
+        let shutdown = shutdown.clone();
+        let closed = all_closed.clone();
+        tokio::spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let connection =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    // Finish the request in flight (if any), then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(closed);
+        });
+    }
+    drop(listener);
+    drop(all_closed);
+    open.closed().await;
+    Ok(())
+}
+
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }

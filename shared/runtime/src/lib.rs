@@ -99,6 +99,7 @@ impl BootError {
 /// | `OTEL_SERVICE_NAME` | the service name | service name in traces |
 /// | `SHUTDOWN_GRACE_SECONDS` | `25` | how long in-flight work may take after SIGTERM |
 /// | `STARTUP_TIMEOUT_SECONDS` | `60` | how long to wait for the database at boot |
+/// | `HTTP_HEADER_READ_TIMEOUT_SECONDS` | `30` | a connection must deliver a request's headers within this, and is closed after this long idle ([`http::serve`]) |
 /// | `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` | required / `10` | PostgreSQL (services that own one) |
 /// | `MONGODB_URL`, `MONGODB_DATABASE` | required | MongoDB (services that own one) |
 /// | `REDIS_URL`, `REDIS_KEY_PREFIX` | required / `<service>:` | Redis (the gateway) |
@@ -111,6 +112,8 @@ pub struct RuntimeConfig {
     pub telemetry: TelemetryConfig,
     pub shutdown_grace: Duration,
     pub startup_timeout: Duration,
+    /// How long a client may take to send a request's headers (or keep a connection idle).
+    pub http_header_read_timeout: Duration,
     pub postgres: Option<PostgresConfig>,
     pub mongo: Option<MongoConfig>,
     pub redis: Option<RedisConfig>,
@@ -143,6 +146,18 @@ impl RuntimeConfig {
         let service_name = env.parse_or("OTEL_SERVICE_NAME", spec.name.to_owned(), "a name");
         let shutdown_grace = env.seconds_or("SHUTDOWN_GRACE_SECONDS", Duration::from_secs(25));
         let startup_timeout = env.seconds_or("STARTUP_TIMEOUT_SECONDS", Duration::from_secs(60));
+        let header_read_timeout = env.seconds_or(
+            "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+            http::HEADER_READ_TIMEOUT,
+        );
+        let header_read_timeout = match header_read_timeout {
+            Ok(timeout) if timeout.is_zero() => env.invalid(
+                "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                "must be at least 1: without a deadline a slow client holds its connection forever"
+                    .to_owned(),
+            ),
+            other => other,
+        };
         let mode = mode::Mode::from_env(env);
 
         let postgres = spec.needs.postgres.then(|| -> Result<_, ConfigError> {
@@ -191,6 +206,7 @@ impl RuntimeConfig {
             },
             shutdown_grace: shutdown_grace?,
             startup_timeout: startup_timeout?,
+            http_header_read_timeout: header_read_timeout?,
             postgres: postgres.transpose()?,
             mongo: mongo.transpose()?,
             redis: redis.transpose()?,

@@ -31,6 +31,8 @@ pub struct Needs {
     pub postgres: bool,
     pub mongo: bool,
     pub redis: bool,
+    /// Redis is reported in `/readyz` but not required (see [`ServiceSpec::redis_optional`]).
+    pub redis_optional: bool,
     pub amqp: bool,
 }
 
@@ -60,6 +62,7 @@ impl ServiceSpec {
                 postgres: false,
                 mongo: false,
                 redis: false,
+                redis_optional: false,
                 amqp: false,
             },
             migrations: None,
@@ -88,6 +91,15 @@ impl ServiceSpec {
     /// Uses Redis.
     pub const fn redis(mut self) -> Self {
         self.needs.redis = true;
+        self
+    }
+
+    /// Uses Redis but can answer requests without it (the gateway: rate limits fall back to a
+    /// local limiter, the cache is bypassed): Redis is *reported* in `/readyz`, not required,
+    /// so a Redis outage does not take every replica out of the load balancer.
+    pub const fn redis_optional(mut self) -> Self {
+        self.needs.redis = true;
+        self.needs.redis_optional = true;
         self
     }
 
@@ -300,7 +312,11 @@ pub async fn launch<S: Service>(
         None => None,
     };
     let redis = match &runtime.redis {
-        Some(redis) => Some(stores::redis::connect(redis, &readiness)?),
+        Some(redis) => Some(stores::redis::connect(
+            redis,
+            &readiness,
+            !spec.needs.redis_optional,
+        )?),
         None => None,
     };
     let amqp = runtime
@@ -346,18 +362,14 @@ pub async fn launch<S: Service>(
 
     let mut servers = tokio::task::JoinSet::new();
     let app = http::router(endpoints.http, readiness.clone(), metrics);
-    let http_shutdown = shutdown.clone();
-    servers.spawn(async move {
-        // Handlers may read the peer address (`ConnectInfo<SocketAddr>`): the gateway rate-limits
-        // anonymous clients by it.
-        axum::serve(
-            http_listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(http_shutdown.cancelled_owned())
-        .await
-        .map_err(|err| BootError::Other(format!("HTTP server failed: {err}")))
-    });
+    // Handlers may read the peer address (`ConnectInfo<SocketAddr>`): the gateway rate-limits
+    // anonymous clients by it. Slow clients get a header deadline (http::serve).
+    servers.spawn(http::serve(
+        http_listener,
+        app,
+        runtime.http_header_read_timeout,
+        shutdown.clone(),
+    ));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     tasks.spawn(grpc::mirror_readiness(

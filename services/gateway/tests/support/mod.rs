@@ -59,6 +59,10 @@ async fn echo(
 ) -> impl IntoResponse {
     hits.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(delay).await;
+    // A test asks for a `Cache-Control` of the upstream's own with `x-echo-cache-control`.
+    let cache_control = headers
+        .get("x-echo-cache-control")
+        .map(|value| [(axum::http::header::CACHE_CONTROL, value.clone())]);
     let headers: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .map(|(name, value)| {
@@ -71,6 +75,7 @@ async fn echo(
     (
         StatusCode::OK,
         [("etag", "\"v1\""), ("connection", "keep-alive")],
+        cache_control,
         Json(serde_json::json!({
             "method": method.as_str(),
             "uri": uri.to_string(),
@@ -169,7 +174,7 @@ async fn forward(
 }
 
 /// Serves `app` on a free loopback port for the rest of the test; returns its base URL.
-async fn serve(app: Router) -> String {
+pub async fn serve(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");

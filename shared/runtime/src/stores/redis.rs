@@ -61,8 +61,13 @@ impl Redis {
 }
 
 /// Creates the handle (without connecting, so a Redis outage at boot does not stop the
-/// service from starting and reporting itself unready) and registers the `redis` probe.
-pub fn connect(config: &RedisConfig, readiness: &Readiness) -> Result<Redis, BootError> {
+/// service from starting and reporting itself unready) and registers the `redis` probe:
+/// required for readiness when `required`, otherwise only reported.
+pub fn connect(
+    config: &RedisConfig,
+    readiness: &Readiness,
+    required: bool,
+) -> Result<Redis, BootError> {
     let client =
         redis::Client::open(config.url.expose()).map_err(|err| BootError::store("redis", err))?;
     let handle = Redis {
@@ -71,7 +76,7 @@ pub fn connect(config: &RedisConfig, readiness: &Readiness) -> Result<Redis, Boo
         prefix: config.key_prefix.clone().into(),
     };
     let probe = handle.clone();
-    readiness.add("redis", move || {
+    let ping = move || {
         let redis = probe.clone();
         async move {
             let mut conn = redis.connection().await.map_err(|err| err.to_string())?;
@@ -81,6 +86,11 @@ pub fn connect(config: &RedisConfig, readiness: &Readiness) -> Result<Redis, Boo
                 .map(drop)
                 .map_err(|err| err.to_string())
         }
-    });
+    };
+    if required {
+        readiness.add("redis", ping);
+    } else {
+        readiness.report("redis", ping);
+    }
     Ok(handle)
 }
