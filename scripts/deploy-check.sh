@@ -128,7 +128,7 @@ selftest() {
 
   compose=$(broken_file "$ROOT/docker-compose.yml" 's/^    healthcheck:$/    healthchek:/' compose-typo.yml)
   expect_failure "a misspelt compose key (Compose schema)" validate_compose "$compose"
-  compose=$(broken_file "$ROOT/docker-compose.yml" 's/      payment-service: \{ condition: service_healthy \}/      payment-svc: { condition: service_healthy }/' compose-dangling.yml)
+  compose=$(broken_file "$ROOT/docker-compose.yml" 's/      redis: \{ condition: service_healthy \}/      redis-svc: { condition: service_healthy }/' compose-dangling.yml)
   expect_failure "depends_on naming no service (Compose loader)" validate_compose "$compose"
   compose=$(broken_file "$ROOT/docker-compose.yml" 's/condition: service_healthy \}$/condition: healthy }/' compose-condition.yml)
   expect_failure "an unknown depends_on condition (Compose schema)" validate_compose "$compose"
