@@ -13,7 +13,7 @@ BIN_DIR := target/$(if $(filter dev test,$(PROFILE)),debug,$(PROFILE))
 # The integration tests find the stack through TESTKIT_* variables written by `infra-up`.
 WITH_TEST_ENV := set -a && source .local/test.env && set +a &&
 
-.PHONY: help run down status infra-up infra-down build test fmt fmt-check clippy lint test-rust contracts proto-check
+.PHONY: help run down status infra-up infra-down build test fmt fmt-check clippy lint test-rust contracts contracts-check proto-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ infra-down: ## Stop the infrastructure
 build: ## Build the seven service binaries
 	cargo build --profile $(PROFILE) --bins
 
-test: fmt-check proto-check infra-up clippy test-rust deploy-check ## fmt, proto lint/breaking check, clippy, every test, the deployment checks
+test: fmt-check proto-check infra-up clippy test-rust contracts-check deploy-check ## fmt, proto lint/breaking check, clippy, every test, committed contracts unchanged, the deployment checks
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -55,6 +55,19 @@ test-rust: infra-up ## Every Rust test (unit, integration, contract, doc)
 proto-check: ## Lint .proto files and refuse breaking changes (buf against proto/baseline.binpb)
 	scripts/proto-check.sh
 	scripts/proto-check.sh selftest
+
+# The consumer tests write contracts/ in a canonical form (shop_contract::consumer::canonicalize),
+# so after them the folder matches the commit unless a consumer's needs changed: then the
+# new contract must be committed (and its providers verified against it) like any other change.
+contracts-check: ## Fail when the tests changed a committed contract (run after test-rust)
+	@if ! git rev-parse --git-dir >/dev/null 2>&1; then echo "contracts-check: not a git checkout; skipped"; exit 0; fi
+	@changed=$$(git status --porcelain -- contracts/); \
+	  if [ -n "$$changed" ]; then \
+	    echo "The consumer tests changed the committed contracts:"; echo "$$changed"; \
+	    git --no-pager diff --stat -- contracts/; \
+	    echo "Review with 'git diff contracts/' and commit the new contracts with the change that needs them."; \
+	    exit 1; \
+	  fi; echo "contracts/: unchanged by the consumer tests"
 
 # A crate's contract tests (consumer and provider side) live in its tests/contracts.rs.
 contracts: infra-up ## Contract tests of one crate: make contracts SERVICE=order-service

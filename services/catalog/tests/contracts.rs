@@ -264,6 +264,8 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
 
     let states_db = db.clone();
     let mut provider = Provider::new("catalog-service")
+        // Every consumer with a contract here; a missing file fails the verification.
+        .consumers(["gateway", "inventory-service", "order-service"])
         .grpc(app.grpc_addr)
         .grpc_metadata("authorization", format!("Bearer {order_token}"))
         .http(app.http_addr)

@@ -16,9 +16,16 @@
 
 mod support;
 
+use gateway::{cache::ResponseCache, events::Invalidate};
 use serde_json::{Value, json};
 use shop_auth::{Role, testing::TestIssuer};
-use shop_contract::{MockServer, prelude::*};
+use shop_contract::{
+    Message, MockServer, pact_consumer::builders::MessageInteractionBuilder, prelude::*,
+};
+use shop_events::catalog::{PriceChanged, ProductCreated, ProductUpdated};
+use shop_messaging::{
+    Envelope, Event, Received, consumer::stateless::Handle, envelope::CONTENT_TYPE,
+};
 use shop_testkit::TestApp;
 use uuid::Uuid;
 
@@ -585,4 +592,151 @@ async fn notification_service_lists_the_customers_notifications() {
     assert_eq!(status, 200);
     assert_eq!(page["items"][0]["channel"], "email", "{page}");
     drop(server);
+}
+
+/// Catalog's change events as the gateway's cache invalidation consumes them: the envelope,
+/// the routing key it is bound by, and in `data` only what the consumer needs besides the
+/// fields the shared event type requires.
+fn catalog_event(
+    kind: &'static str,
+    routing_key: &'static str,
+    data: JsonPattern,
+) -> impl FnOnce(MessageInteractionBuilder) -> MessageInteractionBuilder {
+    move |mut i| {
+        let envelope = json_pattern!({
+            "specversion": "1.0",
+            "id": like!("0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a"),
+            "source": "catalog-service",
+            "type": kind,
+            "dataversion": 1,
+            "data": data,
+        });
+        // The pattern's example with the envelope's real content type.
+        let example = envelope.to_example().to_string();
+        i.json_body(envelope);
+        i.body(example, Some(CONTENT_TYPE.into()));
+        i.metadata("routingKey", routing_key);
+        i.metadata("contentType", CONTENT_TYPE);
+        i
+    }
+}
+
+/// Runs the gateway's real invalidation handler on `message` against a real Redis that holds a
+/// cached product and a cached listing, and checks that both are gone afterwards: what the
+/// gateway relies on the event for.
+async fn invalidates<E>(message: Message) -> Result<(), String>
+where
+    E: Event,
+    Invalidate: Handle<E>,
+{
+    let (url, prefix) = shop_testkit::isolation::redis_prefix()
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = shop_runtime::stores::redis::RedisConfig {
+        url: url.parse().map_err(|_| "redis url")?,
+        key_prefix: prefix,
+    };
+    let redis = shop_runtime::stores::redis::connect(
+        &config,
+        &shop_runtime::health::Readiness::default(),
+        true,
+    )
+    .map_err(|e| e.to_string())?;
+    let cache = ResponseCache::new(redis, std::time::Duration::from_secs(300));
+
+    let envelope = Envelope::from_slice(&message.body).map_err(|e| e.to_string())?;
+    if !E::matches(&envelope) {
+        return Err(format!("not a {} v{}", E::kind(), E::VERSION));
+    }
+    let payload: E = envelope.data_as().map_err(|e| e.to_string())?;
+    let product_id = envelope.data["productId"]
+        .as_str()
+        .ok_or("no productId")?
+        .to_owned();
+
+    let (parts, ()) = http::Response::builder()
+        .header("content-type", "application/json")
+        .body(())
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    let cached = [
+        format!("/api/v1/products/{product_id}"),
+        "/api/v1/products?category=coffee".to_owned(),
+    ];
+    for path in &cached {
+        let lookup = cache.fresh(path).await;
+        cache
+            .store(
+                path,
+                lookup.generation,
+                &parts,
+                &bytes::Bytes::from_static(b"{}"),
+            )
+            .await;
+        if cache.fresh(path).await.hit.is_none() {
+            return Err(format!("{path} was not cached to begin with"));
+        }
+    }
+
+    Invalidate {
+        cache: cache.clone(),
+    }
+    .handle(Received { payload, envelope })
+    .await
+    .map_err(|e| e.to_string())?;
+    for path in &cached {
+        if cache.fresh(path).await.hit.is_some() {
+            return Err(format!("{path} is still cached after the event"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cache_forgets_what_catalogs_change_events_name() {
+    let contract = Contract::new(CONSUMER, "catalog-service");
+    let product = || {
+        json_pattern!({
+            "productId": like!("p-1"),
+            "sku": like!("SKU-1"),
+            "name": like!("Coffee"),
+            "category": like!("coffee"),
+            "price": { "amount": like!(1999), "currency": like!("EUR") },
+            "version": like!(1),
+        })
+    };
+    contract
+        .message(
+            "a catalog.product.created event",
+            catalog_event("product.created", ProductCreated::ROUTING_KEY, product()),
+            invalidates::<ProductCreated>,
+        )
+        .await
+        .unwrap();
+    contract
+        .message(
+            "a catalog.product.updated event",
+            catalog_event("product.updated", ProductUpdated::ROUTING_KEY, product()),
+            invalidates::<ProductUpdated>,
+        )
+        .await
+        .unwrap();
+    contract
+        .message(
+            "a catalog.product.price_changed event",
+            catalog_event(
+                "product.price_changed",
+                PriceChanged::ROUTING_KEY,
+                json_pattern!({
+                    "productId": like!("p-1"),
+                    "sku": like!("SKU-1"),
+                    "oldPrice": { "amount": like!(1999), "currency": like!("EUR") },
+                    "newPrice": { "amount": like!(1799), "currency": like!("EUR") },
+                    "version": like!(2),
+                }),
+            ),
+            invalidates::<PriceChanged>,
+        )
+        .await
+        .unwrap();
 }

@@ -191,6 +191,13 @@ async fn inventory_honours_the_contracts_of_its_consumers() {
 
     let states = pool.clone();
     let mut provider = Provider::new("inventory-service")
+        // Every consumer with a contract here; a missing file fails the verification.
+        .consumers([
+            "catalog-service",
+            "gateway",
+            "notification-service",
+            "order-service",
+        ])
         .grpc(stack.inventory.grpc_addr)
         .grpc_metadata("authorization", format!("Bearer {token}"))
         // The gateway's HTTP contract: the admin stock API, with an administrator's token.

@@ -7,10 +7,17 @@
 //! ([`CUSTOMER`]) and the state `a notification was sent to the signed-in customer` stored in
 //! its database as the service records one.
 //!
-//! The handler run on each example is what the consumer itself does before its handler sees
-//! the event: read the envelope, match type and version, and decode the payload into the
-//! `shop-events` type; plus, for `GetUser`, turning the answer into a recipient.
+//! Each event's example is run through what the service itself does with it: read the
+//! envelope, match type and version, decode the payload into the `shop-events` type, and hand
+//! it to the real handler ([`notification_service::handlers::Notifier`]), which looks up the
+//! user over gRPC, renders the template and records the notification in a real store; the
+//! example passes only if that notification was recorded. For `GetUser`: turning the answer
+//! into a recipient.
 
+use std::{sync::Arc, time::Duration};
+
+use notification_service::{handlers::Notifier, store::Store, templates::Templates, users::Users};
+use shop_auth::client::ServiceCredentials;
 use shop_contract::{ContractError, prelude::*};
 use shop_events::{
     inventory::{OutOfStock, StockLow},
@@ -18,8 +25,11 @@ use shop_events::{
     payment::PaymentFailed,
     user::UserRegistered,
 };
-use shop_messaging::{Envelope, Event, envelope::CONTENT_TYPE};
+use shop_messaging::{Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE};
 use shop_proto::user::v1::{GetUserRequest, GetUserResponse};
+use shop_runtime::config::Secret;
+use user_service::UserService;
+use uuid::Uuid;
 
 const CONSUMER: &str = "notification-service";
 
@@ -31,8 +41,89 @@ fn level() -> JsonPattern {
     json_pattern!({ "sku": like!("MUG-1"), "available": like!(2), "reserved": like!(1), "version": like!(3) })
 }
 
-/// Records that the consumer handles `E` in the shape `data`, running its decoding on the example.
-async fn handles<E: Event>(provider: &str, data: JsonPattern) -> Result<(), ContractError> {
+/// The real handler of every event, wired to a real store (FerretDB) and a real user-service
+/// (in-process), as the service wires it: what each message pact runs its example through.
+struct Harness {
+    notifier: Notifier,
+    /// A registered user: events about "a user" are handled for this one.
+    user: Uuid,
+    _users: shop_testkit::TestApp,
+}
+
+const SECRET: &str = "notification-contract-secret-0123456789";
+
+async fn harness() -> Harness {
+    let users = shop_testkit::spawn_with::<UserService>([(
+        "SERVICE_CLIENTS",
+        format!("{CONSUMER}={SECRET}"),
+    )])
+    .await
+    .expect("user-service starts");
+    let created: serde_json::Value = users
+        .client
+        .post(users.url("/api/v1/auth/register"))
+        .json(&serde_json::json!({
+            "email": format!("contract-{}@example.com", Uuid::new_v4().simple()),
+            "password": "correct horse battery",
+            "name": "Ada Lovelace",
+        }))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("JSON");
+    let user = created["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("the new user's id");
+
+    let (url, name) = shop_testkit::isolation::mongo_database()
+        .await
+        .expect("a database");
+    let db = mongodb::Client::with_uri_str(&url)
+        .await
+        .expect("mongodb")
+        .database(&name);
+    let store = Store::open(&db, Duration::from_secs(86_400))
+        .await
+        .expect("the store's layout");
+    let credentials = ServiceCredentials {
+        name: CONSUMER,
+        token_url: users
+            .url("/internal/v1/service-token")
+            .parse()
+            .expect("URL"),
+        secret: Secret(SECRET.to_owned()),
+    };
+    let grpc: url::Url = users.grpc_url().parse().expect("URL");
+    let notifier = Notifier {
+        store,
+        templates: Arc::new(Templates::new().expect("the templates")),
+        users: Users::new(&grpc, &credentials, Duration::from_secs(5)).expect("a client"),
+        admins: vec!["Shop admin <admin@example.com>".parse().expect("a mailbox")],
+        domain: "shop.example".to_owned(),
+        wake: Arc::default(),
+    };
+    Harness {
+        notifier,
+        user,
+        _users: users,
+    }
+}
+
+/// Records that the consumer handles `E` in the shape `data`: the example is decoded as the
+/// consumer decodes it, then run through the service's real handler, which must record one
+/// notification with `template`, rendered, to at least one recipient.
+async fn handles<E: Event>(
+    harness: &Harness,
+    provider: &str,
+    template: &'static str,
+    data: JsonPattern,
+) -> Result<(), ContractError>
+where
+    Notifier: Handle<E>,
+{
     // "an order.confirmed event", "a user.registered event": the article goes by the sound,
     // and every kind starting with "u" so far ("user") sounds like "you".
     let kind = E::kind();
@@ -62,15 +153,40 @@ async fn handles<E: Event>(provider: &str, data: JsonPattern) -> Result<(), Cont
                 i
             },
             |message| async move {
-                let envelope =
+                let mut envelope =
                     Envelope::from_slice(&message.body).map_err(|err| err.to_string())?;
                 if !E::matches(&envelope) {
                     return Err(format!("not a {} v{}", E::kind(), E::VERSION));
                 }
-                envelope
-                    .data_as::<E>()
-                    .map(drop)
-                    .map_err(|err| err.to_string())
+                // A fresh event id per run (the store keeps one notification per event), and
+                // the user the harness registered in place of the example's (its lookup must
+                // find someone; the id's shape is what the contract is about).
+                envelope.id = Uuid::now_v7();
+                if let Some(user) = envelope.data.get_mut("userId") {
+                    *user = harness.user.to_string().into();
+                }
+                let payload = envelope.data_as::<E>().map_err(|err| err.to_string())?;
+                let id = envelope.id.to_string();
+                harness
+                    .notifier
+                    .handle(Received { payload, envelope })
+                    .await
+                    .map_err(|err| err.to_string())?;
+                let recorded = harness
+                    .notifier
+                    .store
+                    .get(&id)
+                    .await
+                    .map_err(|err| err.to_string())?
+                    .ok_or("the handler recorded no notification")?;
+                if recorded.template != template {
+                    return Err(format!("recorded {}, not {template}", recorded.template));
+                }
+                if recorded.to.is_empty() || recorded.subject.is_empty() || recorded.text.is_empty()
+                {
+                    return Err(format!("incomplete notification: {recorded:?}"));
+                }
+                Ok(())
             },
         )
         .await
@@ -79,7 +195,9 @@ async fn handles<E: Event>(provider: &str, data: JsonPattern) -> Result<(), Cont
 #[tokio::test]
 async fn user_registered() {
     handles::<UserRegistered>(
+        &harness().await,
         "user-service",
+        "welcome",
         json_pattern!({
             "userId": like!("0193e1c2-0000-7000-8000-000000000001"),
             "email": like!("ada@example.com"),
@@ -96,8 +214,11 @@ async fn order_events() {
         "productId": like!("p-1"), "sku": like!("MUG-1"), "name": like!("Blue mug"),
         "quantity": like!(2), "unitPrice": money(),
     });
+    let harness = harness().await;
     handles::<OrderConfirmed>(
+        &harness,
         "order-service",
+        "order_confirmed",
         json_pattern!({
             "orderId": like!("0193e1c2-0000-7000-8000-000000000002"),
             "userId": like!("0193e1c2-0000-7000-8000-000000000001"),
@@ -108,7 +229,9 @@ async fn order_events() {
     .await
     .unwrap();
     handles::<OrderCancelled>(
+        &harness,
         "order-service",
+        "order_cancelled",
         json_pattern!({
             "orderId": like!("0193e1c2-0000-7000-8000-000000000002"),
             "userId": like!("0193e1c2-0000-7000-8000-000000000001"),
@@ -123,7 +246,9 @@ async fn order_events() {
 #[tokio::test]
 async fn payment_failed() {
     handles::<PaymentFailed>(
+        &harness().await,
         "payment-service",
+        "payment_failed",
         json_pattern!({
             "paymentId": like!("0193e1c2-0000-7000-8000-000000000003"),
             "orderId": like!("0193e1c2-0000-7000-8000-000000000002"),
@@ -140,15 +265,23 @@ async fn payment_failed() {
 
 #[tokio::test]
 async fn stock_alerts() {
+    let harness = harness().await;
     handles::<StockLow>(
+        &harness,
         "inventory-service",
+        "stock_low",
         json_pattern!({ "level": level(), "threshold": like!(5) }),
     )
     .await
     .unwrap();
-    handles::<OutOfStock>("inventory-service", json_pattern!({ "level": level() }))
-        .await
-        .unwrap();
+    handles::<OutOfStock>(
+        &harness,
+        "inventory-service",
+        "out_of_stock",
+        json_pattern!({ "level": level() }),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -224,6 +357,8 @@ async fn notification_honours_the_contracts_of_its_consumers() {
     let token = issuer.user_token(CUSTOMER.parse().expect("a UUID"), &[Role::Customer]);
 
     let verification = Provider::new("notification-service")
+        // Every consumer with a contract here; a missing file fails the verification.
+        .consumers(["gateway"])
         .http(app.http_addr)
         .http_header("Authorization", format!("Bearer {token}"))
         .state(move |state| {

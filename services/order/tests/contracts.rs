@@ -597,6 +597,8 @@ async fn order_honours_the_contracts_of_its_consumers() {
         }
     };
     let verification = Provider::new("order-service")
+        // Every consumer with a contract here; a missing file fails the verification.
+        .consumers(["gateway", "notification-service"])
         .http(order.http_addr)
         .http_header("Authorization", format!("Bearer {access}"))
         .state(move |state| {

@@ -183,6 +183,8 @@ async fn user_honours_the_contracts_of_its_consumers() {
 
     let (producer, states) = (app.clone(), app.clone());
     let verification = Provider::new("user-service")
+        // Every consumer with a contract here; a missing file fails the verification.
+        .consumers(["gateway", "notification-service"])
         .http(app.http_addr)
         .http_header("Authorization", format!("Bearer {access}"))
         .grpc(app.grpc_addr)

@@ -79,7 +79,16 @@ impl Contract {
         let mut pact = PactBuilder::new_v4(&self.consumer, &self.provider);
         pact.with_output_dir(&self.dir);
         declare(&mut pact);
-        MockServer(pact.start_mock_server(None, None))
+        MockServer {
+            server: Some(pact.start_mock_server(None, None)),
+            file: self.file(),
+        }
+    }
+
+    /// The contract's file: Pact's default name, `<consumer>-<provider>.json`.
+    fn file(&self) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.json", self.consumer, self.provider))
     }
 
     /// Declares an asynchronous message (an event) the consumer handles, runs `handler` (the
@@ -224,10 +233,10 @@ impl Contract {
         builder.push_interaction(interaction);
         let pact = builder.build();
         let path = self.dir.join(pact.default_file_name());
-        write_pact(pact, &path, PactSpecification::V4, false).map_err(|err| ContractError::Write {
-            path,
-            reason: err.to_string(),
-        })
+        write_pact(pact, &path, PactSpecification::V4, false)
+            .map_err(|err| err.to_string())
+            .and_then(|()| canonicalize(&path))
+            .map_err(|reason| ContractError::Write { path, reason })
     }
 }
 
@@ -372,7 +381,12 @@ impl GrpcExample {
 }
 
 /// A running Pact mock server; see [`Contract::mock_server`].
-pub struct MockServer(Box<dyn ValidatingMockServer>);
+pub struct MockServer {
+    /// Pact's server; `None` only while it is being dropped.
+    server: Option<Box<dyn ValidatingMockServer>>,
+    /// The contract file Pact writes when the server is dropped.
+    file: PathBuf,
+}
 
 impl fmt::Debug for MockServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -383,6 +397,85 @@ impl fmt::Debug for MockServer {
 impl MockServer {
     /// `http://127.0.0.1:<port>`, without a trailing slash: what a client's base URL setting wants.
     pub fn base_url(&self) -> String {
-        self.0.url().as_str().trim_end_matches('/').to_owned()
+        self.server
+            .as_ref()
+            .map(|server| server.url().as_str().trim_end_matches('/').to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for MockServer {
+    /// Pact's server checks its requests and writes the contract when dropped (and panics on a
+    /// difference, before anything below runs); then the file is put in canonical form.
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if std::thread::panicking() || !self.file.exists() {
+            return;
+        }
+        if let Err(reason) = canonicalize(&self.file) {
+            panic!("cannot write {}: {reason}", self.file.display());
+        }
+    }
+}
+
+/// Rewrites a contract file in one canonical form: object keys sorted, interactions sorted by
+/// description and provider states, pretty-printed with a final newline.
+///
+/// Why: Pact writes JSON objects in the order of its in-memory hash maps, which differs from
+/// run to run, and appends merged interactions in the order tests happen to finish. Committed
+/// contracts would then change on every test run, and a real change (a consumer that now needs
+/// a new field) would hide among the noise. In canonical form, a test run that leaves
+/// `contracts/` different from the commit *is* a contract change: `make test` checks that with
+/// `git diff --exit-code contracts/`.
+///
+/// Takes the same exclusive file lock as Pact's writer, so a test of the same process writing
+/// the file at the same time waits for it (and vice versa).
+pub fn canonicalize(path: &std::path::Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|err| err.to_string())?;
+    fs2::FileExt::lock_exclusive(&file).map_err(|err| err.to_string())?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|err| err.to_string())?;
+    let mut pact: Value = serde_json::from_str(&text).map_err(|err| err.to_string())?;
+    if let Some(interactions) = pact.get_mut("interactions").and_then(Value::as_array_mut) {
+        interactions.sort_by_cached_key(|interaction| {
+            (
+                interaction["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                interaction["providerStates"].to_string(),
+            )
+        });
+    }
+    let mut canonical =
+        serde_json::to_string_pretty(&sorted(pact)).map_err(|err| err.to_string())?;
+    canonical.push('\n');
+    if canonical != text {
+        file.set_len(0).map_err(|err| err.to_string())?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|err| err.to_string())?;
+        file.write_all(canonical.as_bytes())
+            .map_err(|err| err.to_string())?;
+    }
+    fs2::FileExt::unlock(&file).map_err(|err| err.to_string())
+}
+
+/// `value` with the keys of every object in sorted order (arrays keep theirs: it is meaningful).
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
     }
 }

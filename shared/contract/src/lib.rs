@@ -200,6 +200,12 @@ pub enum ContractError {
     Write { path: PathBuf, reason: String },
     #[error("no contract in {dir} names provider '{provider}'")]
     NoPacts { provider: String, dir: PathBuf },
+    #[error("no contract in {dir} from consumer(s) {consumers:?} of provider '{provider}'")]
+    MissingPacts {
+        provider: String,
+        consumers: Vec<String>,
+        dir: PathBuf,
+    },
     #[error("{0}")]
     Config(String),
     #[error("pact_verifier failed: {0}")]

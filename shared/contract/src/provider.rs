@@ -91,6 +91,8 @@ pub struct Provider {
     producers: BTreeMap<String, MessageProducer>,
     /// Why it is fine that no contract names this provider yet (`None`: it is not).
     no_pacts_expected: Option<String>,
+    /// The consumers whose contracts must be present ([`Provider::consumers`]).
+    consumers: Vec<String>,
 }
 
 impl fmt::Debug for Provider {
@@ -116,6 +118,7 @@ impl fmt::Debug for Provider {
             .field("states", &self.states.is_some())
             .field("producers", &self.producers.keys().collect::<Vec<_>>())
             .field("no_pacts_expected", &self.no_pacts_expected)
+            .field("consumers", &self.consumers)
             .finish_non_exhaustive()
     }
 }
@@ -145,6 +148,7 @@ impl Provider {
             states: None,
             producers: BTreeMap::new(),
             no_pacts_expected: None,
+            consumers: Vec::new(),
         }
     }
 
@@ -238,6 +242,21 @@ impl Provider {
         self
     }
 
+    /// The consumers this provider knows it has: verification fails when the contract of any of
+    /// them (`<consumer>-<provider>.json`) is missing.
+    ///
+    /// Why: the verifier replays whatever contracts it finds, so a deleted or renamed file makes
+    /// a verification that checks less still pass, and the provider could then break that
+    /// consumer unnoticed. Contracts of consumers not listed here are verified all the same.
+    pub fn consumers<I, S>(mut self, consumers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.consumers = consumers.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Verifies and panics with the report when anything fails: what a test calls.
     pub async fn verify(self) {
         let name = self.name.clone();
@@ -254,6 +273,22 @@ impl Provider {
     /// Verifies every interaction of every contract naming this provider.
     pub async fn run(self) -> Result<Verification, ContractError> {
         let pacts = pacts_for(&self.dir, &self.name)?;
+        let missing: Vec<String> = self
+            .consumers
+            .iter()
+            .filter(|consumer| {
+                let file = self.dir.join(format!("{consumer}-{}.json", self.name));
+                !pacts.contains(&file)
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(ContractError::MissingPacts {
+                provider: self.name,
+                consumers: missing,
+                dir: self.dir,
+            });
+        }
         if pacts.is_empty() {
             let Some(reason) = self.no_pacts_expected else {
                 return Err(ContractError::NoPacts {

@@ -255,6 +255,39 @@ async fn no_contract_fails_unless_the_test_says_none_is_expected() {
     );
 }
 
+#[tokio::test]
+async fn a_missing_contract_of_a_known_consumer_fails_verification() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_contract(dir.path()).await;
+    let products = Products::default();
+    let addr = serve(products_app(products.clone())).await;
+
+    // `web` wrote its contract, `mobile` did not (deleted, renamed, never written).
+    let provider = Provider::new("products")
+        .pacts_in(dir.path())
+        .http(addr)
+        .consumers(["web", "mobile"]);
+    let result = with_states(provider, products.clone(), "Espresso beans")
+        .run()
+        .await;
+    match result {
+        Err(shop_contract::ContractError::MissingPacts { consumers, .. }) => {
+            assert_eq!(consumers, ["mobile"]);
+        }
+        other => panic!("expected MissingPacts, got {other:?}"),
+    }
+
+    let provider = Provider::new("products")
+        .pacts_in(dir.path())
+        .http(addr)
+        .consumers(["web"]);
+    let verification = with_states(provider, products, "Espresso beans")
+        .run()
+        .await
+        .expect("verification ran");
+    assert!(verification.passed, "{}", verification.report);
+}
+
 #[test]
 fn the_default_contract_folder_is_the_repository_contracts_folder() {
     let dir = shop_contract::contracts_dir();
