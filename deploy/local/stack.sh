@@ -126,7 +126,9 @@ declare -A INFRA_PORTS=(
 # inventory (consumes ProductCreated) starts before catalog, whose demo seed
 # publishes them, and notification before the services whose events it mails.
 # Columns: binary name, HTTP port, gRPC port, extra environment (KEY=VALUE
-# words separated by spaces; values must not contain spaces).
+# words separated by spaces; values must not contain spaces). OPS_ADDR is the
+# port of /healthz, /readyz and /metrics (HTTP port + 1000), as in compose and
+# the chart: the API ports do not answer them.
 #
 # It is also the source of truth for provisioning: the PostgreSQL roles and
 # databases and the RabbitMQ users created by `infra-up` are read from the
@@ -137,13 +139,13 @@ declare -A INFRA_PORTS=(
 # running with such development values; production supplies its own secrets.
 # -----------------------------------------------------------------------------
 SERVICES_TABLE='
-user-service          8081 50051 DATABASE_URL=postgres://user_service:user_service@127.0.0.1:5432/users AMQP_URL=amqp://user_service:user_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_CLIENTS=order-service=dev-only-order-service-secret-0000000000,notification-service=dev-only-notification-service-secret-00000
-notification-service  8086 50056 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=notification AMQP_URL=amqp://notification_service:notification_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-notification-service-secret-00000
-inventory-service     8083 50053 DATABASE_URL=postgres://inventory_service:inventory_service@127.0.0.1:5432/inventory AMQP_URL=amqp://inventory_service:inventory_service@127.0.0.1:5672/%2f SHOP_ENV=development
-catalog-service       8082 50052 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=catalog AMQP_URL=amqp://catalog_service:catalog_service@127.0.0.1:5672/%2f SHOP_ENV=development CATALOG_SEED_DEMO=true
-payment-service       8085 50055 DATABASE_URL=postgres://payment_service:payment_service@127.0.0.1:5432/payments AMQP_URL=amqp://payment_service:payment_service@127.0.0.1:5672/%2f SHOP_ENV=development
-order-service         8084 50054 DATABASE_URL=postgres://order_service:order_service@127.0.0.1:5432/orders AMQP_URL=amqp://order_service:order_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-order-service-secret-0000000000
-gateway               8080 50050 REDIS_URL=redis://127.0.0.1:6379 AMQP_URL=amqp://gateway:gateway@127.0.0.1:5672/%2f SHOP_ENV=development
+user-service          8081 50051 OPS_ADDR=127.0.0.1:9081 DATABASE_URL=postgres://user_service:user_service@127.0.0.1:5432/users AMQP_URL=amqp://user_service:user_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_CLIENTS=order-service=dev-only-order-service-secret-0000000000,notification-service=dev-only-notification-service-secret-00000
+notification-service  8086 50056 OPS_ADDR=127.0.0.1:9086 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=notification AMQP_URL=amqp://notification_service:notification_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-notification-service-secret-00000
+inventory-service     8083 50053 OPS_ADDR=127.0.0.1:9083 DATABASE_URL=postgres://inventory_service:inventory_service@127.0.0.1:5432/inventory AMQP_URL=amqp://inventory_service:inventory_service@127.0.0.1:5672/%2f SHOP_ENV=development
+catalog-service       8082 50052 OPS_ADDR=127.0.0.1:9082 MONGODB_URL=mongodb://127.0.0.1:27017/ MONGODB_DATABASE=catalog AMQP_URL=amqp://catalog_service:catalog_service@127.0.0.1:5672/%2f SHOP_ENV=development CATALOG_SEED_DEMO=true
+payment-service       8085 50055 OPS_ADDR=127.0.0.1:9085 DATABASE_URL=postgres://payment_service:payment_service@127.0.0.1:5432/payments AMQP_URL=amqp://payment_service:payment_service@127.0.0.1:5672/%2f SHOP_ENV=development
+order-service         8084 50054 OPS_ADDR=127.0.0.1:9084 DATABASE_URL=postgres://order_service:order_service@127.0.0.1:5432/orders AMQP_URL=amqp://order_service:order_service@127.0.0.1:5672/%2f SHOP_ENV=development SERVICE_SECRET=dev-only-order-service-secret-0000000000
+gateway               8080 50050 OPS_ADDR=127.0.0.1:9080 REDIS_URL=redis://127.0.0.1:6379 AMQP_URL=amqp://gateway:gateway@127.0.0.1:5672/%2f SHOP_ENV=development
 '
 
 # Extra PostgreSQL roles that are not tied to a service: "role database attrs".
@@ -976,7 +978,7 @@ service_consuming() {
 
 cmd_services_up() {
   local bin_dir=${1:-$REPO_ROOT/target/debug}
-  local name http grpc rest pid rc failed=0
+  local name http grpc ops rest pid rc failed=0
   local -a missing=() env_args=() started=()
 
   [[ -d $bin_dir ]] || die "binary directory $bin_dir does not exist; build first (cargo build --workspace)"
@@ -994,7 +996,9 @@ cmd_services_up() {
   while read -r name http grpc rest; do
     if pid=$(running_pid "$name"); then note "$name: already running (pid $pid)"; continue; fi
     clear_stale "$name"
-    ensure_ports_free "$name" "$http" "$grpc"
+    ops="127.0.0.1:$http"
+    [[ $rest =~ (^|[[:space:]])OPS_ADDR=([^[:space:]]+) ]] && ops=${BASH_REMATCH[2]}
+    ensure_ports_free "$name" "$http" "$grpc" "${ops##*:}"
     # Table columns first, then the extra KEY=VALUE words. Everything else in
     # our environment (e.g. OTEL_EXPORTER_OTLP_ENDPOINT) is inherited; export
     # RUST_LOG or LOG_FORMAT yourself to override those two defaults.
@@ -1006,10 +1010,10 @@ cmd_services_up() {
     launch "$name" "$REPO_ROOT" env "${env_args[@]}" "$bin_dir/$name"
     started+=("$name")
     rc=0
-    wait_until "$name" "$SERVICE_TIMEOUT" service_consuming "127.0.0.1:$http" || rc=$?
+    wait_until "$name" "$SERVICE_TIMEOUT" service_consuming "$ops" || rc=$?
     case $rc in
       0) note "$name: ready (pid $(<"$(pidfile "$name")"))" ;;
-      1) failed=1; warn "$name: http://127.0.0.1:$http/readyz did not report ready with its consumers attached within ${SERVICE_TIMEOUT}s (still running, left as is)" ;;
+      1) failed=1; warn "$name: http://$ops/readyz did not report ready with its consumers attached within ${SERVICE_TIMEOUT}s (still running, left as is)" ;;
       *) failed=1; warn "$name: process exited"; forget_pid "$name" ;;
     esac
     if (( rc )); then

@@ -613,15 +613,16 @@ cmd_down() {
 
 # The end-to-end journeys (e2e/tests/journeys) against the gateway compose published.
 run_journeys() {
-  local gateway mail started=$SECONDS
+  local gateway ops mail started=$SECONDS
   gateway=$(published_port gateway 8080)
+  ops=$(published_port gateway 9080)
   mail=$(published_port mailpit 8025)
   say "e2e journeys against http://$HOST_IP:$gateway ${*:+(filter: $*)}"
   # The pipeline's statuses are read before anything else runs: the test run's own is the first.
   # (`... | grep || true` would leave PIPESTATUS to `true` whenever the pipeline failed.)
   local statuses
   set +e +o pipefail
-  (cd "$REPO_ROOT" && E2E_BASE_URL="http://$HOST_IP:$gateway" E2E_MAILPIT_URL="http://$HOST_IP:$mail" \
+  (cd "$REPO_ROOT" && E2E_BASE_URL="http://$HOST_IP:$gateway" E2E_OPS_URL="http://$HOST_IP:$ops" E2E_MAILPIT_URL="http://$HOST_IP:$mail" \
      cargo test -p e2e --locked --test journeys -- "$@") 2>&1 | tee "$LOG_DIR/e2e.log" | grep -E '^(test |test result|error|failures:|    [a-z_:]+$)'
   statuses=("${PIPESTATUS[@]}")
   set -e -o pipefail

@@ -113,6 +113,9 @@ pub enum Target {
 pub struct System {
     /// The gateway, e.g. `http://127.0.0.1:8080`; every journey request goes there.
     pub base_url: String,
+    /// Where the gateway answers `/healthz`, `/readyz` and `/metrics` when they have a port of
+    /// their own (`OPS_ADDR`; compose, the chart): `E2E_OPS_URL`. `None`: on `base_url`.
+    pub ops_url: Option<String>,
     /// The mail catcher whose HTTP API the emails the system sent are read back from.
     pub mail: MailCatcher,
     pub target: Target,
@@ -225,9 +228,10 @@ async fn external(base_url: String) -> Result<System, BoxError> {
         admin_password: env("E2E_ADMIN_PASSWORD").unwrap_or_else(|| DEV_ADMIN.1.into()),
         admin_token: OnceCell::new(),
         base_url,
+        ops_url: env("E2E_OPS_URL"),
     };
     let http = reqwest::Client::new();
-    let ready = format!("{}/readyz", system.base_url);
+    let ready = format!("{}/readyz", system.ops_base());
     eventually(Duration::from_secs(30), || async {
         http.get(&ready)
             .send()
@@ -353,6 +357,7 @@ async fn boot() -> Result<(System, Vec<TestApp>), BoxError> {
     }
     let system = System {
         base_url: base(&gateway),
+        ops_url: None,
         mail: MailCatcher::MailDev(
             env("TESTKIT_MAIL_API").unwrap_or_else(|| "http://127.0.0.1:1080".into()),
         ),
@@ -471,6 +476,13 @@ pub async fn client() -> Client {
         http,
         system,
         address,
+    }
+}
+
+impl System {
+    /// Where the gateway's operational endpoints answer: `ops_url`, else `base_url`.
+    pub fn ops_base(&self) -> &str {
+        self.ops_url.as_deref().unwrap_or(&self.base_url)
     }
 }
 

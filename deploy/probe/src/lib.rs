@@ -19,8 +19,8 @@
 //! the demo seed) is done: ready means that work is committed. Stopping it with SIGTERM is the
 //! ordinary graceful shutdown.
 //!
-//! Without a URL, the service's own address is taken from `HTTP_ADDR` (the variable the service
-//! itself reads), with a wildcard host replaced by loopback.
+//! Without a URL, the service's own address is taken from `OPS_ADDR`, or `HTTP_ADDR` when that
+//! is unset (the variables the service itself reads), with a wildcard host replaced by loopback.
 
 use std::{
     io::{Read, Write},
@@ -100,16 +100,21 @@ fn waits_and_rest(mut args: &[String]) -> (Vec<String>, &[String]) {
 }
 
 /// `http://127.0.0.1:<port>/readyz` for the port of `HTTP_ADDR`.
+/// The service's own `/readyz`: on `OPS_ADDR` when the operational endpoints have a port of
+/// their own, else on `HTTP_ADDR` (the variables the service itself reads).
 fn own_url() -> Result<String, String> {
-    let addr = std::env::var("HTTP_ADDR")
-        .map_err(|_| "HTTP_ADDR is not set: give the URL to probe".to_owned())?;
+    let addr = std::env::var("OPS_ADDR")
+        .ok()
+        .filter(|addr| !addr.trim().is_empty())
+        .or_else(|| std::env::var("HTTP_ADDR").ok())
+        .ok_or_else(|| "neither OPS_ADDR nor HTTP_ADDR is set: give the URL to probe".to_owned())?;
     readyz_url(&addr)
 }
 
 fn readyz_url(http_addr: &str) -> Result<String, String> {
     let (host, port) = http_addr
         .rsplit_once(':')
-        .ok_or_else(|| format!("HTTP_ADDR '{http_addr}' is not host:port"))?;
+        .ok_or_else(|| format!("'{http_addr}' is not host:port"))?;
     let host = match host {
         "0.0.0.0" | "" => "127.0.0.1",
         "[::]" => "[::1]",

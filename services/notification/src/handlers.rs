@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::{
     sender::Wake,
     store::{Notification, Status, Store, millis},
-    templates::{Template, Templates},
+    templates::{Template, Templates, mail_name},
     users::Users,
 };
 
@@ -117,7 +117,7 @@ impl Notifier {
                 user_id: Some(id),
                 to: vec![to],
             },
-            user.name,
+            mail_name(&user.name),
         ))
     }
 
@@ -129,16 +129,13 @@ impl Notifier {
     }
 }
 
-/// `name <email>`; an address that is not one is a permanent error (retrying will not fix it).
+/// `name <email>` (the name as [`mail_name`] leaves it); an address that is not one is a permanent error (retrying will not fix it).
 fn mailbox(name: &str, email: &str) -> Result<Mailbox, HandlerError> {
     let address = email.parse().map_err(|err| {
         HandlerError::permanent(format!("'{email}' is not an email address: {err}"))
     })?;
-    let name = name.trim();
-    Ok(Mailbox::new(
-        (!name.is_empty()).then(|| name.to_owned()),
-        address,
-    ))
+    let name = mail_name(name);
+    Ok(Mailbox::new((!name.is_empty()).then_some(name), address))
 }
 
 impl Handle<UserRegistered> for Notifier {
@@ -148,7 +145,8 @@ impl Handle<UserRegistered> for Notifier {
             user_id: Some(user.user_id),
             to: vec![mailbox(&user.name, &user.email)?],
         };
-        let context = json!({ "name": user.name });
+        // The name as it may appear in a mail (no control characters, no links).
+        let context = json!({ "name": mail_name(&user.name) });
         self.record(&event.envelope, Template::Welcome, recipients, &context)
             .await
     }

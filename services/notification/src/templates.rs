@@ -129,6 +129,65 @@ impl Templates {
     }
 }
 
+/// Longest name put into a mail; longer ones are cut at a character boundary.
+pub const MAX_MAIL_NAME_CHARS: usize = 64;
+
+/// A user-chosen name as it may appear in a mail: subject, greeting, `To:` display name.
+///
+/// Names come from anyone who registers, and the welcome mail goes to an address nobody has
+/// verified: without this, registering a victim's address with the name "Your account is
+/// locked, sign in at evil.example" sends a phishing line from the shop's own server, and
+/// control characters (line breaks, bidirectional overrides) reshape what the reader sees. So:
+/// * control and invisible formatting characters are removed, runs of whitespace become one
+///   space, and the name is cut to [`MAX_MAIL_NAME_CHARS`];
+/// * a name that could be read as a link or an address (`://`, `www.`, `@`, or a dot directly
+///   followed by a letter or digit, as in `evil.example`) is not used at all: the mail greets
+///   without a name ("Hello,") rather than carry a half-defused link.
+///
+/// Ordinary names stay as written: `José Müller-Lüdenscheidt`, `O'Brien`, `J. R. R. Tolkien`.
+/// (HTML escaping is the templates' job; this is about what the words say.)
+pub fn mail_name(raw: &str) -> String {
+    let visible: String = raw
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|c| !c.is_control() && !is_invisible_format(*c))
+        .collect();
+    let name: String = visible
+        .split(' ')
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(MAX_MAIL_NAME_CHARS)
+        .collect();
+    if looks_like_a_link(&name) {
+        String::new()
+    } else {
+        name.trim().to_owned()
+    }
+}
+
+/// Unicode format characters that change how text displays without showing: soft hyphen,
+/// zero-width characters, bidirectional marks, embeddings, overrides and isolates, BOM.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+fn looks_like_a_link(name: &str) -> bool {
+    let lower = name.to_lowercase();
+    if lower.contains("://") || lower.contains("www.") || lower.contains('@') {
+        return true;
+    }
+    // `evil.example`, `evil。example`: a dot (or a full-width or ideographic one) glued to the
+    // next word. "J. R. R. Tolkien" has a space after each dot.
+    let chars: Vec<char> = lower.chars().collect();
+    chars.windows(2).any(|pair| {
+        matches!(pair[0], '.' | '\u{3002}' | '\u{FF0E}' | '\u{FF61}') && pair[1].is_alphanumeric()
+    })
+}
+
 fn money_filter(value: Value) -> Result<String, Error> {
     let bad = || {
         Error::new(
@@ -253,6 +312,70 @@ mod tests {
             "{}",
             failed.text
         );
+    }
+
+    #[test]
+    fn names_in_mail_carry_no_control_characters_and_no_links() {
+        for (raw, expected) in [
+            ("Ada Lovelace", "Ada Lovelace"),
+            ("  José   Müller-Lüdenscheidt ", "José Müller-Lüdenscheidt"),
+            ("O'Brien", "O'Brien"),
+            ("J. R. R. Tolkien", "J. R. R. Tolkien"),
+            ("Ada\r\nBcc: victim@example.com", ""),
+            ("Ada\r\nLovelace\u{7}", "Ada Lovelace"),
+            ("Ada \u{202E}ecalevoL", "Ada ecalevoL"),
+            ("Zero\u{200B}Width", "ZeroWidth"),
+            ("Sign in at https://evil.example/login", ""),
+            ("Your account is locked, visit evil.example", ""),
+            ("see www evil", "see www evil"),
+            ("www.evil.example", ""),
+            ("evil\u{3002}example", ""),
+        ] {
+            assert_eq!(mail_name(raw), expected, "{raw:?}");
+        }
+        assert_eq!(
+            mail_name(&"a".repeat(500)).chars().count(),
+            MAX_MAIL_NAME_CHARS
+        );
+    }
+
+    /// The welcome mail greets by name when the name is harmless and without one otherwise:
+    /// never with a link in the subject or the body.
+    #[test]
+    fn the_welcome_mail_greets_without_a_name_that_is_a_link() {
+        let templates = Templates::new().unwrap();
+        let named = templates
+            .render(
+                Template::Welcome,
+                &json!({ "name": mail_name("Ada\nLovelace") }),
+            )
+            .unwrap();
+        assert_eq!(named.subject, "Welcome to the shop, Ada Lovelace");
+        assert!(
+            named.text.starts_with("Hello Ada Lovelace,"),
+            "{}",
+            named.text
+        );
+        assert!(
+            named.html.contains("Welcome, Ada Lovelace!"),
+            "{}",
+            named.html
+        );
+
+        let raw = "Your account is locked: sign in at https://evil.example/login";
+        let phishing = templates
+            .render(Template::Welcome, &json!({ "name": mail_name(raw) }))
+            .unwrap();
+        assert_eq!(phishing.subject, "Welcome to the shop");
+        assert!(phishing.text.starts_with("Hello,"), "{}", phishing.text);
+        assert!(
+            phishing.html.contains("<h1>Welcome!</h1>"),
+            "{}",
+            phishing.html
+        );
+        for part in [&phishing.subject, &phishing.text, &phishing.html] {
+            assert!(!part.contains("evil") && !part.contains("locked"), "{part}");
+        }
     }
 
     #[test]

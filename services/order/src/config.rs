@@ -94,6 +94,12 @@ impl FromEnv for OrderConfig {
                 "is not set, and the development key is public",
             ),
             Some(raw) => match STANDARD.decode(raw.trim()) {
+                Ok(key) if key == DEV_CARD_KEY => mode.refuse_in_production(
+                    env,
+                    "ORDER_CARD_KEY",
+                    key,
+                    "is the development key, published in this repository",
+                ),
                 Ok(key) if key.len() == 32 => Ok(key),
                 // Never echo the value: it is a secret.
                 _ => env.invalid(
@@ -253,5 +259,19 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.saga.faults.crash_after, Some(Step::Capture));
+
+        // The development key given explicitly is refused as well, without being echoed.
+        let dev_key = STANDARD.encode(DEV_CARD_KEY);
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SHOP_ENV", "production"),
+            ("ORDER_CARD_KEY", dev_key.as_str()),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("ORDER_CARD_KEY: is the development key"),
+            "{err}"
+        );
+        assert!(!err.contains(&dev_key), "{err}");
     }
 }

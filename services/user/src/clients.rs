@@ -30,6 +30,9 @@ pub const MIN_SECRET_CHARS: usize = 32;
 #[derive(Clone, Default)]
 pub struct ServiceClients {
     digests: HashMap<String, Vec<u8>>,
+    /// The callers whose secret is a development one published in this repository
+    /// (refused in production, see [`crate::config`]).
+    published: Vec<String>,
 }
 
 impl std::fmt::Debug for ServiceClients {
@@ -48,6 +51,7 @@ impl std::str::FromStr for ServiceClients {
     /// `name=secret,name=secret`. The error never quotes a secret.
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let mut digests = HashMap::new();
+        let mut published = Vec::new();
         for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (name, secret) = entry
                 .split_once('=')
@@ -68,12 +72,20 @@ impl std::str::FromStr for ServiceClients {
             if digests.insert(name.to_owned(), digest(secret)).is_some() {
                 return Err(format!("{name} is listed twice"));
             }
+            if shop_runtime::mode::is_published_secret(secret) {
+                published.push(name.to_owned());
+            }
         }
-        Ok(Self { digests })
+        Ok(Self { digests, published })
     }
 }
 
 impl ServiceClients {
+    /// The callers configured with a development secret published in this repository.
+    pub fn with_published_secrets(&self) -> &[String] {
+        &self.published
+    }
+
     /// The caller's name when `secret` is its secret.
     ///
     /// Secrets are compared as SHA-256 digests: the comparison may stop at the first differing

@@ -15,7 +15,9 @@
 //! | `ADMIN_EMAIL`, `ADMIN_PASSWORD` | `admin@example.com`, `change-me-admin` | the administrator, created at start when missing; a changed `ADMIN_PASSWORD` is applied at the next start (the default is refused in production) |
 //!
 //! `SHOP_ENV` ([`shop_runtime::mode::Mode`]) decides which defaults are acceptable: in
-//! production a missing signing key and the default admin password are configuration errors.
+//! production a missing signing key, the default admin password, an admin password weaker than
+//! a customer's may be (`validate::password_problems`) and the development service secrets of
+//! compose and the native stack in `SERVICE_CLIENTS` are configuration errors.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -123,15 +125,37 @@ impl FromEnv for UserConfig {
         });
         let admin_password = admin_password.and_then(|password| {
             if password == DEV_ADMIN_PASSWORD {
-                mode.refuse_in_production(
+                return mode.refuse_in_production(
                     env,
                     "ADMIN_PASSWORD",
                     password,
                     "is the development default published in this repository",
-                )
-            } else {
-                Ok(password)
+                );
             }
+            mode.refuse_published_secret(env, "ADMIN_PASSWORD", &password)?;
+            // The administrator obeys the rule every customer's password does, at least.
+            let email = admin_email.as_deref().unwrap_or_default();
+            match crate::validate::password_problems(&password, email).first() {
+                Some(problem) => mode.refuse_in_production(
+                    env,
+                    "ADMIN_PASSWORD",
+                    password,
+                    &format!("is weak: it {problem}"),
+                ),
+                None => Ok(password),
+            }
+        });
+        let clients = clients.and_then(|clients| {
+            if clients.with_published_secrets().is_empty() {
+                return Ok(clients);
+            }
+            let names = clients.with_published_secrets().join(", ");
+            mode.refuse_in_production(
+                env,
+                "SERVICE_CLIENTS",
+                clients,
+                &format!("gives {names} a development secret published in this repository"),
+            )
         });
         let previous_key = previous_key.and_then(|previous| match (&signing_key, previous) {
             (Ok(None), Some(_)) => env.invalid(
@@ -243,6 +267,56 @@ mod tests {
         assert!(config.signing_key.is_some());
         // Development keeps today's conveniences.
         assert_eq!(load(&[]).unwrap().mode, Mode::Development);
+    }
+
+    #[test]
+    fn production_refuses_weak_admin_passwords_and_published_service_secrets() {
+        let (pem, _) = pem();
+        let published = "order-service=dev-only-order-service-secret-0000000000,\
+                         payment-service=q8Zr1v0b2m3A9sLx7nQ4eT6yU5iO0pKj";
+        for (password, problem) in [
+            (
+                "short-one",
+                "ADMIN_PASSWORD: is weak: it must be at least 12 characters",
+            ),
+            (
+                "zzzzzzzzzzzzzzzz",
+                "ADMIN_PASSWORD: is weak: it must not repeat one character",
+            ),
+            (
+                "ops@example.com-2026",
+                "ADMIN_PASSWORD: is weak: it must not contain the email",
+            ),
+            (
+                "change-me-in-prod-please",
+                "ADMIN_PASSWORD: is a development secret published",
+            ),
+        ] {
+            let err = load(&[
+                ("SHOP_ENV", "production"),
+                ("JWT_SIGNING_KEY", pem.as_str()),
+                ("ADMIN_EMAIL", "ops@example.com"),
+                ("ADMIN_PASSWORD", password),
+                ("SERVICE_CLIENTS", published),
+            ])
+            .unwrap_err();
+            assert!(err.contains(problem), "{password}: {err}");
+            assert!(
+                err.contains("SERVICE_CLIENTS: gives order-service a development secret"),
+                "{err}"
+            );
+            assert!(
+                !err.contains(password) && !err.contains("dev-only"),
+                "{err}"
+            );
+            // Development takes them all (compose and the native stack use them).
+            load(&[
+                ("ADMIN_EMAIL", "ops@example.com"),
+                ("ADMIN_PASSWORD", password),
+                ("SERVICE_CLIENTS", published),
+            ])
+            .unwrap();
+        }
     }
 
     #[test]

@@ -47,6 +47,31 @@ impl std::fmt::Debug for Registration {
     }
 }
 
+/// What is wrong with `password` for the account `email` (normalised; empty when unknown):
+/// the rule of every password, a customer's at registration and the seeded administrator's
+/// in production.
+pub fn password_problems(password: &str, email: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        problems.push(format!(
+            "must be at least {MIN_PASSWORD_CHARS} characters long"
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        problems.push(format!("must be at most {MAX_PASSWORD_BYTES} bytes long"));
+    }
+    if !email.is_empty() && password.trim().to_lowercase().contains(email) {
+        problems.push("must not contain the email".to_owned());
+    }
+    let mut chars = password.chars();
+    if let Some(first) = chars.next()
+        && chars.all(|c| c == first)
+    {
+        problems.push("must not repeat one character".to_owned());
+    }
+    problems
+}
+
 /// Checks a registration; `None` fields were missing from the request.
 pub fn registration(
     email: Option<&str>,
@@ -69,31 +94,11 @@ pub fn registration(
     };
     match password {
         None => errors.push(FieldError::new("password", "is required")),
-        Some(password) => {
-            if password.chars().count() < MIN_PASSWORD_CHARS {
-                errors.push(FieldError::new(
-                    "password",
-                    format!("must be at least {MIN_PASSWORD_CHARS} characters long"),
-                ));
-            }
-            if password.len() > MAX_PASSWORD_BYTES {
-                errors.push(FieldError::new(
-                    "password",
-                    format!("must be at most {MAX_PASSWORD_BYTES} bytes long"),
-                ));
-            }
-            if let Some(email) = &email
-                && password.trim().to_lowercase().contains(email.as_str())
-            {
-                errors.push(FieldError::new("password", "must not contain the email"));
-            }
-            let mut chars = password.chars();
-            if let Some(first) = chars.next()
-                && chars.all(|c| c == first)
-            {
-                errors.push(FieldError::new("password", "must not repeat one character"));
-            }
-        }
+        Some(password) => errors.extend(
+            password_problems(password, email.as_deref().unwrap_or_default())
+                .into_iter()
+                .map(|problem| FieldError::new("password", problem)),
+        ),
     }
     let name = match name.map(str::trim) {
         None | Some("") => {

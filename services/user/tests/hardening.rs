@@ -85,9 +85,32 @@ async fn production_refuses_to_start_with_development_defaults() {
         .to_string();
     assert!(err.contains("SHOP_ENV"), "{err}");
 
+    // With its own key, admin password and operational port, what production still refuses is
+    // the test kit's store and broker accounts: their passwords are published (`testkit`,
+    // `guest`), and each is named.
     let pem = new_key_pem();
-    let app = spawn_with::<UserService>([
+    let err = spawn_with::<UserService>([
         ("SHOP_ENV", "production"),
+        ("JWT_SIGNING_KEY", pem.as_str()),
+        ("ADMIN_PASSWORD", "an operator-chosen admin secret"),
+        ("OPS_ADDR", "127.0.0.1:0"),
+    ])
+    .await
+    .unwrap_err()
+    .to_string();
+    let refused: Vec<&str> = err
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.trim().split_once(':').map(|(variable, _)| variable))
+        .collect();
+    assert_eq!(refused, ["DATABASE_URL", "AMQP_URL"], "{err}");
+    assert!(
+        !err.contains("testkit@") && !err.contains("guest@"),
+        "{err}"
+    );
+
+    // The same settings in development start, and the operator's password is the admin's.
+    let app = spawn_with::<UserService>([
         ("JWT_SIGNING_KEY", pem.as_str()),
         ("ADMIN_PASSWORD", "an operator-chosen admin secret"),
     ])

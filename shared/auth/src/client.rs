@@ -35,7 +35,9 @@ pub const DEFAULT_TOKEN_URL: &str = "http://127.0.0.1:8081/internal/v1/service-t
 /// | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` |
 ///
 /// With `SHOP_ENV=production` the token URL must be `https://`: the secret travels as HTTP
-/// Basic credentials and would otherwise cross the network in clear text.
+/// Basic credentials and would otherwise cross the network in clear text. Production also
+/// refuses the development secrets compose and the native stack publish
+/// ([`shop_runtime::mode::is_published_secret`]).
 #[derive(Debug, Clone)]
 pub struct ServiceCredentials {
     /// The calling service's name, its entry in `SERVICE_CLIENTS` (`order-service`).
@@ -58,10 +60,15 @@ impl ServiceCredentials {
             ),
             _ => Ok(url),
         });
-        let secret = env.required::<String>(
-            "SERVICE_SECRET",
-            &format!("{name}'s secret in user-service's SERVICE_CLIENTS"),
-        );
+        let secret = env
+            .required::<String>(
+                "SERVICE_SECRET",
+                &format!("{name}'s secret in user-service's SERVICE_CLIENTS"),
+            )
+            .and_then(|secret| {
+                mode.refuse_published_secret(env, "SERVICE_SECRET", &secret)?;
+                Ok(secret)
+            });
         Ok(Self {
             name,
             token_url: token_url?,
@@ -192,5 +199,32 @@ mod tests {
         let credentials = ServiceCredentials::from_env(&mut env, "order-service").unwrap();
         assert_eq!(credentials.token_url.as_str(), DEFAULT_TOKEN_URL);
         assert!(!format!("{credentials:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn production_refuses_the_published_development_secret() {
+        let published = "dev-only-order-service-secret-0000000000";
+        let https = "https://users.example.com/internal/v1/service-token";
+        let mut env = Env::from_pairs([
+            ("SHOP_ENV", "production"),
+            ("SERVICE_TOKEN_URL", https),
+            ("SERVICE_SECRET", published),
+        ]);
+        assert!(ServiceCredentials::from_env(&mut env, "order-service").is_err());
+        let text = env.finish().unwrap_err().to_string();
+        assert!(
+            text.contains("SERVICE_SECRET: is a development secret published"),
+            "{text}"
+        );
+        assert!(!text.contains(published), "{text}");
+
+        let mut env = Env::from_pairs([("SERVICE_SECRET", published)]);
+        assert!(ServiceCredentials::from_env(&mut env, "order-service").is_ok());
+        let mut env = Env::from_pairs([
+            ("SHOP_ENV", "production"),
+            ("SERVICE_TOKEN_URL", https),
+            ("SERVICE_SECRET", "q8Zr1v0b2m3A9sLx7nQ4eT6yU5iO0pKj"),
+        ]);
+        assert!(ServiceCredentials::from_env(&mut env, "order-service").is_ok());
     }
 }

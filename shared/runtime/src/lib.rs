@@ -93,6 +93,7 @@ impl BootError {
 /// |---|---|---|
 /// | `HTTP_ADDR` | `0.0.0.0:<spec port>` | HTTP listen address |
 /// | `GRPC_ADDR` | `0.0.0.0:<spec port>` | gRPC listen address |
+/// | `OPS_ADDR` | unset (required in production) | listen address of `/healthz`, `/readyz`, `/metrics`; unset, they answer on the HTTP port ([`http`]) |
 /// | `RUST_LOG` | `info` | log filter |
 /// | `LOG_FORMAT` | `json` | `json` or `pretty` |
 /// | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP/HTTP collector; traces are exported only when set |
@@ -100,20 +101,25 @@ impl BootError {
 /// | `SHUTDOWN_GRACE_SECONDS` | `25` | how long in-flight work may take after SIGTERM |
 /// | `STARTUP_TIMEOUT_SECONDS` | `60` | how long to wait for the database at boot |
 /// | `HTTP_HEADER_READ_TIMEOUT_SECONDS` | `30` | a connection must deliver a request's headers within this, and is closed after this long idle ([`http::serve`]) |
+/// | `HTTP_BODY_READ_TIMEOUT_SECONDS` | `30` | a request's whole body must arrive within this after its headers; later, 400 and the connection is closed ([`http::serve`]) |
 /// | `DATABASE_URL`, `DATABASE_MAX_CONNECTIONS` | required / `10` | PostgreSQL (services that own one) |
 /// | `MONGODB_URL`, `MONGODB_DATABASE` | required | MongoDB (services that own one) |
 /// | `REDIS_URL`, `REDIS_KEY_PREFIX` | required / `<service>:` | Redis (the gateway) |
 /// | `AMQP_URL` | required | RabbitMQ (services that publish or consume) |
-/// | `SHOP_ENV` | `development` | `production` refuses development conveniences ([`mode`]) |
+/// | `SHOP_ENV` | `development` | `production` refuses development conveniences and the store passwords published here ([`mode`]) |
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer; `None`: on the HTTP port.
+    pub ops_addr: Option<SocketAddr>,
     pub telemetry: TelemetryConfig,
     pub shutdown_grace: Duration,
     pub startup_timeout: Duration,
     /// How long a client may take to send a request's headers (or keep a connection idle).
     pub http_header_read_timeout: Duration,
+    /// How long a client may take to send a request's body, from when its headers arrived.
+    pub http_body_read_timeout: Duration,
     pub postgres: Option<PostgresConfig>,
     pub mongo: Option<MongoConfig>,
     pub redis: Option<RedisConfig>,
@@ -135,6 +141,18 @@ impl RuntimeConfig {
             any(spec.grpc_port),
             "a socket address such as 0.0.0.0:50051",
         );
+        let ops_addr = env
+            .optional::<SocketAddr>("OPS_ADDR", "a socket address such as 0.0.0.0:9080")
+            .and_then(|addr| match addr {
+                None => mode::Mode::of(env).refuse_in_production(
+                    env,
+                    "OPS_ADDR",
+                    None,
+                    "is not set: /metrics, /readyz and /healthz would answer on the HTTP port, \
+                     to whoever reaches the API; give them a port of their own",
+                ),
+                some => Ok(some),
+            });
         let log_filter = env.parse_or(
             "RUST_LOG",
             "info".to_owned(),
@@ -153,6 +171,16 @@ impl RuntimeConfig {
         let header_read_timeout = match header_read_timeout {
             Ok(timeout) if timeout.is_zero() => env.invalid(
                 "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                "must be at least 1: without a deadline a slow client holds its connection forever"
+                    .to_owned(),
+            ),
+            other => other,
+        };
+        let body_read_timeout =
+            env.seconds_or("HTTP_BODY_READ_TIMEOUT_SECONDS", http::BODY_READ_TIMEOUT);
+        let body_read_timeout = match body_read_timeout {
+            Ok(timeout) if timeout.is_zero() => env.invalid(
+                "HTTP_BODY_READ_TIMEOUT_SECONDS",
                 "must be at least 1: without a deadline a slow client holds its connection forever"
                     .to_owned(),
             ),
@@ -198,6 +226,7 @@ impl RuntimeConfig {
         Ok(Self {
             http_addr: http_addr?,
             grpc_addr: grpc_addr?,
+            ops_addr: ops_addr?,
             telemetry: TelemetryConfig {
                 service_name: service_name?,
                 log_format: log_format?,
@@ -207,6 +236,7 @@ impl RuntimeConfig {
             shutdown_grace: shutdown_grace?,
             startup_timeout: startup_timeout?,
             http_header_read_timeout: header_read_timeout?,
+            http_body_read_timeout: body_read_timeout?,
             postgres: postgres.transpose()?,
             mongo: mongo.transpose()?,
             redis: redis.transpose()?,
@@ -216,11 +246,13 @@ impl RuntimeConfig {
     }
 }
 
-/// A required URL whose scheme must be one of `schemes`.
+/// A required URL whose scheme must be one of `schemes`, and whose password (in production) is
+/// not one this repository publishes ([`mode::Mode::refuse_published_password_in`]).
 fn url_with_scheme(env: &mut Env, key: &str, schemes: &[&str]) -> Result<SecretUrl, ConfigError> {
     let expected = format!("a {}:// URL", schemes[0]);
     let url: SecretUrl = env.required(key, &expected)?;
     if schemes.contains(&url.url().scheme()) {
+        mode::Mode::of(env).refuse_published_password_in(env, key, url.url())?;
         Ok(url)
     } else {
         env.invalid(

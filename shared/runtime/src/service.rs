@@ -217,6 +217,8 @@ impl Endpoints {
 pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: `OPS_ADDR`'s port, else `http_addr`.
+    pub ops_addr: SocketAddr,
     shutdown: CancellationToken,
     grace: Duration,
     servers: tokio::task::JoinSet<Result<(), BootError>>,
@@ -338,6 +340,10 @@ pub async fn launch<S: Service>(
 
     let http_listener = grpc::bind(runtime.http_addr).await?;
     let grpc_listener = grpc::bind(runtime.grpc_addr).await?;
+    let ops_listener = match runtime.ops_addr {
+        Some(addr) => Some(grpc::bind(addr).await?),
+        None => None,
+    };
     let http_addr = http_listener
         .local_addr()
         .map_err(|source| BootError::Bind {
@@ -361,13 +367,33 @@ pub async fn launch<S: Service>(
     });
 
     let mut servers = tokio::task::JoinSet::new();
-    let app = http::router(endpoints.http, readiness.clone(), metrics);
+    let operational = http::operational_routes(readiness.clone(), metrics.clone());
+    let ops_addr = match ops_listener {
+        // The operational endpoints on a port of their own; the HTTP port does not have them.
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(|source| BootError::Bind {
+                addr: runtime.ops_addr.unwrap_or(runtime.http_addr),
+                source,
+            })?;
+            servers.spawn(http::serve(
+                listener,
+                http::ops_router(readiness.clone(), metrics),
+                runtime.http_header_read_timeout,
+                runtime.http_body_read_timeout,
+                shutdown.clone(),
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
+    let app = http::router(endpoints.http, ops_addr.is_none().then_some(operational));
     // Handlers may read the peer address (`ConnectInfo<SocketAddr>`): the gateway rate-limits
-    // anonymous clients by it. Slow clients get a header deadline (http::serve).
+    // anonymous clients by it. Slow clients get a header and a body deadline (http::serve).
     servers.spawn(http::serve(
         http_listener,
         app,
         runtime.http_header_read_timeout,
+        runtime.http_body_read_timeout,
         shutdown.clone(),
     ));
 
@@ -387,10 +413,12 @@ pub async fn launch<S: Service>(
         shutdown.clone(),
     ));
 
-    tracing::info!(%http_addr, %grpc_addr, "serving");
+    let ops_addr = ops_addr.unwrap_or(http_addr);
+    tracing::info!(%http_addr, %grpc_addr, %ops_addr, "serving");
     Ok(Running {
         http_addr,
         grpc_addr,
+        ops_addr,
         shutdown,
         grace: runtime.shutdown_grace,
         servers,

@@ -13,18 +13,21 @@ deploy-check crate's drift test compares the rendered chart with what each servi
 {{- define "shop.services" -}}
 gateway:
   http: 8080
+  ops: 9080
   grpc: 50050
   store: redis
   verifies: true
   callsHttp: [user-service, catalog-service, inventory-service, order-service, payment-service, notification-service]
 user-service:
   http: 8081
+  ops: 9081
   grpc: 50051
   store: postgres
   database: users
   role: user_service
 catalog-service:
   http: 8082
+  ops: 9082
   grpc: 50052
   store: mongodb
   database: catalog
@@ -32,6 +35,7 @@ catalog-service:
   verifies: true
 inventory-service:
   http: 8083
+  ops: 9083
   grpc: 50053
   store: postgres
   database: inventory
@@ -39,6 +43,7 @@ inventory-service:
   verifies: true
 order-service:
   http: 8084
+  ops: 9084
   grpc: 50054
   store: postgres
   database: orders
@@ -48,6 +53,7 @@ order-service:
   callsGrpc: [catalog-service, inventory-service, payment-service]
 payment-service:
   http: 8085
+  ops: 9085
   grpc: 50055
   store: postgres
   database: payments
@@ -55,6 +61,7 @@ payment-service:
   verifies: true
 notification-service:
   http: 8086
+  ops: 9086
   grpc: 50056
   store: mongodb
   database: notification
@@ -193,6 +200,7 @@ with in-cluster addresses, plus services.<name>.env. */}}
 {{- $env := dict
   "HTTP_ADDR" (printf "0.0.0.0:%v" $s.http)
   "GRPC_ADDR" (printf "0.0.0.0:%v" $s.grpc)
+  "OPS_ADDR" (printf "0.0.0.0:%v" $s.ops)
   "LOG_FORMAT" "json"
   "RUST_LOG" $root.Values.logLevel
   "SHOP_ENV" $root.Values.mode
