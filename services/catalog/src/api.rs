@@ -135,7 +135,7 @@ fn bad_parameter(name: &str, problem: &str) -> ApiError {
     tag = "catalog",
     operation_id = "list_products",
     params(
-        ("q" = Option<String>, Query, max_length = 1000,
+        ("q" = Option<String>, Query,
          description = "Words every product found must contain (prefixes match), at most 10 words."),
         ("category" = Option<String>, Query, description = "Only this category (a slug such as `coffee`)."),
         ("ids" = Option<String>, Query, description = "Comma-separated product ids (at most 100, each at most 64 characters): \

@@ -211,20 +211,25 @@ pub mod schema {
             )
             .property(
                 "name",
-                text("Surrounding spaces are trimmed.")
-                    .min_length(Some(1))
-                    .max_length(Some(MAX_NAME_CHARS))
-                    .pattern(Some(r"\S")),
+                text(&format!(
+                    "At most {MAX_NAME_CHARS} characters once surrounding spaces are trimmed."
+                ))
+                .min_length(Some(1))
+                .pattern(Some(r"\S")),
             )
             .property(
                 "description",
-                text("Plain text; empty when absent.").max_length(Some(MAX_DESCRIPTION_CHARS)),
+                text(&format!(
+                    "Plain text, at most {MAX_DESCRIPTION_CHARS} characters once trimmed; empty when absent."
+                )),
             )
             .property(
                 "category",
-                text("A slug: lower-case letters and digits, words joined by '-'.")
-                    .max_length(Some(MAX_CATEGORY_CHARS))
-                    .pattern(Some(r"^\s*[a-z0-9]+(-[a-z0-9]+)*\s*$"))
+                text(&format!(
+                    "A slug of at most {MAX_CATEGORY_CHARS} characters (once trimmed): lower-case \
+                     letters and digits, words joined by '-'."
+                ))
+                .pattern(Some(r"^\s*[a-z0-9]+(-[a-z0-9]+)*\s*$"))
                     .examples([serde_json::json!("coffee")]),
             )
             .property(
@@ -258,7 +263,7 @@ pub mod schema {
                         text("A key.")
                             .min_length(Some(1))
                             .max_length(Some(100))
-                            .pattern(Some(r"^[^$.][^.]*$")),
+                            .pattern(Some(r"^[^$.\x00][^.\x00]*$")),
                     ))
                     .additional_properties(Some(AdditionalProperties::FreeForm(true))),
             )
@@ -540,17 +545,33 @@ fn attributes_rule(value: &Value) -> Result<Map<String, Value>, Vec<FieldError>>
 }
 
 /// Keys become document field names: no `$` prefix (operators) and no `.` (paths).
+/// A NUL cannot be in a BSON field name at all (names are C strings): the store refused such a
+/// key with an error that became a 500 (found by Schemathesis). Objects inside arrays are
+/// documents too, so their keys follow the same rules.
 fn check_keys(path: &str, object: &Map<String, Value>, depth: usize, errors: &mut Vec<FieldError>) {
     for (key, value) in object {
         let field = format!("{path}.{key}");
-        if key.is_empty() || key.starts_with('$') || key.contains('.') || key.len() > 100 {
+        if key.is_empty()
+            || key.starts_with('$')
+            || key.contains('.')
+            || key.contains('\0')
+            || key.len() > 100
+        {
             errors.push(FieldError::new(
                 &field,
-                "names must be 1 to 100 characters, without '.' and not starting with '$'",
+                "names must be 1 to 100 characters, without '.' or NUL and not starting with '$'",
             ));
         }
         let nested = match value {
             Value::Object(inner) => Some(inner),
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    if let Value::Object(inner) = item {
+                        check_keys(&format!("{field}[{index}]"), inner, depth + 1, errors);
+                    }
+                }
+                None
+            }
             _ => None,
         };
         if let Some(inner) = nested {
@@ -571,6 +592,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn attribute_keys_with_nul_or_inside_arrays_follow_the_key_rules() {
+        for attributes in [
+            json!({"a": {"b\u{0}": 1}}),
+            json!({"list": [{"$where": 1}]}),
+            json!({"list": [1, {"a.b": 2}]}),
+        ] {
+            let errors = attributes_rule(&attributes).unwrap_err();
+            assert_eq!(errors.len(), 1, "{attributes}: {errors:?}");
+        }
+        assert!(attributes_rule(&json!({"list": [{"ok": 1}]})).is_ok());
+    }
 
     fn fields(errors: &[FieldError]) -> Vec<&str> {
         errors.iter().map(|e| e.field.as_str()).collect()

@@ -76,7 +76,6 @@ pub fn merge(services: &[(Upstream, Value)]) -> Result<Value, String> {
             }
         }
     }
-    components["schemas"]["OrderWithProducts"] = composed_order();
     components["schemas"]["ProductSummary"] = product_summary();
 
     for route in ROUTES {
@@ -104,6 +103,9 @@ pub fn merge(services: &[(Upstream, Value)]) -> Result<Value, String> {
             .insert(method, operation);
     }
     add_links(&mut paths);
+    let (order, line) = composed_order(&components["schemas"])?;
+    components["schemas"]["OrderWithProducts"] = order;
+    components["schemas"]["OrderLineWithProduct"] = line;
 
     Ok(json!({
         "openapi": "3.1.0",
@@ -274,24 +276,23 @@ fn product_summary() -> Value {
     })
 }
 
-/// The answer of the composed `GET /api/v1/orders/{id}`: order-service's `Order`, each line
-/// with the `product` the gateway adds.
-fn composed_order() -> Value {
-    json!({
-        "description": "The order, each line completed with `product` from catalog.",
-        "allOf": [{ "$ref": "#/components/schemas/Order" }],
-        "properties": {
-            "items": {
-                "type": "array",
-                "items": {
-                    "allOf": [{ "$ref": "#/components/schemas/OrderLine" }],
-                    "properties": {
-                        "product": { "$ref": "#/components/schemas/ProductSummary" },
-                    },
-                },
-            },
-        },
-    })
+/// The answer of the composed `GET /api/v1/orders/{id}`: order-service's `Order` as its own
+/// document declares it, each line (`OrderLineWithProduct`, its `OrderLine`) with the
+/// `product` the gateway adds. Derived rather than combined with `allOf`, because generators
+/// merge an `allOf` that redefines `items` by keeping the first definition.
+fn composed_order(schemas: &Value) -> Result<(Value, Value), String> {
+    let mut order = schemas["Order"].clone();
+    let mut line = schemas["OrderLine"].clone();
+    if !order["properties"].is_object() || !line["properties"].is_object() {
+        return Err("order-service's document has no Order or OrderLine schema".into());
+    }
+    line["properties"]["product"] = json!({ "$ref": "#/components/schemas/ProductSummary" });
+    order["description"] = json!("The order, each line completed with `product` from catalog.");
+    order["properties"]["items"] = json!({
+        "type": "array",
+        "items": { "$ref": "#/components/schemas/OrderLineWithProduct" },
+    });
+    Ok((order, line))
 }
 
 /// `links`: how one answer leads to the next call (OpenAPI's runtime expressions).

@@ -16,7 +16,7 @@ use shop_runtime::{
 use sqlx::PgPool;
 use utoipa::{
     OpenApi, ToSchema,
-    openapi::{ObjectBuilder, RefOr, Schema, Type},
+    openapi::{ObjectBuilder, RefOr, Schema, Type, schema::SchemaType},
 };
 
 use crate::stock::{self, MAX_UNITS, Stock};
@@ -81,7 +81,8 @@ impl utoipa::PartialSchema for SetStock {
             .property("available", units("Units available from now on."))
             .property(
                 "low_stock_threshold",
-                units("When to publish `StockLow`; unchanged (or the default for a new sku) when absent."),
+                units("When to publish `StockLow`; unchanged (or the default for a new sku) when absent or null.")
+                    .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null])),
             )
             .required("available")
             .into()
@@ -140,7 +141,14 @@ fn units(field: &str, value: Option<&Value>, required: bool) -> Result<Option<i6
     match value {
         None | Some(Value::Null) if required => Err(FieldError::new(field, "is required")),
         None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_i64() {
+        // JSON has one number type: `5.0` is the whole number 5, as JSON Schema says (a
+        // fuzzer found it refused).
+        Some(value) => match value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_UNITS as f64).contains(f))
+                .map(|f| f as i64)
+        }) {
             Some(n) if (0..=MAX_UNITS).contains(&n) => Ok(Some(n)),
             Some(_) => Err(FieldError::new(field, "must be between 0 and 1000000000")),
             None if value.as_u64().is_some() => {

@@ -49,13 +49,16 @@ pub mod schema {
 
     use super::*;
 
+    /// Trimmed before it is checked, so the limit is in words: a `maxLength` would count the
+    /// spaces the service trims away.
     fn text(max: usize, description: &str) -> ObjectBuilder {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .min_length(Some(1))
-            .max_length(Some(max))
             .pattern(Some(r"\S"))
-            .description(Some(description.to_owned()))
+            .description(Some(format!(
+                "{description} At most {max} characters once surrounding spaces are trimmed."
+            )))
     }
 
     fn pattern(pattern: &str, description: &str, example: &str) -> ObjectBuilder {
@@ -79,9 +82,10 @@ pub mod schema {
                     "line2",
                     ObjectBuilder::new()
                         .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
-                        .max_length(Some(200))
                         .pattern(Some(r"\S"))
-                        .description(Some("Optional second line.")),
+                        .description(Some(
+                            "Optional second line, at most 200 characters once trimmed.",
+                        )),
                 )
                 .property("city", text(100, "City."))
                 .property("postal_code", text(20, "Postal code."))

@@ -121,7 +121,8 @@ async fn list(
 ) -> Result<Json<Payments>, ApiError> {
     let Query(query) =
         query.map_err(|err| ApiError::new(ErrorKind::BadRequest, err.body_text()))?;
-    let order_id = match query.order_id.as_deref().filter(|id| !id.is_empty()) {
+    // Absent means all; present must be a UUID (an empty value too: the document says `uuid`).
+    let order_id = match query.order_id.as_deref() {
         None => None,
         Some(raw) => Some(Uuid::parse_str(raw).map_err(|_| {
             ApiError::validation(vec![FieldError::new("order_id", "is not a UUID")])

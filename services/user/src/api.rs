@@ -17,7 +17,7 @@ use shop_events::user::UserRegistered;
 use shop_messaging::outbox;
 use shop_runtime::{
     ApiError, ErrorKind, FieldError,
-    openapi::{TooManyRequests, Unauthorized, Unavailable, Validation},
+    openapi::{BadRequest, TooManyRequests, Unauthorized, Unavailable, Validation},
 };
 use sqlx::PgPool;
 use utoipa::{OpenApi, ToSchema};
@@ -129,17 +129,18 @@ pub struct Me {
 /// schema says what the rules in [`validate`] require.
 #[derive(Deserialize, ToSchema)]
 struct RegisterRequest {
-    /// An address of the form `local@domain.tld`; compared case-insensitively.
+    /// An address of the form `local@domain.tld`, at most 254 characters once trimmed;
+    /// compared case-insensitively.
     #[schema(required, nullable = false, value_type = String, format = Email,
-             max_length = 254, example = "ann@example.com")]
+             example = "ann@example.com")]
     email: Option<String>,
     /// At least 12 characters, at most 256 bytes; not the email, not one repeated character.
     #[schema(required, nullable = false, value_type = String, format = Password,
              min_length = 12, max_length = 256, example = "correct horse battery")]
     password: Option<String>,
-    /// Shown in emails; 1 to 100 characters (surrounding spaces are trimmed).
+    /// Shown in emails; 1 to 100 characters once surrounding spaces are trimmed.
     #[schema(required, nullable = false, value_type = String, min_length = 1,
-             max_length = 100, pattern = r"\S", example = "Ann Lee")]
+             pattern = r"\S", example = "Ann Lee")]
     name: Option<String>,
 }
 
@@ -164,6 +165,7 @@ impl std::fmt::Debug for RegisterRequest {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "The account (or, for a taken address, an account-shaped answer).", body = User),
+        (status = 400, response = BadRequest),
         (status = 422, response = Validation),
         (status = 503, response = Unavailable),
     )
@@ -252,6 +254,7 @@ impl std::fmt::Debug for LoginRequest {
     request_body = LoginRequest,
     responses(
         (status = 200, description = "A new access and refresh token (not cacheable).", body = TokenPair),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = Validation),
         (status = 429, response = TooManyRequests),
@@ -347,6 +350,7 @@ impl std::fmt::Debug for RefreshRequest {
     request_body = RefreshRequest,
     responses(
         (status = 200, description = "A new pair (not cacheable).", body = TokenPair),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 422, response = Validation),
         (status = 503, response = Unavailable),
@@ -374,6 +378,7 @@ async fn refresh(
     request_body = RefreshRequest,
     responses(
         (status = 204, description = "Signed out."),
+        (status = 400, response = BadRequest),
         (status = 422, response = Validation),
         (status = 503, response = Unavailable),
     )
