@@ -256,7 +256,7 @@ pub mod schema {
                     .description(Some(format!(
                         "Free-form, at most {MAX_ATTRIBUTES} entries, {MAX_ATTRIBUTE_DEPTH} levels \
                          and {MAX_ATTRIBUTES_BYTES} bytes; keys are 1 to 100 characters without \
-                         '.' or a leading '$'."
+                         '.', NUL or a leading '$'; no array directly inside an array."
                     )))
                     .max_properties(Some(MAX_ATTRIBUTES))
                     .property_names(Some(
@@ -545,9 +545,10 @@ fn attributes_rule(value: &Value) -> Result<Map<String, Value>, Vec<FieldError>>
 }
 
 /// Keys become document field names: no `$` prefix (operators) and no `.` (paths).
-/// A NUL cannot be in a BSON field name at all (names are C strings): the store refused such a
-/// key with an error that became a 500 (found by Schemathesis). Objects inside arrays are
-/// documents too, so their keys follow the same rules.
+/// A NUL cannot be in a BSON field name at all (names are C strings), and FerretDB stores no
+/// array directly inside an array: the store refused both with an error that became a 500
+/// (found by Schemathesis). Objects inside arrays are documents too, so their keys follow the
+/// same rules.
 fn check_keys(path: &str, object: &Map<String, Value>, depth: usize, errors: &mut Vec<FieldError>) {
     for (key, value) in object {
         let field = format!("{path}.{key}");
@@ -566,8 +567,15 @@ fn check_keys(path: &str, object: &Map<String, Value>, depth: usize, errors: &mu
             Value::Object(inner) => Some(inner),
             Value::Array(items) => {
                 for (index, item) in items.iter().enumerate() {
-                    if let Value::Object(inner) = item {
-                        check_keys(&format!("{field}[{index}]"), inner, depth + 1, errors);
+                    match item {
+                        Value::Object(inner) => {
+                            check_keys(&format!("{field}[{index}]"), inner, depth + 1, errors);
+                        }
+                        Value::Array(_) => errors.push(FieldError::new(
+                            format!("{field}[{index}]"),
+                            "is an array inside an array, which the store cannot keep",
+                        )),
+                        _ => {}
                     }
                 }
                 None
@@ -594,11 +602,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attribute_keys_with_nul_or_inside_arrays_follow_the_key_rules() {
+    fn attribute_keys_with_nul_nested_arrays_or_inside_arrays_follow_the_store_rules() {
         for attributes in [
             json!({"a": {"b\u{0}": 1}}),
             json!({"list": [{"$where": 1}]}),
             json!({"list": [1, {"a.b": 2}]}),
+            json!({"list": [[false]]}),
         ] {
             let errors = attributes_rule(&attributes).unwrap_err();
             assert_eq!(errors.len(), 1, "{attributes}: {errors:?}");
