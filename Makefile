@@ -13,7 +13,7 @@ BIN_DIR := target/$(if $(filter dev test,$(PROFILE)),debug,$(PROFILE))
 # The integration tests find the stack through TESTKIT_* variables written by `infra-up`.
 WITH_TEST_ENV := set -a && source .local/test.env && set +a &&
 
-.PHONY: help run down status infra-up infra-down build test fmt fmt-check clippy lint test-rust contracts contracts-check proto-check
+.PHONY: help run down status infra-up infra-down build test fmt fmt-check clippy lint test-rust contracts contracts-check proto-check openapi-check fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ infra-down: ## Stop the infrastructure
 build: ## Build the seven service binaries
 	cargo build --profile $(PROFILE) --bins
 
-test: fmt-check proto-check infra-up clippy test-rust contracts-check deploy-check ## fmt, proto lint/breaking check, clippy, every test, committed contracts unchanged, the deployment checks
+test: fmt-check proto-check infra-up clippy test-rust contracts-check openapi-check deploy-check ## fmt, proto lint/breaking check, clippy, every test, committed contracts unchanged, OpenAPI check, the deployment checks
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -68,6 +68,15 @@ contracts-check: ## Fail when the tests changed a committed contract (run after 
 	    echo "Review with 'git diff contracts/' and commit the new contracts with the change that needs them."; \
 	    exit 1; \
 	  fi; echo "contracts/: unchanged by the consumer tests"
+
+openapi-check: ## Validate the public OpenAPI document and refuse breaking changes (oasdiff against services/gateway/openapi.json)
+	scripts/openapi-check.sh
+	scripts/openapi-check.sh selftest
+
+# `make test` runs Schemathesis with a small budget (e2e/tests/api_contract.rs); this is the long
+# campaign: FUZZ_SECONDS (default 600) per identity, customer then admin. Report: target/fuzz/.
+fuzz: infra-up ## Fuzz the public API with Schemathesis for a long time (FUZZ_SECONDS=600 per identity): target/fuzz/
+	$(WITH_TEST_ENV) cargo test -p e2e --locked --test api_contract -- --ignored fuzz_campaign --nocapture
 
 # A crate's contract tests (consumer and provider side) live in its tests/contracts.rs.
 contracts: infra-up ## Contract tests of one crate: make contracts SERVICE=order-service

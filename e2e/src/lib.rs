@@ -184,6 +184,19 @@ impl MailCatcher {
 
 static SYSTEM: OnceCell<Result<System, String>> = OnceCell::const_new();
 
+/// Gateway settings a test binary adds to the in-process system, set before its first
+/// [`system`] call (each test binary has a system of its own; see [`with_gateway_settings`]).
+static GATEWAY_SETTINGS: std::sync::OnceLock<Vec<(&'static str, String)>> =
+    std::sync::OnceLock::new();
+
+/// Boots this binary's in-process system with these extra gateway settings: the way a test
+/// binary uses a documented test setting (e.g. higher `RATE_LIMIT_USER` for a fuzzer that
+/// sends hundreds of requests a second). Without effect on a running stack (`E2E_BASE_URL`),
+/// and once the system is booted.
+pub fn with_gateway_settings(settings: Vec<(&'static str, String)>) {
+    let _ = GATEWAY_SETTINGS.set(settings);
+}
+
 /// The system of this test binary, started on first use (see the module docs).
 ///
 /// # Panics
@@ -321,18 +334,22 @@ async fn boot() -> Result<(System, Vec<TestApp>), BoxError> {
         ("PAYMENT_GRPC_URL", payment.grpc_url()),
     ])
     .await?;
-    let gateway = spawn_with::<gateway::Gateway>([
-        amqp(),
-        jwks(),
-        ("USER_SERVICE_URL", base(&user)),
-        ("CATALOG_SERVICE_URL", base(&catalog)),
-        ("INVENTORY_SERVICE_URL", base(&inventory)),
-        ("ORDER_SERVICE_URL", base(&order)),
-        ("PAYMENT_SERVICE_URL", base(&payment)),
-        ("NOTIFICATION_SERVICE_URL", base(&notification)),
-        // Each journey is its own client (module docs, "Rate limits").
-        ("TRUST_FORWARDED_FOR", "true".to_owned()),
-    ])
+    let gateway = spawn_with::<gateway::Gateway>(
+        [
+            amqp(),
+            jwks(),
+            ("USER_SERVICE_URL", base(&user)),
+            ("CATALOG_SERVICE_URL", base(&catalog)),
+            ("INVENTORY_SERVICE_URL", base(&inventory)),
+            ("ORDER_SERVICE_URL", base(&order)),
+            ("PAYMENT_SERVICE_URL", base(&payment)),
+            ("NOTIFICATION_SERVICE_URL", base(&notification)),
+            // Each journey is its own client (module docs, "Rate limits").
+            ("TRUST_FORWARDED_FOR", "true".to_owned()),
+        ]
+        .into_iter()
+        .chain(GATEWAY_SETTINGS.get().cloned().unwrap_or_default()),
+    )
     .await?;
 
     for app in [

@@ -8,22 +8,45 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use serde::Serialize;
 use serde_json::{Value, json};
 use shop_auth::{Verifier, http::RequireAdmin};
 use shop_runtime::{
     ApiError, ErrorKind, FieldError,
     error::PROBLEM_JSON,
+    openapi::{
+        BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed, Unauthorized, Unavailable,
+        Validation,
+    },
     pagination::{PageQuery, encode_cursor},
 };
+use utoipa::{OpenApi, ToSchema};
 
 use crate::{
-    product::{self, Product},
+    product::{self, Changes, Content, Product, ProductBody},
     search,
     store::{IfMatch, ListQuery, Store, WriteError, store_error},
 };
 
 pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_LIMIT: u32 = 100;
+
+/// The part of the public API this service owns, as OpenAPI; the gateway merges it into the
+/// public document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    paths(list, read, create, update),
+    components(schemas(ProductBody, ProductPage, Content, Changes))
+)]
+pub struct ApiDoc;
+
+/// A page of products: `{items, next_cursor}`; `next_cursor` is null on the last page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductPage<'a> {
+    pub items: Vec<ProductBody<'a>>,
+    /// Pass it as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -106,10 +129,30 @@ fn bad_parameter(name: &str, problem: &str) -> ApiError {
 
 /// `{items, next_cursor}`; `next_cursor` is null on the last page. The cursor carries the last
 /// id of the page (ids sort in creation order), opaque to callers through the shared encoder.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products",
+    tag = "catalog",
+    operation_id = "list_products",
+    params(
+        ("q" = Option<String>, Query,
+         description = "Words every product found must contain (prefixes match), at most 10 words."),
+        ("category" = Option<String>, Query, description = "Only this category (a slug such as `coffee`)."),
+        ("ids" = Option<String>, Query, description = "Comma-separated product ids (at most 100, each at most 64 characters): \
+          exactly these products, as one page. Not combined with `q`, `category` or `cursor`."),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of products, in creation order.", body = ProductPage),
+        (status = 400, response = BadRequest),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let params = list_params(pairs)?;
     if let Some(ids) = params.ids.as_deref() {
         return list_by_ids(&state, ids, &params).await;
@@ -139,11 +182,11 @@ async fn list(
         limit: i64::from(limit),
     };
     let page = state.store.list(&query).await.map_err(store_error)?;
-    let items: Vec<_> = page.items.iter().map(Product::body).collect();
-    Ok(Json(json!({
-        "items": items,
-        "next_cursor": page.last.as_deref().map(encode_cursor),
-    })))
+    Ok(Json(ProductPage {
+        items: page.items.iter().map(Product::body).collect(),
+        next_cursor: page.last.as_deref().map(encode_cursor),
+    })
+    .into_response())
 }
 
 /// `GET /api/v1/products?ids=a,b,c`: the products with these ids (at most
@@ -157,7 +200,7 @@ async fn list_by_ids(
     state: &AppState,
     ids: &str,
     params: &ListParams,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut ids: Vec<String> = ids
         .split(',')
         .map(str::trim)
@@ -186,11 +229,32 @@ async fn list_by_ids(
     }
     let mut found = state.store.get_many(&ids).await.map_err(store_error)?;
     found.sort_by(|a, b| a.id.cmp(&b.id));
-    let items: Vec<_> = found.iter().map(Product::body).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": null })))
+    Ok(Json(ProductPage {
+        items: found.iter().map(Product::body).collect(),
+        next_cursor: None,
+    })
+    .into_response())
 }
 
 /// One product with its `ETag`; `If-None-Match` with the current tag answers 304.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products/{id}",
+    tag = "catalog",
+    operation_id = "get_product",
+    params(
+        ("id" = String, Path, description = "The product's id."),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` read before: 304 while it is current."),
+    ),
+    responses(
+        (status = 200, description = "The product.", body = ProductBody,
+         headers(("ETag" = String, description = "The version of this representation, for `If-Match` and `If-None-Match`."))),
+        (status = 304, description = "Unchanged since the `ETag` in `If-None-Match`.",
+         headers(("ETag" = String))),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn read(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -225,6 +289,25 @@ fn with_etag(status: StatusCode, product: &Product) -> Response {
     response
 }
 
+/// Creates a product (administrators only); its stock row follows from the event.
+#[utoipa::path(
+    post,
+    path = "/api/v1/products",
+    tag = "catalog",
+    operation_id = "create_product",
+    security(("bearer" = [])),
+    request_body = Content,
+    responses(
+        (status = 201, description = "The product created.", body = ProductBody,
+         headers(("ETag" = String), ("Location" = String, description = "The product's URL."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     RequireAdmin(_admin): RequireAdmin,
@@ -243,6 +326,30 @@ async fn create(
 
 /// Any subset of the fields. With `If-Match` the change applies only to that representation
 /// (412 otherwise, nothing written); without it, to whatever is current.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/products/{id}",
+    tag = "catalog",
+    operation_id = "update_product",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The product's id."),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the change was made against: \
+          412 and nothing written when the product changed since."),
+    ),
+    request_body = Changes,
+    responses(
+        (status = 200, description = "The product after the change.", body = ProductBody,
+         headers(("ETag" = String))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 412, response = PreconditionFailed),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     RequireAdmin(_admin): RequireAdmin,

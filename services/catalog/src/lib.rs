@@ -44,6 +44,12 @@ use crate::{api::AppState, config::CatalogConfig, grpc::CatalogApi, store::Store
 /// and any method not listed, is refused (`PERMISSION_DENIED`).
 pub const GRPC_ACCESS: &[(&[&str], &[&str])] = &[(&["order-service"], &["GetProducts"])];
 
+/// This service's part of the public API as OpenAPI 3.1 ([`api::ApiDoc`]), completed with the
+/// shared problem responses; the gateway merges it into the public document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    shop_runtime::openapi::complete(<api::ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The catalog-service service.
 #[derive(Debug)]
 pub struct CatalogService;

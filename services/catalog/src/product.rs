@@ -44,16 +44,30 @@ pub struct Product {
 }
 
 /// The public representation (BRIEF §3), plus `version`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Product)]
 pub struct ProductBody<'a> {
+    /// Assigned by catalog (a UUIDv7 as text).
+    #[schema(value_type = String, example = "0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a")]
     pub id: &'a str,
+    /// Upper case; a product keeps its sku for life (stock is kept by sku).
+    #[schema(value_type = String, example = "COFFEE-ARABICA-1KG")]
     pub sku: &'a str,
+    #[schema(value_type = String)]
     pub name: &'a str,
+    #[schema(value_type = String)]
     pub description: &'a str,
+    /// A slug such as `coffee`.
+    #[schema(value_type = String, example = "coffee")]
     pub category: &'a str,
+    #[schema(value_type = Money)]
     pub price: &'a Money,
+    /// Free-form, per category.
+    #[schema(value_type = Object)]
     pub attributes: &'a Map<String, Value>,
+    /// Whether inventory has units available (kept by stock events, so briefly behind).
     pub in_stock: bool,
+    /// 1 when created, +1 per change.
     pub version: i64,
 }
 
@@ -168,6 +182,125 @@ impl Changes {
             content.attributes.clone_from(attributes);
         }
         Ok(content)
+    }
+}
+
+/// The schemas of the write bodies, from the same limits the rules below enforce. Bodies are
+/// read as loose JSON (see the module docs), so these describe what the rules accept.
+pub mod schema {
+    use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type, schema::AdditionalProperties};
+
+    use super::*;
+
+    fn text(description: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description.to_owned()))
+    }
+
+    /// The fields of a product an administrator writes, each with its rule.
+    fn fields(object: ObjectBuilder) -> ObjectBuilder {
+        object
+            .property(
+                "sku",
+                text("Letters, digits, '-', '_' or '.'; stored in upper case. Unique.")
+                    .pattern(Some(format!(
+                        r"^\s*[A-Za-z0-9._-]{{1,{MAX_SKU_CHARS}}}\s*$"
+                    )))
+                    .examples([serde_json::json!("COFFEE-ARABICA-1KG")]),
+            )
+            .property(
+                "name",
+                text(&format!(
+                    "At most {MAX_NAME_CHARS} characters once surrounding spaces are trimmed."
+                ))
+                .min_length(Some(1))
+                .pattern(Some(r"\S")),
+            )
+            .property(
+                "description",
+                text(&format!(
+                    "Plain text, at most {MAX_DESCRIPTION_CHARS} characters once trimmed; empty when absent."
+                )),
+            )
+            .property(
+                "category",
+                text(&format!(
+                    "A slug of at most {MAX_CATEGORY_CHARS} characters (once trimmed): lower-case \
+                     letters and digits, words joined by '-'."
+                ))
+                .pattern(Some(r"^\s*[a-z0-9]+(-[a-z0-9]+)*\s*$"))
+                    .examples([serde_json::json!("coffee")]),
+            )
+            .property(
+                "price",
+                ObjectBuilder::new()
+                    .property(
+                        "amount",
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0))
+                            .maximum(Some(MAX_AMOUNT))
+                            .description(Some("Minor units (1999 for 19.99).")),
+                    )
+                    .property(
+                        "currency",
+                        text("ISO 4217, upper case.").pattern(Some("^[A-Z]{3}$")),
+                    )
+                    .required("amount")
+                    .required("currency"),
+            )
+            .property(
+                "attributes",
+                ObjectBuilder::new()
+                    .description(Some(format!(
+                        "Free-form, at most {MAX_ATTRIBUTES} entries, {MAX_ATTRIBUTE_DEPTH} levels \
+                         and {MAX_ATTRIBUTES_BYTES} bytes; keys are 1 to 100 characters without \
+                         '.', NUL or a leading '$'; no array directly inside an array."
+                    )))
+                    .max_properties(Some(MAX_ATTRIBUTES))
+                    .property_names(Some(
+                        text("A key.")
+                            .min_length(Some(1))
+                            .max_length(Some(100))
+                            .pattern(Some(r"^[^$.\x00][^.\x00]*$")),
+                    ))
+                    .additional_properties(Some(AdditionalProperties::FreeForm(true))),
+            )
+    }
+
+    /// `POST /api/v1/products`.
+    impl utoipa::PartialSchema for Content {
+        fn schema() -> RefOr<Schema> {
+            fields(ObjectBuilder::new().description(Some("A new product.")))
+                .required("sku")
+                .required("name")
+                .required("category")
+                .required("price")
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for Content {
+        fn name() -> std::borrow::Cow<'static, str> {
+            "NewProduct".into()
+        }
+    }
+
+    /// `PATCH /api/v1/products/{id}`: any subset; `sku` only with the product's own value.
+    impl utoipa::PartialSchema for Changes {
+        fn schema() -> RefOr<Schema> {
+            fields(ObjectBuilder::new().description(Some(
+                "Any subset of a product's fields; the ones present replace the current values.",
+            )))
+            .into()
+        }
+    }
+
+    impl utoipa::ToSchema for Changes {
+        fn name() -> std::borrow::Cow<'static, str> {
+            "ProductChanges".into()
+        }
     }
 }
 
@@ -412,17 +545,41 @@ fn attributes_rule(value: &Value) -> Result<Map<String, Value>, Vec<FieldError>>
 }
 
 /// Keys become document field names: no `$` prefix (operators) and no `.` (paths).
+/// A NUL cannot be in a BSON field name at all (names are C strings), and FerretDB stores no
+/// array directly inside an array: the store refused both with an error that became a 500
+/// (found by Schemathesis). Objects inside arrays are documents too, so their keys follow the
+/// same rules.
 fn check_keys(path: &str, object: &Map<String, Value>, depth: usize, errors: &mut Vec<FieldError>) {
     for (key, value) in object {
         let field = format!("{path}.{key}");
-        if key.is_empty() || key.starts_with('$') || key.contains('.') || key.len() > 100 {
+        if key.is_empty()
+            || key.starts_with('$')
+            || key.contains('.')
+            || key.contains('\0')
+            || key.len() > 100
+        {
             errors.push(FieldError::new(
                 &field,
-                "names must be 1 to 100 characters, without '.' and not starting with '$'",
+                "names must be 1 to 100 characters, without '.' or NUL and not starting with '$'",
             ));
         }
         let nested = match value {
             Value::Object(inner) => Some(inner),
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    match item {
+                        Value::Object(inner) => {
+                            check_keys(&format!("{field}[{index}]"), inner, depth + 1, errors);
+                        }
+                        Value::Array(_) => errors.push(FieldError::new(
+                            format!("{field}[{index}]"),
+                            "is an array inside an array, which the store cannot keep",
+                        )),
+                        _ => {}
+                    }
+                }
+                None
+            }
             _ => None,
         };
         if let Some(inner) = nested {
@@ -443,6 +600,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn attribute_keys_with_nul_nested_arrays_or_inside_arrays_follow_the_store_rules() {
+        for attributes in [
+            json!({"a": {"b\u{0}": 1}}),
+            json!({"list": [{"$where": 1}]}),
+            json!({"list": [1, {"a.b": 2}]}),
+            json!({"list": [[false]]}),
+        ] {
+            let errors = attributes_rule(&attributes).unwrap_err();
+            assert_eq!(errors.len(), 1, "{attributes}: {errors:?}");
+        }
+        assert!(attributes_rule(&json!({"list": [{"ok": 1}]})).is_ok());
+    }
 
     fn fields(errors: &[FieldError]) -> Vec<&str> {
         errors.iter().map(|e| e.field.as_str()).collect()

@@ -15,7 +15,7 @@
 //! | [`cache`] | catalog reads cached in Redis, invalidated by catalog's events, stale-if-error |
 //! | [`events`] | the consumer of catalog's events that invalidates the cache |
 //! | [`edge`] | security headers and CORS |
-//! | [`openapi`] | the OpenAPI 3.1 document, built from the route table |
+//! | [`openapi`] | the OpenAPI 3.1 document: the services' own descriptions merged along the route table |
 //! | [`docs`] | the interactive page for that document (Swagger UI, assets in the binary) |
 //!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<Gateway>()`);
@@ -124,9 +124,8 @@ pub fn router(proxy: Arc<Proxy>, cors_origins: &[String]) -> Router {
             }),
         );
     }
-    // Serialised once: the document never changes while the process runs.
-    let document = serde_json::to_vec(&openapi::document()).unwrap_or_default();
-    let document = bytes::Bytes::from(document);
+    // Generated ahead of time from the services' own descriptions ([`openapi`]).
+    let document = bytes::Bytes::from_static(openapi::DOCUMENT.as_bytes());
     router = router.route(
         openapi::PATH,
         axum::routing::get(move || {

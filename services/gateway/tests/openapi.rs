@@ -1,6 +1,24 @@
-//! The OpenAPI document served by the gateway and the routes it serves agree, both ways.
+//! The OpenAPI document served by the gateway and the routes it serves agree, both ways; and
+//! the committed document is what the services' code describes now.
 
 mod support;
+
+/// The generator of the committed document (`cargo run -p gateway --example openapi`).
+#[path = "../examples/openapi.rs"]
+#[allow(dead_code)]
+mod generator;
+
+#[test]
+fn the_served_document_is_what_the_services_describe_now() {
+    let generated = generator::document().expect("the services' documents merge");
+    let committed: serde_json::Value =
+        serde_json::from_str(gateway::openapi::DOCUMENT).expect("openapi.json is JSON");
+    assert!(
+        generated == committed,
+        "services/gateway/openapi.json is out of date with the services' code; regenerate it \
+         with `scripts/openapi-check.sh update` (which also refuses a breaking change)"
+    );
+}
 
 use shop_auth::{Role, testing::TestIssuer};
 use support::{Echo, gateway};

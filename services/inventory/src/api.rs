@@ -9,10 +9,23 @@ use axum::{
 use serde::Serialize;
 use serde_json::Value;
 use shop_auth::{Verifier, http::RequireAdmin};
-use shop_runtime::{ApiError, FieldError};
+use shop_runtime::{
+    ApiError, FieldError,
+    openapi::{BadRequest, Forbidden, NotFound, Unauthorized, Unavailable, Validation},
+};
 use sqlx::PgPool;
+use utoipa::{
+    OpenApi, ToSchema,
+    openapi::{ObjectBuilder, RefOr, Schema, Type, schema::SchemaType},
+};
 
 use crate::stock::{self, MAX_UNITS, Stock};
+
+/// The part of the public API this service owns, as OpenAPI; the gateway merges it into the
+/// public document.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(get_stock, put_stock), components(schemas(StockView, SetStock)))]
+pub struct ApiDoc;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -35,13 +48,48 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A sku's stock as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Stock)]
 pub struct StockView {
     pub sku: String,
+    /// Units that can be reserved now.
+    #[schema(minimum = 0)]
     pub available: i64,
+    /// Units held by orders in progress.
+    #[schema(minimum = 0)]
     pub reserved: i64,
+    /// `StockLow` is published when `available` falls to this or below.
+    #[schema(minimum = 0)]
     pub low_stock_threshold: i64,
 }
+
+/// The body of `PUT /api/v1/inventory/{sku}`, read as loose JSON by [`put_stock`] (so a wrong
+/// type is a field error); its schema is written from the same bounds [`units`] checks.
+#[derive(Debug)]
+pub struct SetStock;
+
+impl utoipa::PartialSchema for SetStock {
+    fn schema() -> RefOr<Schema> {
+        let units = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(MAX_UNITS))
+                .description(Some(description.to_owned()))
+        };
+        ObjectBuilder::new()
+            .property("available", units("Units available from now on."))
+            .property(
+                "low_stock_threshold",
+                units("When to publish `StockLow`; unchanged (or the default for a new sku) when absent or null.")
+                    .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null])),
+            )
+            .required("available")
+            .into()
+    }
+}
+
+impl ToSchema for SetStock {}
 
 impl From<Stock> for StockView {
     fn from(row: Stock) -> Self {
@@ -59,6 +107,23 @@ fn sku_path(sku: &str) -> Result<(), ApiError> {
         .map_err(|problem| ApiError::validation(vec![FieldError::new("sku", problem)]))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/inventory/{sku}",
+    tag = "inventory",
+    operation_id = "get_stock",
+    security(("bearer" = [])),
+    params(("sku" = String, Path, min_length = 1, max_length = 64, pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+$",
+            description = "The product's sku.")),
+    responses(
+        (status = 200, description = "The sku's stock.", body = StockView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn get_stock(
     State(state): State<AppState>,
     RequireAdmin(_): RequireAdmin,
@@ -76,7 +141,14 @@ fn units(field: &str, value: Option<&Value>, required: bool) -> Result<Option<i6
     match value {
         None | Some(Value::Null) if required => Err(FieldError::new(field, "is required")),
         None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_i64() {
+        // JSON has one number type: `5.0` is the whole number 5, as JSON Schema says (a
+        // fuzzer found it refused).
+        Some(value) => match value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_UNITS as f64).contains(f))
+                .map(|f| f as i64)
+        }) {
             Some(n) if (0..=MAX_UNITS).contains(&n) => Ok(Some(n)),
             Some(_) => Err(FieldError::new(field, "must be between 0 and 1000000000")),
             None if value.as_u64().is_some() => {
@@ -90,6 +162,24 @@ fn units(field: &str, value: Option<&Value>, required: bool) -> Result<Option<i6
 /// `{available, low_stock_threshold?}` → 200 with the stock. The body is read as JSON values
 /// first, so a wrong type is a field error (`available: must be a whole number`) like any
 /// other rule, rather than a parser message. Unknown fields are ignored.
+#[utoipa::path(
+    put,
+    path = "/api/v1/inventory/{sku}",
+    tag = "inventory",
+    operation_id = "set_stock",
+    security(("bearer" = [])),
+    params(("sku" = String, Path, min_length = 1, max_length = 64, pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+$",
+            description = "The product's sku; a sku without stock gets a row.")),
+    request_body = SetStock,
+    responses(
+        (status = 200, description = "The sku's stock after the change.", body = StockView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn put_stock(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,

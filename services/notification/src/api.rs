@@ -15,13 +15,21 @@ use serde::Serialize;
 use shop_auth::{Principal, Verifier};
 use shop_runtime::{
     ApiError,
+    openapi::{BadRequest, Unauthorized, Unavailable, Validation},
     pagination::{PageQuery, encode_cursor},
 };
+use utoipa::{OpenApi, ToSchema};
 
-use crate::store::{After, Store, Summary, chrono};
+use crate::store::{After, Status, Store, Summary, chrono};
 
 pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_LIMIT: u32 = 100;
+
+/// The part of the public API this service owns, as OpenAPI; the gateway merges it into the
+/// public document.
+#[derive(Debug, OpenApi)]
+#[openapi(paths(list), components(schemas(Item, Listing, Status)))]
+pub struct ApiDoc;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -42,22 +50,33 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// One notification as its recipient sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Notification)]
 pub struct Item {
     /// The id of the event that caused it.
     pub id: String,
+    #[schema(example = "email")]
     pub channel: String,
+    /// Which message, e.g. `order_confirmed`.
+    #[schema(example = "order_confirmed")]
     pub template: String,
     pub to: Vec<String>,
     pub subject: String,
     /// `pending`, `sent` or `failed`.
+    #[schema(value_type = Status)]
     pub status: &'static str,
+    /// Delivery attempts so far.
+    #[schema(minimum = 0)]
     pub attempts: i32,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub sent_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of the caller's notifications, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = NotificationPage)]
 pub struct Listing {
     pub items: Vec<Item>,
     pub next_cursor: Option<String>,
@@ -97,6 +116,21 @@ fn read_position(position: &str) -> Option<After> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications",
+    tag = "notification",
+    operation_id = "list_notifications",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the caller's notifications.", body = Listing),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,

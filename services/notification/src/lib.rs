@@ -50,6 +50,12 @@ use crate::{
 /// `notification.events.parking`.
 pub const CONSUMER: &str = "notification";
 
+/// This service's part of the public API as OpenAPI 3.1 ([`api::ApiDoc`]), completed with the
+/// shared problem responses; the gateway merges it into the public document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    shop_runtime::openapi::complete(<api::ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The notification-service service.
 #[derive(Debug)]
 pub struct NotificationService;

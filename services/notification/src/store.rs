@@ -103,7 +103,8 @@ const RETENTION_INDEX: &str = "retention";
 pub const DUE_BATCH: i64 = 100;
 
 /// Where a notification is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = NotificationStatus)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Recorded, not yet accepted by the mail server (or accepted but not yet marked: see

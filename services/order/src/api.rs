@@ -33,17 +33,46 @@ use shop_events::{Money, order::OrderPlaced};
 use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use shop_runtime::{
     ApiError, FieldError,
+    openapi::{BadRequest, Conflict, NotFound, Unauthorized, Unavailable, Validation},
     pagination::{PageQuery, encode_cursor},
 };
 use sqlx::PgPool;
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::{
     driver::{Driver, event_lines},
     participants::Participants,
-    saga::Step,
-    validate::{self, PlaceOrder},
+    saga::{Reason, Step},
+    validate::{self, PlaceOrder, schema::ShippingAddress},
 };
+
+/// The part of the public API this service owns, as OpenAPI; the gateway merges it into the
+/// public document. (The operator routes of [`crate::admin`] are not published.)
+#[derive(Debug, OpenApi)]
+#[openapi(
+    paths(place, list, show, cancel),
+    components(schemas(
+        OrderView,
+        LineView,
+        Listing,
+        OrderStatus,
+        Reason,
+        PlaceOrder,
+        ShippingAddress
+    ))
+)]
+pub struct ApiDoc;
+
+/// An order's `status`: `PENDING` until the saga ends, then `CONFIRMED` or `CANCELLED` (the
+/// values the `orders.status` column's CHECK allows).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Cancelled,
+}
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -69,26 +98,38 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// An order as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Order)]
 pub struct OrderView {
     pub id: Uuid,
+    #[schema(value_type = OrderStatus)]
     pub status: String,
     pub items: Vec<LineView>,
+    /// The sum of the lines, as charged.
     pub total: Money,
+    #[schema(value_type = ShippingAddress)]
     pub shipping_address: serde_json::Value,
+    /// Present when `status` is `CANCELLED`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Reason>, required = false, nullable = false)]
     pub cancellation_reason: Option<String>,
+    /// The card's last four digits, once payment-service has seen it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false, pattern = "^[0-9]{4}$")]
     pub card_last4: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+/// A line of an order, priced by catalog when it was placed.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OrderLine)]
 pub struct LineView {
     pub product_id: String,
     pub sku: String,
+    /// The product's name when the order was placed.
     pub name: String,
+    #[schema(minimum = 1, maximum = 100)]
     pub quantity: u32,
     pub unit_price: Money,
     pub line_total: Money,
@@ -193,6 +234,28 @@ async fn replay(
     Ok(Some(accepted(order)))
 }
 
+/// Places an order: 202 at once, with `status: PENDING` and a `Location` to poll; the saga
+/// prices, reserves, pays and ends it `CONFIRMED` or `CANCELLED`. Idempotent by
+/// `Idempotency-Key`: a retry with the same key and body answers the same order.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "order",
+    operation_id = "place_order",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "A new value per order (a UUID, say), the same on every retry of it.")),
+    request_body = PlaceOrder,
+    responses(
+        (status = 202, description = "Accepted: the order, `PENDING` (or as it is now, for a repeated key).",
+         body = OrderView, headers(("Location" = String, description = "The order's URL, to poll."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn place(
     State(state): State<AppState>,
     principal: Principal,
@@ -410,6 +473,20 @@ pub fn price(
     Err(errors)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "order",
+    operation_id = "get_order",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order's id (a UUID).")),
+    responses(
+        (status = 200, description = "The order.", body = OrderView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     principal: Principal,
@@ -431,9 +508,12 @@ async fn own(pool: &PgPool, principal: &Principal, id: &str) -> Result<OrderView
     Ok(order)
 }
 
-#[derive(Debug, Serialize)]
+/// A page of the caller's orders, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OrderPage)]
 struct Listing {
     items: Vec<OrderView>,
+    /// Pass it as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
@@ -443,6 +523,21 @@ const MAX_LIMIT: u32 = 100;
 /// The caller's orders, newest first. The cursor carries the last id of the previous page (ids
 /// are UUID v7, ordered by creation), so pages stay stable while new orders arrive; it is
 /// opaque to callers through the shared encoder, so the paging key can change without them.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    tag = "order",
+    operation_id = "list_orders",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the caller's orders.", body = Listing),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -486,6 +581,22 @@ async fn list(
 
 /// Cancels a `PENDING` order through its saga: the request is recorded on the saga row (under
 /// its lock) and the saga compensates what it did. Too late once stock was committed: 409.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/cancel",
+    tag = "order",
+    operation_id = "cancel_order",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order's id (a UUID).")),
+    responses(
+        (status = 200, description = "The order: usually `CANCELLED` with `cancelled_by_user`, \
+          still `PENDING` when compensation takes longer (it ends cancelled).", body = OrderView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     principal: Principal,

@@ -44,6 +44,12 @@ static MIGRATIONS: Migrator = sqlx::migrate!();
 /// The name this service calls others under (its entry in user-service's `SERVICE_CLIENTS`).
 pub const SERVICE_NAME: &str = "order-service";
 
+/// This service's part of the public API as OpenAPI 3.1 ([`api::ApiDoc`]), completed with the
+/// shared problem responses; the gateway merges it into the public document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    shop_runtime::openapi::complete(<api::ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The order-service service.
 #[derive(Debug)]
 pub struct OrderService;

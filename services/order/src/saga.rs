@@ -151,6 +151,23 @@ impl Reason {
     }
 }
 
+/// The `cancellation_reason` enum of the public API, from [`Reason::ALL`].
+impl utoipa::PartialSchema for Reason {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(Reason::ALL.map(Reason::as_str)))
+            .description(Some("Why the order was cancelled."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Reason {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CancellationReason".into()
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

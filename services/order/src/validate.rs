@@ -40,6 +40,157 @@ impl PlaceOrder {
     }
 }
 
+/// The schemas of the placing request and of the address it stores, written from the same
+/// limits [`place_order`] checks (the body is read as loose JSON to report every field at once).
+pub mod schema {
+    use utoipa::openapi::{
+        ArrayBuilder, ObjectBuilder, Ref, RefOr, Schema, Type, schema::SchemaType,
+    };
+
+    use super::*;
+
+    /// Trimmed before it is checked, so the limit is in words: a `maxLength` would count the
+    /// spaces the service trims away.
+    fn text(max: usize, description: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .pattern(Some(r"\S"))
+            .description(Some(format!(
+                "{description} At most {max} characters once surrounding spaces are trimmed."
+            )))
+    }
+
+    fn pattern(pattern: &str, description: &str, example: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .description(Some(description.to_owned()))
+            .examples([json!(example)])
+    }
+
+    /// `shipping_address`, as sent and as the order shows it.
+    #[derive(Debug)]
+    pub struct ShippingAddress;
+
+    impl utoipa::PartialSchema for ShippingAddress {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .property("name", text(200, "Who receives the parcel."))
+                .property("line1", text(200, "Street and number."))
+                .property(
+                    "line2",
+                    ObjectBuilder::new()
+                        .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
+                        .pattern(Some(r"\S"))
+                        .description(Some(
+                            "Optional second line, at most 200 characters once trimmed.",
+                        )),
+                )
+                .property("city", text(100, "City."))
+                .property("postal_code", text(20, "Postal code."))
+                .property(
+                    "country",
+                    pattern(
+                        r"^\s*[A-Za-z]{2}\s*$",
+                        "ISO 3166-1 alpha-2 (stored in upper case).",
+                        "DE",
+                    ),
+                )
+                .required("name")
+                .required("line1")
+                .required("city")
+                .required("postal_code")
+                .required("country")
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for ShippingAddress {}
+
+    /// The body of `POST /api/v1/orders`.
+    impl utoipa::PartialSchema for PlaceOrder {
+        fn schema() -> RefOr<Schema> {
+            let item = ObjectBuilder::new()
+                .property(
+                    "product_id",
+                    text(
+                        100,
+                        "A product of the catalog; each at most once per order.",
+                    ),
+                )
+                .property(
+                    "quantity",
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1))
+                        .maximum(Some(MAX_QUANTITY)),
+                )
+                .required("product_id")
+                .required("quantity");
+            let payment = ObjectBuilder::new()
+                .description(Some(
+                    "The card; it never leaves payment-service except as its last four digits.",
+                ))
+                .property(
+                    "card_number",
+                    pattern(
+                        r"^[0-9 -]{12,40}$",
+                        "12 to 19 digits (spaces and dashes are ignored) passing the Luhn check. \
+                         Test cards: 4242424242424242 approves, 4000000000000002 declines, \
+                         4000000000009995 declines for insufficient funds, 4000000000000259 \
+                         approves slowly.",
+                        "4242424242424242",
+                    ),
+                )
+                .property(
+                    "expiry",
+                    pattern(r"^\s*(0[1-9]|1[0-2])/[0-9]{2}\s*$", "MM/YY.", "12/30"),
+                )
+                .property(
+                    "cvc",
+                    pattern(r"^\s*[0-9]{3,4}\s*$", "3 or 4 digits.", "123"),
+                )
+                .required("card_number")
+                .required("expiry")
+                .required("cvc");
+            ObjectBuilder::new()
+                .description(Some(
+                    "Prices are catalog's, never the client's; unknown fields are ignored.",
+                ))
+                .property(
+                    "items",
+                    ArrayBuilder::new()
+                        .items(item)
+                        .min_items(Some(1))
+                        .max_items(Some(MAX_ITEMS)),
+                )
+                .property("payment", payment)
+                .property(
+                    "shipping_address",
+                    Ref::from_schema_name(<ShippingAddress as utoipa::ToSchema>::name()),
+                )
+                .required("items")
+                .required("payment")
+                .required("shipping_address")
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for PlaceOrder {
+        fn name() -> std::borrow::Cow<'static, str> {
+            "NewOrder".into()
+        }
+
+        fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            schemas.push((
+                <ShippingAddress as utoipa::ToSchema>::name().into_owned(),
+                <ShippingAddress as utoipa::PartialSchema>::schema(),
+            ));
+        }
+    }
+}
+
 /// The `Idempotency-Key` header: required, 1 to 255 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, FieldError> {
     let field = "Idempotency-Key";

@@ -16,17 +16,30 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shop_auth::{Principal, Verifier};
 use shop_events::Money;
-use shop_runtime::{ApiError, ErrorKind, FieldError};
+use shop_runtime::{
+    ApiError, ErrorKind, FieldError,
+    openapi::{BadRequest, Unauthorized, Unavailable, Validation},
+};
 use sqlx::PgPool;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    ledger::Ledger,
+    ledger::{Ledger, State as PaymentState},
     payments::{OperationRow, Payment, completed},
 };
 
 /// At most this many payments in one answer (newest first); a customer has one per order.
 const LIMIT: i64 = 100;
+
+/// The part of the public API this service owns, as OpenAPI; the gateway merges it into the
+/// public document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    paths(list),
+    components(schemas(PaymentView, CardView, Payments, PaymentState))
+)]
+pub struct ApiDoc;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -46,16 +59,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only the payment of this order (a UUID); the caller's own only, so another customer's
+    /// order id gives an empty list.
+    #[param(value_type = Option<Uuid>)]
     order_id: Option<String>,
 }
 
+/// The caller's payments, newest first (at most 100; a customer has one per order).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Payments {
+    pub items: Vec<PaymentView>,
+}
+
 /// A payment as the customer sees it: no card data beyond brand and last four.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentView {
     pub id: Uuid,
     pub order_id: Uuid,
+    #[schema(value_type = PaymentState)]
     pub state: &'static str,
     pub amount: Money,
     pub captured: Money,
@@ -65,20 +90,39 @@ pub struct PaymentView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Card)]
 pub struct CardView {
+    #[schema(example = "visa")]
     pub brand: String,
+    #[schema(pattern = "^[0-9]{4}$", example = "4242")]
     pub last4: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/payments",
+    tag = "payment",
+    operation_id = "list_payments",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's payments.", body = Payments),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Payments>, ApiError> {
     let Query(query) =
         query.map_err(|err| ApiError::new(ErrorKind::BadRequest, err.body_text()))?;
-    let order_id = match query.order_id.as_deref().filter(|id| !id.is_empty()) {
+    // Absent means all; present must be a UUID (an empty value too: the document says `uuid`).
+    let order_id = match query.order_id.as_deref() {
         None => None,
         Some(raw) => Some(Uuid::parse_str(raw).map_err(|_| {
             ApiError::validation(vec![FieldError::new("order_id", "is not a UUID")])
@@ -129,5 +173,5 @@ async fn list(
             }
         })
         .collect();
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(Payments { items }))
 }

@@ -115,7 +115,34 @@ pub enum State {
     Refunded,
 }
 
+/// The `state` enum of the public API, from the names [`State::as_str`] gives.
+impl utoipa::PartialSchema for State {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(State::ALL.map(State::as_str)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for State {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "PaymentState".into()
+    }
+}
+
 impl State {
+    /// Every state; a new variant that is not listed fails `every_state_is_listed`.
+    pub const ALL: [State; 7] = [
+        State::Pending,
+        State::Authorized,
+        State::Declined,
+        State::Captured,
+        State::Voided,
+        State::PartiallyRefunded,
+        State::Refunded,
+    ];
+
     /// The name the REST API shows.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -286,6 +313,23 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_state_is_listed() {
+        // Exhaustive: a new variant must be added here, and then to `State::ALL`.
+        let index = |state: State| match state {
+            State::Pending => 0,
+            State::Authorized => 1,
+            State::Declined => 2,
+            State::Captured => 3,
+            State::Voided => 4,
+            State::PartiallyRefunded => 5,
+            State::Refunded => 6,
+        };
+        for (i, state) in State::ALL.into_iter().enumerate() {
+            assert_eq!(index(state), i);
+        }
+    }
 
     fn op(operation: Operation, key: &str, outcome: Outcome, amount: i64) -> Completed {
         Completed {

@@ -48,6 +48,12 @@ pub const GRPC_ACCESS: &[(&[&str], &[&str])] = &[(
     &["Authorize", "Capture", "Void", "Refund"],
 )];
 
+/// This service's part of the public API as OpenAPI 3.1 ([`api::ApiDoc`]), completed with the
+/// shared problem responses; the gateway merges it into the public document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    shop_runtime::openapi::complete(<api::ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The payment-service service.
 #[derive(Debug)]
 pub struct PaymentService;

@@ -15,8 +15,12 @@ use serde::{Deserialize, Serialize};
 use shop_auth::{Principal, Verifier};
 use shop_events::user::UserRegistered;
 use shop_messaging::outbox;
-use shop_runtime::{ApiError, ErrorKind, FieldError};
+use shop_runtime::{
+    ApiError, ErrorKind, FieldError,
+    openapi::{BadRequest, TooManyRequests, Unauthorized, Unavailable, Validation},
+};
 use sqlx::PgPool;
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::{
@@ -26,6 +30,15 @@ use crate::{
     tokens::{TokenPair, Tokens},
     validate,
 };
+
+/// The part of the public API this service owns, as OpenAPI: the routes below, from the
+/// types they read and answer. The gateway merges it into the public document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    paths(register, login, refresh, logout, me, jwks),
+    components(schemas(User, Me, RegisterRequest, LoginRequest, RefreshRequest, TokenPair))
+)]
+pub struct ApiDoc;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -87,20 +100,47 @@ impl<T: Serialize> IntoResponse for NoStore<T> {
 }
 
 /// A user as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct User {
     pub id: Uuid,
+    /// Normalised: trimmed and lower-cased.
+    #[schema(format = Email)]
     pub email: String,
     pub name: String,
+    /// `customer`, and `admin` for administrators.
+    #[schema(example = json!(["customer"]))]
     pub roles: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
-/// Fields are optional here so that a missing one is a field error, not a parse error.
-#[derive(Deserialize)]
+/// The caller's own account (`GET /api/v1/users/me`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub id: Uuid,
+    #[schema(format = Email)]
+    pub email: String,
+    pub name: String,
+    /// `customer`, and `admin` for administrators.
+    #[schema(example = json!(["customer"]))]
+    pub roles: Vec<String>,
+}
+
+/// Fields are optional here so that a missing one is a field error, not a parse error; the
+/// schema says what the rules in [`validate`] require.
+#[derive(Deserialize, ToSchema)]
 struct RegisterRequest {
+    /// An address of the form `local@domain.tld`, at most 254 characters once trimmed;
+    /// compared case-insensitively.
+    #[schema(required, nullable = false, value_type = String, format = Email,
+             example = "ann@example.com")]
     email: Option<String>,
+    /// At least 12 characters, at most 256 bytes; not the email, not one repeated character.
+    #[schema(required, nullable = false, value_type = String, format = Password,
+             min_length = 12, max_length = 256, example = "correct horse battery")]
     password: Option<String>,
+    /// Shown in emails; 1 to 100 characters once surrounding spaces are trimmed.
+    #[schema(required, nullable = false, value_type = String, min_length = 1,
+             pattern = r"\S", example = "Ann Lee")]
     name: Option<String>,
 }
 
@@ -115,6 +155,21 @@ impl std::fmt::Debug for RegisterRequest {
     }
 }
 
+/// Creates a customer account. An address that is already registered gets the same answer as
+/// a new one (and nothing changes): the answer never tells who has an account here.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "user",
+    operation_id = "register",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The account (or, for a taken address, an account-shaped answer).", body = User),
+        (status = 400, response = BadRequest),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     body: Result<Json<RegisterRequest>, JsonRejection>,
@@ -173,9 +228,11 @@ async fn register(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LoginRequest {
+    #[schema(format = Email, example = "ann@example.com")]
     email: String,
+    #[schema(format = Password, max_length = 256, example = "correct horse battery")]
     password: String,
 }
 
@@ -189,6 +246,21 @@ impl std::fmt::Debug for LoginRequest {
 
 /// One answer for "no such email" and "wrong password" — same status, same body, and (the
 /// password is checked against a dummy hash when the email is unknown) the same time.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "user",
+    operation_id = "login",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A new access and refresh token (not cacheable).", body = TokenPair),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Validation),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     body: Result<Json<LoginRequest>, JsonRejection>,
@@ -257,8 +329,9 @@ async fn login(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RefreshRequest {
+    /// The refresh token of the last login or refresh (each is good for one use).
     refresh_token: String,
 }
 
@@ -268,6 +341,21 @@ impl std::fmt::Debug for RefreshRequest {
     }
 }
 
+/// Trades a refresh token for a new pair; the old refresh token is spent (rotation).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "user",
+    operation_id = "refresh",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair (not cacheable).", body = TokenPair),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn refresh(
     State(state): State<AppState>,
     body: Result<Json<RefreshRequest>, JsonRejection>,
@@ -281,6 +369,20 @@ async fn refresh(
     ))
 }
 
+/// Spends the refresh token (and its family): it can no longer be refreshed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "user",
+    operation_id = "logout",
+    request_body = RefreshRequest,
+    responses(
+        (status = 204, description = "Signed out."),
+        (status = 400, response = BadRequest),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn logout(
     State(state): State<AppState>,
     body: Result<Json<RefreshRequest>, JsonRejection>,
@@ -294,26 +396,46 @@ async fn logout(
 }
 
 /// The caller's own account, as the access token identifies it.
-async fn me(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/me",
+    tag = "user",
+    operation_id = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account.", body = Me),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = shop_runtime::openapi::NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn me(State(state): State<AppState>, principal: Principal) -> Result<Json<Me>, ApiError> {
     let user: User =
         sqlx::query_as("SELECT id, email, name, roles, created_at FROM users WHERE id = $1")
             .bind(principal.user_id)
             .fetch_optional(&state.pool)
             .await?
             .ok_or_else(|| ApiError::not_found("The account no longer exists."))?;
-    Ok(Json(serde_json::json!({
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "roles": user.roles,
-    })))
+    Ok(Json(Me {
+        id: user.id,
+        email: user.email,
+        name: user.name,
+        roles: user.roles,
+    }))
 }
 
 /// The public keys, for every verifier in the system. Cacheable for a few minutes; verifiers
 /// refresh on an unknown `kid` anyway.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "user",
+    operation_id = "jwks",
+    responses(
+        (status = 200, description = "The public keys that verify access tokens (RFC 7517 JWK Set).",
+         body = Object, example = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": "…", "alg": "EdDSA", "use": "sig"}]})),
+    )
+)]
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],

@@ -35,10 +35,13 @@ use uuid::Uuid;
 use crate::keys::KeyRing;
 
 /// The body of a successful login or refresh.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
+    /// A JWT for `Authorization: Bearer`.
     pub access_token: String,
+    /// Single use: trade it for a new pair at `/api/v1/auth/refresh`.
     pub refresh_token: String,
+    #[schema(value_type = String, pattern = "^Bearer$", example = "Bearer")]
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: u64,

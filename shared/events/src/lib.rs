@@ -23,10 +23,16 @@ pub mod user;
 use serde::{Deserialize, Serialize};
 
 /// An amount of money in integer minor units (cents for EUR), never a float.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Also a schema of the public API (`utoipa::ToSchema`): every service that shows money shows
+/// this type, so the OpenAPI document has one `Money`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"amount": 1999, "currency": "EUR"}))]
 pub struct Money {
+    /// Minor units (cents for EUR).
     pub amount: i64,
     /// ISO 4217 alphabetic code, upper case.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
 }
 

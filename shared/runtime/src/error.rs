@@ -17,7 +17,7 @@ use serde::Serialize;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// A field that failed validation and why, e.g. `{"field": "email", "message": "is not an email address"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// JSON pointer-like path to the field (`items[0].quantity`).
     pub field: String,
@@ -367,6 +367,76 @@ pub async fn problem_for_plain_errors(
 /// Fallback for unknown routes: a problem document instead of an empty 404.
 pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("No route for {}.", uri.path()))
+}
+
+/// The schema of every problem document this module renders ([`ApiError::problem`] and
+/// [`problem_for_plain_errors`]), named `Problem` in the OpenAPI document: what a client of any
+/// service can rely on in an error answer.
+impl utoipa::PartialSchema for ApiError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let text = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description.to_owned()))
+        };
+        ObjectBuilder::new()
+            .description(Some(
+                "An RFC 9457 problem document (`application/problem+json`). `type` identifies the \
+                 problem (`urn:shop:problem:*`, or `about:blank` when the status says it all); \
+                 `errors` lists every offending field at once.",
+            ))
+            .property(
+                "type",
+                text("What kind of problem (a URN, or `about:blank`).")
+                    .examples([serde_json::json!(ErrorKind::Validation.type_uri())]),
+            )
+            .property("title", text("A short summary of the kind."))
+            .property(
+                "status",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(400))
+                    .maximum(Some(599))
+                    .description(Some("The HTTP status of the answer.")),
+            )
+            .property("detail", text("What went wrong with this request."))
+            .property(
+                "errors",
+                ArrayBuilder::new()
+                    .items(utoipa::openapi::Ref::from_schema_name(
+                        <FieldError as utoipa::ToSchema>::name(),
+                    ))
+                    .description(Some("One entry per offending field or parameter.")),
+            )
+            .property(
+                "trace_id",
+                text("The trace to quote when asking an operator about this answer."),
+            )
+            .required("type")
+            .required("title")
+            .required("status")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ApiError {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Problem".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((
+            <FieldError as utoipa::ToSchema>::name().into_owned(),
+            FieldError::schema(),
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! | [`health`] | `/healthz`, `/readyz` and readiness probes |
 //! | [`error`] | [`ApiError`]: RFC 9457 problem+json over HTTP, status codes over gRPC |
 //! | [`pagination`] | `?limit=&cursor=` with opaque cursors, the one way list endpoints page |
+//! | [`openapi`] | what every service's OpenAPI description shares: problem responses, paging, security |
 //! | [`http`], [`grpc`] | the servers and their middleware |
 //! | [`stores`] | PostgreSQL, MongoDB, Redis and RabbitMQ connections |
 //! | [`shutdown`] | SIGTERM/SIGINT handling |
@@ -23,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod mode;
+pub mod openapi;
 pub mod pagination;
 pub mod service;
 pub mod shutdown;
