@@ -64,26 +64,34 @@ impl Drop for Jaeger {
 impl Jaeger {
     fn start(binary: &Path, log: &Path) -> Self {
         let port = || free_port().unwrap();
-        let (otlp_http, query_http) = (port(), port());
+        let (otlp_http, otlp_grpc, query_http) = (port(), port(), port());
         let flags = [
             ("collector.otlp.http.host-port", otlp_http),
-            ("collector.otlp.grpc.host-port", port()),
+            ("collector.otlp.grpc.host-port", otlp_grpc),
             ("collector.http-server.host-port", port()),
             ("collector.grpc-server.host-port", port()),
             ("query.http-server.host-port", query_http),
             ("query.grpc-server.host-port", port()),
             ("admin.http.host-port", port()),
         ];
+        let log = std::fs::File::create(log).unwrap();
         let child = Command::new(binary)
             .env("SPAN_STORAGE_TYPE", "memory")
+            // Jaeger traces itself to OTLP on localhost:4317 by default, where a `make run`
+            // Jaeger may listen: aim it at itself, sampling nothing (as stack.sh does).
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp_grpc}"),
+            )
+            .env("OTEL_TRACES_SAMPLER", "always_off")
             .args(
                 flags
                     .iter()
                     .map(|(flag, port)| format!("--{flag}=127.0.0.1:{port}")),
             )
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(log).unwrap())
-            .stderr(Stdio::inherit())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
         Self {
@@ -97,8 +105,10 @@ impl Jaeger {
     /// traces only).
     async fn traces(&self, http: &reqwest::Client, service: &str) -> Option<Vec<Value>> {
         let response = http
-            .get(format!("{}/api/traces", self.query))
-            .query(&[("service", service), ("limit", "1000"), ("lookback", "1h")])
+            .get(format!(
+                "{}/api/traces?service={service}&limit=1000&lookback=1h",
+                self.query
+            ))
             .send()
             .await
             .ok()?;
@@ -132,7 +142,9 @@ async fn one_order_is_one_trace_across_http_grpc_and_amqp_through_six_services()
         "{} is missing: `deploy/local/stack.sh install` builds it",
         jaeger_binary.display()
     );
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_shop-bench")).parent().unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_shop-bench"))
+        .parent()
+        .unwrap();
     let missing: Vec<&str> = SERVICES
         .into_iter()
         .filter(|name| !bin_dir.join(name).is_file())

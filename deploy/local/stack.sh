@@ -972,8 +972,10 @@ start_jaeger() {
     ensure_ports_free jaeger ${INFRA_PORTS[jaeger]}
     say "jaeger: starting (OTLP http://127.0.0.1:$OTLP_HTTP_PORT, UI and API http://127.0.0.1:$JAEGER_UI_PORT)"
     # Every listener on loopback (its defaults are all interfaces); spans in
-    # memory, so a restart forgets them — this is a development tool.
-    launch jaeger "$STATE_DIR" env SPAN_STORAGE_TYPE=memory "$JAEGER_BIN" \
+    # memory, so a restart forgets them — this is a development tool. Its own
+    # self-tracing (OTLP to localhost:4317 by default) samples nothing.
+    launch jaeger "$STATE_DIR" env SPAN_STORAGE_TYPE=memory OTEL_TRACES_SAMPLER=always_off \
+      OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_GRPC_PORT" "$JAEGER_BIN" \
       --collector.otlp.enabled=true \
       --collector.otlp.http.host-port="127.0.0.1:$OTLP_HTTP_PORT" \
       --collector.otlp.grpc.host-port="127.0.0.1:$OTLP_GRPC_PORT" \

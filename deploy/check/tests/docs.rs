@@ -158,9 +158,10 @@ fn the_tour_links_only_to_what_exists_and_its_trace_spans_six_services() {
         "payment-service",
         "notification-service",
     ] {
-        if !tour.lines().any(|line| {
-            line.starts_with("| ") && line.contains(&format!(" | {service} | "))
-        }) {
+        if !tour
+            .lines()
+            .any(|line| line.starts_with("| ") && line.contains(&format!(" | {service} | ")))
+        {
             problems.push(format!("docs/tour.md: the trace has no span of {service}"));
         }
     }

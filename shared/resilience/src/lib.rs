@@ -368,7 +368,10 @@ mod tests {
         let opened = || line("test_breaker_transitions_total{peer=\"peer\",to=\"open\"}");
         metrics::with_local_recorder(&recorder, || {
             let breaker = breaker(1, Duration::ZERO);
-            assert_eq!(state().as_deref(), Some("test_breaker_state{peer=\"peer\"} 0"));
+            assert_eq!(
+                state().as_deref(),
+                Some("test_breaker_state{peer=\"peer\"} 0")
+            );
             outcome(&breaker, false);
             assert!(state().is_some_and(|l| l.ends_with(" 2")), "open");
             assert!(opened().is_some_and(|l| l.ends_with(" 1")), "counted");
