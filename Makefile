@@ -124,3 +124,10 @@ chaos: infra-up ## Faults under load, invariants afterwards: target/chaos/report
 	cargo build --bins --locked
 	$(WITH_TEST_ENV) $(CHAOS_BIN)/shop-bench chaos --bin-dir $(CHAOS_BIN) --out target/chaos \
 	  $(if $(FAULT),--only $(FAULT)) $(if $(QUICK),--quick)
+
+# ---------------------------------------------------------------------------- the tour
+.PHONY: tour
+# One order through the running system, written up with the real requests, trace, log lines,
+# events, rows and email (scripts/tour.sh). `make run` first brings the system up if it is not.
+tour: run ## Place one order through `make run` and write docs/tour.md from what the system did
+	scripts/tour.sh docs/tour.md

@@ -7,7 +7,9 @@
 #
 #   infrastructure  PostgreSQL 15, Redis, RabbitMQ (+ management UI) and
 #                   FerretDB (a MongoDB wire-protocol server on SQLite),
-#                   MailDev (a mail catcher: SMTP + web page + REST API)
+#                   MailDev (a mail catcher: SMTP + web page + REST API),
+#                   Jaeger (traces: an OTLP receiver the services export to,
+#                   a query API and UI; spans kept in memory)
 #   services        the seven Rust binaries of this repository
 #
 # Everything it creates lives in <repo>/.local/ (git-ignored):
@@ -100,6 +102,23 @@ MAILDEV_DIR="$STATE_DIR/maildev"    # the caught mails (.eml files)
 SMTP_PORT=1025
 MAIL_WEB_PORT=1080
 
+# --- Jaeger (traces; every service exports its spans here in development) ----
+# v1's all-in-one: collector (OTLP over HTTP and gRPC), in-memory storage and
+# the query service (HTTP API /api/traces + UI) in one process. It is the
+# lightest Jaeger build with both OTLP ingest and a query API: v2's `jaeger`
+# binary embeds an OpenTelemetry Collector distribution and is larger to build.
+# Built from its Go module like FerretDB, cached per version (install_jaeger).
+JAEGER_MODULE=github.com/jaegertracing/jaeger
+JAEGER_VERSION=v1.76.0
+JAEGER_BIN="$TOOLS_BIN/jaeger-all-in-one-$JAEGER_VERSION"
+OTLP_HTTP_PORT=4318                 # the services' OTEL_EXPORTER_OTLP_ENDPOINT
+OTLP_GRPC_PORT=4317
+JAEGER_UI_PORT=16686                # UI and the HTTP query API (/api/traces)
+JAEGER_QUERY_GRPC_PORT=16685
+JAEGER_ADMIN_PORT=14269             # /  answers 200 once it serves (health check)
+JAEGER_COLLECTOR_HTTP_PORT=14268    # its legacy Thrift/HTTP intake (unused, bound to loopback)
+JAEGER_COLLECTOR_GRPC_PORT=14250    # its legacy gRPC intake (unused, bound to loopback)
+
 # How long to wait for things (seconds; the STACK_* variables override them).
 INFRA_TIMEOUT=${STACK_INFRA_TIMEOUT:-120}            # per infrastructure server to come up
 SERVICE_TIMEOUT=${STACK_SERVICE_TIMEOUT:-60}         # per service until /readyz says 200
@@ -108,7 +127,7 @@ INFRA_STOP_TIMEOUT=20                                # same for redis/ferretdb/r
 
 # Infrastructure components in start order (stopped in reverse order), and the
 # TCP ports each one needs. epmd is RabbitMQ's little helper (see start_epmd).
-INFRA=(postgres redis epmd rabbitmq ferretdb maildev)
+INFRA=(postgres redis epmd rabbitmq ferretdb maildev jaeger)
 declare -A INFRA_PORTS=(
   [postgres]="$PG_PORT"
   [redis]="$REDIS_PORT"
@@ -116,6 +135,7 @@ declare -A INFRA_PORTS=(
   [rabbitmq]="$AMQP_PORT $RABBIT_MGMT_PORT $RABBIT_DIST_PORT"
   [ferretdb]="$MONGO_PORT $FERRETDB_DEBUG_PORT"
   [maildev]="$SMTP_PORT $MAIL_WEB_PORT"
+  [jaeger]="$OTLP_HTTP_PORT $OTLP_GRPC_PORT $JAEGER_UI_PORT $JAEGER_QUERY_GRPC_PORT $JAEGER_ADMIN_PORT $JAEGER_COLLECTOR_HTTP_PORT $JAEGER_COLLECTOR_GRPC_PORT"
 )
 
 # -----------------------------------------------------------------------------
@@ -443,6 +463,16 @@ apt_install() {
   if (( wrote_policy )); then as_root rm -f "$POLICY_RC"; fi
 }
 
+# The Go toolchain, or a message saying how to get one.
+go_toolchain() {
+  local go
+  go=$(command -v go || true)
+  [[ -n $go ]] || { [[ -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go; } \
+    || die "FerretDB and Jaeger are built from source and need the Go toolchain: Go >= 1.24, or any
+       Go >= 1.21, which downloads the newer toolchain by itself. See https://go.dev/dl/"
+  printf '%s\n' "$go"
+}
+
 ferretdb_installed() {
   local out
   [[ -x $FERRETDB_BIN ]] || return 1
@@ -465,10 +495,7 @@ install_ferretdb() {
     return 0
   fi
   local go started=$SECONDS tmp src
-  go=$(command -v go || true)
-  [[ -n $go ]] || { [[ -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go; } \
-    || die "FerretDB is built from source and needs the Go toolchain: Go >= 1.24, or any Go >= 1.21,
-       which downloads the newer toolchain by itself. See https://go.dev/dl/"
+  go=$(go_toolchain)
   say "building FerretDB $FERRETDB_VERSION with $("$go" env GOVERSION) (first time only, ~1-3 min)"
   mkdir -p "$TOOLS_BIN"
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/shop-stack-ferretdb.XXXXXX")
@@ -486,6 +513,30 @@ install_ferretdb() {
   mv -f "$FERRETDB_BIN.new" "$FERRETDB_BIN"
   ferretdb_installed || die "built $FERRETDB_BIN but '--version' does not report $FERRETDB_VERSION"
   note "ferretdb built in $((SECONDS - started))s"
+}
+
+# Jaeger is built like FerretDB: `go mod download` the module, then `go build`
+# inside it. Its go.mod has a `replace` directive, which `go install pkg@version`
+# refuses. The module cache is read-only, which `go build -o elsewhere` does
+# not mind. The binary's name carries the version, so a version bump builds anew.
+install_jaeger() {
+  if [[ -x $JAEGER_BIN ]]; then
+    note "jaeger $JAEGER_VERSION already built: $JAEGER_BIN"
+    return 0
+  fi
+  local go started=$SECONDS tmp src
+  go=$(go_toolchain)
+  say "building Jaeger all-in-one $JAEGER_VERSION with $("$go" env GOVERSION) (first time only, a few minutes)"
+  mkdir -p "$TOOLS_BIN"
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/shop-stack-jaeger.XXXXXX")
+  CLEANUP+=("rm -rf '$tmp'")
+  src=$(cd "$tmp" && GOWORK=off GOFLAGS='' "$go" mod download -json "$JAEGER_MODULE@$JAEGER_VERSION" \
+        | jq -r '.Dir // empty') || die "could not download $JAEGER_MODULE@$JAEGER_VERSION (see above)"
+  [[ -n $src && -d $src ]] || die "could not download $JAEGER_MODULE@$JAEGER_VERSION"
+  (cd "$src" && GOWORK=off GOFLAGS='' CGO_ENABLED=0 "$go" build -buildvcs=false -trimpath \
+     -ldflags='-s -w' -o "$JAEGER_BIN.new" ./cmd/all-in-one) 9>&-
+  mv -f "$JAEGER_BIN.new" "$JAEGER_BIN"
+  note "jaeger built in $((SECONDS - started))s"
 }
 
 # Erlang (RabbitMQ) names our node rabbit@localhost, so "localhost" must
@@ -519,6 +570,7 @@ cmd_install() {
   [[ -x $PG_BIN/postgres ]] || die "$PG_BIN/postgres not found: this script expects PostgreSQL 15 (Debian 12 'bookworm')"
   install_ferretdb
   install_maildev
+  install_jaeger
   ensure_localhost
   preflight_ports
 }
@@ -908,6 +960,37 @@ start_maildev() {
 }
 
 # =============================================================================
+# Jaeger — traces (every service exports to its OTLP receiver in development)
+# =============================================================================
+jaeger_up() { curl -fsS -o /dev/null --max-time 3 "http://127.0.0.1:$JAEGER_ADMIN_PORT/" && port_open "$OTLP_HTTP_PORT"; }
+
+start_jaeger() {
+  local pid
+  if pid=$(running_pid jaeger); then
+    note "jaeger: already running (pid $pid)"
+  else
+    clear_stale jaeger
+    # shellcheck disable=SC2086  # a space-separated list of ports
+    ensure_ports_free jaeger ${INFRA_PORTS[jaeger]}
+    say "jaeger: starting (OTLP http://127.0.0.1:$OTLP_HTTP_PORT, UI and API http://127.0.0.1:$JAEGER_UI_PORT)"
+    # Every listener on loopback (its defaults are all interfaces); spans in
+    # memory, so a restart forgets them — this is a development tool. Its own
+    # self-tracing (OTLP to localhost:4317 by default) samples nothing.
+    launch jaeger "$STATE_DIR" env SPAN_STORAGE_TYPE=memory OTEL_TRACES_SAMPLER=always_off \
+      OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_GRPC_PORT" "$JAEGER_BIN" \
+      --collector.otlp.enabled=true \
+      --collector.otlp.http.host-port="127.0.0.1:$OTLP_HTTP_PORT" \
+      --collector.otlp.grpc.host-port="127.0.0.1:$OTLP_GRPC_PORT" \
+      --collector.http-server.host-port="127.0.0.1:$JAEGER_COLLECTOR_HTTP_PORT" \
+      --collector.grpc-server.host-port="127.0.0.1:$JAEGER_COLLECTOR_GRPC_PORT" \
+      --query.http-server.host-port="127.0.0.1:$JAEGER_UI_PORT" \
+      --query.grpc-server.host-port="127.0.0.1:$JAEGER_QUERY_GRPC_PORT" \
+      --admin.http.host-port="127.0.0.1:$JAEGER_ADMIN_PORT"
+  fi
+  wait_infra jaeger "http://127.0.0.1:$JAEGER_ADMIN_PORT/ + otlp 127.0.0.1:$OTLP_HTTP_PORT" jaeger_up
+}
+
+# =============================================================================
 # infra-up / infra-down
 # =============================================================================
 write_test_env() {
@@ -919,6 +1002,7 @@ export TESTKIT_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
 export TESTKIT_RABBITMQ_API=http://guest:guest@127.0.0.1:$RABBIT_MGMT_PORT
 export TESTKIT_SMTP_URL=smtp://127.0.0.1:$SMTP_PORT
 export TESTKIT_MAIL_API=http://127.0.0.1:$MAIL_WEB_PORT
+export TESTKIT_JAEGER_BIN=$JAEGER_BIN
 EOF
 }
 
@@ -929,12 +1013,14 @@ cmd_infra_up() {
   start_rabbitmq
   start_ferretdb
   start_maildev
+  start_jaeger
   write_test_env
   say "infrastructure is up; test settings: source $STATE_DIR/test.env"
 }
 
 cmd_infra_down() {
   say "stopping infrastructure"
+  stop_component jaeger "$INFRA_STOP_TIMEOUT"
   stop_component maildev "$INFRA_STOP_TIMEOUT"
   stop_component ferretdb "$INFRA_STOP_TIMEOUT"
   stop_rabbitmq
@@ -962,6 +1048,7 @@ INFRASTRUCTURE
   RabbitMQ UI  http://127.0.0.1:$RABBIT_MGMT_PORT   (guest / guest)
   MongoDB API  mongodb://127.0.0.1:$MONGO_PORT/   (FerretDB $FERRETDB_VERSION on SQLite)
   Mail (SMTP)  smtp://127.0.0.1:$SMTP_PORT   read it at http://127.0.0.1:$MAIL_WEB_PORT   (MailDev $MAILDEV_VERSION)
+  Traces       http://127.0.0.1:$JAEGER_UI_PORT   (Jaeger $JAEGER_VERSION; the services export to OTLP http://127.0.0.1:$OTLP_HTTP_PORT)
 
 Logs:        $LOG_DIR/<name>.log
 Test env:    source $STATE_DIR/test.env
@@ -1000,12 +1087,15 @@ cmd_services_up() {
     [[ $rest =~ (^|[[:space:]])OPS_ADDR=([^[:space:]]+) ]] && ops=${BASH_REMATCH[2]}
     ensure_ports_free "$name" "$http" "$grpc" "${ops##*:}"
     # Table columns first, then the extra KEY=VALUE words. Everything else in
-    # our environment (e.g. OTEL_EXPORTER_OTLP_ENDPOINT) is inherited; export
-    # RUST_LOG or LOG_FORMAT yourself to override those two defaults.
+    # our environment is inherited; export RUST_LOG, LOG_FORMAT or
+    # OTEL_EXPORTER_OTLP_ENDPOINT yourself to override those defaults (spans go
+    # to the stack's Jaeger, flushed every second so a trace shows up at once).
     # shellcheck disable=SC2206  # intentional word splitting of the env column
     # GLIBC_TUNABLES as in the image: docs/adr/0014-malloc-mmap-threshold.md.
     env_args=(HTTP_ADDR="127.0.0.1:$http" GRPC_ADDR="127.0.0.1:$grpc"
               LOG_FORMAT="${LOG_FORMAT:-json}" RUST_LOG="${RUST_LOG:-info}"
+              OTEL_EXPORTER_OTLP_ENDPOINT="${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:$OTLP_HTTP_PORT}"
+              OTEL_BSP_SCHEDULE_DELAY="${OTEL_BSP_SCHEDULE_DELAY:-1000}"
               GLIBC_TUNABLES="$GLIBC_TUNABLES_FOR_SERVICES" $rest)
     launch "$name" "$REPO_ROOT" env "${env_args[@]}" "$bin_dir/$name"
     started+=("$name")
@@ -1062,6 +1152,7 @@ cmd_status() {
     [rabbitmq]="127.0.0.1:$AMQP_PORT, http://127.0.0.1:$RABBIT_MGMT_PORT"
     [ferretdb]="127.0.0.1:$MONGO_PORT"
     [maildev]="smtp 127.0.0.1:$SMTP_PORT, http://127.0.0.1:$MAIL_WEB_PORT"
+    [jaeger]="otlp http://127.0.0.1:$OTLP_HTTP_PORT, http://127.0.0.1:$JAEGER_UI_PORT"
   )
   status_line() {
     local name=$1 addr=$2 state
@@ -1083,9 +1174,9 @@ usage() {
   cat <<EOF
 Usage: deploy/local/stack.sh <command> [args]
 
-  install               install missing Debian packages and build FerretDB (idempotent)
-  infra-up              install, then start PostgreSQL, Redis, RabbitMQ, FerretDB, MailDev
-                        and write .local/test.env
+  install               install missing Debian packages, build FerretDB and Jaeger (idempotent)
+  infra-up              install, then start PostgreSQL, Redis, RabbitMQ, FerretDB, MailDev,
+                        Jaeger and write .local/test.env
   infra-down            stop the infrastructure started by infra-up
   services-up [BIN_DIR] start the seven services (default BIN_DIR: target/debug)
                         and wait for their /readyz
@@ -1097,9 +1188,9 @@ Usage: deploy/local/stack.sh <command> [args]
   psql ARGS...          psql as the postgres superuser over the unix socket
 
 Environment: STACK_INFRA_TIMEOUT (120), STACK_SERVICE_TIMEOUT (60) and
-STACK_SERVICE_STOP_TIMEOUT (30) change the waits. RUST_LOG / LOG_FORMAT
-override the services' defaults (info / json); every other exported variable
-(e.g. OTEL_EXPORTER_OTLP_ENDPOINT) is passed through to the services.
+STACK_SERVICE_STOP_TIMEOUT (30) change the waits. RUST_LOG / LOG_FORMAT /
+OTEL_EXPORTER_OTLP_ENDPOINT override the services' defaults (info / json /
+the stack's Jaeger); every other exported variable is passed through.
 
 State: $STATE_DIR   Logs: $LOG_DIR
 EOF

@@ -138,6 +138,50 @@ fn the_architecture_map_and_the_readme_link_both_pages() {
     assert_no_problems(&problems);
 }
 
+/// `docs/tour.md` is generated (`make tour`) but committed: every relative link it makes to
+/// the code must still lead to a file or directory, and the generated trace must still show
+/// the six services an order passes through.
+#[test]
+fn the_tour_links_only_to_what_exists_and_its_trace_spans_six_services() {
+    let root = repo_root();
+    let tour = read(&root, "docs/tour.md");
+    let mut problems = relative_links(&tour)
+        .into_iter()
+        .filter(|target| !root.join("docs").join(target).exists())
+        .map(|target| format!("docs/tour.md: a link to {target}, which does not exist"))
+        .collect::<Vec<_>>();
+    for service in [
+        "gateway",
+        "order-service",
+        "catalog-service",
+        "inventory-service",
+        "payment-service",
+        "notification-service",
+    ] {
+        if !tour
+            .lines()
+            .any(|line| line.starts_with("| ") && line.contains(&format!(" | {service} | ")))
+        {
+            problems.push(format!("docs/tour.md: the trace has no span of {service}"));
+        }
+    }
+    assert!(
+        !relative_links("[a](../b.rs) [c](https://d) [e](f.md#g)").contains(&"https://d"),
+        "relative_links keeps only relative targets"
+    );
+    assert_no_problems(&problems);
+}
+
+/// The targets of `[text](target)` links that are relative paths, without their `#anchor`.
+fn relative_links(text: &str) -> Vec<&str> {
+    text.split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
+        .map(|target| target.split('#').next().unwrap_or(target))
+        .filter(|target| !target.is_empty() && !target.contains("://"))
+        .collect()
+}
+
 /// The check itself, on pages broken on purpose: each kind of untrue citation is reported with
 /// its page and line, and a good citation is not.
 #[test]

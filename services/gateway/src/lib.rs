@@ -8,9 +8,8 @@
 //! |---|---|
 //! | [`config`] | upstream URLs, timeouts, limits, CORS origins |
 //! | [`routes`] | the public API as a table: path, owner, access rule (the allow-list) |
-//! | [`proxy`] | forwarding one request: auth, rate limit, body limit, upstream call, errors |
+//! | [`proxy`] | forwarding one request: auth, rate limit, body limit, upstream call (a bulkhead and a `shop_resilience` breaker per upstream), errors |
 //! | [`ratelimit`] | per user / per address limits in Redis (one script per decision), local fallback |
-//! | [`resilience`] | the circuit breaker (bulkheads are semaphores in [`proxy`]) |
 //! | [`compose`] | API composition: an order with each line's product from catalog, one batched call |
 //! | [`cache`] | catalog reads cached in Redis, invalidated by catalog's events, stale-if-error |
 //! | [`events`] | the consumer of catalog's events that invalidates the cache |
@@ -30,7 +29,6 @@ pub mod events;
 pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
-pub mod resilience;
 pub mod routes;
 
 use std::{sync::Arc, time::Duration};

@@ -34,14 +34,29 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use shop_auth::{Principal, Verifier, http::AuthRejection};
+use shop_resilience::{CircuitBreaker, Metrics, Policy};
 use shop_runtime::{ApiError, ErrorKind};
 use tokio::sync::Semaphore;
 
 use crate::{
     cache::{Lookup, ResponseCache},
     ratelimit::{Decision, Limits, RateLimiter, Subject, write_headers},
-    resilience::CircuitBreaker,
     routes::{Access, LimitClass, Route, Upstream},
+};
+
+/// Each upstream's circuit breaker ([`shop_resilience`]): after 5 consecutive failures
+/// (unreachable, timed out, 502–504) calls fail fast with 503 for 5 s, sparing a service that
+/// is down a stream of doomed requests and the clients a timeout each; then one trial call.
+pub const BREAKER: Policy = Policy {
+    failures_to_open: 5,
+    open_for: Duration::from_secs(5),
+};
+
+/// The breakers' metric names: `gateway_circuit_state{upstream}` (0 closed, 1 half-open, 2 open).
+const BREAKER_METRICS: Metrics = Metrics {
+    state: "gateway_circuit_state",
+    transitions: "gateway_circuit_transitions_total",
+    peer_label: "upstream",
 };
 
 /// The client every forwarded request and every composition call goes out on.
@@ -89,7 +104,11 @@ pub struct UpstreamState {
     /// The base URL's path without a trailing slash (usually empty); the request's path and
     /// query are appended.
     prefix: String,
+    /// The bulkhead: at most `UPSTREAM_CONCURRENCY` requests in flight to this upstream, so a
+    /// slow service ties up a bounded share of the gateway's connections and tasks; requests
+    /// beyond it are refused at once with 503 instead of queueing until everything times out.
     pub bulkhead: Semaphore,
+    /// The circuit breaker, [`BREAKER`].
     pub breaker: CircuitBreaker,
 }
 
@@ -109,7 +128,7 @@ impl UpstreamState {
             authority: authority.clone(),
             prefix: uri.path().trim_end_matches('/').to_owned(),
             bulkhead: Semaphore::new(concurrency),
-            breaker: CircuitBreaker::new(upstream.name()),
+            breaker: CircuitBreaker::new(upstream.name(), BREAKER, BREAKER_METRICS),
         })
     }
 

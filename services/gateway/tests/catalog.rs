@@ -128,7 +128,7 @@ async fn while_catalog_is_down_reads_are_served_stale_and_writes_fail_fast() {
 
     // Uncached reads fail; after enough failures the circuit opens and calls fail fast.
     let mut statuses = Vec::new();
-    for _ in 0..gateway::resilience::FAILURES_TO_OPEN + 1 {
+    for _ in 0..gateway::proxy::BREAKER.failures_to_open + 1 {
         let response = app.get("/api/v1/products/p2").await.unwrap();
         assert_eq!(
             response.headers()["content-type"],

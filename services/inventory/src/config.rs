@@ -16,6 +16,7 @@ use shop_runtime::{
     config::{ConfigError, Env},
 };
 
+/// inventory-service's settings, read once at start; the module's table names each variable.
 #[derive(Debug, Clone)]
 pub struct InventoryConfig {
     pub auth: AuthConfig,

@@ -23,6 +23,10 @@ use crate::stock::{self, Line};
 /// At most this many skus per availability query.
 pub const MAX_SKUS: usize = 1000;
 
+/// The gRPC server order-service calls (`shop.inventory.v1.InventoryService`): reserve,
+/// commit, release and availability, each a thin translation to [`crate::stock`], where the
+/// rules and their tests live. `reservation_ttl` is how long an uncommitted reservation holds
+/// stock before [`crate::expiry`] gives it back.
 #[derive(Debug, Clone)]
 pub struct InventoryApi {
     pub pool: PgPool,

@@ -58,6 +58,8 @@ impl Status {
         }
     }
 
+    /// The value of `reservations.status`: text rather than a PostgreSQL enum, so adding a
+    /// state is a code change without a type migration.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Reserved => "reserved",
@@ -80,7 +82,10 @@ pub struct Reservation {
 /// Whether a call changed something or answered a repetition from what was already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// This call made the change (and wrote its event).
     Applied,
+    /// The change was already there (a retry after a lost answer): same answer, no second
+    /// effect and no second event.
     Replayed,
 }
 
@@ -95,6 +100,8 @@ pub struct Stock {
 }
 
 impl Stock {
+    /// The row as the events publish it: `version` lets a consumer drop a level older than
+    /// one it already applied, since events may arrive out of order.
     pub fn level(&self) -> StockLevel {
         StockLevel {
             sku: self.sku.clone(),
@@ -569,6 +576,8 @@ pub async fn availability(pool: &PgPool, skus: &[String]) -> Result<Vec<Stock>, 
         .collect())
 }
 
+/// One sku's stock row, `None` for a sku inventory has never heard of (its product was never
+/// created), which the API answers with 404 rather than "0 available".
 pub async fn get(pool: &PgPool, sku: &str) -> Result<Option<Stock>, ApiError> {
     Ok(
         sqlx::query_as(&format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = $1"))

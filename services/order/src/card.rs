@@ -39,6 +39,7 @@ impl std::fmt::Debug for Card {
 }
 
 impl Card {
+    /// The last four digits: what the order may show and log about the card, never more.
     pub fn last4(&self) -> &str {
         let start = self.number.len().saturating_sub(4);
         self.number.get(start..).unwrap_or_default()
@@ -67,6 +68,9 @@ impl std::fmt::Debug for CardVault {
     }
 }
 
+/// Sealing or opening failed. Deliberately without detail: an error that said *why* a
+/// ciphertext did not open would help whoever tampered with it, and none of the causes is the
+/// caller's to fix.
 #[derive(Debug, thiserror::Error)]
 #[error("card encryption failed")]
 pub struct VaultError;
@@ -105,6 +109,9 @@ impl CardVault {
         Ok(sealed)
     }
 
+    /// The card sealed for `order_id`. A ciphertext copied to another order's row does not
+    /// open (the order id is the associated data), so rows cannot be swapped to pay with
+    /// someone else's card.
     pub fn open(&self, order_id: Uuid, sealed: &[u8]) -> Result<Card, VaultError> {
         if sealed.len() < NONCE_LEN {
             return Err(VaultError);

@@ -56,6 +56,7 @@ use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -153,6 +154,11 @@ impl Row {
 }
 
 impl Driver {
+    /// A driver with a fresh instance id (its leases' owner) and `config.max_in_flight` slots:
+    /// a new order finding none is refused with 503 and `Retry-After`, and the sweeper claims
+    /// only as many sagas as there are free slots, so a burst cannot run more sagas than the
+    /// connections and participants were sized for. Runs are spawned on `tasks` and stop at
+    /// `shutdown`, handing their leases back at once.
     pub fn new(
         pool: PgPool,
         participants: Participants,
@@ -184,12 +190,21 @@ impl Driver {
     /// the run ends. `marked`: the attempt of its current step is already persisted
     /// (`POST /orders` writes the first `Reserve` attempt with the order), so the run calls at
     /// once.
+    ///
+    /// The run gets a `saga` span, a child of the caller's span: started by `POST /orders`, the
+    /// saga's gRPC calls and the events it publishes stay in the trace of the request that
+    /// placed the order (a spawned task would otherwise start from no span, and every call
+    /// would begin a trace of its own). A run the sweeper resumes is outside that trace.
     pub fn start(self: &Arc<Self>, order_id: Uuid, marked: bool, permit: OwnedSemaphorePermit) {
         let driver = self.clone();
-        self.tasks.spawn(async move {
-            driver.drive(order_id, marked).await;
-            drop(permit);
-        });
+        let span = tracing::info_span!("saga", %order_id);
+        self.tasks.spawn(
+            async move {
+                driver.drive(order_id, marked).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 
     /// Runs the saga step after step until it ends, must wait for a retry, or the lease is

@@ -9,7 +9,6 @@
 //! | [`saga`] | the steps, the compensations and the decisions, as pure functions |
 //! | [`driver`] | running sagas: persist, call, persist; leases, the sweeper, crash resume |
 //! | [`participants`] | gRPC clients: service tokens, deadlines, retries with jitter, breakers |
-//! | [`breaker`] | the circuit breaker, one per downstream |
 //! | [`card`] | card data kept encrypted until authorization; request fingerprints |
 //! | [`validate`] | the placing request, checked field by field |
 //! | [`api`] | the HTTP API (`/api/v1/orders`, own orders only) |
@@ -21,7 +20,6 @@
 
 pub mod admin;
 pub mod api;
-pub mod breaker;
 pub mod card;
 pub mod config;
 pub mod driver;

@@ -12,7 +12,7 @@
 //!   prove it): a repeated Reserve reserves once, a repeated Authorize charges once. A call that
 //!   ran into its deadline is *not* retried here: it may still be running, and the saga retries
 //!   it later from the database anyway (see [`crate::driver`]);
-//! * goes through the downstream's **circuit breaker** ([`crate::breaker`]).
+//! * goes through the downstream's **circuit breaker** ([`shop_resilience::CircuitBreaker`]).
 //!
 //! Each saga call returns an [`Outcome`]: what the answer means for the saga, nothing more.
 
@@ -32,14 +32,22 @@ use shop_proto::{
         VoidRequest, payment_service_client::PaymentServiceClient,
     },
 };
+use shop_resilience::{CircuitBreaker, Metrics, Policy};
 use tonic::{Code, Status, metadata::MetadataMap, transport::Channel};
 use uuid::Uuid;
 
 use crate::{
-    breaker::Breaker,
     card::Card,
     config::OrderConfig,
     saga::{Outcome, Reason},
+};
+
+/// The breakers' metric names: `order_circuit_breaker_state{downstream}` is what the
+/// `CircuitBreakerOpen` alert (`deploy/prometheus/alerts.yml`) reads.
+const BREAKER_METRICS: Metrics = Metrics {
+    state: "order_circuit_breaker_state",
+    transitions: "order_circuit_breaker_transitions_total",
+    peer_label: "downstream",
 };
 
 /// Why a call produced no answer from the participant itself.
@@ -57,6 +65,8 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The gRPC code the saga and the metrics see: a call not made (open breaker, no token)
+    /// counts as `Unavailable`, so it is retried later like an unreachable participant.
     pub fn code(&self) -> Code {
         match self {
             Self::Status(status) => status.code(),
@@ -91,9 +101,9 @@ pub struct Participants {
     inventory: InventoryServiceClient<Channel>,
     payment: PaymentServiceClient<Channel>,
     tokens: Arc<ServiceTokens>,
-    catalog_breaker: Arc<Breaker>,
-    inventory_breaker: Arc<Breaker>,
-    payment_breaker: Arc<Breaker>,
+    catalog_breaker: Arc<CircuitBreaker>,
+    inventory_breaker: Arc<CircuitBreaker>,
+    payment_breaker: Arc<CircuitBreaker>,
     call_timeout: Duration,
 }
 
@@ -108,16 +118,16 @@ fn channel(url: &url::Url, call_timeout: Duration) -> Result<Channel, String> {
 }
 
 impl Participants {
+    /// The clients, connecting lazily (order-service starts while a participant is down), with
+    /// one breaker per participant: one participant down must not stop calls to the others.
     pub fn new(config: &OrderConfig) -> Result<Self, String> {
         let timeout = config.saga.call_timeout;
         let tokens = config.credentials.tokens().map_err(|err| err.to_string())?;
-        let breaker = |name| {
-            Arc::new(Breaker::new(
-                name,
-                config.breaker_failures,
-                config.breaker_cooldown,
-            ))
+        let policy = Policy {
+            failures_to_open: config.breaker_failures,
+            open_for: config.breaker_cooldown,
         };
+        let breaker = |name| Arc::new(CircuitBreaker::new(name, policy, BREAKER_METRICS));
         Ok(Self {
             catalog: CatalogServiceClient::new(channel(&config.catalog_url, timeout)?),
             inventory: InventoryServiceClient::new(channel(&config.inventory_url, timeout)?),
@@ -133,7 +143,7 @@ impl Participants {
     /// One logical call: breaker, token, deadline, trace context, quick retries.
     async fn call<Req, Resp, F, Fut>(
         &self,
-        breaker: &Breaker,
+        breaker: &CircuitBreaker,
         method: &'static str,
         message: Req,
         send: F,
@@ -172,7 +182,7 @@ impl Participants {
 
     async fn once<Req, Resp, F, Fut>(
         &self,
-        breaker: &Breaker,
+        breaker: &CircuitBreaker,
         method: &'static str,
         message: Req,
         send: &F,
@@ -191,9 +201,9 @@ impl Participants {
         shop_runtime::telemetry::inject_context(&mut headers);
         *request.metadata_mut() = MetadataMap::from_headers(headers);
 
-        if !breaker.allow() {
+        let Some(call) = breaker.call() else {
             return Err(CallError::Open(method));
-        }
+        };
         // The deadline is also enforced here: `grpc-timeout` only asks the server to give up.
         let answer = match tokio::time::timeout(self.call_timeout, send(request)).await {
             Ok(answer) => answer,
@@ -202,21 +212,15 @@ impl Participants {
                 self.call_timeout
             ))),
         };
-        match answer {
-            Ok(response) => {
-                breaker.on_success();
-                Ok(response.into_inner())
-            }
-            Err(status) => {
-                if is_unreachable(status.code()) {
-                    breaker.on_failure();
-                } else {
-                    // The service answered (a refusal is an answer): it is up.
-                    breaker.on_success();
-                }
-                Err(CallError::Status(status))
-            }
-        }
+        // The service answered (a refusal is an answer): it is up.
+        call.record(
+            answer
+                .as_ref()
+                .map_or_else(|status| !is_unreachable(status.code()), |_| true),
+        );
+        answer
+            .map(tonic::Response::into_inner)
+            .map_err(CallError::Status)
     }
 
     /// catalog `GetProducts`: every product of an order in one call.
@@ -413,6 +417,9 @@ pub fn reserve_request(order_id: Uuid, lines: Vec<(String, u32)>) -> ReserveRequ
     }
 }
 
+/// What inventory's answer to `Reserve` means for the saga: a refusal (not enough stock, an
+/// unknown sku) cancels the order as `out_of_stock`; no answer is unknown and retried.
+/// Public and pure, so the contract tests check each mapping against the provider's answers.
 pub fn reserve_outcome(result: Result<(), CallError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Done,
@@ -517,6 +524,8 @@ pub fn void_outcome(result: Result<PaymentStatus, CallError>) -> Voided {
     }
 }
 
+/// What payment's answer to `Refund` means on the way back: refunded means the order had been
+/// captured after all; "nothing to refund" means there is nothing to undo.
 pub fn refund_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
     match result {
         Ok(PaymentStatus::Refunded) => Outcome::AlreadyCaptured,
@@ -534,6 +543,8 @@ pub fn refund_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
     }
 }
 
+/// What inventory's answer to `Release` means on the way back: no reservation (`NotFound`) is
+/// nothing to undo, so a compensation retried after a lost answer still ends.
 pub fn release_outcome(result: Result<(), CallError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Done,

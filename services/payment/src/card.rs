@@ -58,10 +58,12 @@ impl Card {
         }
     }
 
+    /// The number, for the provider call only; everything else uses [`Card::summary`].
     pub fn number(&self) -> &CardNumber {
         &self.number
     }
 
+    /// The expiry, for the provider call (it is not secret, but nothing else needs it).
     pub fn expiry(&self) -> Expiry {
         self.expiry
     }
@@ -71,6 +73,8 @@ impl Card {
         &self.cvc
     }
 
+    /// Brand and last four digits: all that is stored, logged or answered about a card, so
+    /// the full number and the CVC never leave the provider call (PCI DSS scope stays small).
     pub fn summary(&self) -> CardSummary {
         CardSummary {
             brand: self.number.brand(),
@@ -97,6 +101,7 @@ pub enum Brand {
 }
 
 impl Brand {
+    /// The name stored in `payments.card_brand` and shown to the customer.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Visa => "visa",
@@ -107,6 +112,8 @@ impl Brand {
         }
     }
 
+    /// The inverse of [`Brand::as_str`], for rows read back; a name it does not know is
+    /// `Unknown` rather than an error, so a brand added later cannot make old rows unreadable.
     pub fn parse(name: &str) -> Self {
         match name {
             "visa" => Self::Visa,
@@ -134,6 +141,9 @@ impl fmt::Debug for CardNumber {
 }
 
 impl CardNumber {
+    /// Checks the number locally (digits, length, Luhn), so a typo is a field error in the
+    /// answer instead of a provider call that is certain to be refused. The error is the
+    /// field's message, without the number.
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let digits: String = raw.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
         if digits.is_empty() {
@@ -156,10 +166,13 @@ impl CardNumber {
         &self.0
     }
 
+    /// The last four digits, which may be stored and shown (the number has at least 12).
     pub fn last4(&self) -> &str {
         &self.0[self.0.len() - 4..]
     }
 
+    /// The network, by its issuer identification prefixes: it decides the CVC's length and is
+    /// stored with the payment (`payments.card_brand`).
     pub fn brand(&self) -> Brand {
         let prefix = |n: usize| self.0[..n].parse::<u32>().unwrap_or(0);
         match (prefix(1), prefix(2), prefix(4)) {
@@ -199,6 +212,8 @@ pub struct Expiry {
 }
 
 impl Expiry {
+    /// `MM/YY`, not in the past. `today` is a parameter so the rule is tested without a clock;
+    /// a card is valid through the last day of its expiry month.
     pub fn parse(raw: &str, today: NaiveDate) -> Result<Self, &'static str> {
         let raw = raw.trim();
         if raw.is_empty() {
@@ -239,6 +254,8 @@ impl fmt::Debug for Cvc {
 }
 
 impl Cvc {
+    /// Three digits, four for American Express, so the length needs the brand; checked here for
+    /// a precise field error rather than a provider decline.
     pub fn parse(raw: &str, brand: Brand) -> Result<Self, &'static str> {
         let expected = if brand == Brand::Amex { 4 } else { 3 };
         if raw.is_empty() {

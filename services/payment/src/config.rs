@@ -23,6 +23,7 @@ use shop_runtime::{
 
 use crate::{ledger::Operation, provider::FaultRate};
 
+/// payment-service's settings, read once at start; the module's table names each variable.
 #[derive(Debug, Clone)]
 pub struct PaymentConfig {
     pub auth: AuthConfig,

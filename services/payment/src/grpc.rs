@@ -32,6 +32,9 @@ use crate::{
     payments::{Authorize, Payments, Receipt, Refund},
 };
 
+/// The gRPC server order-service calls (`shop.payment.v1.PaymentService`): a thin translation
+/// between protobuf and [`Payments`], so the rules live in one place for gRPC and any other
+/// entry point.
 #[derive(Debug, Clone)]
 pub struct PaymentApi {
     pub payments: Payments,

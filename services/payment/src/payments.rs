@@ -75,6 +75,8 @@ pub struct Payment {
 }
 
 impl Payment {
+    /// `amount` minor units in this payment's currency: every amount a payment moves is in
+    /// the currency it was authorized in, so callers never pair an amount with a currency.
     pub fn money(&self, amount: i64) -> Money {
         Money {
             amount,
@@ -274,6 +276,9 @@ async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx:
 }
 
 impl Payments {
+    /// The operations over `pool`, calling `provider` with `provider_timeout` per call. Each
+    /// provider call runs on `tasks` (the runtime's tracker), so a shutdown waits for the calls
+    /// in flight and their results are recorded.
     pub fn new(
         pool: PgPool,
         provider: Arc<dyn CardProvider>,
@@ -299,14 +304,17 @@ impl Payments {
         self
     }
 
+    /// The payment database, shared with the reconciler and the read API.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// The card provider, which the reconciler asks about outcomes by reference.
     pub fn provider(&self) -> &dyn CardProvider {
         self.provider.as_ref()
     }
 
+    /// The bound on one provider call; an answer later than this is an unknown outcome.
     pub fn provider_timeout(&self) -> Duration {
         self.provider_timeout
     }
@@ -317,6 +325,9 @@ impl Payments {
         self.lease
     }
 
+    /// Holds the order's amount on the card, once per order: a retry (same order) replays the
+    /// first result, so the saga may repeat a call whose answer it lost without charging twice.
+    /// The card is summarised before anything is stored; only the provider call sees it whole.
     pub async fn authorize(&self, request: Authorize, caller: &str) -> Result<Receipt, ApiError> {
         let summary = request.card.summary();
         let mut card = Some(request.card);
@@ -341,6 +352,8 @@ impl Payments {
         .ok_or_else(|| ApiError::internal("an authorization ended without a payment"))
     }
 
+    /// Takes the authorized amount, once per order (a retry replays). Captured only after the
+    /// stock is committed, so money is never taken for an order that cannot ship.
     pub async fn capture(&self, order_id: Uuid, caller: &str) -> Result<Receipt, ApiError> {
         let mut no_card = None;
         self.run(
@@ -374,6 +387,8 @@ impl Payments {
         .await
     }
 
+    /// Gives back captured money, the rest by default or a part under the caller's key: each
+    /// key refunds once, and the ledger refuses refunding more than was captured.
     pub async fn refund(&self, request: Refund, caller: &str) -> Result<Receipt, ApiError> {
         let mut no_card = None;
         self.run(
@@ -1178,6 +1193,8 @@ fn receipt(
     }
 }
 
+/// A payment's operation rows in the order they happened: what every operation replays with
+/// [`Ledger::replay`] before it decides anything (the state is never stored).
 pub async fn operations(
     conn: &mut PgConnection,
     payment_id: Uuid,

@@ -36,6 +36,8 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::card::Card;
 
+/// What every provider call returns: boxed so that [`CardProvider`] stays object-safe and the
+/// service holds any provider as `Arc<dyn CardProvider>` (the simulated one, a real one).
 pub type ProviderFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;
 
@@ -50,6 +52,8 @@ pub enum DeclineReason {
 }
 
 impl DeclineReason {
+    /// The code stored in the operation row and sent to the caller, stable across releases:
+    /// order-service maps it to the order's cancellation reason.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CardDeclined => "card_declined",
@@ -59,6 +63,7 @@ impl DeclineReason {
         }
     }
 
+    /// The inverse of [`DeclineReason::as_str`], for rows read back and the provider's record.
     pub fn parse(code: &str) -> Option<Self> {
         [
             Self::CardDeclined,
@@ -153,13 +158,23 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
     fn retrieve<'a>(&'a self, authorize_key: &'a str) -> ProviderFuture<'a, ProviderRecord>;
 }
 
+// The simulated provider's test cards (the module's table says what each does). Public so
+// tests and load generators name the behaviour they want instead of repeating digits.
+/// Approved.
 pub const APPROVE: &str = "4242424242424242";
+/// Declined, `card_declined`.
 pub const DECLINE: &str = "4000000000000002";
+/// Declined, `insufficient_funds`.
 pub const INSUFFICIENT_FUNDS: &str = "4000000000009995";
+/// Approved after [`SimulatedProvider::slow_delay`], whether or not the caller still waits.
 pub const SLOW_APPROVE: &str = "4000000000000259";
+/// Never answers and records nothing: a timeout before the provider acted.
 pub const TIMEOUT_BEFORE_ACTING: &str = "4000000000000119";
+/// Approved and recorded, then the answer is lost: the hold exists, the caller does not know.
 pub const ANSWER_LOST: &str = "4000000000000127";
+/// Approved; the capture is refused (`authorization_expired`).
 pub const CAPTURE_REFUSED: &str = "4000000000000069";
+/// Approved; the first void is refused (`try_again_later`), the next succeeds.
 pub const VOID_REFUSED_ONCE: &str = "4000000000000101";
 
 /// Faults injected into the approving card's authorizations, for load tests: each idempotency
@@ -173,6 +188,7 @@ pub struct FaultRate {
 }
 
 impl FaultRate {
+    /// No injected faults: what every deployment but a load test runs with.
     pub const NONE: Self = Self { rate: 0.0, seed: 0 };
 
     /// The fault this key meets, if any: half of the faulty keys lose the answer, half are
@@ -307,6 +323,8 @@ fn refused(reason: &str) -> ProviderError {
 }
 
 impl SimulatedProvider {
+    /// The simulation, keeping its record in `pool` (schema `simulated_provider`) so that it
+    /// remembers what it did across a restart of the service, as a real provider would.
     pub fn new(pool: PgPool, slow_delay: Duration, faults: FaultRate) -> Self {
         Self {
             pool,

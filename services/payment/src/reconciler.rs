@@ -89,6 +89,9 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// Looks at due entries every `interval`; an authorization still unsettled after
+    /// `alert_after` is counted in a metric (the `PaymentsUnsettled` alert), because by then a
+    /// person should look at the provider's side.
     pub fn new(payments: Payments, interval: Duration, alert_after: Duration) -> Self {
         Self {
             payments,
