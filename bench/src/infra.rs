@@ -67,6 +67,9 @@ pub struct Slice {
 
 impl Slice {
     pub fn new(infra: Infra) -> Self {
+        // The workspace's test builds unify reqwest's `rustls-no-provider` feature (Pact's
+        // verifier asks for it), so a client built before a provider is installed panics.
+        shop_runtime::install_crypto_provider();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
