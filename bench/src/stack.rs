@@ -18,6 +18,36 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use tokio::{process::Child, time::Instant};
 
+/// The seven service binaries, dependencies first (the order [`Stack`] starts them in).
+pub const SERVICES: [&str; 7] = [
+    "user-service",
+    "notification-service",
+    "inventory-service",
+    "catalog-service",
+    "payment-service",
+    "order-service",
+    "gateway",
+];
+
+/// The folder of the service binaries that `cargo test` built beside `bench` (the shop-bench
+/// binary), or which of them are missing: the tests that start the real processes call this
+/// first, so a missing build says what to do instead of failing somewhere in a start-up.
+pub fn built_services(bench: &Path) -> std::result::Result<&Path, String> {
+    let bin_dir = bench.parent().unwrap_or(Path::new("."));
+    let missing: Vec<&str> = SERVICES
+        .into_iter()
+        .filter(|name| !bin_dir.join(name).is_file())
+        .collect();
+    if missing.is_empty() {
+        Ok(bin_dir)
+    } else {
+        Err(format!(
+            "{missing:?} not in {}: build the services first (cargo build --bins; `make test` does)",
+            bin_dir.display()
+        ))
+    }
+}
+
 /// glibc's mmap threshold fixed, as the image and `make run` start the services
 /// (docs/adr/0014-malloc-mmap-threshold.md).
 pub const GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";

@@ -8,29 +8,12 @@
 
 use std::{path::Path, process::Command};
 
-const SERVICES: [&str; 7] = [
-    "user-service",
-    "notification-service",
-    "inventory-service",
-    "catalog-service",
-    "payment-service",
-    "order-service",
-    "gateway",
-];
+use shop_bench::stack::built_services;
 
 #[test]
 fn order_service_killed_under_load_every_invariant_holds_afterwards() {
     let bench = Path::new(env!("CARGO_BIN_EXE_shop-bench"));
-    let bin_dir = bench.parent().unwrap();
-    let missing: Vec<&str> = SERVICES
-        .into_iter()
-        .filter(|name| !bin_dir.join(name).is_file())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{missing:?} not in {}: build the services first (cargo build --bins; `make test` does)",
-        bin_dir.display()
-    );
+    let bin_dir = built_services(bench).unwrap_or_else(|missing| panic!("{missing}"));
     let out = tempfile::tempdir().unwrap();
     let status = Command::new(bench)
         .args(["chaos", "--quick", "--only", "kill-order", "--bin-dir"])

@@ -24,18 +24,8 @@ use serde_json::{Value, json};
 use shop_bench::{
     infra::{Infra, Slice},
     scenarios::orders,
-    stack::{Stack, Via, Wiring, free_port},
+    stack::{SERVICES, Stack, Via, Wiring, built_services, free_port},
 };
-
-const SERVICES: [&str; 7] = [
-    "user-service",
-    "notification-service",
-    "inventory-service",
-    "catalog-service",
-    "payment-service",
-    "order-service",
-    "gateway",
-];
 
 /// The services one order's trace must reach, as their `service.name`.
 const IN_THE_TRACE: [&str; 6] = [
@@ -142,18 +132,8 @@ async fn one_order_is_one_trace_across_http_grpc_and_amqp_through_six_services()
         "{} is missing: `deploy/local/stack.sh install` builds it",
         jaeger_binary.display()
     );
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_shop-bench"))
-        .parent()
-        .unwrap();
-    let missing: Vec<&str> = SERVICES
-        .into_iter()
-        .filter(|name| !bin_dir.join(name).is_file())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{missing:?} not in {}: build the services first (cargo build --bins; `make test` does)",
-        bin_dir.display()
-    );
+    let bin_dir = built_services(Path::new(env!("CARGO_BIN_EXE_shop-bench")))
+        .unwrap_or_else(|missing| panic!("{missing}"));
 
     let work = tempfile::tempdir().unwrap();
     let jaeger = Jaeger::start(&jaeger_binary, &work.path().join("jaeger.log"));
