@@ -172,6 +172,46 @@ fn the_tour_links_only_to_what_exists_and_its_trace_spans_six_services() {
     assert_no_problems(&problems);
 }
 
+/// Every committed Markdown file (READMEs, ADRs, docs): each relative link must still lead to
+/// a file or directory, so moving code (a module folded into a shared crate, a renamed test
+/// file) cannot leave a page pointing at nothing. The files are the ones git tracks, so build
+/// output and local data are never read.
+#[test]
+fn every_relative_link_in_the_markdown_leads_to_something_that_exists() {
+    let root = repo_root();
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z", "--", "*.md"])
+        .current_dir(&root)
+        .output()
+        .expect("git ls-files runs");
+    assert!(listed.status.success(), "git ls-files failed");
+    let mut problems = Vec::new();
+    let mut pages = 0;
+    for page in String::from_utf8_lossy(&listed.stdout).split('\0') {
+        if page.is_empty() {
+            continue;
+        }
+        pages += 1;
+        let text = read(&root, page);
+        let dir = Path::new(page).parent().unwrap_or(Path::new(""));
+        for target in relative_links(&text) {
+            // A link is a path when it has no spaces (prose like "[a](b)" in code spans aside)
+            // and is not a mail or in-page anchor.
+            if target.contains(' ') || target.starts_with("mailto:") {
+                continue;
+            }
+            if !root.join(dir).join(target).exists() {
+                problems.push(format!("{page}: a link to {target}, which does not exist"));
+            }
+        }
+    }
+    assert!(
+        pages > 20,
+        "found only {pages} Markdown files: is this a git checkout?"
+    );
+    assert_no_problems(&problems);
+}
+
 /// The targets of `[text](target)` links that are relative paths, without their `#anchor`.
 fn relative_links(text: &str) -> Vec<&str> {
     text.split("](")
