@@ -120,10 +120,10 @@ compose-test: ## docker compose up --wait under podman, the e2e journeys against
 # The whole suite takes ~25 minutes here; FAULT=kill-order,redis-down runs some scenarios,
 # QUICK=1 a few seconds of load each. `make test` runs kill-order quickly (bench/tests/chaos.rs).
 CHAOS_BIN = $${CARGO_TARGET_DIR:-target}/debug
-chaos: infra-up ## Faults under load, invariants afterwards: target/chaos/report.md (FAULT=name[,name]: some; QUICK=1: short)
+chaos: infra-up ## Faults under load, invariants afterwards: target/chaos/report.md (FAULT=name[,name]: some; QUICK=1: short; RATE=20: orders/s)
 	cargo build --bins --locked
 	$(WITH_TEST_ENV) $(CHAOS_BIN)/shop-bench chaos --bin-dir $(CHAOS_BIN) --out target/chaos \
-	  $(if $(FAULT),--only $(FAULT)) $(if $(QUICK),--quick)
+	  $(if $(FAULT),--only $(FAULT)) $(if $(QUICK),--quick) $(if $(RATE),--rate $(RATE))
 
 # ---------------------------------------------------------------------------- the tour
 .PHONY: tour

@@ -58,7 +58,7 @@ pub fn elapsed() -> std::time::Duration {
 const USAGE: &str = "usage:
   shop-bench run [--quick] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--build TEXT] [--only 1,4]
   shop-bench upstream --listen ADDR
-  shop-bench chaos [--quick] [--only NAME,NAME] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--list]";
+  shop-bench chaos [--quick] [--rate ORDERS_PER_S] [--only NAME,NAME] [--bin-dir DIR] [--out DIR] [--work-dir DIR] [--list]";
 
 /// The command line.
 pub fn main() -> ExitCode {
@@ -158,8 +158,17 @@ fn chaos_main(args: &[String], value: impl Fn(&str) -> Option<String>) -> ExitCo
             .filter(|name| !name.is_empty())
             .collect::<Vec<_>>()
     });
+    let rate = match value("--rate").map(|rate| rate.parse::<f64>()) {
+        None => None,
+        Some(Ok(rate)) if rate > 0.0 && rate.is_finite() => Some(rate),
+        Some(_) => {
+            eprintln!("shop-bench chaos: --rate takes a positive number of orders per second");
+            return ExitCode::from(2);
+        }
+    };
     let options = chaos::Options {
         quick: args.iter().any(|arg| arg == "--quick"),
+        rate,
         bin_dir,
         out_dir,
         work_dir,

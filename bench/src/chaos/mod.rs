@@ -59,6 +59,8 @@ pub const STOCK: i64 = 1_000_000;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub quick: bool,
+    /// Orders (and product reads) per second instead of the timing's own rate.
+    pub rate: Option<f64>,
     pub bin_dir: PathBuf,
     /// Where `report.md` and `report.json` go.
     pub out_dir: PathBuf,
@@ -95,11 +97,14 @@ pub fn select(only: Option<&[String]>) -> Result<Vec<&'static Scenario>> {
 /// scenario could not run.
 pub async fn run(options: Options) -> Result<report::Report> {
     let scenarios = select(options.only.as_deref())?;
-    let timing = if options.quick {
+    let mut timing = if options.quick {
         Timing::quick()
     } else {
         Timing::full()
     };
+    if let Some(rate) = options.rate {
+        timing.rate = rate;
+    }
     std::fs::create_dir_all(&options.out_dir)?;
     let started = Instant::now();
     let mut report = report::Report::new(&options, &timing);
