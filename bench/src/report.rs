@@ -69,6 +69,7 @@ pub struct Results {
     pub product: Option<ProductResults>,
     pub orders: Option<OrdersResults>,
     pub events: Option<EventsResults>,
+    pub claims: Option<crate::scenarios::claims::ClaimsResults>,
     pub footprint: Vec<Footprint>,
     /// Messages sent to the SMTP sink (one per mail notification-service sent).
     pub mails_sent: u64,
@@ -134,6 +135,13 @@ impl Results {
             }
             if let Some(share) = orders.commit_share_of_pgbench {
                 ratios.insert("3 order commits / pgbench commits per s".to_owned(), share);
+            }
+        }
+        if let Some(claims) = &self.claims {
+            for claim in &claims.claims {
+                if let Some(ratio) = claim.throughput_ratio {
+                    ratios.insert(format!("6 {}: A / B throughput", claim.claim), ratio);
+                }
             }
         }
         if let Some(events) = &self.events {
@@ -824,6 +832,11 @@ pub fn write(
         );
     }
 
+    // ---- scenario 6
+    if let Some(claims) = &results.claims {
+        claims_section(&mut md, claims);
+    }
+
     if !plots.is_empty() {
         let _ = writeln!(md, "Plot errors: {}\n", plots.join("; "));
     }
@@ -834,6 +847,84 @@ pub fn write(
     }
     std::fs::write(dir.join("report.md"), md)?;
     Ok(())
+}
+
+/// Scenario 6: each claim, its two ways, and the three comparisons.
+fn claims_section(md: &mut String, claims: &crate::scenarios::claims::ClaimsResults) {
+    let _ = writeln!(
+        md,
+        "## 6. The documents' speed claims, measured
+"
+    );
+    let _ = writeln!(
+        md,
+        "What the source documents say about speed, each put to the same data two ways on this stack (`bench/src/scenarios/claims.rs`). Per way: closed-loop saturation with {} connections in {} alternating windows (the ratio is the median of the pairs'), the CPU of the processes that serve it per 1,000 answers, and the median service time of one call with one worker on an otherwise idle stack.\n",
+        claims.connections,
+        claims
+            .claims
+            .first()
+            .map_or(0, |claim| claim.a.saturation.windows.len())
+    );
+    let _ = writeln!(
+        md,
+        "| claim | way | answers/s | CPU per 1,000 (ms) | one call, p50 (ms) | one call, p99 (ms) | served by |\n|---|---|---|---|---|---|---|"
+    );
+    for claim in &claims.claims {
+        for (which, way) in [("A", &claim.a), ("B", &claim.b)] {
+            let _ = writeln!(
+                md,
+                "| {} | {which}: {} | {:.0} | {} | {:.3} | {:.3} | {} |",
+                claim.claim,
+                way.label,
+                way.saturation.measured.ok_rate,
+                way.saturation
+                    .cpu_ms_per_1k
+                    .map_or("-".into(), |c| format!("{c:.1}")),
+                way.idle.service_time.p50_ms,
+                way.idle.service_time.p99_ms,
+                way.served_by.join(", ")
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| claim | A / B throughput | B / A one-call time | B / A CPU per answer | not like for like |\n|---|---|---|---|---|"
+    );
+    let times = |value: Option<f64>| value.map_or("-".into(), |v| format!("{v:.2}×"));
+    for claim in &claims.claims {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            claim.claim,
+            times(claim.throughput_ratio),
+            times(claim.idle_latency_ratio),
+            times(claim.cpu_ratio),
+            claim.caveat
+        );
+    }
+    let refused: Vec<String> = claims
+        .claims
+        .iter()
+        .flat_map(|claim| [&claim.a, &claim.b])
+        .filter(|way| way.saturation.measured.refused + way.saturation.measured.errors > 0)
+        .map(|way| {
+            format!(
+                "{}: {} refused {:?}, {} errors",
+                way.label,
+                way.saturation.measured.refused,
+                way.saturation.measured.refused_by_status,
+                way.saturation.measured.errors
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nNot counted as answers (median window): {}.",
+            refused.join("; ")
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// `0.255 / 0.224 / 0.297`: a list of ratios as the report prints them.

@@ -33,7 +33,7 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// The release build time, as measured by the caller.
     pub build: Option<String>,
-    /// Run only these of scenarios 1–4 (`--only 1,4`), for working on one of them; the
+    /// Run only these of scenarios 1–4 and 6 (`--only 1,4`), for working on one of them; the
     /// footprint (5) is always read. `None`: all of them, as `make bench` does.
     pub only: Option<Vec<u8>>,
 }
@@ -173,6 +173,7 @@ pub async fn run(options: Options) -> Result<PathBuf> {
         product: partial.product,
         orders: partial.orders,
         events: partial.events,
+        claims: partial.claims,
         footprint: partial.footprint,
         mails_sent: partial.mails,
         ratios: Default::default(),
@@ -204,6 +205,7 @@ struct Partial {
     product: Option<scenarios::product::ProductResults>,
     orders: Option<scenarios::orders::OrdersResults>,
     events: Option<scenarios::events::EventsResults>,
+    claims: Option<scenarios::claims::ClaimsResults>,
     footprint: Vec<Footprint>,
     mails: u64,
     failures: Vec<String>,
@@ -405,7 +407,7 @@ async fn scenarios_on(
         }
     }
 
-    if options.wants(2) || options.wants(3) {
+    if options.wants(2) || options.wants(3) || options.wants(6) {
         scenarios_2_and_3(options, settings, slice, stack, amqp, nginx_target, partial).await?;
     }
     if let Some(Reference {
@@ -426,7 +428,7 @@ fn profile_dir(options: &Options, settings: &Settings) -> Option<PathBuf> {
     (!settings.quick).then(|| options.out_dir.join("results"))
 }
 
-/// Scenarios 2 and 3 share their users and stock, prepared through the stack's gateway.
+/// Scenarios 2, 6 and 3 share their users and stock, prepared through the stack's gateway.
 async fn scenarios_2_and_3(
     options: &Options,
     settings: &Settings,
@@ -495,6 +497,16 @@ async fn scenarios_2_and_3(
             .push(format!("scenario 2 (product read): {err:#}")),
     }
 
+    // Scenario 6 before the orders, on a quiet stack, for the same reason as scenario 4.
+    if options.wants(6) {
+        match claims(settings, slice, stack, &shop).await {
+            Ok(results) => partial.claims = Some(results),
+            Err(err) => partial
+                .failures
+                .push(format!("scenario 6 (speed claims): {err:#}")),
+        }
+    }
+
     // Scenario 3.
     if options.wants(3) {
         match scenarios::orders::run_scenario(settings, gateway.http, &shop, amqp, slice).await {
@@ -505,4 +517,136 @@ async fn scenarios_2_and_3(
         }
     }
     Ok(())
+}
+
+/// Scenario 6: the three speed claims of the source documents, on the running stack
+/// ([`scenarios::claims`]). Prepares what each needs: a service token for catalog's gRPC API,
+/// a second gateway whose cache entries are never fresh, and one order of two products.
+async fn claims(
+    settings: &Settings,
+    slice: &Slice,
+    stack: &Stack,
+    shop: &scenarios::orders::Shop,
+) -> Result<scenarios::claims::ClaimsResults> {
+    use scenarios::claims::{CacheRead, Way, compare};
+    let gateway = stack.gateway();
+    let catalog = stack.get("catalog-service");
+    let order = stack.get("order-service");
+    let served = |procs: &[&Proc]| -> Vec<(String, u32)> {
+        procs.iter().map(|p| (p.name.clone(), p.pid)).collect()
+    };
+    let [(first, _), (second, _), ..] = shop.products.as_slice() else {
+        anyhow::bail!("the demo catalog has fewer than two products");
+    };
+    let token = &shop.tokens[0];
+    let mut results = scenarios::claims::ClaimsResults {
+        connections: settings.connections,
+        claims: Vec::new(),
+    };
+
+    // gRPC vs REST/JSON: one product, straight from catalog both ways.
+    let tokens = shop_auth::client::ServiceTokens::new(
+        user_service_url(stack, "/internal/v1/service-token")?,
+        "order-service",
+        crate::stack::ORDER_SECRET,
+    )?;
+    let service_token = tokens
+        .bearer()
+        .await
+        .map_err(|err| anyhow::anyhow!("a service token for order-service: {err}"))?;
+    results.claims.push(
+        compare(
+            settings,
+            "gRPC is much faster than REST/JSON",
+            "catalog checks the service token's signature on every gRPC call; its REST read is public and checks nothing",
+            Way::grpc(
+                "gRPC GetProducts (one id)",
+                served(&[catalog]),
+                &catalog.grpc_url(),
+                first,
+                &service_token,
+            )?,
+            Way::http(
+                "REST GET /api/v1/products/{id}",
+                served(&[catalog]),
+                catalog.http,
+                scenarios::proxy::get(&format!("/api/v1/products/{first}")),
+            ),
+        )
+        .await,
+    );
+
+    // Cache hit vs miss: the stack's gateway against one whose entries are never fresh.
+    let mut never_fresh = gateway.spawn_like(
+        "gateway-never-fresh",
+        &[
+            ("CACHE_FRESH_SECONDS".to_owned(), "0".to_owned()),
+            (
+                "REDIS_KEY_PREFIX".to_owned(),
+                slice.redis_prefix("gateway-never-fresh"),
+            ),
+        ],
+    )?;
+    never_fresh
+        .wait_ready(Instant::now(), Duration::from_secs(30))
+        .await?;
+    let path = format!("/api/v1/products/{first}");
+    let cache = compare(
+        settings,
+        "a cache makes reads dramatically faster",
+        "the miss is the whole path of a miss (Redis lookup, catalog, Redis write), not catalog alone",
+        Way::http(
+            "gateway, cache hit",
+            served(&[gateway, catalog]),
+            gateway.http,
+            Arc::new(CacheRead::new(&path, token, Some("HIT"))?),
+        ),
+        Way::http(
+            "gateway, cache miss",
+            served(&[&never_fresh, catalog]),
+            never_fresh.http,
+            Arc::new(CacheRead::new(&path, token, None)?),
+        ),
+    )
+    .await;
+    never_fresh.stop(Duration::from_secs(10)).await;
+    results.claims.push(cache);
+
+    // Composition vs the calls a client makes without it.
+    let order_id = scenarios::orders::place_one(
+        &format!("http://{}", gateway.http),
+        token,
+        &[first.as_str(), second.as_str()],
+    )
+    .await?;
+    let order_path = format!("/api/v1/orders/{order_id}");
+    results.claims.push(
+        compare(
+            settings,
+            "composition saves the client round trips",
+            "the three calls read the order from order-service directly (through the gateway it would be composed anyway)",
+            Way::sequence(
+                "one composed call",
+                served(&[gateway, order, catalog]),
+                vec![gateway.url(&order_path)],
+                token,
+            ),
+            Way::sequence(
+                "three calls: the order, then each product",
+                served(&[gateway, order, catalog]),
+                vec![
+                    order.url(&order_path),
+                    gateway.url(&format!("/api/v1/products/{first}")),
+                    gateway.url(&format!("/api/v1/products/{second}")),
+                ],
+                token,
+            ),
+        )
+        .await,
+    );
+    Ok(results)
+}
+
+fn user_service_url(stack: &Stack, path: &str) -> Result<url::Url> {
+    Ok(url::Url::parse(&stack.get("user-service").url(path))?)
 }

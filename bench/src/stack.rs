@@ -117,6 +117,20 @@ impl Proc {
         })
     }
 
+    /// A second process of the same binary and environment, with `overrides` replacing (or
+    /// adding) variables, on ports of its own: the same service configured differently, side
+    /// by side (scenario 6's never-fresh gateway).
+    pub fn spawn_like(&self, name: &str, overrides: &[(String, String)]) -> Result<Self> {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(key, _)| !overrides.iter().any(|(replaced, _)| replaced == key))
+            .cloned()
+            .collect();
+        env.extend(overrides.iter().cloned());
+        Self::spawn(name, &self.binary, &env, &self.log_dir)
+    }
+
     /// SIGKILL, and the exit reaped: no chance to drain, flush or say goodbye to anyone.
     pub async fn kill9(&mut self) {
         let _ = self.child.start_kill();
@@ -292,7 +306,7 @@ pub struct Footprint {
 }
 
 /// The secrets the two gRPC callers use (development values, like the native stack's).
-const ORDER_SECRET: &str = "bench-order-service-secret-0123456789abcdef";
+pub(crate) const ORDER_SECRET: &str = "bench-order-service-secret-0123456789abcdef";
 const NOTIFICATION_SECRET: &str = "bench-notification-service-secret-01234567";
 
 /// What every service gets, besides its own stores.

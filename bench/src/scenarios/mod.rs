@@ -1,4 +1,4 @@
-//! The five scenarios of `make bench`, and how long each runs in the full and the quick mode.
+//! The six scenarios of `make bench`, and how long each runs in the full and the quick mode.
 //!
 //! | scenario | module | what is measured |
 //! |---|---|---|
@@ -7,7 +7,9 @@
 //! | 3 orders end to end | [`orders`] | `POST /orders` → `order.order.confirmed`, commits per order, `pgbench -N` |
 //! | 4 event pipeline | [`events`] | outbox commit → consumer handler, through RabbitMQ |
 //! | 5 footprint | [`crate::stack`] | idle RSS and start-to-ready per service |
+//! | 6 speed claims | [`claims`] | gRPC vs REST, cache hit vs miss, composed vs three calls |
 
+pub mod claims;
 pub mod events;
 pub mod orders;
 pub mod product;

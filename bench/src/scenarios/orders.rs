@@ -77,6 +77,34 @@ pub async fn login(
         .context("login answer without access_token")
 }
 
+/// Places one order of one unit of each of `products` (the approving card) and returns its id.
+pub async fn place_one(base: &str, token: &str, products: &[&str]) -> Result<String> {
+    let items: Vec<Value> = products
+        .iter()
+        .map(|product| json!({ "product_id": product, "quantity": 1 }))
+        .collect();
+    let body = json_of(
+        reqwest::Client::new()
+            .post(format!("{base}/api/v1/orders"))
+            .bearer_auth(token)
+            .header("idempotency-key", Uuid::new_v4().to_string())
+            .json(&json!({
+                "items": items,
+                "payment": { "card_number": APPROVING_CARD, "expiry": "12/39", "cvc": "123" },
+                "shipping_address": { "name": "Bench User", "line1": "1 Main St", "city": "Berlin",
+                                      "postal_code": "10115", "country": "DE" },
+            }))
+            .send()
+            .await?,
+    )
+    .await
+    .context("placing one order")?;
+    body["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("an order answer without id")
+}
+
 /// Registers and signs in `users` users, and gives every demo product `stock` units, all
 /// through the gateway at `base`.
 pub async fn prepare(base: &str, users: usize, stock: i64) -> Result<Shop> {

@@ -190,7 +190,7 @@ async fn alternate(
 }
 
 /// The median window and the CPU per 1,000 requests over all of them.
-fn summarise(mut windows: Vec<Measured>, cpu_seconds: Option<f64>) -> Saturation {
+pub(crate) fn summarise(mut windows: Vec<Measured>, cpu_seconds: Option<f64>) -> Saturation {
     let completed: f64 = windows
         .iter()
         .map(|m| (m.ok + m.refused + m.errors) as f64)
