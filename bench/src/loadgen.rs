@@ -25,7 +25,7 @@
 //!
 //! * Debian packages `wrk`, which is closed loop (the problem above); wrk2 (its open-loop fork)
 //!   and oha are not packaged, and the project installs tools only from Debian or crates.
-//! * Two of the five scenarios do not end with an HTTP answer: an order ends when its
+//! * Two of the scenarios do not end with an HTTP answer: an order ends when its
 //!   `order.order.confirmed` event arrives, an outbox event when a consumer handles it. An HTTP
 //!   load tool can send those requests but cannot time them; this harness hands each request's
 //!   due time ([`Ticket::due`]) to whoever observes the end ([`Recorder`]).

@@ -1,5 +1,5 @@
 //! One benchmark run, start to end: the run's slice of the infrastructure, the trivial upstream,
-//! nginx, the seven services, the five scenarios, the report — and everything stopped and
+//! nginx, the seven services, the six scenarios, the report — and everything stopped and
 //! dropped again, whatever failed on the way.
 
 use std::{
