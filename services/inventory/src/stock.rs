@@ -118,10 +118,6 @@ const STOCK_COLUMNS: &str = "sku, available, reserved, version, low_stock_thresh
 /// cancels with `out_of_stock`) and its logs can say which.
 pub const OUT_OF_STOCK_PREFIX: &str = "Not enough stock for: ";
 
-fn outbox_failed(err: shop_messaging::Error) -> ApiError {
-    ApiError::internal(err)
-}
-
 /// Checks a sku taken from a request: what the field error says when it is not one.
 pub fn check_sku(sku: &str) -> Result<(), &'static str> {
     if sku.is_empty() {
@@ -259,9 +255,7 @@ pub async fn reserve(
         order_id,
         levels: after.iter().map(Stock::level).collect(),
     };
-    enqueue_event(&mut tx, &event)
-        .await
-        .map_err(outbox_failed)?;
+    enqueue_event(&mut tx, &event).await?;
     for row in &after {
         let was = before
             .iter()
@@ -515,7 +509,7 @@ async fn release_locked(
         reason: reason.to_owned(),
         levels: sorted(after).iter().map(Stock::level).collect(),
     };
-    enqueue_event(conn, &event).await.map_err(outbox_failed)?;
+    enqueue_event(conn, &event).await?;
     Ok(())
 }
 
@@ -635,9 +629,7 @@ pub async fn set(
             let event = StockReplenished {
                 level: after.level(),
             };
-            enqueue_event(&mut tx, &event)
-                .await
-                .map_err(outbox_failed)?;
+            enqueue_event(&mut tx, &event).await?;
         }
     }
     outbox::commit(tx).await?;
@@ -674,9 +666,7 @@ pub async fn create_for_product(
 /// zero or across its threshold: once per crossing, not on every change below it.
 async fn announce_fall(conn: &mut PgConnection, was: i64, row: &Stock) -> Result<(), ApiError> {
     if row.available == 0 && was > 0 {
-        enqueue_event(conn, &OutOfStock { level: row.level() })
-            .await
-            .map_err(outbox_failed)?;
+        enqueue_event(conn, &OutOfStock { level: row.level() }).await?;
     } else if row.available > 0
         && row.available <= row.low_stock_threshold
         && was > row.low_stock_threshold
@@ -685,7 +675,7 @@ async fn announce_fall(conn: &mut PgConnection, was: i64, row: &Stock) -> Result
             level: row.level(),
             threshold: row.low_stock_threshold,
         };
-        enqueue_event(conn, &event).await.map_err(outbox_failed)?;
+        enqueue_event(conn, &event).await?;
     }
     Ok(())
 }

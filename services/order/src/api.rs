@@ -384,8 +384,7 @@ async fn place(
             },
         },
     )
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     outbox::commit(tx).await?;
     metrics::counter!("orders_placed_total").increment(1);
     driver.start(order_id, true, slot);

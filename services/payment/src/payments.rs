@@ -893,8 +893,7 @@ impl Payments {
             c.reason.as_deref(),
             &ledger,
         )
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
         match c.operation {
             // The authorization's outcome is known: nothing left to reconcile.
             Operation::Authorize => reconciler::dequeue(&mut tx, payment.id).await?,

@@ -249,6 +249,27 @@ fn public_futures_are_send(
 mod tests {
     use super::*;
 
+    /// A handler that writes its event with `?` answers 503 when the database goes away while
+    /// it writes the outbox row (a connection reset in the middle of a PostgreSQL crash), not
+    /// 500: the write failed because the store is away, not because the request is wrong.
+    /// Handlers must let this conversion run (`?`), never `map_err(ApiError::internal)`
+    /// (`make chaos FAULT=postgres-crash` found three that did).
+    #[test]
+    fn a_database_lost_while_writing_the_outbox_is_unavailable_and_a_bad_event_internal() {
+        let reset = Error::Database(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(
+            shop_runtime::ApiError::from(reset).kind(),
+            shop_runtime::ErrorKind::Unavailable
+        );
+        let bad = Error::RoutingKey("x".into());
+        assert_eq!(
+            shop_runtime::ApiError::from(bad).kind(),
+            shop_runtime::ErrorKind::Internal
+        );
+    }
+
     #[test]
     fn routing_keys_are_service_aggregate_event() {
         assert!(check_routing_key("user.user.registered").is_ok());
