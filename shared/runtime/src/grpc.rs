@@ -171,14 +171,6 @@ impl ClientTls {
         })
     }
 
-    /// Trusts exactly the CA certificate(s) in `pem`, for code that builds its own channels
-    /// (tests); services use [`ClientTls::from_env`].
-    pub fn trusting(pem: impl AsRef<[u8]>) -> Self {
-        Self {
-            ca: Some(Certificate::from_pem(pem)),
-        }
-    }
-
     /// A channel to `url` that connects on first use and reconnects by itself (a service starts
     /// while the one it calls is still down), with `timeout` for connecting and for each call.
     ///
