@@ -18,7 +18,7 @@ WITH_TEST_ENV := set -a && source .local/test.env && set +a &&
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
 
-run: infra-up build ## Install what is missing, start infrastructure and all seven services
+run: infra-up build ## Install what is missing, start infrastructure and all seven services (STACK_GRPC_TLS=1: gRPC between them over TLS, development CA in .local/tls)
 	$(STACK) services-up $(BIN_DIR)
 
 down: ## Stop everything `make run` started

@@ -22,6 +22,8 @@
 #   .local/run/<x>.pid    pid of each process we started (+ <x>.start, its
 #                         start time; + the PostgreSQL unix socket)
 #   .local/test.env       connection URLs for the integration tests
+#   .local/tls/           with STACK_GRPC_TLS=1: a development CA and a gRPC
+#                         certificate + key per service (made once, by openssl)
 #
 # Ground rules the script follows (they are what makes it safe to re-run):
 #   * idempotent: "up" twice leaves exactly one of everything running;
@@ -119,6 +121,13 @@ JAEGER_ADMIN_PORT=14269             # /  answers 200 once it serves (health chec
 JAEGER_COLLECTOR_HTTP_PORT=14268    # its legacy Thrift/HTTP intake (unused, bound to loopback)
 JAEGER_COLLECTOR_GRPC_PORT=14250    # its legacy gRPC intake (unused, bound to loopback)
 
+# --- gRPC TLS between the services (optional: STACK_GRPC_TLS=1) ----------------
+# Off by default: development gRPC is plaintext, as in compose and the tests. On,
+# services-up makes (once) a development CA and a certificate per service for
+# localhost/127.0.0.1 under .local/tls/, gives every service its certificate and
+# the callers the CA and https:// URLs (docs/adr/0017-tls-between-services.md).
+GRPC_TLS=${STACK_GRPC_TLS:-0}
+TLS_DIR="$STATE_DIR/tls"
 # How long to wait for things (seconds; the STACK_* variables override them).
 INFRA_TIMEOUT=${STACK_INFRA_TIMEOUT:-120}            # per infrastructure server to come up
 SERVICE_TIMEOUT=${STACK_SERVICE_TIMEOUT:-60}         # per service until /readyz says 200
@@ -1063,6 +1072,60 @@ service_consuming() {
   ! grep -oE '"consumer:[^"]*":"[^"]*"' <<<"$body" | grep -vq ':"up"$'
 }
 
+# A development CA and, per service, a certificate it signed for localhost and
+# 127.0.0.1, made once (kept across runs; delete .local/tls/ for new ones).
+# P-256 keys in PKCS#8, what rustls reads. The CA key never leaves .local/tls/.
+ensure_dev_certs() {
+  local name
+  command -v openssl >/dev/null || die "STACK_GRPC_TLS=1 needs openssl (apt-get install openssl)"
+  mkdir -p "$TLS_DIR" && chmod 700 "$TLS_DIR"
+  if [[ ! -s $TLS_DIR/ca.pem ]]; then
+    say "making a development CA for gRPC TLS in $TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -days 3650 \
+      -subj "/CN=shop development CA" -keyout "$TLS_DIR/ca-key.pem" -out "$TLS_DIR/ca.pem" 2>/dev/null \
+      || die "openssl could not make the development CA"
+  fi
+  while read -r name _; do
+    [[ -s $TLS_DIR/$name.pem ]] && continue
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -subj "/CN=$name" \
+      -keyout "$TLS_DIR/$name-key.pem" 2>/dev/null \
+      | openssl x509 -req -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca-key.pem" -days 825 \
+          -set_serial "0x$(openssl rand -hex 16)" -out "$TLS_DIR/$name.pem" \
+          -extfile <(printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+                       "basicConstraints=critical,CA:FALSE" "extendedKeyUsage=serverAuth") 2>/dev/null \
+      || die "openssl could not make the certificate of $name"
+    note "$name: gRPC certificate $TLS_DIR/$name.pem"
+  done < <(table_rows "$SERVICES_TABLE")
+}
+
+# The gRPC port of service $1, from the table.
+grpc_port_of() {
+  local name http grpc _rest
+  while read -r name http grpc _rest; do
+    [[ $name == "$1" ]] && { printf '%s' "$grpc"; return 0; }
+  done < <(table_rows "$SERVICES_TABLE")
+  return 1
+}
+
+# With STACK_GRPC_TLS=1, the TLS variables of service $1 (into the array TLS_ENV):
+# its certificate, and for a caller the CA and https:// URLs of whom it calls.
+grpc_tls_env() {
+  local callee
+  TLS_ENV=()
+  (( GRPC_TLS )) || return 0
+  TLS_ENV=("GRPC_TLS_CERT_FILE=$TLS_DIR/$1.pem" "GRPC_TLS_KEY_FILE=$TLS_DIR/$1-key.pem")
+  local -a callees=()
+  case $1 in
+    order-service)        callees=(catalog-service inventory-service payment-service) ;;
+    notification-service) callees=(user-service) ;;
+  esac
+  (( ${#callees[@]} )) || return 0
+  TLS_ENV+=("GRPC_TLS_CA_FILE=$TLS_DIR/ca.pem")
+  for callee in "${callees[@]}"; do
+    TLS_ENV+=("$(tr '[:lower:]' '[:upper:]' <<<"${callee%-service}")_GRPC_URL=https://127.0.0.1:$(grpc_port_of "$callee")")
+  done
+}
+
 cmd_services_up() {
   local bin_dir=${1:-$REPO_ROOT/target/debug}
   local name http grpc ops rest pid rc failed=0
@@ -1079,6 +1142,7 @@ cmd_services_up() {
     warn "infrastructure does not seem to be running; start it with: deploy/local/stack.sh infra-up"
   fi
 
+  if (( GRPC_TLS )); then ensure_dev_certs; fi
   say "starting services from $bin_dir, each ready before the next (up to ${SERVICE_TIMEOUT}s each)"
   while read -r name http grpc rest; do
     if pid=$(running_pid "$name"); then note "$name: already running (pid $pid)"; continue; fi
@@ -1097,6 +1161,8 @@ cmd_services_up() {
               OTEL_EXPORTER_OTLP_ENDPOINT="${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:$OTLP_HTTP_PORT}"
               OTEL_BSP_SCHEDULE_DELAY="${OTEL_BSP_SCHEDULE_DELAY:-1000}"
               GLIBC_TUNABLES="$GLIBC_TUNABLES_FOR_SERVICES" $rest)
+    grpc_tls_env "$name"
+    env_args+=("${TLS_ENV[@]}")
     launch "$name" "$REPO_ROOT" env "${env_args[@]}" "$bin_dir/$name"
     started+=("$name")
     rc=0
@@ -1188,7 +1254,8 @@ Usage: deploy/local/stack.sh <command> [args]
   psql ARGS...          psql as the postgres superuser over the unix socket
 
 Environment: STACK_INFRA_TIMEOUT (120), STACK_SERVICE_TIMEOUT (60) and
-STACK_SERVICE_STOP_TIMEOUT (30) change the waits. RUST_LOG / LOG_FORMAT /
+STACK_SERVICE_STOP_TIMEOUT (30) change the waits. STACK_GRPC_TLS=1 runs gRPC
+between the services over TLS with a development CA made in $TLS_DIR. RUST_LOG / LOG_FORMAT /
 OTEL_EXPORTER_OTLP_ENDPOINT override the services' defaults (info / json /
 the stack's Jaeger); every other exported variable is passed through.
 

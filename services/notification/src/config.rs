@@ -5,11 +5,14 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `SMTP_HOST` | `127.0.0.1` | the mail server (the local stack's mail catcher) |
-//! | `SMTP_PORT` | `1025` | its SMTP port (plain SMTP, no TLS: see `docs/adr/0012-notifications.md`) |
+//! | `SMTP_PORT` | `1025` | its SMTP port (e.g. 587 for STARTTLS, 465 for implicit TLS) |
+//! | `SMTP_TLS` | `none` (refused with `SHOP_ENV=production`) | `none`: plain SMTP, for the local mail catcher; `starttls`: STARTTLS, required (a server that does not offer it is an error, never a plaintext fallback); `tls`: implicit TLS from the first byte. The server's certificate is checked against the public web's roots (ADR 0017) |
+//! | `SMTP_USERNAME`, `SMTP_PASSWORD` | unset (required with `SHOP_ENV=production`) | the relay's credentials, both or neither; never with `SMTP_TLS=none` (the password would cross the network readable) |
 //! | `SMTP_FROM` | `Shop <no-reply@shop.example>` | the sender of every email; its domain names the Message-IDs |
 //! | `SMTP_TIMEOUT_MS` | `10000` | one SMTP conversation, connect to the server's reply to the message |
 //! | `NOTIFY_ADMIN_EMAILS` | `admin@example.com` | comma-separated: who gets the stock alerts |
-//! | `USER_GRPC_URL` | `http://127.0.0.1:50051` | user-service (`GetUser`, for events without an address) |
+//! | `USER_GRPC_URL` | `http://127.0.0.1:50051` | user-service (`GetUser`, for events without an address); `https://` required with `SHOP_ENV=production` |
+//! | `GRPC_TLS_CA_FILE` | unset (required in production) | PEM: the CA that signed user-service's gRPC certificate ([`shop_runtime::grpc::ClientTls`], ADR 0017) |
 //! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
 //! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `notification-service`) |
 //! | `NOTIFY_CALL_TIMEOUT_MS` | `2000` | deadline of one `GetUser` call |
@@ -25,7 +28,9 @@ use lettre::message::Mailbox;
 use shop_auth::{AuthConfig, client::ServiceCredentials};
 use shop_runtime::{
     FromEnv,
-    config::{ConfigError, Env},
+    config::{ConfigError, Env, Secret},
+    grpc::{self, ClientTls},
+    mode::Mode,
 };
 
 /// The settings above.
@@ -35,6 +40,8 @@ pub struct NotificationConfig {
     pub smtp: SmtpConfig,
     pub admins: Vec<Mailbox>,
     pub user_url: url::Url,
+    /// The CA user-service's certificate is checked against (`GRPC_TLS_CA_FILE`).
+    pub grpc_tls: ClientTls,
     /// How notification-service gets its service tokens (`SERVICE_TOKEN_URL`, `SERVICE_SECRET`).
     pub credentials: ServiceCredentials,
     pub call_timeout: Duration,
@@ -51,6 +58,101 @@ pub struct SmtpConfig {
     pub port: u16,
     pub from: Mailbox,
     pub timeout: Duration,
+    /// How the connection is encrypted (`SMTP_TLS`).
+    pub tls: SmtpTls,
+    /// `SMTP_USERNAME` and `SMTP_PASSWORD`, when the relay wants them.
+    pub credentials: Option<SmtpCredentials>,
+}
+
+/// `SMTP_TLS`: how the connection to the mail server is encrypted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP: the local mail catcher (MailDev, Mailpit) speaks nothing else.
+    #[default]
+    None,
+    /// Plain connection upgraded by STARTTLS before anything else is sent; a server that does
+    /// not offer STARTTLS fails the send (lettre's `Tls::Required`), never falling back.
+    StartTls,
+    /// TLS from the first byte (SMTPS, usually port 465; lettre's `Tls::Wrapper`).
+    Tls,
+}
+
+impl std::str::FromStr for SmtpTls {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "starttls" => Ok(Self::StartTls),
+            "tls" => Ok(Self::Tls),
+            _ => Err("expected none, starttls or tls".to_owned()),
+        }
+    }
+}
+
+/// The relay's user and password.
+#[derive(Debug, Clone)]
+pub struct SmtpCredentials {
+    pub username: String,
+    pub password: Secret<String>,
+}
+
+/// `SMTP_TLS`, `SMTP_USERNAME`, `SMTP_PASSWORD`: in production, encrypted and authenticated;
+/// in any mode, no password over plain SMTP.
+fn smtp_security(env: &mut Env) -> Result<(SmtpTls, Option<SmtpCredentials>), ConfigError> {
+    let mode = Mode::of(env);
+    let tls = env.optional::<SmtpTls>("SMTP_TLS", "none, starttls or tls");
+    let username = env.optional::<String>("SMTP_USERNAME", "the mail relay's user name");
+    let password = env.optional::<String>("SMTP_PASSWORD", "the mail relay's password");
+    let tls = match tls? {
+        Some(SmtpTls::None) => mode.refuse_in_production(
+            env,
+            "SMTP_TLS",
+            SmtpTls::None,
+            "is none: mail (names, addresses, orders) and the relay's password would cross the \
+             network readable; use starttls or tls",
+        ),
+        Some(tls) => Ok(tls),
+        None => mode.refuse_in_production(
+            env,
+            "SMTP_TLS",
+            SmtpTls::None,
+            "is not set, which means plain SMTP; use starttls or tls",
+        ),
+    };
+    let credentials = match (username?, password?) {
+        (Some(username), Some(password)) => {
+            mode.refuse_published_secret(env, "SMTP_PASSWORD", &password)?;
+            Ok(Some(SmtpCredentials {
+                username,
+                password: Secret(password),
+            }))
+        }
+        (None, None) => {
+            let problem = "is not set: production sends through a relay that knows this \
+                           service, not an open one";
+            let username = mode.refuse_in_production(env, "SMTP_USERNAME", (), problem);
+            let password = mode.refuse_in_production(env, "SMTP_PASSWORD", (), problem);
+            username.and(password).map(|()| None)
+        }
+        (Some(_), None) => env.invalid(
+            "SMTP_PASSWORD",
+            "is not set, but SMTP_USERNAME is: give both or neither".to_owned(),
+        ),
+        (None, Some(_)) => env.invalid(
+            "SMTP_USERNAME",
+            "is not set, but SMTP_PASSWORD is: give both or neither".to_owned(),
+        ),
+    };
+    let (tls, credentials) = (tls?, credentials?);
+    if tls == SmtpTls::None && credentials.is_some() {
+        return env.invalid(
+            "SMTP_PASSWORD",
+            "is set, but SMTP_TLS is none: the password would cross the network readable"
+                .to_owned(),
+        );
+    }
+    Ok((tls, credentials))
 }
 
 /// How the sender paces its attempts.
@@ -104,6 +206,7 @@ impl FromEnv for NotificationConfig {
             "a mailbox such as Shop <no-reply@shop.example>",
         );
         let timeout = env.millis_or("SMTP_TIMEOUT_MS", Duration::from_millis(10_000));
+        let smtp_security = smtp_security(env);
         let admins = match mailboxes(
             env.raw("NOTIFY_ADMIN_EMAILS")
                 .unwrap_or("admin@example.com"),
@@ -111,7 +214,8 @@ impl FromEnv for NotificationConfig {
             Ok(admins) => Ok(admins),
             Err(problem) => env.invalid("NOTIFY_ADMIN_EMAILS", problem),
         };
-        let user_url = env.http_url_or("USER_GRPC_URL", "http://127.0.0.1:50051");
+        let user_url = grpc::url_or(env, "USER_GRPC_URL", "http://127.0.0.1:50051");
+        let grpc_tls = ClientTls::from_env(env);
         let credentials = ServiceCredentials::from_env(env, crate::users::SERVICE_NAME);
         let call_timeout = env.millis_or("NOTIFY_CALL_TIMEOUT_MS", Duration::from_millis(2000));
         let retry_delays = match delays(
@@ -154,6 +258,7 @@ impl FromEnv for NotificationConfig {
             });
 
         let timeout = timeout?;
+        let (tls, smtp_credentials) = smtp_security?;
         Ok(Self {
             auth: auth?,
             smtp: SmtpConfig {
@@ -161,9 +266,12 @@ impl FromEnv for NotificationConfig {
                 port: port?,
                 from: from?,
                 timeout,
+                tls,
+                credentials: smtp_credentials,
             },
             admins: admins?,
             user_url: user_url?,
+            grpc_tls: grpc_tls?,
             credentials: credentials?,
             call_timeout: call_timeout?,
             retry_delays: retry_delays?,
@@ -229,6 +337,107 @@ mod tests {
         ] {
             assert!(err.contains(expected), "{expected} in {err}");
         }
+    }
+
+    /// The variables `pairs` is refused for, in order.
+    fn refused(pairs: &[(&str, &str)]) -> Vec<String> {
+        let mut env = Env::from_pairs(pairs.iter().copied());
+        let _ = NotificationConfig::from_env(&mut env);
+        env.finish()
+            .err()
+            .map(|err| err.issues.into_iter().map(|issue| issue.variable).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn production_refuses_plain_smtp_a_relay_without_credentials_and_plaintext_grpc() {
+        let production = [("SERVICE_SECRET", "s"), ("SHOP_ENV", "production")];
+        let refused_here = refused(&production);
+        for variable in [
+            "SMTP_TLS",
+            "SMTP_USERNAME",
+            "SMTP_PASSWORD",
+            "USER_GRPC_URL",
+            "GRPC_TLS_CA_FILE",
+        ] {
+            assert!(
+                refused_here.iter().any(|v| v == variable),
+                "{variable} in {refused_here:?}"
+            );
+        }
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SHOP_ENV", "production"),
+            ("SMTP_TLS", "none"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("SMTP_TLS: is none"), "{err}");
+
+        // STARTTLS or implicit TLS with credentials, and https to user-service: nothing about
+        // mail or gRPC URLs is refused (GRPC_TLS_CA_FILE names a file this test does not have).
+        for tls in ["starttls", "tls"] {
+            let refused_here = refused(&[
+                ("SERVICE_SECRET", "s"),
+                ("SHOP_ENV", "production"),
+                ("SMTP_TLS", tls),
+                ("SMTP_USERNAME", "shop"),
+                ("SMTP_PASSWORD", "q8Zr1v0b2m3A9sLx7nQ4eT6yU5iO0pKj"),
+                ("USER_GRPC_URL", "https://user-service:50051"),
+            ]);
+            assert!(
+                !refused_here
+                    .iter()
+                    .any(|v| v.starts_with("SMTP_") || v == "USER_GRPC_URL"),
+                "{refused_here:?}"
+            );
+        }
+        // A published password for the relay is refused too.
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SHOP_ENV", "production"),
+            ("SMTP_TLS", "starttls"),
+            ("SMTP_USERNAME", "shop"),
+            ("SMTP_PASSWORD", "change-me"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("SMTP_PASSWORD: is a development secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn development_keeps_plain_smtp_but_never_sends_a_password_over_it() {
+        let config = load(&[("SERVICE_SECRET", "s")]).unwrap();
+        assert_eq!(config.smtp.tls, SmtpTls::None);
+        assert!(config.smtp.credentials.is_none());
+
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SMTP_USERNAME", "shop"),
+            ("SMTP_PASSWORD", "hunter2-relay"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("SMTP_PASSWORD: is set, but SMTP_TLS is none"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+
+        let err = load(&[("SERVICE_SECRET", "s"), ("SMTP_USERNAME", "shop")]).unwrap_err();
+        assert!(err.contains("SMTP_PASSWORD: is not set, but"), "{err}");
+        let err = load(&[("SERVICE_SECRET", "s"), ("SMTP_TLS", "ssl")]).unwrap_err();
+        assert!(err.contains("SMTP_TLS: could not be parsed"), "{err}");
+
+        let config = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SMTP_TLS", "STARTTLS"),
+            ("SMTP_USERNAME", "shop"),
+            ("SMTP_PASSWORD", "hunter2-relay"),
+        ])
+        .unwrap();
+        assert_eq!(config.smtp.tls, SmtpTls::StartTls);
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

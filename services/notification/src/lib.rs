@@ -87,9 +87,14 @@ impl Service for NotificationService {
         let templates = Templates::new().map_err(|err| {
             BootError::Other(format!("the email templates do not compile: {err:#}"))
         })?;
-        let users = Users::new(&config.user_url, &config.credentials, config.call_timeout)
-            .map_err(BootError::Other)?;
-        let mailer = Mailer::new(&config.smtp);
+        let users = Users::new(
+            &config.user_url,
+            &config.grpc_tls,
+            &config.credentials,
+            config.call_timeout,
+        )
+        .map_err(BootError::Other)?;
+        let mailer = Mailer::new(&config.smtp).map_err(BootError::Other)?;
         let wake = Arc::new(Wake::default());
 
         // Sending runs beside consuming: an SMTP outage holds up emails, never events.

@@ -3,17 +3,22 @@
 //! The message is `multipart/alternative` (plain text first, then HTML), with the stored
 //! Message-ID, so every attempt for one notification sends the identical message.
 //!
-//! Plain SMTP without TLS: the local stack's mail catcher speaks nothing else, and inside a
-//! cluster the usual setup is a relay next to the service. A deployment that sends straight to
-//! a provider needs STARTTLS, which is a lettre feature switch away (ADR 0012).
+//! The connection is what `SMTP_TLS` says ([`SmtpTls`]): plain SMTP for the local mail catcher,
+//! which speaks nothing else; STARTTLS (required: no plaintext fallback when the server does not
+//! offer it) or implicit TLS for a real relay, the certificate checked against the public web's
+//! roots (rustls with `webpki-roots`), with `SMTP_USERNAME`/`SMTP_PASSWORD` when given.
+//! Production refuses plain SMTP and a relay without credentials (`crate::config`, ADR 0017).
 
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     message::{Mailbox, MultiPart},
-    transport::smtp::extension::ClientId,
+    transport::smtp::{authentication::Credentials, extension::ClientId},
 };
 
-use crate::{config::SmtpConfig, store::Notification};
+use crate::{
+    config::{SmtpConfig, SmtpTls},
+    store::Notification,
+};
 
 /// Why a message was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,18 +46,31 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    pub fn new(config: &SmtpConfig) -> Self {
+    /// The transport `config` describes; an error when TLS cannot be set up for its host.
+    pub fn new(config: &SmtpConfig) -> Result<Self, String> {
+        type Smtp = AsyncSmtpTransport<Tokio1Executor>;
         let domain = config.from.email.domain().to_owned();
-        // "Dangerous" is lettre's word for "no TLS": see the module docs.
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+        let builder = match config.tls {
+            // "Dangerous" is lettre's word for "no TLS": development only (see the module docs).
+            SmtpTls::None => Ok(Smtp::builder_dangerous(&config.host)),
+            SmtpTls::StartTls => Smtp::starttls_relay(&config.host),
+            SmtpTls::Tls => Smtp::relay(&config.host),
+        }
+        .map_err(|err| format!("SMTP TLS for {}: {err}", config.host))?;
+        let mut builder = builder
             .port(config.port)
             .hello_name(ClientId::Domain(domain))
-            .timeout(Some(config.timeout))
-            .build();
-        Self {
-            transport,
-            from: config.from.clone(),
+            .timeout(Some(config.timeout));
+        if let Some(credentials) = &config.credentials {
+            builder = builder.credentials(Credentials::new(
+                credentials.username.clone(),
+                credentials.password.0.clone(),
+            ));
         }
+        Ok(Self {
+            transport: builder.build(),
+            from: config.from.clone(),
+        })
     }
 
     /// The domain Message-IDs are made in: the sender's.

@@ -12,6 +12,7 @@ use std::{sync::Arc, time::Duration};
 use shop_auth::client::{ServiceCredentials, ServiceTokens};
 use shop_messaging::HandlerError;
 use shop_proto::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
+use shop_runtime::grpc::ClientTls;
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
@@ -34,17 +35,17 @@ pub struct Users {
 
 impl Users {
     /// Nothing is connected yet: the service starts (and records what needs no lookup) while
-    /// user-service is down; the channel connects on first use and reconnects by itself.
+    /// user-service is down; the channel connects on first use and reconnects by itself (TLS
+    /// to an https:// URL, checked against `tls`'s CA: ADR 0017).
     pub fn new(
         url: &url::Url,
+        tls: &ClientTls,
         credentials: &ServiceCredentials,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|err| format!("USER_GRPC_URL {url}: {err}"))?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
+        let channel = tls
+            .channel(url, timeout)
+            .map_err(|err| format!("USER_GRPC_URL {err}"))?;
         let tokens = credentials
             .tokens()
             .map_err(|err| format!("cannot build the token client: {err}"))?;

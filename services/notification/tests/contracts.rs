@@ -27,7 +27,7 @@ use shop_events::{
 };
 use shop_messaging::{Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE};
 use shop_proto::user::v1::{GetUserRequest, GetUserResponse};
-use shop_runtime::config::Secret;
+use shop_runtime::{config::Secret, grpc::ClientTls};
 use user_service::UserService;
 use uuid::Uuid;
 
@@ -100,7 +100,13 @@ async fn harness() -> Harness {
     let notifier = Notifier {
         store,
         templates: Arc::new(Templates::new().expect("the templates")),
-        users: Users::new(&grpc, &credentials, Duration::from_secs(5)).expect("a client"),
+        users: Users::new(
+            &grpc,
+            &ClientTls::default(),
+            &credentials,
+            Duration::from_secs(5),
+        )
+        .expect("a client"),
         admins: vec!["Shop admin <admin@example.com>".parse().expect("a mailbox")],
         domain: "shop.example".to_owned(),
         wake: Arc::default(),

@@ -23,7 +23,7 @@ use mongodb::{
     options::ClientOptions,
 };
 use notification_service::{
-    config::{DeliveryConfig, SmtpConfig},
+    config::{DeliveryConfig, SmtpConfig, SmtpTls},
     mailer::Mailer,
     sender::{Sender, Wake},
     store::{
@@ -182,13 +182,15 @@ fn smtp() -> SmtpConfig {
         port: port.parse().unwrap(),
         from: "Shop <no-reply@shop.example>".parse().unwrap(),
         timeout: Duration::from_secs(5),
+        tls: SmtpTls::None,
+        credentials: None,
     }
 }
 
 fn sender(store: &Store) -> Sender {
     Sender {
         store: store.clone(),
-        mailer: Mailer::new(&smtp()),
+        mailer: Mailer::new(&smtp()).unwrap(),
         config: DeliveryConfig {
             backoff_max: Duration::from_millis(300),
             max_attempts: 3,

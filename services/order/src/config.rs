@@ -3,9 +3,10 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `CATALOG_GRPC_URL` | `http://127.0.0.1:50052` | catalog-service (prices) |
-//! | `INVENTORY_GRPC_URL` | `http://127.0.0.1:50053` | inventory-service (reservations) |
-//! | `PAYMENT_GRPC_URL` | `http://127.0.0.1:50055` | payment-service |
+//! | `CATALOG_GRPC_URL` | `http://127.0.0.1:50052` | catalog-service (prices); `https://` required with `SHOP_ENV=production` |
+//! | `INVENTORY_GRPC_URL` | `http://127.0.0.1:50053` | inventory-service (reservations); same |
+//! | `PAYMENT_GRPC_URL` | `http://127.0.0.1:50055` | payment-service (card data); same |
+//! | `GRPC_TLS_CA_FILE` | unset (required in production) | PEM: the CA that signed those services' gRPC certificates ([`shop_runtime::grpc::ClientTls`], ADR 0017) |
 //! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
 //! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `order-service`) |
 //! | `ORDER_CARD_KEY` | development key (warned; refused with `SHOP_ENV=production`) | 32 bytes, base64: encrypts card data kept until authorization |
@@ -30,6 +31,7 @@ use shop_auth::{AuthConfig, client::ServiceCredentials};
 use shop_runtime::{
     FromEnv,
     config::{ConfigError, Env, Secret},
+    grpc::{self, ClientTls},
     mode::Mode,
 };
 
@@ -44,6 +46,8 @@ pub struct OrderConfig {
     pub catalog_url: url::Url,
     pub inventory_url: url::Url,
     pub payment_url: url::Url,
+    /// The CA the participants' certificates are checked against (`GRPC_TLS_CA_FILE`).
+    pub grpc_tls: ClientTls,
     /// How order-service gets its service tokens (`SERVICE_TOKEN_URL`, `SERVICE_SECRET`).
     pub credentials: ServiceCredentials,
     pub card_key: Secret<Vec<u8>>,
@@ -81,9 +85,10 @@ pub struct Faults {
 impl FromEnv for OrderConfig {
     fn from_env(env: &mut Env) -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env(env);
-        let catalog_url = env.http_url_or("CATALOG_GRPC_URL", "http://127.0.0.1:50052");
-        let inventory_url = env.http_url_or("INVENTORY_GRPC_URL", "http://127.0.0.1:50053");
-        let payment_url = env.http_url_or("PAYMENT_GRPC_URL", "http://127.0.0.1:50055");
+        let catalog_url = grpc::url_or(env, "CATALOG_GRPC_URL", "http://127.0.0.1:50052");
+        let inventory_url = grpc::url_or(env, "INVENTORY_GRPC_URL", "http://127.0.0.1:50053");
+        let payment_url = grpc::url_or(env, "PAYMENT_GRPC_URL", "http://127.0.0.1:50055");
+        let grpc_tls = ClientTls::from_env(env);
         let credentials = ServiceCredentials::from_env(env, crate::SERVICE_NAME);
         let mode = Mode::of(env);
         let card_key = match env.raw("ORDER_CARD_KEY").map(str::to_owned) {
@@ -152,6 +157,7 @@ impl FromEnv for OrderConfig {
             catalog_url: catalog_url?,
             inventory_url: inventory_url?,
             payment_url: payment_url?,
+            grpc_tls: grpc_tls?,
             credentials: credentials?,
             card_key: Secret(card_key?),
             saga: SagaConfig {
@@ -245,6 +251,11 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("ORDER_CARD_KEY: is not set"), "{err}");
         assert!(err.contains("SERVICE_TOKEN_URL: is plain http"), "{err}");
+        // The saga's gRPC calls (card data to payment) too, defaulted or not (ADR 0017).
+        for variable in ["CATALOG_GRPC_URL", "INVENTORY_GRPC_URL", "PAYMENT_GRPC_URL"] {
+            assert!(err.contains(&format!("{variable}: is plain http")), "{err}");
+        }
+        assert!(err.contains("GRPC_TLS_CA_FILE: is not set"), "{err}");
         assert!(
             err.contains("ORDER_CRASH_AFTER_STEP: is a test-only"),
             "{err}"
@@ -253,6 +264,13 @@ mod tests {
             err.contains("ORDER_STALL_BEFORE_RECORDING: is a test-only"),
             "{err}"
         );
+        let err = load(&[
+            ("SERVICE_SECRET", "s"),
+            ("SHOP_ENV", "production"),
+            ("PAYMENT_GRPC_URL", "https://payment-service:50055"),
+        ])
+        .unwrap_err();
+        assert!(!err.contains("PAYMENT_GRPC_URL"), "{err}");
         let config = load(&[
             ("SERVICE_SECRET", "s"),
             ("ORDER_CRASH_AFTER_STEP", "capture"),

@@ -107,16 +107,6 @@ pub struct Participants {
     call_timeout: Duration,
 }
 
-fn channel(url: &url::Url, call_timeout: Duration) -> Result<Channel, String> {
-    // Lazy: order-service starts (and serves reads) while a participant is still down; the
-    // channel connects on first use and reconnects by itself.
-    Ok(Channel::from_shared(url.to_string())
-        .map_err(|err| format!("{url}: {err}"))?
-        .connect_timeout(call_timeout)
-        .timeout(call_timeout)
-        .connect_lazy())
-}
-
 impl Participants {
     /// The clients, connecting lazily (order-service starts while a participant is down), with
     /// one breaker per participant: one participant down must not stop calls to the others.
@@ -128,10 +118,13 @@ impl Participants {
             open_for: config.breaker_cooldown,
         };
         let breaker = |name| Arc::new(CircuitBreaker::new(name, policy, BREAKER_METRICS));
+        // Lazy channels (order-service starts, and serves reads, while a participant is still
+        // down), TLS to https:// URLs with the configured CA (ADR 0017).
+        let channel = |url| config.grpc_tls.channel(url, timeout);
         Ok(Self {
-            catalog: CatalogServiceClient::new(channel(&config.catalog_url, timeout)?),
-            inventory: InventoryServiceClient::new(channel(&config.inventory_url, timeout)?),
-            payment: PaymentServiceClient::new(channel(&config.payment_url, timeout)?),
+            catalog: CatalogServiceClient::new(channel(&config.catalog_url)?),
+            inventory: InventoryServiceClient::new(channel(&config.inventory_url)?),
+            payment: PaymentServiceClient::new(channel(&config.payment_url)?),
             tokens: Arc::new(tokens),
             catalog_breaker: breaker("catalog"),
             inventory_breaker: breaker("inventory"),

@@ -86,8 +86,9 @@ async fn production_refuses_to_start_with_development_defaults() {
     assert!(err.contains("SHOP_ENV"), "{err}");
 
     // With its own key, admin password and operational port, what production still refuses is
-    // the test kit's store and broker accounts: their passwords are published (`testkit`,
-    // `guest`), and each is named.
+    // a gRPC server without a certificate (none given here: ADR 0017,
+    // shared/runtime/tests/grpc_tls.rs) and the test kit's store and broker accounts: their
+    // passwords are published (`testkit`, `guest`), and each is named.
     let pem = new_key_pem();
     let err = spawn_with::<UserService>([
         ("SHOP_ENV", "production"),
@@ -103,7 +104,16 @@ async fn production_refuses_to_start_with_development_defaults() {
         .skip(1)
         .filter_map(|line| line.trim().split_once(':').map(|(variable, _)| variable))
         .collect();
-    assert_eq!(refused, ["DATABASE_URL", "AMQP_URL"], "{err}");
+    assert_eq!(
+        refused,
+        [
+            "GRPC_TLS_CERT_FILE",
+            "GRPC_TLS_KEY_FILE",
+            "DATABASE_URL",
+            "AMQP_URL"
+        ],
+        "{err}"
+    );
     assert!(
         !err.contains("testkit@") && !err.contains("guest@"),
         "{err}"

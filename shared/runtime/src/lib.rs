@@ -95,6 +95,7 @@ impl BootError {
 /// |---|---|---|
 /// | `HTTP_ADDR` | `0.0.0.0:<spec port>` | HTTP listen address |
 /// | `GRPC_ADDR` | `0.0.0.0:<spec port>` | gRPC listen address |
+/// | `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE` | unset: plaintext (required in production) | the gRPC server's certificate chain and key, PEM files ([`grpc::ServerTls`], ADR 0017) |
 /// | `OPS_ADDR` | unset (required in production) | listen address of `/healthz`, `/readyz`, `/metrics`; unset, they answer on the HTTP port ([`http`]) |
 /// | `RUST_LOG` | `info` | log filter |
 /// | `LOG_FORMAT` | `json` | `json` or `pretty` |
@@ -113,6 +114,8 @@ impl BootError {
 pub struct RuntimeConfig {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// The gRPC server's certificate and key; `None`: plaintext (development only).
+    pub grpc_tls: Option<grpc::ServerTls>,
     /// Where `/healthz`, `/readyz` and `/metrics` answer; `None`: on the HTTP port.
     pub ops_addr: Option<SocketAddr>,
     pub telemetry: TelemetryConfig,
@@ -143,6 +146,7 @@ impl RuntimeConfig {
             any(spec.grpc_port),
             "a socket address such as 0.0.0.0:50051",
         );
+        let grpc_tls = grpc::ServerTls::from_env(env);
         let ops_addr = env
             .optional::<SocketAddr>("OPS_ADDR", "a socket address such as 0.0.0.0:9080")
             .and_then(|addr| match addr {
@@ -228,6 +232,7 @@ impl RuntimeConfig {
         Ok(Self {
             http_addr: http_addr?,
             grpc_addr: grpc_addr?,
+            grpc_tls: grpc_tls?,
             ops_addr: ops_addr?,
             telemetry: TelemetryConfig {
                 service_name: service_name?,

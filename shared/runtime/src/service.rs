@@ -410,6 +410,7 @@ pub async fn launch<S: Service>(
         endpoints.grpc_names.clone(),
         endpoints.descriptor_sets,
         health_service,
+        runtime.grpc_tls.clone(),
         shutdown.clone(),
     ));
 

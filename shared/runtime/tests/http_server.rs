@@ -176,10 +176,18 @@ fn production_requires_a_port_of_their_own_for_the_operational_endpoints() {
     let err = env.finish().unwrap_err().to_string();
     assert!(err.contains("OPS_ADDR: is not set"), "{err}");
 
+    // With OPS_ADDR set, what production still asks for is the gRPC server's certificate
+    // (tests/grpc_tls.rs), nothing about the operational port.
     let mut env = shop_runtime::config::Env::from_pairs([
         ("SHOP_ENV", "production"),
         ("OPS_ADDR", "0.0.0.0:9080"),
     ]);
-    let config = shop_runtime::RuntimeConfig::from_env(&Hello::spec(), &mut env).unwrap();
-    assert_eq!(config.ops_addr.map(|addr| addr.port()), Some(9080));
+    let _ = shop_runtime::RuntimeConfig::from_env(&Hello::spec(), &mut env);
+    let err = env.finish().unwrap_err();
+    let refused: Vec<&str> = err.issues.iter().map(|i| i.variable.as_str()).collect();
+    assert_eq!(
+        refused,
+        ["GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE"],
+        "{err}"
+    );
 }

@@ -144,6 +144,24 @@ generates for development. */}}
 {{- printf "http://%s:%v" (include "shop.name" .) (index (index $t .component) .port) -}}
 {{- end -}}
 
+{{/* The gRPC URL of a service of this release: https:// when grpcTls is on (ADR 0017). */}}
+{{- define "shop.grpcUrl" -}}
+{{- $url := include "shop.url" (dict "root" .root "component" .component "port" "grpc") -}}
+{{- if .root.Values.grpcTls.existingSecret -}}{{ replace "http://" "https://" $url }}{{- else -}}{{ $url }}{{- end -}}
+{{- end -}}
+
+{{/* The Secret with a service's gRPC certificate (tls.crt, tls.key, ca.crt): its own
+grpcTlsSecret, else grpcTls.existingSecret; empty when gRPC is plaintext. */}}
+{{- define "shop.grpcTlsSecret" -}}
+{{- if .root.Values.grpcTls.existingSecret -}}
+{{- $own := index .root.Values.services .component | default dict -}}
+{{- $own.grpcTlsSecret | default .root.Values.grpcTls.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the gRPC TLS Secret is mounted in every service container. */}}
+{{- define "shop.grpcTlsDir" -}}/etc/shop/grpc-tls{{- end -}}
+
 {{/* The secret variables of a service, in its Secret: name -> optional. Optional ones are
 only needed in production (the service refuses development defaults there and says which). */}}
 {{- define "shop.secretKeys" -}}
@@ -168,6 +186,10 @@ JWT_PREVIOUS_SIGNING_KEY: true
 {{- end }}
 {{- if eq .component "order-service" }}
 ORDER_CARD_KEY: true
+{{- end }}
+{{- if $s.smtp }}
+SMTP_USERNAME: true
+SMTP_PASSWORD: true
 {{- end }}
 {{- end -}}
 
@@ -214,7 +236,13 @@ with in-cluster addresses, plus services.<name>.env. */}}
 {{- $_ := set $env "SERVICE_TOKEN_URL" ($root.Values.auth.serviceTokenUrl | default (printf "%s/internal/v1/service-token" (include "shop.url" $user))) -}}
 {{- end -}}
 {{- range $s.callsGrpc -}}
-{{- $_ := set $env (printf "%s_GRPC_URL" (trimSuffix "-service" . | upper)) (include "shop.url" (dict "root" $root "component" . "port" "grpc")) -}}
+{{- $_ := set $env (printf "%s_GRPC_URL" (trimSuffix "-service" . | upper)) (include "shop.grpcUrl" (dict "root" $root "component" .)) -}}
+{{- end -}}
+{{- if include "shop.grpcTlsSecret" . -}}
+{{- $dir := include "shop.grpcTlsDir" . -}}
+{{- $_ := set $env "GRPC_TLS_CERT_FILE" (printf "%s/tls.crt" $dir) -}}
+{{- $_ := set $env "GRPC_TLS_KEY_FILE" (printf "%s/tls.key" $dir) -}}
+{{- if $s.callsGrpc }}{{ $_ := set $env "GRPC_TLS_CA_FILE" (printf "%s/ca.crt" $dir) }}{{ end -}}
 {{- end -}}
 {{- range $s.callsHttp -}}
 {{- $_ := set $env (printf "%s_SERVICE_URL" (trimSuffix "-service" . | upper)) (include "shop.url" (dict "root" $root "component" . "port" "http")) -}}
@@ -222,6 +250,7 @@ with in-cluster addresses, plus services.<name>.env. */}}
 {{- if $s.smtp -}}
 {{- $_ := set $env "SMTP_HOST" ($root.Values.smtp.host | default (include "shop.name" (dict "root" $root "component" "mailpit"))) -}}
 {{- $_ := set $env "SMTP_PORT" (toString $root.Values.smtp.port) -}}
+{{- $_ := set $env "SMTP_TLS" ($root.Values.smtp.tls | default "none") -}}
 {{- with $root.Values.smtp.from }}{{ $_ := set $env "SMTP_FROM" . }}{{ end -}}
 {{- end -}}
 {{- range $name, $value := $settings.env -}}
