@@ -42,6 +42,11 @@
 //! Splitting the work in two short transactions costs a `started` row and a lease; in return a
 //! slow provider only slows its own payment. The lease (provider timeout plus ten seconds) is
 //! longer than any live attempt can take, so only a dead or paused attempt ever loses it.
+//!
+//! The attempt task runs in the span of the request that started it, so its log lines and the
+//! events it records belong to the caller's trace
+//! (`the_event_an_authorize_records_in_its_own_task_continues_the_callers_trace` in
+//! `tests/payments.rs`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -54,6 +59,7 @@ use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use shop_runtime::{ApiError, ErrorKind};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -599,16 +605,21 @@ impl Payments {
                     let this = self.clone();
                     let card = card.take();
                     // Its own task: a caller that disconnects does not cancel the provider call
-                    // or the recording of its result. Tracked, so shutdown waits for it.
-                    let attempt = self.tasks.spawn(async move {
-                        let receipt = this.attempt(started, card).await;
-                        let outcome = match &receipt {
-                            Ok(receipt) => receipt.outcome.as_str(),
-                            Err(err) => metric_outcome_of_error(err),
-                        };
-                        record_metric(operation, outcome);
-                        receipt
-                    });
+                    // or the recording of its result. Tracked, so shutdown waits for it. A new
+                    // task starts outside every span, so it is given the request's: its log
+                    // lines and the events it records carry the caller's trace, not a new one.
+                    let attempt = self.tasks.spawn(
+                        async move {
+                            let receipt = this.attempt(started, card).await;
+                            let outcome = match &receipt {
+                                Ok(receipt) => receipt.outcome.as_str(),
+                                Err(err) => metric_outcome_of_error(err),
+                            };
+                            record_metric(operation, outcome);
+                            receipt
+                        }
+                        .instrument(tracing::Span::current()),
+                    );
                     return attempt
                         .await
                         .map_err(|err| {
