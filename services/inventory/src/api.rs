@@ -1,5 +1,12 @@
 //! The HTTP API: stock administration (`GET/PUT /api/v1/inventory/{sku}`, BRIEF §3), for
 //! administrators only ([`RequireAdmin`]: 401 without a token, 403 for anyone else).
+//!
+//! This is the only way a person changes stock: counting the shelf and setting `available`.
+//! Reserved units are not editable here, because they belong to sagas in flight and only the
+//! saga (or the expiry job) may move them. Like every other change, a PUT goes through
+//! [`crate::stock`] and publishes its event in the same transaction. Bad input is answered
+//! with field-level problem+json (422), never with a parser's message;
+//! `a_bad_stock_body_gets_field_level_problem_json` in `tests/admin.rs` holds it to that.
 
 use axum::{
     Json, Router,
@@ -27,9 +34,12 @@ use crate::stock::{self, MAX_UNITS, Stock};
 #[openapi(paths(get_stock, put_stock), components(schemas(StockView, SetStock)))]
 pub struct ApiDoc;
 
+/// What the handlers share: the database and the token verifier.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// The service's database.
     pub pool: PgPool,
+    /// Checks access tokens; [`RequireAdmin`] finds it through [`FromRef`].
     pub verifier: Verifier,
     /// The threshold of a row created by a PUT that does not name one.
     pub low_stock_threshold: i64,
@@ -41,12 +51,18 @@ impl FromRef<AppState> for Verifier {
     }
 }
 
+/// The admin routes only: the runtime wraps them in its shared middleware (request ids,
+/// tracing, metrics, problem responses) and adds the operational endpoints, so no service
+/// writes those twice.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/inventory/{sku}", get(get_stock).put(put_stock))
         .with_state(state)
 }
 
+// A type of its own rather than `Stock` with `Serialize`, so the row's `version` (an internal
+// ordering aid for events) does not become part of the public API. (A plain comment: the doc
+// comments of this type are its OpenAPI description, committed in the gateway's document.)
 /// A sku's stock as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Stock)]
@@ -102,6 +118,7 @@ impl From<Stock> for StockView {
     }
 }
 
+/// The `{sku}` path segment must pass the same rule as every other sku, or 422 on `sku`.
 fn sku_path(sku: &str) -> Result<(), ApiError> {
     stock::check_sku(sku)
         .map_err(|problem| ApiError::validation(vec![FieldError::new("sku", problem)]))
@@ -124,6 +141,8 @@ fn sku_path(sku: &str) -> Result<(), ApiError> {
         (status = 503, response = Unavailable),
     )
 )]
+// 404 for a sku that has no row (its product never reached inventory), which is different
+// from a row with nothing available.
 async fn get_stock(
     State(state): State<AppState>,
     RequireAdmin(_): RequireAdmin,

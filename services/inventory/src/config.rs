@@ -7,6 +7,12 @@
 //! | `EXPIRY_INTERVAL_SECONDS` | `5` | how often the expiry job looks for lapsed reservations |
 //! | `LOW_STOCK_THRESHOLD` | `5` | the low-stock threshold of stock rows created from `ProductCreated` |
 //! | `AUTH_JWKS_URL`, `JWT_ISSUER`, `JWT_AUDIENCE` | see `shop_auth::config` | verifying admin and service tokens |
+//!
+//! Every variable is checked at start and all problems are reported together (the test
+//! `names_every_bad_variable` below), so a misconfigured instance refuses to boot with one
+//! message listing every bad value, instead of failing on the first or, worse, running with
+//! a value that makes no sense (with a TTL of zero the expiry job would release every
+//! reservation at its next round).
 
 use std::time::Duration;
 
@@ -19,9 +25,19 @@ use shop_runtime::{
 /// inventory-service's settings, read once at start; the module's table names each variable.
 #[derive(Debug, Clone)]
 pub struct InventoryConfig {
+    /// How admin and service tokens are verified (key set URL, issuer, audience).
     pub auth: AuthConfig,
+    /// How long a reservation holds stock without Commit or Release. It must outlast the
+    /// saga's worst case (payment timeouts included): a saga slower than this finds its stock
+    /// given back and its Commit refused, so the order is cancelled, never oversold (ADR 0007).
+    /// At least one second.
     pub reservation_ttl: Duration,
+    /// How often [`crate::expiry::run`] looks for lapsed reservations; it bounds how long
+    /// stock stays held past its `expires_at`. At least one second (a zero period would make
+    /// `tokio::time::interval` panic).
     pub expiry_interval: Duration,
+    /// The low-stock threshold given to rows created from `ProductCreated` and to rows a PUT
+    /// creates without naming one. Zero or more.
     pub low_stock_threshold: i64,
 }
 
@@ -51,6 +67,8 @@ impl FromEnv for InventoryConfig {
     }
 }
 
+/// Refuses a zero duration for `key`: both durations here mean "every so often" or "for so
+/// long", and zero is neither.
 fn at_least_a_second(env: &mut Env, key: &str, value: Duration) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         env.invalid(key, "must be at least 1 second".to_owned())

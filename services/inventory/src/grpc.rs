@@ -5,6 +5,11 @@
 //! state" (not enough stock — the message names the skus —, Commit after Release and the
 //! reverse), `NOT_FOUND` for a Commit without a reservation, `INVALID_ARGUMENT` for a bad
 //! request. Only service callers get here (`shop_auth::grpc::RequireService`).
+//!
+//! The handlers hold no rules of their own: they parse, call [`crate::stock`], and map the
+//! result. [`ApiError`] converts to a [`Status`] with the same kind, so a refusal keeps its
+//! code here and its status in the admin API, and a database outage is `UNAVAILABLE`, which
+//! the saga treats as "unknown, try again" rather than as a refusal.
 
 use std::time::Duration;
 
@@ -20,7 +25,8 @@ use uuid::Uuid;
 
 use crate::stock::{self, Line};
 
-/// At most this many skus per availability query.
+/// At most this many skus per availability query: far above any basket, and a bound on what
+/// one request can ask of the database.
 pub const MAX_SKUS: usize = 1000;
 
 /// The gRPC server order-service calls (`shop.inventory.v1.InventoryService`): reserve,
@@ -29,15 +35,21 @@ pub const MAX_SKUS: usize = 1000;
 /// stock before [`crate::expiry`] gives it back.
 #[derive(Debug, Clone)]
 pub struct InventoryApi {
+    /// The service's database: reservations and stock.
     pub pool: PgPool,
+    /// `RESERVATION_TTL_SECONDS`, given to every new reservation.
     pub reservation_ttl: Duration,
 }
 
+/// Parses the order id every call is keyed by; a bad one is an `INVALID_ARGUMENT` naming the
+/// field, never a panic.
 fn order_id(value: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(value)
         .map_err(|_| ApiError::validation(vec![FieldError::new("order_id", "is not a UUID")]))
 }
 
+/// A database time as a protobuf `Timestamp` (sub-second nanos always fit an `i32`; the
+/// fallback only keeps the conversion total).
 fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
@@ -47,6 +59,8 @@ fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 
 #[tonic::async_trait]
 impl InventoryService for InventoryApi {
+    /// All lines or none ([`stock::reserve`]); quantities arrive as `u32` and are widened, so
+    /// they cannot be negative here. A replay answers the original reservation id.
     async fn reserve(
         &self,
         request: Request<ReserveRequest>,
@@ -69,6 +83,8 @@ impl InventoryService for InventoryApi {
         }))
     }
 
+    /// The saga's pivot ([`stock::commit`]): `NOT_FOUND` without a reservation,
+    /// `FAILED_PRECONDITION` after a Release or expiry.
     async fn commit(
         &self,
         request: Request<CommitRequest>,
@@ -78,6 +94,8 @@ impl InventoryService for InventoryApi {
         Ok(Response::new(CommitResponse {}))
     }
 
+    /// Compensation ([`stock::release`]); succeeds even when the order never reserved, so the
+    /// saga can release without knowing whether its Reserve arrived.
     async fn release(
         &self,
         request: Request<ReleaseRequest>,
@@ -88,6 +106,8 @@ impl InventoryService for InventoryApi {
         Ok(Response::new(ReleaseResponse {}))
     }
 
+    /// Current levels, in the order asked, for skus that pass [`stock::check_sku`]; every bad
+    /// sku is named in one `INVALID_ARGUMENT`.
     async fn get_availability(
         &self,
         request: Request<GetAvailabilityRequest>,

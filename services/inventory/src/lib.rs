@@ -13,6 +13,20 @@
 //! | [`expiry`] | the job releasing reservations whose saga died |
 //! | [`products`] | the `ProductCreated` handler |
 //!
+//! ## Its place in the order saga
+//!
+//! order-service orchestrates every order (ADR 0009) and calls this service at three points:
+//! `Reserve` right after pricing and before any money moves, `Commit` once the payment is
+//! authorized (the saga's pivot: there is no "un-commit"), and `Release` when the saga compensates.
+//! Reserving before charging is deliberate: a reservation is cheap to undo, while an authorization
+//! holds the customer's money until it is voided. A saga that dies between `Reserve` and its end
+//! leaves a reservation nobody will ever release, so [`expiry`] gives such stock back after
+//! `RESERVATION_TTL_SECONDS` (ADR 0007).
+//!
+//! Inventory keeps no state about the saga itself. Everything it needs to answer a repeated or
+//! late call is in the order's reservation row, keyed by the order id, which is why every call
+//! can be retried by the orchestrator without harm.
+//!
 //! The service is a library so tests boot it in-process
 //! (`shop_testkit::spawn::<InventoryService>()`); `main.rs` only hands it to the shared runtime.
 
@@ -40,6 +54,12 @@ use crate::{api::AppState, config::InventoryConfig, products::CreateStockRow};
 pub static MIGRATIONS: Migrator = sqlx::migrate!();
 
 /// Who may call which gRPC method: the saga's orchestrator, and nobody else.
+///
+/// A table rather than a check in each handler so that the whole policy reads in one place and
+/// a method added to the proto later stays closed (`PERMISSION_DENIED`) until it is listed here.
+/// Callers are named by their service token's subject, i.e. their entry in user-service's
+/// `SERVICE_CLIENTS`; `only_services_may_call_and_bad_requests_name_the_field` in
+/// `tests/reservations.rs` holds it to that.
 pub const GRPC_ACCESS: &[(&[&str], &[&str])] = &[(
     &["order-service"],
     &["Reserve", "Commit", "Release", "GetAvailability"],
@@ -47,23 +67,41 @@ pub const GRPC_ACCESS: &[(&[&str], &[&str])] = &[(
 
 /// This service's part of the public API as OpenAPI 3.1 ([`api::ApiDoc`]), completed with the
 /// shared problem responses; the gateway merges it into the public document.
+///
+/// Only the admin HTTP routes appear here: the gRPC API is internal to the saga and described
+/// by its proto instead.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     shop_runtime::openapi::complete(<api::ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-/// The inventory-service service.
+/// The inventory-service service, as the shared runtime boots it.
+///
+/// A unit type: everything it needs arrives through [`Service::build`] (connections) and
+/// [`InventoryConfig`] (settings), so tests and `main.rs` start exactly the same service.
 #[derive(Debug)]
 pub struct InventoryService;
 
 impl Service for InventoryService {
     type Config = InventoryConfig;
 
+    /// Name, default ports (8083 HTTP, 50053 gRPC) and stores: before [`Service::build`] runs,
+    /// the runtime connects PostgreSQL and applies [`MIGRATIONS`], and starts its RabbitMQ
+    /// connection. `/readyz` requires the database and only reports the broker, since the outbox
+    /// lets stock changes go on while RabbitMQ is away.
     fn spec() -> ServiceSpec {
         ServiceSpec::new("inventory-service", 8083, 50053)
             .postgres(&MIGRATIONS)
             .amqp()
     }
 
+    /// Wires the service together: the outbox relay, the `ProductCreated` consumer, the expiry
+    /// job, then the gRPC and HTTP endpoints.
+    ///
+    /// The order matters. The relay is spawned first because it creates the outbox tables that
+    /// every stock change writes to; the consumer and the expiry job run as tasks of the
+    /// runtime, so they stop with the service's shutdown token instead of being cut off. A
+    /// failure of any step is a [`BootError`]: the process exits rather than serving half a
+    /// service.
     async fn build(ctx: &Context, config: InventoryConfig) -> Result<Endpoints, BootError> {
         let pool = ctx.postgres()?.clone();
         let verifier = config.auth.verifier()?;

@@ -3,6 +3,15 @@
 //! The consumer claims the event id in its inbox in the same transaction as this handler's
 //! effect, so a redelivered event never reaches it; the insert is `ON CONFLICT DO NOTHING`
 //! as well, so a row an administrator created first (PUT before the event arrived) is kept.
+//!
+//! This is how stock comes to exist at all: catalog owns products, inventory owns their
+//! stock, and neither reads the other's database. Until the event arrives a new sku has no
+//! stock row, so a Reserve for it is refused as out of stock, which is the safe side.
+//!
+//! Failures are sorted by whether waiting helps. An event that breaks inventory's rules (a
+//! sku it would refuse from an administrator, a negative or huge `initialStock`) is a
+//! permanent error and is parked at once with the reason, rather than retried forever; a
+//! database error is retryable and goes through the consumer's delay queues.
 
 use shop_events::catalog::ProductCreated;
 use shop_messaging::{HandlerError, Received, consumer::postgres::Handle};
@@ -11,6 +20,10 @@ use sqlx::PgConnection;
 use crate::stock;
 
 /// The handler: creates the product's stock row with its `initial_stock` (0 when absent).
+///
+/// Stateless apart from its setting, so one value serves every delivery; the registration in
+/// [`crate::InventoryService`] gives it the consumer name `inventory` (queue
+/// `inventory.events`).
 #[derive(Debug, Clone)]
 pub struct CreateStockRow {
     /// The low-stock threshold of new rows (`LOW_STOCK_THRESHOLD`).
@@ -19,6 +32,10 @@ pub struct CreateStockRow {
 
 impl CreateStockRow {
     /// The effect, on the consumer's transaction.
+    ///
+    /// Public, separate from [`Handle::handle`], so the contract test in `tests/contracts.rs`
+    /// can run it on catalog's example message without a broker. Logs only when a row was
+    /// really created: a redelivery or a row created first by an administrator is silent.
     pub async fn apply(
         &self,
         tx: &mut PgConnection,

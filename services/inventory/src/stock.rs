@@ -13,6 +13,37 @@
 //!
 //! The order id is the idempotency key: [`reserve`], [`commit`] and [`release`] look at the
 //! order's reservation first, and a repeated call answers from it without changing anything.
+//!
+//! ## The life of a reservation
+//!
+//! ```text
+//! (none) --reserve--> reserved --commit--> committed
+//!    |                   |  \--release--> released
+//!    |                   \----expire_due--> expired
+//!    \--release--> released (no lines: a tombstone)
+//! ```
+//!
+//! Only `reserved` holds stock; the three other states are final, and each step refuses to
+//! leave one of them (a Commit after a Release, a Release after a Commit, a Reserve after a
+//! Release). The saga relies on those refusals: a refused Commit proves nothing was
+//! committed, so it may still compensate (ADR 0009).
+//!
+//! ## Why everything is in this one file
+//!
+//! The gRPC handlers ([`crate::grpc`]), the admin API ([`crate::api`]), the consumer
+//! ([`crate::products`]) and the expiry job ([`crate::expiry`]) only translate their input and
+//! call a function here. The locking order, the idempotency checks and the events are
+//! therefore written once, and the tests in `tests/reservations.rs` exercise the same code
+//! every caller runs.
+//!
+//! ## Events and errors
+//!
+//! Each function writes its events with [`enqueue_event`] on its own transaction, so a change
+//! and its announcement commit or vanish together; nothing is published from here directly.
+//! Errors are [`ApiError`]s whose kind says what the caller should do: a validation error
+//! (422 / `INVALID_ARGUMENT`) names the fields, "not possible in this state" is a conflict
+//! (409 / `FAILED_PRECONDITION`), and a database that is down or busy becomes a retryable
+//! 503 / `UNAVAILABLE` through the shared conversion of `sqlx` errors.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -26,29 +57,45 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// At most this many lines per reservation (an order is far smaller; this bounds the work).
+///
+/// One Reserve locks one row per line, so the limit also bounds how many rows one call holds
+/// locked at a time.
 pub const MAX_LINES: usize = 100;
-/// The longest sku accepted anywhere.
+/// The longest sku accepted anywhere: in reservations, in availability queries, in the admin
+/// API and in `ProductCreated`, all through [`check_sku`].
 pub const MAX_SKU_CHARS: usize = 64;
 /// The largest stock figure accepted (keeps sums far from `i64` overflow).
 pub const MAX_UNITS: i64 = 1_000_000_000;
 
 /// One line of a reservation: `quantity` units of `sku`.
+///
+/// Callers may pass the same sku twice; [`normalise`] merges them before anything is locked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
+    /// The product's sku, as catalog announced it.
     pub sku: String,
+    /// Units wanted, `1..=MAX_UNITS` (`i64`, like the stock columns).
     pub quantity: i64,
 }
 
 /// Where a reservation is in its life. Only `Reserved` holds stock.
+///
+/// The module documentation draws the transitions; every state but `Reserved` is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// Holds its units in `stock.reserved` until a Commit, a Release or the expiry job.
     Reserved,
+    /// The units left the warehouse: they were taken out of `reserved` for good.
     Committed,
+    /// The saga gave the units back (or released before it ever reserved: a tombstone).
     Released,
+    /// The expiry job gave the units back because the saga never came back in time.
     Expired,
 }
 
 impl Status {
+    /// Reads `reservations.status`. The schema's `CHECK` admits only the four values, so the
+    /// fallback arm is never taken for a row this service wrote.
     fn parse(value: &str) -> Self {
         match value {
             "committed" => Self::Committed,
@@ -70,12 +117,17 @@ impl Status {
     }
 }
 
-/// An order's reservation.
+/// An order's reservation, as [`reserve`] answers it and [`find`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
+    /// The reservation's own id (UUIDv7), returned to the saga; a replayed Reserve answers the
+    /// same one, which is how a retry can tell it got the original.
     pub id: Uuid,
+    /// The order it belongs to: the primary key, hence one reservation per order.
     pub order_id: Uuid,
+    /// Where it is in its life.
     pub status: Status,
+    /// When the expiry job may release it, written with the database's clock.
     pub expires_at: DateTime<Utc>,
 }
 
@@ -90,12 +142,21 @@ pub enum Outcome {
 }
 
 /// A stock row.
+///
+/// `available + reserved` is what is still on the shelf (committed units have left it); both
+/// are kept at zero or above by the schema's `CHECK`s, whatever the code does.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Stock {
+    /// The product's sku, the row's key.
     pub sku: String,
+    /// Units that a Reserve may still take.
     pub available: i64,
+    /// Units held by live reservations; a Commit removes them, a Release or expiry moves them
+    /// back to `available`.
     pub reserved: i64,
+    /// Incremented by every change of the row, so events can be ordered by their consumers.
     pub version: i64,
+    /// `StockLow` is published when `available` falls across this figure.
     pub low_stock_threshold: i64,
 }
 
@@ -112,6 +173,7 @@ impl Stock {
     }
 }
 
+/// The columns of [`Stock`], written once so every query reads the row the same way.
 const STOCK_COLUMNS: &str = "sku, available, reserved, version, low_stock_threshold";
 
 /// The message of a refused reservation lists the skus, so the caller (order-service, which
@@ -119,6 +181,10 @@ const STOCK_COLUMNS: &str = "sku, available, reserved, version, low_stock_thresh
 pub const OUT_OF_STOCK_PREFIX: &str = "Not enough stock for: ";
 
 /// Checks a sku taken from a request: what the field error says when it is not one.
+///
+/// One rule for every way a sku enters the service (gRPC, admin API, `ProductCreated`), so a
+/// sku accepted in one place is never refused in another. Whitespace and control characters
+/// are refused because a sku ends up in paths, logs and error messages.
 pub fn check_sku(sku: &str) -> Result<(), &'static str> {
     if sku.is_empty() {
         Err("must not be empty")
@@ -132,6 +198,12 @@ pub fn check_sku(sku: &str) -> Result<(), &'static str> {
 }
 
 /// Validates the lines and merges repeated skus, sorted by sku (the lock order).
+///
+/// Every problem is reported at once as a field error naming the line (`lines[1].quantity`),
+/// so a caller fixes its request in one round. Merging matters for correctness, not just
+/// tidiness: one `UPDATE ... FROM UNNEST` with the same sku twice would change the row once,
+/// while the shortage check had compared each line on its own. The sort is the lock order the
+/// module documentation relies on.
 pub fn normalise(lines: Vec<Line>) -> Result<Vec<Line>, ApiError> {
     let mut fields = Vec::new();
     if lines.is_empty() {
@@ -163,6 +235,8 @@ pub fn normalise(lines: Vec<Line>) -> Result<Vec<Line>, ApiError> {
         .collect())
 }
 
+/// Counts one call of `call` (a counter name) with its `outcome` label, so the metrics tell
+/// replays and refusals apart from real changes.
 fn record(call: &'static str, outcome: &'static str) {
     metrics::counter!(call, "outcome" => outcome).increment(1);
 }
@@ -171,6 +245,13 @@ fn record(call: &'static str, outcome: &'static str) {
 ///
 /// A repeated call with the same lines returns the same reservation and changes nothing;
 /// with other lines, or after the order's reservation was released or expired, it is refused.
+///
+/// A shortage of any line refuses the whole call with a conflict whose message starts with
+/// [`OUT_OF_STOCK_PREFIX`] and whose `skus` extension lists the short skus; nothing is held
+/// and the order may try again later. On success the same transaction writes
+/// `StockReserved` and, for each sku whose level crossed zero or its threshold, `OutOfStock`
+/// or `StockLow`. The returned [`Outcome`] tells a first call from a replay; the gRPC answer
+/// is the same for both.
 pub async fn reserve(
     pool: &PgPool,
     order_id: Uuid,
@@ -277,6 +358,7 @@ pub async fn reserve(
 }
 
 /// `s.sku, s.available, ...`: the stock columns of a table alias, for `RETURNING`.
+/// (An `UPDATE ... FROM` needs qualified names: both sides have a `sku` column.)
 fn prefixed(alias: &str) -> String {
     STOCK_COLUMNS
         .split(", ")
@@ -285,12 +367,22 @@ fn prefixed(alias: &str) -> String {
         .join(", ")
 }
 
+/// Rows in sku order: `RETURNING` promises no order, and events list levels sorted so that
+/// the same change always publishes the same payload.
 fn sorted(mut rows: Vec<Stock>) -> Vec<Stock> {
     rows.sort_by(|a, b| a.sku.cmp(&b.sku));
     rows
 }
 
 /// Answers a Reserve for an order that already has a reservation.
+///
+/// Runs after the insert found the order's row (its transaction is dropped), on plain reads:
+/// nothing is changed, so nothing needs locking. A reservation that is still held or already
+/// committed answers with itself when the lines are the same (a retry after a lost answer); other
+/// lines are refused, since one order id cannot mean two baskets. A released or expired one is
+/// refused, which is what stops a late retry from holding stock for an order the saga has already
+/// compensated. Should this second read not find the row, the caller is told to retry (503) rather
+/// than guessing.
 async fn replay_reserve(
     pool: &PgPool,
     order_id: Uuid,
@@ -331,6 +423,9 @@ async fn replay_reserve(
 }
 
 /// The reservation of `order_id`, if it has one.
+///
+/// A plain read without a lock: good for answers and tests, not for deciding a change (the
+/// changing functions lock the row first).
 pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<Reservation>, ApiError> {
     let row: Option<(Uuid, String, DateTime<Utc>)> =
         sqlx::query_as("SELECT id, status, expires_at FROM reservations WHERE order_id = $1")
@@ -346,6 +441,11 @@ pub async fn find(pool: &PgPool, order_id: Uuid) -> Result<Option<Reservation>, 
 }
 
 /// Locks the order's reservation row and returns its status.
+///
+/// In Commit and Release it is the first lock taken, before any stock row (the expiry job takes the
+/// same row lock first too): part of the deadlock rule of this module. Concurrent Commit, Release
+/// and expiry of the same order therefore run one after the other, each seeing the status the
+/// previous one left.
 async fn lock_reservation(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -359,6 +459,9 @@ async fn lock_reservation(
 }
 
 /// Locks the stock rows of the order's lines, in sku order, and returns them as they are.
+///
+/// One statement for all rows, so the locks are taken in the `ORDER BY` order rather than in
+/// whatever order a loop happened to visit them.
 async fn lock_lines(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<Stock>, ApiError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {STOCK_COLUMNS} FROM stock
@@ -371,6 +474,13 @@ async fn lock_lines(conn: &mut PgConnection, order_id: Uuid) -> Result<Vec<Stock
 }
 
 /// Turns the order's reservation into a permanent decrement: the reserved units leave.
+///
+/// The saga's pivot (ADR 0009): after this inventory has no way back. A Commit for an order
+/// without a reservation is `NOT_FOUND`; one after a Release or expiry is a conflict, which
+/// tells the saga that nothing was committed and it must compensate; a repeat after success
+/// is a replay. Commit publishes no event: available stock does not change, and the order's
+/// own `OrderConfirmed` announces the outcome. Hence the plain `commit()` of the transaction
+/// rather than the outbox's.
 pub async fn commit(pool: &PgPool, order_id: Uuid) -> Result<Outcome, ApiError> {
     let mut tx = pool.begin().await?;
     match lock_reservation(&mut tx, order_id).await? {
@@ -416,11 +526,17 @@ pub async fn commit(pool: &PgPool, order_id: Uuid) -> Result<Outcome, ApiError> 
     Ok(Outcome::Applied)
 }
 
-/// Gives the order's reserved stock back.
+/// Gives the order's reserved stock back, with `reason` (blank: `released`) recorded on the
+/// reservation and in `StockReleased`.
 ///
 /// An order without a reservation gets a `released` one with no lines: nothing is given back,
 /// and a Reserve of that order arriving late is refused rather than holding stock for an
 /// order that was already compensated.
+///
+/// A repeat is a replay; a Release after a Commit is refused (conflict), because those units
+/// have left. When the tombstone insert loses a race against a Reserve of the same order, the
+/// loop goes round once more and releases what that Reserve took; a second lost race is
+/// answered with a retryable 503 instead of looping.
 pub async fn release(pool: &PgPool, order_id: Uuid, reason: &str) -> Result<Outcome, ApiError> {
     let reason = if reason.trim().is_empty() {
         "released"
@@ -476,6 +592,10 @@ pub async fn release(pool: &PgPool, order_id: Uuid, reason: &str) -> Result<Outc
 
 /// Gives back the stock of a reservation whose row the caller has locked and found
 /// `reserved`, marks it `to`, and writes the `StockReleased` event.
+///
+/// Shared by [`release`] (`to` = `Released`) and [`expire_due`] (`to` = `Expired`), so the saga's
+/// compensation and the expiry job give stock back in exactly the same way. No low-stock event
+/// here: stock only rises.
 async fn release_locked(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -546,6 +666,10 @@ pub async fn expire_due(pool: &PgPool, batch: usize) -> Result<usize, ApiError> 
 }
 
 /// The stock of each sku asked for, in the order asked; a sku without a stock row has none.
+///
+/// A read without locks: the answer may be stale by the time the caller uses it, which is
+/// fine because it only informs (a Reserve checks again under its locks). Unknown skus get a
+/// zero row rather than an error so the caller can ask about a whole basket at once.
 pub async fn availability(pool: &PgPool, skus: &[String]) -> Result<Vec<Stock>, ApiError> {
     let rows: Vec<Stock> = sqlx::query_as(&format!(
         "SELECT {STOCK_COLUMNS} FROM stock WHERE sku = ANY($1)"
@@ -585,6 +709,11 @@ pub async fn get(pool: &PgPool, sku: &str) -> Result<Option<Stock>, ApiError> {
 /// there is none. Reserved units are untouched: they belong to orders in flight.
 ///
 /// Setting the values the row already has changes nothing (no new version, no event).
+///
+/// The row is locked first so a concurrent Reserve cannot slip between the read and the
+/// write. A change that lowers or keeps `available` may publish `OutOfStock` or `StockLow`
+/// (on a crossing); one that raises it, or creates the row, publishes `StockReplenished`,
+/// which is what lets catalog show the product in stock again.
 pub async fn set(
     pool: &PgPool,
     sku: &str,
@@ -664,6 +793,10 @@ pub async fn create_for_product(
 
 /// Publishes `OutOfStock` or `StockLow` when a sku's available stock fell from `was` across
 /// zero or across its threshold: once per crossing, not on every change below it.
+///
+/// At most one of the two per change: reaching zero is the stronger news and is the one sent.
+/// Publishing on crossings keeps the event stream (and the emails it may trigger) quiet while
+/// a popular sku is sold down unit by unit below its threshold.
 async fn announce_fall(conn: &mut PgConnection, was: i64, row: &Stock) -> Result<(), ApiError> {
     if row.available == 0 && was > 0 {
         enqueue_event(conn, &OutOfStock { level: row.level() }).await?;

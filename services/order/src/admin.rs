@@ -12,6 +12,11 @@
 //!   parked_at, attempts, last_error}]}`, oldest first (at most 500).
 //! * `POST /api/v1/admin/sagas/{order_id}/resume` → 200 with the saga, due at once with its
 //!   attempts counted from zero; 404 for no such saga, 409 if it is not parked.
+//!
+//! Resuming does not bypass anything: the saga continues from its persisted step through the
+//! same driver and the same idempotent participant calls as any other run, so an operator who
+//! resumes too early only gets it parked again. The proof is
+//! `a_refused_capture_parks_the_saga_for_an_operator_instead_of_looping` in `tests/saga.rs`.
 
 use axum::{
     Json, Router,
@@ -26,6 +31,7 @@ use uuid::Uuid;
 
 use crate::api::AppState;
 
+/// The two operator routes, sharing the order API's state (its pool and its driver).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/admin/sagas/parked", get(parked))
@@ -35,25 +41,37 @@ pub fn router() -> Router<AppState> {
 /// A saga as operators see it.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct SagaView {
+    /// The order the saga belongs to (one saga per order).
     pub order_id: Uuid,
+    /// The step it stopped at, as stored (see [`crate::saga::Step`]).
     pub step: String,
     /// The cancellation reason, once the saga turned to compensation.
     pub reason: Option<String>,
+    /// When it parked; `None` for a saga that is running.
     pub parked_at: Option<DateTime<Utc>>,
+    /// Why it parked, in words an operator can act on (the participant's refusal, or the
+    /// last error after too many attempts).
     pub parked_reason: Option<String>,
+    /// Attempts of the current step so far; a resume sets it back to zero.
     pub attempts: i32,
+    /// The last error of the current step.
     pub last_error: Option<String>,
+    /// When the row last changed.
     pub updated_at: DateTime<Utc>,
 }
 
+/// The answer of the listing: `{items: [...]}` like every list of the API, so fields can be
+/// added beside `items` later.
 #[derive(Debug, Serialize)]
 struct Listing {
     items: Vec<SagaView>,
 }
 
+/// The columns of [`SagaView`], written once for both queries.
 const COLUMNS: &str =
     "order_id, step, reason, parked_at, parked_reason, attempts, last_error, updated_at";
 
+/// Parked sagas, oldest first: the one waiting longest is the first to look at.
 async fn parked(
     State(state): State<AppState>,
     RequireAdmin(_admin): RequireAdmin,
@@ -67,6 +85,10 @@ async fn parked(
     Ok(Json(Listing { items }))
 }
 
+/// Clears the parking and makes the saga due now, then sweeps at once so the operator sees it
+/// move without waiting for the next periodic sweep. Only a parked saga can be resumed: the
+/// `UPDATE ... WHERE parked_at IS NOT NULL` makes that check and the change one statement, so
+/// two operators resuming at once resume it once. The operator is logged by user id.
 async fn resume(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,

@@ -16,6 +16,26 @@
 //! (422: a card cannot be authorized for zero, and a free order has no payment to run; ADR
 //! 0009), and more sagas than this instance drives at once (503 with `Retry-After`, nothing
 //! stored: the client retries with the same key).
+//!
+//! ## What a placing request does, in order
+//!
+//! 1. Validates the body field by field ([`crate::validate`]) and reads the key.
+//! 2. Answers a repeated key from the stored order, before any other work.
+//! 3. Prices the cart at catalog in one call: prices never come from the client, and an
+//!    unknown product is the caller's error (422), known before anything is stored.
+//! 4. Takes a slot of the [`Driver`], or answers 503.
+//! 5. Writes the order, its lines, the saga row (leased to this instance, first attempt
+//!    marked), the sealed card and `OrderPlaced`, in one transaction.
+//! 6. Starts the saga and answers 202 with the order, still `PENDING`.
+//!
+//! Why 202 and polling rather than waiting for the saga: the saga's length depends on the
+//! card (the slow test card takes seconds) and on participants that may be down for a while;
+//! the request must not hold a connection for that. The `Location` header names the order to
+//! poll, and the order's events tell the rest of the system.
+//!
+//! (Doc comments of the types and handlers that appear in the OpenAPI document are that
+//! document's text, committed in `services/gateway/openapi.json`; further notes on them are
+//! plain comments, so that explaining the code does not change the published contract.)
 
 use std::{sync::Arc, time::Duration};
 
@@ -74,11 +94,16 @@ pub enum OrderStatus {
     Cancelled,
 }
 
+/// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// The service's database.
     pub pool: PgPool,
+    /// Checks access tokens; [`Principal`] and `RequireAdmin` find it through [`FromRef`].
     pub verifier: Verifier,
+    /// The gRPC clients, for pricing at placement.
     pub participants: Participants,
+    /// Starts the saga of a new order and sweeps after a cancellation or a resume.
     pub driver: Arc<Driver>,
 }
 
@@ -88,6 +113,8 @@ impl FromRef<AppState> for Verifier {
     }
 }
 
+/// The customer routes and the operators' routes ([`crate::admin`]) on one router; the
+/// runtime adds its shared middleware and operational endpoints.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/orders", post(place).get(list))
@@ -135,6 +162,8 @@ pub struct LineView {
     pub line_total: Money,
 }
 
+/// An `orders` row as the API reads it (the idempotency key itself is not needed: the query
+/// that finds a repeat selects by it).
 #[derive(Debug, sqlx::FromRow)]
 struct OrderRow {
     id: Uuid,
@@ -150,10 +179,14 @@ struct OrderRow {
     updated_at: DateTime<Utc>,
 }
 
+/// The columns of [`OrderRow`], written once for every query.
 const ORDER_COLUMNS: &str = "id, user_id, status, cancellation_reason, total_amount, currency,
     shipping_address, card_last4, request_fingerprint, created_at, updated_at";
 
 /// Loads an order with its lines; `None` when it does not exist.
+///
+/// Ownership is not checked here: callers decide (the API through `own`, placing through the
+/// order it just wrote).
 async fn load(pool: &PgPool, id: Uuid) -> Result<Option<(OrderRow, OrderView)>, ApiError> {
     let row: Option<OrderRow> =
         sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
@@ -167,6 +200,8 @@ async fn load(pool: &PgPool, id: Uuid) -> Result<Option<(OrderRow, OrderView)>, 
     Ok(Some((row, view)))
 }
 
+/// The API's view of a row and its lines: line totals are computed, not stored, from the
+/// unit price fixed at placement.
 fn view(row: &OrderRow, lines: Vec<shop_events::order::OrderLine>) -> OrderView {
     OrderView {
         id: row.id,
@@ -198,6 +233,9 @@ fn view(row: &OrderRow, lines: Vec<shop_events::order::OrderLine>) -> OrderView 
 }
 
 /// 202 with the order and its `Location`.
+///
+/// 202 and `Location` for a first request and its repeats alike, so a client that lost the
+/// first answer gets the same order back, which is the point of the key.
 fn accepted(order: OrderView) -> Response {
     let location = format!("/api/v1/orders/{}", order.id);
     let mut response = (StatusCode::ACCEPTED, Json(order)).into_response();
@@ -208,6 +246,9 @@ fn accepted(order: OrderView) -> Response {
 }
 
 /// The answer to a repeated key: the same order, or 422 when the body differs.
+///
+/// The body is compared through its fingerprint (a keyed HMAC of the canonical request, which
+/// leaves out the card's full number and CVC because it is kept as long as the order).
 async fn replay(
     pool: &PgPool,
     user_id: Uuid,
@@ -398,14 +439,22 @@ async fn place(
 /// A cart priced by catalog-service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priced {
+    /// The lines with catalog's sku, name and unit price, in the request's order.
     pub lines: Vec<shop_events::order::OrderLine>,
+    /// The one currency of every line.
     pub currency: String,
+    /// The sum of the lines in minor units, checked for overflow.
     pub total: i64,
 }
 
 /// Prices `items` with catalog's answer to `GetProducts`: unknown products, products without
 /// a price, mixed currencies and totals that overflow are field errors. Pure, so the contract
 /// test runs it on the contract's example.
+///
+/// Every line gets its own error, so one answer lists every unknown product. An order has one
+/// currency because it is authorized as one amount; mixing would need a conversion nobody
+/// agreed to. The sum uses checked arithmetic, so a huge quantity times a huge price is a field
+/// error, not a wrapped total.
 pub fn price(
     items: &[crate::validate::Item],
     products: &[shop_proto::catalog::v1::Product],
@@ -496,6 +545,9 @@ async fn show(
 }
 
 /// The caller's order `id`; 404 for a malformed id, a missing order and someone else's alike.
+///
+/// One answer for all three, so order ids cannot be probed: a 403 for someone else's order
+/// would confirm that it exists.
 async fn own(pool: &PgPool, principal: &Principal, id: &str) -> Result<OrderView, ApiError> {
     let missing = || ApiError::not_found("The order does not exist.");
     let id = Uuid::parse_str(id).map_err(|_| missing())?;
@@ -516,7 +568,9 @@ struct Listing {
     next_cursor: Option<String>,
 }
 
+/// Orders per page when the caller does not say.
 const DEFAULT_LIMIT: u32 = 20;
+/// The most a caller may ask for in one page; more is a field error on `limit`.
 const MAX_LIMIT: u32 = 100;
 
 /// The caller's orders, newest first. The cursor carries the last id of the previous page (ids

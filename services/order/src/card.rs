@@ -12,6 +12,12 @@
 //! clear (the first six and last four digits, the expiry). It is still an HMAC rather than a
 //! plain hash, under a key of its own derived from `ORDER_CARD_KEY` with HKDF: a leaked
 //! fingerprint key reveals nothing about the encryption key, and nothing it covers is secret.
+//!
+//! Why store the card at all, rather than authorize inside `POST /orders`: the request answers
+//! at once (202) and the saga authorizes only after stock is reserved, possibly on another
+//! instance after a crash. The only alternative that keeps that order of steps is holding the
+//! card in memory, which a crash would lose. What is left behind is checked by
+//! `no_card_number_or_cvc_in_the_database_the_events_or_the_logs` in `tests/card_data.rs`.
 
 use ring::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
@@ -22,10 +28,18 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The card as payment-service needs it.
+///
+/// Plain strings that passed [`crate::validate::place_order`] (digits and Luhn, `MM/YY`, 3 or
+/// 4 digits), so a typo is a 422 at once rather than a declined order later. The rules that
+/// need more knowledge (an expiry in the past, the CVC length of the brand) stay with
+/// payment-service, which owns them. Serialisable only so the vault can encrypt it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Card {
+    /// The card number, digits only (spaces and dashes removed by validation).
     pub number: String,
+    /// `MM/YY`.
     pub expiry: String,
+    /// The verification code; never stored unencrypted, never in the fingerprint.
     pub cvc: String,
 }
 
@@ -57,11 +71,15 @@ impl Card {
 /// Encrypts cards for storage and fingerprints requests; built once from `ORDER_CARD_KEY`.
 #[derive(Clone)]
 pub struct CardVault {
+    /// The AES-256-GCM key (`ORDER_CARD_KEY`).
     key: std::sync::Arc<LessSafeKey>,
+    /// The fingerprint key, derived from `ORDER_CARD_KEY` with HKDF.
     mac: hmac::Key,
+    /// Draws a fresh nonce for every seal: a nonce repeated under one key would break GCM.
     random: SystemRandom,
 }
 
+/// Prints no key material.
 impl std::fmt::Debug for CardVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CardVault(..)")
@@ -77,6 +95,9 @@ pub struct VaultError;
 
 impl CardVault {
     /// `key` is 32 bytes (checked by the configuration).
+    ///
+    /// Both keys come from the one configured secret, so operators rotate one value; HKDF with
+    /// its own label keeps the fingerprint key independent of the encryption key.
     pub fn new(key: &[u8]) -> Result<Self, VaultError> {
         let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| VaultError)?;
         // A key of its own for fingerprints, derived apart from the encryption key.
@@ -93,6 +114,9 @@ impl CardVault {
     }
 
     /// `nonce || ciphertext || tag`, bound to `order_id`.
+    ///
+    /// A fresh random nonce per seal, stored in front of the ciphertext: the same card sealed
+    /// twice gives two unrelated byte strings, so equal cards cannot be spotted in the table.
     pub fn seal(&self, order_id: Uuid, card: &Card) -> Result<Vec<u8>, VaultError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.random.fill(&mut nonce).map_err(|_| VaultError)?;

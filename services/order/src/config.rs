@@ -23,6 +23,12 @@
 //! | `ORDER_CRASH_AFTER_STEP` | unset | **test-only fault injection**: abort the process right after persisting this step; refused by release builds and with `SHOP_ENV=production` |
 //! | `ORDER_CRASH_BEFORE_RECORDING` | unset | **test-only**: abort after this step's participant answered, before the answer is persisted (same refusals) |
 //! | `ORDER_STALL_BEFORE_RECORDING` | unset | **test-only**: once, sleep for twice the lease after this step's participant answered, before persisting, as a paused process would (same refusals) |
+//!
+//! Every variable is read and checked at start, and every bad one is named in one error, so a
+//! misconfigured instance refuses to boot instead of failing on its first order. Values that
+//! only make sense together are checked together: the lease must be at least four call
+//! deadlines, so the instance driving a saga always hears the answer of its call before
+//! another instance may take the saga over (ADR 0009).
 
 use std::time::Duration;
 
@@ -40,33 +46,56 @@ use crate::saga::Step;
 /// The development card key: known to everyone who reads this file, so only for local use.
 pub const DEV_CARD_KEY: [u8; 32] = *b"order-service-dev-card-key-32-by";
 
+/// order-service's settings, read once at start; the module's table names each variable.
 #[derive(Debug, Clone)]
 pub struct OrderConfig {
+    /// How customer and admin tokens are verified.
     pub auth: AuthConfig,
+    /// catalog-service's gRPC address (`CATALOG_GRPC_URL`).
     pub catalog_url: url::Url,
+    /// inventory-service's gRPC address (`INVENTORY_GRPC_URL`).
     pub inventory_url: url::Url,
+    /// payment-service's gRPC address (`PAYMENT_GRPC_URL`).
     pub payment_url: url::Url,
     /// The CA the participants' certificates are checked against (`GRPC_TLS_CA_FILE`).
     pub grpc_tls: ClientTls,
     /// How order-service gets its service tokens (`SERVICE_TOKEN_URL`, `SERVICE_SECRET`).
     pub credentials: ServiceCredentials,
+    /// `ORDER_CARD_KEY`: 32 bytes for AES-256-GCM, wrapped in [`Secret`] so it never shows in
+    /// a `Debug` print of the configuration.
     pub card_key: Secret<Vec<u8>>,
+    /// How sagas are paced.
     pub saga: SagaConfig,
+    /// Consecutive failures that open a downstream's breaker.
     pub breaker_failures: u32,
+    /// How long an open breaker refuses calls before letting one probe through.
     pub breaker_cooldown: Duration,
 }
 
 /// How sagas are paced.
+///
+/// Separate from [`OrderConfig`] because it is all the [`crate::driver::Driver`] needs of the
+/// settings.
 #[derive(Debug, Clone)]
 pub struct SagaConfig {
+    /// The deadline of one gRPC call, sent to the participant and enforced here.
     pub call_timeout: Duration,
+    /// The saga's time limit before its pivot; past it, the saga compensates with `timeout`.
     pub saga_timeout: Duration,
+    /// How long an instance owns a saga it drives; at least four call deadlines.
     pub lease: Duration,
+    /// How often every instance sweeps for due sagas.
     pub sweep_interval: Duration,
+    /// The longest back-off between two attempts of a step.
     pub retry_max: Duration,
+    /// How long a void that found no authorization keeps looking for a late one (only needed
+    /// against a payment-service without tombstones).
     pub late_authorization: Duration,
+    /// Sagas one instance drives at once; placing beyond that answers 503.
     pub max_in_flight: usize,
+    /// Attempts in a row after which a step that cannot turn back is parked.
     pub park_after: u32,
+    /// Test-only fault injection; all off by default.
     pub faults: Faults,
 }
 

@@ -41,6 +41,14 @@
 //!
 //! **Card data.** The sealed card lives in `order_cards`, a row of its own that the transition
 //! leaving `Authorize` (or ending the saga) *deletes*.
+//!
+//! **Tracing.** A run started by `POST /orders` carries the request's span, so the whole saga
+//! of a new order is one trace; see [`Driver::start`].
+//!
+//! The tests that hold this module to its word are in `tests/saga.rs` (two instances on one
+//! database, a stalled instance taken over, one commit per step), `tests/crash.rs` (killed
+//! before and after recording each step) and `tests/outage.rs` (a participant down for a
+//! while).
 
 use std::{
     sync::Arc,
@@ -66,22 +74,34 @@ use crate::{
     saga::{self, Next, Outcome, Reason, State, Step},
 };
 
-/// The terminal steps, as SQL sees them.
+/// The terminal steps, as SQL sees them: the sweeper never claims them and the gauges do not
+/// count them.
 const TERMINAL: &str = "('confirmed', 'cancelled')";
 
-/// The shortest back-off between two attempts of a step.
+/// The shortest back-off between two attempts of a step; it doubles per attempt up to
+/// `ORDER_RETRY_MAX_MS` ([`saga::retry_delay`]).
 const RETRY_BASE: Duration = Duration::from_millis(200);
 
 /// The saga engine of one instance.
+///
+/// Shared behind an `Arc` by the API (which starts the saga of a new order) and the sweeper.
+/// It keeps no saga in memory between steps: the database is the only state, so any instance
+/// can continue any saga.
 #[derive(Debug)]
 pub struct Driver {
+    /// The service's database: orders, saga rows, sealed cards, outbox.
     pub pool: PgPool,
+    /// The gRPC clients of inventory and payment (and catalog).
     pub participants: Participants,
+    /// Opens the sealed card for the `Authorize` step.
     pub vault: CardVault,
+    /// Leases, deadlines, retry bounds, parking, fault injection.
     pub config: SagaConfig,
     /// This instance's identity in `lease_owner`; new at every start.
     pub instance: Uuid,
+    /// The runtime's tracker: runs spawned on it are awaited at shutdown.
     pub tasks: TaskTracker,
+    /// Cancelled when shutdown begins: runs hand their leases back, the sweeper stops.
     pub shutdown: CancellationToken,
     /// One permit per saga driven at once (`ORDER_MAX_IN_FLIGHT`): the sweeper claims no more
     /// than it has, and `POST /orders` answers 503 when none is left.
@@ -101,6 +121,7 @@ struct Answer {
 }
 
 impl Answer {
+    /// An answer that is only its outcome (no card digits, no detail).
     fn of(outcome: Outcome) -> Self {
         Self {
             outcome,
@@ -126,19 +147,31 @@ enum Then {
 struct Row {
     /// The database's clock when the row was read: the one clock deadlines are compared with.
     db_now: DateTime<Utc>,
+    /// [`Step::as_str`] of the current step.
     step: String,
+    /// [`Reason::as_str`] once the saga compensates.
     reason: Option<String>,
+    /// The customer asked to cancel.
     cancel_requested: bool,
+    /// The saga's time limit (before the pivot).
     deadline: DateTime<Utc>,
+    /// When an `Authorize` last went out.
     authorize_sent_at: Option<DateTime<Utc>>,
+    /// The encrypted card, until the saga leaves `Authorize`.
     sealed_card: Option<Vec<u8>>,
+    /// Attempts of the current step so far.
     attempts: i32,
+    /// The customer (from the order), for the authorization and the events.
     user_id: Uuid,
+    /// The order's total in minor units, what is authorized.
     total_amount: i64,
+    /// The order's currency.
     currency: String,
 }
 
 impl Row {
+    /// The row as [`crate::saga`] sees it. An unreadable step or reason (a row written by a
+    /// newer version, say) is an error, and the run stops rather than guessing.
     fn state(&self, config: &SagaConfig) -> Result<State, String> {
         Ok(State {
             step: self.step.parse()?,
@@ -215,6 +248,10 @@ impl Driver {
         }
     }
 
+    /// The loop behind [`Driver::drive`]: shutdown check, load (or reuse) the row, decide with
+    /// [`saga::before`], mark the attempt, call, record. Test-only faults are injected between
+    /// the call and the recording, and right after the recording, the two moments a crash
+    /// must be survivable.
     async fn drive_steps(&self, order_id: Uuid, mut marked: bool) -> Result<(), sqlx::Error> {
         // The row as the last transition left it, when that transition also persisted the
         // next step's attempt: no need to read it back.
@@ -341,6 +378,9 @@ impl Driver {
     }
 
     /// Calls the participant of `step`.
+    ///
+    /// Never fails: every problem becomes an [`Outcome`] the saga knows how to handle (our own
+    /// database failing to list the lines is an unknown outcome, retried later).
     async fn run(&self, order_id: Uuid, row: &Row, step: Step) -> Answer {
         let p = &self.participants;
         let reason = row.reason.as_deref().and_then(|r| r.parse().ok());
@@ -575,6 +615,10 @@ impl Driver {
     }
 
     /// Gives the lease up and schedules the next attempt `delay` from now.
+    ///
+    /// Giving the lease up (rather than sleeping on it) lets whichever instance sweeps first
+    /// take the next attempt, and costs nothing while the saga waits. Fenced by the lease like
+    /// every other write.
     async fn give_up_lease(
         &self,
         order_id: Uuid,
@@ -598,6 +642,10 @@ impl Driver {
     }
 
     /// Claims due sagas (free or expired lease) and drives them; returns how many.
+    ///
+    /// Also sets the `order_sagas_in_flight` and `order_sagas_parked` gauges from the table,
+    /// so they are right whichever instance changed a saga. Public so the API can sweep at once
+    /// after a cancellation or an operator's resume, instead of waiting for the next interval.
     pub async fn sweep(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
         // Claim no more than this instance has free slots for. The slots are taken one by one
         // after the claim, not held during it: holding them all would make a `POST /orders`
@@ -645,6 +693,9 @@ impl Driver {
     }
 
     /// The sweeper loop: at start (resuming what a crash left behind) and then periodically.
+    ///
+    /// A failed sweep (database unreachable) is retried after a growing, jittered back-off
+    /// capped at 10 s; the first success brings back the normal interval.
     pub async fn sweep_forever(self: Arc<Self>) {
         let mut backoff = shop_runtime::backoff::forever(Duration::from_secs(10));
         loop {
@@ -667,6 +718,9 @@ impl Driver {
 }
 
 /// The order's end, in the saga's last transaction: its status, and its event in the outbox.
+///
+/// The status only moves from `PENDING`, so even a transition recorded twice (it cannot be,
+/// under the lease) could not confirm a cancelled order or the reverse.
 async fn finish(
     tx: &mut PgConnection,
     order_id: Uuid,
@@ -726,7 +780,10 @@ async fn finish(
     Ok(())
 }
 
-/// The order's lines as events carry them.
+/// The order's lines as events carry them, in the order they were placed.
+///
+/// Public because the API builds `OrderPlaced` and its order views from the same query, so
+/// every event and answer describes the lines identically.
 pub async fn event_lines(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -754,6 +811,8 @@ pub async fn event_lines(
         .collect())
 }
 
+/// The `outcome` label of the step metrics, also written as `last_error` when a retried step's
+/// participant gave no detail.
 fn outcome_label(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Done => "done",
@@ -764,6 +823,7 @@ fn outcome_label(outcome: Outcome) -> &'static str {
     }
 }
 
+/// A duration as whole milliseconds for SQL interval arithmetic, saturating.
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

@@ -15,6 +15,20 @@
 //! | [`admin`] | parked sagas for operators: list and resume (admins only) |
 //! | [`config`] | its settings |
 //!
+//! ## One order, end to end
+//!
+//! `POST /api/v1/orders` ([`api`]) validates the request, prices the lines at catalog (the
+//! answer the customer needs at once), and then writes the order, its lines, its saga row and
+//! `OrderPlaced` in one transaction. From there the [`driver`] runs the saga defined in
+//! [`saga`]: reserve stock at inventory, authorize the card at payment, commit the stock (the
+//! pivot), capture the money. Each step is written before and after its call, so a crash at
+//! any point resumes from the database; the order ends `CONFIRMED` or `CANCELLED` once, with
+//! `OrderConfirmed` or `OrderCancelled` in the same transaction (ADR 0009).
+//!
+//! Why orchestration here rather than choreography through events: the decisions that keep
+//! money and stock consistent then live in one file that can be read and unit-tested, instead
+//! of being spread over four services' event handlers.
+//!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<OrderService>()`);
 //! `main.rs` only hands it to the shared runtime.
 
@@ -37,9 +51,14 @@ use crate::{
     api::AppState, card::CardVault, config::OrderConfig, driver::Driver, participants::Participants,
 };
 
+/// The service's schema (orders and their lines, the saga rows, the sealed cards), applied at
+/// start.
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
 /// The name this service calls others under (its entry in user-service's `SERVICE_CLIENTS`).
+///
+/// Inventory's and payment's access tables name exactly this caller, so it is a constant
+/// shared by the spec and the token requests rather than two strings that could drift apart.
 pub const SERVICE_NAME: &str = "order-service";
 
 /// This service's part of the public API as OpenAPI 3.1 ([`api::ApiDoc`]), completed with the
@@ -48,19 +67,34 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     shop_runtime::openapi::complete(<api::ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-/// The order-service service.
+/// The order-service service, as the shared runtime boots it.
+///
+/// A unit type: connections come through [`Service::build`] and settings through
+/// [`OrderConfig`], so `main.rs` and the tests start the very same service.
 #[derive(Debug)]
 pub struct OrderService;
 
 impl Service for OrderService {
     type Config = OrderConfig;
 
+    /// Name, default ports (8084 HTTP, 50054 gRPC) and stores: PostgreSQL with its
+    /// migrations applied before [`Service::build`] runs, and RabbitMQ for the relay. It has
+    /// no gRPC API of its own (only the runtime's gRPC health); it calls the others'.
     fn spec() -> ServiceSpec {
         ServiceSpec::new(SERVICE_NAME, 8084, 50054)
             .postgres(&MIGRATIONS)
             .amqp()
     }
 
+    /// Wires the relay, the participants' clients, the card vault, the saga driver with its
+    /// sweeper, and the HTTP API.
+    ///
+    /// Two settings that are fine in a test but wrong in a deployment are announced as
+    /// warnings at start: the development card key and the fault injection. The relay comes
+    /// first because it creates the outbox tables every order writes to. The driver gets the
+    /// runtime's task tracker and shutdown token: saga steps in flight finish (up to the grace
+    /// period) and the sweeper stops, and whatever was cut short is resumed from its row by
+    /// any instance once its lease lapses.
     async fn build(ctx: &Context, config: OrderConfig) -> Result<Endpoints, BootError> {
         let pool = ctx.postgres()?.clone();
         if config.card_key.0 == config::DEV_CARD_KEY {

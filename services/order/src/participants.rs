@@ -15,6 +15,19 @@
 //! * goes through the downstream's **circuit breaker** ([`shop_resilience::CircuitBreaker`]).
 //!
 //! Each saga call returns an [`Outcome`]: what the answer means for the saga, nothing more.
+//!
+//! ## Two layers of retry, on purpose
+//!
+//! The quick retries here only cover a blip (a connection reset, a shed request) within one
+//! step's run and are bounded to two. Anything longer is the driver's business: it writes the
+//! unknown outcome to the saga row and tries again after a back-off, giving up its lease in
+//! between, so a participant that is down for minutes costs rows, not threads or connections.
+//! The breaker sits inside both: while it is open a call fails at once and counts as unknown,
+//! instead of every saga waiting out its deadline against a dead participant.
+//!
+//! The answer mappings ([`reserve_outcome`], [`authorize_outcome`], ...) are separate pure
+//! functions so the consumer contract tests (`tests/contracts.rs`) can feed them the providers'
+//! recorded answers; a participant that changed a status code would fail there first.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -95,15 +108,27 @@ fn is_retryable_now(code: Code) -> bool {
 }
 
 /// The three downstreams, their breakers and the caller's credentials.
+///
+/// Cheap to clone (channels and `Arc`s), shared by the API (pricing) and the driver (steps),
+/// so both count against the same breakers.
 #[derive(Debug, Clone)]
 pub struct Participants {
+    /// Prices the lines of a new order.
     catalog: CatalogServiceClient<Channel>,
+    /// Reserves, commits and releases stock.
     inventory: InventoryServiceClient<Channel>,
+    /// Authorizes, captures, voids and refunds.
     payment: PaymentServiceClient<Channel>,
+    /// This service's token cache, one token for all three.
     tokens: Arc<ServiceTokens>,
+    /// One breaker per downstream: a participant that is down must not stop calls to the
+    /// others.
     catalog_breaker: Arc<CircuitBreaker>,
+    /// See `catalog_breaker`.
     inventory_breaker: Arc<CircuitBreaker>,
+    /// See `catalog_breaker`.
     payment_breaker: Arc<CircuitBreaker>,
+    /// `ORDER_CALL_TIMEOUT_MS`: the deadline of one call.
     call_timeout: Duration,
 }
 
@@ -134,6 +159,13 @@ impl Participants {
     }
 
     /// One logical call: breaker, token, deadline, trace context, quick retries.
+    ///
+    /// At most two retries, 50 to 400 ms apart with jitter, and only for codes that say the
+    /// request was not handled (unreachable, cancelled in transit, shed, aborted): a repeat of
+    /// those is harmless, and the participants' idempotency per order covers the rare case where
+    /// it was handled after all. A call that ran out of time is not repeated here; the driver
+    /// decides about it from the saga row. Every attempt is counted in
+    /// `order_downstream_calls_total{method, code}`.
     async fn call<Req, Resp, F, Fut>(
         &self,
         breaker: &CircuitBreaker,
@@ -173,6 +205,10 @@ impl Participants {
         }
     }
 
+    /// One attempt of a call. The token and the trace context are set on every attempt (a
+    /// retry may need a fresh token); the breaker is asked last, so a call it refuses never
+    /// reaches the participant. Only "no answer" counts against the breaker: a refusal proves
+    /// the participant is up.
     async fn once<Req, Resp, F, Fut>(
         &self,
         breaker: &CircuitBreaker,
@@ -217,6 +253,10 @@ impl Participants {
     }
 
     /// catalog `GetProducts`: every product of an order in one call.
+    ///
+    /// Returns the products found and the ids catalog does not know; the API turns the latter
+    /// into field errors. Used while placing, before anything is stored, so an error here is
+    /// simply the request's error.
     pub async fn products(
         &self,
         ids: Vec<String>,
@@ -255,6 +295,9 @@ impl Participants {
     }
 
     /// payment `Authorize` of the order's total; `Some(last4)` of the card when authorized.
+    ///
+    /// Takes the decrypted [`Card`] by value: it is moved into the request and gone when the
+    /// call returns.
     pub async fn authorize(
         &self,
         order_id: Uuid,
@@ -334,6 +377,9 @@ impl Participants {
     }
 
     /// payment `Void` of the order's authorization, or `Refund` if it turns out captured.
+    ///
+    /// The refund happens within the same step, so the saga sees one outcome for "give the
+    /// money back" whichever of the two it took.
     pub async fn void(&self, order_id: Uuid) -> Outcome {
         let client = self.payment.clone();
         let result = self
@@ -355,6 +401,8 @@ impl Participants {
         }
     }
 
+    /// payment `Refund` of everything captured, under the empty key: the saga's one
+    /// compensation refund, so a repeat refunds nothing more.
     async fn refund(&self, order_id: Uuid) -> Outcome {
         let client = self.payment.clone();
         let result = self
@@ -400,6 +448,8 @@ impl Participants {
 // code on the examples in `contracts/`.
 
 /// The `Reserve` request for an order's lines.
+///
+/// Public so the contract test builds the request exactly as the saga does.
 pub fn reserve_request(order_id: Uuid, lines: Vec<(String, u32)>) -> ReserveRequest {
     ReserveRequest {
         order_id: order_id.to_string(),
@@ -488,6 +538,7 @@ pub fn capture_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
 /// What a `Void` answer leaves to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Voided {
+    /// The void answered for itself; the outcome goes to the saga as is.
     Settled(Outcome),
     /// The payment was captured after all: refund it.
     Captured,
@@ -546,6 +597,8 @@ pub fn release_outcome(result: Result<(), CallError>) -> Outcome {
     }
 }
 
+/// payment's decline code as the order's cancellation reason: insufficient funds is worth
+/// telling the customer, every other code is a plain decline.
 fn decline(reason: &str) -> Reason {
     if reason == "insufficient_funds" {
         Reason::InsufficientFunds
@@ -554,6 +607,8 @@ fn decline(reason: &str) -> Reason {
     }
 }
 
+/// Logs why a call gave no usable answer (at info: the saga handles it) and classifies it as
+/// unknown.
 fn unknown(method: &'static str, err: &CallError) -> Outcome {
     tracing::info!(method, error = %err, "no usable answer; the saga retries later");
     Outcome::Unknown

@@ -42,6 +42,15 @@
 //! Every participant call is idempotent per order id (the `.proto` files say so), which is what
 //! makes "persist, call, persist" safe: a crash between the call and the second write repeats the
 //! call, and the repetition has no further effect.
+//!
+//! ## Why pure functions
+//!
+//! [`before`] and [`after`] take the saga's state, a classified answer and the time, and
+//! return what to do; they never call a participant, read a clock or touch the database. The
+//! tests at the end of this file therefore walk every path of the diagram (declines,
+//! refusals past the pivot, late authorizations, parking) in microseconds, and the driver
+//! cannot take a decision that is not written here. The time comes in as a parameter because
+//! the driver reads it from the database, the one clock every instance shares.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -69,6 +78,8 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step; [`Step::from_str`] searches it, so a step added to the enum must be added
+    /// here too, or it could be written to the database but not read back.
     pub const ALL: [Step; 8] = [
         Step::Reserve,
         Step::Authorize,
@@ -94,6 +105,8 @@ impl Step {
         }
     }
 
+    /// Whether the saga has ended: the sweeper never picks it up again and the order's status
+    /// is final.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Confirmed | Self::Cancelled)
     }
@@ -104,12 +117,14 @@ impl Step {
     }
 }
 
+/// The stored name, so logs and metrics read like the database.
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
+/// Reads `order_sagas.step`; a name it does not know is an error, never a guessed step.
 impl FromStr for Step {
     type Err = String;
 
@@ -122,16 +137,26 @@ impl FromStr for Step {
 }
 
 /// Why an order was cancelled: the `cancellation_reason` the API shows.
+///
+/// Set when the saga turns to compensation and carried unchanged through `VoidPayment` and
+/// `ReleaseStock` to `Cancelled`, so the customer learns the first cause, not the last step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// Payment declined or refused the card, for any reason but insufficient funds.
     PaymentDeclined,
+    /// Payment declined for lack of funds: worth telling the customer apart.
     InsufficientFunds,
+    /// Inventory could not reserve every line.
     OutOfStock,
+    /// The saga's time limit passed before the pivot, or the reservation lapsed before the
+    /// commit (the saga was too slow either way).
     Timeout,
+    /// The customer cancelled before the pivot.
     CancelledByUser,
 }
 
 impl Reason {
+    /// Every reason, for the API's enum and for reading rows back.
     pub const ALL: [Reason; 5] = [
         Reason::PaymentDeclined,
         Reason::InsufficientFunds,
@@ -140,6 +165,8 @@ impl Reason {
         Reason::CancelledByUser,
     ];
 
+    /// The stored and published name (`order_sagas.reason`, the order's
+    /// `cancellation_reason`, `OrderCancelled`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PaymentDeclined => "payment_declined",
@@ -168,6 +195,7 @@ impl utoipa::ToSchema for Reason {
     }
 }
 
+/// The stored name, as the API shows it.
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -188,6 +216,7 @@ impl FromStr for Reason {
 /// What the driver knows about a saga when it decides (read from its row, under its lease).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
+    /// The step to run (or the end reached).
     pub step: Step,
     /// Set once the saga turned to compensation: the reason the order will be cancelled with.
     pub reason: Option<Reason>,
@@ -240,6 +269,8 @@ pub enum Next {
     Park,
 }
 
+/// Where compensation starts from `step`: undo everything that may have happened, including
+/// what a lost answer may have done, so the first compensation covers the step itself.
 fn compensate_from(step: Step, reason: Reason) -> Next {
     match step {
         // A Reserve whose answer we never saw may have reserved: release (a no-op otherwise).
@@ -252,6 +283,9 @@ fn compensate_from(step: Step, reason: Reason) -> Next {
 
 /// Before running the current step: does the saga turn to compensation without calling anyone?
 /// Only while it is compensatable: the user cancelled, or its time limit passed.
+///
+/// A cancellation wins over the time limit when both apply, so the customer who asked sees
+/// `cancelled_by_user`.
 pub fn before(state: &State, now: DateTime<Utc>) -> Option<Next> {
     if !state.step.is_compensatable() {
         return None;
@@ -266,6 +300,9 @@ pub fn before(state: &State, now: DateTime<Utc>) -> Option<Next> {
 }
 
 /// After running the current step: where the participant's answer leads.
+///
+/// The match names every step explicitly (no catch-all over steps), so a new step does not
+/// compile until it has its decisions.
 pub fn after(state: &State, outcome: Outcome, now: DateTime<Utc>) -> Next {
     use Outcome::*;
     use Step::*;

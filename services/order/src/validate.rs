@@ -1,5 +1,11 @@
 //! Validation of a placing request: every problem reported at once, by field. Unknown fields
 //! are ignored (tolerant reader); prices are not read from the client at all.
+//!
+//! The body is read as loose JSON rather than deserialised into a struct, so a wrong type is a
+//! field error like any other (`items[0].quantity: must be a whole number from 1 to 100`)
+//! instead of the first parser message, and the client learns everything wrong with its
+//! request in one answer. The OpenAPI schemas in [`schema`] are written by hand from the same
+//! limits, so the document and the checks cannot disagree about a bound.
 
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
@@ -7,21 +13,33 @@ use shop_runtime::FieldError;
 
 use crate::card::Card;
 
+/// Lines per order at most: bounds the pricing call, the reservation and the row count of one
+/// request.
 pub const MAX_ITEMS: usize = 50;
+/// Units per line at most.
 pub const MAX_QUANTITY: u64 = 100;
+/// The longest `Idempotency-Key` accepted (it is stored with the order).
 pub const MAX_KEY_CHARS: usize = 255;
 
 /// A valid request to place an order.
+///
+/// Only [`place_order`] builds one, so holding one means every field passed.
 #[derive(Debug, Clone)]
 pub struct PlaceOrder {
+    /// The lines, each product at most once.
     pub items: Vec<Item>,
+    /// The card, for the saga's `Authorize` step only.
     pub card: Card,
+    /// The normalised address (trimmed, country in upper case), stored as given back.
     pub shipping_address: Value,
 }
 
+/// One line of the request: a product and how many.
 #[derive(Debug, Clone)]
 pub struct Item {
+    /// A catalog product id; catalog decides whether it exists.
     pub product_id: String,
+    /// `1..=MAX_QUANTITY`.
     pub quantity: u32,
 }
 
@@ -192,6 +210,10 @@ pub mod schema {
 }
 
 /// The `Idempotency-Key` header: required, 1 to 255 visible ASCII characters.
+///
+/// Required rather than optional: without it a retried `POST` after a lost answer would place
+/// a second order and charge a second time. Trimmed, and stored with the order, unique per
+/// customer, so two customers may use the same key.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, FieldError> {
     let field = "Idempotency-Key";
     let value = headers.get("idempotency-key").ok_or_else(|| {
@@ -207,6 +229,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, FieldError> {
     Ok(key.to_owned())
 }
 
+/// A required text field, trimmed, at most `max` characters; the error names `field`.
 fn text<'a>(
     value: &'a Value,
     field: &str,
@@ -229,6 +252,7 @@ fn text<'a>(
     }
 }
 
+/// The card number's checksum: catches a mistyped digit here, before anything is stored.
 fn luhn(digits: &str) -> bool {
     let sum: u32 = digits
         .chars()
@@ -247,6 +271,11 @@ fn luhn(digits: &str) -> bool {
 }
 
 /// Checks the body of `POST /api/v1/orders`.
+///
+/// Every field is checked even after the first error, and errors name the field by its JSON
+/// path. The same product twice is refused rather than merged: the client probably meant
+/// something else, and the answer says how to express it. Error messages never quote the
+/// card number or the CVC.
 pub fn place_order(body: &Value) -> Result<PlaceOrder, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut items = Vec::new();

@@ -4,6 +4,11 @@
 //! "Own" is a condition of the query (`WHERE user_id = <the token's subject>`), not a check after
 //! loading: asking for someone else's order id returns an empty list, indistinguishable from an
 //! order without a payment, so order ids cannot be probed.
+//!
+//! The view is computed like every other answer of this service: the payment's facts plus a
+//! replay of its completed operations ([`Ledger::replay`]), so the state a customer sees is the
+//! state the saga's next call would be decided on. Read-only: money moves only through the
+//! gRPC API.
 
 use std::collections::HashMap;
 
@@ -30,6 +35,9 @@ use crate::{
 };
 
 /// At most this many payments in one answer (newest first); a customer has one per order.
+///
+/// A bound rather than paging: it keeps one request's cost fixed, and the order filter reaches
+/// any older payment directly.
 const LIMIT: i64 = 100;
 
 /// The part of the public API this service owns, as OpenAPI; the gateway merges it into the
@@ -41,9 +49,12 @@ const LIMIT: i64 = 100;
 )]
 pub struct ApiDoc;
 
+/// What the handler shares: the database and the token verifier.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// The service's database, read only here.
     pub pool: PgPool,
+    /// Checks access tokens; the [`Principal`] extractor finds it through [`FromRef`].
     pub verifier: Verifier,
 }
 
@@ -53,6 +64,7 @@ impl FromRef<AppState> for Verifier {
     }
 }
 
+/// The customer route only; the runtime adds its shared middleware and operational endpoints.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/payments", get(list))
@@ -77,6 +89,10 @@ pub struct Payments {
 /// A payment as the customer sees it: no card data beyond brand and last four.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Payment)]
+// The fields' meaning, in plain comments because doc comments here would change the
+// committed OpenAPI document: `state` is derived from the operation log, never stored;
+// `captured` is 0 until the capture, `refunded` sums every refund; `updated_at` is when the
+// last completed operation was recorded (`created_at` before any).
 pub struct PaymentView {
     pub id: Uuid,
     pub order_id: Uuid,
@@ -90,6 +106,8 @@ pub struct PaymentView {
     pub updated_at: DateTime<Utc>,
 }
 
+// The only card data that ever leaves the service: enough for a customer to recognise the
+// card, useless to anyone who would charge it.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Card)]
 pub struct CardView {
@@ -114,6 +132,9 @@ pub struct CardView {
         (status = 503, response = Unavailable),
     )
 )]
+// The caller's payments, optionally of one order: 400 for a query that cannot be parsed, 422
+// for an `order_id` that is not a UUID, 401 without a token. Two queries in all (payments,
+// then all their operation rows), whatever the number of payments.
 async fn list(
     State(state): State<AppState>,
     principal: Principal,

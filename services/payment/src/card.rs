@@ -5,6 +5,16 @@
 //! revealing `Debug`: a `tracing::debug!(?card)` or an error message built with `{:?}` shows the
 //! brand and the last four digits and nothing else. What is stored, logged, published and
 //! returned is a [`CardSummary`].
+//!
+//! Why types and not discipline: a rule such as "never log the card" is broken by the first
+//! `?request` in a log line written under pressure. With these types the compiler and the
+//! `Debug` impls enforce it, and `no_full_card_number_in_the_database_the_events_or_the_logs`
+//! in `tests/card_data.rs` checks the result end to end (the real binary at debug level, every
+//! table, every event, every log line).
+//!
+//! Validation happens here, before any provider call, so a typo is a field-level 422 /
+//! `INVALID_ARGUMENT` naming `card.number`, `card.expiry` or `card.cvc`, and never a decline
+//! that would cost a provider round trip and read like the bank's decision.
 
 use std::fmt;
 
@@ -12,12 +22,19 @@ use chrono::{Datelike, NaiveDate};
 use shop_runtime::FieldError;
 
 /// A validated card, as the provider needs it.
+///
+/// It can only be built by [`Card::parse`], so holding one proves the three fields were
+/// checked. [`crate::payments::Payments::authorize`] summarises it before anything is stored
+/// and moves it into the attempt that calls the provider; it is dropped when that attempt
+/// ends and is never written anywhere.
 pub struct Card {
     number: CardNumber,
     expiry: Expiry,
     cvc: Cvc,
 }
 
+/// Shows only what the fields' own `Debug` impls reveal: brand, last four, expiry, and a
+/// masked CVC.
 impl fmt::Debug for Card {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Card")
@@ -86,17 +103,24 @@ impl Card {
 /// What may be known about a card outside the provider call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardSummary {
+    /// The network, stored as `payments.card_brand`.
     pub brand: Brand,
+    /// The last four digits, stored as `payments.card_last4`.
     pub last4: String,
 }
 
 /// The card network, from the number's leading digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Brand {
+    /// Numbers starting with 4.
     Visa,
+    /// 51 to 55, and 2221 to 2720.
     Mastercard,
+    /// 34 and 37; the only brand with a four-digit CVC.
     Amex,
+    /// 6011 and 65.
     Discover,
+    /// Any other valid number: accepted here, left to the provider to decide on.
     Unknown,
 }
 
@@ -207,7 +231,9 @@ fn luhn(digits: &str) -> bool {
 /// `MM/YY`; a card is valid through the last day of its expiry month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
+    /// 1 to 12.
     pub month: u32,
+    /// The full year (`YY` read as `20YY`).
     pub year: i32,
 }
 
@@ -245,6 +271,9 @@ impl Expiry {
 }
 
 /// The card verification code: 3 digits, 4 for American Express.
+///
+/// Never stored anywhere, not even summarised: card schemes forbid keeping it after the
+/// authorization, and this service has no use for it after the provider call.
 pub struct Cvc(String);
 
 impl fmt::Debug for Cvc {

@@ -11,6 +11,10 @@
 //! | `RECONCILE_INTERVAL_MS` | `5000` | how often the reconciler looks for payments whose provider outcome is unsettled |
 //! | `RECONCILE_ALERT_AFTER_SECONDS` | `300` | a payment unsettled for longer counts in the `payment_unsettled_authorizations` gauge |
 //! | `PAYMENT_CRASH_AFTER_PROVIDER` | unset | **test-only fault injection**: `authorize`, `capture`, `void` or `refund`; the process aborts right after the provider answered that operation, before recording it. Refused by release builds and with `SHOP_ENV=production` |
+//!
+//! Every variable is checked at start and all bad values are named together
+//! (`defaults_and_bad_values_named` below), so a misconfigured instance refuses to boot with one
+//! message rather than running with, say, a provider timeout of zero.
 
 use std::time::Duration;
 
@@ -26,12 +30,23 @@ use crate::{ledger::Operation, provider::FaultRate};
 /// payment-service's settings, read once at start; the module's table names each variable.
 #[derive(Debug, Clone)]
 pub struct PaymentConfig {
+    /// How user and service tokens are verified.
     pub auth: AuthConfig,
+    /// The bound on one provider call (`PROVIDER_TIMEOUT_MS`, at least 1 ms). It also sets
+    /// the lease of an attempt (this plus 10 s, see [`crate::payments::Payments::new`]), so
+    /// it decides how long a duplicate waits and when a crashed attempt can be taken over.
     pub provider_timeout: Duration,
+    /// How long the simulated provider deliberates on the slow test card.
     pub slow_card_delay: Duration,
+    /// Faults the simulated provider injects into approving authorizations, for load tests;
+    /// none by default.
     pub faults: FaultRate,
+    /// How often the reconciler looks at its queue (at least 1 ms).
     pub reconcile_interval: Duration,
+    /// Age after which an unsettled payment counts in the `payment_unsettled_authorizations`
+    /// gauge: the point where a person should look at the provider's side.
     pub reconcile_alert_after: Duration,
+    /// Test-only: abort the process after the provider answered this operation.
     pub crash_after: Option<Operation>,
 }
 

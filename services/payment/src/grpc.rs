@@ -12,6 +12,12 @@
 //! payment (a tombstone: a later Authorize is refused), `VOIDED` for a payment whose
 //! authorization has no known outcome (voided at the provider by its key), `DECLINED` for a
 //! declined payment (nothing is held).
+//!
+//! Why these codes: order-service decides from them alone. `INVALID_ARGUMENT` and
+//! `FAILED_PRECONDITION` are final (retrying cannot help), `UNAVAILABLE` means "outcome unknown,
+//! send the same request again", which is safe because every operation is idempotent per
+//! order. Mixing them up would make the saga either give up on money that is held or retry
+//! forever against a refusal.
 
 use chrono::Utc;
 use shop_proto::{
@@ -37,6 +43,7 @@ use crate::{
 /// entry point.
 #[derive(Debug, Clone)]
 pub struct PaymentApi {
+    /// The operations; shared with the reconciler.
     pub payments: Payments,
 }
 
@@ -45,6 +52,8 @@ fn caller<T>(request: &Request<T>) -> String {
     shop_auth::grpc::caller(request).map_or_else(|| "unknown".to_owned(), |c| c.name.clone())
 }
 
+/// The order id every operation is keyed by; a bad one joins the field errors instead of
+/// returning early, so one answer names every bad field.
 fn order_id(raw: &str, errors: &mut Vec<FieldError>) -> Option<Uuid> {
     let parsed = Uuid::parse_str(raw).ok();
     if parsed.is_none() {
@@ -92,6 +101,7 @@ fn money(
     })
 }
 
+/// A ledger amount back in protobuf form; always present in answers.
 fn proto_money(amount: i64, currency: &str) -> Option<ProtoMoney> {
     Some(ProtoMoney {
         amount,
@@ -99,6 +109,9 @@ fn proto_money(amount: i64, currency: &str) -> Option<ProtoMoney> {
     })
 }
 
+/// The proto's status of a ledger state. `PENDING` has no proto value of its own; a receipt
+/// always follows a completed operation, which never leaves a payment pending, so that arm
+/// only keeps the match total.
 fn status(state: State) -> PaymentStatus {
     match state {
         State::Pending => PaymentStatus::Unspecified,
@@ -111,6 +124,8 @@ fn status(state: State) -> PaymentStatus {
     }
 }
 
+/// The answer to an Authorize, first call or replay alike: the decline reason only for a
+/// decline, the card only as brand and last four.
 fn authorize_response(receipt: &Receipt) -> AuthorizeResponse {
     let payment = &receipt.payment;
     AuthorizeResponse {
@@ -129,6 +144,10 @@ fn authorize_response(receipt: &Receipt) -> AuthorizeResponse {
 
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
+    /// Validates everything, then holds the amount once per order
+    /// ([`Payments::authorize`]). The request body, card included, is dropped as soon as the
+    /// validated [`Card`] exists. A retry whose card no longer validates still gets the
+    /// recorded result when it is the same order, customer and amount.
     async fn authorize(
         &self,
         request: Request<AuthorizeRequest>,
@@ -194,6 +213,9 @@ impl PaymentService for PaymentApi {
         Ok(Response::new(authorize_response(&receipt)))
     }
 
+    /// Takes the whole authorized amount ([`Payments::capture`]); `FAILED_PRECONDITION` when
+    /// the state machine or the provider refuses, which order-service treats as a reason to
+    /// park the saga rather than retry.
     async fn capture(
         &self,
         request: Request<CaptureRequest>,
@@ -211,6 +233,8 @@ impl PaymentService for PaymentApi {
         }))
     }
 
+    /// Settles the order's payment whatever state it is in ([`Payments::void`]); see the
+    /// module documentation for the three ways a Void answers.
     async fn void(&self, request: Request<VoidRequest>) -> Result<Response<VoidResponse>, Status> {
         let caller = caller(&request);
         let mut errors = Vec::new();
@@ -232,6 +256,9 @@ impl PaymentService for PaymentApi {
         ))
     }
 
+    /// Gives captured money back ([`Payments::refund`]): everything not yet refunded, or the
+    /// requested part under the caller's `idempotency_key` (bounded, like `reason`, so audit
+    /// rows stay small).
     async fn refund(
         &self,
         request: Request<RefundRequest>,

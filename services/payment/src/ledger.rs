@@ -22,19 +22,40 @@
 //! gave up on it. The void is carried out at the provider by the authorization's key, and the
 //! VOIDED state is final: any later Authorize is refused, so a retry still on its way cannot
 //! hold money for a cancelled order.
+//!
+//! ## Why derive the state
+//!
+//! A stored `state` column would be a second record of what the operation log already says,
+//! and the two could disagree after a crash between writes. Folding the log cannot disagree
+//! with it, and the log is what an auditor asks for anyway. The price is a replay on every
+//! read, which is a handful of rows per payment (ADR 0008 notes when a snapshot would pay off).
+//!
+//! Nothing here touches the database, the provider or the clock: [`crate::payments`] loads the
+//! rows, asks this module, and carries out the answer. That split is what lets the tests at
+//! the bottom of the file walk every transition in microseconds.
 
 use std::fmt;
 
 /// The four things a caller can ask for.
+///
+/// Also the `operation` column of `payment_operations` and part of the idempotency key sent to
+/// the provider (`<payment>:<operation>:<key>`), so the names below are stored data: renaming
+/// one would orphan existing rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
+    /// Hold the order's amount on the card; creates the payment (one per order).
     Authorize,
+    /// Take the whole held amount; the only capture a payment gets.
     Capture,
+    /// Release a hold that was never captured, or settle an authorization whose outcome is
+    /// unknown (see the module documentation).
     Void,
+    /// Give captured money back, whole or in parts.
     Refund,
 }
 
 impl Operation {
+    /// The stored and logged name (`authorize`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Authorize => "authorize",
@@ -44,6 +65,8 @@ impl Operation {
         }
     }
 
+    /// The inverse of [`Operation::as_str`]; `None` for anything else, so a bad stored value
+    /// or `PAYMENT_CRASH_AFTER_PROVIDER` setting is noticed rather than guessed.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "authorize" => Some(Self::Authorize),
@@ -70,16 +93,26 @@ impl fmt::Display for Operation {
 }
 
 /// What a completed operation did (the `outcome` of a `completed` row).
+///
+/// Only outcomes that change the payment are here. A refused request is recorded too (an
+/// auditor wants to see a capture-after-void attempt), but with another status, so it never
+/// reaches [`Ledger::replay`] and cannot move money.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// The provider holds the amount: the payment is authorized.
     Approved,
+    /// The provider refused the card; nothing is held. An answer, not an error.
     Declined,
+    /// The held amount was taken.
     Captured,
+    /// The hold was released (or, for a pending payment, cancelled by key).
     Voided,
+    /// Some or all captured money went back; several refunds add up.
     Refunded,
 }
 
 impl Outcome {
+    /// The stored name (`approved`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Approved => "approved",
@@ -90,6 +123,7 @@ impl Outcome {
         }
     }
 
+    /// The inverse of [`Outcome::as_str`].
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "approved" => Some(Self::Approved),
@@ -107,15 +141,25 @@ impl Outcome {
 pub enum State {
     /// Created; its authorization is in flight (or was abandoned and awaits a retry).
     Pending,
+    /// The amount is held on the card; Capture or Void may follow.
     Authorized,
+    /// The provider refused; final. A Void is answered as already settled.
     Declined,
+    /// The money was taken; only refunds may follow.
     Captured,
+    /// The hold was released, or the authorization cancelled before its outcome was known;
+    /// final, and it refuses any later Authorize.
     Voided,
+    /// Part of the captured amount went back; more refunds may follow up to the rest.
     PartiallyRefunded,
+    /// Everything captured went back; final.
     Refunded,
 }
 
 /// The `state` enum of the public API, from the names [`State::as_str`] gives.
+///
+/// Written by hand from [`State::ALL`] so the document cannot list a state the code does not
+/// have, or miss one it has.
 impl utoipa::PartialSchema for State {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
@@ -158,25 +202,44 @@ impl State {
 }
 
 /// One completed operation, in the order it was recorded.
+///
+/// The part of a `payment_operations` row the rules need; [`crate::payments`] builds it from
+/// the rows whose status is `completed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completed {
+    /// What was asked.
     pub operation: Operation,
+    /// The caller's idempotency key within the operation: empty for Authorize, Capture, Void
+    /// and the saga's compensation refund; the caller's own key for a partial refund.
     pub key: String,
+    /// What it did.
     pub outcome: Outcome,
     /// Minor units the operation moved (authorized, captured, refunded; 0 for a decline).
     pub amount: i64,
 }
 
 /// A payment's money, as its completed operations leave it.
+///
+/// All amounts are minor units of the payment's currency (a payment has one currency, fixed at
+/// authorization), so they add without rounding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ledger {
+    /// Where the payment is.
     pub state: State,
+    /// The amount held by the approval (0 before one).
     pub authorized: i64,
+    /// The amount taken by the capture (0 before one).
     pub captured: i64,
+    /// The sum of all refunds; never above `captured` ([`Ledger::decide`] refuses more).
     pub refunded: i64,
 }
 
 /// What a request may do, given the ledger.
+///
+/// Four answers rather than "ok or error" because a payment service has four honest replies: "you
+/// already asked, here is what happened", "go ahead", "no, and here is why", and "nothing to
+/// do, it is already so". Conflating the first and last with success or failure is what makes
+/// retries of money movements dangerous.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// The same operation (same key) already completed: answer with its result, index into
@@ -194,6 +257,10 @@ pub enum Decision {
 
 impl Ledger {
     /// Folds the completed operations, oldest first.
+    ///
+    /// Total: any sequence gives a ledger. Sequences [`Ledger::decide`] would never allow (a
+    /// capture without an approval) are not checked here; the database's uniqueness rules and
+    /// the decisions that wrote the rows are what keep them out.
     pub fn replay(completed: &[Completed]) -> Self {
         let mut ledger = Self {
             state: State::Pending,

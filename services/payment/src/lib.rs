@@ -15,8 +15,26 @@
 //! | [`grpc`] | `PaymentService`, for service callers only |
 //! | [`api`] | `GET /api/v1/payments`, a customer's own payments |
 //!
-//! The service is a library so tests boot it in-process (`shop_testkit::spawn::<PaymentService>()`);
-//! `main.rs` only hands it to the shared runtime.
+//! ## Its place in the order saga
+//!
+//! order-service calls Authorize once the stock is reserved, Capture only after the stock is
+//! committed (so money is never taken for an order that cannot ship), and Void or Refund when
+//! the saga compensates (ADR 0009). Every one of those calls may arrive twice, concurrently, or
+//! after the caller gave up waiting, and the provider behind this service may act on a request
+//! whose answer never came back. The design answers both facts (ADR 0008):
+//!
+//! * the payment's state is a fold over an append-only operation log ([`ledger`]), so a retry
+//!   is answered from what was recorded and an auditor can read every request;
+//! * the provider is called with no database transaction open, under a lease, in a task the
+//!   caller cannot cancel ([`payments`]);
+//! * whatever is left uncertain (a timeout, a lost answer, a crash) is written ahead on a
+//!   queue that the [`reconciler`] works through until the money is settled.
+//!
+//! Card numbers stop at this service: only brand and last four digits are stored, logged,
+//! published or returned ([`card`]).
+//!
+//! The service is a library so tests boot it in-process
+//! (`shop_testkit::spawn::<PaymentService>()`); `main.rs` only hands it to the shared runtime.
 
 pub mod api;
 pub mod card;
@@ -39,10 +57,16 @@ use crate::{
     config::PaymentConfig, payments::Payments, provider::SimulatedProvider, reconciler::Reconciler,
 };
 
+/// The service's schema, applied at start: the payments, their operation log, the
+/// reconciliation queue, the void tombstones, and the simulated provider's own record.
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
 /// Who may call which gRPC method: the saga's orchestrator, and nobody else (a method not named
 /// here is refused to every caller).
+///
+/// Money moves only when the saga says so; a customer reads payments through the HTTP API,
+/// and no other service has a reason to authorize or refund.
+/// `only_service_callers_may_use_the_grpc_api` in `tests/payments.rs` holds the service to it.
 pub const GRPC_ACCESS: &[(&[&str], &[&str])] = &[(
     &["order-service"],
     &["Authorize", "Capture", "Void", "Refund"],
@@ -54,19 +78,31 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     shop_runtime::openapi::complete(<api::ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-/// The payment-service service.
+/// The payment-service service, as the shared runtime boots it.
+///
+/// A unit type: connections come through [`Service::build`] and settings through
+/// [`PaymentConfig`], so `main.rs` and the tests start the very same service.
 #[derive(Debug)]
 pub struct PaymentService;
 
 impl Service for PaymentService {
     type Config = PaymentConfig;
 
+    /// Name, default ports (8085 HTTP, 50055 gRPC) and stores: PostgreSQL with
+    /// [`MIGRATIONS`] applied before [`Service::build`] runs, and RabbitMQ for the relay.
     fn spec() -> ServiceSpec {
         ServiceSpec::new("payment-service", 8085, 50055)
             .postgres(&MIGRATIONS)
             .amqp()
     }
 
+    /// Wires the outbox relay, the provider, the operations, the reconciler and the endpoints.
+    ///
+    /// The relay comes first because it creates the outbox tables every recorded operation writes
+    /// to. [`Payments`] gets the runtime's task tracker, so provider calls in flight at shutdown
+    /// are awaited (up to the grace period) and recorded rather than cut off; the reconciler runs
+    /// on the same tracker and stops with the shutdown token. A failure of any step is a
+    /// [`BootError`] and the process exits instead of serving without one of its parts.
     async fn build(ctx: &Context, config: PaymentConfig) -> Result<Endpoints, BootError> {
         let pool = ctx.postgres()?.clone();
         // Creates the outbox tables before the first operation can write to them.

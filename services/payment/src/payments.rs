@@ -34,6 +34,19 @@
 //!   two racing, one clearly comes first;
 //! * a provider refusal (capture of an expired hold, a void to be retried) is an answer, recorded
 //!   as a `refused` row with the provider's reason, never mistaken for "no answer".
+//!
+//! ## Why not one transaction around everything
+//!
+//! Holding a row lock (and a pooled connection) across a provider call that may take seconds
+//! would let a slow card stall every request queued behind it and drain the pool under load.
+//! Splitting the work in two short transactions costs a `started` row and a lease; in return a
+//! slow provider only slows its own payment. The lease (provider timeout plus ten seconds) is
+//! longer than any live attempt can take, so only a dead or paused attempt ever loses it.
+//!
+//! The attempt task runs in the span of the request that started it, so its log lines and the
+//! events it records belong to the caller's trace
+//! (`the_event_an_authorize_records_in_its_own_task_continues_the_callers_trace` in
+//! `tests/payments.rs`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,6 +59,7 @@ use shop_messaging::outbox::postgres::{self as outbox, enqueue_event};
 use shop_runtime::{ApiError, ErrorKind};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -56,21 +70,39 @@ use crate::{
 };
 
 /// Who the audit trail names for what the reconciler records.
+///
+/// Any other `requested_by` is the calling service's name from its token (`unknown` without
+/// one), so an auditor can tell a saga's request from the service settling an uncertainty on
+/// its own.
 pub const RECONCILER: &str = "payment-service/reconciler";
 
 /// The answer to an Authorize for an order whose payment was voided before it existed.
+///
+/// Sent as `FAILED_PRECONDITION`: the order was given up, and no retry of the same Authorize
+/// can change that.
 pub const ORDER_VOIDED: &str = "This order's payment was voided; it cannot be authorized any more (the order was given up: place a new order).";
 
 /// A payment as stored: the facts fixed when it was authorized.
+///
+/// Nothing here ever changes after the insert: what happens to the payment later is in its
+/// operation rows.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Payment {
+    /// The payment's id (UUIDv7), part of every provider idempotency key.
     pub id: Uuid,
+    /// The order it pays for; unique, so an order has one payment and Authorize is keyed by it.
     pub order_id: Uuid,
+    /// The customer, from the saga's request; the HTTP API shows a customer only their own.
     pub user_id: Uuid,
+    /// The authorized amount, in minor units of `currency`.
     pub amount: i64,
+    /// ISO 4217 code; every amount of the payment is in it.
     pub currency: String,
+    /// The card's network ([`crate::card::Brand::as_str`]).
     pub card_brand: String,
+    /// The card's last four digits: with the brand, all that is kept of it.
     pub card_last4: String,
+    /// When the first Authorize created the row.
     pub created_at: DateTime<Utc>,
 }
 
@@ -86,24 +118,46 @@ impl Payment {
 }
 
 /// One row of the audit trail.
+///
+/// Append-only (a trigger refuses UPDATE and DELETE). An attempt that calls the provider
+/// writes a `started` row and later, under the same `attempt_id`, the row that ends it;
+/// decisions that need no provider call (a refusal, a settled void, a reconciler's finding)
+/// are a single row. Strings rather than enums: rows are read back as they were written, even
+/// by code that predates a value.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OperationRow {
+    /// Insertion order, the order in which [`Ledger::replay`] folds the rows.
     pub seq: i64,
+    /// The payment the row belongs to.
     pub payment_id: Uuid,
+    /// [`Operation::as_str`].
     pub operation: String,
+    /// The caller's key within the operation (empty but for keyed refunds).
     pub idempotency_key: String,
+    /// Ties a `started` row to the row that ended it.
     pub attempt_id: Uuid,
+    /// `started`, `completed`, `refused`, `abandoned` or `settled`; only `completed` rows
+    /// move money.
     pub phase: String,
+    /// [`Outcome::as_str`] of a completed row.
     pub outcome: Option<String>,
+    /// Minor units the row is about (asked for, moved, or 0).
     pub amount: Option<i64>,
+    /// A decline code, a refusal's reason, a refund's reason, or why an attempt was abandoned.
     pub reason: Option<String>,
+    /// The provider's reference of an approved authorization (and of a hold the reconciler
+    /// released).
     pub provider_reference: Option<String>,
+    /// The calling service, or [`RECONCILER`].
     pub requested_by: String,
+    /// Until when a `started` attempt owns the operation.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The database's time of the insert.
     pub recorded_at: DateTime<Utc>,
 }
 
 impl OperationRow {
+    /// The row as the state machine sees it, if it is a completed one with names it knows.
     fn completed(&self) -> Option<Completed> {
         if self.phase != "completed" {
             return None;
@@ -118,6 +172,9 @@ impl OperationRow {
 }
 
 /// The completed operations of `rows` (oldest first) and the rows they came from.
+///
+/// Both lists have the same length and order, so an index [`Ledger::decide`] returns into the
+/// first also finds the row (with its reason and timestamp) in the second.
 pub fn completed(rows: &[OperationRow]) -> (Vec<Completed>, Vec<&OperationRow>) {
     rows.iter()
         .filter_map(|row| row.completed().map(|c| (c, row)))
@@ -128,11 +185,14 @@ pub fn completed(rows: &[OperationRow]) -> (Vec<Completed>, Vec<&OperationRow>) 
 /// ledger as that operation left it.
 #[derive(Debug, Clone)]
 pub struct Receipt {
+    /// The payment's fixed facts.
     pub payment: Payment,
+    /// What the operation did.
     pub outcome: Outcome,
     /// Minor units this operation moved.
     pub amount: i64,
-    /// The decline code, for a declined authorization.
+    /// The decline code, for a declined authorization (the row's reason otherwise, e.g. a
+    /// refund's).
     pub reason: Option<String>,
     /// The ledger right after this operation (for a refund: what was refunded up to it).
     pub ledger: Ledger,
@@ -141,32 +201,53 @@ pub struct Receipt {
 }
 
 /// A validated authorization request.
+///
+/// In the service only [`crate::grpc`] builds one, after every field passed, so the operation
+/// can take the amount, currency and card as checked.
 #[derive(Debug)]
 pub struct Authorize {
+    /// The order, the key of the operation.
     pub order_id: Uuid,
+    /// The customer the payment will belong to.
     pub user_id: Uuid,
+    /// Minor units to hold, above 0.
     pub amount: i64,
+    /// ISO 4217 code.
     pub currency: String,
+    /// The card, for the provider call only.
     pub card: Card,
 }
 
 /// A validated refund request.
 #[derive(Debug, Clone)]
 pub struct Refund {
+    /// Whose payment.
     pub order_id: Uuid,
     /// `None`: everything captured and not refunded yet.
     pub amount: Option<Money>,
+    /// The caller's idempotency key: empty for the saga's one compensation refund, a key of
+    /// the caller's choosing for each partial refund.
     pub key: String,
+    /// Why, recorded on the row and carried by `PaymentRefunded`.
     pub reason: String,
 }
 
 /// The payment operations, shared by the gRPC handlers and the reconciler.
+///
+/// Cheap to clone (a pool, an `Arc` and durations): each attempt task takes its own copy.
+/// Holds no state of its own between calls; everything it knows is in the database, which is
+/// why several instances can serve the same payments.
 #[derive(Debug, Clone)]
 pub struct Payments {
+    /// The service's database, including the provider's simulated record.
     pool: PgPool,
+    /// The one provider, behind its trait.
     provider: Arc<dyn CardProvider>,
+    /// The bound on one provider call.
     provider_timeout: Duration,
+    /// How long a `started` attempt owns its operation.
     lease: Duration,
+    /// The runtime's tracker: attempts spawned on it are awaited at shutdown.
     tasks: TaskTracker,
     /// `PAYMENT_CRASH_AFTER_PROVIDER` (tests only).
     crash_after: Option<Operation>,
@@ -174,29 +255,42 @@ pub struct Payments {
 
 /// What step 1 found.
 enum Begin {
+    /// The operation already completed: its recorded answer.
     Replay(Receipt),
     /// Nothing to do, nothing to refuse (a void of a declined payment).
     Settled(Receipt),
+    /// Forbidden in this state (recorded as a `refused` row), or the order's payment was voided.
     Refused(String),
+    /// Another attempt holds a live lease on this payment: wait and begin again.
     InFlight,
+    /// A `started` row and its lease are committed: go and call the provider.
     Started(Started),
     /// A void for an order without a payment: the tombstone is written.
     Tombstone,
 }
 
 /// An attempt recorded as `started`, ready for the provider call.
+///
+/// Everything steps 2 and 3 need, owned, so the attempt can move into a task of its own.
 #[derive(Debug, Clone)]
 struct Started {
+    /// The payment, as step 1 read it under its lock.
     payment: Payment,
+    /// The id of the `started` row; the recording step checks that this attempt still owns
+    /// the lease.
     attempt_id: Uuid,
+    /// What is being done.
     operation: Operation,
+    /// The caller's key within the operation.
     key: String,
     /// Minor units the operation moves.
     amount: i64,
     /// The approved authorization's provider reference (capture, void, refund); empty for the
     /// void of a payment whose authorization has no known outcome.
     reference: String,
+    /// A refund's reason, carried to its completed row and event.
     reason: String,
+    /// The caller, for the audit rows this attempt writes.
     requested_by: String,
 }
 
@@ -210,6 +304,10 @@ impl Started {
 }
 
 /// A completed operation about to be recorded.
+///
+/// Built by an attempt from the provider's answer, or by the reconciler from the provider's
+/// record; both go through [`Payments::complete`], which is why a result found later is
+/// recorded exactly as one received in time would have been.
 struct Completion<'a> {
     payment: &'a Payment,
     operation: Operation,
@@ -223,6 +321,9 @@ struct Completion<'a> {
 }
 
 /// What must still hold when a result is recorded.
+///
+/// The two writers of results need different proofs that nobody else is writing: an attempt
+/// proves it still owns its lease, the reconciler proves that no attempt owns one.
 #[derive(Debug, Clone, Copy)]
 enum Guard {
     /// The attempt's lease has not expired (an attempt recording its own provider call).
@@ -233,6 +334,7 @@ enum Guard {
 
 /// What recording a result came to.
 enum Recorded {
+    /// The completed row and its event were committed.
     Done(Receipt),
     /// The same operation was recorded first by another attempt: its result stands.
     Duplicate,
@@ -242,18 +344,29 @@ enum Recorded {
 }
 
 /// What the reconciler sees of a payment.
+///
+/// Read without locks: the reconciler only uses it to decide what to ask the provider, and an
+/// authorization it then records goes through [`Payments::record_found_authorization`], which
+/// checks again under the payment's lock.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The payment's facts.
     pub payment: Payment,
+    /// Its derived state.
     pub state: State,
     /// The latest lease of an attempt still in flight.
     pub in_flight_until: Option<DateTime<Utc>>,
     /// When anything was last recorded for the payment.
     pub last_activity: DateTime<Utc>,
+    /// The database's clock at the read: every time here is compared with it, never with the
+    /// process's.
     pub now: DateTime<Utc>,
 }
 
 /// The idempotency key the provider sees for an operation: `<payment>:<operation>:<key>`.
+///
+/// The same for every attempt and retry of one operation, different for every other
+/// operation, so the provider deduplicates exactly the calls that must have one effect.
 pub fn provider_key(payment_id: Uuid, operation: Operation, key: &str) -> String {
     format!("{payment_id}:{operation}:{key}")
 }
@@ -372,6 +485,11 @@ impl Payments {
 
     /// The void of the order's payment; `None` when the order has no payment (a tombstone was
     /// written: nothing can be authorized for the order any more).
+    ///
+    /// Always settles the question of money: an authorized payment is voided at the provider by
+    /// its reference, a pending one (outcome unknown) by its authorization's key, a declined
+    /// one is answered as it is (nothing is held). A captured payment is refused: a refund is
+    /// what gives that money back.
     pub async fn void(&self, order_id: Uuid, caller: &str) -> Result<Option<Receipt>, ApiError> {
         let mut no_card = None;
         self.run(
@@ -389,6 +507,9 @@ impl Payments {
 
     /// Gives back captured money, the rest by default or a part under the caller's key: each
     /// key refunds once, and the ledger refuses refunding more than was captured.
+    ///
+    /// A partial amount must be in the payment's currency (a field error otherwise), since a
+    /// payment never converts.
     pub async fn refund(&self, request: Refund, caller: &str) -> Result<Receipt, ApiError> {
         let mut no_card = None;
         self.run(
@@ -429,6 +550,11 @@ impl Payments {
 
     /// Steps 1 to 3, polling while another operation on the payment is in flight. `None`: a
     /// void found no payment and left a tombstone.
+    ///
+    /// The poll starts at 20 ms and doubles up to 250 ms: short enough that a duplicate of a
+    /// quick call gets its answer almost at once, long enough that a slow card's duplicates do
+    /// not hammer the database. It ends when the other attempt records or its lease lapses;
+    /// the caller's own deadline usually ends it first, and its retry then finds the result.
     #[allow(clippy::too_many_arguments)] // private; the four public operations name them
     async fn run(
         &self,
@@ -479,16 +605,21 @@ impl Payments {
                     let this = self.clone();
                     let card = card.take();
                     // Its own task: a caller that disconnects does not cancel the provider call
-                    // or the recording of its result. Tracked, so shutdown waits for it.
-                    let attempt = self.tasks.spawn(async move {
-                        let receipt = this.attempt(started, card).await;
-                        let outcome = match &receipt {
-                            Ok(receipt) => receipt.outcome.as_str(),
-                            Err(err) => metric_outcome_of_error(err),
-                        };
-                        record_metric(operation, outcome);
-                        receipt
-                    });
+                    // or the recording of its result. Tracked, so shutdown waits for it. A new
+                    // task starts outside every span, so it is given the request's: its log
+                    // lines and the events it records carry the caller's trace, not a new one.
+                    let attempt = self.tasks.spawn(
+                        async move {
+                            let receipt = this.attempt(started, card).await;
+                            let outcome = match &receipt {
+                                Ok(receipt) => receipt.outcome.as_str(),
+                                Err(err) => metric_outcome_of_error(err),
+                            };
+                            record_metric(operation, outcome);
+                            receipt
+                        }
+                        .instrument(tracing::Span::current()),
+                    );
                     return attempt
                         .await
                         .map_err(|err| {
@@ -501,6 +632,14 @@ impl Payments {
     }
 
     /// Step 1, in one short transaction.
+    ///
+    /// Order of the checks, each for a reason: the per-order advisory lock first (Authorize and
+    /// Void only), so a racing Void and Authorize of one order are serialised; the tombstone
+    /// before creating a payment, so a voided order never gets one; the payment row lock
+    /// before reading its operations, so the decision sees every committed row; a replay
+    /// before the in-flight check, so a retry of a finished operation is answered at once; and
+    /// only then the state machine's verdict. The database's `now()` is the clock for leases,
+    /// so instances with skewed clocks agree on when one has lapsed.
     #[allow(clippy::too_many_arguments)]
     async fn begin(
         &self,
@@ -690,6 +829,13 @@ impl Payments {
     }
 
     /// Steps 2 and 3.
+    ///
+    /// The provider call is bounded by `provider_timeout`; running out of time is treated
+    /// exactly like a provider that said it is unavailable (outcome unknown). The three
+    /// answers lead three ways: a result is recorded, a refusal ends the attempt with the
+    /// provider's reason, an unknown outcome abandons the attempt (queueing an authorization,
+    /// or a void of one with no known outcome, for the reconciler) and tells the caller to
+    /// retry with `UNAVAILABLE`.
     async fn attempt(&self, started: Started, card: Option<Card>) -> Result<Receipt, ApiError> {
         let idempotency_key = provider_key(started.payment.id, started.operation, &started.key);
         let authorize_key = provider_key(started.payment.id, Operation::Authorize, "");
@@ -769,6 +915,10 @@ impl Payments {
     }
 
     /// Step 3: the completed row and its event, in one transaction.
+    ///
+    /// A result that can no longer be recorded as this attempt's is never dropped silently: it
+    /// is logged and the attempt is abandoned, which puts an authorization back on the
+    /// reconciliation queue.
     async fn record(
         &self,
         started: &Started,
@@ -825,6 +975,13 @@ impl Payments {
 
     /// Records a completed operation and its event in one transaction, if `guard` and the
     /// state machine still allow it. Shared by the attempts and the reconciler.
+    ///
+    /// The decision is taken again here, under the payment's lock, because the state may have
+    /// moved since step 1 (the lease lapsed and another attempt took over, or recorded). The
+    /// unique index on completed rows is the last guard against two writers: a second
+    /// completed row for the same operation inserts nothing and is reported as a duplicate.
+    /// The same transaction takes an authorization off the reconciliation queue, and puts a
+    /// payment voided without a known outcome back on it for one more look at the provider.
     async fn complete(&self, c: &Completion<'_>, guard: Guard) -> Result<Recorded, ApiError> {
         let payment = c.payment;
         let mut tx = self.pool.begin().await?;
@@ -948,7 +1105,8 @@ impl Payments {
         })
     }
 
-    /// Records that an attempt ended without a result; a retry may start a new one at once.
+    /// Records that an attempt ended without a result; a retry may start a new one at once,
+    /// instead of waiting for the lease to lapse.
     async fn abandon(&self, started: &Started, why: &str) -> Result<(), ApiError> {
         self.end_attempt(started, "abandoned", why).await
     }
@@ -991,6 +1149,8 @@ impl Payments {
         Ok(())
     }
 
+    /// The recorded answer of the operation under `key`, for an attempt that lost the race to
+    /// record it: both callers get the one result that was recorded.
     async fn replay(
         &self,
         payment: &Payment,
@@ -1010,6 +1170,9 @@ impl Payments {
     // What the reconciler uses: the same recording as the attempts, with its own guard.
 
     /// The payment, its state, and whether an attempt is in flight.
+    ///
+    /// Fails with `NOT_FOUND` for an unknown payment id; a queue row cannot name one (its
+    /// `payment_id` references `payments`).
     pub async fn snapshot(&self, payment_id: Uuid) -> Result<Snapshot, ApiError> {
         let mut conn = self.pool.acquire().await?;
         let payment: Payment = sqlx::query_as("SELECT * FROM payments WHERE id = $1")
@@ -1125,6 +1288,8 @@ impl Payments {
     }
 }
 
+/// The recording path takes an [`AuthorizationOutcome`] for every operation; a capture, void
+/// or refund that succeeded is "approved" under the authorization's reference.
 fn approved(reference: &str) -> AuthorizationOutcome {
     AuthorizationOutcome::Approved {
         reference: reference.to_owned(),
@@ -1162,6 +1327,9 @@ impl NewPayment {
 }
 
 /// Whether some operation of the payment holds an unexpired lease without a result.
+///
+/// Computed from the rows rather than stored as a flag, for the same reason the state is: a
+/// flag could be left set by a crash, while a lease simply runs out.
 fn in_flight(rows: &[OperationRow], now: DateTime<Utc>) -> bool {
     rows.iter().any(|row| {
         row.phase == "started"
@@ -1174,6 +1342,9 @@ fn in_flight(rows: &[OperationRow], now: DateTime<Utc>) -> bool {
 }
 
 /// The receipt of the `index`-th completed operation, with the ledger as it left it.
+///
+/// The ledger is replayed only up to that operation, so a replayed refund reports the total
+/// refunded at the time, not what later refunds added.
 fn receipt(
     payment: &Payment,
     done: &[Completed],
@@ -1204,6 +1375,7 @@ pub async fn operations(
         .await
 }
 
+/// A row of `payment_operations` about to be appended; see [`OperationRow`] for the columns.
 struct Row<'a> {
     payment_id: Uuid,
     operation: Operation,
@@ -1219,6 +1391,10 @@ struct Row<'a> {
 }
 
 /// Appends a row; false when it is a second `completed` row for the same operation.
+///
+/// `ON CONFLICT ... DO NOTHING` on the partial unique index turns a race between two
+/// recorders into a boolean instead of an aborted transaction, so the loser can replay the
+/// winner's result.
 async fn insert_row(conn: &mut PgConnection, row: &Row<'_>) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO payment_operations
@@ -1245,6 +1421,10 @@ async fn insert_row(conn: &mut PgConnection, row: &Row<'_>) -> Result<bool, sqlx
 }
 
 /// The event of a completed operation, into the outbox of the recording transaction.
+///
+/// One event per completed row, never from anywhere else: an event exists exactly when a
+/// completed row does, and a replay publishes nothing. Events carry the card's brand and last
+/// four at most.
 async fn enqueue(
     tx: &mut PgConnection,
     payment: &Payment,
@@ -1332,6 +1512,7 @@ fn record_metric(operation: Operation, outcome: &'static str) {
         .increment(1);
 }
 
+/// The `outcome` label of a request that ended in an error, by the error's kind.
 fn metric_outcome_of_error(err: &ApiError) -> &'static str {
     match err.kind() {
         ErrorKind::Validation | ErrorKind::BadRequest => "invalid",

@@ -29,6 +29,12 @@
 //! whether or not anybody got its answer. Each call is carried out in a task of its own: a
 //! caller that gives up (a timeout) does not stop the provider from acting, which is exactly
 //! the uncertainty payment-service has to live with.
+//!
+//! Why simulate at all, rather than mock per test: the failure modes above are what the saga,
+//! the ledger and the reconciler are built for, and they must be reachable from outside by
+//! typing a card number, in the tests, in `make run` and under load (`SIMULATED_FAULT_RATE`).
+//! A mock would only show the behaviour a test's author thought of; this simulation keeps the
+//! provider's side of the story in tables a test can read back.
 
 use std::{fmt, future::Future, pin::Pin, time::Duration};
 
@@ -44,8 +50,11 @@ pub type ProviderFuture<'a, T> =
 /// What a declined authorization says, as a reason code callers can branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeclineReason {
+    /// The issuer said no, without a reason it shares.
     CardDeclined,
+    /// Not enough money or credit on the card.
     InsufficientFunds,
+    /// A valid number that is not one of the simulation's test cards.
     UnknownCard,
     /// The merchant voided this authorization's key before the authorization was processed.
     AuthorizationVoided,
@@ -81,12 +90,18 @@ impl DeclineReason {
 pub enum AuthorizationOutcome {
     /// Approved; `reference` identifies the authorization at the provider for later calls.
     Approved {
+        /// The provider's id of the hold; stored on the completed row and used by every later
+        /// capture, void and refund.
         reference: String,
     },
+    /// Declined: nothing is held. An answer, recorded like an approval.
     Declined(DeclineReason),
 }
 
 /// What the provider knows about an authorization, looked up by its idempotency key.
+///
+/// The reconciler's whole view of the outside world: it compares this with the payment's state
+/// and records or releases accordingly (see the table in [`crate::reconciler`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderRecord {
     /// Never heard of it: the request did not arrive, or has not been processed yet.
@@ -104,6 +119,10 @@ pub enum ProviderRecord {
 }
 
 /// A call that did not succeed.
+///
+/// Two kinds only, because payment-service acts on exactly that distinction: an unknown
+/// outcome must be asked about again later (the reconciliation queue), a refusal is final for
+/// this request and is recorded as the provider's answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// The provider could not be asked or did not answer: the outcome is unknown.
@@ -116,8 +135,13 @@ pub enum ProviderError {
 }
 
 /// A card provider. Object safe, so the service holds an `Arc<dyn CardProvider>`.
+///
+/// Every mutating call takes an idempotency key and must be safe to repeat with it: the same
+/// key must never act twice and must answer as the first call did. payment-service relies on
+/// this after every timeout and crash, so an implementation that cannot promise it (a
+/// provider without idempotency keys) cannot be plugged in here as is.
 pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
-    /// Holds `amount` minor units of `currency` on the card.
+    /// Holds `amount` minor units of `currency` on the card. A decline is `Ok`, not an error.
     fn authorize<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -126,7 +150,8 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
         currency: &'a str,
     ) -> ProviderFuture<'a, AuthorizationOutcome>;
 
-    /// Charges what `reference` (an approved authorization) holds.
+    /// Charges `amount` of what `reference` (an approved authorization) holds; `Refused` when
+    /// the hold is gone (expired, voided) or smaller.
     fn capture<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -146,7 +171,7 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
         reference: Option<&'a str>,
     ) -> ProviderFuture<'a, ()>;
 
-    /// Gives `amount` of a capture back.
+    /// Gives `amount` of a capture back; `Refused` for more than is left.
     fn refund<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -155,6 +180,7 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
     ) -> ProviderFuture<'a, ()>;
 
     /// What the provider knows about the authorization requested under `authorize_key`.
+    /// Read-only: asking never changes anything at the provider.
     fn retrieve<'a>(&'a self, authorize_key: &'a str) -> ProviderFuture<'a, ProviderRecord>;
 }
 
@@ -184,6 +210,7 @@ pub const VOID_REFUSED_ONCE: &str = "4000000000000101";
 pub struct FaultRate {
     /// 0.0 to 1.0.
     pub rate: f64,
+    /// Which keys are faulty; the same seed picks the same keys on every run and build.
     pub seed: u64,
 }
 
@@ -225,9 +252,11 @@ fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
 /// What a test card (or an injected fault) makes the provider do with an authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Behaviour {
+    /// Approve at once; the quirk, if any, says how the approved hold misbehaves later.
     Approve(Option<Quirk>),
     /// Approve, after deciding for `slow_delay`.
     Slow,
+    /// Decline with this code.
     Decline(DeclineReason),
     /// Never answer, never act.
     NeverAnswer,
@@ -236,13 +265,19 @@ enum Behaviour {
 }
 
 /// What an approved test card does later.
+///
+/// Stored with the hold (`quirk` column), because it shows in later calls, possibly after a
+/// restart of the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Quirk {
+    /// The hold lapses before it is captured: the capture is refused, `authorization_expired`.
     CaptureExpires,
+    /// The first void is refused, `try_again_later`; the next one succeeds.
     VoidRefusedOnce,
 }
 
 impl Quirk {
+    /// The stored name.
     fn as_str(self) -> &'static str {
         match self {
             Self::CaptureExpires => "capture_expires",
@@ -254,24 +289,40 @@ impl Quirk {
 /// The provider inside payment-service: no network, fixed behaviour per test card, and its own
 /// record in the `simulated_provider` schema (a stand-in for the provider's system, reached
 /// only through [`CardProvider`]).
+///
+/// It deduplicates by idempotency key the way the trait demands: a repeated authorization gets
+/// the first answer, a repeated capture, void or refund does nothing more. Its tables are its
+/// own; no code of the service reads them except through the trait (tests do, to check what
+/// "the provider" did).
 #[derive(Debug, Clone)]
 pub struct SimulatedProvider {
+    /// The service's database, where the `simulated_provider` schema lives.
     pool: PgPool,
     /// How long the provider takes to decide on the slow card.
     slow_delay: Duration,
+    /// Injected faults for load tests.
     faults: FaultRate,
 }
 
 /// One row of `simulated_provider.authorizations`.
 #[derive(Debug, sqlx::FromRow)]
 struct Authorization {
+    /// The key the authorization was requested under; the provider's deduplication key.
     idempotency_key: String,
+    /// Set for an approved hold; `None` for a decline and for a key voided before any
+    /// authorization arrived.
     reference: Option<String>,
+    /// What is held (0 for a decline).
     amount: i64,
+    /// `held`, `captured`, `voided`, `expired` or `declined`.
     status: String,
+    /// The decline code of a declined authorization.
     decline_reason: Option<String>,
+    /// [`Quirk::as_str`] of a test card that misbehaves later.
     quirk: Option<String>,
+    /// How many voids were refused so far (for the void-refused-once card).
     void_refusals: i32,
+    /// What was refunded of the capture so far.
     refunded: i64,
 }
 
@@ -294,6 +345,7 @@ impl Authorization {
         }
     }
 
+    /// The row as [`CardProvider::retrieve`] reports it.
     fn record(&self) -> ProviderRecord {
         let reference = || self.reference.clone().unwrap_or_default();
         match self.status.as_str() {
@@ -314,10 +366,13 @@ impl Authorization {
     }
 }
 
+/// A failure of the simulation's own database work looks, to the service, like a provider
+/// that could not be reached: the outcome is unknown.
 fn unavailable(err: impl fmt::Display) -> ProviderError {
     ProviderError::Unavailable(err.to_string())
 }
 
+/// The provider answered no, with `reason`.
 fn refused(reason: &str) -> ProviderError {
     ProviderError::Refused(reason.to_owned())
 }
@@ -333,6 +388,9 @@ impl SimulatedProvider {
         }
     }
 
+    /// What this card number (and, for the approving card, the injected faults) make the
+    /// authorization do. Decided before the provider's task starts, so the card itself never
+    /// leaves the caller's future.
     fn behaviour(&self, idempotency_key: &str, digits: &str) -> Behaviour {
         match digits {
             APPROVE => self
@@ -364,6 +422,9 @@ impl SimulatedProvider {
 
     /// Processes an authorization; the bool is whether this request created the record (a
     /// repeat gets the first answer).
+    ///
+    /// The insert-if-absent on the key is the deduplication: whichever request gets there
+    /// first decides, including a void by key that arrived before the authorization did.
     async fn process_authorization(
         self,
         key: String,
@@ -432,7 +493,8 @@ impl SimulatedProvider {
             .map_err(unavailable)
     }
 
-    /// Whether a capture, void or refund under `key` already took effect.
+    /// Whether a capture, void or refund under `key` already took effect: a repeat is then
+    /// answered with success and does nothing more.
     async fn done_before(conn: &mut PgConnection, key: &str) -> Result<bool, ProviderError> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM simulated_provider.requests WHERE idempotency_key = $1)",
@@ -443,6 +505,8 @@ impl SimulatedProvider {
         .map_err(unavailable)
     }
 
+    /// Notes that the request under `key` took effect, in the transaction of the effect, so a
+    /// repeat is recognised by [`SimulatedProvider::done_before`].
     async fn remember(
         conn: &mut PgConnection,
         key: &str,
@@ -464,6 +528,7 @@ impl SimulatedProvider {
         Ok(())
     }
 
+    /// Moves an authorization (named by its key) to `status`.
     async fn set_status(
         conn: &mut PgConnection,
         authorization: &str,
@@ -481,6 +546,8 @@ impl SimulatedProvider {
         Ok(())
     }
 
+    /// A capture, under the authorization's row lock: once per key, refused unless the hold
+    /// is still there and large enough.
     async fn process_capture(
         self,
         key: String,
@@ -515,6 +582,10 @@ impl SimulatedProvider {
         }
     }
 
+    /// A void, by reference or, without one, by the authorization's key. Voiding something
+    /// that holds nothing (already voided, expired, declined) succeeds: nothing being held is
+    /// what a void asks for. Refused only for a captured authorization, an unknown reference,
+    /// and the first void of the void-refused-once card.
     async fn process_void(
         self,
         key: String,
@@ -573,6 +644,7 @@ impl SimulatedProvider {
         }
     }
 
+    /// A refund of part or all of a capture: once per key, never beyond what was captured.
     async fn process_refund(
         self,
         key: String,
@@ -608,6 +680,8 @@ impl SimulatedProvider {
 }
 
 impl CardProvider for SimulatedProvider {
+    /// Decides by card number, then acts in the provider's own task; the never-answering card
+    /// returns a future that never completes, so only the caller's timeout ends it.
     fn authorize<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -676,6 +750,8 @@ impl CardProvider for SimulatedProvider {
         Box::pin(Self::on_the_provider(work))
     }
 
+    /// A plain read of the provider's record, not in a task of its own: it changes nothing,
+    /// so there is nothing a dropped caller could leave half done.
     fn retrieve<'a>(&'a self, authorize_key: &'a str) -> ProviderFuture<'a, ProviderRecord> {
         Box::pin(async move {
             let found: Option<Authorization> = sqlx::query_as(

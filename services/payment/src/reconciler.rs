@@ -24,6 +24,15 @@
 //! Unsettled-for-too-long is visible: `payment_unsettled_authorizations` counts queue rows
 //! older than `RECONCILE_ALERT_AFTER_SECONDS`, and `payment_reconciliations_total{result}`
 //! counts what each look came to.
+//!
+//! Why a queue written ahead and not a scan of PENDING payments: the queue row is written in
+//! the same transaction as the attempt's `started` row, so no crash can leave an attempt that
+//! nobody will look at, and the reconciler reads only the few rows that need it instead of
+//! every payment. Why here and not in order-service: the money is this service's truth, and it
+//! must settle even when no order is waiting for the answer any more (ADR 0008).
+//!
+//! What the reconciler records runs outside any request, so its events carry no caller's
+//! trace context; a trace of the order ends at the attempt that left the payment uncertain.
 
 use std::time::Duration;
 
@@ -38,10 +47,16 @@ use crate::{
     provider::{AuthorizationOutcome, DeclineReason, ProviderError, ProviderRecord},
 };
 
-/// Rows one pass claims at most.
+/// Rows one pass claims at most: keeps a pass (and the claim it holds) short after a backlog,
+/// and leaves the rest to the next pass or another instance.
 const BATCH: i64 = 50;
 
 /// Puts a payment on the queue (or moves its due time), `reason` saying why.
+///
+/// Runs on the caller's connection, inside the transaction that creates the uncertainty, so
+/// the queue row exists exactly when the uncertainty does. Re-queuing clears any claim, which
+/// is how a pass in progress learns (through its claim condition) that it must not delete the
+/// row.
 pub async fn enqueue(
     conn: &mut PgConnection,
     payment_id: Uuid,
@@ -62,7 +77,8 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Takes a settled payment off the queue.
+/// Takes a settled payment off the queue, in the transaction that records the settling
+/// outcome.
 pub async fn dequeue(conn: &mut PgConnection, payment_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM reconciliation_queue WHERE payment_id = $1")
         .bind(payment_id)
@@ -72,6 +88,9 @@ pub async fn dequeue(conn: &mut PgConnection, payment_id: Uuid) -> Result<(), sq
 }
 
 /// What one look at a payment came to.
+///
+/// The labels become the `result` of `payment_reconciliations_total` (and, for `Later`, the
+/// queue row's `last_result`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Look {
     /// Settled (the label says how): off the queue.
@@ -81,10 +100,17 @@ enum Look {
 }
 
 /// The background task and one pass of it.
+///
+/// Runs on every instance; they share the queue through `FOR UPDATE SKIP LOCKED` and a claim
+/// token per pass, so no row is worked on twice at once and nobody waits for a lock.
 #[derive(Debug, Clone)]
 pub struct Reconciler {
+    /// The same operations the gRPC API uses, so what the reconciler records is decided and
+    /// written exactly like an attempt's result.
     payments: Payments,
+    /// Pause between passes, and the delay of a "look again soon".
     interval: Duration,
+    /// Age of a queue row from which it counts as an alert.
     alert_after: Duration,
 }
 
@@ -124,6 +150,9 @@ impl Reconciler {
     }
 
     /// Claims the due rows and looks at each; returns how many it looked at.
+    ///
+    /// A failed look is logged and rescheduled one interval later; only a failure to claim
+    /// or to update the queue itself ends the pass with an error (the next pass tries again).
     pub async fn pass(&self) -> Result<usize, sqlx::Error> {
         let pool = self.payments.pool();
         let unsettled: i64 = sqlx::query_scalar(
@@ -199,6 +228,8 @@ impl Reconciler {
         Ok(claimed.len())
     }
 
+    /// The interval as a `chrono` duration, to add to database times; the 5 s fallback only
+    /// covers an interval too large for `chrono` to represent.
     fn interval_chrono(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.interval).unwrap_or(chrono::Duration::seconds(5))
     }

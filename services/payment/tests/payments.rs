@@ -1,6 +1,7 @@
 //! Payments through the real gRPC and HTTP endpoints, against real PostgreSQL and RabbitMQ:
 //! the test cards, validation, idempotency under concurrent duplicates, the state machine,
-//! refunds, the audit trail, who may call, and what customers see.
+//! refunds, the audit trail, who may call, what customers see, and the trace an Authorize
+//! hands on to its event.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
@@ -646,4 +647,47 @@ async fn customers_see_their_own_payments_only() {
     assert_eq!(service.status(), StatusCode::UNAUTHORIZED);
     let bad = list(ann, "?order_id=nope".into()).await.unwrap();
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn the_event_an_authorize_records_in_its_own_task_continues_the_callers_trace() {
+    use shop_messaging::Event as _;
+
+    // The provider call and its recording run in a task of their own (a caller's deadline must
+    // not cancel them); the event they write must still carry the trace of the Authorize that
+    // caused it, or its consumers start traces of their own. The runtime installs telemetry in
+    // this process when the service starts, so spans have OpenTelemetry contexts.
+    let issuer = Issuer::start().await;
+    let app = spawn_payments(&issuer).await;
+    let tap = EventTap::bind(&app).await;
+    let mut grpc = client(&app).await;
+
+    // The caller's trace, as order-service's client sends it.
+    let trace_id = Uuid::new_v4().simple().to_string();
+    let order = Uuid::new_v4();
+    let mut request = with_token(
+        authorize(order, Uuid::new_v4(), 2599, APPROVE),
+        &issuer.service(ORDER_SERVICE),
+    );
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    grpc.authorize(request).await.unwrap();
+
+    let (_, body, _) = tap
+        .next_raw(shop_events::payment::PaymentAuthorized::ROUTING_KEY, order)
+        .await
+        .expect("PaymentAuthorized is published");
+    let envelope = shop_messaging::Envelope::from_slice(&body).unwrap();
+    assert!(
+        envelope
+            .traceparent
+            .as_deref()
+            .is_some_and(|traceparent| traceparent.contains(&trace_id)),
+        "PaymentAuthorized continues trace {trace_id}: {:?}",
+        envelope.traceparent
+    );
 }
