@@ -117,7 +117,7 @@ compose-test: ## docker compose up --wait under podman, the e2e journeys against
 .PHONY: chaos
 # Each scenario starts its own copy of the system from the debug build (faults, not speed, are
 # measured), strikes with one fault under load and checks the invariants (docs/chaos.md).
-# The whole suite takes ~25 minutes here; FAULT=kill-order,redis-down runs some scenarios,
+# The whole suite takes about an hour here; FAULT=kill-order,redis-down runs some scenarios,
 # QUICK=1 a few seconds of load each. `make test` runs kill-order quickly (bench/tests/chaos.rs).
 CHAOS_BIN = $${CARGO_TARGET_DIR:-target}/debug
 chaos: infra-up ## Faults under load, invariants afterwards: target/chaos/report.md (FAULT=name[,name]: some; QUICK=1: short; RATE=20: orders/s)
