@@ -58,6 +58,10 @@ pub struct InventoryService;
 impl Service for InventoryService {
     type Config = InventoryConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     fn spec() -> ServiceSpec {
         ServiceSpec::new("inventory-service", 8083, 50053)
             .postgres(&MIGRATIONS)

@@ -55,6 +55,10 @@ pub struct OrderService;
 impl Service for OrderService {
     type Config = OrderConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     fn spec() -> ServiceSpec {
         ServiceSpec::new(SERVICE_NAME, 8084, 50054)
             .postgres(&MIGRATIONS)

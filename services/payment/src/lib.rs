@@ -61,6 +61,10 @@ pub struct PaymentService;
 impl Service for PaymentService {
     type Config = PaymentConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     fn spec() -> ServiceSpec {
         ServiceSpec::new("payment-service", 8085, 50055)
             .postgres(&MIGRATIONS)
