@@ -15,7 +15,7 @@ async fn page(app: &TestApp, path: &str) -> reqwest::Response {
         .with_extension(Unchecked)
         .send()
         .await
-        .unwrap()
+        .expect("the gateway answers")
 }
 
 /// The `src`/`href` of every `<script>`/`<link>` in the page.
