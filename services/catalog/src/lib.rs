@@ -57,6 +57,10 @@ pub struct CatalogService;
 impl Service for CatalogService {
     type Config = CatalogConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     fn spec() -> ServiceSpec {
         ServiceSpec::new("catalog-service", 8082, 50052)
             .mongo()

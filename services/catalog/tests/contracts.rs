@@ -326,7 +326,7 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
                         Store::new(&db).create(&content, Some(12)).await.unwrap();
                         return;
                     }
-                    let client = reqwest::Client::new();
+                    let client = shop_testkit::http_client(Duration::from_secs(30));
                     let product: Value = client
                         .post(format!("{url}/api/v1/products"))
                         .bearer_auth(&token)

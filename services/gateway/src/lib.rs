@@ -51,6 +51,11 @@ pub struct Gateway;
 impl Service for Gateway {
     type Config = GatewayConfig;
 
+    /// The public document, as served at [`openapi::PATH`].
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::from_str(openapi::DOCUMENT).ok()
+    }
+
     fn spec() -> ServiceSpec {
         // Redis is reported in /readyz, not required: without it rate limits fall back to a
         // local limiter and the cache is bypassed (ADR 0013), so the gateway still serves.

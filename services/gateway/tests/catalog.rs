@@ -16,6 +16,7 @@ async fn product_reads_are_cached_until_catalog_announces_a_change() {
     let echo = Echo::start().await;
     let issuer = TestIssuer::start().await;
     let app = gateway(&echo.url, &issuer, []).await;
+    support::answers_from_partial_stand_ins(&app);
     let read = |path: &'static str| {
         let app = &app;
         async move {
@@ -117,6 +118,7 @@ async fn while_catalog_is_down_reads_are_served_stale_and_writes_fail_fast() {
     let app = shop_testkit::spawn_with::<gateway::Gateway>(env)
         .await
         .unwrap();
+    support::answers_from_partial_stand_ins(&app);
     let admin = issuer.user_token(uuid::Uuid::new_v4(), &[Role::Customer, Role::Admin]);
 
     assert_eq!(app.get("/api/v1/products/p1").await.unwrap().status(), 200);
@@ -296,6 +298,7 @@ async fn a_flood_of_parameter_variants_creates_a_bounded_number_of_cache_keys() 
         [("RATE_LIMIT_ADDRESS", "1000000".to_owned())],
     )
     .await;
+    support::answers_from_partial_stand_ins(&app);
 
     for i in 0..400 {
         let path = match i % 4 {
@@ -347,6 +350,7 @@ async fn an_encoded_id_shares_the_products_entry_and_no_spelling_keeps_the_old_p
     .await;
     let issuer = TestIssuer::start().await;
     let app = gateway(&catalog, &issuer, []).await;
+    support::answers_from_partial_stand_ins(&app);
     let read = |path: &'static str| {
         let app = &app;
         async move {

@@ -70,9 +70,12 @@ async fn gateway(issuer: &TestIssuer, upstreams: &[(&str, &MockServer)]) -> Test
         env.push(((*key).to_owned(), server.base_url()));
     }
     env.push(("AUTH_JWKS_URL".into(), issuer.jwks_url().to_owned()));
-    shop_testkit::spawn_with::<gateway::Gateway>(env)
+    let app = shop_testkit::spawn_with::<gateway::Gateway>(env)
         .await
-        .expect("the gateway starts")
+        .expect("the gateway starts");
+    // Pact's mock servers answer what each consumer test asks for, partial by design.
+    support::answers_from_partial_stand_ins(&app);
+    app
 }
 
 async fn json(response: reqwest::Response) -> (u16, Value) {

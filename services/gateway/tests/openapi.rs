@@ -38,7 +38,14 @@ async fn every_documented_operation_is_routed_and_every_route_is_documented() {
     .await;
     let admin = issuer.user_token(uuid::Uuid::new_v4(), &[Role::Customer, Role::Admin]);
 
-    let response = app.get("/api/v1/openapi.json").await.unwrap();
+    // The document is not among the operations it lists: its answer is not checked against it.
+    let response = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .with_extension(shop_testkit::contract::Unchecked)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let doc: serde_json::Value = response.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");

@@ -84,6 +84,10 @@ pub struct InventoryService;
 impl Service for InventoryService {
     type Config = InventoryConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     /// Name, default ports (8083 HTTP, 50053 gRPC) and stores: before [`Service::build`] runs,
     /// the runtime connects PostgreSQL and applies [`MIGRATIONS`], and starts its RabbitMQ
     /// connection. `/readyz` requires the database and only reports the broker, since the outbox

@@ -63,6 +63,10 @@ pub struct NotificationService;
 impl Service for NotificationService {
     type Config = NotificationConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     fn spec() -> ServiceSpec {
         ServiceSpec::new("notification-service", 8086, 50056)
             .mongo()

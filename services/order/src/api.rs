@@ -673,7 +673,9 @@ async fn cancel(
             return Err(ApiError::conflict(
                 "The order can no longer be cancelled: its stock is already committed.",
             )
-            .with_extension("status", serde_json::json!(order.status)));
+            // Not `status`: that member is the HTTP status (RFC 9457); found by checking the
+            // answer against the document's `Problem`.
+            .with_extension("order_status", serde_json::json!(order.status)));
         }
         _ => {}
     }

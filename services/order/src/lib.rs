@@ -77,6 +77,10 @@ pub struct OrderService;
 impl Service for OrderService {
     type Config = OrderConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     /// Name, default ports (8084 HTTP, 50054 gRPC) and stores: PostgreSQL with its
     /// migrations applied before [`Service::build`] runs, and RabbitMQ for the relay. It has
     /// no gRPC API of its own (only the runtime's gRPC health); it calls the others'.

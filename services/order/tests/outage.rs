@@ -112,10 +112,7 @@ async fn while_catalog_is_down_an_order_is_refused_with_503_and_the_same_request
     proxy.cut();
     // "Fast" here means: an answer, not a hang until the client gives up. The client below
     // would wait 30 s; order-service's call deadline (1 s in this world) ends it long before.
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let client = shop_testkit::http_client(std::time::Duration::from_secs(30));
     let (status, problem) = place(&client, &base, &ada, "catalog-outage", &body).await;
     assert_eq!(status, 503, "{problem}");
     assert_eq!(problem["status"], 503, "a problem document: {problem}");

@@ -88,6 +88,10 @@ pub struct PaymentService;
 impl Service for PaymentService {
     type Config = PaymentConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     /// Name, default ports (8085 HTTP, 50055 gRPC) and stores: PostgreSQL with
     /// [`MIGRATIONS`] applied before [`Service::build`] runs, and RabbitMQ for the relay.
     fn spec() -> ServiceSpec {

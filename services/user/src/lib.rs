@@ -56,6 +56,10 @@ pub struct UserService;
 impl Service for UserService {
     type Config = UserConfig;
 
+    fn openapi() -> Option<serde_json::Value> {
+        serde_json::to_value(openapi()).ok()
+    }
+
     fn spec() -> ServiceSpec {
         ServiceSpec::new("user-service", 8081, 50051)
             .postgres(&MIGRATIONS)

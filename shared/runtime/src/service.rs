@@ -128,6 +128,13 @@ pub trait Service: 'static {
 
     fn spec() -> ServiceSpec;
 
+    /// The service's public REST API as an OpenAPI 3.1 document (JSON), when it has one: what
+    /// it promises to answer. Not served here; tests check every answer they receive against
+    /// it (`shop_testkit::contract`), so the document and the code cannot drift apart.
+    fn openapi() -> Option<serde_json::Value> {
+        None
+    }
+
     /// Builds the service's endpoints from its connected dependencies.
     fn build(
         ctx: &Context,

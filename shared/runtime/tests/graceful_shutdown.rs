@@ -46,7 +46,10 @@ async fn a_request_in_flight_when_sigterm_arrives_still_completes() {
     let in_flight = tokio::spawn({
         let client = app.client.clone();
         let url = app.url("/slow");
-        async move { client.get(url).send().await?.text().await }
+        async move {
+            let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+            response.text().await.map_err(|e| e.to_string())
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();

@@ -15,7 +15,11 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use shop_runtime::{Running, Service, config::Env};
 
-use crate::{BoxError, isolation};
+use crate::{
+    BoxError,
+    contract::{self, Contract},
+    isolation,
+};
 
 /// A service running inside the test process. Dropping it begins its shutdown.
 #[derive(Debug)]
@@ -24,7 +28,8 @@ pub struct TestApp {
     pub grpc_addr: SocketAddr,
     /// The environment the service was started with (store URLs included).
     pub env: BTreeMap<String, String>,
-    pub client: reqwest::Client,
+    /// Checks every answer against the service's OpenAPI document ([`crate::contract`]).
+    pub client: contract::Client,
     running: Option<Running>,
 }
 
@@ -39,7 +44,7 @@ impl TestApp {
         format!("http://{}", self.grpc_addr)
     }
 
-    pub async fn get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+    pub async fn get(&self, path: &str) -> reqwest_middleware::Result<reqwest::Response> {
         self.client.get(self.url(path)).send().await
     }
 
@@ -56,6 +61,7 @@ impl TestApp {
 
     /// Begins a graceful shutdown, as SIGTERM would, and waits until the service stopped.
     pub async fn stop(mut self) -> Result<(), BoxError> {
+        contract::unregister(self.http_addr);
         match self.running.take() {
             Some(running) => {
                 running.shutdown();
@@ -79,6 +85,7 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        contract::unregister(self.http_addr);
         if let Some(running) = &self.running {
             running.shutdown();
         }
@@ -134,13 +141,14 @@ pub async fn spawn_with<S: Service>(
     env.extend(overrides);
 
     let running = shop_runtime::start::<S>(Env::from_pairs(env.clone())).await?;
+    if let Some(document) = S::openapi() {
+        contract::register(running.http_addr, Contract::new(document));
+    }
     Ok(TestApp {
         http_addr: running.http_addr,
         grpc_addr: running.grpc_addr,
         env,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
+        client: contract::http_client(Duration::from_secs(30)),
         running: Some(running),
     })
 }

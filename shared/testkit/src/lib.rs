@@ -10,9 +10,12 @@
 //!   isolated stores, and hands back its addresses.
 //! * [`proxy`]: a TCP proxy between a service and a dependency that a test can cut and
 //!   restore, to inject "the database/broker went away" faults.
+//! * [`contract`]: every answer a test receives from a service is checked against that
+//!   service's OpenAPI document; [`http_client`] for a test's own client.
 //! * [`wait`]: [`eventually`], the bounded wait every test uses instead of sleeping.
 
 pub mod app;
+pub mod contract;
 pub mod infra;
 pub mod isolation;
 pub mod ops;
@@ -21,6 +24,7 @@ pub mod proxy;
 pub mod wait;
 
 pub use app::{TestApp, spawn, spawn_with};
+pub use contract::http_client;
 pub use wait::eventually;
 
 /// Errors in test setup; tests just `?` or `expect` them.

@@ -23,7 +23,9 @@ use shop_auth::testing::TestIssuer;
 use shop_testkit::{TestApp, spawn_with};
 
 /// An upstream standing in for a service: answers every request with a JSON echo of it
-/// (method, path and query, headers, body length) and counts the requests it saw.
+/// (method, path and query, headers, body length) and counts the requests it saw. Its answers
+/// are marked [`shop_testkit::contract::STAND_IN`]: relayed by the gateway, they are not the
+/// public API's answers and are not checked against its document (the gateway's own are).
 #[derive(Debug, Clone)]
 pub struct Echo {
     pub url: String,
@@ -74,7 +76,12 @@ async fn echo(
         .collect();
     (
         StatusCode::OK,
-        [("etag", "\"v1\""), ("connection", "keep-alive")],
+        [
+            ("etag", "\"v1\""),
+            ("connection", "keep-alive"),
+            // made here, not by the gateway's services: not checked against the public document
+            (shop_testkit::contract::STAND_IN, "echo"),
+        ],
         cache_control,
         Json(serde_json::json!({
             "method": method.as_str(),
@@ -83,6 +90,14 @@ async fn echo(
             "body_len": body.len(),
         })),
     )
+}
+
+/// Stops checking `app`'s answers against the public document: for tests whose stand-in
+/// upstreams answer partial bodies (Pact's mock servers, a catalog reduced to the fields under
+/// test) and whose answers the gateway then replays from its cache, which keeps no
+/// [`shop_testkit::contract::STAND_IN`] mark.
+pub fn answers_from_partial_stand_ins(app: &TestApp) {
+    shop_testkit::contract::unregister(app.http_addr);
 }
 
 /// Every upstream variable pointed at `url`.

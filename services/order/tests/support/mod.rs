@@ -36,7 +36,8 @@ pub struct World {
     pub inventory: TestApp,
     pub payment: TestApp,
     pub admin: String,
-    pub http: reqwest::Client,
+    /// Checks each answer against its service's OpenAPI document ([`shop_testkit::contract`]).
+    pub http: shop_testkit::contract::Client,
 }
 
 /// What the participants need to verify tokens.
@@ -68,10 +69,7 @@ impl World {
         let payment = spawn_with::<PaymentService>(env)
             .await
             .expect("payment-service starts");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("client");
+        let http = shop_testkit::http_client(Duration::from_secs(20));
         let admin = login(&http, &user, "admin@example.com", "change-me-admin").await;
         Self {
             user,
@@ -234,7 +232,12 @@ impl World {
     }
 }
 
-pub async fn login(http: &reqwest::Client, user: &TestApp, email: &str, password: &str) -> String {
+pub async fn login(
+    http: &shop_testkit::contract::Client,
+    user: &TestApp,
+    email: &str,
+    password: &str,
+) -> String {
     let body: Value = http
         .post(user.url("/api/v1/auth/login"))
         .json(&json!({ "email": email, "password": password }))
@@ -271,7 +274,7 @@ pub fn order_body(items: &[(&str, u32)], card: &str) -> Value {
 
 /// `POST /api/v1/orders`: (status, body).
 pub async fn place(
-    http: &reqwest::Client,
+    http: &shop_testkit::contract::Client,
     base: &str,
     token: &str,
     key: &str,
@@ -290,7 +293,12 @@ pub async fn place(
 }
 
 /// Polls the order until it is no longer PENDING (bounded by [`PATIENCE`]).
-pub async fn settled(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Value {
+pub async fn settled(
+    http: &shop_testkit::contract::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         if let Ok(response) = http
