@@ -52,24 +52,15 @@ fn stock_event(
     kind: &str,
     data: JsonPattern,
 ) -> impl FnOnce(MessageInteractionBuilder) -> MessageInteractionBuilder {
-    let kind = kind.to_owned();
-    move |mut i| {
-        let routing_key = format!("inventory.{kind}");
-        let envelope = json_pattern!({
-            "specversion": "1.0",
-            "id": like!("0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a"),
-            "source": "inventory-service",
-            "type": kind,
-            "dataversion": 1,
-            "data": data,
-        });
-        let example = envelope.to_example().to_string();
-        i.json_body(envelope);
-        i.body(example, Some(CONTENT_TYPE.into()));
-        i.metadata("routingKey", routing_key.as_str());
-        i.metadata("contentType", CONTENT_TYPE);
-        i
+    let routing_key = format!("inventory.{kind}");
+    EventEnvelope {
+        source: "inventory-service",
+        kind,
+        version: 1,
+        routing_key: &routing_key,
+        content_type: CONTENT_TYPE,
     }
+    .declare(data)
 }
 
 fn level(available: i64, version: i64) -> JsonPattern {

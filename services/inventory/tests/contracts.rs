@@ -61,23 +61,14 @@ async fn create_stock_row(pool: &PgPool, message: &Message) -> Result<(), String
 fn product_created(
     data: JsonPattern,
 ) -> impl FnOnce(MessageInteractionBuilder) -> MessageInteractionBuilder {
-    move |mut i| {
-        let envelope = json_pattern!({
-            "specversion": "1.0",
-            "id": like!("0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a"),
-            "source": "catalog-service",
-            "type": "product.created",
-            "dataversion": 1,
-            "data": data,
-        });
-        // The pattern's example with the envelope's real content type.
-        let example = envelope.to_example().to_string();
-        i.json_body(envelope);
-        i.body(example, Some(CONTENT_TYPE.into()));
-        i.metadata("routingKey", ProductCreated::ROUTING_KEY);
-        i.metadata("contentType", CONTENT_TYPE);
-        i
+    EventEnvelope {
+        source: "catalog-service",
+        kind: "product.created",
+        version: 1,
+        routing_key: ProductCreated::ROUTING_KEY,
+        content_type: CONTENT_TYPE,
     }
+    .declare(data)
 }
 
 #[tokio::test]

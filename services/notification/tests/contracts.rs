@@ -142,22 +142,14 @@ where
     Contract::new(CONSUMER, provider)
         .message(
             &description,
-            |mut i| {
-                let envelope = json_pattern!({
-                    "specversion": "1.0",
-                    "id": like!("0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a"),
-                    "source": E::SOURCE,
-                    "type": E::kind(),
-                    "dataversion": E::VERSION,
-                    "data": data,
-                });
-                let example = envelope.to_example().to_string();
-                i.json_body(envelope);
-                i.body(example, Some(CONTENT_TYPE.into()));
-                i.metadata("routingKey", E::ROUTING_KEY);
-                i.metadata("contentType", CONTENT_TYPE);
-                i
-            },
+            EventEnvelope {
+                source: E::SOURCE,
+                kind: E::kind(),
+                version: E::VERSION,
+                routing_key: E::ROUTING_KEY,
+                content_type: CONTENT_TYPE,
+            }
+            .declare(data),
             |message| async move {
                 let mut envelope =
                     Envelope::from_slice(&message.body).map_err(|err| err.to_string())?;

@@ -11,6 +11,7 @@ use std::{collections::HashMap, fmt, future::Future, path::PathBuf};
 use bytes::Bytes;
 use pact_consumer::{
     builders::{MessageInteractionBuilder, PactBuilder, SyncMessageInteractionBuilder},
+    json_pattern, json_pattern_internal, like,
     mock_server::{StartMockServer, ValidatingMockServer},
     patterns::{JsonPattern, Pattern},
 };
@@ -31,6 +32,56 @@ use crate::{
     ContractError, Message,
     grpc::{self, Descriptors, GRPC_JSON, METHOD_KEY, STATUS_KEY},
 };
+
+/// What a message pact says of the CloudEvents envelope an event travels in (the structured
+/// mode of `shop_messaging::envelope`): who sent it, its type and data version, the routing key
+/// it is published under, and its content type. Every consumer's message pact declares events
+/// this one way, so the envelope's shape is written once.
+#[derive(Debug, Clone, Copy)]
+pub struct EventEnvelope<'a> {
+    /// `source`, the producing service (`catalog-service`).
+    pub source: &'a str,
+    /// `type`, e.g. `product.created`.
+    pub kind: &'a str,
+    /// `dataversion`.
+    pub version: u32,
+    pub routing_key: &'a str,
+    /// `shop_messaging::envelope::CONTENT_TYPE`. Passed in rather than named here: this crate
+    /// is a dev-dependency of shop-messaging, so it cannot depend on it.
+    pub content_type: &'a str,
+}
+
+impl EventEnvelope<'_> {
+    /// The message declaration for [`Contract::message`]: the envelope around `data` as the
+    /// body's pattern (any event id of the example's shape), its example as the body with the
+    /// envelope's content type, and the routing key and content type as metadata.
+    pub fn declare(
+        self,
+        data: JsonPattern,
+    ) -> impl FnOnce(MessageInteractionBuilder) -> MessageInteractionBuilder + use<> {
+        let (source, kind) = (self.source.to_owned(), self.kind.to_owned());
+        let (routing_key, content_type) =
+            (self.routing_key.to_owned(), self.content_type.to_owned());
+        let version = self.version;
+        move |mut i| {
+            let envelope = json_pattern!({
+                "specversion": "1.0",
+                "id": like!("0193e1c2-7d5e-7c1a-9a4b-8f1e2d3c4b5a"),
+                "source": source,
+                "type": kind,
+                "dataversion": version,
+                "data": data,
+            });
+            // The pattern's example, sent with the envelope's real content type.
+            let example = envelope.to_example().to_string();
+            i.json_body(envelope);
+            i.body(example, Some(content_type.clone()));
+            i.metadata("routingKey", routing_key.as_str());
+            i.metadata("contentType", content_type.as_str());
+            i
+        }
+    }
+}
 
 /// The contract one consumer has with one provider, written to
 /// `<dir>/<consumer>-<provider>.json` (by default in [`crate::contracts_dir`]).

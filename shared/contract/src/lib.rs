@@ -113,7 +113,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-pub use consumer::{Contract, GrpcExample, GrpcInteraction, MockServer};
+pub use consumer::{Contract, EventEnvelope, GrpcExample, GrpcInteraction, MockServer};
 pub use pact_consumer;
 pub use provider::{Provider, State, Verification};
 
@@ -122,7 +122,7 @@ pub use provider::{Provider, State, Verification};
 pub mod prelude {
     pub use pact_consumer::prelude::*;
 
-    pub use crate::{Contract, GrpcInteraction, Message, Provider};
+    pub use crate::{Contract, EventEnvelope, GrpcInteraction, Message, Provider};
 }
 
 /// The repository's `contracts/` folder, where contracts are written and read by default.
