@@ -12,14 +12,14 @@
 //! | [`stack`] | the seven services as child processes on free ports; RSS, CPU, readiness |
 //! | [`cpu`] | CPU time by part of the system (services, PostgreSQL, FerretDB, …) per order |
 //! | [`nginx`] | the reference proxy (Debian's package, one worker) |
-//! | [`scenarios`] | the six scenarios |
+//! | [`scenarios`] | the seven scenarios |
 //! | [`profile`] | a flat `perf` profile of a process during a run |
 //! | [`report`], [`plot`] | `report.md`, `results/results.json`, SVG plots |
 //! | [`run`] | one run, start to end, cleaning up whatever fails |
 //! | [`chaos`] | `make chaos`: one fault at a time under load, and the invariants afterwards |
 //!
 //! Usage: `shop-bench run [--quick] [--bin-dir target/release] [--out bench] [--only 1,4]`
-//! (`--only`: some of scenarios 1–4 and 6, for working on one; the report then lacks the others);
+//! (`--only`: some of scenarios 1–4, 6 and 7, for working on one; the report then lacks the others);
 //! `shop-bench upstream --listen 127.0.0.1:PORT` is the trivial upstream (started by `run`).
 //! `shop-bench chaos [--quick] [--rate 20] [--only kill-order,redis-down] [--bin-dir target/debug]
 //! [--out target/chaos]` runs the fault scenarios ([`chaos`]; `--list` names them).

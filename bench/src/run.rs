@@ -1,5 +1,5 @@
 //! One benchmark run, start to end: the run's slice of the infrastructure, the trivial upstream,
-//! nginx, the seven services, the six scenarios, the report — and everything stopped and
+//! nginx, the seven services, the seven scenarios, the report — and everything stopped and
 //! dropped again, whatever failed on the way.
 
 use std::{
@@ -33,7 +33,7 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// The release build time, as measured by the caller.
     pub build: Option<String>,
-    /// Run only these of scenarios 1–4 and 6 (`--only 1,4`), for working on one of them; the
+    /// Run only these of scenarios 1–4, 6 and 7 (`--only 1,4`), for working on one of them; the
     /// footprint (5) is always read. `None`: all of them, as `make bench` does.
     pub only: Option<Vec<u8>>,
 }
@@ -174,6 +174,7 @@ pub async fn run(options: Options) -> Result<PathBuf> {
         orders: partial.orders,
         events: partial.events,
         claims: partial.claims,
+        mail: partial.mail,
         footprint: partial.footprint,
         mails_sent: partial.mails,
         ratios: Default::default(),
@@ -206,6 +207,7 @@ struct Partial {
     orders: Option<scenarios::orders::OrdersResults>,
     events: Option<scenarios::events::EventsResults>,
     claims: Option<scenarios::claims::ClaimsResults>,
+    mail: Option<scenarios::mail::MailResults>,
     footprint: Vec<Footprint>,
     mails: u64,
     failures: Vec<String>,
@@ -225,7 +227,12 @@ async fn measure(
         Err(err) => return Err((partial, err.into())),
     };
     let smtp_port = smtp.local_addr().map(|a| a.port()).unwrap_or_default();
-    let sink = tokio::spawn(crate::smtp::serve(smtp, mails.clone()));
+    let watch = crate::smtp::Watch::default();
+    let sink = tokio::spawn(crate::smtp::serve_watched(
+        smtp,
+        mails.clone(),
+        watch.clone(),
+    ));
 
     let outcome = async {
         let amqp = slice.vhost("stack").await?;
@@ -253,6 +260,7 @@ async fn measure(
             nginx_binary,
             &stack,
             amqp.as_ref(),
+            &watch,
             &mut partial,
         )
         .await;
@@ -286,6 +294,7 @@ async fn scenarios_on(
     nginx_binary: Option<PathBuf>,
     stack: &Stack,
     amqp: &str,
+    watch: &crate::smtp::Watch,
     partial: &mut Partial,
 ) -> Result<()> {
     // Scenario 5 first: the footprint of a system that has not served anything yet.
@@ -407,8 +416,18 @@ async fn scenarios_on(
         }
     }
 
-    if options.wants(2) || options.wants(3) || options.wants(6) {
-        scenarios_2_and_3(options, settings, slice, stack, amqp, nginx_target, partial).await?;
+    if options.wants(2) || options.wants(3) || options.wants(6) || options.wants(7) {
+        scenarios_2_and_3(
+            options,
+            settings,
+            slice,
+            stack,
+            amqp,
+            nginx_target,
+            watch,
+            partial,
+        )
+        .await?;
     }
     if let Some(Reference {
         upstream, nginx, ..
@@ -428,7 +447,8 @@ fn profile_dir(options: &Options, settings: &Settings) -> Option<PathBuf> {
     (!settings.quick).then(|| options.out_dir.join("results"))
 }
 
-/// Scenarios 2, 6 and 3 share their users and stock, prepared through the stack's gateway.
+/// Scenarios 2, 6, 7 and 3 share their users and stock, prepared through the stack's gateway.
+#[allow(clippy::too_many_arguments)]
 async fn scenarios_2_and_3(
     options: &Options,
     settings: &Settings,
@@ -436,6 +456,7 @@ async fn scenarios_2_and_3(
     stack: &Stack,
     amqp: &str,
     nginx: Option<Target>,
+    watch: &crate::smtp::Watch,
     partial: &mut Partial,
 ) -> Result<()> {
     let profile_dir = profile_dir(options, settings);
@@ -504,6 +525,32 @@ async fn scenarios_2_and_3(
             Err(err) => partial
                 .failures
                 .push(format!("scenario 6 (speed claims): {err:#}")),
+        }
+    }
+
+    // Scenario 7 before the orders too: it measures the mail pipeline, not a backlog of them.
+    if options.wants(7) {
+        let mail = async {
+            let customers =
+                scenarios::mail::customers(&format!("http://{}", gateway.http), &shop.tokens)
+                    .await?;
+            scenarios::mail::run_scenario(
+                settings,
+                scenarios::mail::Target {
+                    amqp,
+                    mongodb_url: &slice.infra.mongodb,
+                    notification_db: &stack.notification_db,
+                    customers,
+                    watch,
+                },
+            )
+            .await
+        };
+        match mail.await {
+            Ok(results) => partial.mail = Some(results),
+            Err(err) => partial
+                .failures
+                .push(format!("scenario 7 (mail with history): {err:#}")),
         }
     }
 

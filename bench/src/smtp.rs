@@ -7,6 +7,8 @@
 //!
 //! The chaos suite also keeps each message's recipients and text ([`serve_recording`]): "one
 //! email per order event, none missing, none doubled" is checked on what really arrived here.
+//! A [`Watch`] hands each message's `Message-ID` and arrival instant to whoever installed one
+//! (scenario 7 times every mail from its event's due time to this sink).
 
 use std::sync::{
     Arc, Mutex,
@@ -16,6 +18,8 @@ use std::sync::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
+    sync::mpsc::UnboundedSender,
+    time::Instant,
 };
 
 /// One message as it arrived: the `RCPT TO` addresses and the DATA, line endings kept.
@@ -28,9 +32,60 @@ pub struct Received {
 /// The messages a recording sink received so far.
 pub type Mailbox = Arc<Mutex<Vec<Received>>>;
 
+/// A message's arrival, as a [`Watch`] reports it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// When the sink accepted it (before its `250`).
+    pub at: Instant,
+    /// The `Message-ID` header's value, if it had one.
+    pub message_id: Option<String>,
+}
+
+/// Where a sink reports arrivals while someone listens: installed for a scenario, removed
+/// after it; with none installed the sink only counts.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    listener: Arc<Mutex<Option<UnboundedSender<Arrival>>>>,
+}
+
+impl Watch {
+    pub fn install(&self, sender: UnboundedSender<Arrival>) {
+        *lock(&self.listener) = Some(sender);
+    }
+
+    pub fn remove(&self) {
+        *lock(&self.listener) = None;
+    }
+
+    fn listening(&self) -> bool {
+        lock(&self.listener).is_some()
+    }
+
+    fn report(&self, arrival: Arrival) {
+        if let Some(sender) = lock(&self.listener).as_ref() {
+            let _ = sender.send(arrival);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Serves SMTP on `listener` until the task is dropped; `accepted` counts the messages.
 pub async fn serve(listener: TcpListener, accepted: Arc<AtomicU64>) -> std::io::Result<()> {
-    serve_inner(listener, accepted, None).await
+    serve_inner(listener, accepted, None, None).await
+}
+
+/// Like [`serve`], and reports each arrival to `watch` while a listener is installed.
+pub async fn serve_watched(
+    listener: TcpListener,
+    accepted: Arc<AtomicU64>,
+    watch: Watch,
+) -> std::io::Result<()> {
+    serve_inner(listener, accepted, None, Some(watch)).await
 }
 
 /// Like [`serve`], and keeps every message in `mailbox`.
@@ -39,28 +94,43 @@ pub async fn serve_recording(
     accepted: Arc<AtomicU64>,
     mailbox: Mailbox,
 ) -> std::io::Result<()> {
-    serve_inner(listener, accepted, Some(mailbox)).await
+    serve_inner(listener, accepted, Some(mailbox), None).await
 }
 
 async fn serve_inner(
     listener: TcpListener,
     accepted: Arc<AtomicU64>,
     mailbox: Option<Mailbox>,
+    watch: Option<Watch>,
 ) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let accepted = accepted.clone();
         let mailbox = mailbox.clone();
+        let watch = watch.clone();
         tokio::spawn(async move {
-            let _ = session(stream, &accepted, mailbox.as_ref()).await;
+            let _ = session(stream, &accepted, mailbox.as_ref(), watch.as_ref()).await;
         });
     }
+}
+
+/// The value of the `Message-ID` header in a message's DATA (headers end at the first empty
+/// line; header names are case-insensitive).
+fn message_id(data: &str) -> Option<String> {
+    data.lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("message-id")
+                .then(|| value.trim().to_owned())
+        })
 }
 
 async fn session(
     stream: TcpStream,
     accepted: &AtomicU64,
     mailbox: Option<&Mailbox>,
+    watch: Option<&Watch>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
@@ -79,6 +149,12 @@ async fn session(
                 // Counted (and kept) before the 250: a sender that got its 250 has a message
                 // here, one that did not may send it again — as with a real server.
                 accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(watch) = watch.filter(|watch| watch.listening()) {
+                    watch.report(Arrival {
+                        at: Instant::now(),
+                        message_id: message_id(&message.data),
+                    });
+                }
                 if let Some(mailbox) = mailbox {
                     mailbox
                         .lock()
@@ -86,7 +162,7 @@ async fn session(
                         .push(std::mem::take(&mut message));
                 }
                 write.write_all(b"250 OK: queued\r\n").await?;
-            } else if mailbox.is_some() {
+            } else if mailbox.is_some() || watch.is_some_and(Watch::listening) {
                 message.data.push_str(&line);
             }
             continue;
@@ -117,5 +193,20 @@ async fn session(
             _ => b"250 OK\r\n",
         };
         write.write_all(reply).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_id_is_read_from_the_headers_only() {
+        let data = "From: shop <shop@example.com>\r\nmessage-id: <abc@shop.example>\r\nSubject: hi\r\n\r\nMessage-ID: <body@x>\r\n";
+        assert_eq!(message_id(data).as_deref(), Some("<abc@shop.example>"));
+        assert_eq!(
+            message_id("Subject: hi\r\n\r\nMessage-ID: <body@x>\r\n"),
+            None
+        );
     }
 }

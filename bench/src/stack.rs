@@ -361,6 +361,8 @@ impl Via {
 #[derive(Debug)]
 pub struct Stack {
     pub procs: Vec<Proc>,
+    /// notification-service's MongoDB database (scenario 7 writes its history there).
+    pub notification_db: String,
 }
 
 impl Stack {
@@ -527,7 +529,10 @@ impl Stack {
             gateway_env.extend(unlimited_rates());
         }
         procs.push(start_one("gateway", wiring, gateway_env).await?);
-        Ok(Self { procs })
+        Ok(Self {
+            procs,
+            notification_db,
+        })
     }
 
     /// Stops every service, all at once (each drains on its own; nothing is left to order).

@@ -34,6 +34,7 @@ fn a_quick_run_on_the_debug_build_writes_the_report_the_results_and_the_plots() 
         "## 3. Orders end to end",
         "## 4. Event pipeline",
         "## 5. Footprint",
+        "## 7. Mail on a store with history",
     ] {
         assert!(
             report.contains(section),

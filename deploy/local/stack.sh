@@ -6,7 +6,7 @@
 # and runs, as plain processes on this machine:
 #
 #   infrastructure  PostgreSQL 15, Redis, RabbitMQ (+ management UI) and
-#                   FerretDB (a MongoDB wire-protocol server on SQLite),
+#                   FerretDB (a MongoDB wire-protocol server on PostgreSQL),
 #                   MailDev (a mail catcher: SMTP + web page + REST API),
 #                   Jaeger (traces: an OTLP receiver the services export to,
 #                   a query API and UI; spans kept in memory)
@@ -17,7 +17,7 @@
 #   .local/postgres/      PostgreSQL data directory (owned by the postgres user)
 #   .local/redis/         Redis working directory
 #   .local/rabbitmq/      RabbitMQ config, database, Erlang cookie, env.sh
-#   .local/ferretdb/      FerretDB's SQLite files
+#   .local/ferretdb/      FerretDB's state (its data is in PostgreSQL's ferretdb database)
 #   .local/logs/<x>.log   one log file per process
 #   .local/run/<x>.pid    pid of each process we started (+ <x>.start, its
 #                         start time; + the PostgreSQL unix socket)
@@ -180,7 +180,7 @@ gateway               8080 50050 OPS_ADDR=127.0.0.1:9080 REDIS_URL=redis://127.0
 # Extra PostgreSQL roles that are not tied to a service: "role database attrs".
 #   testkit  — the integration tests log in as testkit and create (and drop) a
 #              fresh database per test, hence CREATEDB CREATEROLE.
-#   ferretdb — only used if FerretDB is switched to its PostgreSQL backend.
+#   ferretdb — FerretDB's backend: each MongoDB database is a schema of its database.
 EXTRA_PG_ROLES='
 testkit   -        CREATEDB CREATEROLE
 ferretdb  ferretdb
@@ -918,14 +918,21 @@ start_ferretdb() {
     clear_stale ferretdb
     ensure_ports_free ferretdb "$MONGO_PORT" "$FERRETDB_DEBUG_PORT"
     mkdir -p "$FERRETDB_DIR"
-    say "ferretdb: starting on 127.0.0.1:$MONGO_PORT (SQLite in $FERRETDB_DIR)"
-    # v1 flags (see `ferretdb --help`). No auth; each database is one SQLite
-    # file in FERRETDB_DIR (state.json, FerretDB's own bookkeeping, too).
+    say "ferretdb: starting on 127.0.0.1:$MONGO_PORT (PostgreSQL backend, database ferretdb)"
+    # v1 flags (see `ferretdb --help`). No auth; each MongoDB database is one schema of
+    # PostgreSQL's `ferretdb` database (role and database made with the others, above).
+    # Why PostgreSQL and not v1's SQLite backend: on SQLite even an `{_id: ...}` lookup reads
+    # the whole collection — FerretDB queries `_ferretdb_sjson->'$._id'` while its unique
+    # index is on `_ferretdb_sjson->"_id"`, and SQLite uses an expression index only for the
+    # same expression (`EXPLAIN QUERY PLAN` says SCAN) — so the cost of every read grew with
+    # what was stored. On PostgreSQL the `_id` lookup and equality filters use the indexes
+    # (bench/findings.md, "Scenario 7"). FerretDB's own state.json stays in FERRETDB_DIR.
     # The debug listener serves /debug/livez (used below) and /debug/metrics;
     # --debug-addr=- would switch it off.
     launch ferretdb "$FERRETDB_DIR" "$FERRETDB_BIN" \
       --listen-addr="127.0.0.1:$MONGO_PORT" \
-      --handler=sqlite --sqlite-url="file:$FERRETDB_DIR/" \
+      --handler=postgresql \
+      --postgresql-url="postgres://ferretdb:ferretdb@127.0.0.1:$PG_PORT/ferretdb" \
       --state-dir="$FERRETDB_DIR" \
       --debug-addr="127.0.0.1:$FERRETDB_DEBUG_PORT" \
       --telemetry=disable --log-level=info
@@ -1055,7 +1062,7 @@ INFRASTRUCTURE
   Redis        redis://127.0.0.1:$REDIS_PORT
   RabbitMQ     amqp://127.0.0.1:$AMQP_PORT
   RabbitMQ UI  http://127.0.0.1:$RABBIT_MGMT_PORT   (guest / guest)
-  MongoDB API  mongodb://127.0.0.1:$MONGO_PORT/   (FerretDB $FERRETDB_VERSION on SQLite)
+  MongoDB API  mongodb://127.0.0.1:$MONGO_PORT/   (FerretDB $FERRETDB_VERSION on PostgreSQL)
   Mail (SMTP)  smtp://127.0.0.1:$SMTP_PORT   read it at http://127.0.0.1:$MAIL_WEB_PORT   (MailDev $MAILDEV_VERSION)
   Traces       http://127.0.0.1:$JAEGER_UI_PORT   (Jaeger $JAEGER_VERSION; the services export to OTLP http://127.0.0.1:$OTLP_HTTP_PORT)
 

@@ -183,9 +183,9 @@ impl Store {
     /// `ids` must be distinct (both callers deduplicate them): each id is one read.
     ///
     /// One point read per id, [`GET_MANY_CONCURRENCY`] at a time, rather than one `$in`:
-    /// FerretDB v1 hands its SQLite backend only a filter that is exactly `{_id: <string>}`.
-    /// Any other filter, `$in` included, makes it read and decode every product of the
-    /// collection, `search_terms` arrays and all. With the 24 demo products that was most of
+    /// FerretDB v1 hands its backend only plain equality filters (on SQLite only one that is
+    /// exactly `{_id: <string>}`), never `$in`: a `$in` makes FerretDB itself read and decode
+    /// every product of the collection, `search_terms` arrays and all. With the 24 demo products that was most of
     /// FerretDB's CPU under `make bench`'s orders (every `POST /orders` prices its cart here;
     /// `bench/findings.md`, runs 8–9), and it grows with the catalog. On MongoDB a point read
     /// is one index lookup, and a cart has few lines (at most [`crate::grpc::MAX_IDS`]).

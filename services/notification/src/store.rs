@@ -1,22 +1,31 @@
-//! Where notifications are kept, and how each path reaches them in time that does not grow with
-//! the number stored.
+//! Where notifications are kept, and how each path reaches them on two very different servers.
 //!
 //! # Two servers, two layouts
 //!
 //! The store speaks the MongoDB protocol to two very different servers:
 //!
-//! * **MongoDB** (compose, Helm): secondary indexes, atomic single-document updates, TTL
-//!   indexes. Its best path is the plain one: one `notifications` collection that is at the
-//!   same time the history and the send queue, with an index per query ([`Layout::Indexed`]).
-//! * **FerretDB v1 on SQLite** (the native stack, the tests, CI): it pushes down to SQLite
-//!   **only a filter that is exactly `{_id: <string>}`**. Any other filter or sort — and
-//!   whatever indexes were created — reads and decodes every document of the collection, so a
-//!   claim on `status` + `next_attempt_at` or a listing on `user_id` costs as much as the whole
-//!   history; with a few thousand emails stored that was one email every ~2 s and 1.6 s per
-//!   listing. Its `findAndModify` and `update` are also read-then-overwrite, not atomic between
-//!   two clients; only an insert (unique `_id`) and a delete (which counts what it deleted)
-//!   are. [`Layout::Keyed`] is built from those: every read and write of the history is by
-//!   `_id`, and what must be found without knowing an `_id` lives in small collections.
+//! * **MongoDB** (compose, Helm, production): secondary indexes, atomic single-document
+//!   updates, TTL indexes. Its best path is the plain one: one `notifications` collection that
+//!   is at the same time the history and the send queue, with an index per query
+//!   ([`Layout::Indexed`]); every path is an index lookup, so its cost does not grow with the
+//!   number stored.
+//! * **FerretDB v1** (the native stack, the tests, CI): **no query uses an index**, on either of
+//!   its backends. On SQLite FerretDB pushes down only a filter that is exactly `{_id: <string>}`,
+//!   as `_ferretdb_sjson->'$._id' = ?`, while the unique index it made is on
+//!   `_ferretdb_sjson->"_id"`: SQLite uses an expression index only for the same expression, so
+//!   `EXPLAIN QUERY PLAN` says `SCAN` and every lookup parses every stored document. On
+//!   PostgreSQL (what `deploy/local/stack.sh` runs since this was found) equality filters are
+//!   pushed down as `_jsonb->$1 @> $2`, which no btree expression index serves: a sequential
+//!   scan too, but over binary JSONB, about ten times cheaper (`bench/findings.md`, "Scenario
+//!   7"). Its `findAndModify` and `update` are also read-then-overwrite, not atomic between two
+//!   clients; only an insert (unique `_id`, which *does* use the index) and a delete (which
+//!   counts what it deleted) are. [`Layout::Keyed`] is built from those: what must be found
+//!   without knowing an `_id` lives in small collections (the pending sends, the claims), so
+//!   searching for due work never reads the history. Reads and updates of the history by
+//!   `_id` remain (the claim reads the message, the outcome marks it, a listing reads each
+//!   item) and on FerretDB v1 each one still costs a scan of the history: a few milliseconds
+//!   per thousand stored on PostgreSQL. Bounded cost on FerretDB would need a history that is
+//!   never read on the send path; production's MongoDB does not need it.
 //!
 //! [`Layout::detect`] picks the layout from `buildInfo` (FerretDB v1 reports
 //! `ferretdbVersion: "v1..."`). Both layouts keep the same history documents, so the API and
@@ -35,7 +44,7 @@
 //! # `Layout::Keyed` (FerretDB v1)
 //!
 //! ```text
-//! notifications      {_id: event id, ...the record...}             history: read/written by _id only
+//! notifications      {_id: event id, ...the record...}             history: read/written by _id only (each a scan on FerretDB v1)
 //! notification_outbox {_id: event id, attempts, next_attempt_at}   pending sends only: deleted when done
 //! notification_claims {_id: "<event id>#<attempt>", at}            one insert per attempt = the claim
 //! notification_by_user {_id: "<user>:<yyyy-mm>", entries: [{id, at}]}  a user's ids per month

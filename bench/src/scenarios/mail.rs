@@ -1,0 +1,413 @@
+//! Scenario 7, emails on a store with history: `order.order.confirmed` published to the
+//! stack's broker → notification-service (records it, looks the customer up in user-service
+//! over gRPC, renders, claims, sends) → accepted by the bench's SMTP sink. Latency runs from an
+//! event's due time (before it is published) to the moment the sink accepted its mail.
+//!
+//! # Why this scenario exists
+//!
+//! Scenario 4 measures the messaging library on a fresh database. What users feel is the whole
+//! pipeline on a store that has run for weeks: an earlier design claimed each email with a
+//! query FerretDB v1 evaluates by reading every stored document, so every email ever sent made
+//! the next one slower — thousands of customers waited hours for their confirmation, and it got
+//! worse each day (`docs/adr/0012-notifications.md`). The figure that proves the cost of one
+//! email does not grow with history is the same rate measured twice: on an almost empty store,
+//! then with [`Settings::mail_history`] notifications stored (100,000 in the full run). The two
+//! should agree; the first is the baseline, the second the verdict.
+//!
+//! # How
+//!
+//! * The events are published with the services' own [`Publisher`] (confirms, the CloudEvents
+//!   envelope), for customers that exist (registered by the shared preparation), so the
+//!   lookup in user-service is real. No order exists behind them: notification-service does not
+//!   ask order-service, it trusts the event, as it does in production.
+//! * The history is written straight into the `notifications` collection in bulk, documents
+//!   shaped as the service writes them (sent order confirmations of other customers, bodies of a
+//!   few kilobytes), as `services/notification/tests/notifications.rs` does.
+//! * Each mail carries the event id in its `Message-ID` (`<event id@domain>`): the sink hands
+//!   that header and the arrival instant to this scenario ([`crate::smtp::Watch`]), which looks up
+//!   the event's due time. A mail that never arrives within the drain is counted as missing.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use shop_events::{
+    Money,
+    order::{OrderConfirmed, OrderLine},
+};
+use shop_messaging::{Event, publisher::Publisher};
+use shop_runtime::{health::Readiness, stores::amqp::AmqpConfig};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::{
+    loadgen::{Measured, Outcome, Plan, Summary, Ticket, Worker, histogram, run},
+    say,
+    scenarios::Settings,
+    smtp::{Arrival, Watch},
+};
+
+/// One window at the scenario's rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailPoint {
+    /// Notifications in the store when the window started.
+    pub stored: u64,
+    pub rate: f64,
+    /// The publishes (broker confirmed = ok).
+    pub publish: Measured,
+    /// Mails accepted by the sink for this window's events.
+    pub delivered: u64,
+    /// Published but no mail within the drain.
+    pub missing: u64,
+    /// Delivered mails per second, from the window's start to its last mail.
+    pub delivered_per_s: f64,
+    /// Due → accepted by the sink.
+    pub latency: Summary,
+    /// Milliseconds of CPU per delivered mail, by part of the system, largest first.
+    pub cpu_ms_per_mail: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MailResults {
+    /// On an (almost) empty store: the baseline.
+    pub fresh: MailPoint,
+    /// With the history written: the windows, in order.
+    pub with_history: Vec<MailPoint>,
+    /// How long writing the history took.
+    pub history_fill_s: f64,
+    /// The index into `with_history` of the median window by p99.
+    pub median: usize,
+}
+
+impl MailResults {
+    /// The window the verdict is read from.
+    pub fn median_window(&self) -> &MailPoint {
+        &self.with_history[self.median]
+    }
+
+    /// p99 with history over p99 without: ≈ 1 when the cost does not grow with what is stored.
+    pub fn history_p99_ratio(&self) -> Option<f64> {
+        let fresh = self.fresh.latency.p99_ms;
+        (fresh > 0.0).then(|| self.median_window().latency.p99_ms / fresh)
+    }
+}
+
+/// The events in flight: event id → due time.
+type Due = Arc<Mutex<HashMap<Uuid, Instant>>>;
+
+/// Publishes one `OrderConfirmed` per ticket, for a customer taken round robin.
+struct Publish {
+    publisher: Arc<Publisher>,
+    customers: Arc<Vec<Uuid>>,
+    due: Due,
+}
+
+impl Worker for Publish {
+    async fn call(&mut self, ticket: Ticket) -> Outcome {
+        let user_id = self.customers[ticket.index as usize % self.customers.len()];
+        let confirmed = OrderConfirmed {
+            order_id: Uuid::now_v7(),
+            user_id,
+            items: vec![OrderLine {
+                product_id: "bench-product".to_owned(),
+                sku: "BENCH-1".to_owned(),
+                name: "Bench mug".to_owned(),
+                quantity: 1,
+                unit_price: eur(1250),
+            }],
+            total: eur(1250),
+        };
+        let Ok(envelope) = confirmed.envelope() else {
+            return Outcome::Error;
+        };
+        lock(&self.due).insert(envelope.id, ticket.due);
+        let published = self
+            .publisher
+            .publish_events(&[(OrderConfirmed::ROUTING_KEY.to_owned(), envelope.clone())])
+            .await;
+        if published.iter().all(Result::is_ok) {
+            Outcome::Ok
+        } else {
+            lock(&self.due).remove(&envelope.id);
+            Outcome::Error
+        }
+    }
+}
+
+fn eur(amount: i64) -> Money {
+    Money {
+        amount,
+        currency: "EUR".to_owned(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The event id in a `Message-ID` of the form `<event id@domain>`.
+pub fn event_id(message_id: &str) -> Option<Uuid> {
+    let inner = message_id.trim().strip_prefix('<')?.split_once('@')?.0;
+    inner.parse().ok()
+}
+
+/// The ids of the customers whose tokens these are (`GET /api/v1/users/me`).
+pub async fn customers(gateway: &str, tokens: &[String]) -> Result<Vec<Uuid>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut ids = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        let me: serde_json::Value = http
+            .get(format!("{gateway}/api/v1/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ids.push(
+            me["id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .context("GET /users/me has an id")?,
+        );
+    }
+    Ok(ids)
+}
+
+/// Where the scenario runs: the stack's broker and notification's database.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub amqp: &'a str,
+    pub mongodb_url: &'a str,
+    pub notification_db: &'a str,
+    /// Registered customers.
+    pub customers: Vec<Uuid>,
+    pub watch: &'a Watch,
+}
+
+pub async fn run_scenario(settings: &Settings, target: Target<'_>) -> Result<MailResults> {
+    anyhow::ensure!(!target.customers.is_empty(), "no customers to mail");
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let amqp = shop_runtime::stores::amqp::connect(
+        &AmqpConfig {
+            url: target.amqp.parse().context("the stack's vhost URL")?,
+        },
+        "shop-bench-mail",
+        &Readiness::default(),
+        shutdown.clone(),
+        &tasks,
+    );
+    amqp.wait_connected(Duration::from_secs(30))
+        .await
+        .context("the broker did not accept a connection within 30 s")?;
+    let publisher = Arc::new(Publisher::new(amqp));
+    let mongo = mongodb::Client::with_uri_str(target.mongodb_url).await?;
+    let history = mongo
+        .database(target.notification_db)
+        .collection::<mongodb::bson::Document>("notifications");
+
+    let (tx, mut arrivals) = mpsc::unbounded_channel();
+    target.watch.install(tx);
+    let due: Due = Arc::default();
+    let customers = Arc::new(target.customers);
+    let publishers = || -> Vec<Publish> {
+        (0..16)
+            .map(|_| Publish {
+                publisher: publisher.clone(),
+                customers: customers.clone(),
+                due: due.clone(),
+            })
+            .collect()
+    };
+
+    // Let the welcome mails of the preparation drain first: they are not this scenario's.
+    settle(&mut arrivals, Duration::from_secs(2)).await;
+    let stored = history.estimated_document_count().await?;
+    let fresh = measure(settings, stored, publishers(), &due, &mut arrivals).await;
+    say!(
+        "scenario 7: {stored} stored: {} of {} mailed, p99 {:.0} ms",
+        fresh.delivered,
+        fresh.publish.ok,
+        fresh.latency.p99_ms
+    );
+
+    let started = Instant::now();
+    fill(&history, settings.mail_history).await?;
+    let history_fill_s = started.elapsed().as_secs_f64();
+    say!(
+        "scenario 7: {} notifications written in {history_fill_s:.0} s",
+        settings.mail_history
+    );
+
+    let mut with_history = Vec::new();
+    for _ in 0..settings.mail_windows {
+        let stored = history.estimated_document_count().await?;
+        let point = measure(settings, stored, publishers(), &due, &mut arrivals).await;
+        say!(
+            "scenario 7: {stored} stored: {} of {} mailed, {:.0}/s, p99 {:.0} ms",
+            point.delivered,
+            point.publish.ok,
+            point.delivered_per_s,
+            point.latency.p99_ms
+        );
+        with_history.push(point);
+    }
+    target.watch.remove();
+    shutdown.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+
+    let mut order: Vec<usize> = (0..with_history.len()).collect();
+    order.sort_by(|&a, &b| {
+        with_history[a]
+            .latency
+            .p99_ms
+            .total_cmp(&with_history[b].latency.p99_ms)
+    });
+    Ok(MailResults {
+        fresh,
+        median: order[order.len() / 2],
+        with_history,
+        history_fill_s,
+    })
+}
+
+/// One window: publish at the rate, then wait (up to the drain) for every mail.
+async fn measure(
+    settings: &Settings,
+    stored: u64,
+    workers: Vec<Publish>,
+    due: &Due,
+    arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
+) -> MailPoint {
+    let cpu_before = crate::cpu::by_part();
+    let start = Instant::now();
+    let publish = run(
+        &Plan::open(settings.mail_rate, settings.mail_window),
+        workers,
+    )
+    .await;
+    let mut latency = histogram();
+    let mut delivered = 0u64;
+    let mut last = start;
+    let drain_until = Instant::now() + settings.mail_drain;
+    while !lock(due).is_empty() {
+        let Ok(Some(arrival)) = tokio::time::timeout_at(drain_until, arrivals.recv()).await else {
+            break;
+        };
+        let Some(due_at) = arrival
+            .message_id
+            .as_deref()
+            .and_then(event_id)
+            .and_then(|id| lock(due).remove(&id))
+        else {
+            continue;
+        };
+        delivered += 1;
+        last = last.max(arrival.at);
+        let micros = u64::try_from(arrival.at.saturating_duration_since(due_at).as_micros())
+            .unwrap_or(u64::MAX);
+        latency.saturating_record(micros.max(1));
+    }
+    let cpu_after = crate::cpu::by_part();
+    let missing = {
+        let mut due = lock(due);
+        let missing = due.len() as u64;
+        due.clear();
+        missing
+    };
+    let span = last.saturating_duration_since(start).as_secs_f64();
+    MailPoint {
+        stored,
+        rate: settings.mail_rate,
+        publish,
+        delivered,
+        missing,
+        delivered_per_s: if span > 0.0 {
+            delivered as f64 / span
+        } else {
+            0.0
+        },
+        latency: Summary::of(&latency),
+        cpu_ms_per_mail: crate::cpu::per_unit(&cpu_before, &cpu_after, delivered)
+            .into_iter()
+            .filter(|(part, _)| {
+                [
+                    "notification-service",
+                    "ferretdb",
+                    "user-service",
+                    "rabbitmq",
+                ]
+                .contains(&part.as_str())
+            })
+            .collect(),
+    }
+}
+
+/// Drops arrivals until none came for `quiet`.
+async fn settle(arrivals: &mut mpsc::UnboundedReceiver<Arrival>, quiet: Duration) {
+    while let Ok(Some(_)) = tokio::time::timeout(quiet, arrivals.recv()).await {}
+}
+
+/// Writes `n` sent order confirmations of other customers into the history, in bulk.
+async fn fill(
+    history: &mongodb::Collection<mongodb::bson::Document>,
+    n: u64,
+) -> mongodb::error::Result<()> {
+    use mongodb::bson::{DateTime, doc};
+    let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
+    let newest = DateTime::now().timestamp_millis() - 60_000;
+    let mut written = 0;
+    while written < n {
+        let chunk: Vec<_> = (written..n.min(written + 2_000))
+            .map(|i| {
+                let at = DateTime::from_millis(newest - i64::try_from(i).unwrap_or(0) * 1_000);
+                doc! {
+                    "_id": Uuid::new_v4().to_string(),
+                    "event_type": "order.confirmed",
+                    "user_id": Uuid::new_v4().to_string(),
+                    "channel": "email",
+                    "template": "order_confirmed",
+                    "to": [format!("someone-{i}@example.com")],
+                    "subject": format!("Your order {i} is confirmed"),
+                    "text": &body,
+                    "html": &body,
+                    "message_id": format!("<{i}@shop.example>"),
+                    "status": "sent",
+                    "attempts": 1,
+                    "next_attempt_at": at,
+                    "created_at": at,
+                    "updated_at": at,
+                    "sent_at": at,
+                }
+            })
+            .collect();
+        written += chunk.len() as u64;
+        history.insert_many(chunk).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_id_is_read_back_from_the_message_id_and_nothing_else_is() {
+        let id = Uuid::now_v7();
+        assert_eq!(event_id(&format!("<{id}@shop.example>")), Some(id));
+        assert_eq!(event_id(&format!(" <{id}@shop.example>\r")), Some(id));
+        assert_eq!(event_id("<42@shop.example>"), None);
+        assert_eq!(event_id(&id.to_string()), None);
+    }
+}
