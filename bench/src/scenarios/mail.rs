@@ -20,9 +20,11 @@
 //!   envelope), for customers that exist (registered by the shared preparation), so the
 //!   lookup in user-service is real. No order exists behind them: notification-service does not
 //!   ask order-service, it trusts the event, as it does in production.
-//! * The history is written straight into the `notifications` collection in bulk, documents
-//!   shaped as the service writes them (sent order confirmations of other customers, bodies of a
-//!   few kilobytes), as `services/notification/tests/notifications.rs` does.
+//! * The history is written straight into the store in bulk, documents shaped as the service
+//!   writes them (sent order confirmations of other customers, bodies of a few kilobytes),
+//!   spread over the last 30 days with the event ids that time gives them, each in the
+//!   collection the service keeps it in, as `services/notification/tests/notifications.rs`
+//!   does.
 //! * Each mail carries the event id in its `Message-ID` (`<event id@domain>`): the sink hands
 //!   that header and the arrival instant to this scenario ([`crate::smtp::Watch`]), which looks up
 //!   the event's due time. A mail that never arrives within the drain is counted as missing.
@@ -34,6 +36,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use notification_service::store::history_collection;
 use serde::Serialize;
 use shop_events::{
     Money,
@@ -212,9 +215,7 @@ pub async fn run_scenario(settings: &Settings, target: Target<'_>) -> Result<Mai
         .context("the broker did not accept a connection within 30 s")?;
     let publisher = Arc::new(Publisher::new(amqp));
     let mongo = mongodb::Client::with_uri_str(target.mongodb_url).await?;
-    let history = mongo
-        .database(target.notification_db)
-        .collection::<mongodb::bson::Document>("notifications");
+    let db = mongo.database(target.notification_db);
 
     let (tx, mut arrivals) = mpsc::unbounded_channel();
     target.watch.install(tx);
@@ -232,7 +233,7 @@ pub async fn run_scenario(settings: &Settings, target: Target<'_>) -> Result<Mai
 
     // Let the welcome mails of the preparation drain first: they are not this scenario's.
     settle(&mut arrivals, Duration::from_secs(2)).await;
-    let stored = history.estimated_document_count().await?;
+    let stored = count_stored(&db).await?;
     let fresh = measure(settings, stored, publishers(), &due, &mut arrivals).await;
     say!(
         "scenario 7: {stored} stored: {} of {} mailed, p99 {:.0} ms",
@@ -242,7 +243,7 @@ pub async fn run_scenario(settings: &Settings, target: Target<'_>) -> Result<Mai
     );
 
     let started = Instant::now();
-    fill(&history, settings.mail_history).await?;
+    fill(&db, settings.mail_history).await?;
     let history_fill_s = started.elapsed().as_secs_f64();
     say!(
         "scenario 7: {} notifications written in {history_fill_s:.0} s",
@@ -251,7 +252,8 @@ pub async fn run_scenario(settings: &Settings, target: Target<'_>) -> Result<Mai
 
     let mut with_history = Vec::new();
     for _ in 0..settings.mail_windows {
-        let stored = history.estimated_document_count().await?;
+        settle(&mut arrivals, Duration::from_secs(2)).await;
+        let stored = count_stored(&db).await?;
         let point = measure(settings, stored, publishers(), &due, &mut arrivals).await;
         say!(
             "scenario 7: {stored} stored: {} of {} mailed, {:.0}/s, p99 {:.0} ms",
@@ -354,48 +356,85 @@ async fn measure(
     }
 }
 
-/// Drops arrivals until none came for `quiet`.
+/// Drops arrivals until none came for `quiet` (a window's late mails would otherwise take
+/// the next window's capacity), but no longer than [`SETTLE_AT_MOST`].
 async fn settle(arrivals: &mut mpsc::UnboundedReceiver<Arrival>, quiet: Duration) {
-    while let Ok(Some(_)) = tokio::time::timeout(quiet, arrivals.recv()).await {}
+    let give_up = Instant::now() + SETTLE_AT_MOST;
+    while Instant::now() < give_up
+        && let Ok(Some(_)) = tokio::time::timeout(quiet, arrivals.recv()).await
+    {}
 }
 
-/// Writes `n` sent order confirmations of other customers into the history, in bulk.
-async fn fill(
-    history: &mongodb::Collection<mongodb::bson::Document>,
-    n: u64,
-) -> mongodb::error::Result<()> {
-    use mongodb::bson::{DateTime, doc};
+/// How long [`settle`] waits for a backlog to drain.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
+
+/// Writes `n` sent order confirmations of other customers into the history, in bulk: spread
+/// over the last 30 days, each with the UUIDv7 event id its time gives it, in the collection
+/// notification-service keeps it in ([`history_collection`]: one per day on FerretDB v1).
+async fn fill(db: &mongodb::Database, n: u64) -> mongodb::error::Result<()> {
+    use mongodb::bson::{DateTime, Document, doc};
     let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
-    let newest = DateTime::now().timestamp_millis() - 60_000;
-    let mut written = 0;
-    while written < n {
-        let chunk: Vec<_> = (written..n.min(written + 2_000))
-            .map(|i| {
-                let at = DateTime::from_millis(newest - i64::try_from(i).unwrap_or(0) * 1_000);
-                doc! {
-                    "_id": Uuid::new_v4().to_string(),
-                    "event_type": "order.confirmed",
-                    "user_id": Uuid::new_v4().to_string(),
-                    "channel": "email",
-                    "template": "order_confirmed",
-                    "to": [format!("someone-{i}@example.com")],
-                    "subject": format!("Your order {i} is confirmed"),
-                    "text": &body,
-                    "html": &body,
-                    "message_id": format!("<{i}@shop.example>"),
-                    "status": "sent",
-                    "attempts": 1,
-                    "next_attempt_at": at,
-                    "created_at": at,
-                    "updated_at": at,
-                    "sent_at": at,
-                }
-            })
-            .collect();
-        written += chunk.len() as u64;
-        history.insert_many(chunk).await?;
+    let now_ms = DateTime::now().timestamp_millis();
+    let step_ms = 30 * 24 * 3_600_000 / i64::try_from(n.max(1)).unwrap_or(1);
+    let mut batches: HashMap<String, Vec<Document>> = HashMap::new();
+    for i in 0..n {
+        let at_ms = now_ms - 60_000 - i64::try_from(i).unwrap_or(0) * step_ms;
+        let at = DateTime::from_millis(at_ms);
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(at_ms / 1000).unwrap_or(0),
+            u32::try_from(at_ms % 1000).unwrap_or(0) * 1_000_000,
+        ))
+        .to_string();
+        let collection = history_collection(&id);
+        let batch = batches.entry(collection.clone()).or_default();
+        batch.push(doc! {
+            "_id": id,
+            "event_type": "order.confirmed",
+            "user_id": Uuid::new_v4().to_string(),
+            "channel": "email",
+            "template": "order_confirmed",
+            "to": [format!("someone-{i}@example.com")],
+            "subject": format!("Your order {i} is confirmed"),
+            "text": &body,
+            "html": &body,
+            "message_id": format!("<{i}@shop.example>"),
+            "status": "sent",
+            "attempts": 1,
+            "next_attempt_at": at,
+            "created_at": at,
+            "updated_at": at,
+            "sent_at": at,
+        });
+        if batch.len() == 2_000 {
+            let full = std::mem::take(batch);
+            db.collection::<Document>(&collection)
+                .insert_many(full)
+                .await?;
+        }
+    }
+    for (collection, batch) in batches {
+        if !batch.is_empty() {
+            db.collection::<Document>(&collection)
+                .insert_many(batch)
+                .await?;
+        }
     }
     Ok(())
+}
+
+/// Notifications stored, over every history collection (the day partitions included).
+async fn count_stored(db: &mongodb::Database) -> mongodb::error::Result<u64> {
+    let mut count = 0;
+    for name in db.list_collection_names().await? {
+        if name.starts_with(notification_service::store::COLLECTION) {
+            count += db
+                .collection::<mongodb::bson::Document>(&name)
+                .estimated_document_count()
+                .await?;
+        }
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

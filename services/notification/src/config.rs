@@ -19,6 +19,7 @@
 //! | `NOTIFY_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000,1800000` | the consumer's delay queues (an event that cannot be recorded yet, e.g. user-service down); parked after the last |
 //! | `NOTIFY_SEND_BACKOFF_MAX_MS` | `300000` | longest wait between two SMTP attempts of one email |
 //! | `NOTIFY_SEND_MAX_ATTEMPTS` | `100` | SMTP attempts before an email is given up (`failed`); about 8 hours at the default ceiling |
+//! | `NOTIFY_SEND_CONCURRENCY` | `8` | emails one instance sends at the same time (1–64; lettre's connection pool holds up to 10 SMTP connections) |
 //! | `NOTIFY_POLL_MS` | `1000` | how often the sender looks for due emails besides being woken by new ones |
 //! | `NOTIFICATION_RETENTION_DAYS` | `90` | how long a notification (a rendered email: personal data) is kept; a TTL index on MongoDB, an hourly delete where the server has none (FerretDB v1) |
 
@@ -165,6 +166,10 @@ pub struct DeliveryConfig {
     /// conversation can take, so no second instance picks it up while the first is still
     /// talking to the server.
     pub lease: Duration,
+    /// Emails in flight at once. One at a time, every email waits for the store's round trips
+    /// and the SMTP conversation of the one before it: a few dozen a second at best, far
+    /// below a burst of confirmed orders.
+    pub concurrency: usize,
 }
 
 /// `a@x, B <b@y>` → mailboxes; the error names the entry that is not an address.
@@ -240,6 +245,15 @@ impl FromEnv for NotificationConfig {
             }
         });
         let poll = env.millis_or("NOTIFY_POLL_MS", Duration::from_millis(1000));
+        let concurrency = env
+            .parse_or("NOTIFY_SEND_CONCURRENCY", 8usize, "a number from 1 to 64")
+            .and_then(|n| {
+                if (1..=64).contains(&n) {
+                    Ok(n)
+                } else {
+                    env.invalid("NOTIFY_SEND_CONCURRENCY", "must be from 1 to 64".to_owned())
+                }
+            });
         let retention_days = env
             .parse_or(
                 "NOTIFICATION_RETENTION_DAYS",
@@ -280,6 +294,7 @@ impl FromEnv for NotificationConfig {
                 max_attempts: max_attempts?,
                 poll: poll?,
                 lease: timeout.saturating_mul(3),
+                concurrency: concurrency?,
             },
             retention: Duration::from_secs(u64::from(retention_days?) * 86_400),
         })

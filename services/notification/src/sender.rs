@@ -40,7 +40,11 @@ use std::{
 };
 
 use chrono::Utc;
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{Notify, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -110,21 +114,39 @@ struct Queue {
 }
 
 impl Sender {
-    /// Sends due notifications one after the other until shutdown. An email being sent when
-    /// shutdown begins is finished (bounded by the SMTP timeout) and recorded.
+    /// Sends due notifications until shutdown, up to `concurrency` at once: the loop claims
+    /// the next email as soon as a slot is free, and each claimed email is delivered in a task
+    /// of its own. Claims stay safe with many in flight (each attempt's claim is one atomic
+    /// write, see [`crate::store`]). Emails being sent when shutdown begins are finished
+    /// (bounded by the SMTP timeout) and recorded.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut store_errors = shop_runtime::backoff::forever(Duration::from_secs(5));
         let mut queue = Queue {
             due: VecDeque::new(),
             looked: None,
         };
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut sending = JoinSet::new();
         while !shutdown.is_cancelled() {
+            while sending.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
             match self.next(&mut queue).await {
                 Ok(Some(notification)) => {
                     store_errors = shop_runtime::backoff::forever(Duration::from_secs(5));
-                    self.deliver(notification).await;
+                    let sender = self.clone();
+                    sending.spawn(async move {
+                        sender.deliver(notification).await;
+                        drop(slot);
+                    });
                 }
                 Ok(None) => {
+                    drop(slot);
                     self.report_pending().await;
                     tokio::select! {
                         () = shutdown.cancelled() => {}
@@ -133,6 +155,7 @@ impl Sender {
                     }
                 }
                 Err(err) => {
+                    drop(slot);
                     tracing::warn!(error = %err, "cannot read due notifications; retrying");
                     let delay = store_errors.next().unwrap_or(Duration::from_secs(5));
                     tokio::select! {
@@ -142,6 +165,7 @@ impl Sender {
                 }
             }
         }
+        while sending.join_next().await.is_some() {}
     }
 
     /// The next email to send, claimed: one just recorded (by its id), else one that is due.

@@ -21,11 +21,12 @@
 //!   clients; only an insert (unique `_id`, which *does* use the index) and a delete (which
 //!   counts what it deleted) are. [`Layout::Keyed`] is built from those: what must be found
 //!   without knowing an `_id` lives in small collections (the pending sends, the claims), so
-//!   searching for due work never reads the history. Reads and updates of the history by
-//!   `_id` remain (the claim reads the message, the outcome marks it, a listing reads each
-//!   item) and on FerretDB v1 each one still costs a scan of the history: a few milliseconds
-//!   per thousand stored on PostgreSQL. Bounded cost on FerretDB would need a history that is
-//!   never read on the send path; production's MongoDB does not need it.
+//!   searching for due work never reads the history; and the history is **partitioned by
+//!   day** ([`history_collection`]): an event id is a UUIDv7, whose timestamp names the day's
+//!   collection, so a read or update by `_id` scans one day of notifications, never the whole
+//!   history, and retention drops whole days. With 100,000 stored over 30 days a claim went
+//!   from 268 ms to 33 ms and a listing from 326 ms to 6 ms (ADR 0012). The cost still grows
+//!   with one day's volume; production's MongoDB serves every path from an index.
 //!
 //! [`Layout::detect`] picks the layout from `buildInfo` (FerretDB v1 reports
 //! `ferretdbVersion: "v1..."`). Both layouts keep the same history documents, so the API and
@@ -44,7 +45,8 @@
 //! # `Layout::Keyed` (FerretDB v1)
 //!
 //! ```text
-//! notifications      {_id: event id, ...the record...}             history: read/written by _id only (each a scan on FerretDB v1)
+//! notifications_<yyyymmdd> {_id: event id, ...}   the history, one collection per day of the id; by _id only
+//! notifications      {_id: other id, ...}                          the history of ids that are not UUIDv7
 //! notification_outbox {_id: event id, attempts, next_attempt_at}   pending sends only: deleted when done
 //! notification_claims {_id: "<event id>#<attempt>", at}            one insert per attempt = the claim
 //! notification_by_user {_id: "<user>:<yyyy-mm>", entries: [{id, at}]}  a user's ids per month
@@ -86,6 +88,7 @@ use mongodb::{
     options::{IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// BSON dates from chrono ones, without the bson crate's chrono feature.
 pub fn millis(at: DateTime<Utc>) -> bson::DateTime {
@@ -257,6 +260,9 @@ pub enum Expiry {
 pub struct Store {
     layout: Layout,
     retention: Duration,
+    db: Database,
+    /// The history on [`Layout::Indexed`]; on [`Layout::Keyed`] that of event ids that are
+    /// not UUIDv7 (see [`history_collection`]).
     notifications: Collection<Notification>,
     outbox: Collection<Queued>,
     claims: Collection<Document>,
@@ -294,6 +300,38 @@ fn claim_id(event_id: &str, attempt: i32) -> String {
     format!("{event_id}#{attempt}")
 }
 
+/// The history collection the notification of `event_id` lives in, on [`Layout::Keyed`]:
+/// `notifications_<yyyymmdd>`, the UTC day of a UUIDv7 event id's timestamp (every event this
+/// system publishes has one: `Envelope::new`), or `notifications` for any other id.
+///
+/// Why days: FerretDB v1 serves no read from an index (module docs), so a read by `_id` costs
+/// a scan of its collection. With one collection per day that is a scan of one day's
+/// notifications, whatever the history holds — and the id alone says which day, so no lookup
+/// is needed to find it. Retention then drops whole days instead of deleting documents.
+pub fn history_collection(event_id: &str) -> String {
+    match day_of(event_id) {
+        Some(day) => format!("{COLLECTION}_{day}"),
+        None => COLLECTION.to_owned(),
+    }
+}
+
+/// `yyyymmdd` of a UUIDv7's timestamp.
+fn day_of(event_id: &str) -> Option<String> {
+    let id = Uuid::parse_str(event_id).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (seconds, nanos) = id.get_timestamp()?.to_unix();
+    let at = DateTime::<Utc>::from_timestamp(i64::try_from(seconds).ok()?, nanos)?;
+    Some(at.format("%Y%m%d").to_string())
+}
+
+/// The day of a partition's collection name, back as the number `yyyymmdd` (so days compare).
+fn partition_day(collection: &str) -> Option<u32> {
+    let day = collection.strip_prefix(COLLECTION)?.strip_prefix('_')?;
+    (day.len() == 8).then(|| day.parse().ok()).flatten()
+}
+
 /// The keyset order of a listing: newest first, then the id descending.
 fn newest_first(a: &Entry, b: &Entry) -> std::cmp::Ordering {
     (b.at, &b.id).cmp(&(a.at, &a.id))
@@ -305,6 +343,7 @@ impl Store {
         Self {
             layout,
             retention,
+            db: db.clone(),
             notifications: db.collection(COLLECTION),
             outbox: db.collection(OUTBOX),
             claims: db.collection(CLAIMS),
@@ -320,6 +359,15 @@ impl Store {
 
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Where the notification of `event_id` is kept: the one collection on
+    /// [`Layout::Indexed`], its day's on [`Layout::Keyed`] ([`history_collection`]).
+    fn history(&self, event_id: &str) -> Collection<Notification> {
+        match self.layout {
+            Layout::Indexed => self.notifications.clone(),
+            Layout::Keyed => self.db.collection(&history_collection(event_id)),
+        }
     }
 
     /// Creates the indexes (idempotent) and says how notifications expire. The `_id` index is
@@ -381,7 +429,11 @@ impl Store {
     /// Records a notification. `false`: one for this event id already exists (a redelivery),
     /// and nothing new was recorded.
     pub async fn insert(&self, notification: &Notification) -> mongodb::error::Result<bool> {
-        match self.notifications.insert_one(notification).await {
+        match self
+            .history(&notification.event_id)
+            .insert_one(notification)
+            .await
+        {
             Ok(_) => {
                 if self.layout == Layout::Keyed {
                     self.enqueue(notification).await?;
@@ -468,7 +520,9 @@ impl Store {
     }
 
     pub async fn get(&self, event_id: &str) -> mongodb::error::Result<Option<Notification>> {
-        self.notifications.find_one(doc! { "_id": event_id }).await
+        self.history(event_id)
+            .find_one(doc! { "_id": event_id })
+            .await
     }
 
     /// Claims `event_id`'s notification if it is pending and due: reserves it for `lease` and
@@ -650,7 +704,7 @@ impl Store {
     /// entry found without a pending history is always one that may be dropped.
     pub async fn mark_sent(&self, claimed: &Notification) -> mongodb::error::Result<()> {
         let now = bson::DateTime::now();
-        self.notifications
+        self.history(&claimed.event_id)
             .update_one(
                 doc! { "_id": &claimed.event_id },
                 doc! {
@@ -674,7 +728,7 @@ impl Store {
         error: &str,
         next: DateTime<Utc>,
     ) -> mongodb::error::Result<()> {
-        self.notifications
+        self.history(&claimed.event_id)
             .update_one(
                 self.history_filter(&claimed.event_id),
                 doc! {
@@ -696,7 +750,7 @@ impl Store {
         claimed: &Notification,
         error: &str,
     ) -> mongodb::error::Result<()> {
-        self.notifications
+        self.history(&claimed.event_id)
             .update_one(
                 self.history_filter(&claimed.event_id),
                 doc! {
@@ -807,9 +861,8 @@ impl Store {
         page.dedup_by(|a, b| a.id == b.id);
         page.truncate(limit);
 
-        let summaries = self.notifications.clone_with_type::<Summary>();
         let reads = page.iter().map(|entry| {
-            let summaries = &summaries;
+            let summaries = self.history(&entry.id).clone_with_type::<Summary>();
             async move {
                 summaries
                     .find_one(doc! { "_id": &entry.id })
@@ -829,18 +882,38 @@ impl Store {
     /// [`Layout::Keyed`], the outbox entries, claims and month buckets that go with it.
     /// Returns how many notifications went.
     ///
-    /// On FerretDB v1 each delete reads its whole collection (a filter on a date is not
-    /// pushed down): that is the price of retention without TTL, paid once an hour, not per
-    /// email.
+    /// On FerretDB v1 each delete reads its whole collection (no index serves a filter there):
+    /// on [`Layout::Keyed`] that is one day's partition and the small collections, once an
+    /// hour; older days are dropped whole.
     pub async fn expire(&self, now: DateTime<Utc>) -> mongodb::error::Result<u64> {
         let horizon = now - chrono::Duration::from_std(self.retention).unwrap_or_default();
         let before = doc! { "$lt": millis(horizon) };
-        let deleted = self
+        let mut deleted = self
             .notifications
             .delete_many(doc! { "created_at": before.clone() })
             .await?
             .deleted_count;
         if self.layout == Layout::Keyed {
+            // Whole days before the horizon's day go at once; the horizon's own day is
+            // deleted document by document (a scan of one day); later days are kept, and may
+            // be: a notification is recorded after its event was made (`created_at` is never
+            // before the day its id names), so nothing in a later day is past the horizon.
+            let horizon_day: u32 = horizon.format("%Y%m%d").to_string().parse().unwrap_or(0);
+            for name in self.db.list_collection_names().await? {
+                let Some(day) = partition_day(&name) else {
+                    continue;
+                };
+                let partition = self.db.collection::<Document>(&name);
+                if day < horizon_day {
+                    deleted += partition.count_documents(doc! {}).await?;
+                    partition.drop().await?;
+                } else if day == horizon_day {
+                    deleted += partition
+                        .delete_many(doc! { "created_at": before.clone() })
+                        .await?
+                        .deleted_count;
+                }
+            }
             self.outbox
                 .delete_many(doc! { "created_at": before.clone() })
                 .await?;
@@ -899,6 +972,20 @@ mod tests {
         assert_eq!(Layout::of_build_info(&ferret2), Layout::Indexed);
         let mongo = doc! { "version": "8.0.4" };
         assert_eq!(Layout::of_build_info(&mongo), Layout::Indexed);
+    }
+
+    #[test]
+    fn a_uuid_v7_event_id_names_its_days_partition_and_other_ids_the_one_collection() {
+        // 2026-12-07T01:02:03Z as a UUIDv7.
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, 1_796_605_323, 0);
+        let v7 = Uuid::new_v7(ts).to_string();
+        assert_eq!(history_collection(&v7), "notifications_20261207");
+        assert_eq!(partition_day("notifications_20261207"), Some(20_261_207));
+        assert_eq!(history_collection(&Uuid::new_v4().to_string()), COLLECTION);
+        assert_eq!(history_collection("not-a-uuid"), COLLECTION);
+        assert_eq!(partition_day(COLLECTION), None);
+        assert_eq!(partition_day("notification_outbox"), None);
+        assert_eq!(partition_day("notifications_2026"), None);
     }
 
     #[test]

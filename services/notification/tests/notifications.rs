@@ -276,7 +276,9 @@ async fn record(app: &TestApp, event_id: Uuid) -> Option<mongodb::bson::Document
         .unwrap();
     client
         .database(&app.env["MONGODB_DATABASE"])
-        .collection::<mongodb::bson::Document>("notifications")
+        .collection::<mongodb::bson::Document>(&notification_service::store::history_collection(
+            &event_id.to_string(),
+        ))
         .find_one(doc! { "_id": event_id.to_string() })
         .await
         .unwrap()
@@ -689,12 +691,7 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
         .unwrap()
         .unwrap();
     notifier.handle(received.clone()).await.unwrap();
-    let count = db
-        .collection::<mongodb::bson::Document>("notifications")
-        .count_documents(doc! {})
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(history_count(&db).await, 1);
     assert_eq!(
         store.get(&received.id().to_string()).await.unwrap(),
         Some(first)
@@ -702,17 +699,28 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
 }
 
 /// `n` sent order emails of other users, written straight into the history in bulk (bodies of
-/// a realistic few kilobytes), created `age` ago and one second apart before that.
+/// a realistic few kilobytes), created `age` ago and one second apart before that, each with
+/// the UUIDv7 event id its time gives it, in the collection the service keeps it in.
 async fn seed_history(db: &mongodb::Database, n: usize, age: chrono::Duration) {
+    use notification_service::store::{history_collection, millis};
     let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
     let newest = chrono::Utc::now() - age;
-    let docs: Vec<mongodb::bson::Document> = (0..n)
-        .map(|i| {
-            let at = notification_service::store::millis(
-                newest - chrono::Duration::seconds(i64::try_from(i).unwrap()),
-            );
-            doc! {
-                "_id": Uuid::new_v4().to_string(),
+    let mut by_collection: std::collections::BTreeMap<String, Vec<mongodb::bson::Document>> =
+        std::collections::BTreeMap::new();
+    for i in 0..n {
+        let created = newest - chrono::Duration::seconds(i64::try_from(i).unwrap());
+        let at = millis(created);
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(created.timestamp()).unwrap(),
+            created.timestamp_subsec_nanos(),
+        ))
+        .to_string();
+        by_collection
+            .entry(history_collection(&id))
+            .or_default()
+            .push(doc! {
+                "_id": id,
                 "event_type": "order.confirmed",
                 "user_id": Uuid::new_v4().to_string(),
                 "channel": "email",
@@ -728,13 +736,34 @@ async fn seed_history(db: &mongodb::Database, n: usize, age: chrono::Duration) {
                 "created_at": at,
                 "updated_at": at,
                 "sent_at": at,
-            }
-        })
-        .collect();
-    let history = db.collection::<mongodb::bson::Document>("notifications");
-    for chunk in docs.chunks(2_000) {
-        history.insert_many(chunk.to_vec()).await.unwrap();
+            });
     }
+    for (collection, docs) in by_collection {
+        let history = db.collection::<mongodb::bson::Document>(&collection);
+        for chunk in docs.chunks(2_000) {
+            history.insert_many(chunk.to_vec()).await.unwrap();
+        }
+    }
+}
+
+/// Notifications in every history collection of `db` (the day partitions and the one for
+/// ids that are not UUIDv7).
+async fn history_count(db: &mongodb::Database) -> u64 {
+    let mut count = 0;
+    for name in db.list_collection_names().await.unwrap() {
+        let history = name == notification_service::store::COLLECTION
+            || name
+                .strip_prefix(notification_service::store::COLLECTION)
+                .is_some_and(|day| day.starts_with('_') && day.len() == 9);
+        if history {
+            count += db
+                .collection::<mongodb::bson::Document>(&name)
+                .count_documents(doc! {})
+                .await
+                .unwrap();
+        }
+    }
+    count
 }
 
 /// "A system that has run for days": 20,000 notifications of other users already stored
@@ -815,9 +844,8 @@ async fn with_20000_notifications_stored_a_users_events_are_sent_and_listed_and_
 
     let outbox = db.collection::<mongodb::bson::Document>(notification_service::store::OUTBOX);
     assert_eq!(outbox.count_documents(doc! {}).await.unwrap(), 0);
-    let history = db.collection::<mongodb::bson::Document>("notifications");
     let kept = eventually("the expired notifications deleted", || async {
-        let kept = history.count_documents(doc! {}).await.unwrap();
+        let kept = history_count(&db).await;
         (kept == u64::try_from(STORED).unwrap() + 2).then_some(kept)
     })
     .await;

@@ -28,7 +28,7 @@ use notification_service::{
     sender::{Sender, Wake},
     store::{
         After, BY_USER, CLAIMS, COLLECTION, Expiry, Layout, Notification, OUTBOX, Status, Store,
-        millis,
+        history_collection, millis,
     },
 };
 use uuid::Uuid;
@@ -112,7 +112,9 @@ async fn monitored() -> (Database, Arc<Mutex<Vec<Seen>>>, Arc<Mutex<bool>>) {
 
 /// A recorded notification as the handler makes it.
 fn notification(user: &str, to: &str, created: chrono::DateTime<Utc>) -> Notification {
-    let id = Uuid::now_v7().to_string();
+    // Recorded when its event was made: the id's time is `created` (a record is never older
+    // than its event, which is what lets retention drop whole days of the history).
+    let id = event_id_at(created);
     let at = millis(created);
     Notification {
         message_id: format!("<{id}@shop.example>"),
@@ -140,11 +142,20 @@ fn notification(user: &str, to: &str, created: chrono::DateTime<Utc>) -> Notific
 async fn seed_history(db: &Database, n: usize) {
     let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
     let now = Utc::now();
-    let docs: Vec<Document> = (0..n)
-        .map(|i| {
-            let at = millis(now - chrono::Duration::seconds(i64::try_from(i).unwrap()));
-            doc! {
-                "_id": Uuid::new_v4().to_string(),
+    // Spread over the last 30 days, as a history that has run for a month, each with the
+    // UUIDv7 event id its time gives it (so each is where the service keeps it).
+    let step = chrono::Duration::days(30) / i32::try_from(n.max(1)).unwrap();
+    let mut by_collection: std::collections::BTreeMap<String, Vec<Document>> =
+        std::collections::BTreeMap::new();
+    for i in 0..n {
+        let created = now - step * i32::try_from(i).unwrap();
+        let at = millis(created);
+        let id = event_id_at(created);
+        by_collection
+            .entry(history_collection(&id))
+            .or_default()
+            .push(doc! {
+                "_id": id,
                 "event_type": "order.confirmed",
                 "user_id": Uuid::new_v4().to_string(),
                 "channel": "email",
@@ -160,13 +171,46 @@ async fn seed_history(db: &Database, n: usize) {
                 "created_at": at,
                 "updated_at": at,
                 "sent_at": at,
-            }
-        })
-        .collect();
-    let history = db.collection::<Document>(COLLECTION);
-    for chunk in docs.chunks(2_000) {
-        history.insert_many(chunk.to_vec()).await.unwrap();
+            });
     }
+    for (collection, docs) in by_collection {
+        let history = db.collection::<Document>(&collection);
+        for chunk in docs.chunks(2_000) {
+            history.insert_many(chunk.to_vec()).await.unwrap();
+        }
+    }
+}
+
+/// A UUIDv7 event id made at `at`, as a producer would have made it then.
+fn event_id_at(at: chrono::DateTime<Utc>) -> String {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.timestamp()).unwrap(),
+        at.timestamp_subsec_nanos(),
+    );
+    Uuid::new_v7(ts).to_string()
+}
+
+/// The history collections of `db`: the day partitions and the one for other ids.
+async fn history_count(db: &Database) -> u64 {
+    let mut count = 0;
+    for name in db.list_collection_names().await.unwrap() {
+        if is_history(&name) {
+            count += db
+                .collection::<Document>(&name)
+                .count_documents(doc! {})
+                .await
+                .unwrap();
+        }
+    }
+    count
+}
+
+fn is_history(collection: &str) -> bool {
+    collection == COLLECTION
+        || collection
+            .strip_prefix(COLLECTION)
+            .is_some_and(|day| day.starts_with('_') && day.len() == 9)
 }
 
 fn smtp() -> SmtpConfig {
@@ -196,6 +240,7 @@ fn sender(store: &Store) -> Sender {
             max_attempts: 3,
             poll: Duration::from_millis(100),
             lease: Duration::from_secs(15),
+            concurrency: 4,
         },
         wake: Arc::new(Wake::default()),
     }
@@ -271,12 +316,12 @@ async fn with_a_large_history_recording_sending_and_listing_one_users_mail_reach
     // ever reached by `_id`; the one collection searched is the outbox, which holds what is
     // pending and is empty again now.
     let log = log.lock().unwrap().clone();
-    let history_reads = log.iter().filter(|s| s.collection == COLLECTION).count();
+    let history_reads = log.iter().filter(|s| is_history(&s.collection)).count();
     assert!(history_reads >= 6, "the path was recorded: {log:#?}");
     for seen in &log {
         match seen.collection.as_str() {
             OUTBOX => {}
-            COLLECTION | CLAIMS | BY_USER => assert!(
+            name if is_history(name) || name == CLAIMS || name == BY_USER => assert!(
                 seen.filters.iter().all(keyed),
                 "{} on {} with a filter FerretDB v1 answers by reading all {HISTORY}+ documents: {:?}",
                 seen.command,
@@ -288,9 +333,8 @@ async fn with_a_large_history_recording_sending_and_listing_one_users_mail_reach
     }
     let outbox = db.collection::<Document>(OUTBOX);
     assert_eq!(outbox.count_documents(doc! {}).await.unwrap(), 0);
-    let history = db.collection::<Document>(COLLECTION);
     assert_eq!(
-        history.estimated_document_count().await.unwrap(),
+        history_count(&db).await,
         u64::try_from(HISTORY).unwrap() + 2
     );
 }
@@ -340,7 +384,7 @@ async fn a_recording_cut_short_by_a_crash_is_completed_when_the_event_comes_agai
     let user = Uuid::new_v4().to_string();
     let cut = notification(&user, "cut@example.com", Utc::now());
     // The crash: the history document was written, its outbox and bucket entries were not.
-    db.collection::<Notification>(COLLECTION)
+    db.collection::<Notification>(&history_collection(&cut.event_id))
         .insert_one(&cut)
         .await
         .unwrap();
@@ -415,11 +459,11 @@ async fn notifications_older_than_the_retention_period_are_deleted_where_the_ser
     assert_eq!(listed, [recent.event_id]);
 }
 
-/// Not a test: the measurement behind ADR 0012's before/after table. Seeds
-/// `NOTIFY_BENCH_STORED` (default 100,000) notifications of other users, then times, for each
-/// layout on the same data, one record + claim + SMTP send + mark, one listing of a user who
-/// has two, and one retention sweep with nothing to expire. `Layout::Indexed` on FerretDB v1
-/// is the design before (a claim and a listing that read the whole history).
+/// Not a test: the measurement behind ADR 0012's tables. Seeds `NOTIFY_BENCH_STORED` (default
+/// 100,000) notifications of other users, spread over the last 30 days, then times one record +
+/// claim + SMTP send + mark, one listing of a user who has two, and one retention sweep with
+/// nothing to expire, on `Layout::Keyed` (the day partitions). The "before" rows of the ADR
+/// came from this test before the history was partitioned.
 ///
 /// `cargo test -p notification-service --test store -- --ignored --nocapture measure`
 #[tokio::test]
@@ -437,7 +481,9 @@ async fn measure_claim_send_and_listing_on_a_large_history() {
     seed_history(&db, stored).await;
     println!("seeded {stored} in {:?}", started.elapsed());
 
-    for layout in [Layout::Keyed, Layout::Indexed] {
+    // `Layout::Indexed` would read the one `notifications` collection, which the seeds (in
+    // their day partitions) do not fill: its "before" figures are in ADR 0012.
+    for layout in [Layout::Keyed] {
         let store = Store::new(&db, layout, 90 * DAY);
         store.install().await.unwrap();
         let sender = sender(&store);
@@ -474,4 +520,108 @@ async fn measure_claim_send_and_listing_on_a_large_history() {
             "{layout:?} with {stored} stored: record {recorded:?}, claim {claim:?}, record+claim+send+mark {sent:?}; listing {listing:?}; sweep {sweep:?}"
         );
     }
+}
+
+/// A mail server that holds every message `hold` before its `250` and remembers the most
+/// messages it was holding at once.
+async fn slow_smtp(hold: Duration) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (holding, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = peak.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (holding, peak) = (holding.clone(), peak.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read);
+                write.write_all(b"220 slow ESMTP\r\n").await.ok()?;
+                let (mut line, mut data) = (String::new(), false);
+                loop {
+                    line.clear();
+                    if lines.read_line(&mut line).await.ok()? == 0 {
+                        return Some(());
+                    }
+                    let reply: &[u8] = if data {
+                        if line != ".\r\n" {
+                            continue;
+                        }
+                        data = false;
+                        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(hold).await;
+                        holding.fetch_sub(1, Ordering::SeqCst);
+                        b"250 OK\r\n"
+                    } else {
+                        match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                            "EHLO" => b"250-slow\r\n250 8BITMIME\r\n",
+                            "DATA" => {
+                                data = true;
+                                b"354 go on\r\n"
+                            }
+                            "QUIT" => {
+                                write.write_all(b"221 Bye\r\n").await.ok()?;
+                                return Some(());
+                            }
+                            _ => b"250 OK\r\n",
+                        }
+                    };
+                    write.write_all(reply).await.ok()?;
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A burst of confirmations is not sent one after the other: with a mail server that takes
+/// 300 ms per message, the sender has several in flight at once (`NOTIFY_SEND_CONCURRENCY`),
+/// and every one is sent and recorded once.
+#[tokio::test]
+async fn a_burst_of_emails_is_sent_several_at_a_time_each_once() {
+    let (db, _, _) = monitored().await;
+    let store = Store::open(&db, 90 * DAY).await.unwrap();
+    store.install().await.unwrap();
+    let (port, peak) = slow_smtp(Duration::from_millis(300)).await;
+    let mut sender = sender(&store);
+    sender.mailer = Mailer::new(&SmtpConfig { port, ..smtp() }).unwrap();
+    let user = Uuid::new_v4().to_string();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let n = notification(&user, &format!("burst-{i}@example.com"), Utc::now());
+        store.insert(&n).await.unwrap();
+        sender.wake.recorded(&n.event_id);
+        ids.push(n.event_id);
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(sender.clone().run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut sent = 0;
+        for id in &ids {
+            let n = store.get(id).await.unwrap().unwrap();
+            if n.status == Status::Sent {
+                assert_eq!(n.attempts, 1, "{id} was sent once");
+                sent += 1;
+            }
+        }
+        if sent == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sent} of {} sent",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    assert!(
+        peak.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the mail server never held two messages at once"
+    );
+    assert!(store.due(10).await.unwrap().is_empty());
 }
