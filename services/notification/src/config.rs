@@ -13,6 +13,7 @@
 //! | `NOTIFY_ADMIN_EMAILS` | `admin@example.com` | comma-separated: who gets the stock alerts |
 //! | `USER_GRPC_URL` | `http://127.0.0.1:50051` | user-service (`GetUser`, for events without an address); `https://` required with `SHOP_ENV=production` |
 //! | `GRPC_TLS_CA_FILE` | unset (required in production) | PEM: the CA that signed user-service's gRPC certificate ([`shop_runtime::grpc::ClientTls`], ADR 0017) |
+//! | `GRPC_RESOLVE_INTERVAL_SECONDS` | `15` | how often user-service's host name is resolved again: calls are balanced over every address it has ([`shop_runtime::grpc::peers`]) |
 //! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
 //! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `notification-service`) |
 //! | `NOTIFY_CALL_TIMEOUT_MS` | `2000` | deadline of one `GetUser` call |
@@ -30,7 +31,7 @@ use shop_auth::{AuthConfig, client::ServiceCredentials};
 use shop_runtime::{
     FromEnv,
     config::{ConfigError, Env, Secret},
-    grpc::{self, ClientTls},
+    grpc::{self, Peers},
     mode::Mode,
 };
 
@@ -41,8 +42,9 @@ pub struct NotificationConfig {
     pub smtp: SmtpConfig,
     pub admins: Vec<Mailbox>,
     pub user_url: url::Url,
-    /// The CA user-service's certificate is checked against (`GRPC_TLS_CA_FILE`).
-    pub grpc_tls: ClientTls,
+    /// How user-service is reached: the CA its certificate is checked against
+    /// (`GRPC_TLS_CA_FILE`), how often its name is resolved again.
+    pub grpc: Peers,
     /// How notification-service gets its service tokens (`SERVICE_TOKEN_URL`, `SERVICE_SECRET`).
     pub credentials: ServiceCredentials,
     pub call_timeout: Duration,
@@ -220,7 +222,7 @@ impl FromEnv for NotificationConfig {
             Err(problem) => env.invalid("NOTIFY_ADMIN_EMAILS", problem),
         };
         let user_url = grpc::url_or(env, "USER_GRPC_URL", "http://127.0.0.1:50051");
-        let grpc_tls = ClientTls::from_env(env);
+        let grpc = Peers::from_env(env);
         let credentials = ServiceCredentials::from_env(env, crate::users::SERVICE_NAME);
         let call_timeout = env.millis_or("NOTIFY_CALL_TIMEOUT_MS", Duration::from_millis(2000));
         let retry_delays = match delays(
@@ -285,7 +287,7 @@ impl FromEnv for NotificationConfig {
             },
             admins: admins?,
             user_url: user_url?,
-            grpc_tls: grpc_tls?,
+            grpc: grpc?,
             credentials: credentials?,
             call_timeout: call_timeout?,
             retry_delays: retry_delays?,

@@ -93,7 +93,7 @@ impl Service for NotificationService {
         })?;
         let users = Users::new(
             &config.user_url,
-            &config.grpc_tls,
+            &config.grpc,
             &config.credentials,
             config.call_timeout,
         )

@@ -12,8 +12,8 @@ use std::{sync::Arc, time::Duration};
 use shop_auth::client::{ServiceCredentials, ServiceTokens};
 use shop_messaging::HandlerError;
 use shop_proto::user::v1::{GetUserRequest, user_service_client::UserServiceClient};
-use shop_runtime::grpc::ClientTls;
-use tonic::{Code, transport::Channel};
+use shop_runtime::grpc::{PeerChannel, Peers};
+use tonic::Code;
 use uuid::Uuid;
 
 /// The name this service has in user-service's `SERVICE_CLIENTS`.
@@ -29,21 +29,22 @@ pub struct User {
 /// A `GetUser` client with its credentials.
 #[derive(Debug, Clone)]
 pub struct Users {
-    client: UserServiceClient<Channel>,
+    client: UserServiceClient<PeerChannel>,
     tokens: Arc<ServiceTokens>,
 }
 
 impl Users {
     /// Nothing is connected yet: the service starts (and records what needs no lookup) while
     /// user-service is down; the channel connects on first use and reconnects by itself (TLS
-    /// to an https:// URL, checked against `tls`'s CA: ADR 0017).
+    /// to an https:// URL, checked against `peers`' CA: ADR 0017), balanced over every
+    /// user-service pod (`shop_runtime::grpc::peers`). Needs a Tokio runtime.
     pub fn new(
         url: &url::Url,
-        tls: &ClientTls,
+        peers: &Peers,
         credentials: &ServiceCredentials,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let channel = tls
+        let channel = peers
             .channel(url, timeout)
             .map_err(|err| format!("USER_GRPC_URL {err}"))?;
         let tokens = credentials

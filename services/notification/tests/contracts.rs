@@ -27,7 +27,7 @@ use shop_events::{
 };
 use shop_messaging::{Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE};
 use shop_proto::user::v1::{GetUserRequest, GetUserResponse};
-use shop_runtime::{config::Secret, grpc::ClientTls};
+use shop_runtime::{config::Secret, grpc::Peers};
 use user_service::UserService;
 use uuid::Uuid;
 
@@ -102,7 +102,7 @@ async fn harness() -> Harness {
         templates: Arc::new(Templates::new().expect("the templates")),
         users: Users::new(
             &grpc,
-            &ClientTls::default(),
+            &Peers::default(),
             &credentials,
             Duration::from_secs(5),
         )

@@ -662,7 +662,7 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
         templates: std::sync::Arc::new(Templates::new().unwrap()),
         users: Users::new(
             &unused,
-            &shop_runtime::grpc::ClientTls::default(),
+            &shop_runtime::grpc::Peers::default(),
             &shop_auth::client::ServiceCredentials {
                 name: "notification-service",
                 token_url: unused.clone(),

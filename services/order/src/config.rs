@@ -7,6 +7,7 @@
 //! | `INVENTORY_GRPC_URL` | `http://127.0.0.1:50053` | inventory-service (reservations); same |
 //! | `PAYMENT_GRPC_URL` | `http://127.0.0.1:50055` | payment-service (card data); same |
 //! | `GRPC_TLS_CA_FILE` | unset (required in production) | PEM: the CA that signed those services' gRPC certificates ([`shop_runtime::grpc::ClientTls`], ADR 0017) |
+//! | `GRPC_RESOLVE_INTERVAL_SECONDS` | `15` | how often each participant's host name is resolved again: calls are balanced over every address it has ([`shop_runtime::grpc::peers`]) |
 //! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
 //! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `order-service`) |
 //! | `ORDER_CARD_KEY` | development key (warned; refused with `SHOP_ENV=production`) | 32 bytes, base64: encrypts card data kept until authorization |
@@ -37,7 +38,7 @@ use shop_auth::{AuthConfig, client::ServiceCredentials};
 use shop_runtime::{
     FromEnv,
     config::{ConfigError, Env, Secret},
-    grpc::{self, ClientTls},
+    grpc::{self, Peers},
     mode::Mode,
 };
 
@@ -57,8 +58,9 @@ pub struct OrderConfig {
     pub inventory_url: url::Url,
     /// payment-service's gRPC address (`PAYMENT_GRPC_URL`).
     pub payment_url: url::Url,
-    /// The CA the participants' certificates are checked against (`GRPC_TLS_CA_FILE`).
-    pub grpc_tls: ClientTls,
+    /// How the participants are reached: the CA their certificates are checked against
+    /// (`GRPC_TLS_CA_FILE`), how often their names are resolved again.
+    pub grpc: Peers,
     /// How order-service gets its service tokens (`SERVICE_TOKEN_URL`, `SERVICE_SECRET`).
     pub credentials: ServiceCredentials,
     /// `ORDER_CARD_KEY`: 32 bytes for AES-256-GCM, wrapped in [`Secret`] so it never shows in
@@ -117,7 +119,7 @@ impl FromEnv for OrderConfig {
         let catalog_url = grpc::url_or(env, "CATALOG_GRPC_URL", "http://127.0.0.1:50052");
         let inventory_url = grpc::url_or(env, "INVENTORY_GRPC_URL", "http://127.0.0.1:50053");
         let payment_url = grpc::url_or(env, "PAYMENT_GRPC_URL", "http://127.0.0.1:50055");
-        let grpc_tls = ClientTls::from_env(env);
+        let grpc = Peers::from_env(env);
         let credentials = ServiceCredentials::from_env(env, crate::SERVICE_NAME);
         let mode = Mode::of(env);
         let card_key = match env.raw("ORDER_CARD_KEY").map(str::to_owned) {
@@ -186,7 +188,7 @@ impl FromEnv for OrderConfig {
             catalog_url: catalog_url?,
             inventory_url: inventory_url?,
             payment_url: payment_url?,
-            grpc_tls: grpc_tls?,
+            grpc: grpc?,
             credentials: credentials?,
             card_key: Secret(card_key?),
             saga: SagaConfig {

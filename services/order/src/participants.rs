@@ -46,7 +46,8 @@ use shop_proto::{
     },
 };
 use shop_resilience::{CircuitBreaker, Metrics, Policy};
-use tonic::{Code, Status, metadata::MetadataMap, transport::Channel};
+use shop_runtime::grpc::PeerChannel;
+use tonic::{Code, Status, metadata::MetadataMap};
 use uuid::Uuid;
 
 use crate::{
@@ -114,11 +115,11 @@ fn is_retryable_now(code: Code) -> bool {
 #[derive(Debug, Clone)]
 pub struct Participants {
     /// Prices the lines of a new order.
-    catalog: CatalogServiceClient<Channel>,
+    catalog: CatalogServiceClient<PeerChannel>,
     /// Reserves, commits and releases stock.
-    inventory: InventoryServiceClient<Channel>,
+    inventory: InventoryServiceClient<PeerChannel>,
     /// Authorizes, captures, voids and refunds.
-    payment: PaymentServiceClient<Channel>,
+    payment: PaymentServiceClient<PeerChannel>,
     /// This service's token cache, one token for all three.
     tokens: Arc<ServiceTokens>,
     /// One breaker per downstream: a participant that is down must not stop calls to the
@@ -144,8 +145,9 @@ impl Participants {
         };
         let breaker = |name| Arc::new(CircuitBreaker::new(name, policy, BREAKER_METRICS));
         // Lazy channels (order-service starts, and serves reads, while a participant is still
-        // down), TLS to https:// URLs with the configured CA (ADR 0017).
-        let channel = |url| config.grpc_tls.channel(url, timeout);
+        // down), TLS to https:// URLs with the configured CA (ADR 0017), each balanced over
+        // every pod of its participant (`shop_runtime::grpc::peers`).
+        let channel = |url| config.grpc.channel(url, timeout);
         Ok(Self {
             catalog: CatalogServiceClient::new(channel(&config.catalog_url)?),
             inventory: InventoryServiceClient::new(channel(&config.inventory_url)?),

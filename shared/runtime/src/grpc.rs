@@ -1,6 +1,7 @@
 //! The gRPC side of every service: the service's own gRPC services plus the standard health
 //! service and server reflection, behind tracing and metrics layers; and the one way a service
-//! reaches another's gRPC server ([`ClientTls::channel`]).
+//! reaches another's gRPC server ([`Peers::channel`], balanced over every address of the
+//! peer's name: see [`peers`] for why).
 //!
 //! ## TLS between services
 //!
@@ -21,7 +22,9 @@
 //! by its service token (`shop_auth::grpc::RequireService`, ADR 0005); ADR 0017 says why one
 //! identity mechanism is kept rather than two.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+pub mod peers;
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::net::TcpListener;
@@ -29,7 +32,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     service::Routes,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig},
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -42,6 +45,8 @@ use crate::{
     mode::Mode,
     telemetry,
 };
+
+pub use peers::{PeerChannel, Peers, Resolve, SystemResolver};
 
 /// The server's certificate chain (PEM): what it proves its name with.
 pub const CERT_FILE: &str = "GRPC_TLS_CERT_FILE";
@@ -142,8 +147,8 @@ fn certificates(
     }
 }
 
-/// How a service reaches other services' gRPC servers: the CA it trusts for them
-/// (`GRPC_TLS_CA_FILE`). Read by the services that call others, next to their `*_GRPC_URL`s.
+/// The CA a service trusts for other services' gRPC servers (`GRPC_TLS_CA_FILE`): the TLS part
+/// of [`Peers`].
 #[derive(Debug, Clone, Default)]
 pub struct ClientTls {
     ca: Option<Certificate>,
@@ -169,30 +174,6 @@ impl ClientTls {
         Ok(Self {
             ca: Some(Certificate::from_pem(pem)),
         })
-    }
-
-    /// A channel to `url` that connects on first use and reconnects by itself (a service starts
-    /// while the one it calls is still down), with `timeout` for connecting and for each call.
-    ///
-    /// `https://` is TLS, the server's certificate checked against the CA and the URL's host;
-    /// `http://` is plaintext (development only: [`url_or`] refuses it in production).
-    pub fn channel(&self, url: &url::Url, timeout: Duration) -> Result<Channel, String> {
-        let endpoint = Channel::from_shared(url.to_string())
-            .map_err(|err| format!("{url}: {err}"))?
-            .connect_timeout(timeout)
-            .timeout(timeout);
-        let endpoint = match (url.scheme(), &self.ca) {
-            ("https", Some(ca)) => endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(ca.clone()))
-                .map_err(|err| format!("{url}: {err}"))?,
-            ("https", None) => {
-                return Err(format!(
-                    "{url} is https, but {CA_FILE} is not set: which CA signs its certificate?"
-                ));
-            }
-            _ => endpoint,
-        };
-        Ok(endpoint.connect_lazy())
     }
 }
 

@@ -35,7 +35,8 @@ use std::{net::SocketAddr, time::Duration};
 
 pub use error::{ApiError, ErrorKind, FieldError};
 pub use service::{
-    Context, Endpoints, FromEnv, Needs, Running, Service, ServiceSpec, launch, load, run, start,
+    Context, Endpoints, FromEnv, MigrateConfig, Migrated, Needs, Running, Service, ServiceSpec,
+    launch, load, migrate, run, run_with, start,
 };
 
 use config::{ConfigError, Env};
@@ -195,7 +196,7 @@ impl RuntimeConfig {
         let mode = mode::Mode::from_env(env);
 
         let postgres = spec.needs.postgres.then(|| -> Result<_, ConfigError> {
-            let url = url_with_scheme(env, "DATABASE_URL", &["postgres", "postgresql"]);
+            let url = postgres_url(env);
             let max_connections =
                 env.parse_or("DATABASE_MAX_CONNECTIONS", 10u32, "a positive number");
             Ok(PostgresConfig {
@@ -251,6 +252,11 @@ impl RuntimeConfig {
             mode: mode?,
         })
     }
+}
+
+/// `DATABASE_URL`: for the service and for `<service> migrate` ([`service::MigrateConfig`]).
+fn postgres_url(env: &mut Env) -> Result<SecretUrl, ConfigError> {
+    url_with_scheme(env, "DATABASE_URL", &["postgres", "postgresql"])
 }
 
 /// A required URL whose scheme must be one of `schemes`, and whose password (in production) is

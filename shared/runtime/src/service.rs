@@ -4,8 +4,9 @@
 //! settings ([`FromEnv`]) and a `build` function that turns a [`Context`] (connected stores,
 //! readiness, shutdown) into [`Endpoints`] (HTTP routes, gRPC services). Everything else —
 //! config loading, telemetry, servers, health, metrics, shutdown — happens here, the same way
-//! for all seven services. `main.rs` is one line: `shop_runtime::run::<MyService>()`.
-//! Tests call [`start`] instead, which boots the same code in-process on random ports.
+//! for all seven services. `main.rs` is one line: `shop_runtime::run::<MyService>()`, which
+//! also gives every binary its `migrate` subcommand ([`run_with`]). Tests call [`start`]
+//! instead, which boots the same code in-process on random ports, and [`migrate`].
 
 use std::{future::Future, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -21,8 +22,13 @@ use crate::{
     grpc,
     health::Readiness,
     http, metrics, shutdown,
-    stores::{self, amqp::Amqp, redis::Redis},
-    telemetry,
+    stores::{
+        self,
+        amqp::Amqp,
+        postgres::{Applied, PostgresConfig},
+        redis::Redis,
+    },
+    telemetry::{self, LogFormat, TelemetryConfig},
 };
 
 /// The stores and broker a service owns; the runtime connects exactly these.
@@ -46,7 +52,7 @@ pub struct ServiceSpec {
     /// Default gRPC port (overridden by `GRPC_ADDR`).
     pub grpc_port: u16,
     pub needs: Needs,
-    /// The service's PostgreSQL migrations, applied at start.
+    /// The service's PostgreSQL migrations, applied at start and by `<binary> migrate`.
     pub migrations: Option<&'static Migrator>,
 }
 
@@ -443,12 +449,58 @@ pub async fn start<S: Service>(mut env: Env) -> Result<Running, BootError> {
     launch::<S>(runtime, config, CancellationToken::new()).await
 }
 
-/// The whole life of a service process: what `main` calls.
-///
-/// Exit codes: 0 after a clean shutdown, 2 for invalid configuration, 1 for anything else.
+/// The whole life of a service process: what `main` calls, with the process's arguments and
+/// variables ([`run_with`] says what the arguments mean).
 pub fn run<S: Service>() -> ExitCode {
+    run_with::<S>(std::env::args().skip(1), Env::from_process())
+}
+
+/// A service binary's command line:
+///
+/// - no argument: run the service until SIGTERM or SIGINT;
+/// - `migrate`: apply the service's database migrations and exit ([`migrate`]), as an init
+///   container or a Job does before the service's pods start.
+///
+/// Exit codes: 0 after a clean shutdown (or migration), 2 for invalid configuration or
+/// arguments, 1 for anything else.
+pub fn run_with<S: Service>(args: impl IntoIterator<Item = String>, env: Env) -> ExitCode {
+    let name = S::spec().name;
+    let args: Vec<String> = args.into_iter().collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => serve::<S>(env),
+        ["migrate"] => migrate_command::<S>(env),
+        _ => {
+            eprintln!(
+                "{name}: unexpected arguments {args:?}\n\
+                 usage: {name}            run the service\n       \
+                 {name} migrate    apply its database migrations (DATABASE_URL) and exit"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A multi-threaded Tokio runtime, or the reason on stderr.
+fn tokio_runtime(name: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(tokio) => Some(tokio),
+        Err(err) => {
+            eprintln!("{name}: cannot start the async runtime: {err}");
+            None
+        }
+    }
+}
+
+fn serve<S: Service>(mut env: Env) -> ExitCode {
     crate::install_crypto_provider();
-    let mut env = Env::from_process();
     let (runtime, config) = match load::<S>(&mut env) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -457,15 +509,8 @@ pub fn run<S: Service>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tokio = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(tokio) => tokio,
-        Err(err) => {
-            eprintln!("{}: cannot start the async runtime: {err}", S::spec().name);
-            return ExitCode::FAILURE;
-        }
+    let Some(tokio) = tokio_runtime(S::spec().name) else {
+        return ExitCode::FAILURE;
     };
     tokio.block_on(async move {
         let _telemetry = match telemetry::init(&runtime.telemetry) {
@@ -491,6 +536,115 @@ pub fn run<S: Service>() -> ExitCode {
             }
             Err(err) => {
                 tracing::error!(error = %err, "service failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// What `<service> migrate` reads, and nothing else: the database, how long to wait for it,
+/// and how to log. Not the service's other settings — its secrets, peers, listen addresses —
+/// so the process that migrates (an init container, a Job) needs the database's credentials
+/// only, and a setting the service would refuse cannot stop its schema from being migrated.
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `DATABASE_URL` | required | the database to migrate; in production not a password this repository publishes, as for the service |
+/// | `STARTUP_TIMEOUT_SECONDS` | `60` | how long to wait for the database to answer |
+/// | `RUST_LOG`, `LOG_FORMAT` | `info`, `json` | logging, as for the service |
+/// | `SHOP_ENV` | `development` | `production` refuses published passwords in `DATABASE_URL` |
+#[derive(Debug, Clone)]
+pub struct MigrateConfig {
+    pub postgres: PostgresConfig,
+    pub startup_timeout: Duration,
+    pub telemetry: TelemetryConfig,
+}
+
+impl MigrateConfig {
+    /// Reads the variables above; `service` names the logs and the database session.
+    pub fn from_env(service: &str, env: &mut Env) -> Result<Self, ConfigError> {
+        let url = crate::postgres_url(env);
+        let startup_timeout = env.seconds_or("STARTUP_TIMEOUT_SECONDS", Duration::from_secs(60));
+        let log_filter = env.parse_or(
+            "RUST_LOG",
+            "info".to_owned(),
+            "a log filter such as info,sqlx=warn",
+        );
+        let log_format = env.parse_or("LOG_FORMAT", LogFormat::Json, "json or pretty");
+        let mode = crate::mode::Mode::from_env(env);
+        env.finish()?;
+        mode?;
+        Ok(Self {
+            postgres: PostgresConfig {
+                url: url?,
+                // The migrator holds one connection; nothing else runs.
+                max_connections: 1,
+            },
+            startup_timeout: startup_timeout?,
+            telemetry: TelemetryConfig {
+                service_name: service.to_owned(),
+                log_format: log_format?,
+                log_filter: log_filter?,
+                otlp_endpoint: None,
+            },
+        })
+    }
+}
+
+/// What `<service> migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Migrated {
+    /// The service keeps no schema of its own in PostgreSQL: nothing to do.
+    NoMigrations,
+    /// The migrations this run applied, in order; empty when the schema was already current.
+    Applied(Vec<Applied>),
+}
+
+/// `<service> migrate` in this process: applies `S`'s migrations to the database `config`
+/// names and returns what it applied. The same function the service runs at start
+/// ([`stores::postgres::migrate`]), so applying them ahead of time changes nothing else.
+pub async fn migrate<S: Service>(config: &MigrateConfig) -> Result<Migrated, BootError> {
+    let Some(migrator) = S::spec().migrations else {
+        return Ok(Migrated::NoMigrations);
+    };
+    let name = format!("{} migrate", S::spec().name);
+    let pool = stores::postgres::open(&config.postgres, &name, config.startup_timeout).await?;
+    let applied = stores::postgres::migrate(&pool, migrator).await;
+    pool.close().await;
+    applied.map(Migrated::Applied)
+}
+
+fn migrate_command<S: Service>(mut env: Env) -> ExitCode {
+    let name = S::spec().name;
+    if S::spec().migrations.is_none() {
+        // Nothing read, nothing connected: a deployment may run `migrate` for every service.
+        eprintln!("{name}: has no database migrations; nothing to do");
+        return ExitCode::SUCCESS;
+    }
+    crate::install_crypto_provider();
+    let config = match MigrateConfig::from_env(name, &mut env) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{name} migrate: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(tokio) = tokio_runtime(name) else {
+        return ExitCode::FAILURE;
+    };
+    tokio.block_on(async move {
+        let _telemetry = match telemetry::init(&config.telemetry) {
+            Ok(guard) => guard,
+            Err(err) => {
+                eprintln!("{name} migrate: cannot initialise telemetry: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match migrate::<S>(&config).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "migrations failed");
+                eprintln!("{name} migrate: {err}");
                 ExitCode::FAILURE
             }
         }

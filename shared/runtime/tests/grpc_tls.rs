@@ -6,15 +6,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
-use std::{path::PathBuf, time::Duration};
+mod support;
+
+use std::time::Duration;
 
 use axum::Router;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use shop_runtime::{
     BootError, Context, Endpoints, Running, Service, ServiceSpec,
     config::Env,
-    grpc::{self, ClientTls, ServerTls},
+    grpc::{self, ClientTls, Peers, ServerTls},
 };
+use support::Pki;
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -34,56 +36,6 @@ impl Service for Bare {
     }
 }
 
-/// A certificate authority and the PEM files it issued, in a directory removed on drop.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    /// A CA called `name` (distinct names: a client looks its trust anchor up by name).
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let pki = Self {
-            dir: tempfile::tempdir().unwrap(),
-            ca,
-        };
-        pki.write("ca.pem", &pki.ca.pem());
-        pki
-    }
-
-    fn write(&self, name: &str, pem: &str) -> String {
-        let path: PathBuf = self.dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_string_lossy().into_owned()
-    }
-
-    fn ca_file(&self) -> String {
-        self.path("ca.pem")
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).to_string_lossy().into_owned()
-    }
-
-    /// A server certificate for `names` signed by this CA: (certificate file, key file).
-    fn issue(&self, prefix: &str, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &*self.ca)
-            .unwrap();
-        (
-            self.write(&format!("{prefix}.pem"), &cert.pem()),
-            self.write(&format!("{prefix}-key.pem"), &key.serialize_pem()),
-        )
-    }
-}
-
 async fn start(pairs: &[(&str, &str)]) -> Running {
     let mut vars = vec![("HTTP_ADDR", "127.0.0.1:0"), ("GRPC_ADDR", "127.0.0.1:0")];
     vars.extend_from_slice(pairs);
@@ -93,15 +45,15 @@ async fn start(pairs: &[(&str, &str)]) -> Running {
 }
 
 /// The client side as a calling service builds it: `GRPC_TLS_CA_FILE` through its config.
-fn client_trusting(ca_file: &str) -> ClientTls {
+fn client_trusting(ca_file: &str) -> Peers {
     let mut env = Env::from_pairs([(grpc::CA_FILE, ca_file)]);
-    let tls = ClientTls::from_env(&mut env);
+    let peers = Peers::from_env(&mut env);
     env.finish().unwrap();
-    tls.unwrap()
+    peers.unwrap()
 }
 
-async fn health_check(tls: &ClientTls, url: &str) -> Result<(), tonic::Status> {
-    let channel = tls
+async fn health_check(peers: &Peers, url: &str) -> Result<(), tonic::Status> {
+    let channel = peers
         .channel(&url.parse().unwrap(), Duration::from_secs(5))
         .unwrap();
     HealthClient::new(channel)
@@ -142,7 +94,7 @@ async fn a_server_with_a_certificate_from_the_ca_answers_a_client_trusting_that_
     );
 
     // Plaintext to the TLS port gets nowhere either.
-    let plain = health_check(&ClientTls::default(), &format!("http://127.0.0.1:{port}")).await;
+    let plain = health_check(&Peers::default(), &format!("http://127.0.0.1:{port}")).await;
     assert!(plain.is_err(), "a plaintext call was answered: {plain:?}");
 
     app.shutdown();
@@ -178,7 +130,7 @@ fn production_refuses_plaintext_grpc_by_name() {
     ];
     let mut env = Env::from_pairs(production);
     let _ = ServerTls::from_env(&mut env);
-    let _ = ClientTls::from_env(&mut env);
+    let _ = Peers::from_env(&mut env);
     let _ = grpc::url_or(&mut env, "PEER_GRPC_URL", "http://127.0.0.1:50051");
     let err = env.finish().unwrap_err();
     let refused: Vec<&str> = err.issues.iter().map(|i| i.variable.as_str()).collect();
@@ -205,7 +157,7 @@ fn production_refuses_plaintext_grpc_by_name() {
 
     let mut env = Env::from_pairs([("PEER_GRPC_URL", "http://peer:50051")]);
     assert!(matches!(ServerTls::from_env(&mut env), Ok(None)));
-    assert!(ClientTls::from_env(&mut env).is_ok());
+    assert!(Peers::from_env(&mut env).is_ok());
     assert!(grpc::url_or(&mut env, "PEER_GRPC_URL", "http://127.0.0.1:50051").is_ok());
     env.finish().expect("development allows plaintext gRPC");
 }
@@ -233,7 +185,7 @@ fn production_accepts_tls_settings_and_reports_bad_files_by_name() {
         ("PEER_GRPC_URL", "https://peer:50051"),
     ]);
     assert!(matches!(ServerTls::from_env(&mut env), Ok(Some(_))));
-    assert!(ClientTls::from_env(&mut env).is_ok());
+    assert!(Peers::from_env(&mut env).is_ok());
     assert!(grpc::url_or(&mut env, "PEER_GRPC_URL", "http://127.0.0.1:50051").is_ok());
     env.finish()
         .expect("TLS everywhere is what production wants");
@@ -280,7 +232,7 @@ fn production_accepts_tls_settings_and_reports_bad_files_by_name() {
 #[test]
 fn an_https_url_without_a_ca_is_an_error_not_a_plaintext_call() {
     let url = "https://127.0.0.1:1".parse().unwrap();
-    let err = ClientTls::default()
+    let err = Peers::default()
         .channel(&url, Duration::from_secs(1))
         .unwrap_err();
     assert!(err.contains("GRPC_TLS_CA_FILE is not set"), "{err}");
