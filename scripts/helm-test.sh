@@ -5,7 +5,7 @@
 #
 #   development  in-chart PostgreSQL/MongoDB/Redis/RabbitMQ/Mailpit, generated dev secrets
 #   production   ci/production-values.yaml: the operator's Secrets and the ServiceMonitor and PrometheusRule CRDs
-#                created first, HPAs, Ingress, ServiceMonitor
+#                created first, HPAs, Ingress, ServiceMonitor, PrometheusRule, dashboard ConfigMaps
 #
 # helm install, checks of what the server holds (scripts/helm-test-checks.py), helm upgrade
 # with changed values and its effect, helm uninstall and that nothing of the release is left.
