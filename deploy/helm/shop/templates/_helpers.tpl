@@ -298,7 +298,8 @@ one that sends mail. */}}
 {{- end -}}
 
 {{/* The services whose gRPC port another service calls: their Services are headless, so DNS
-answers every ready pod's address and the caller balances over them (README "gRPC"). */}}
+answers every ready pod's address and the caller balances over them (README "What the chart
+does for you"). */}}
 {{- define "shop.grpcServers" -}}
 {{- $t := include "shop.services" . | fromYaml -}}
 {{- $servers := list -}}
