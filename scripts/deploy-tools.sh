@@ -17,8 +17,8 @@
 # document the API server itself serves ships in the Kubernetes Go module
 # (k8s.io/kubernetes@<version>, api/openapi-spec/swagger.json);
 # scripts/k8s-openapi-to-jsonschema.py turns each of its kinds into a standalone, strict JSON
-# schema in the layout kubeconform reads. The ServiceMonitor schema comes the same way from the
-# CustomResourceDefinition in the prometheus-operator Go module.
+# schema in the layout kubeconform reads. The ServiceMonitor and PrometheusRule schemas come the
+# same way from the CustomResourceDefinitions in the prometheus-operator Go module.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,14 +31,14 @@ HADOLINT_VERSION=2.15.1
 PYYAML_VERSION=6.0.2
 KUBERNETES_VERSION=v1.36.3      # schemas, kube-apiserver, kube-controller-manager
 ETCD_VERSION=v3.6.5
-PROMETHEUS_OPERATOR_VERSION=v0.85.0  # the ServiceMonitor CRD
+PROMETHEUS_OPERATOR_VERSION=v0.85.0  # the ServiceMonitor and PrometheusRule CRDs
 
 HELM=$CACHE/helm-$HELM_VERSION/helm
 KUBECONFORM=$CACHE/kubeconform-$KUBECONFORM_VERSION/kubeconform
 COMPOSE=$CACHE/docker-compose-$COMPOSE_VERSION/docker-compose
 PYTOOLS=$CACHE/python-tools-hadolint-$HADOLINT_VERSION-pyyaml-$PYYAML_VERSION
 HADOLINT=$PYTOOLS/bin/hadolint
-SCHEMAS=$CACHE/k8s-schemas-$KUBERNETES_VERSION
+SCHEMAS=$CACHE/k8s-schemas-$KUBERNETES_VERSION-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION
 ETCD=$CACHE/etcd-$ETCD_VERSION/etcd
 KUBE_APISERVER=$CACHE/kubernetes-$KUBERNETES_VERSION/kube-apiserver
 KUBE_CONTROLLER_MANAGER=$CACHE/kubernetes-$KUBERNETES_VERSION/kube-controller-manager
@@ -147,9 +147,11 @@ install_schemas() {
   "$PYTOOLS/bin/python" "$ROOT/scripts/k8s-openapi-to-jsonschema.py" \
     --version "$KUBERNETES_VERSION" --swagger "$k8s/api/openapi-spec/swagger.json" \
     --crd "$operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
+    --crd "$operator/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml" \
     --out "$SCHEMAS.new"
-  # The CRD itself too: make helm-test creates it on its API server.
+  # The CRDs themselves too: make helm-test creates them on its API server.
   cp "$operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$SCHEMAS.new/servicemonitor-crd.yaml"
+  cp "$operator/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml" "$SCHEMAS.new/prometheusrule-crd.yaml"
   complete "$SCHEMAS"
   finish "$SCHEMAS"
 }

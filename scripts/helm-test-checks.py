@@ -157,6 +157,12 @@ def check_installed(api, namespace, release, phase, hooks):
             report.expect(security.get("readOnlyRootFilesystem") is True, f"{where}: root filesystem is writable")
             report.expect(security.get("allowPrivilegeEscalation") is False, f"{where}: allows privilege escalation")
             report.expect("ALL" in security.get("capabilities", {}).get("drop", []), f"{where}: does not drop ALL capabilities")
+        if component in SERVICES:
+            # Pods roll when their Secret changes: the generated one hashed as rendered, an
+            # existingSecret as the chart's `lookup` read it from this server (the operator's
+            # Secrets exist before the install), which `helm template` cannot show.
+            annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+            report.expect("checksum/secret" in annotations, f"{name}: no checksum/secret annotation")
         for container in pod["containers"]:
             where = f"{name}/{container['name']}"
             probes = ["livenessProbe", "readinessProbe"] + (["startupProbe"] if component in SERVICES else [])

@@ -4,8 +4,8 @@
 # scripts/deploy-tools.sh cluster, ~10 minutes on 2 cores), then for each install mode
 #
 #   development  in-chart PostgreSQL/MongoDB/Redis/RabbitMQ/Mailpit, generated dev secrets
-#   production   ci/production-values.yaml: the operator's Secrets and the ServiceMonitor CRD
-#                created first, HPAs, Ingress, ServiceMonitor
+#   production   ci/production-values.yaml: the operator's Secrets and the ServiceMonitor and PrometheusRule CRDs
+#                created first, HPAs, Ingress, ServiceMonitor, PrometheusRule, dashboard ConfigMaps
 #
 # helm install, checks of what the server holds (scripts/helm-test-checks.py), helm upgrade
 # with changed values and its effect, helm uninstall and that nothing of the release is left.
@@ -159,12 +159,14 @@ run_mode() { # mode namespace release helm-args...
   say "[$mode] namespace $namespace (Pod Security: restricted)"
   create_namespace "$namespace"
   if [[ $mode == production ]]; then
-    say "[$mode] the operator's part: the ServiceMonitor CRD and one Secret per service"
+    say "[$mode] the operator's part: the ServiceMonitor and PrometheusRule CRDs and one Secret per service"
     create_objects "" <"$SCHEMAS/servicemonitor-crd.yaml" >/dev/null
+    create_objects "" <"$SCHEMAS/prometheusrule-crd.yaml" >/dev/null
     "$PYTHON" "$ROOT/scripts/helm-test-checks.py" secrets "$namespace" | create_objects "$namespace" >/dev/null
     deadline=$((SECONDS + 60))
-    until kube GET /apis/monitoring.coreos.com/v1/namespaces/"$namespace"/servicemonitors >/dev/null 2>&1; do
-      ((SECONDS < deadline)) || die "the ServiceMonitor CRD was not established"
+    until kube GET /apis/monitoring.coreos.com/v1/namespaces/"$namespace"/servicemonitors >/dev/null 2>&1 &&
+      kube GET /apis/monitoring.coreos.com/v1/namespaces/"$namespace"/prometheusrules >/dev/null 2>&1; do
+      ((SECONDS < deadline)) || die "the ServiceMonitor and PrometheusRule CRDs were not established"
       sleep 1
     done
   fi

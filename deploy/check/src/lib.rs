@@ -5,7 +5,8 @@
 //! | test | what it holds |
 //! |---|---|
 //! | `tests/env_drift.rs` | every variable docker-compose.yml, the Helm chart (both install modes, its hooks and init containers), the Dockerfile and `deploy/local/stack.sh` give a service is one that service's configuration reads (`shop_runtime::config::Env::read_variables`), every variable it requires is given, and the development values load; compose mirrors the native stack's variables and credentials, and no service waits for another to start (ADR 0016); the databases, users and broker accounts the init scripts create are the ones the URLs name |
-//! | `tests/dashboards.rs` | every metric a Grafana dashboard in `deploy/grafana/dashboards` queries is exported on `/metrics` by the running system (booted in-process, driven through one order that is confirmed and one that is declined) |
+//! | `tests/chart.rs` | what the Helm chart renders holds its README's claims: headless Services for the gRPC servers, migrations by `<service> migrate`, MongoDB ready only after its init, the seed hook within the documented `--timeout`, spread per component, per-store toggles (and production refusing each), `global` accepted as a subchart, checksums that roll pods (an existing Secret's through `lookup`), HPA behavior, the alert rules and dashboards shipped unchanged, and NetworkPolicies allowing exactly the documented flows |
+//! | `tests/dashboards.rs` | every metric a Grafana dashboard in `deploy/helm/shop/files/grafana/dashboards` or an alert rule in `deploy/helm/shop/files/prometheus/alerts.yml` queries is exported on `/metrics` by the running system (booted in-process, driven through one order that is confirmed and one that is declined) |
 //!
 //! The tests that render the chart need helm; they are `#[ignore]`d in a plain `cargo test` and
 //! run by `make deploy-check`, which installs the tools first (`scripts/deploy-tools.sh`). Each

@@ -1,6 +1,7 @@
-//! Every metric a Grafana dashboard in deploy/grafana/dashboards or an alert rule in
-//! deploy/prometheus/alerts.yml queries is one the system exports (an alert on a metric nobody
-//! exports never fires, silently). The seven services boot in this process (as e2e does), each against its own
+//! Every metric a Grafana dashboard in deploy/helm/shop/files/grafana/dashboards or an alert
+//! rule in deploy/helm/shop/files/prometheus/alerts.yml queries is one the system exports (an
+//! alert on a metric nobody exports never fires, silently). Both live in the chart, which ships
+//! them (PrometheusRule, dashboard ConfigMaps); compose mounts the same files. The seven services boot in this process (as e2e does), each against its own
 //! stores and all on one RabbitMQ vhost so events flow between them; one customer then places
 //! an order that is confirmed and one that is declined, through the gateway, so the request,
 //! saga, payment, stock, outbox and consumer figures exist; then `/metrics` is scraped and each
@@ -84,7 +85,7 @@ async fn exported(gateway: &str) -> BTreeSet<String> {
 
 /// Every metric name the dashboards query (panel targets and template variables).
 fn dashboard_metrics() -> BTreeSet<String> {
-    let dir = support::root().join("deploy/grafana/dashboards");
+    let dir = support::root().join("deploy/helm/shop/files/grafana/dashboards");
     let mut names = BTreeSet::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -111,7 +112,7 @@ fn dashboard_metrics() -> BTreeSet<String> {
 
 /// Every metric name the alert rules shipped with the deployment use.
 fn alert_metrics() -> BTreeSet<String> {
-    let path = support::root().join("deploy/prometheus/alerts.yml");
+    let path = support::root().join("deploy/helm/shop/files/prometheus/alerts.yml");
     let rules: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut names = BTreeSet::new();

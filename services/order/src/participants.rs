@@ -57,7 +57,7 @@ use crate::{
 };
 
 /// The breakers' metric names: `order_circuit_breaker_state{downstream}` is what the
-/// `CircuitBreakerOpen` alert (`deploy/prometheus/alerts.yml`) reads.
+/// `CircuitBreakerOpen` alert (`deploy/helm/shop/files/prometheus/alerts.yml`) reads.
 const BREAKER_METRICS: Metrics = Metrics {
     state: "order_circuit_breaker_state",
     transitions: "order_circuit_breaker_transitions_total",

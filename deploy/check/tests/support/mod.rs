@@ -249,6 +249,13 @@ pub fn tools() -> BTreeMap<String, PathBuf> {
 
 /// `helm template` of the chart with the extra arguments `args`: its documents.
 pub fn helm_template(args: &[&str]) -> Vec<Value> {
+    helm_render(&root().join("deploy/helm/shop"), args)
+        .unwrap_or_else(|err| panic!("helm template {args:?} failed:\n{err}"))
+}
+
+/// `helm template` of the chart in directory `chart` (the repository's, a copy, or a parent
+/// chart) with `args`: its documents, or what helm said when it refused.
+pub fn helm_render(chart: &Path, args: &[&str]) -> Result<Vec<Value>, String> {
     let helm = tools().remove("HELM").expect("deploy-tools.sh names HELM");
     assert!(
         helm.exists(),
@@ -258,17 +265,31 @@ pub fn helm_template(args: &[&str]) -> Vec<Value> {
     let output = Command::new(&helm)
         .current_dir(root())
         .args(["template", "shop"])
-        .arg(root().join("deploy/helm/shop"))
+        .arg(chart)
         .args(["--kube-version", "1.36.3"])
         .args(args)
         .output()
         .expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm template {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    documents(&String::from_utf8_lossy(&output.stdout))
+    if output.status.success() {
+        Ok(documents(&String::from_utf8_lossy(&output.stdout)))
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// A copy of directory `from` at `to` (files and directories; the chart has no links).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|err| panic!("{}: {err}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|err| panic!("{}: {err}", from.display())) {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|err| panic!("{}: {err}", target.display()));
+        }
+    }
 }
 
 pub fn documents(text: &str) -> Vec<Value> {

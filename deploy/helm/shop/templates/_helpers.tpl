@@ -259,24 +259,90 @@ with in-cluster addresses, plus services.<name>.env. */}}
 {{- toYaml $env -}}
 {{- end -}}
 
-{{/* The development values of a service's secret variables, pointing at the in-chart
-infrastructure. Only rendered when the service has no existingSecret (the schema allows that
-with infrastructure.enabled and mode: development only). Passwords equal role names, as in
+{{/* The standard port of each store the chart can run. */}}
+{{- define "shop.storePorts" -}}
+postgres: 5432
+mongodb: 27017
+redis: 6379
+rabbitmq: 5672
+mailpit: 1025
+{{- end -}}
+
+{{/* Whether the in-chart store .store runs ("true" or ""). */}}
+{{- define "shop.inChart" -}}
+{{- if (index .root.Values.infrastructure .store).enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* "host:port" of store .store for the generated development Secrets: the in-chart one, or
+infrastructure.<store>.external when it is switched off (its port defaulting to the store's
+standard one); empty when neither is given. */}}
+{{- define "shop.storeAddress" -}}
+{{- $port := index (include "shop.storePorts" .root | fromYaml) .store -}}
+{{- if include "shop.inChart" . -}}
+{{- printf "%s:%v" (include "shop.name" (dict "root" .root "component" .store)) $port -}}
+{{- else -}}
+{{- with (index .root.Values.infrastructure .store).external -}}
+{{- if contains ":" . }}{{ . }}{{ else }}{{ printf "%s:%v" . $port }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The stores (and broker, mail relay) a service uses: its own store, RabbitMQ, Mailpit for the
+one that sends mail. */}}
+{{- define "shop.storesOf" -}}
+{{- $t := include "shop.services" .root | fromYaml -}}
+{{- $s := index $t .component -}}
+{{- $stores := list $s.store "rabbitmq" -}}
+{{- if $s.smtp }}{{ $stores = append $stores "mailpit" }}{{ end -}}
+{{- toJson $stores -}}
+{{- end -}}
+
+{{/* The services whose gRPC port another service calls: their Services are headless, so DNS
+answers every ready pod's address and the caller balances over them (README "What the chart
+does for you"). */}}
+{{- define "shop.grpcServers" -}}
+{{- $t := include "shop.services" . | fromYaml -}}
+{{- $servers := list -}}
+{{- range $name := keys $t | sortAlpha -}}
+{{- range (index $t $name).callsGrpc | default list }}{{ $servers = append $servers . }}{{ end -}}
+{{- end -}}
+{{- $servers | uniq | sortAlpha | toJson -}}
+{{- end -}}
+
+{{/* sha256 of the data of Secret .name as the cluster holds it now, or "" when it does not
+exist yet or cannot be read: `helm template` and client-side dry runs see no cluster (lookup
+answers nothing there). Pod-template annotations carry it, so an upgrade after the Secret
+changed rolls the pods. */}}
+{{- define "shop.secretChecksum" -}}
+{{- $secret := lookup "v1" "Secret" .root.Release.Namespace .name -}}
+{{- with $secret }}{{ .data | toJson | sha256sum }}{{ end -}}
+{{- end -}}
+
+{{/* The development values of a service's secret variables, pointing at the in-chart stores or,
+for a store switched off, at infrastructure.<store>.external. Only rendered when the service has
+no existingSecret (mode: development only). Passwords equal role names, as in
 docker-compose.yml and deploy/local/stack.sh. */}}
 {{- define "shop.devSecret" -}}
 {{- $root := .root -}}
 {{- $t := include "shop.services" $root | fromYaml -}}
 {{- $s := index $t .component -}}
 {{- $amqpUser := $s.role | default "gateway" -}}
-{{- $host := dict "postgres" (include "shop.name" (dict "root" $root "component" "postgres")) "mongodb" (include "shop.name" (dict "root" $root "component" "mongodb")) "redis" (include "shop.name" (dict "root" $root "component" "redis")) "rabbitmq" (include "shop.name" (dict "root" $root "component" "rabbitmq")) -}}
+{{- $host := dict -}}
+{{- range $store := list $s.store "rabbitmq" -}}
+{{- $address := include "shop.storeAddress" (dict "root" $root "store" $store) -}}
+{{- if not $address -}}
+{{- fail (printf "services.%s.existingSecret or infrastructure.%s.external is required: the in-chart %s is switched off (infrastructure.%s.enabled: false)" $.component $store $store $store) -}}
+{{- end -}}
+{{- $_ := set $host $store $address -}}
+{{- end -}}
 {{- if eq $s.store "postgres" }}
-DATABASE_URL: {{ printf "postgres://%s:%s@%s:5432/%s" $s.role $s.role $host.postgres $s.database | quote }}
+DATABASE_URL: {{ printf "postgres://%s:%s@%s/%s" $s.role $s.role $host.postgres $s.database | quote }}
 {{- else if eq $s.store "mongodb" }}
-MONGODB_URL: {{ printf "mongodb://%s:%s@%s:27017/%s" $s.role $s.role $host.mongodb $s.database | quote }}
+MONGODB_URL: {{ printf "mongodb://%s:%s@%s/%s" $s.role $s.role $host.mongodb $s.database | quote }}
 {{- else if eq $s.store "redis" }}
-REDIS_URL: {{ printf "redis://%s:6379" $host.redis | quote }}
+REDIS_URL: {{ printf "redis://%s" $host.redis | quote }}
 {{- end }}
-AMQP_URL: {{ printf "amqp://%s:%s@%s:5672/%%2f" $amqpUser $amqpUser $host.rabbitmq | quote }}
+AMQP_URL: {{ printf "amqp://%s:%s@%s/%%2f" $amqpUser $amqpUser $host.rabbitmq | quote }}
 {{- if eq .component "user-service" }}
 SERVICE_CLIENTS: "order-service=dev-only-order-service-secret-0000000000,notification-service=dev-only-notification-service-secret-00000"
 ADMIN_PASSWORD: "change-me-admin"
