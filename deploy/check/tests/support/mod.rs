@@ -249,7 +249,13 @@ pub fn tools() -> BTreeMap<String, PathBuf> {
 
 /// `helm template` of the chart with the extra arguments `args`: its documents.
 pub fn helm_template(args: &[&str]) -> Vec<Value> {
-    let helm = tools().remove("HELM").expect("deploy-tools.sh names HELM");
+    let mut tools = tools();
+    let helm = tools.remove("HELM").expect("deploy-tools.sh names HELM");
+    // The Kubernetes version the schemas and the test clusters are built for (one place:
+    // scripts/deploy-tools.sh).
+    let kubernetes = tools
+        .remove("KUBERNETES_VERSION")
+        .expect("deploy-tools.sh names KUBERNETES_VERSION");
     assert!(
         helm.exists(),
         "{} is missing: run scripts/deploy-tools.sh install (make deploy-check does)",
@@ -259,7 +265,8 @@ pub fn helm_template(args: &[&str]) -> Vec<Value> {
         .current_dir(root())
         .args(["template", "shop"])
         .arg(root().join("deploy/helm/shop"))
-        .args(["--kube-version", "1.36.3"])
+        .arg("--kube-version")
+        .arg(kubernetes.as_os_str().to_string_lossy().trim_start_matches('v'))
         .args(args)
         .output()
         .expect("helm runs");
