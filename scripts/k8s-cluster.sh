@@ -111,7 +111,8 @@ launch() { # name command...
   local name=$1
   shift
   if pid_of "$name" >/dev/null; then return; fi
-  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  # Its own session (no signal from our terminal), without our lock descriptor (fd 8).
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 8>&- &
   printf '%s\n' "$!" >"$RUN/$name.pid"
 }
 
@@ -229,6 +230,42 @@ record_host_paths() {
   local p
   for p in "${HOST_PATHS[@]}"; do [[ -e $p ]] || printf '%s\n' "$p"; done >"$STATE/host-paths.new-by-us"
 }
+# iptables chains and ipsets: those that did not exist before the first `up` are the
+# cluster's (kube-proxy's KUBE-*, the kubelet's KUBE-FIREWALL and canaries, kube-router's
+# KUBE-ROUTER-* and KUBE-NWPLCY-*, the bridge plugin's CNI-*), removed by `down`.
+chains() { # iptables|ip6tables: "table chain" lines
+  "$1-save" 2>/dev/null | awk '/^\*/ { table = substr($0, 2) } /^:/ { print table, substr($1, 2) }' | sort -u
+}
+record_netfilter() {
+  [[ -f $STATE/netfilter.before ]] && return
+  { chains iptables | sed 's/^/4 /'; chains ip6tables | sed 's/^/6 /'; ipset list -n 2>/dev/null | sed 's/^/set /'; } \
+    >"$STATE/netfilter.before.new"
+  mv "$STATE/netfilter.before.new" "$STATE/netfilter.before"
+}
+remove_new_netfilter() {
+  [[ -f $STATE/netfilter.before ]] || return 0
+  local family tool table chain rule
+  for family in 4 6; do
+    tool=iptables
+    [[ $family == 6 ]] && tool=ip6tables
+    local new
+    new=$(chains "$tool" | sed "s/^/$family /" | grep -vxFf "$STATE/netfilter.before" | cut -d' ' -f2- || true)
+    [[ -n $new ]] || continue
+    # Flush the new chains, remove every jump to them from the old ones, delete them.
+    while read -r table chain; do "$tool" -t "$table" -F "$chain" 2>/dev/null || true; done <<<"$new"
+    while read -r table chain; do
+      { "$tool" -t "$table" -S 2>/dev/null | grep -E -- "-j $chain( |\$)" || true; } | sed 's/^-A /-D /' |
+        while read -r rule; do eval "$tool -t $table $rule" 2>/dev/null || true; done
+    done <<<"$new"
+    while read -r table chain; do "$tool" -t "$table" -X "$chain" 2>/dev/null || true; done <<<"$new"
+  done
+  local set
+  for set in $(ipset list -n 2>/dev/null | sed 's/^/set /' | grep -vxFf "$STATE/netfilter.before" | cut -d' ' -f2- || true); do
+    ipset destroy "$set" 2>/dev/null || say "could not destroy ipset $set"
+  done
+  rm -f "$STATE/netfilter.before"
+}
+
 remove_host_paths() {
   local p
   [[ -f $STATE/host-paths.new-by-us ]] || return 0
@@ -357,7 +394,7 @@ import_images() {
   ((${#todo[@]})) || return 0
   say "importing ${#todo[@]} image(s) into containerd: ${todo[*]}"
   local archive=$STATE/images.tar
-  podman save -m --format docker-archive -o "$archive" "${todo[@]}" >/dev/null
+  podman save --quiet -m --format docker-archive -o "$archive" "${todo[@]}" >/dev/null
   ctr_ images import "$archive" >"$LOGS/import.log" 2>&1 || die "ctr images import failed: $(tail -5 "$LOGS/import.log")"
   rm -f "$archive"
   for image in "${todo[@]}"; do
@@ -373,7 +410,7 @@ build_binary_image() { # image:tag binary entrypoint-path
   [[ $have == "$want" ]] && return
   tmp=$(mktemp -d)
   install -D -m 0755 "$binary" "$tmp/root$path"
-  tar -C "$tmp/root" -c . | podman import --change "ENTRYPOINT [\"$path\"]" --change "LABEL shop.k8s.inputs=$want" \
+  tar -C "$tmp/root" -c . | podman import --quiet --change "ENTRYPOINT [\"$path\"]" --change "LABEL shop.k8s.inputs=$want" \
     - "$image" >/dev/null
   rm -rf "$tmp"
 }
@@ -474,6 +511,7 @@ cmd_up() {
   write_configs
   record_sysctls
   record_host_paths
+  record_netfilter
 
   # The bridge, before the API server binds its address (the bridge plugin adopts it).
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
@@ -542,7 +580,7 @@ cmd_up() {
 our_shims() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $CONTAINERD_SOCK " && printf '%s\n' "${p#/proc/}"
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "-address $CONTAINERD_SOCK " && printf '%s\n' "${p#/proc/}"
   done
   return 0
 }
@@ -560,10 +598,10 @@ cmd_down() {
     "$KUBECTL" delete deployments,statefulsets,daemonsets,jobs,pods --all --all-namespaces --wait=false >/dev/null 2>&1 || true
     local deadline=$((SECONDS + 120))
     while ((SECONDS < deadline)); do
-      [[ -z $(ctr_ containers ls -q 2>/dev/null) ]] && break
-      sleep 2
+      [[ -z $(ctr_ tasks ls -q 2>/dev/null) ]] && break
+      sleep 1
     done
-    [[ -z $(ctr_ containers ls -q 2>/dev/null) ]] || say "containers still present after 120 s: $(ctr_ containers ls -q | wc -l)"
+    [[ -z $(ctr_ tasks ls -q 2>/dev/null) ]] || say "containers still running after 120 s: $(ctr_ tasks ls -q | wc -l)"
   fi
   # 2. Our processes, newest first.
   local i
@@ -572,9 +610,11 @@ cmd_down() {
   for pid in $(our_shims); do kill "$pid" 2>/dev/null || true; done
   sleep 1
   for pid in $(our_shims); do kill -9 "$pid" 2>/dev/null || true; done
-  # 3. What the network programs leave in iptables and ipset, removed by their own cleanup modes.
+  # 3. What the network programs leave in iptables and ipset: kube-proxy's own cleanup mode,
+  #    then every chain and set that did not exist before `up` (kube-router's --cleanup-config
+  #    panics here: it also cleans IPVS, which this kernel lacks; the kubelet has no cleanup).
   "$KUBE_PROXY" --cleanup >"$LOGS/kube-proxy-cleanup.log" 2>&1 || say "kube-proxy --cleanup failed (see $LOGS/kube-proxy-cleanup.log)"
-  "$KUBE_ROUTER" --cleanup-config >"$LOGS/kube-router-cleanup.log" 2>&1 || say "kube-router --cleanup-config failed (see $LOGS/kube-router-cleanup.log)"
+  remove_new_netfilter
   remove_cni_leftovers
   # 4. Mounts under the state directory (kubelet volumes, container root file systems, shm).
   local m
@@ -590,16 +630,9 @@ cmd_down() {
   cmd_check
 }
 
-# The masquerade chains and veths of pods whose CNI DEL never ran (a kubelet killed mid-way).
+# The veths of pods whose CNI DEL never ran (a kubelet killed mid-way).
 remove_cni_leftovers() {
-  local chain link
-  for chain in $(iptables -t nat -S POSTROUTING 2>/dev/null | awk '/shop-k8s/ && /-j CNI-/ { for (i = 1; i <= NF; i++) if ($i == "-j") print $(i + 1) }'); do
-    iptables -t nat -S POSTROUTING | grep -F -- "-j $chain" | sed 's/^-A/-D/' | while read -r rule; do
-      eval "iptables -t nat $rule" || true
-    done
-    iptables -t nat -F "$chain" 2>/dev/null || true
-    iptables -t nat -X "$chain" 2>/dev/null || true
-  done
+  local link
   for link in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{ print $2 }' | cut -d@ -f1); do
     ip link delete "$link" 2>/dev/null || true
   done
@@ -614,13 +647,14 @@ cmd_check() {
   grep -qF " $STATE/" /proc/self/mounts && problems+=("mounts left: $(grep -F " $STATE/" /proc/self/mounts | awk '{print $2}' | head -3 | tr '\n' ' ')")
   ip link show "$BRIDGE" >/dev/null 2>&1 && problems+=("bridge $BRIDGE still exists")
   local chains
-  chains=$( { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | grep -oE '^:(KUBE-[A-Z0-9-]+|CNI-[A-Za-z0-9-]+)' | sort -u | tr '\n' ' ')
+  chains=$( { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | grep -oE '^:(KUBE-[A-Z0-9-]+|CNI-[A-Za-z0-9-]+)' | sort -u | tr '\n' ' ' || true)
   [[ -z $chains ]] || problems+=("iptables chains left: $chains")
   local sets
   sets=$(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' | tr '\n' ' ' || true)
   [[ -z $sets ]] || problems+=("ipsets left: $sets")
   [[ -f $STATE/sysctl.saved ]] && problems+=("kernel settings not restored ($STATE/sysctl.saved)")
   [[ -f $STATE/host-paths.new-by-us ]] && problems+=("host directories not removed ($STATE/host-paths.new-by-us)")
+  [[ -f $STATE/netfilter.before ]] && problems+=("iptables chains and ipsets not removed ($STATE/netfilter.before)")
   if ((${#problems[@]})); then
     printf 'k8s-cluster: LEFT BEHIND: %s\n' "${problems[@]}" >&2
     return 1
