@@ -71,13 +71,15 @@ build_images() {
   podman build --pull=never -q -t localhost/shop-k8s/mongo-noauth:ferretdb-1.24.2 "$ROOT/deploy/k8s/images/mongo" >/dev/null ||
     die "building the MongoDB no-auth image failed"
 
+  # Every binary of the workspace, as `make build PROFILE=release` does: the same feature set
+  # as other release builds, so they share the compiled dependencies.
   say "release binaries (cargo build --release --bins, target $TARGET_DIR)"
   (cd "$ROOT" && cargo build --release --bins --locked --quiet) || die "cargo build --release failed"
+  local service
   local context=$STATE/service-images
   rm -rf "$context"
   mkdir -p "$context"
   cp "$ROOT/deploy/k8s/images/services/Containerfile" "$context/"
-  local service
   for service in "${SERVICES[@]}" shop-probe; do cp "$TARGET_DIR/release/$service" "$context/"; done
   # The tag names the binaries: a new build is a new tag. The upgrade's tag is a second image
   # of the same binaries with another label, so the chart's pod templates change.
