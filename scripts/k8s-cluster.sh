@@ -355,7 +355,7 @@ clusterDNS: [$DNS_IP]
 # evict only when the disk is really full (the machine is shared).
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: { memory.available: 200Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2% }
+evictionHard: { memory.available: 100Mi, nodefs.available: 100Mi, imagefs.available: 100Mi, nodefs.inodesFree: 1% }
 serializeImagePulls: false
 maxPods: 60
 # Directories of its own instead of /usr/libexec/kubernetes and /var/log/pods.
@@ -394,8 +394,12 @@ import_images() {
   ((${#todo[@]})) || return 0
   say "importing ${#todo[@]} image(s) into containerd: ${todo[*]}"
   local archive=$STATE/images.tar
+  rm -f "$archive"
   podman save --quiet -m --format docker-archive -o "$archive" "${todo[@]}" >/dev/null
-  ctr_ images import "$archive" >"$LOGS/import.log" 2>&1 || die "ctr images import failed: $(tail -5 "$LOGS/import.log")"
+  ctr_ images import "$archive" >"$LOGS/import.log" 2>&1 || {
+    rm -f "$archive"
+    die "ctr images import failed: $(tail -5 "$LOGS/import.log")"
+  }
   rm -f "$archive"
   for image in "${todo[@]}"; do
     podman image inspect --format '{{.Id}}' "$image" >"$STATE/imported/$(printf '%s' "$image" | tr '/:' '__')"
