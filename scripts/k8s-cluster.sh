@@ -422,7 +422,8 @@ build_binary_image() { # image:tag binary entrypoint-path
 # ------------------------------------------------------------------------------ up
 cluster_objects() {
   # CoreDNS: its RBAC, Corefile, Deployment and the kube-dns Service at $DNS_IP. It listens on
-  # 1053 (no capability needed); the Service maps 53 to it.
+  # port 53 in its pod (NetworkPolicies match the pod's port: the chart allows egress to 53), as
+  # a non-root user thanks to the pod's namespaced sysctl net.ipv4.ip_unprivileged_port_start.
   cat <<EOF
 apiVersion: v1
 kind: ServiceAccount
@@ -446,7 +447,7 @@ kind: ConfigMap
 metadata: { name: coredns, namespace: kube-system }
 data:
   Corefile: |
-    .:1053 {
+    .:53 {
         errors
         health :8080
         ready :8181
@@ -475,14 +476,15 @@ spec:
         runAsUser: 65532
         runAsGroup: 65532
         seccompProfile: { type: RuntimeDefault }
+        sysctls: [{ name: net.ipv4.ip_unprivileged_port_start, value: "53" }]
       containers:
         - name: coredns
           image: $COREDNS_IMAGE:$COREDNS_VERSION
           imagePullPolicy: Never
           args: ["-conf", "/etc/coredns/Corefile"]
           ports:
-            - { name: dns, containerPort: 1053, protocol: UDP }
-            - { name: dns-tcp, containerPort: 1053, protocol: TCP }
+            - { name: dns, containerPort: 53, protocol: UDP }
+            - { name: dns-tcp, containerPort: 53, protocol: TCP }
           readinessProbe: { httpGet: { path: /ready, port: 8181 }, periodSeconds: 2 }
           livenessProbe: { httpGet: { path: /health, port: 8080 }, periodSeconds: 10 }
           resources: { requests: { cpu: 50m, memory: 32Mi }, limits: { memory: 128Mi } }
@@ -500,8 +502,8 @@ spec:
   clusterIP: $DNS_IP
   selector: { k8s-app: kube-dns }
   ports:
-    - { name: dns, port: 53, targetPort: 1053, protocol: UDP }
-    - { name: dns-tcp, port: 53, targetPort: 1053, protocol: TCP }
+    - { name: dns, port: 53, targetPort: 53, protocol: UDP }
+    - { name: dns-tcp, port: 53, targetPort: 53, protocol: TCP }
 EOF
 }
 
@@ -545,6 +547,7 @@ cmd_up() {
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
     --client-ca-file "$PKI/ca.crt" --token-auth-file "$PKI/tokens.csv" \
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
