@@ -208,31 +208,33 @@ spec:
 EOF
   GATEWAY=http://127.0.0.1:$GATEWAY_NODE_PORT
   local deadline=$((SECONDS + 60))
-  until curl -fsS -o /dev/null "$GATEWAY/api/v1/products"; do
+  until curl -fs -o /dev/null "$GATEWAY/api/v1/products"; do
     ((SECONDS < deadline)) || die "the gateway does not answer at $GATEWAY"
     sleep 1
   done
 }
 
-port_forward() { # target port -> prints the local port
-  local local_port
-  local_port=$(free_port)
-  kubectl_ -n "$NAMESPACE" port-forward --address 127.0.0.1 "$1" "$local_port:$2" >"$LOGS/port-forward-${1//\//-}.log" 2>&1 &
+# port_forward TARGET PORT: kubectl port-forward on a free 127.0.0.1 port, in FORWARDED. Not in
+# a $(...) subshell: the pid must reach PIDS, which the exit trap stops.
+port_forward() {
+  FORWARDED=$(free_port)
+  kubectl_ -n "$NAMESPACE" port-forward --address 127.0.0.1 "$1" "$FORWARDED:$2" >"$LOGS/port-forward-${1//\//-}.log" 2>&1 &
   PIDS+=($!)
   local deadline=$((SECONDS + 30))
-  until curl -s -o /dev/null "http://127.0.0.1:$local_port/"; do
+  until curl -s -o /dev/null "http://127.0.0.1:$FORWARDED/"; do
     ((SECONDS < deadline)) || die "kubectl port-forward $1 did not start"
     sleep 0.5
   done
-  printf '%s\n' "$local_port"
 }
 
 run_journeys() {
   local mailpit ops
   # The chart's NetworkPolicies admit no client to Mailpit's UI or the gateway's operational
   # port from outside; a port-forward enters the pod's own network namespace.
-  mailpit=$(port_forward "svc/$RELEASE-mailpit" 8025)
-  ops=$(port_forward "deploy/$RELEASE-gateway" 9080)
+  port_forward "svc/$RELEASE-mailpit" 8025
+  mailpit=$FORWARDED
+  port_forward "deploy/$RELEASE-gateway" 9080
+  ops=$FORWARDED
   say "e2e journeys against $GATEWAY (Mailpit 127.0.0.1:$mailpit, gateway ops 127.0.0.1:$ops)"
   local t0=$SECONDS statuses
   set +e +o pipefail
