@@ -86,7 +86,7 @@ contracts: infra-up ## Contract tests of one crate: make contracts SERVICE=order
 	$(WITH_TEST_ENV) cargo test -p $(SERVICE) --locked --test contracts
 
 # ---------------------------------------------------------------------------- deployment
-.PHONY: deploy-check helm-test
+.PHONY: deploy-check helm-test k8s-test
 
 # test-rust already ran deploy-check's plain tests; within `make test` only its #[ignore]d
 # ones (they need helm, which deploy-check installs) run again here.
@@ -98,6 +98,13 @@ deploy-check: infra-up ## Dockerfile, compose, Helm chart and dashboards, checke
 
 helm-test: ## helm install/upgrade/uninstall of the chart against a real local kube-apiserver (builds it once)
 	scripts/helm-test.sh
+
+# A one-node Kubernetes built here (scripts/k8s-cluster.sh), the chart with in-chart stores, every
+# pod Ready, NetworkPolicies enforced, the e2e journeys through it, helm test, an upgrade under
+# load with 0 failed requests, uninstall, teardown (deploy/helm/shop/README.md). Not part of
+# `make test`: cold it builds for ~40 min; K8S_TEST_KEEP=1 leaves it running.
+k8s-test: ## The chart on a real one-node Kubernetes: install, journeys, helm test, upgrade under load, uninstall
+	scripts/k8s-test.sh
 
 # The full run takes ~10 minutes once the release build exists and writes bench/report.md;
 # QUICK=1 runs every scenario for a few seconds and writes target/bench-quick/report.md.

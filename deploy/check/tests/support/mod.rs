@@ -256,7 +256,13 @@ pub fn helm_template(args: &[&str]) -> Vec<Value> {
 /// `helm template` of the chart in directory `chart` (the repository's, a copy, or a parent
 /// chart) with `args`: its documents, or what helm said when it refused.
 pub fn helm_render(chart: &Path, args: &[&str]) -> Result<Vec<Value>, String> {
-    let helm = tools().remove("HELM").expect("deploy-tools.sh names HELM");
+    let mut tools = tools();
+    let helm = tools.remove("HELM").expect("deploy-tools.sh names HELM");
+    // The Kubernetes version the schemas and the test clusters are built for (one place:
+    // scripts/deploy-tools.sh).
+    let kubernetes = tools
+        .remove("KUBERNETES_VERSION")
+        .expect("deploy-tools.sh names KUBERNETES_VERSION");
     assert!(
         helm.exists(),
         "{} is missing: run scripts/deploy-tools.sh install (make deploy-check does)",
@@ -266,7 +272,8 @@ pub fn helm_render(chart: &Path, args: &[&str]) -> Result<Vec<Value>, String> {
         .current_dir(root())
         .args(["template", "shop"])
         .arg(chart)
-        .args(["--kube-version", "1.36.3"])
+        .arg("--kube-version")
+        .arg(kubernetes.as_os_str().to_string_lossy().trim_start_matches('v'))
         .args(args)
         .output()
         .expect("helm runs");
