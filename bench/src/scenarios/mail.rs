@@ -36,7 +36,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use notification_service::store::history_collection;
+use notification_service::store::{history_collection, past_order_email};
 use serde::Serialize;
 use shop_events::{
     Money,
@@ -372,40 +372,19 @@ const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 /// over the last 30 days, each with the UUIDv7 event id its time gives it, in the collection
 /// notification-service keeps it in ([`history_collection`]: one per day on FerretDB v1).
 async fn fill(db: &mongodb::Database, n: u64) -> mongodb::error::Result<()> {
-    use mongodb::bson::{DateTime, Document, doc};
-    let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
+    use mongodb::bson::{DateTime, Document};
     let now_ms = DateTime::now().timestamp_millis();
     let step_ms = 30 * 24 * 3_600_000 / i64::try_from(n.max(1)).unwrap_or(1);
     let mut batches: HashMap<String, Vec<Document>> = HashMap::new();
     for i in 0..n {
         let at_ms = now_ms - 60_000 - i64::try_from(i).unwrap_or(0) * step_ms;
-        let at = DateTime::from_millis(at_ms);
-        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            u64::try_from(at_ms / 1000).unwrap_or(0),
-            u32::try_from(at_ms % 1000).unwrap_or(0) * 1_000_000,
-        ))
-        .to_string();
-        let collection = history_collection(&id);
+        let past = past_order_email(
+            i,
+            chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default(),
+        );
+        let collection = history_collection(past.get_str("_id").unwrap_or_default());
         let batch = batches.entry(collection.clone()).or_default();
-        batch.push(doc! {
-            "_id": id,
-            "event_type": "order.confirmed",
-            "user_id": Uuid::new_v4().to_string(),
-            "channel": "email",
-            "template": "order_confirmed",
-            "to": [format!("someone-{i}@example.com")],
-            "subject": format!("Your order {i} is confirmed"),
-            "text": &body,
-            "html": &body,
-            "message_id": format!("<{i}@shop.example>"),
-            "status": "sent",
-            "attempts": 1,
-            "next_attempt_at": at,
-            "created_at": at,
-            "updated_at": at,
-            "sent_at": at,
-        });
+        batch.push(past);
         if batch.len() == 2_000 {
             let full = std::mem::take(batch);
             db.collection::<Document>(&collection)

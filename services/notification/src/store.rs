@@ -315,6 +315,38 @@ pub fn history_collection(event_id: &str) -> String {
     }
 }
 
+/// A sent order confirmation of some customer, made at `at`, as this store keeps it: what the
+/// tests and `make bench` write in bulk to stand for a history that has run for weeks (bodies
+/// of a realistic few kilobytes). Its `_id` is the UUIDv7 a producer would have made at `at`;
+/// it belongs in the [`history_collection`] of that id.
+pub fn past_order_email(i: u64, at: DateTime<Utc>) -> Document {
+    let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.timestamp()).unwrap_or_default(),
+        at.timestamp_subsec_nanos(),
+    ));
+    let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
+    let at = millis(at);
+    doc! {
+        "_id": id.to_string(),
+        "event_type": "order.confirmed",
+        "user_id": Uuid::new_v4().to_string(),
+        "channel": "email",
+        "template": "order_confirmed",
+        "to": [format!("someone-{i}@example.com")],
+        "subject": format!("Your order {i} is confirmed"),
+        "text": &body,
+        "html": &body,
+        "message_id": format!("<{id}@shop.example>"),
+        "status": "sent",
+        "attempts": 1,
+        "next_attempt_at": at,
+        "created_at": at,
+        "updated_at": at,
+        "sent_at": at,
+    }
+}
+
 /// `yyyymmdd` of a UUIDv7's timestamp.
 fn day_of(event_id: &str) -> Option<String> {
     let id = Uuid::parse_str(event_id).ok()?;

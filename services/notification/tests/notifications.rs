@@ -702,41 +702,17 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
 /// a realistic few kilobytes), created `age` ago and one second apart before that, each with
 /// the UUIDv7 event id its time gives it, in the collection the service keeps it in.
 async fn seed_history(db: &mongodb::Database, n: usize, age: chrono::Duration) {
-    use notification_service::store::{history_collection, millis};
-    let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
+    use notification_service::store::{history_collection, past_order_email};
     let newest = chrono::Utc::now() - age;
     let mut by_collection: std::collections::BTreeMap<String, Vec<mongodb::bson::Document>> =
         std::collections::BTreeMap::new();
     for i in 0..n {
         let created = newest - chrono::Duration::seconds(i64::try_from(i).unwrap());
-        let at = millis(created);
-        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            u64::try_from(created.timestamp()).unwrap(),
-            created.timestamp_subsec_nanos(),
-        ))
-        .to_string();
+        let past = past_order_email(u64::try_from(i).unwrap(), created);
         by_collection
-            .entry(history_collection(&id))
+            .entry(history_collection(past.get_str("_id").unwrap()))
             .or_default()
-            .push(doc! {
-                "_id": id,
-                "event_type": "order.confirmed",
-                "user_id": Uuid::new_v4().to_string(),
-                "channel": "email",
-                "template": "order_confirmed",
-                "to": [format!("someone-{i}@example.com")],
-                "subject": format!("Your order {i} is confirmed"),
-                "text": &body,
-                "html": &body,
-                "message_id": format!("<{i}@shop.example>"),
-                "status": "sent",
-                "attempts": 1,
-                "next_attempt_at": at,
-                "created_at": at,
-                "updated_at": at,
-                "sent_at": at,
-            });
+            .push(past);
     }
     for (collection, docs) in by_collection {
         let history = db.collection::<mongodb::bson::Document>(&collection);

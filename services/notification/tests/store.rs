@@ -28,7 +28,7 @@ use notification_service::{
     sender::{Sender, Wake},
     store::{
         After, BY_USER, CLAIMS, COLLECTION, Expiry, Layout, Notification, OUTBOX, Status, Store,
-        history_collection, millis,
+        history_collection, millis, past_order_email,
     },
 };
 use uuid::Uuid;
@@ -140,7 +140,6 @@ fn notification(user: &str, to: &str, created: chrono::DateTime<Utc>) -> Notific
 /// `n` sent notifications of other users, written straight into the history in bulk, with
 /// bodies of a realistic size (a rendered order email is a few kilobytes).
 async fn seed_history(db: &Database, n: usize) {
-    let body = "<tr><td>Blue mug</td><td>2</td><td>12.50 EUR</td></tr>".repeat(40);
     let now = Utc::now();
     // Spread over the last 30 days, as a history that has run for a month, each with the
     // UUIDv7 event id its time gives it (so each is where the service keeps it).
@@ -149,29 +148,11 @@ async fn seed_history(db: &Database, n: usize) {
         std::collections::BTreeMap::new();
     for i in 0..n {
         let created = now - step * i32::try_from(i).unwrap();
-        let at = millis(created);
-        let id = event_id_at(created);
+        let past = past_order_email(u64::try_from(i).unwrap(), created);
         by_collection
-            .entry(history_collection(&id))
+            .entry(history_collection(past.get_str("_id").unwrap()))
             .or_default()
-            .push(doc! {
-                "_id": id,
-                "event_type": "order.confirmed",
-                "user_id": Uuid::new_v4().to_string(),
-                "channel": "email",
-                "template": "order_confirmed",
-                "to": [format!("someone-{i}@example.com")],
-                "subject": format!("Your order {i} is confirmed"),
-                "text": &body,
-                "html": &body,
-                "message_id": format!("<{i}@shop.example>"),
-                "status": "sent",
-                "attempts": 1,
-                "next_attempt_at": at,
-                "created_at": at,
-                "updated_at": at,
-                "sent_at": at,
-            });
+            .push(past);
     }
     for (collection, docs) in by_collection {
         let history = db.collection::<Document>(&collection);

@@ -273,7 +273,12 @@ pub fn helm_render(chart: &Path, args: &[&str]) -> Result<Vec<Value>, String> {
         .args(["template", "shop"])
         .arg(chart)
         .arg("--kube-version")
-        .arg(kubernetes.as_os_str().to_string_lossy().trim_start_matches('v'))
+        .arg(
+            kubernetes
+                .as_os_str()
+                .to_string_lossy()
+                .trim_start_matches('v'),
+        )
         .args(args)
         .output()
         .expect("helm runs");
