@@ -36,7 +36,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use notification_service::store::{history_collection, past_order_email};
+use notification_service::store::{is_history_collection, past_order_email, write_history};
 use serde::Serialize;
 use shop_events::{
     Money,
@@ -370,43 +370,29 @@ const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 
 /// Writes `n` sent order confirmations of other customers into the history, in bulk: spread
 /// over the last 30 days, each with the UUIDv7 event id its time gives it, in the collection
-/// notification-service keeps it in ([`history_collection`]: one per day on FerretDB v1).
+/// notification-service keeps it in (`store::history_collection`: one per day on FerretDB v1).
 async fn fill(db: &mongodb::Database, n: u64) -> mongodb::error::Result<()> {
-    use mongodb::bson::{DateTime, Document};
+    use mongodb::bson::DateTime;
     let now_ms = DateTime::now().timestamp_millis();
     let step_ms = 30 * 24 * 3_600_000 / i64::try_from(n.max(1)).unwrap_or(1);
-    let mut batches: HashMap<String, Vec<Document>> = HashMap::new();
-    for i in 0..n {
-        let at_ms = now_ms - 60_000 - i64::try_from(i).unwrap_or(0) * step_ms;
-        let past = past_order_email(
-            i,
-            chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default(),
-        );
-        let collection = history_collection(past.get_str("_id").unwrap_or_default());
-        let batch = batches.entry(collection.clone()).or_default();
-        batch.push(past);
-        if batch.len() == 2_000 {
-            let full = std::mem::take(batch);
-            db.collection::<Document>(&collection)
-                .insert_many(full)
-                .await?;
-        }
-    }
-    for (collection, batch) in batches {
-        if !batch.is_empty() {
-            db.collection::<Document>(&collection)
-                .insert_many(batch)
-                .await?;
-        }
-    }
-    Ok(())
+    write_history(
+        db,
+        (0..n).map(|i| {
+            let at_ms = now_ms - 60_000 - i64::try_from(i).unwrap_or(0) * step_ms;
+            past_order_email(
+                i,
+                chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default(),
+            )
+        }),
+    )
+    .await
 }
 
 /// Notifications stored, over every history collection (the day partitions included).
 async fn count_stored(db: &mongodb::Database) -> mongodb::error::Result<u64> {
     let mut count = 0;
     for name in db.list_collection_names().await? {
-        if name.starts_with(notification_service::store::COLLECTION) {
+        if is_history_collection(&name) {
             count += db
                 .collection::<mongodb::bson::Document>(&name)
                 .estimated_document_count()

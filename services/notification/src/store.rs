@@ -347,6 +347,42 @@ pub fn past_order_email(i: u64, at: DateTime<Utc>) -> Document {
     }
 }
 
+/// Writes `emails` (documents of the history, such as [`past_order_email`]) in bulk, each into
+/// the [`history_collection`] of its `_id`: how tests and `make bench` stand up a long history
+/// without going through the service.
+pub async fn write_history(
+    db: &Database,
+    emails: impl IntoIterator<Item = Document>,
+) -> mongodb::error::Result<()> {
+    let mut by_collection: std::collections::BTreeMap<String, Vec<Document>> =
+        std::collections::BTreeMap::new();
+    for email in emails {
+        let collection = history_collection(email.get_str("_id").unwrap_or_default());
+        let batch = by_collection.entry(collection.clone()).or_default();
+        batch.push(email);
+        if batch.len() == 2_000 {
+            let full = std::mem::take(batch);
+            db.collection::<Document>(&collection)
+                .insert_many(full)
+                .await?;
+        }
+    }
+    for (collection, batch) in by_collection {
+        if !batch.is_empty() {
+            db.collection::<Document>(&collection)
+                .insert_many(batch)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `collection` holds history: one of the day partitions or the collection of other
+/// ids (counting what is stored means counting all of them).
+pub fn is_history_collection(collection: &str) -> bool {
+    collection == COLLECTION || partition_day(collection).is_some()
+}
+
 /// `yyyymmdd` of a UUIDv7's timestamp.
 fn day_of(event_id: &str) -> Option<String> {
     let id = Uuid::parse_str(event_id).ok()?;
@@ -1018,6 +1054,9 @@ mod tests {
         assert_eq!(partition_day(COLLECTION), None);
         assert_eq!(partition_day("notification_outbox"), None);
         assert_eq!(partition_day("notifications_2026"), None);
+        assert!(is_history_collection(COLLECTION));
+        assert!(is_history_collection("notifications_20261207"));
+        assert!(!is_history_collection("notification_outbox"));
     }
 
     #[test]

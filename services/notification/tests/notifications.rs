@@ -702,24 +702,17 @@ async fn the_handler_run_twice_for_one_event_records_one_notification() {
 /// a realistic few kilobytes), created `age` ago and one second apart before that, each with
 /// the UUIDv7 event id its time gives it, in the collection the service keeps it in.
 async fn seed_history(db: &mongodb::Database, n: usize, age: chrono::Duration) {
-    use notification_service::store::{history_collection, past_order_email};
+    use notification_service::store::{past_order_email, write_history};
     let newest = chrono::Utc::now() - age;
-    let mut by_collection: std::collections::BTreeMap<String, Vec<mongodb::bson::Document>> =
-        std::collections::BTreeMap::new();
-    for i in 0..n {
-        let created = newest - chrono::Duration::seconds(i64::try_from(i).unwrap());
-        let past = past_order_email(u64::try_from(i).unwrap(), created);
-        by_collection
-            .entry(history_collection(past.get_str("_id").unwrap()))
-            .or_default()
-            .push(past);
-    }
-    for (collection, docs) in by_collection {
-        let history = db.collection::<mongodb::bson::Document>(&collection);
-        for chunk in docs.chunks(2_000) {
-            history.insert_many(chunk.to_vec()).await.unwrap();
-        }
-    }
+    write_history(
+        db,
+        (0..n).map(|i| {
+            let created = newest - chrono::Duration::seconds(i64::try_from(i).unwrap());
+            past_order_email(u64::try_from(i).unwrap(), created)
+        }),
+    )
+    .await
+    .unwrap();
 }
 
 /// Notifications in every history collection of `db` (the day partitions and the one for
@@ -727,11 +720,7 @@ async fn seed_history(db: &mongodb::Database, n: usize, age: chrono::Duration) {
 async fn history_count(db: &mongodb::Database) -> u64 {
     let mut count = 0;
     for name in db.list_collection_names().await.unwrap() {
-        let history = name == notification_service::store::COLLECTION
-            || name
-                .strip_prefix(notification_service::store::COLLECTION)
-                .is_some_and(|day| day.starts_with('_') && day.len() == 9);
-        if history {
+        if notification_service::store::is_history_collection(&name) {
             count += db
                 .collection::<mongodb::bson::Document>(&name)
                 .count_documents(doc! {})

@@ -27,8 +27,8 @@ use notification_service::{
     mailer::Mailer,
     sender::{Sender, Wake},
     store::{
-        After, BY_USER, CLAIMS, COLLECTION, Expiry, Layout, Notification, OUTBOX, Status, Store,
-        history_collection, millis, past_order_email,
+        After, BY_USER, CLAIMS, Expiry, Layout, Notification, OUTBOX, Status, Store,
+        history_collection, is_history_collection, millis, past_order_email, write_history,
     },
 };
 use uuid::Uuid;
@@ -144,22 +144,15 @@ async fn seed_history(db: &Database, n: usize) {
     // Spread over the last 30 days, as a history that has run for a month, each with the
     // UUIDv7 event id its time gives it (so each is where the service keeps it).
     let step = chrono::Duration::days(30) / i32::try_from(n.max(1)).unwrap();
-    let mut by_collection: std::collections::BTreeMap<String, Vec<Document>> =
-        std::collections::BTreeMap::new();
-    for i in 0..n {
-        let created = now - step * i32::try_from(i).unwrap();
-        let past = past_order_email(u64::try_from(i).unwrap(), created);
-        by_collection
-            .entry(history_collection(past.get_str("_id").unwrap()))
-            .or_default()
-            .push(past);
-    }
-    for (collection, docs) in by_collection {
-        let history = db.collection::<Document>(&collection);
-        for chunk in docs.chunks(2_000) {
-            history.insert_many(chunk.to_vec()).await.unwrap();
-        }
-    }
+    write_history(
+        db,
+        (0..n).map(|i| {
+            let created = now - step * i32::try_from(i).unwrap();
+            past_order_email(u64::try_from(i).unwrap(), created)
+        }),
+    )
+    .await
+    .unwrap();
 }
 
 /// A UUIDv7 event id made at `at`, as a producer would have made it then.
@@ -188,10 +181,7 @@ async fn history_count(db: &Database) -> u64 {
 }
 
 fn is_history(collection: &str) -> bool {
-    collection == COLLECTION
-        || collection
-            .strip_prefix(COLLECTION)
-            .is_some_and(|day| day.starts_with('_') && day.len() == 9)
+    is_history_collection(collection)
 }
 
 fn smtp() -> SmtpConfig {
@@ -311,6 +301,20 @@ async fn with_a_large_history_recording_sending_and_listing_one_users_mail_reach
             ),
             other => panic!("an unexpected collection: {other} ({seen:?})"),
         }
+    }
+    // And of the history only the day the two notifications belong to: the 30 days of
+    // history seeded around it (and the collection for other ids) are never read.
+    let days = [
+        history_collection(&first.event_id),
+        history_collection(&second.event_id),
+    ];
+    for seen in log.iter().filter(|s| is_history(&s.collection)) {
+        assert!(
+            days.contains(&seen.collection),
+            "{} reached {}, not the notifications' own day: {seen:?}",
+            seen.command,
+            seen.collection
+        );
     }
     let outbox = db.collection::<Document>(OUTBOX);
     assert_eq!(outbox.count_documents(doc! {}).await.unwrap(), 0);
