@@ -263,6 +263,16 @@ install_pause() {
   finish "$dir"
 }
 
+# What `make helm-test` needs (and `make k8s-test` builds on): helm, etcd and the Kubernetes
+# binaries, and the commands the scripts that use them call.
+install_control_plane() {
+  command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
+  command -v openssl >/dev/null || die "openssl is needed (apt-get install openssl)"
+  install_helm
+  install_etcd
+  install_kubernetes
+}
+
 print_env() {
   cat <<EOF
 HELM=$HELM
@@ -301,19 +311,11 @@ case "${1:-install}" in
     ;;
   cluster)
     flock 9
-    command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
-    command -v openssl >/dev/null || die "openssl is needed (apt-get install openssl)"
-    install_helm
-    install_etcd
-    install_kubernetes
+    install_control_plane
     ;;
   node)
     flock 9
-    command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
-    command -v openssl >/dev/null || die "openssl is needed (apt-get install openssl)"
-    install_helm
-    install_etcd
-    install_kubernetes
+    install_control_plane
     install_pause
     install_coredns
     install_kube_router
