@@ -12,11 +12,13 @@
 #                 (gateway -> PostgreSQL) is refused, an allowed one (gateway -> Redis) connects
 #   4. journeys   the e2e journeys (e2e/tests/journeys.rs) against the gateway through a
 #                 NodePort on 127.0.0.1, Mailpit through kubectl port-forward on 127.0.0.1
-#   5. helm test  the chart's smoke test pod
-#   6. upgrade    helm upgrade to a new image tag while a light load runs against the gateway:
+#   5. balancing  each of the two payment pods served Authorize calls from order-service
+#                 (headless Service + client-side balancing), read from each pod's /metrics
+#   6. helm test  the chart's smoke test pod
+#   7. upgrade    helm upgrade to a new image tag while a light load runs against the gateway:
 #                 every request must succeed (rolling update, preStop, readiness)
-#   7. uninstall  helm uninstall; nothing of the release is left (scripts/helm-test-checks.py)
-#   8. down       the cluster stopped; nothing of it left on the host (k8s-cluster.sh check)
+#   8. uninstall  helm uninstall; nothing of the release is left (scripts/helm-test-checks.py)
+#   9. down       the cluster stopped; nothing of it left on the host (k8s-cluster.sh check)
 #
 # K8S_TEST_KEEP=1 leaves the cluster and the release running for inspection
 # (`eval "$(scripts/k8s-cluster.sh env)"`, then kubectl/helm; `scripts/k8s-cluster.sh down`).
@@ -246,6 +248,29 @@ run_journeys() {
   say "journeys passed in $((SECONDS - t0)) s"
 }
 
+# ------------------------------------------------------------------------------ balancing
+# The values run two payment pods. gRPC keeps one HTTP/2 connection per peer, so a ClusterIP
+# Service would pin every order pod to one of them; the chart's headless Service and
+# order-service's balanced channel (shop_runtime::grpc::Peers) spread the calls. After the
+# journeys, each payment pod's own /metrics (its operational port, through a port-forward into
+# that pod) must count served gRPC requests.
+check_balancing() {
+  local pods pod served total=0 counts=()
+  pods=$(kubectl_ -n "$NAMESPACE" get pods -l app.kubernetes.io/component=payment-service \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
+  (($(wc -l <<<"$pods") == 2)) || die "expected two payment pods, found: $pods"
+  for pod in $pods; do
+    port_forward "pod/$pod" 9085
+    served=$(curl -fsS "http://127.0.0.1:$FORWARDED/metrics" |
+      awk '/^grpc_server_requests_total\{/ && /Authorize/ { n += $NF } END { printf "%d", n }') ||
+      die "reading $pod's metrics failed"
+    counts+=("$pod: $served")
+    ((served > 0)) || die "payment pod $pod served no Authorize call: order-service's calls are not balanced (${counts[*]})"
+    total=$((total + served))
+  done
+  say "gRPC balanced over two payment pods: ${counts[*]} (Authorize calls served)"
+}
+
 # ------------------------------------------------------------------------------ upgrade under load
 upgrade_under_load() {
   local report=$LOGS/load.json
@@ -321,6 +346,7 @@ main() {
   check_policies
   expose_gateway
   run_journeys
+  check_balancing
   say "helm test"
   helm_ test "$RELEASE" -n "$NAMESPACE" --timeout 5m >"$LOGS/helm-test.log" 2>&1 || die "helm test failed: $(tail -n 20 "$LOGS/helm-test.log")"
   say "helm test passed"
