@@ -24,8 +24,9 @@ use crate::card::Card;
 /// Lines per order at most: bounds the pricing call, the reservation and the row count of one
 /// request.
 pub const MAX_ITEMS: usize = 50;
-/// Units per line at most: a shop limit, and a bound that keeps `quantity × price` far from
-/// overflow even before [`crate::api::price`] checks the sum.
+/// Units per line at most: a shop limit, published as the schema's `maximum` from this same
+/// constant. The sum's overflow is still checked by [`crate::api::price`], since prices are
+/// catalog's to bound.
 pub const MAX_QUANTITY: u64 = 100;
 /// The longest `Idempotency-Key` accepted (it is stored with the order). Room for any UUID
 /// or ULID format a client may use, while one request cannot store an unbounded string.
