@@ -45,6 +45,7 @@ pub struct AppState {
     pub low_stock_threshold: i64,
 }
 
+/// Lets [`RequireAdmin`] take the verifier out of the state without the handlers passing it.
 impl FromRef<AppState> for Verifier {
     fn from_ref(state: &AppState) -> Self {
         state.verifier.clone()
@@ -67,6 +68,9 @@ pub fn router(state: AppState) -> Router {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Stock)]
 pub struct StockView {
+    // Undocumented on purpose (hence the `allow`): a doc comment here would become the field's
+    // description in the committed OpenAPI document.
+    #[allow(missing_docs)]
     pub sku: String,
     /// Units that can be reserved now.
     #[schema(minimum = 0)]
@@ -79,11 +83,13 @@ pub struct StockView {
     pub low_stock_threshold: i64,
 }
 
-/// The body of `PUT /api/v1/inventory/{sku}`, read as loose JSON by [`put_stock`] (so a wrong
-/// type is a field error); its schema is written from the same bounds [`units`] checks.
+/// The body of `PUT /api/v1/inventory/{sku}`, read as loose JSON by `put_stock` (so a wrong
+/// type is a field error); its schema is written from the same bounds `units` checks.
 #[derive(Debug)]
 pub struct SetStock;
 
+/// Written by hand because there is no struct to derive it from (the handler reads loose
+/// JSON); `low_stock_threshold` also admits null, which keeps the current threshold.
 impl utoipa::PartialSchema for SetStock {
     fn schema() -> RefOr<Schema> {
         let units = |description: &str| {
@@ -107,6 +113,7 @@ impl utoipa::PartialSchema for SetStock {
 
 impl ToSchema for SetStock {}
 
+/// Drops `version`, which orders events for their consumers and means nothing to a person.
 impl From<Stock> for StockView {
     fn from(row: Stock) -> Self {
         Self {

@@ -42,6 +42,8 @@ pub struct InventoryConfig {
 }
 
 impl FromEnv for InventoryConfig {
+    /// Reads every variable first and only then combines the results, so one bad value does
+    /// not hide the next: each problem is recorded in `env`, which reports them together.
     fn from_env(env: &mut Env) -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env(env);
         let reservation_ttl = env.seconds_or("RESERVATION_TTL_SECONDS", Duration::from_secs(900));
@@ -88,6 +90,8 @@ mod tests {
         config.map_err(|err| err.to_string())
     }
 
+    /// With nothing set the service boots with the table's defaults: a local stack needs no
+    /// inventory variable at all.
     #[test]
     fn defaults_suit_a_local_stack() {
         let config = load(&[]).expect("defaults are valid");
@@ -96,6 +100,7 @@ mod tests {
         assert_eq!(config.low_stock_threshold, 5);
     }
 
+    /// Three bad values give one error naming all three, each with what is wrong with it.
     #[test]
     fn names_every_bad_variable() {
         let err = load(&[

@@ -12,6 +12,11 @@
 //! late Commit still succeeds (the status, not the clock, decides), which
 //! `commits_racing_the_expiry_of_their_reservations_each_end_exactly_one_way` in
 //! `tests/reservations.rs` checks.
+//!
+//! This is pattern BEY-09 (reservation expiry) of `docs/patterns.md`. It is the one change of
+//! stock that no request and no event asks for: the saga's Commit and Release come from
+//! order-service, this job comes from the clock. What it releases is announced like a saga's Release
+//! (`StockReleased`, reason `expired`), so catalog's `in_stock` follows either way.
 
 use std::time::Duration;
 

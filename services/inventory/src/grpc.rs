@@ -10,6 +10,11 @@
 //! result. [`ApiError`] converts to a [`Status`] with the same kind, so a refusal keeps its
 //! code here and its status in the admin API, and a database outage is `UNAVAILABLE`, which
 //! the saga treats as "unknown, try again" rather than as a refusal.
+//!
+//! Why gRPC here and REST for the admin routes (pattern COM-09): this API has one caller,
+//! order-service, which wants typed messages, deadlines carried as `grpc-timeout`, and a
+//! contract it records itself (`services/order/tests/contracts.rs`, verified by
+//! `tests/contracts.rs` here: the customer/supplier relationship of pattern DEC-07).
 
 use std::time::Duration;
 

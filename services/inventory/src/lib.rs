@@ -27,8 +27,20 @@
 //! late call is in the order's reservation row, keyed by the order id, which is why every call
 //! can be retried by the orchestrator without harm.
 //!
+//! ## What survives a crash
+//!
+//! Nothing here lives only in memory. A Reserve, Commit or Release either committed (with its
+//! event in the outbox, pattern BEY-01) or did not happen, so the saga's retry after a lost
+//! answer is answered from the reservation row (pattern BEY-10). A reservation whose saga never
+//! comes back is released by the [`expiry`] job of whichever instance sees it first (pattern
+//! BEY-09), and a `ProductCreated` redelivered after its effect committed meets the inbox row
+//! written with that effect and has no second one (pattern BEY-03).
+//!
 //! The service is a library so tests boot it in-process
 //! (`shop_testkit::spawn::<InventoryService>()`); `main.rs` only hands it to the shared runtime.
+
+// Every public item says why it exists; the compiler (and so clippy in CI) holds new code to it.
+#![deny(missing_docs)]
 
 pub mod api;
 pub mod config;
@@ -84,6 +96,9 @@ pub struct InventoryService;
 impl Service for InventoryService {
     type Config = InventoryConfig;
 
+    /// The same document as [`openapi()`], as JSON, for `shop_testkit`: every answer a test
+    /// receives from this service is checked against it, so the admin API cannot drift from
+    /// what the document promises.
     fn openapi() -> Option<serde_json::Value> {
         serde_json::to_value(openapi()).ok()
     }

@@ -12,6 +12,10 @@
 //! sku it would refuse from an administrator, a negative or huge `initialStock`) is a
 //! permanent error and is parked at once with the reason, rather than retried forever; a
 //! database error is retryable and goes through the consumer's delay queues.
+//!
+//! In the patterns' terms (`docs/patterns.md`): the flow is choreographed (DATA-06), the
+//! consumer is idempotent through its inbox (COM-17, BEY-03), and a message that can never
+//! succeed ends in the parking queue instead of looping (COM-18).
 
 use shop_events::catalog::ProductCreated;
 use shop_messaging::{HandlerError, Received, consumer::postgres::Handle};
@@ -64,6 +68,8 @@ impl CreateStockRow {
 }
 
 impl Handle<ProductCreated> for CreateStockRow {
+    /// Hands the payload to [`CreateStockRow::apply`]; the envelope (event id, trace context)
+    /// was already used by the consumer for the inbox claim and the span.
     async fn handle(
         &self,
         tx: &mut PgConnection,

@@ -11,6 +11,11 @@
 //!   any, before them. Two orders wanting the same skus in opposite order therefore queue on
 //!   the first sku instead of each holding what the other needs.
 //!
+//! (These two rules are pattern BEY-19 of `docs/patterns.md`; the tests that hold them are
+//! `orders_reserving_two_skus_in_opposite_order_neither_deadlock_nor_oversell` and
+//! `fifty_concurrent_reservations_of_ten_units_let_exactly_ten_through_and_repeats_change_nothing`
+//! in `tests/reservations.rs`.)
+//!
 //! The order id is the idempotency key: [`reserve`], [`commit`] and [`release`] look at the
 //! order's reservation first, and a repeated call answers from it without changing anything.
 //!
@@ -39,7 +44,10 @@
 //! ## Events and errors
 //!
 //! Each function writes its events with [`enqueue_event`] on its own transaction, so a change
-//! and its announcement commit or vanish together; nothing is published from here directly.
+//! and its announcement commit or vanish together; nothing is published from here directly
+//! (the transactional outbox, pattern BEY-01). Committing through [`outbox::commit`] rather
+//! than the transaction's own `commit` also wakes this process's relay at once (ADR 0015), so
+//! an event does not wait for the relay's next poll.
 //! Errors are [`ApiError`]s whose kind says what the caller should do: a validation error
 //! (422 / `INVALID_ARGUMENT`) names the fields, "not possible in this state" is a conflict
 //! (409 / `FAILED_PRECONDITION`), and a database that is down or busy becomes a retryable
@@ -842,12 +850,15 @@ mod tests {
         }
     }
 
+    /// A sku named twice becomes one line with the sum, and the lines come out in sku order:
+    /// the lock order [`reserve`] relies on.
     #[test]
     fn lines_are_merged_by_sku_and_sorted_in_lock_order() {
         let lines = normalise(vec![line("b", 1), line("a", 2), line("b", 3)]).unwrap();
         assert_eq!(lines, vec![line("a", 2), line("b", 4)]);
     }
 
+    /// Every broken rule is its own field error, named by the line's index, in one answer.
     #[test]
     fn bad_lines_are_field_errors() {
         let err = normalise(vec![line("", 1), line("a b", 0)]).unwrap_err();

@@ -17,6 +17,12 @@
 //! same driver and the same idempotent participant calls as any other run, so an operator who
 //! resumes too early only gets it parked again. The proof is
 //! `a_refused_capture_parks_the_saga_for_an_operator_instead_of_looping` in `tests/saga.rs`.
+//!
+//! Where it sits: [`crate::driver`] parks a saga (it writes `parked_at` and `parked_reason`
+//! and gives the lease up), the sweeper then skips it, and only these routes bring it back.
+//! They read and write the `order_sagas` table directly and call [`crate::driver::Driver::sweep`];
+//! they never call a participant themselves, so an operator cannot move money or stock by
+//! hand through order-service.
 
 use axum::{
     Json, Router,
@@ -32,6 +38,10 @@ use uuid::Uuid;
 use crate::api::AppState;
 
 /// The two operator routes, sharing the order API's state (its pool and its driver).
+///
+/// Merged into [`crate::api::router`] rather than served on a port of their own, so they sit
+/// behind the same middleware (request ids, metrics, problem responses); what keeps them from
+/// the public is that the gateway's route table does not name them.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/admin/sagas/parked", get(parked))
@@ -39,6 +49,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A saga as operators see it.
+///
+/// The saga row's columns an operator needs to decide, read as stored: nothing is derived, so
+/// what the list shows is what the driver will resume from.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct SagaView {
     /// The order the saga belongs to (one saga per order).
@@ -56,7 +69,8 @@ pub struct SagaView {
     pub attempts: i32,
     /// The last error of the current step.
     pub last_error: Option<String>,
-    /// When the row last changed.
+    /// When the row last changed: in the listing, when the saga parked (nothing writes a
+    /// parked row but a resume); in a resume's answer, the resume itself.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -64,6 +78,7 @@ pub struct SagaView {
 /// added beside `items` later.
 #[derive(Debug, Serialize)]
 struct Listing {
+    /// At most 500 parked sagas, oldest first.
     items: Vec<SagaView>,
 }
 
@@ -72,6 +87,9 @@ const COLUMNS: &str =
     "order_id, step, reason, parked_at, parked_reason, attempts, last_error, updated_at";
 
 /// Parked sagas, oldest first: the one waiting longest is the first to look at.
+///
+/// Capped at 500 so one answer stays small; the `order_sagas_parked` gauge counts them all,
+/// and resuming the oldest brings the next ones into the list.
 async fn parked(
     State(state): State<AppState>,
     RequireAdmin(_admin): RequireAdmin,
@@ -89,6 +107,9 @@ async fn parked(
 /// move without waiting for the next periodic sweep. Only a parked saga can be resumed: the
 /// `UPDATE ... WHERE parked_at IS NOT NULL` makes that check and the change one statement, so
 /// two operators resuming at once resume it once. The operator is logged by user id.
+///
+/// A malformed order id is a 404 like an unknown one, and a failed sweep is only logged: the
+/// periodic sweep resumes the saga anyway.
 async fn resume(
     State(state): State<AppState>,
     RequireAdmin(admin): RequireAdmin,

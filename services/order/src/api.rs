@@ -33,6 +33,13 @@
 //! the request must not hold a connection for that. The `Location` header names the order to
 //! poll, and the order's events tell the rest of the system.
 //!
+//! ## Patterns
+//!
+//! RES-08 (an idempotency key on a command), DATA-08 (eventual consistency: 202 and a
+//! `Location` to poll), BEY-16 (cursor pagination of the list), SEC-11 (ownership: another
+//! customer's order is a 404) and API-05 (the stored row and the API's view are different
+//! types) of `docs/patterns.md`.
+//!
 //! (Doc comments of the types and handlers that appear in the OpenAPI document are that
 //! document's text, committed in `services/gateway/openapi.json`; further notes on them are
 //! plain comments, so that explaining the code does not change the published contract.)
@@ -88,6 +95,9 @@ pub struct ApiDoc;
 /// values the `orders.status` column's CHECK allows).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
+// The variants' meaning is the type's description above; doc comments on them would add text
+// to the committed document, hence the `allow`.
+#[allow(missing_docs)]
 pub enum OrderStatus {
     Pending,
     Confirmed,
@@ -101,12 +111,17 @@ pub struct AppState {
     pub pool: PgPool,
     /// Checks access tokens; [`Principal`] and `RequireAdmin` find it through [`FromRef`].
     pub verifier: Verifier,
-    /// The gRPC clients, for pricing at placement.
+    /// The gRPC clients, for pricing at placement. A clone of the driver's (the breakers are
+    /// shared through `Arc`s), so the API and the saga see one breaker per participant.
     pub participants: Participants,
-    /// Starts the saga of a new order and sweeps after a cancellation or a resume.
+    /// Starts the saga of a new order and sweeps after a cancellation or a resume. Also
+    /// lends the API its card vault (sealing, fingerprints), its slots and its instance id,
+    /// which a new saga row is leased to.
     pub driver: Arc<Driver>,
 }
 
+/// Lets the [`Principal`] and `RequireAdmin` extractors take the verifier out of the state,
+/// so no handler passes it by hand.
 impl FromRef<AppState> for Verifier {
     fn from_ref(state: &AppState) -> Self {
         state.verifier.clone()
@@ -115,6 +130,9 @@ impl FromRef<AppState> for Verifier {
 
 /// The customer routes and the operators' routes ([`crate::admin`]) on one router; the
 /// runtime adds its shared middleware and operational endpoints.
+///
+/// The paths are the public ones: the gateway forwards `/api/v1/orders...` unchanged, so what
+/// a client sees and what this service routes are the same strings.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/orders", post(place).get(list))
@@ -127,6 +145,9 @@ pub fn router(state: AppState) -> Router {
 /// An order as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Order)]
+// Fields without a doc comment stay without one: it would become their description in the
+// committed document. The `allow` keeps the crate's `missing_docs` rule from asking for it.
+#[allow(missing_docs)]
 pub struct OrderView {
     pub id: Uuid,
     #[schema(value_type = OrderStatus)]
@@ -151,6 +172,8 @@ pub struct OrderView {
 /// A line of an order, priced by catalog when it was placed.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = OrderLine)]
+// As for `OrderView`: undocumented fields would otherwise gain text in the committed document.
+#[allow(missing_docs)]
 pub struct LineView {
     pub product_id: String,
     pub sku: String,
@@ -166,16 +189,28 @@ pub struct LineView {
 /// that finds a repeat selects by it).
 #[derive(Debug, sqlx::FromRow)]
 struct OrderRow {
+    /// UUIDv7, so ordering by id is ordering by creation (the list's cursor relies on it).
     id: Uuid,
+    /// The customer: what [`own`] compares with the token's subject.
     user_id: Uuid,
+    /// `PENDING`, `CONFIRMED` or `CANCELLED`, written by the saga's last transaction.
     status: String,
+    /// Set exactly when `status` is `CANCELLED` (a table CHECK holds both together).
     cancellation_reason: Option<String>,
+    /// Minor units, priced by catalog at placement; what the saga authorizes.
     total_amount: i64,
+    /// The one currency of every line.
     currency: String,
+    /// The validated, normalised address, as the client will see it back.
     shipping_address: serde_json::Value,
+    /// Filled by the saga when payment authorizes; `None` before that and for a declined card.
     card_last4: Option<String>,
+    /// The keyed HMAC a repeated `Idempotency-Key` is compared with; never shown.
     request_fingerprint: Vec<u8>,
+    /// When the order was placed.
     created_at: DateTime<Utc>,
+    /// Set at placement and again when the saga ends; recording `card_last4` leaves it alone,
+    /// and the saga's own progress is in `order_sagas`.
     updated_at: DateTime<Utc>,
 }
 
@@ -184,6 +219,9 @@ const ORDER_COLUMNS: &str = "id, user_id, status, cancellation_reason, total_amo
     shipping_address, card_last4, request_fingerprint, created_at, updated_at";
 
 /// Loads an order with its lines; `None` when it does not exist.
+///
+/// Two queries outside a transaction, the row and then its lines: the lines never change
+/// after placement, so they cannot disagree with the row they are read after.
 ///
 /// Ownership is not checked here: callers decide (the API through `own`, placing through the
 /// order it just wrote).
@@ -202,6 +240,9 @@ async fn load(pool: &PgPool, id: Uuid) -> Result<Option<(OrderRow, OrderView)>, 
 
 /// The API's view of a row and its lines: line totals are computed, not stored, from the
 /// unit price fixed at placement.
+///
+/// The only place a row becomes an answer, so the stored columns (the fingerprint, the
+/// customer's id) cannot leak into the API by a new query forgetting to leave them out.
 fn view(row: &OrderRow, lines: Vec<shop_events::order::OrderLine>) -> OrderView {
     OrderView {
         id: row.id,
@@ -234,6 +275,10 @@ fn view(row: &OrderRow, lines: Vec<shop_events::order::OrderLine>) -> OrderView 
 
 /// 202 with the order and its `Location`.
 ///
+/// Used by every successful path of `POST /orders` (first request, repeated key, lost race),
+/// so they share one status code and one header, and a client needs no special case for a
+/// retry.
+///
 /// 202 and `Location` for a first request and its repeats alike, so a client that lost the
 /// first answer gets the same order back, which is the point of the key.
 fn accepted(order: OrderView) -> Response {
@@ -246,6 +291,9 @@ fn accepted(order: OrderView) -> Response {
 }
 
 /// The answer to a repeated key: the same order, or 422 when the body differs.
+///
+/// `None` when the key is new for this customer. Keys are scoped per customer, so one
+/// customer's key never finds another's order.
 ///
 /// The body is compared through its fingerprint (a keyed HMAC of the canonical request, which
 /// leaves out the card's full number and CVC because it is kept as long as the order).
@@ -437,6 +485,10 @@ async fn place(
 }
 
 /// A cart priced by catalog-service.
+///
+/// What the placing transaction writes: the lines with their prices frozen at this moment
+/// (a later price change in catalog does not touch a placed order), and the total the saga
+/// will authorize.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priced {
     /// The lines with catalog's sku, name and unit price, in the request's order.

@@ -18,6 +18,13 @@
 //! instance after a crash. The only alternative that keeps that order of steps is holding the
 //! card in memory, which a crash would lose. What is left behind is checked by
 //! `no_card_number_or_cvc_in_the_database_the_events_or_the_logs` in `tests/card_data.rs`.
+//!
+//! Where it sits: [`crate::api`] validates the card ([`crate::validate`]), fingerprints the
+//! request and seals the card into `order_cards` in the placing transaction; the
+//! [`crate::driver`] opens it for the `Authorize` call and deletes the row in the transaction
+//! that leaves `Authorize` (or ends the saga). The key is `ORDER_CARD_KEY`
+//! ([`crate::config::OrderConfig::card_key`]). This is pattern SEC-19 (encryption at rest) of
+//! `docs/patterns.md`, for the one piece of data that must wait for a later step.
 
 use ring::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
@@ -35,9 +42,10 @@ use uuid::Uuid;
 /// payment-service, which owns them. Serialisable only so the vault can encrypt it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Card {
-    /// The card number, digits only (spaces and dashes removed by validation).
+    /// The card number, digits only (spaces and dashes removed by validation). Never printed:
+    /// the `Debug` impl shows the last four digits instead.
     pub number: String,
-    /// `MM/YY`.
+    /// `MM/YY`, trimmed. Not secret, and part of the request fingerprint.
     pub expiry: String,
     /// The verification code; never stored unencrypted, never in the fingerprint.
     pub cvc: String,
@@ -69,6 +77,11 @@ impl Card {
 }
 
 /// Encrypts cards for storage and fingerprints requests; built once from `ORDER_CARD_KEY`.
+///
+/// One vault per process, held by the [`crate::driver::Driver`] and shared with the API, so
+/// the request that seals a card and the saga step that opens it use the same key. Changing
+/// the key under running sagas makes their cards unreadable; the driver then declines the
+/// authorization (and voids whatever an earlier attempt may have held) instead of failing.
 #[derive(Clone)]
 pub struct CardVault {
     /// The AES-256-GCM key (`ORDER_CARD_KEY`).
@@ -96,6 +109,8 @@ pub struct VaultError;
 impl CardVault {
     /// `key` is 32 bytes (checked by the configuration).
     ///
+    /// Fails only for a key of another length, which the configuration has already refused.
+    ///
     /// Both keys come from the one configured secret, so operators rotate one value; HKDF with
     /// its own label keeps the fingerprint key independent of the encryption key.
     pub fn new(key: &[u8]) -> Result<Self, VaultError> {
@@ -113,7 +128,11 @@ impl CardVault {
         })
     }
 
-    /// `nonce || ciphertext || tag`, bound to `order_id`.
+    /// `nonce || ciphertext || tag`, bound to `order_id`, for the `order_cards` row.
+    ///
+    /// In practice it fails only if the system's random source does (no nonce, no seal): the
+    /// API then answers
+    /// 500 and stores nothing.
     ///
     /// A fresh random nonce per seal, stored in front of the ciphertext: the same card sealed
     /// twice gives two unrelated byte strings, so equal cards cannot be spotted in the table.
@@ -136,6 +155,9 @@ impl CardVault {
     /// The card sealed for `order_id`. A ciphertext copied to another order's row does not
     /// open (the order id is the associated data), so rows cannot be swapped to pay with
     /// someone else's card.
+    ///
+    /// Fails for a truncated or altered ciphertext, another order, or another key; the
+    /// driver treats each the same way, as a card that cannot be charged.
     pub fn open(&self, order_id: Uuid, sealed: &[u8]) -> Result<Card, VaultError> {
         if sealed.len() < NONCE_LEN {
             return Err(VaultError);
@@ -169,6 +191,8 @@ mod tests {
         }
     }
 
+    /// A sealed card shows no digits, opens for its own order only and under its own key
+    /// only, and its `Debug` print shows the last four digits and not the CVC.
     #[test]
     fn sealed_cards_open_only_for_their_order_and_print_nothing_secret() {
         let vault = CardVault::new(&[7u8; 32]).unwrap();
@@ -191,6 +215,8 @@ mod tests {
         assert!(!printed.contains("123"), "{printed}");
     }
 
+    /// A fingerprint is stable for one body and key, changes with either, and is not what an
+    /// HMAC under the raw encryption key would give.
     #[test]
     fn fingerprints_depend_on_body_and_key() {
         let vault = CardVault::new(&[7u8; 32]).unwrap();

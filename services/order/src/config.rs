@@ -30,6 +30,15 @@
 //! only make sense together are checked together: the lease must be at least four call
 //! deadlines, so the instance driving a saga always hears the answer of its call before
 //! another instance may take the saga over (ADR 0009).
+//!
+//! Why these knobs and not others: each one bounds a failure the saga has to live with. The
+//! call deadline bounds how long one participant may keep a step waiting; the saga timeout
+//! bounds how long stock stays reserved for an order that cannot pay; the lease bounds how
+//! long a dead instance's sagas wait before another instance resumes them; the breaker
+//! settings bound how much a dead participant costs; the parking threshold bounds how long a
+//! step past the pivot is retried before a person is asked. The three fault-injection
+//! variables exist so `tests/crash.rs` can kill the real binary, and `tests/saga.rs` pause an
+//! instance, at the moments a crash must be survivable.
 
 use std::time::Duration;
 
@@ -45,12 +54,18 @@ use shop_runtime::{
 use crate::saga::Step;
 
 /// The development card key: known to everyone who reads this file, so only for local use.
+///
+/// The default of `ORDER_CARD_KEY`, so a local stack needs no secret to place an order;
+/// [`crate::OrderService`] warns at start when it is in use, and `SHOP_ENV=production`
+/// refuses it even when it is given explicitly.
 pub const DEV_CARD_KEY: [u8; 32] = *b"order-service-dev-card-key-32-by";
 
 /// order-service's settings, read once at start; the module's table names each variable.
 #[derive(Debug, Clone)]
 pub struct OrderConfig {
-    /// How customer and admin tokens are verified.
+    /// How customer and admin tokens are verified: locally, against user-service's published
+    /// key set, so once the keys are cached a placing request needs no call to user-service
+    /// (ADR 0005).
     pub auth: AuthConfig,
     /// catalog-service's gRPC address (`CATALOG_GRPC_URL`).
     pub catalog_url: url::Url,
@@ -68,9 +83,12 @@ pub struct OrderConfig {
     pub card_key: Secret<Vec<u8>>,
     /// How sagas are paced.
     pub saga: SagaConfig,
-    /// Consecutive failures that open a downstream's breaker.
+    /// Consecutive failures that open a downstream's breaker (`ORDER_BREAKER_FAILURES`). Only
+    /// calls without an answer count: a refusal proves the participant is up.
     pub breaker_failures: u32,
-    /// How long an open breaker refuses calls before letting one probe through.
+    /// How long an open breaker refuses calls before letting one probe through
+    /// (`ORDER_BREAKER_COOLDOWN_MS`). While it is open every step against that participant is
+    /// an unknown outcome at once, rescheduled by the driver instead of waiting out a deadline.
     pub breaker_cooldown: Duration,
 }
 
@@ -83,30 +101,46 @@ pub struct SagaConfig {
     /// The deadline of one gRPC call, sent to the participant and enforced here.
     pub call_timeout: Duration,
     /// The saga's time limit before its pivot; past it, the saga compensates with `timeout`.
+    /// It should stay below inventory's `RESERVATION_TTL_SECONDS`, or a slow saga meets an
+    /// expired reservation at `CommitStock` instead of compensating on its own terms (it is
+    /// cancelled with `timeout` either way).
     pub saga_timeout: Duration,
-    /// How long an instance owns a saga it drives; at least four call deadlines.
+    /// How long an instance owns a saga it drives; at least four call deadlines. Renewed with
+    /// every attempt, so only a stalled or dead instance loses it, and it is also how long a
+    /// crashed instance's sagas wait before another instance resumes them.
     pub lease: Duration,
-    /// How often every instance sweeps for due sagas.
+    /// How often every instance sweeps for due sagas. It bounds how late a retry runs after
+    /// its `next_attempt_at`, and also refreshes the saga gauges.
     pub sweep_interval: Duration,
-    /// The longest back-off between two attempts of a step.
+    /// The longest back-off between two attempts of a step. A participant that comes back
+    /// is noticed by each waiting saga within this, plus a sweep interval and, if its breaker
+    /// opened, what is left of the cooldown.
     pub retry_max: Duration,
     /// How long a void that found no authorization keeps looking for a late one (only needed
     /// against a payment-service without tombstones).
     pub late_authorization: Duration,
-    /// Sagas one instance drives at once; placing beyond that answers 503.
+    /// Sagas one instance drives at once; placing beyond that answers 503. It bounds the
+    /// database connections and participant calls one instance can have waiting, so a burst
+    /// is refused at the door instead of piling up inside.
     pub max_in_flight: usize,
-    /// Attempts in a row after which a step that cannot turn back is parked.
+    /// Attempts in a row after which a step that cannot turn back is parked. Steps before the
+    /// pivot never park: the saga's time limit already ends them.
     pub park_after: u32,
     /// Test-only fault injection; all off by default.
     pub faults: Faults,
 }
 
 /// Test-only fault injection (refused by release builds and in production).
+///
+/// The two points it can hit are the two that matter for "persist, call, persist": after a
+/// transition committed, and between a participant's answer and its recording. A test that
+/// kills the process at each proves the saga resumes from either without a second effect.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
-    /// Abort right after the transition out of this step committed.
+    /// Abort right after the transition out of this step committed (`ORDER_CRASH_AFTER_STEP`).
     pub crash_after: Option<Step>,
-    /// Abort after this step's participant answered, before the answer is persisted.
+    /// Abort after this step's participant answered, before the answer is persisted
+    /// (`ORDER_CRASH_BEFORE_RECORDING`): the participant acted, the saga row does not say so.
     pub crash_before_recording: Option<Step>,
     /// Once per process, stall (twice the lease) after this step's participant answered,
     /// before persisting: another instance takes the saga over meanwhile.
@@ -114,6 +148,9 @@ pub struct Faults {
 }
 
 impl FromEnv for OrderConfig {
+    /// Reads every variable before combining any result, so each bad one is recorded in `env`
+    /// and reported together; the lease is checked against the call deadline only when both
+    /// parsed.
     fn from_env(env: &mut Env) -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env(env);
         let catalog_url = grpc::url_or(env, "CATALOG_GRPC_URL", "http://127.0.0.1:50052");
@@ -239,6 +276,8 @@ mod tests {
         config.map_err(|err| err.to_string())
     }
 
+    /// A local stack needs only `SERVICE_SECRET`; everything else has a default that works
+    /// against the native stack's ports.
     #[test]
     fn defaults_need_only_the_service_secret() {
         let err = load(&[]).unwrap_err();
@@ -250,6 +289,7 @@ mod tests {
         assert_eq!(config.saga.max_in_flight, 256);
     }
 
+    /// Four bad values are named together, and the bad card key is described, never quoted.
     #[test]
     fn reports_bad_values_by_variable_without_echoing_secrets() {
         let err = load(&[
@@ -271,6 +311,9 @@ mod tests {
         assert!(!err.contains("c2hvcnQ"), "{err}");
     }
 
+    /// `SHOP_ENV=production` turns the development conveniences into errors naming their
+    /// variables: the card key (missing or the development one), plain-HTTP URLs, a missing
+    /// CA, and the fault injection (pattern BEY-14).
     #[test]
     fn production_refuses_the_development_key_and_fault_injection() {
         let err = load(&[

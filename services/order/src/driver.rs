@@ -45,6 +45,28 @@
 //! **Tracing.** A run started by `POST /orders` carries the request's span, so the whole saga
 //! of a new order is one trace; see [`Driver::start`].
 //!
+//! ## Where it sits
+//!
+//! [`crate::api`] creates a saga (row leased to this instance, first attempt marked) and hands
+//! it to [`Driver::start`]; [`crate::admin`] and the cancel route call [`Driver::sweep`] so a
+//! change is picked up at once; [`crate::OrderService`] spawns [`Driver::sweep_forever`]. The
+//! driver in turn asks [`crate::saga`] what to do and [`crate::participants`] to do it, and is
+//! the only writer of `order_sagas` besides those three requests (a new saga, a cancellation
+//! flag, a resume).
+//!
+//! ## What happens on a crash at each point
+//!
+//! | the process dies | what the next run sees | what it does |
+//! |---|---|---|
+//! | before the attempt is written | the previous transition | runs the step (a first attempt) |
+//! | after the attempt, before or during the call | the attempt counted, no answer | calls again; the participant answers from its record |
+//! | after the answer, before recording it | same as above | calls again; same answer, no second effect |
+//! | after recording | the next step | carries on from there |
+//!
+//! In every row the next run starts only once the dead instance's lease has run out, so a
+//! crash costs the saga a wait of about one `ORDER_SAGA_LEASE_MS` (plus a sweep interval),
+//! never the order (patterns BEY-08 and DEP-05).
+//!
 //! The tests that hold this module to its word are in `tests/saga.rs` (two instances on one
 //! database, a stalled instance taken over, one commit per step), `tests/crash.rs` (killed
 //! before and after recording each step) and `tests/outage.rs` (a participant down for a
@@ -75,7 +97,8 @@ use crate::{
 };
 
 /// The terminal steps, as SQL sees them: the sweeper never claims them and the gauges do not
-/// count them.
+/// count them. Must list exactly the steps [`Step::is_terminal`] names, spelled as
+/// [`Step::as_str`] spells them.
 const TERMINAL: &str = "('confirmed', 'cancelled')";
 
 /// The shortest back-off between two attempts of a step; it doubles per attempt up to
@@ -91,13 +114,18 @@ const RETRY_BASE: Duration = Duration::from_millis(200);
 pub struct Driver {
     /// The service's database: orders, saga rows, sealed cards, outbox.
     pub pool: PgPool,
-    /// The gRPC clients of inventory and payment (and catalog).
+    /// The gRPC clients of inventory and payment (and catalog). A clone sits in the API's state
+    /// for pricing.
     pub participants: Participants,
-    /// Opens the sealed card for the `Authorize` step.
+    /// Opens the sealed card for the `Authorize` step. The API also uses it, to seal the card
+    /// and to fingerprint a placing request.
     pub vault: CardVault,
-    /// Leases, deadlines, retry bounds, parking, fault injection.
+    /// Leases, deadlines, retry bounds, parking, fault injection. The API reads the saga
+    /// timeout and the lease from here when it writes a new saga row.
     pub config: SagaConfig,
-    /// This instance's identity in `lease_owner`; new at every start.
+    /// This instance's identity in `lease_owner`; new at every start, so a restarted process
+    /// does not mistake the leases of its previous life for its own and waits for them to run
+    /// out like any other instance would.
     pub instance: Uuid,
     /// The runtime's tracker: runs spawned on it are awaited at shutdown.
     pub tasks: TaskTracker,
@@ -106,15 +134,18 @@ pub struct Driver {
     /// One permit per saga driven at once (`ORDER_MAX_IN_FLIGHT`): the sweeper claims no more
     /// than it has, and `POST /orders` answers 503 when none is left.
     slots: Arc<Semaphore>,
-    /// `ORDER_STALL_BEFORE_RECORDING` fires once per process.
+    /// `ORDER_STALL_BEFORE_RECORDING` fires once per process: set by the first stall, so the
+    /// run that takes the saga over in the same process is not stalled again.
     stalled: std::sync::atomic::AtomicBool,
 }
 
 /// A participant's answer to a step, with what the driver keeps of it.
 #[derive(Debug, Clone)]
 struct Answer {
+    /// What the answer means for the saga: the input of [`saga::after`].
     outcome: Outcome,
-    /// The card's last four digits, from an authorization.
+    /// The card's last four digits, from an authorization: written to the order in the
+    /// transaction that records it.
     last4: Option<String>,
     /// What the participant said when it refused or failed (for `last_error`, parking).
     detail: Option<String>,
@@ -134,15 +165,23 @@ impl Answer {
 /// Where a run goes after [`Driver::record`] persisted a transition.
 #[derive(Debug)]
 enum Then {
-    /// The saga ended, waits for a retry, or this instance lost its lease.
+    /// The saga ended, waits for a retry, was parked, or this instance lost its lease: the run
+    /// returns, and the row says what comes next (nothing, a due time, an operator, a new
+    /// owner).
     Stop,
-    /// The next step's first attempt is persisted with the transition: call it now.
+    /// The next step's first attempt is persisted with the transition: call it now, with the
+    /// row built from what was just written.
     Run(Row),
-    /// The next step turns around before any call: read the row and decide again.
+    /// The next step turns around before any call (the user cancelled or the deadline passed
+    /// meanwhile): read the row back and decide again.
     Reload,
 }
 
 /// A saga row, as read under the lease.
+///
+/// Joined with its order and its card row by [`Driver::load`], so one query gives a step
+/// everything its call needs; after a transition that runs the next step at once, the driver
+/// builds the next `Row` itself instead of reading it back.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Row {
     /// The database's clock when the row was read: the one clock deadlines are compared with.
@@ -215,6 +254,10 @@ impl Driver {
     }
 
     /// A slot to drive one more saga, if this instance has one free.
+    ///
+    /// Never waits: `POST /orders` turns `None` into 503 with `Retry-After`, and the sweeper
+    /// hands a claimed saga straight back. The slot is released when the run that holds it
+    /// ends, whatever way it ends.
     pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
     }
@@ -242,6 +285,10 @@ impl Driver {
 
     /// Runs the saga step after step until it ends, must wait for a retry, or the lease is
     /// gone. Errors of our own database end the run; the sweeper resumes it later.
+    ///
+    /// It does not check the lease before it starts, because every read and write it makes is
+    /// fenced by it: called for a saga leased to another instance, its first read finds no row
+    /// and it returns.
     pub async fn drive(&self, order_id: Uuid, marked: bool) {
         if let Err(err) = self.drive_steps(order_id, marked).await {
             tracing::warn!(%order_id, error = %err, "saga run interrupted; it resumes later");
@@ -325,6 +372,10 @@ impl Driver {
 
     /// `ORDER_CRASH_BEFORE_RECORDING` / `ORDER_STALL_BEFORE_RECORDING`: the participant acted,
     /// and this instance dies or pauses before it writes down what it learned.
+    ///
+    /// The stall lasts twice the lease, so the lease runs out and a sweeper takes the saga over
+    /// meanwhile; when that sweeper belongs to another instance, the stalled run's recording
+    /// is fenced off by the lease once it wakes up, and changes nothing.
     async fn inject_before_recording(&self, order_id: Uuid, step: Step) {
         let faults = &self.config.faults;
         if faults.crash_before_recording == Some(step) {
@@ -341,6 +392,9 @@ impl Driver {
 
     /// The saga and its order (and its sealed card while it has one), if this instance holds
     /// the lease and nobody parked it.
+    ///
+    /// `None` is not an error: the lease ran out (another instance may have it) or the saga
+    /// was parked, and in both cases this run has nothing more to do.
     async fn load(&self, order_id: Uuid) -> Result<Option<Row>, sqlx::Error> {
         sqlx::query_as(
             "SELECT now() AS db_now, s.step, s.reason, s.cancel_requested, s.deadline,
@@ -359,6 +413,9 @@ impl Driver {
 
     /// Persisted before the call: one more attempt, the lease renewed, and when an
     /// authorization goes out (a void must then look for it even if we never hear back).
+    ///
+    /// `false` when this instance no longer holds a live lease: the run stops without calling,
+    /// since whoever holds it now drives the saga.
     async fn mark_attempt(&self, order_id: Uuid, step: Step) -> Result<bool, sqlx::Error> {
         let updated = sqlx::query(
             "UPDATE order_sagas
@@ -458,6 +515,10 @@ impl Driver {
     /// a step costs one commit instead of two; the run then calls without reading the row
     /// back ([`Then::Run`]). A cancellation that lands after this commit is seen when the
     /// call answers, exactly as one landing during the call.
+    ///
+    /// An error is our own database's: the transaction rolls back, nothing was decided, and
+    /// the run ends. The lease then runs out and a sweeper repeats the step, which the
+    /// participant answers from its own record.
     async fn record(
         &self,
         order_id: Uuid,
@@ -643,6 +704,10 @@ impl Driver {
 
     /// Claims due sagas (free or expired lease) and drives them; returns how many.
     ///
+    /// Claiming is one `UPDATE ... WHERE order_id IN (SELECT ... FOR UPDATE SKIP LOCKED)`:
+    /// instances sweeping at the same moment skip each other's rows instead of waiting, and
+    /// the oldest due sagas go first.
+    ///
     /// Also sets the `order_sagas_in_flight` and `order_sagas_parked` gauges from the table,
     /// so they are right whichever instance changed a saga. Public so the API can sweep at once
     /// after a cancellation or an operator's resume, instead of waiting for the next interval.
@@ -721,6 +786,12 @@ impl Driver {
 ///
 /// The status only moves from `PENDING`, so even a transition recorded twice (it cannot be,
 /// under the lease) could not confirm a cancelled order or the reverse.
+///
+/// The event is written in the transaction that ends the saga (pattern BEY-01), so the end
+/// and its announcement commit together: no confirmed order lacks its `OrderConfirmed`, and
+/// no event announces an end that rolled back. An outbox error comes back as a
+/// `sqlx::Error::Protocol`, so the caller's one error type covers it; the transaction then
+/// rolls back and the order stays `PENDING` until the step is recorded again.
 async fn finish(
     tx: &mut PgConnection,
     order_id: Uuid,
@@ -824,11 +895,18 @@ fn outcome_label(outcome: Outcome) -> &'static str {
 }
 
 /// A duration as whole milliseconds for SQL interval arithmetic, saturating.
+///
+/// Every time the driver writes is computed by the database (`now()`, or `now() + <millis> *
+/// interval '1 millisecond'`), so the process's clock never enters a saga row.
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A number in `[0, 1)` for back-off jitter; quality does not matter, spread does.
+///
+/// Taken from the clock's nanoseconds rather than a random number generator: sagas that
+/// failed together reach this line at slightly different instants, which is all the spread
+/// a back-off needs, and it adds no dependency.
 fn jitter() -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

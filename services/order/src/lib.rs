@@ -29,8 +29,34 @@
 //! money and stock consistent then live in one file that can be read and unit-tested, instead
 //! of being spread over four services' event handlers.
 //!
+//! ## What survives a crash, and who notices
+//!
+//! Every fact the saga acts on is a row: the order, its lines, its saga row (step, reason,
+//! attempts, lease, deadline), the sealed card, the outbox. An instance that dies mid-step
+//! leaves a lease that runs out; the sweeper of any instance then claims the saga and repeats
+//! the step persisted last, which the participants answer from their own records because every
+//! call is idempotent per order id (patterns BEY-08, BEY-10 and BEY-11 of `docs/patterns.md`).
+//! A client that lost the answer to `POST /api/v1/orders` sends the same `Idempotency-Key` and
+//! gets the same order (RES-08). `tests/crash.rs` kills the process before and after recording
+//! each step and checks that every order still ends exactly once.
+//!
+//! ## Patterns to look for
+//!
+//! | pattern (`docs/patterns.md`) | where |
+//! |---|---|
+//! | DATA-05 orchestration-based saga, DATA-07 compensating transactions | [`saga`] |
+//! | BEY-12 a pivot step, and late answers after it | [`saga::before`], [`saga::after`] |
+//! | BEY-08 persisted saga state, BEY-11 leases and fencing | [`driver`] |
+//! | RES-02 circuit breaker, RES-03 deadlines, RES-04 retries with jitter | [`participants`] |
+//! | RES-08 idempotency key on commands, DATA-08 eventual consistency (202 and poll) | [`api`] |
+//! | SEC-19 encryption at rest (the card, until it is used) | [`card`] |
+//! | SEC-21 input validation, every field at once | [`validate`] |
+//!
 //! The service is a library so tests boot it in-process (`shop_testkit::spawn::<OrderService>()`);
 //! `main.rs` only hands it to the shared runtime.
+
+// Every public item says why it exists; the compiler (and so clippy in CI) holds new code to it.
+#![deny(missing_docs)]
 
 pub mod admin;
 pub mod api;
@@ -77,6 +103,9 @@ pub struct OrderService;
 impl Service for OrderService {
     type Config = OrderConfig;
 
+    /// The same document as [`openapi()`], as JSON, for `shop_testkit`: every answer a test
+    /// receives from this service is checked against it. The operator routes of [`admin`] are
+    /// not in it: they are not part of the public API the gateway publishes.
     fn openapi() -> Option<serde_json::Value> {
         serde_json::to_value(openapi()).ok()
     }
@@ -92,6 +121,10 @@ impl Service for OrderService {
 
     /// Wires the relay, the participants' clients, the card vault, the saga driver with its
     /// sweeper, and the HTTP API.
+    ///
+    /// Nothing here calls another service: the gRPC channels connect lazily, so order-service
+    /// starts (and answers reads) while a participant is still down, and the sagas wait for
+    /// it in their rows.
     ///
     /// Two settings that are fine in a test but wrong in a deployment are announced as
     /// warnings at start: the development card key and the fault injection. The relay comes

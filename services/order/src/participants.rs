@@ -28,6 +28,20 @@
 //! The answer mappings ([`reserve_outcome`], [`authorize_outcome`], ...) are separate pure
 //! functions so the consumer contract tests (`tests/contracts.rs`) can feed them the providers'
 //! recorded answers; a participant that changed a status code would fail there first.
+//!
+//! ## Where it sits
+//!
+//! [`crate::api`] calls [`Participants::products`] while placing (the one call made on behalf
+//! of a waiting client); [`crate::driver`] calls the other six, one per saga step, and hands
+//! the [`Outcome`] to [`crate::saga::after`]. Nothing here reads or writes the database: what
+//! was asked and answered is persisted by the driver, so this module can be retried freely.
+//!
+//! ## Patterns
+//!
+//! RES-02 (circuit breaker), RES-03 (a deadline on every call), RES-04 (retries with
+//! exponential back-off and jitter), BEY-07 (deadline propagation), COM-09 (gRPC for internal
+//! calls), OTH-04 (one batched call prices a cart) and the anti-corruption layer of DEC-09
+//! (no proto type reaches the state machine) in `docs/patterns.md`.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -58,6 +72,9 @@ use crate::{
 
 /// The breakers' metric names: `order_circuit_breaker_state{downstream}` is what the
 /// `CircuitBreakerOpen` alert (`deploy/helm/shop/files/prometheus/alerts.yml`) reads.
+///
+/// The breaker itself is the shared one (`shop_resilience`, also the gateway's); only these
+/// names are order-service's, so the two callers' breakers show apart on a dashboard.
 const BREAKER_METRICS: Metrics = Metrics {
     state: "order_circuit_breaker_state",
     transitions: "order_circuit_breaker_transitions_total",
@@ -65,15 +82,21 @@ const BREAKER_METRICS: Metrics = Metrics {
 };
 
 /// Why a call produced no answer from the participant itself.
+///
+/// Kept apart from [`Outcome`] because the same error means different things per step: a
+/// `FAILED_PRECONDITION` is "out of stock" for `Reserve` and "captured already" for `Void`.
+/// The `*_outcome` functions below make that call, one per step.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The participant answered with an error status.
+    /// The participant answered with an error status (a refusal, a validation error), tonic
+    /// reported that it could not reach it, or our own deadline ran out; the code tells which.
     #[error("{0}")]
     Status(Status),
-    /// The breaker is open: the call was not made.
+    /// The breaker is open: the call was not made. Carries the method's name for the log.
     #[error("the circuit breaker of {0} is open")]
     Open(&'static str),
-    /// No service token (user-service unreachable or our credentials refused).
+    /// No service token (user-service unreachable or our credentials refused). The call was
+    /// not made: a participant would refuse it without a token anyway.
     #[error("no service token: {0}")]
     Token(String),
 }
@@ -89,7 +112,9 @@ impl CallError {
     }
 }
 
-/// The code of a status that says "the service did not answer", as opposed to an answer.
+/// The code of a status that says "the service did not answer", as opposed to an answer:
+/// what counts against the breaker.
+///
 /// tonic reports a connection the peer closed or refused as `UNAVAILABLE` or, when it dropped
 /// mid-request, `CANCELLED` (this service never cancels its own calls: a deadline is reported
 /// as `DEADLINE_EXCEEDED`).
@@ -101,6 +126,9 @@ fn is_unreachable(code: Code) -> bool {
 }
 
 /// Worth repeating at once: the request never reached the handler or was shed under load.
+///
+/// `DEADLINE_EXCEEDED` is missing on purpose: the participant may still be working on that
+/// request, and repeating it at once would only add a second one behind it.
 fn is_retryable_now(code: Code) -> bool {
     matches!(
         code,
@@ -136,6 +164,9 @@ pub struct Participants {
 impl Participants {
     /// The clients, connecting lazily (order-service starts while a participant is down), with
     /// one breaker per participant: one participant down must not stop calls to the others.
+    ///
+    /// Fails only when the configuration cannot make a client at all (the service-token
+    /// client, a channel for a URL): a boot error, since no saga could run without them.
     pub fn new(config: &OrderConfig) -> Result<Self, String> {
         let timeout = config.saga.call_timeout;
         let tokens = config.credentials.tokens().map_err(|err| err.to_string())?;
@@ -161,6 +192,10 @@ impl Participants {
     }
 
     /// One logical call: breaker, token, deadline, trace context, quick retries.
+    ///
+    /// Generic over the request and the client method, so the pricing call and the seven
+    /// calls of the saga's steps (the refund included) share one policy instead of eight
+    /// copies of it.
     ///
     /// At most two retries, 50 to 400 ms apart with jitter, and only for codes that say the
     /// request was not handled (unreachable, cancelled in transit, shed, aborted): a repeat of
@@ -259,6 +294,10 @@ impl Participants {
     /// Returns the products found and the ids catalog does not know; the API turns the latter
     /// into field errors. Used while placing, before anything is stored, so an error here is
     /// simply the request's error.
+    ///
+    /// The only call that returns a [`CallError`] instead of an [`Outcome`]: there is no saga
+    /// yet to decide about it, and the API answers 503 with `Retry-After`, asking the client to
+    /// repeat the request with the same `Idempotency-Key`.
     pub async fn products(
         &self,
         ids: Vec<String>,
@@ -279,6 +318,10 @@ impl Participants {
     }
 
     /// inventory `Reserve`: all lines or none.
+    ///
+    /// `lines` are the order's lines summed per sku (the driver reads them from `order_lines`),
+    /// so a repeat after a lost answer sends the same request and inventory replays its first
+    /// reservation instead of refusing "other lines".
     pub async fn reserve(&self, order_id: Uuid, lines: Vec<(String, u32)>) -> Outcome {
         let client = self.inventory.clone();
         let message = reserve_request(order_id, lines);
@@ -333,6 +376,10 @@ impl Participants {
     }
 
     /// inventory `Commit`: the pivot. A refusal means the reservation is gone (expired).
+    ///
+    /// `NOT_FOUND` counts as a refusal too: a commit is only sent after a successful reserve,
+    /// so inventory answering that it has no reservation means it holds no stock for the
+    /// order either way, and the saga compensates.
     pub async fn commit(&self, order_id: Uuid) -> Outcome {
         let client = self.inventory.clone();
         let result = self
@@ -352,6 +399,10 @@ impl Participants {
     }
 
     /// payment `Capture`, and what payment said when it refused.
+    ///
+    /// The detail is kept (it becomes the saga's `last_error` and, on a refusal, its
+    /// `parked_reason`) because a refused capture is handed to a person, who needs payment's
+    /// words rather than a status code.
     pub async fn capture(&self, order_id: Uuid) -> (Outcome, Option<String>) {
         let client = self.payment.clone();
         let result = self
@@ -381,7 +432,9 @@ impl Participants {
     /// payment `Void` of the order's authorization, or `Refund` if it turns out captured.
     ///
     /// The refund happens within the same step, so the saga sees one outcome for "give the
-    /// money back" whichever of the two it took.
+    /// money back" whichever of the two it took. A repeat of the whole step (after a lost
+    /// answer) is safe either way: the void replays, and the refund is keyed so it refunds
+    /// once.
     pub async fn void(&self, order_id: Uuid) -> Outcome {
         let client = self.payment.clone();
         let result = self
@@ -426,6 +479,9 @@ impl Participants {
     }
 
     /// inventory `Release`: a no-op when nothing is reserved.
+    ///
+    /// The saga's cancellation reason travels as the release's reason (`compensation` when the
+    /// saga has none), so inventory's `StockReleased` says why the stock came back.
     pub async fn release(&self, order_id: Uuid, reason: Option<Reason>) -> Outcome {
         let client = self.inventory.clone();
         let result = self
@@ -451,7 +507,8 @@ impl Participants {
 
 /// The `Reserve` request for an order's lines.
 ///
-/// Public so the contract test builds the request exactly as the saga does.
+/// Public so the contract test builds the request exactly as the saga does. The order id is
+/// the whole idempotency key: inventory keeps one reservation per order.
 pub fn reserve_request(order_id: Uuid, lines: Vec<(String, u32)>) -> ReserveRequest {
     ReserveRequest {
         order_id: order_id.to_string(),
@@ -479,6 +536,10 @@ pub fn reserve_outcome(result: Result<(), CallError>) -> Outcome {
 }
 
 /// The outcome of `Authorize`, and the card's last four digits when authorized.
+///
+/// A decline carries payment's reason code, which `decline` turns into the order's
+/// cancellation reason. A status payment should never answer to an authorization (pending,
+/// voided, refunded) is treated as unknown and asked again later, not guessed at.
 pub fn authorize_outcome(
     result: Result<AuthorizeResponse, CallError>,
 ) -> (Outcome, Option<String>) {
@@ -507,6 +568,9 @@ pub fn authorize_outcome(
 }
 
 /// `Commit`: a refusal means the reservation is gone (it expired), so nothing was committed.
+///
+/// The refusal's reason is always `timeout`: whatever inventory said, the saga was too slow
+/// for its reservation, and that is what the customer is told.
 pub fn commit_outcome(result: Result<(), CallError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Done,
@@ -522,6 +586,9 @@ pub fn commit_outcome(result: Result<(), CallError>) -> Outcome {
 /// `Capture`: a refusal (`FAILED_PRECONDITION`: the provider refused, e.g. an expired
 /// authorization, or the payment is not capturable) is told apart from an unknown outcome:
 /// retrying it would change nothing, so the saga parks for an operator instead of looping.
+///
+/// An answer other than `CAPTURED` is unknown rather than done: the saga only confirms an
+/// order once payment says the money was taken.
 pub fn capture_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
     match result {
         Ok(PaymentStatus::Captured) => Outcome::Done,
@@ -538,6 +605,9 @@ pub fn capture_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
 }
 
 /// What a `Void` answer leaves to do.
+///
+/// A type of its own because one answer ("already captured") needs a second call, which
+/// [`Participants::void`] makes before the saga hears anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Voided {
     /// The void answered for itself; the outcome goes to the saga as is.
@@ -572,6 +642,9 @@ pub fn void_outcome(result: Result<PaymentStatus, CallError>) -> Voided {
 
 /// What payment's answer to `Refund` means on the way back: refunded means the order had been
 /// captured after all; "nothing to refund" means there is nothing to undo.
+///
+/// `REFUNDED` is required, not `PARTIALLY_REFUNDED`: the saga's refund asks for everything
+/// captured, so anything less is a surprise to retry, not a success.
 pub fn refund_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
     match result {
         Ok(PaymentStatus::Refunded) => Outcome::AlreadyCaptured,
@@ -591,6 +664,10 @@ pub fn refund_outcome(result: Result<PaymentStatus, CallError>) -> Outcome {
 
 /// What inventory's answer to `Release` means on the way back: no reservation (`NotFound`) is
 /// nothing to undo, so a compensation retried after a lost answer still ends.
+///
+/// A refusal (`FAILED_PRECONDITION`: the reservation was committed) is left unknown and
+/// retried, and so parks after [`crate::saga::State::park_after`] attempts: committed stock
+/// on the way back means the saga went wrong, and a person should look.
 pub fn release_outcome(result: Result<(), CallError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Done,
@@ -601,6 +678,9 @@ pub fn release_outcome(result: Result<(), CallError>) -> Outcome {
 
 /// payment's decline code as the order's cancellation reason: insufficient funds is worth
 /// telling the customer, every other code is a plain decline.
+///
+/// A code this service does not know (one payment adds later) is a plain decline too, so a
+/// new code never blocks an order.
 fn decline(reason: &str) -> Reason {
     if reason == "insufficient_funds" {
         Reason::InsufficientFunds

@@ -51,6 +51,22 @@
 //! refusals past the pivot, late authorizations, parking) in microseconds, and the driver
 //! cannot take a decision that is not written here. The time comes in as a parameter because
 //! the driver reads it from the database, the one clock every instance shares.
+//!
+//! ## Why reserve before authorize
+//!
+//! The order of the forward steps is a decision about what is cheap to undo. A reservation
+//! costs nothing to release and holds nobody's money; an authorization holds the customer's
+//! funds until it is voided, and a capture takes them. So the saga asks inventory first, asks
+//! payment only once the goods are set aside, and captures only after the stock is committed:
+//! a customer is never charged for an order that cannot ship, and the common failure (out of
+//! stock) never touches the card. `docs/corrections.md` names the source documents' sagas
+//! that charge first and says why this one does not.
+//!
+//! ## Patterns
+//!
+//! This file is patterns DATA-04 (a saga instead of a distributed transaction), DATA-05
+//! (orchestrated), DATA-07 (compensating transactions) and BEY-12 (a pivot step and late
+//! answers) of `docs/patterns.md`, each with its test below; the design is ADR 0009.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -59,17 +75,23 @@ use chrono::{DateTime, Utc};
 /// Where a saga is: the step to run next, or the end it reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
-    /// Reserve stock for every line (inventory, all or nothing).
+    /// Reserve stock for every line (inventory, all or nothing). The first step of every saga:
+    /// `POST /orders` creates the saga row here.
     Reserve,
-    /// Authorize the total on the customer's card (payment).
+    /// Authorize the total on the customer's card (payment). The only step that needs the
+    /// sealed card; leaving it deletes the card's row.
     Authorize,
-    /// Turn the reservation into a permanent decrement (inventory). The pivot.
+    /// Turn the reservation into a permanent decrement (inventory). The pivot: from here on
+    /// the user can no longer cancel and the time limit no longer applies.
     CommitStock,
-    /// Capture the authorized payment (payment).
+    /// Capture the authorized payment (payment). Retried while unanswered, up to
+    /// [`State::park_after`] attempts; a refusal parks at once.
     Capture,
     /// Compensation: void the authorization, or refund it if it was captured after all.
+    /// Entered from `Authorize` and from a refused `CommitStock`, whatever the reason.
     VoidPayment,
-    /// Compensation: give the reserved stock back.
+    /// Compensation: give the reserved stock back. Always the last step before `Cancelled`
+    /// except after a refused `Reserve`, which reserved nothing.
     ReleaseStock,
     /// Terminal: the order is `CONFIRMED`.
     Confirmed,
@@ -92,6 +114,9 @@ impl Step {
     ];
 
     /// The name stored in the `order_sagas.step` column and used in metrics and logs.
+    ///
+    /// Stored data: renaming a step would leave existing rows unreadable (the driver stops on
+    /// a step it cannot parse rather than guessing), so these strings only ever get added to.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Reserve => "reserve",
@@ -112,6 +137,9 @@ impl Step {
     }
 
     /// Whether the saga may still be turned back (by the user or by its time limit).
+    ///
+    /// Only the two steps before the pivot. The API uses it to answer a cancellation of a
+    /// later step with 409, and [`before`] to decide whether to look at the flag at all.
     pub fn is_compensatable(self) -> bool {
         matches!(self, Self::Reserve | Self::Authorize)
     }
@@ -142,7 +170,9 @@ impl FromStr for Step {
 /// `ReleaseStock` to `Cancelled`, so the customer learns the first cause, not the last step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// Payment declined or refused the card, for any reason but insufficient funds.
+    /// Payment declined or refused the card, for any reason but insufficient funds. Also the
+    /// reason when order-service cannot open the card it sealed, which the customer can only
+    /// fix the same way: with a new order.
     PaymentDeclined,
     /// Payment declined for lack of funds: worth telling the customer apart.
     InsufficientFunds,
@@ -151,12 +181,15 @@ pub enum Reason {
     /// The saga's time limit passed before the pivot, or the reservation lapsed before the
     /// commit (the saga was too slow either way).
     Timeout,
-    /// The customer cancelled before the pivot.
+    /// The customer cancelled before the pivot. Wins over `Timeout` when both apply, since
+    /// the customer asked.
     CancelledByUser,
 }
 
 impl Reason {
-    /// Every reason, for the API's enum and for reading rows back.
+    /// Every reason, for the API's enum and for reading rows back. The published enum is built
+    /// from this list and [`Reason::from_str`] searches it, so a reason missing here could be
+    /// stored but neither read back nor documented.
     pub const ALL: [Reason; 5] = [
         Reason::PaymentDeclined,
         Reason::InsufficientFunds,
@@ -189,6 +222,8 @@ impl utoipa::PartialSchema for Reason {
     }
 }
 
+/// Named `CancellationReason` in the document, the name clients see next to the order's
+/// `cancellation_reason`.
 impl utoipa::ToSchema for Reason {
     fn name() -> std::borrow::Cow<'static, str> {
         "CancellationReason".into()
@@ -202,6 +237,8 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Reads `order_sagas.reason`; like [`Step`]'s, an unknown name is an error rather than a
+/// guess, so a row written by a newer version stops the run instead of being misread.
 impl FromStr for Reason {
     type Err = String;
 
@@ -220,14 +257,19 @@ pub struct State {
     pub step: Step,
     /// Set once the saga turned to compensation: the reason the order will be cancelled with.
     pub reason: Option<Reason>,
-    /// Attempts of the current step so far, this one included.
+    /// Attempts of the current step so far, this one included. Counted afresh for each step
+    /// (a transition writes 0, or 1 when it also records the next step's first attempt) and
+    /// from zero again when an operator resumes a parked saga.
     pub attempts: u32,
     /// After this many attempts without an answer, a step that cannot give up (past the pivot,
     /// or a compensation) is parked for an operator instead of retried forever.
     pub park_after: u32,
-    /// The user asked to cancel (`POST /orders/{id}/cancel`).
+    /// The user asked to cancel (`POST /orders/{id}/cancel`). Read again under the row lock
+    /// before every transition, so a cancellation that arrives during a call is seen when the
+    /// call answers.
     pub cancel_requested: bool,
     /// After this the saga gives up (before the pivot) and compensates with `timeout`.
+    /// Written once, with the database's clock, when the order is placed.
     pub deadline: DateTime<Utc>,
     /// When an `Authorize` was last sent, if ever. A void that finds no authorization keeps
     /// looking until [`LATE_AUTHORIZATION`] after it, so one landing late is still voided.
@@ -238,16 +280,30 @@ pub struct State {
 }
 
 /// The default of [`State::late_authorization`]: longer than payment-service can take.
+///
+/// The value only: [`crate::config`] writes the same 60 s as the default of
+/// `ORDER_LATE_AUTHORIZATION_SECONDS` rather than reading this constant, and the driver fills
+/// [`State::late_authorization`] from the configuration, so changing this alone changes
+/// nothing at run time.
 pub const LATE_AUTHORIZATION: Duration = Duration::from_secs(60);
 
 /// What a participant answered to a step, classified.
+///
+/// [`crate::participants`] turns every gRPC answer and status into one of these, so no proto
+/// type reaches the state machine, and the state machine never has to know which code a
+/// participant used for "no".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The participant did it (or had already done it: every call is idempotent).
     Done,
-    /// The participant said no, for good: no stock, card declined, reservation expired.
+    /// The participant said no, for good: no stock, card declined, reservation expired. The
+    /// reason is what the order is cancelled with when the step is before the pivot; later
+    /// steps decide their own (a refused commit is `timeout`, a refused capture parks).
     Refused(Reason),
-    /// Void only: there is no authorization (yet) for this order.
+    /// Compensation only: there was nothing to undo. For a void it means no authorization
+    /// (yet), which only a payment-service without tombstones answers; the saga then keeps
+    /// looking for a late one for [`State::late_authorization`]. A refund that finds nothing
+    /// captured, and a `NOT_FOUND` from Release, are read the same way.
     NothingToUndo,
     /// Payment answered that the authorization was already captured: refund instead of void.
     /// Refund only follows such an answer; the saga never captures and then compensates itself.
@@ -258,11 +314,17 @@ pub enum Outcome {
 }
 
 /// What the driver does next.
+///
+/// The whole vocabulary of the driver: it persists a `Go`, reschedules a `Retry` with a
+/// back-off, and stops on a `Park`. There is no "fail": a saga either moves, waits or asks a
+/// person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Persist this step (and reason) and carry on with it at once.
+    /// Persist this step (and reason) and carry on with it at once. The same step and reason
+    /// for a saga that has already ended, so recording it twice changes nothing.
     Go(Step, Option<Reason>),
-    /// Stay on the current step; try again after a back-off.
+    /// Stay on the current step; try again after a back-off ([`retry_delay`]). The lease is
+    /// given up meanwhile, so any instance may take the next attempt.
     Retry,
     /// Stop here, on the current step, until an operator resumes the saga: a refusal past the
     /// pivot, or too many unanswered attempts of a step that cannot turn back.
@@ -271,6 +333,9 @@ pub enum Next {
 
 /// Where compensation starts from `step`: undo everything that may have happened, including
 /// what a lost answer may have done, so the first compensation covers the step itself.
+///
+/// Only ever called for `Reserve`, `Authorize` and a refused `CommitStock`; the last arm keeps
+/// the match total for steps that never compensate.
 fn compensate_from(step: Step, reason: Reason) -> Next {
     match step {
         // A Reserve whose answer we never saw may have reserved: release (a no-op otherwise).
@@ -286,6 +351,9 @@ fn compensate_from(step: Step, reason: Reason) -> Next {
 ///
 /// A cancellation wins over the time limit when both apply, so the customer who asked sees
 /// `cancelled_by_user`.
+///
+/// The driver asks this before every call and again, inside [`after`], when a forward step
+/// succeeded: a cancellation that arrived during the call is not lost.
 pub fn before(state: &State, now: DateTime<Utc>) -> Option<Next> {
     if !state.step.is_compensatable() {
         return None;
@@ -303,6 +371,9 @@ pub fn before(state: &State, now: DateTime<Utc>) -> Option<Next> {
 ///
 /// The match names every step explicitly (no catch-all over steps), so a new step does not
 /// compile until it has its decisions.
+///
+/// `now` is the database's time read under the saga row's lock, so the deadline and the late
+/// authorization window are judged on the clock that wrote them.
 pub fn after(state: &State, outcome: Outcome, now: DateTime<Utc>) -> Next {
     use Outcome::*;
     use Step::*;
@@ -363,6 +434,9 @@ pub fn after(state: &State, outcome: Outcome, now: DateTime<Utc>) -> Next {
 }
 
 /// Another attempt later, or, after [`State::park_after`] attempts, a stop for an operator.
+///
+/// Used only where giving up is not an option (past the pivot, and in compensation); before
+/// the pivot the deadline ends the retries instead.
 fn retry_or_park(state: &State) -> Next {
     if state.attempts >= state.park_after {
         Next::Park
@@ -372,8 +446,12 @@ fn retry_or_park(state: &State) -> Next {
 }
 
 /// The delay before the `attempt`-th retry of a step (1-based): exponential from `base`, capped,
-/// with "full jitter" so sagas that failed together (a participant went down) do not all come
-/// back at the same instant. `jitter` is a number in `[0, 1)`.
+/// then spread over the upper half of that ceiling by `jitter` (what is often called "equal
+/// jitter"), so sagas that failed together (a participant went down) do not all come back at
+/// the same instant. `jitter` is a number in `[0, 1)`; values outside `[0, 1]` are clamped.
+///
+/// A pure function of its inputs, so the test below checks the curve exactly; the driver
+/// passes the attempt count from the saga row, `RETRY_BASE` and `ORDER_RETRY_MAX_MS`.
 pub fn retry_delay(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
     let exponential = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
     let ceiling = exponential.min(cap);
@@ -402,6 +480,8 @@ mod tests {
         after(state, outcome, Utc::now())
     }
 
+    /// With every participant saying yes, the saga visits the four forward steps in order and
+    /// ends confirmed without a reason; nothing turns it around on the way.
     #[test]
     fn the_happy_path_goes_forward_step_by_step_to_confirmed() {
         let mut state = at(Step::Reserve);
@@ -430,6 +510,7 @@ mod tests {
         assert_eq!(state.reason, None);
     }
 
+    /// A refused reservation held nothing, so the saga ends at once: no void, no release.
     #[test]
     fn out_of_stock_cancels_without_authorizing_or_releasing() {
         assert_eq!(
@@ -438,6 +519,8 @@ mod tests {
         );
     }
 
+    /// A decline goes back through the void and the release, and the decline's own reason
+    /// survives both compensations to the end.
     #[test]
     fn a_declined_card_voids_then_releases_the_stock_then_cancels_with_its_reason() {
         for reason in [Reason::PaymentDeclined, Reason::InsufficientFunds] {
@@ -461,6 +544,8 @@ mod tests {
         }
     }
 
+    /// Before the pivot an unanswered step is retried until the deadline, then compensated with
+    /// `timeout`, even when a success arrives after the deadline.
     #[test]
     fn unknown_answers_are_retried_until_the_time_limit_then_compensated() {
         let mut state = at(Step::Authorize);
@@ -479,6 +564,8 @@ mod tests {
         );
     }
 
+    /// From `CommitStock` on, neither a cancellation nor an expired deadline turns the saga
+    /// around: an unknown answer is only retried.
     #[test]
     fn past_the_pivot_nothing_turns_back() {
         for step in [Step::CommitStock, Step::Capture] {
@@ -494,6 +581,8 @@ mod tests {
         );
     }
 
+    /// A refused capture parks at once; every step that cannot give up parks on its
+    /// `park_after`-th unanswered attempt and not before; a step before the pivot never parks.
     #[test]
     fn a_refused_capture_parks_and_so_do_steps_that_keep_failing_past_the_pivot() {
         assert_eq!(
@@ -521,6 +610,8 @@ mod tests {
         assert_eq!(run(&authorizing, Outcome::Unknown), Next::Retry);
     }
 
+    /// A refused commit means nothing was committed, so the saga compensates (through the void)
+    /// with `timeout`, whatever reason the refusal carried.
     #[test]
     fn a_commit_refused_because_the_reservation_expired_compensates() {
         assert_eq!(
@@ -529,6 +620,8 @@ mod tests {
         );
     }
 
+    /// A cancellation before the pivot compensates from the current step, including the effect
+    /// of a call that succeeded while the cancellation came in.
     #[test]
     fn cancellation_by_the_user_compensates_what_was_done() {
         let mut reserving = at(Step::Reserve);
@@ -550,6 +643,8 @@ mod tests {
         );
     }
 
+    /// A void that finds no authorization waits only while an `Authorize` sent recently might
+    /// still land; once that window has passed, or if none was ever sent, it moves on.
     #[test]
     fn a_void_that_finds_nothing_waits_for_a_late_authorization() {
         let mut voiding = at(Step::VoidPayment);
@@ -580,6 +675,8 @@ mod tests {
         assert_eq!(run(&voiding, Outcome::Unknown), Next::Retry);
     }
 
+    /// A compensation ignores the deadline: it is retried while unanswered and ends the saga
+    /// cancelled once it is done.
     #[test]
     fn compensations_are_retried_until_they_complete() {
         let mut releasing = at(Step::ReleaseStock);
@@ -593,6 +690,8 @@ mod tests {
         );
     }
 
+    /// Every step and reason in `ALL` reads back as itself from its stored name, and a name
+    /// that is no step is an error rather than a default.
     #[test]
     fn names_round_trip() {
         for step in Step::ALL {
@@ -604,6 +703,8 @@ mod tests {
         assert!("shipped".parse::<Step>().is_err());
     }
 
+    /// The delay doubles per attempt, never exceeds the cap and is never below half the
+    /// ceiling, so a retry never comes back at once.
     #[test]
     fn retry_delays_grow_are_capped_and_never_zero() {
         let base = Duration::from_millis(100);

@@ -6,6 +6,14 @@
 //! instead of the first parser message, and the client learns everything wrong with its
 //! request in one answer. The OpenAPI schemas in [`schema`] are written by hand from the same
 //! limits, so the document and the checks cannot disagree about a bound.
+//!
+//! Where it sits: the first thing `POST /api/v1/orders` does ([`crate::api`]), before the key
+//! is looked up, catalog is asked or anything is stored, so a bad request costs nothing but
+//! its parsing. What it checks is what the client can fix; what only catalog knows (does the
+//! product exist, what does it cost) is checked by [`crate::api::price`] afterwards, and what
+//! only payment knows (an expired card, the brand's CVC length) stays with payment-service.
+//! This is pattern SEC-21 (input validation) and, by ignoring unknown fields, API-03 (tolerant
+//! reader) of `docs/patterns.md`.
 
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
@@ -16,9 +24,12 @@ use crate::card::Card;
 /// Lines per order at most: bounds the pricing call, the reservation and the row count of one
 /// request.
 pub const MAX_ITEMS: usize = 50;
-/// Units per line at most.
+/// Units per line at most: a shop limit, published as the schema's `maximum` from this same
+/// constant. The sum's overflow is still checked by [`crate::api::price`], since prices are
+/// catalog's to bound.
 pub const MAX_QUANTITY: u64 = 100;
-/// The longest `Idempotency-Key` accepted (it is stored with the order).
+/// The longest `Idempotency-Key` accepted (it is stored with the order). Room for any UUID
+/// or ULID format a client may use, while one request cannot store an unbounded string.
 pub const MAX_KEY_CHARS: usize = 255;
 
 /// A valid request to place an order.
@@ -26,20 +37,24 @@ pub const MAX_KEY_CHARS: usize = 255;
 /// Only [`place_order`] builds one, so holding one means every field passed.
 #[derive(Debug, Clone)]
 pub struct PlaceOrder {
-    /// The lines, each product at most once.
+    /// The lines, each product at most once, in the request's order (which becomes the
+    /// lines' `line_no`).
     pub items: Vec<Item>,
-    /// The card, for the saga's `Authorize` step only.
+    /// The card, for the saga's `Authorize` step only: sealed into `order_cards` before the
+    /// placing transaction, never stored in the clear.
     pub card: Card,
-    /// The normalised address (trimmed, country in upper case), stored as given back.
+    /// The normalised address (trimmed, country in upper case), stored as given back. JSON
+    /// rather than a struct because it is stored (`jsonb`) and shown exactly as built here.
     pub shipping_address: Value,
 }
 
 /// One line of the request: a product and how many.
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// A catalog product id; catalog decides whether it exists.
+    /// A catalog product id, trimmed, at most 100 characters; catalog decides whether it
+    /// exists.
     pub product_id: String,
-    /// `1..=MAX_QUANTITY`.
+    /// `1..=MAX_QUANTITY`, so it fits the `integer` column and the proto's `uint32`.
     pub quantity: u32,
 }
 
@@ -79,6 +94,8 @@ pub mod schema {
             )))
     }
 
+    /// A string that must match `pattern`, with an example: the country and the card fields,
+    /// whose rules are formats rather than lengths.
     fn pattern(pattern: &str, description: &str, example: &str) -> ObjectBuilder {
         ObjectBuilder::new()
             .schema_type(Type::String)
@@ -91,6 +108,8 @@ pub mod schema {
     #[derive(Debug)]
     pub struct ShippingAddress;
 
+    /// The address fields with the lengths [`place_order`] allows; `line2` may be absent or
+    /// null.
     impl utoipa::PartialSchema for ShippingAddress {
         fn schema() -> RefOr<Schema> {
             ObjectBuilder::new()
@@ -195,6 +214,7 @@ pub mod schema {
         }
     }
 
+    /// Published as `NewOrder`, and brings the `ShippingAddress` schema it refers to along.
     impl utoipa::ToSchema for PlaceOrder {
         fn name() -> std::borrow::Cow<'static, str> {
             "NewOrder".into()
@@ -214,6 +234,9 @@ pub mod schema {
 /// Required rather than optional: without it a retried `POST` after a lost answer would place
 /// a second order and charge a second time. Trimmed, and stored with the order, unique per
 /// customer, so two customers may use the same key.
+///
+/// Visible ASCII only, because the key travels in a header and is stored in a `text` column:
+/// nothing in it needs escaping or normalising.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<String, FieldError> {
     let field = "Idempotency-Key";
     let value = headers.get("idempotency-key").ok_or_else(|| {
@@ -230,6 +253,8 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, FieldError> {
 }
 
 /// A required text field, trimmed, at most `max` characters; the error names `field`.
+///
+/// The limit counts characters, not bytes, so a name in any script gets the same room.
 fn text<'a>(
     value: &'a Value,
     field: &str,
@@ -253,6 +278,9 @@ fn text<'a>(
 }
 
 /// The card number's checksum: catches a mistyped digit here, before anything is stored.
+///
+/// payment-service runs the same check again (it cannot trust its callers); doing it here
+/// too turns a typo into a 422 while the customer is still there, not a cancelled order.
 fn luhn(digits: &str) -> bool {
     let sum: u32 = digits
         .chars()
@@ -422,6 +450,8 @@ mod tests {
         })
     }
 
+    /// A good body passes with its card number stripped of spaces, its country upper-cased and
+    /// an absent `line2` left out, and the unknown `coupon` ignored.
     #[test]
     fn accepts_a_good_order_and_normalises_it() {
         let order = place_order(&body()).unwrap();
@@ -431,6 +461,8 @@ mod tests {
         assert!(order.shipping_address.get("line2").is_none());
     }
 
+    /// An extra field does not change the canonical form (a client adding one on retry still
+    /// matches its key), but a changed quantity does.
     #[test]
     fn the_fingerprint_ignores_unknown_fields_but_not_the_order() {
         let mut other = body();
@@ -446,6 +478,8 @@ mod tests {
         );
     }
 
+    /// What the fingerprint covers, and so what lives as long as the order, holds the first six
+    /// and last four digits but neither the full number nor the CVC.
     #[test]
     fn the_canonical_form_keeps_no_card_number_and_no_cvc() {
         let mut with_cvc = body();
@@ -456,6 +490,8 @@ mod tests {
         assert!(canonical.contains("424242") && canonical.contains("4242"));
     }
 
+    /// One answer names every broken field, in items, payment and address alike, and a field
+    /// that is fine (`shipping_address.name`) is not named.
     #[test]
     fn reports_every_bad_field_at_once() {
         let errors = place_order(&json!({
@@ -485,6 +521,8 @@ mod tests {
         assert!(empty.iter().any(|e| e.field == "items"));
     }
 
+    /// The simulated provider's test cards are valid numbers, so validation never stops the
+    /// behaviours they exist to trigger.
     #[test]
     fn the_test_cards_pass_the_luhn_check() {
         for card in [
@@ -497,6 +535,7 @@ mod tests {
         }
     }
 
+    /// No key and a 256-character key are refused; a short visible one is taken as is.
     #[test]
     fn idempotency_keys_are_required_and_bounded() {
         let mut headers = HeaderMap::new();

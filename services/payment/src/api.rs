@@ -9,6 +9,10 @@
 //! replay of its completed operations ([`Ledger::replay`]), so the state a customer sees is the
 //! state the saga's next call would be decided on. Read-only: money moves only through the
 //! gRPC API.
+//!
+//! Where it sits: the gateway routes `GET /api/v1/payments` here unchanged, and the gateway's
+//! composed order view does not use it. Nothing in the order saga reads this API; it exists
+//! for the customer, who may check what was held, taken and given back for each order.
 
 use std::collections::HashMap;
 
@@ -37,7 +41,8 @@ use crate::{
 /// At most this many payments in one answer (newest first); a customer has one per order.
 ///
 /// A bound rather than paging: it keeps one request's cost fixed, and the order filter reaches
-/// any older payment directly.
+/// any older payment directly. The second query of a request reads only the operation rows
+/// of the payments listed.
 const LIMIT: i64 = 100;
 
 /// The part of the public API this service owns, as OpenAPI; the gateway merges it into the
@@ -58,6 +63,8 @@ pub struct AppState {
     pub verifier: Verifier,
 }
 
+/// Lets the [`Principal`] extractor take the verifier out of the state, so the handler never
+/// handles tokens itself.
 impl FromRef<AppState> for Verifier {
     fn from_ref(state: &AppState) -> Self {
         state.verifier.clone()
@@ -65,6 +72,9 @@ impl FromRef<AppState> for Verifier {
 }
 
 /// The customer route only; the runtime adds its shared middleware and operational endpoints.
+///
+/// There is no route that moves money: a refund outside the saga goes through the gRPC
+/// `Refund`, which only the callers named in [`crate::GRPC_ACCESS`] may use.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/payments", get(list))
@@ -82,6 +92,8 @@ struct ListQuery {
 
 /// The caller's payments, newest first (at most 100; a customer has one per order).
 #[derive(Debug, Serialize, ToSchema)]
+// `items` stays without a doc comment, which would become text in the committed document.
+#[allow(missing_docs)]
 pub struct Payments {
     pub items: Vec<PaymentView>,
 }
@@ -92,7 +104,9 @@ pub struct Payments {
 // The fields' meaning, in plain comments because doc comments here would change the
 // committed OpenAPI document: `state` is derived from the operation log, never stored;
 // `captured` is 0 until the capture, `refunded` sums every refund; `updated_at` is when the
-// last completed operation was recorded (`created_at` before any).
+// last completed operation was recorded (`created_at` before any). The `allow` below keeps the
+// crate's `missing_docs` rule from asking for those doc comments.
+#[allow(missing_docs)]
 pub struct PaymentView {
     pub id: Uuid,
     pub order_id: Uuid,
@@ -110,6 +124,7 @@ pub struct PaymentView {
 // card, useless to anyone who would charge it.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Card)]
+#[allow(missing_docs)] // as for `PaymentView`: no doc comments on a published schema's fields
 pub struct CardView {
     #[schema(example = "visa")]
     pub brand: String,

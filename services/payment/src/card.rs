@@ -3,8 +3,8 @@
 //! The full number and the CVC exist only inside [`Card`], for as long as one request needs
 //! them to reach the provider. Neither type here implements `Display`, `Serialize` or a
 //! revealing `Debug`: a `tracing::debug!(?card)` or an error message built with `{:?}` shows the
-//! brand and the last four digits and nothing else. What is stored, logged, published and
-//! returned is a [`CardSummary`].
+//! brand, the last four digits and the expiry, with the CVC masked, and nothing else. What is
+//! stored, logged, published and returned is a [`CardSummary`].
 //!
 //! Why types and not discipline: a rule such as "never log the card" is broken by the first
 //! `?request` in a log line written under pressure. With these types the compiler and the
@@ -15,6 +15,13 @@
 //! Validation happens here, before any provider call, so a typo is a field-level 422 /
 //! `INVALID_ARGUMENT` naming `card.number`, `card.expiry` or `card.cvc`, and never a decline
 //! that would cost a provider round trip and read like the bank's decision.
+//!
+//! Where it sits: [`crate::grpc`] parses the Authorize request's card into a [`Card`] and
+//! drops the request; [`crate::payments`] stores the [`CardSummary`] on the payment and moves
+//! the [`Card`] into the attempt; only [`crate::provider`] reads the digits. order-service
+//! checks the same number and format first (for a quick 422 to the customer), but this is
+//! the check that counts, since payment-service trusts no caller's validation. This is
+//! pattern SEC-20 (data minimization) of `docs/patterns.md`.
 
 use std::fmt;
 
@@ -28,8 +35,11 @@ use shop_runtime::FieldError;
 /// and moves it into the attempt that calls the provider; it is dropped when that attempt
 /// ends and is never written anywhere.
 pub struct Card {
+    /// The full number; leaves this type only through [`Card::number`].
     number: CardNumber,
+    /// Not secret, but only the provider needs it.
     expiry: Expiry,
+    /// Never stored, never printed.
     cvc: Cvc,
 }
 
@@ -48,6 +58,10 @@ impl fmt::Debug for Card {
 impl Card {
     /// Validates the three fields together and reports every problem, each naming its field
     /// (`card.number`, `card.expiry`, `card.cvc`). Messages never quote what was sent.
+    ///
+    /// `today` comes from the caller (the gRPC handler passes the current UTC date), so the
+    /// expiry rule is a pure function the tests can pin to a date. The CVC's length depends
+    /// on the brand, so a bad number also makes the CVC be checked as a three-digit one.
     pub fn parse(
         number: &str,
         expiry: &str,
@@ -101,6 +115,10 @@ impl Card {
 }
 
 /// What may be known about a card outside the provider call.
+///
+/// Stored on the payment, published in `PaymentAuthorized` and `PaymentFailed`, returned by
+/// Authorize and shown by the HTTP API: everywhere a card appears outside the provider call,
+/// this is what appears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardSummary {
     /// The network, stored as `payments.card_brand`.
@@ -153,6 +171,7 @@ impl Brand {
 /// removed.
 pub struct CardNumber(String);
 
+/// `CardNumber(visa ****4242)`: enough to tell two cards apart in a log, not to use one.
 impl fmt::Debug for CardNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -276,6 +295,7 @@ impl Expiry {
 /// authorization, and this service has no use for it after the provider call.
 pub struct Cvc(String);
 
+/// Always `Cvc(***)`: not even the length shows.
 impl fmt::Debug for Cvc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Cvc(***)")
@@ -321,6 +341,8 @@ mod tests {
         }
     }
 
+    /// The simulated provider's test cards and common brands' test numbers pass, spaces
+    /// allowed; a wrong check digit, a letter or a short number does not.
     #[test]
     fn the_test_cards_pass_the_luhn_check_and_typos_do_not() {
         for number in [
@@ -339,6 +361,7 @@ mod tests {
         assert!(CardNumber::parse("4242").is_err());
     }
 
+    /// Each brand is recognised by its prefixes, including Mastercard's 2-series.
     #[test]
     fn brands_come_from_the_leading_digits() {
         let brand = |n: &str| CardNumber::parse(n).map(|n| n.brand()).ok();
@@ -349,6 +372,8 @@ mod tests {
         assert_eq!(brand("6011111111111117"), Some(Brand::Discover));
     }
 
+    /// A card is valid through its expiry month, a month past it is refused, and each
+    /// malformed shape tried (one-digit month, four-digit year, no slash) gets `must be MM/YY`.
     #[test]
     fn expiry_is_mm_yy_and_valid_through_its_month() {
         assert!(Expiry::parse("11/26", today()).is_ok(), "this month");
@@ -366,6 +391,8 @@ mod tests {
         }
     }
 
+    /// All three fields are checked in one pass, each error names its field, none quotes the
+    /// value, and an Amex needs four CVC digits.
     #[test]
     fn every_bad_field_is_named_without_quoting_the_value() {
         assert_eq!(
@@ -386,6 +413,7 @@ mod tests {
         assert!(errors("4242424242424242", "12/30", "123").is_empty());
     }
 
+    /// Neither a card's nor its summary's `Debug` print shows the full number or the CVC.
     #[test]
     fn debug_shows_brand_and_last_four_only() {
         let card = Card::parse("4242424242424242", "12/30", "987", today()).unwrap_or_else(|_| {

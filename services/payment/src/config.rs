@@ -15,6 +15,13 @@
 //! Every variable is checked at start and all bad values are named together
 //! (`defaults_and_bad_values_named` below), so a misconfigured instance refuses to boot with one
 //! message rather than running with, say, a provider timeout of zero.
+//!
+//! Why these settings: the provider timeout is the one number the whole uncertainty design
+//! hangs on (it bounds a call, sets the lease, and so decides when a crashed attempt may be
+//! taken over and when the reconciler may conclude that the provider never got a request);
+//! the reconciler's pace and alert age decide how long an unsettled hold can go unnoticed;
+//! the simulated provider's settings exist so tests and load runs can reach each failure mode
+//! on purpose (pattern RES-10) without a real provider.
 
 use std::time::Duration;
 
@@ -30,27 +37,34 @@ use crate::{ledger::Operation, provider::FaultRate};
 /// payment-service's settings, read once at start; the module's table names each variable.
 #[derive(Debug, Clone)]
 pub struct PaymentConfig {
-    /// How user and service tokens are verified.
+    /// How user and service tokens are verified: customers' tokens for the HTTP API, the
+    /// order saga's service token for the gRPC API.
     pub auth: AuthConfig,
     /// The bound on one provider call (`PROVIDER_TIMEOUT_MS`, at least 1 ms). It also sets
     /// the lease of an attempt (this plus 10 s, see [`crate::payments::Payments::new`]), so
     /// it decides how long a duplicate waits and when a crashed attempt can be taken over.
     pub provider_timeout: Duration,
-    /// How long the simulated provider deliberates on the slow test card.
+    /// How long the simulated provider deliberates on the slow test card. Set it above
+    /// order-service's call deadline to see an authorization outlive its caller.
     pub slow_card_delay: Duration,
     /// Faults the simulated provider injects into approving authorizations, for load tests;
     /// none by default.
     pub faults: FaultRate,
-    /// How often the reconciler looks at its queue (at least 1 ms).
+    /// How often the reconciler looks at its queue (at least 1 ms); also the delay of its
+    /// "look again soon".
     pub reconcile_interval: Duration,
     /// Age after which an unsettled payment counts in the `payment_unsettled_authorizations`
     /// gauge: the point where a person should look at the provider's side.
     pub reconcile_alert_after: Duration,
-    /// Test-only: abort the process after the provider answered this operation.
+    /// Test-only: abort the process after the provider answered this operation, before the
+    /// answer is recorded: the one moment where the provider has acted and this service does
+    /// not know it. `tests/restart.rs` restarts the service after it and checks the outcome.
     pub crash_after: Option<Operation>,
 }
 
 impl FromEnv for PaymentConfig {
+    /// Reads every variable before combining any result, so `env` collects every problem and
+    /// reports them together.
     fn from_env(env: &mut Env) -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env(env);
         let timeout = env.millis_or("PROVIDER_TIMEOUT_MS", Duration::from_millis(10_000));
@@ -115,6 +129,8 @@ fn crash_after(env: &mut Env) -> Result<Option<Operation>, ConfigError> {
 mod tests {
     use super::*;
 
+    /// The defaults are the table's, and seven bad values are named in one error, each by its
+    /// variable.
     #[test]
     fn defaults_and_bad_values_named() {
         let mut env = Env::from_pairs(std::iter::empty::<(String, String)>());
@@ -158,6 +174,8 @@ mod tests {
         );
     }
 
+    /// `PAYMENT_CRASH_AFTER_PROVIDER` is refused with `SHOP_ENV=production` and accepted in a
+    /// development (debug) build, alongside the simulated provider's fault settings.
     #[test]
     fn fault_injection_is_refused_in_production() {
         let mut env = Env::from_pairs([

@@ -18,6 +18,13 @@
 //! send the same request again", which is safe because every operation is idempotent per
 //! order. Mixing them up would make the saga either give up on money that is held or retry
 //! forever against a refusal.
+//!
+//! Where it sits: order-service's `participants` module is the only client (the access table
+//! in [`crate::GRPC_ACCESS`] names no other), and each method here is one saga step or one
+//! compensation. The consumer side of this contract is recorded in
+//! `services/order/tests/contracts.rs` and verified against this server by
+//! `tests/contracts.rs` (pattern TEST-05), so a changed code or field fails there before it
+//! reaches a running saga.
 
 use chrono::Utc;
 use shop_proto::{
@@ -43,17 +50,24 @@ use crate::{
 /// entry point.
 #[derive(Debug, Clone)]
 pub struct PaymentApi {
-    /// The operations; shared with the reconciler.
+    /// The operations; a clone of the value the reconciler holds, so both record results
+    /// through the same code.
     pub payments: Payments,
 }
 
 /// The calling service, as its token names it: recorded on every audit row.
+///
+/// Behind `RequireService`, as [`crate::PaymentService`] serves it, every accepted call
+/// carries its caller, so `unknown` never appears there; the fallback only keeps this total.
 fn caller<T>(request: &Request<T>) -> String {
     shop_auth::grpc::caller(request).map_or_else(|| "unknown".to_owned(), |c| c.name.clone())
 }
 
 /// The order id every operation is keyed by; a bad one joins the field errors instead of
 /// returning early, so one answer names every bad field.
+///
+/// Parsed here rather than trusted: the saga sends the ids it generated, but a malformed
+/// one must be a field error, never a query that finds nothing.
 fn order_id(raw: &str, errors: &mut Vec<FieldError>) -> Option<Uuid> {
     let parsed = Uuid::parse_str(raw).ok();
     if parsed.is_none() {
@@ -63,6 +77,9 @@ fn order_id(raw: &str, errors: &mut Vec<FieldError>) -> Option<Uuid> {
 }
 
 /// `INVALID_ARGUMENT` naming every bad field, counted as an `invalid` outcome.
+///
+/// Counted here because such a request never reaches [`Payments`], which counts the
+/// outcomes of the requests it handles.
 fn invalid(operation: &'static str, errors: Vec<FieldError>) -> Status {
     metrics::counter!("payment_operations_total", "operation" => operation, "outcome" => "invalid")
         .increment(1);
@@ -71,6 +88,9 @@ fn invalid(operation: &'static str, errors: Vec<FieldError>) -> Status {
 
 /// A positive amount in an ISO 4217-shaped currency; errors name `<field>.amount` and
 /// `<field>.currency`.
+///
+/// Only the shape of the code is checked (three capital letters): which currencies the
+/// provider accepts is the provider's decision.
 fn money(
     money: Option<&ProtoMoney>,
     field: &str,
@@ -101,7 +121,8 @@ fn money(
     })
 }
 
-/// A ledger amount back in protobuf form; always present in answers.
+/// A ledger amount back in protobuf form; always present in answers, so a caller never has to
+/// tell "zero" from "not sent".
 fn proto_money(amount: i64, currency: &str) -> Option<ProtoMoney> {
     Some(ProtoMoney {
         amount,
@@ -126,6 +147,9 @@ fn status(state: State) -> PaymentStatus {
 
 /// The answer to an Authorize, first call or replay alike: the decline reason only for a
 /// decline, the card only as brand and last four.
+///
+/// The amount is the payment's, as recorded: a retry that names another valid amount is
+/// refused before it gets here.
 fn authorize_response(receipt: &Receipt) -> AuthorizeResponse {
     let payment = &receipt.payment;
     AuthorizeResponse {

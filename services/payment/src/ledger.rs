@@ -33,6 +33,13 @@
 //! Nothing here touches the database, the provider or the clock: [`crate::payments`] loads the
 //! rows, asks this module, and carries out the answer. That split is what lets the tests at
 //! the bottom of the file walk every transition in microseconds.
+//!
+//! Where it sits: [`crate::payments`] replays and decides twice for every operation that
+//! calls the provider, once when it begins (under the payment's lock) and again when it
+//! records the result (the state may have moved meanwhile); the HTTP API replays to show a
+//! customer the state; the reconciler reads the replayed state to know what to ask the
+//! provider. None of them keeps a state of its own. This is the "partly" of pattern DATA-09 (event sourcing) in `docs/patterns.md`:
+//! one aggregate, folded from its log, while events still leave through the outbox.
 
 use std::fmt;
 
@@ -43,14 +50,17 @@ use std::fmt;
 /// one would orphan existing rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
-    /// Hold the order's amount on the card; creates the payment (one per order).
+    /// Hold the order's amount on the card; creates the payment (one per order). Sent by the
+    /// saga once the stock is reserved.
     Authorize,
-    /// Take the whole held amount; the only capture a payment gets.
+    /// Take the whole held amount; the only capture a payment gets. Sent by the saga once the
+    /// stock is committed.
     Capture,
     /// Release a hold that was never captured, or settle an authorization whose outcome is
     /// unknown (see the module documentation).
     Void,
-    /// Give captured money back, whole or in parts.
+    /// Give captured money back, whole or in parts. The saga sends one, under the empty key,
+    /// when its void finds the payment already captured.
     Refund,
 }
 
@@ -78,6 +88,8 @@ impl Operation {
     }
 }
 
+/// For `PAYMENT_CRASH_AFTER_PROVIDER`, read through the shared configuration reader; the
+/// error lists the four names so the message says what would have been accepted.
 impl std::str::FromStr for Operation {
     type Err = &'static str;
 
@@ -86,6 +98,7 @@ impl std::str::FromStr for Operation {
     }
 }
 
+/// The stored name, so logs, metrics labels and provider keys all spell it the same way.
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -187,7 +200,8 @@ impl State {
         State::Refunded,
     ];
 
-    /// The name the REST API shows.
+    /// The name the REST API shows. The gRPC API has its own enum (`PaymentStatus`), mapped
+    /// in [`crate::grpc`], where `PENDING` has no value of its own.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
@@ -202,6 +216,9 @@ impl State {
 }
 
 /// One completed operation, in the order it was recorded.
+///
+/// No time, no caller and no provider reference: nothing the rules depend on, so the rules
+/// cannot come to depend on it by accident.
 ///
 /// The part of a `payment_operations` row the rules need; [`crate::payments`] builds it from
 /// the rows whose status is `completed`.
@@ -226,9 +243,10 @@ pub struct Completed {
 pub struct Ledger {
     /// Where the payment is.
     pub state: State,
-    /// The amount held by the approval (0 before one).
+    /// The amount held by the approval (0 before one). What a capture takes and a void
+    /// releases.
     pub authorized: i64,
-    /// The amount taken by the capture (0 before one).
+    /// The amount taken by the capture (0 before one). The ceiling of every refund.
     pub captured: i64,
     /// The sum of all refunds; never above `captured` ([`Ledger::decide`] refuses more).
     pub refunded: i64,
@@ -245,9 +263,12 @@ pub enum Decision {
     /// The same operation (same key) already completed: answer with its result, index into
     /// the completed operations.
     Replay(usize),
-    /// Go ahead; the operation moves this many minor units.
+    /// Go ahead; the operation moves this many minor units (0 for an Authorize, whose amount
+    /// is the payment's, and for the void of a payment with no known outcome).
     Proceed(i64),
-    /// Not allowed in this state; the reason tells the caller what happened instead.
+    /// Not allowed in this state; the reason tells the caller what happened instead. When it
+    /// answers a request it is recorded as a `refused` row, so the audit trail shows the
+    /// attempt.
     Refuse(String),
     /// Nothing to do and nothing to refuse: what the request asks for is already the case
     /// (a void of a declined payment: nothing is held). Answer with the completed operation
@@ -381,6 +402,8 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    /// `State::ALL` lists every state in declaration order; the exhaustive match makes a new
+    /// state a compile error here until it is listed.
     #[test]
     fn every_state_is_listed() {
         // Exhaustive: a new variant must be added here, and then to `State::ALL`.
@@ -425,6 +448,8 @@ mod tests {
         matches!(decision, Decision::Refuse(_))
     }
 
+    /// The fold gives each state of the diagram, and two partial refunds that add up to the
+    /// capture end `REFUNDED`.
     #[test]
     fn state_follows_from_the_completed_operations() {
         assert_eq!(Ledger::replay(&[]).state, State::Pending);
@@ -441,6 +466,8 @@ mod tests {
         assert_eq!(Ledger::replay(&ops).state, State::Refunded);
     }
 
+    /// A repeated Authorize, Capture or keyed Refund is a replay pointing at the first result,
+    /// never a second movement of money.
     #[test]
     fn retries_replay_the_first_result() {
         assert_eq!(
@@ -459,6 +486,8 @@ mod tests {
         );
     }
 
+    /// Every arrow missing from the diagram is a refusal: capture or refund after a void,
+    /// void after a capture, capture or refund after a decline, more after a full refund.
     #[test]
     fn forbidden_transitions_are_refused() {
         let mut voided = authorized();
@@ -478,6 +507,8 @@ mod tests {
         assert!(refused(&decide(&refunded, Operation::Refund, "more", None)));
     }
 
+    /// Partial refunds may add up to the capture and no further; a refund without an amount
+    /// takes what is left.
     #[test]
     fn refunds_never_exceed_the_captured_amount() {
         let mut ops = captured();
@@ -498,6 +529,8 @@ mod tests {
         );
     }
 
+    /// The void of a payment with no known outcome is allowed, moves nothing, and closes the
+    /// payment: no Authorize, Capture or Refund after it, while the void itself replays.
     #[test]
     fn a_pending_payment_can_be_voided_and_never_authorized_after() {
         assert_eq!(decide(&[], Operation::Void, "", None), Decision::Proceed(0));
@@ -520,6 +553,8 @@ mod tests {
         }
     }
 
+    /// A void of a declined payment is already settled (nothing is held), so the saga's
+    /// compensation gets an answer rather than an error.
     #[test]
     fn voiding_a_declined_payment_is_answered_not_refused() {
         let declined = vec![op(Operation::Authorize, "", Outcome::Declined, 0)];

@@ -33,8 +33,41 @@
 //! Card numbers stop at this service: only brand and last four digits are stored, logged,
 //! published or returned ([`card`]).
 //!
+//! ## Reading order
+//!
+//! Start with [`ledger`]: the rules, as pure functions, with the state diagram. Then
+//! [`payments`], which runs those rules around the provider call without holding a
+//! transaction open; then [`reconciler`], which settles what [`payments`] could not; then
+//! [`provider`] for the failures the simulation produces on purpose.
+//!
+//! ## What happens on a crash or a repeated call
+//!
+//! | what happened | what the next call finds | what it gets |
+//! |---|---|---|
+//! | the same request twice, one after the other | a completed row | the first result, replayed; no provider call |
+//! | the same request twice, at once | a `started` row with a live lease | it polls until the first records, then the same result |
+//! | the process died during the provider call | a `started` row whose lease ran out | a new attempt, same provider key: the provider deduplicates |
+//! | the answer was lost or came too late | an abandoned attempt (for an authorization, also a queue row) | a new attempt, same provider key; meanwhile the [`reconciler`] asks the provider |
+//! | the saga gave up before its Authorize landed | a tombstone or a VOIDED payment | the Authorize is refused; any hold is voided |
+//!
+//! ## Patterns to look for
+//!
+//! | pattern (`docs/patterns.md`) | where |
+//! |---|---|
+//! | DATA-09 event sourcing (partly: the state is a fold over the operation log) | [`ledger`] |
+//! | BEY-10 idempotency keys, BEY-11 leases and fencing, BEY-01 transactional outbox | [`payments`] |
+//! | SEC-24 audit logging (append-only, naming the caller) | [`payments::OperationRow`] |
+//! | SEC-20 data minimization (brand and last four only) | [`card`] |
+//! | DEC-09 anti-corruption layer (the provider behind a trait) | [`provider`] |
+//! | SEC-10 policy-based access (a table of callers and methods) | [`GRPC_ACCESS`] |
+//! | SEC-11 ownership (a customer sees only their own payments) | [`api`] |
+//! | BEY-18 money as integer minor units and a currency | [`payments::Payment`] |
+//!
 //! The service is a library so tests boot it in-process
 //! (`shop_testkit::spawn::<PaymentService>()`); `main.rs` only hands it to the shared runtime.
+
+// Every public item says why it exists; the compiler (and so clippy in CI) holds new code to it.
+#![deny(missing_docs)]
 
 pub mod api;
 pub mod card;
@@ -59,6 +92,9 @@ use crate::{
 
 /// The service's schema, applied at start: the payments, their operation log, the
 /// reconciliation queue, the void tombstones, and the simulated provider's own record.
+///
+/// The log's append-only rule is in the schema (a trigger), not only in this code, so a
+/// mistaken `UPDATE` from any client fails too.
 static MIGRATIONS: Migrator = sqlx::migrate!();
 
 /// Who may call which gRPC method: the saga's orchestrator, and nobody else (a method not named
@@ -88,12 +124,16 @@ pub struct PaymentService;
 impl Service for PaymentService {
     type Config = PaymentConfig;
 
+    /// The same document as [`openapi()`], as JSON, for `shop_testkit`: every answer a test
+    /// receives from this service's HTTP API is checked against it.
     fn openapi() -> Option<serde_json::Value> {
         serde_json::to_value(openapi()).ok()
     }
 
     /// Name, default ports (8085 HTTP, 50055 gRPC) and stores: PostgreSQL with
-    /// [`MIGRATIONS`] applied before [`Service::build`] runs, and RabbitMQ for the relay.
+    /// `MIGRATIONS` applied before [`Service::build`] runs, and RabbitMQ for the relay.
+    /// `/readyz` requires the database (no operation can be decided without its log) and only
+    /// reports the broker: results and their events wait in the outbox while it is away.
     fn spec() -> ServiceSpec {
         ServiceSpec::new("payment-service", 8085, 50055)
             .postgres(&MIGRATIONS)

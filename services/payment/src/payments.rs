@@ -43,6 +43,28 @@
 //! slow provider only slows its own payment. The lease (provider timeout plus ten seconds) is
 //! longer than any live attempt can take, so only a dead or paused attempt ever loses it.
 //!
+//! ## The invariants, and what holds each
+//!
+//! | invariant | held by |
+//! |---|---|
+//! | one result per (payment, operation, key) | the partial unique index on `completed` rows; a second insert is reported as a duplicate, not an error |
+//! | one provider call in flight per payment | the `started` row's lease, taken under the payment's row lock |
+//! | one payment per order | `payments.order_id` is unique; Authorize is keyed by the order |
+//! | an event exactly when a completed row is written | both in one transaction (`Payments::complete`) |
+//! | no unsettled authorization is forgotten | the queue row written with its `started` row |
+//! | no authorization after a void | the per-order lock, the tombstone, and the ledger's VOIDED |
+//!
+//! ## Where it sits
+//!
+//! Two callers, one set of rules: [`crate::grpc`] calls [`Payments::authorize`],
+//! [`Payments::capture`], [`Payments::void`] and [`Payments::refund`] for the order saga, and
+//! [`crate::reconciler`] calls [`Payments::snapshot`], [`Payments::record_found_authorization`]
+//! and [`Payments::release_hold`] for what nobody is waiting for any more. Below it,
+//! [`crate::ledger`] decides and [`crate::provider`] acts; the HTTP API reads the same tables
+//! through [`completed`] and [`crate::ledger::Ledger::replay`]. Every write here goes to
+//! `payment_operations` (append-only), `payments` (insert only), `voided_orders`, the
+//! reconciliation queue or the outbox: no row is ever updated to say what a payment is.
+//!
 //! The attempt task runs in the span of the request that started it, so its log lines and the
 //! events it records belong to the caller's trace
 //! (`the_event_an_authorize_records_in_its_own_task_continues_the_callers_trace` in
@@ -69,7 +91,7 @@ use crate::{
     reconciler,
 };
 
-/// Who the audit trail names for what the reconciler records.
+/// Who the audit trail names for what the reconciler records (in `requested_by`).
 ///
 /// Any other `requested_by` is the calling service's name from its token (`unknown` without
 /// one), so an auditor can tell a saga's request from the service settling an uncertainty on
@@ -79,7 +101,8 @@ pub const RECONCILER: &str = "payment-service/reconciler";
 /// The answer to an Authorize for an order whose payment was voided before it existed.
 ///
 /// Sent as `FAILED_PRECONDITION`: the order was given up, and no retry of the same Authorize
-/// can change that.
+/// can change that. order-service reads it as a decline and goes on compensating, which is
+/// what it was already doing when it sent the void.
 pub const ORDER_VOIDED: &str = "This order's payment was voided; it cannot be authorized any more (the order was given up: place a new order).";
 
 /// A payment as stored: the facts fixed when it was authorized.
@@ -158,6 +181,9 @@ pub struct OperationRow {
 
 impl OperationRow {
     /// The row as the state machine sees it, if it is a completed one with names it knows.
+    ///
+    /// A completed row whose operation or outcome this version cannot read is left out of the
+    /// fold rather than misread; every name written here is one this code parses.
     fn completed(&self) -> Option<Completed> {
         if self.phase != "completed" {
             return None;
@@ -183,6 +209,10 @@ pub fn completed(rows: &[OperationRow]) -> (Vec<Completed>, Vec<&OperationRow>) 
 
 /// The answer to an operation: the payment, the completed operation's result, and the
 /// ledger as that operation left it.
+///
+/// The same shape for a first call and a replay, built from the recorded rows either way,
+/// so a retry cannot get a different answer from the one the first call got (or would have
+/// got).
 #[derive(Debug, Clone)]
 pub struct Receipt {
     /// The payment's fixed facts.
@@ -206,24 +236,26 @@ pub struct Receipt {
 /// can take the amount, currency and card as checked.
 #[derive(Debug)]
 pub struct Authorize {
-    /// The order, the key of the operation.
+    /// The order, the key of the operation: one payment per order, whoever asks how often.
     pub order_id: Uuid,
-    /// The customer the payment will belong to.
+    /// The customer the payment will belong to; a retry naming another customer is refused.
     pub user_id: Uuid,
-    /// Minor units to hold, above 0.
+    /// Minor units to hold, above 0 (a free order never reaches payment-service).
     pub amount: i64,
-    /// ISO 4217 code.
+    /// ISO 4217 code; the payment's only currency from now on.
     pub currency: String,
-    /// The card, for the provider call only.
+    /// The card, for the provider call only: summarised for storage, then moved into the
+    /// attempt and dropped with it.
     pub card: Card,
 }
 
 /// A validated refund request.
 #[derive(Debug, Clone)]
 pub struct Refund {
-    /// Whose payment.
+    /// Whose payment: refunds are found by order, like every other operation.
     pub order_id: Uuid,
-    /// `None`: everything captured and not refunded yet.
+    /// `None`: everything captured and not refunded yet. `Some` must be in the payment's
+    /// currency and at most what is left.
     pub amount: Option<Money>,
     /// The caller's idempotency key: empty for the saga's one compensation refund, a key of
     /// the caller's choosing for each partial refund.
@@ -241,11 +273,13 @@ pub struct Refund {
 pub struct Payments {
     /// The service's database, including the provider's simulated record.
     pool: PgPool,
-    /// The one provider, behind its trait.
+    /// The one provider, behind its trait: [`crate::provider::SimulatedProvider`] in every
+    /// deployment of this system; a real provider's client would take its place.
     provider: Arc<dyn CardProvider>,
     /// The bound on one provider call.
     provider_timeout: Duration,
-    /// How long a `started` attempt owns its operation.
+    /// How long a `started` attempt owns its operation: the provider timeout plus ten seconds
+    /// for the short transactions around the call.
     lease: Duration,
     /// The runtime's tracker: attempts spawned on it are awaited at shutdown.
     tasks: TaskTracker,
@@ -254,6 +288,9 @@ pub struct Payments {
 }
 
 /// What step 1 found.
+///
+/// Only `Started` leads to a provider call and only `InFlight` sends [`Payments::run`] round
+/// its polling loop; every other variant is the request's answer.
 enum Begin {
     /// The operation already completed: its recorded answer.
     Replay(Receipt),
@@ -290,7 +327,8 @@ struct Started {
     reference: String,
     /// A refund's reason, carried to its completed row and event.
     reason: String,
-    /// The caller, for the audit rows this attempt writes.
+    /// The caller, for the audit rows this attempt writes. Carried rather than looked up,
+    /// because the attempt runs in its own task after the request's handler may have gone.
     requested_by: String,
 }
 
@@ -309,18 +347,33 @@ impl Started {
 /// record; both go through [`Payments::complete`], which is why a result found later is
 /// recorded exactly as one received in time would have been.
 struct Completion<'a> {
+    /// The payment the result belongs to, as the writer last read it.
     payment: &'a Payment,
+    /// The operation that completed.
     operation: Operation,
+    /// The caller's key within the operation; with `operation`, what the unique index on
+    /// completed rows is keyed by.
     key: &'a str,
+    /// The attempt's id: for [`Guard::Lease`], the `started` row whose lease must still hold;
+    /// for the reconciler, a fresh id of its own.
     attempt_id: Uuid,
+    /// What the provider did.
     outcome: Outcome,
+    /// Minor units moved (0 for a decline or the void of a pending payment).
     amount: i64,
+    /// A decline code, or a refund's reason.
     reason: Option<String>,
+    /// The provider's reference of an approved authorization, kept on the completed row so
+    /// capture, void and refund can name the hold.
     reference: Option<String>,
+    /// The caller's name, or [`RECONCILER`].
     requested_by: &'a str,
 }
 
 /// What must still hold when a result is recorded.
+///
+/// Checked inside the recording transaction, under the payment's row lock, so the proof and
+/// the write cannot be separated by another writer.
 ///
 /// The two writers of results need different proofs that nobody else is writing: an attempt
 /// proves it still owns its lease, the reconciler proves that no attempt owns one.
@@ -333,6 +386,10 @@ enum Guard {
 }
 
 /// What recording a result came to.
+///
+/// Only `Done` wrote anything; the two others leave the log as it was and tell the writer
+/// what to do instead (answer with the winner's result, or give the result up, which for an
+/// authorization puts it in the reconciler's hands).
 enum Recorded {
     /// The completed row and its event were committed.
     Done(Receipt),
@@ -354,9 +411,11 @@ pub struct Snapshot {
     pub payment: Payment,
     /// Its derived state.
     pub state: State,
-    /// The latest lease of an attempt still in flight.
+    /// The latest lease of an attempt still in flight: the reconciler comes back then instead
+    /// of racing the attempt.
     pub in_flight_until: Option<DateTime<Utc>>,
-    /// When anything was last recorded for the payment.
+    /// When anything was last recorded for the payment. Until one lease after it, a provider
+    /// that knows nothing may still act on a request that reached it late.
     pub last_activity: DateTime<Utc>,
     /// The database's clock at the read: every time here is compared with it, never with the
     /// process's.
@@ -364,6 +423,9 @@ pub struct Snapshot {
 }
 
 /// The idempotency key the provider sees for an operation: `<payment>:<operation>:<key>`.
+///
+/// Public because the reconciler needs the authorization's key to ask the provider what
+/// became of it ([`CardProvider::retrieve`]).
 ///
 /// The same for every attempt and retry of one operation, different for every other
 /// operation, so the provider deduplicates exactly the calls that must have one effect.
@@ -411,23 +473,28 @@ impl Payments {
 
     /// Aborts the process right after the provider answered `operation`, before recording
     /// (`PAYMENT_CRASH_AFTER_PROVIDER`, refused outside tests by [`crate::config`]).
+    ///
+    /// A builder step rather than a constructor argument, so the ordinary construction
+    /// cannot set it by accident. An unanswered call (`Unavailable`) never triggers it: there
+    /// is no answer to lose.
     #[must_use]
     pub fn crash_after(mut self, operation: Option<Operation>) -> Self {
         self.crash_after = operation;
         self
     }
 
-    /// The payment database, shared with the reconciler and the read API.
+    /// The payment database; the reconciler works its queue through it.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// The card provider, which the reconciler asks about outcomes by reference.
+    /// The card provider, which the reconciler asks about outcomes by the authorization's key.
     pub fn provider(&self) -> &dyn CardProvider {
         self.provider.as_ref()
     }
 
-    /// The bound on one provider call; an answer later than this is an unknown outcome.
+    /// The bound on one provider call; an answer later than this is an unknown outcome. The
+    /// reconciler bounds its own provider calls with it too.
     pub fn provider_timeout(&self) -> Duration {
         self.provider_timeout
     }
@@ -441,6 +508,14 @@ impl Payments {
     /// Holds the order's amount on the card, once per order: a retry (same order) replays the
     /// first result, so the saga may repeat a call whose answer it lost without charging twice.
     /// The card is summarised before anything is stored; only the provider call sees it whole.
+    ///
+    /// # Errors
+    ///
+    /// A conflict (`FAILED_PRECONDITION`) when the order's payment was voided (the saga gave
+    /// up: [`ORDER_VOIDED`]) or when a retry differs from the first request (amount, card,
+    /// customer); `UNAVAILABLE` when the
+    /// provider did not answer, after which the same request may be sent again. A decline is
+    /// not an error: it is a receipt with [`Outcome::Declined`].
     pub async fn authorize(&self, request: Authorize, caller: &str) -> Result<Receipt, ApiError> {
         let summary = request.card.summary();
         let mut card = Some(request.card);
@@ -467,6 +542,12 @@ impl Payments {
 
     /// Takes the authorized amount, once per order (a retry replays). Captured only after the
     /// stock is committed, so money is never taken for an order that cannot ship.
+    ///
+    /// # Errors
+    ///
+    /// `NOT_FOUND` without a payment; a conflict when the state forbids it (not authorized,
+    /// voided, refunded) or when the provider refuses (an expired hold: the message says only
+    /// a void is left); `UNAVAILABLE` when the provider did not answer.
     pub async fn capture(&self, order_id: Uuid, caller: &str) -> Result<Receipt, ApiError> {
         let mut no_card = None;
         self.run(
@@ -490,6 +571,12 @@ impl Payments {
     /// its reference, a pending one (outcome unknown) by its authorization's key, a declined
     /// one is answered as it is (nothing is held). A captured payment is refused: a refund is
     /// what gives that money back.
+    ///
+    /// # Errors
+    ///
+    /// A conflict for a captured or refunded payment (order-service then refunds instead);
+    /// `UNAVAILABLE` when the provider did not answer or refused the void for now, since the
+    /// same request later may succeed. Never `NOT_FOUND`: no payment means a tombstone.
     pub async fn void(&self, order_id: Uuid, caller: &str) -> Result<Option<Receipt>, ApiError> {
         let mut no_card = None;
         self.run(
@@ -510,6 +597,12 @@ impl Payments {
     ///
     /// A partial amount must be in the payment's currency (a field error otherwise), since a
     /// payment never converts.
+    ///
+    /// # Errors
+    ///
+    /// `NOT_FOUND` without a payment; a conflict when nothing captured is left to refund, the
+    /// amount exceeds what is left, or the provider refuses; `UNAVAILABLE` when the provider
+    /// did not answer. A repeat under the same key replays the first refund.
     pub async fn refund(&self, request: Refund, caller: &str) -> Result<Receipt, ApiError> {
         let mut no_card = None;
         self.run(
@@ -528,6 +621,10 @@ impl Payments {
 
     /// The recorded result of the order's Authorize, if it completed: what a retry gets even
     /// when its card no longer passes validation (an expiry month that passed since).
+    ///
+    /// A plain read without locks or leases: it only reports a result that is already final,
+    /// and `None` (no payment, or no completed Authorize yet) sends the caller back to the
+    /// validation error it already has.
     pub async fn recorded_authorization(
         &self,
         order_id: Uuid,
@@ -555,6 +652,9 @@ impl Payments {
     /// quick call gets its answer almost at once, long enough that a slow card's duplicates do
     /// not hammer the database. It ends when the other attempt records or its lease lapses;
     /// the caller's own deadline usually ends it first, and its retry then finds the result.
+    ///
+    /// The card, when there is one, is moved into the attempt's task, the only code that needs
+    /// it, and is dropped when that task ends.
     #[allow(clippy::too_many_arguments)] // private; the four public operations name them
     async fn run(
         &self,
@@ -1082,6 +1182,10 @@ impl Payments {
 
     /// The provider answered and refused: an answer, recorded as a `refused` row ending the
     /// attempt, with the provider's reason.
+    ///
+    /// A refused void is `UNAVAILABLE` and every other refusal a conflict, because of what
+    /// the saga must do next: a void has to happen eventually, so "try again" is the honest
+    /// answer; a refused capture or refund will not change by repetition.
     async fn refused_by_provider(
         &self,
         started: &Started,
@@ -1173,6 +1277,9 @@ impl Payments {
     ///
     /// Fails with `NOT_FOUND` for an unknown payment id; a queue row cannot name one (its
     /// `payment_id` references `payments`).
+    ///
+    /// The in-flight lease and the last activity are what keep the reconciler from racing a
+    /// live attempt or concluding "nothing happened" while the provider may still act.
     pub async fn snapshot(&self, payment_id: Uuid) -> Result<Snapshot, ApiError> {
         let mut conn = self.pool.acquire().await?;
         let payment: Payment = sqlx::query_as("SELECT * FROM payments WHERE id = $1")
@@ -1241,6 +1348,13 @@ impl Payments {
     /// says so in the audit trail (a `settled` row: the payment's state does not change). Its
     /// own idempotency key (`<payment>:void:reconciler`): the payment's own void key may have
     /// been used up by a void that found nothing to release.
+    ///
+    /// # Errors
+    ///
+    /// The provider's [`ProviderError`]: `Refused` is recorded as a `refused` row and the
+    /// reconciler looks again later; `Unavailable` (no answer, or the audit row could not be
+    /// written) records nothing here, and the next look asks the provider again, whose
+    /// deduplication makes a repeated void harmless.
     pub async fn release_hold(
         &self,
         payment: &Payment,
@@ -1299,10 +1413,15 @@ fn approved(reference: &str) -> AuthorizationOutcome {
 /// The first Authorize's facts, compared with a retry's.
 #[derive(Debug)]
 struct NewPayment {
+    /// The order, unique in `payments`: what makes Authorize once per order.
     order_id: Uuid,
+    /// The customer the payment is shown to.
     user_id: Uuid,
+    /// Minor units to hold.
     amount: i64,
+    /// ISO 4217 code of `amount`.
     currency: String,
+    /// Brand and last four: all of the card the row keeps.
     card: CardSummary,
 }
 
@@ -1327,6 +1446,10 @@ impl NewPayment {
 }
 
 /// Whether some operation of the payment holds an unexpired lease without a result.
+///
+/// "Without a result" means no `completed`, `abandoned` or `refused` row under the same
+/// attempt id: an attempt that ended early frees the payment at once, instead of making the
+/// next caller wait for the lease.
 ///
 /// Computed from the rows rather than stored as a flag, for the same reason the state is: a
 /// flag could be left set by a crash, while a lease simply runs out.
@@ -1365,6 +1488,9 @@ fn receipt(
 
 /// A payment's operation rows in the order they happened: what every operation replays with
 /// [`Ledger::replay`] before it decides anything (the state is never stored).
+///
+/// All phases, not only completed rows: the in-flight check needs the `started` rows and
+/// the rows that ended them. [`completed`] then keeps what moves money.
 pub async fn operations(
     conn: &mut PgConnection,
     payment_id: Uuid,
@@ -1377,16 +1503,28 @@ pub async fn operations(
 
 /// A row of `payment_operations` about to be appended; see [`OperationRow`] for the columns.
 struct Row<'a> {
+    /// `payment_id`.
     payment_id: Uuid,
+    /// `operation`, by [`Operation::as_str`].
     operation: Operation,
+    /// `idempotency_key`: empty but for keyed refunds and the reconciler's own void.
     key: &'a str,
+    /// `attempt_id`: the same for a `started` row and the row that ends it.
     attempt_id: Uuid,
+    /// `phase`: `started`, `completed`, `refused`, `abandoned` or `settled`.
     phase: &'static str,
+    /// `outcome`, only for a `completed` row.
     outcome: Option<Outcome>,
+    /// `amount` in minor units: asked for, moved, or 0.
     amount: Option<i64>,
+    /// `reason`: a decline code, a refusal, a refund's reason, or why an attempt ended.
     reason: Option<&'a str>,
+    /// `provider_reference`, for an approval and for a hold the reconciler released or tried
+    /// to release.
     reference: Option<&'a str>,
+    /// `requested_by`: the calling service or [`RECONCILER`].
     requested_by: &'a str,
+    /// `lease_expires_at`, only for a `started` row.
     lease: Option<DateTime<Utc>>,
 }
 
@@ -1507,6 +1645,9 @@ async fn enqueue(
 }
 
 /// `payment_operations_total{operation, outcome}`: every request, by what became of it.
+///
+/// One counter for all four operations, so a dashboard shows declines, refusals, replays and
+/// provider outages side by side.
 fn record_metric(operation: Operation, outcome: &'static str) {
     metrics::counter!("payment_operations_total", "operation" => operation.as_str(), "outcome" => outcome)
         .increment(1);

@@ -17,7 +17,7 @@
 //! | `4242424242424242` | approved (or, at `SIMULATED_FAULT_RATE`, one of the two faults below, chosen per idempotency key) |
 //! | `4000000000000002` | declined, `card_declined` |
 //! | `4000000000009995` | declined, `insufficient_funds` |
-//! | `4000000000000259` | approved after [`SimulatedProvider::slow_delay`]: the provider decides only then, whether or not the caller still waits |
+//! | `4000000000000259` | approved after `SimulatedProvider::slow_delay`: the provider decides only then, whether or not the caller still waits |
 //! | `4000000000000119` | **timeout before acting**: never answers, records nothing |
 //! | `4000000000000127` | **approved, answer lost**: the hold is recorded, then the call fails like a connection reset |
 //! | `4000000000000069` | **capture refused**: approved; the capture is refused, `authorization_expired` (the hold lapses) |
@@ -35,6 +35,16 @@
 //! typing a card number, in the tests, in `make run` and under load (`SIMULATED_FAULT_RATE`).
 //! A mock would only show the behaviour a test's author thought of; this simulation keeps the
 //! provider's side of the story in tables a test can read back.
+//!
+//! ## Where it sits
+//!
+//! Only [`crate::payments`] calls a provider: each operation's attempt (authorize, capture,
+//! void, refund) and the reconciler's questions (retrieve, and the void of a forgotten hold)
+//! go through [`crate::payments::Payments`], which bounds every call with
+//! `PROVIDER_TIMEOUT_MS`. [`crate::PaymentService`] builds the one [`SimulatedProvider`] at
+//! start; this module is pattern DEC-09 (anti-corruption layer) of `docs/patterns.md`: the
+//! trait speaks payment-service's language (decline reasons, "refused" against "unavailable"),
+//! and a real provider's client would translate its own codes into it.
 
 use std::{fmt, future::Future, pin::Pin, time::Duration};
 
@@ -57,6 +67,8 @@ pub enum DeclineReason {
     /// A valid number that is not one of the simulation's test cards.
     UnknownCard,
     /// The merchant voided this authorization's key before the authorization was processed.
+    /// What an Authorize that lands after the saga gave up gets from a provider that honours
+    /// voids by key.
     AuthorizationVoided,
 }
 
@@ -94,7 +106,8 @@ pub enum AuthorizationOutcome {
         /// capture, void and refund.
         reference: String,
     },
-    /// Declined: nothing is held. An answer, recorded like an approval.
+    /// Declined: nothing is held. An answer, recorded like an approval, and final: a retry
+    /// under the same key gets the same decline.
     Declined(DeclineReason),
 }
 
@@ -107,15 +120,28 @@ pub enum ProviderRecord {
     /// Never heard of it: the request did not arrive, or has not been processed yet.
     Nothing,
     /// Approved and still holding `amount` on the card.
-    Held { reference: String, amount: i64 },
+    Held {
+        /// The provider's id of the hold, what a void of it must name.
+        reference: String,
+        /// Minor units held.
+        amount: i64,
+    },
     /// Approved and charged.
-    Captured { reference: String, amount: i64 },
+    Captured {
+        /// The provider's id of the authorization that was captured.
+        reference: String,
+        /// Minor units the authorization held.
+        amount: i64,
+    },
     /// Released by a void (or voided by key before it was processed).
     Voided,
     /// The hold lapsed at the provider.
     Expired,
     /// Declined, with its reason code.
-    Declined { reason: String },
+    Declined {
+        /// The decline code as the provider stored it; [`DeclineReason::parse`] reads it.
+        reason: String,
+    },
 }
 
 /// A call that did not succeed.
@@ -151,7 +177,8 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
     ) -> ProviderFuture<'a, AuthorizationOutcome>;
 
     /// Charges `amount` of what `reference` (an approved authorization) holds; `Refused` when
-    /// the hold is gone (expired, voided) or smaller.
+    /// the hold is gone (expired, voided) or smaller. payment-service always asks for the
+    /// whole authorized amount, once per payment.
     fn capture<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -171,7 +198,9 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
         reference: Option<&'a str>,
     ) -> ProviderFuture<'a, ()>;
 
-    /// Gives `amount` of a capture back; `Refused` for more than is left.
+    /// Gives `amount` of a capture back; `Refused` for more than is left. Refunds under
+    /// different keys add up, and the provider must refuse the excess on its own, whatever
+    /// the ledger has already checked.
     fn refund<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -181,6 +210,10 @@ pub trait CardProvider: Send + Sync + fmt::Debug + 'static {
 
     /// What the provider knows about the authorization requested under `authorize_key`.
     /// Read-only: asking never changes anything at the provider.
+    ///
+    /// The reconciler's only way to learn about a call whose answer never came; a provider
+    /// that cannot be asked by key could not settle those, which is why it is part of the
+    /// trait rather than an extra of the simulation.
     fn retrieve<'a>(&'a self, authorize_key: &'a str) -> ProviderFuture<'a, ProviderRecord>;
 }
 
@@ -192,15 +225,25 @@ pub const APPROVE: &str = "4242424242424242";
 pub const DECLINE: &str = "4000000000000002";
 /// Declined, `insufficient_funds`.
 pub const INSUFFICIENT_FUNDS: &str = "4000000000009995";
-/// Approved after [`SimulatedProvider::slow_delay`], whether or not the caller still waits.
+/// Approved after `SimulatedProvider::slow_delay`, whether or not the caller still waits.
 pub const SLOW_APPROVE: &str = "4000000000000259";
 /// Never answers and records nothing: a timeout before the provider acted.
+///
+/// The reconciler then finds nothing at the provider and, once a lease has passed without
+/// news, stops looking; the saga's next Authorize calls again under the same key.
 pub const TIMEOUT_BEFORE_ACTING: &str = "4000000000000119";
 /// Approved and recorded, then the answer is lost: the hold exists, the caller does not know.
+///
+/// The case the reconciliation queue exists for: the payment reads PENDING while money is
+/// held, until a retry or the reconciler records the approval (or voids the hold).
 pub const ANSWER_LOST: &str = "4000000000000127";
 /// Approved; the capture is refused (`authorization_expired`).
+///
+/// A refusal past the saga's pivot: order-service parks the saga for an operator.
 pub const CAPTURE_REFUSED: &str = "4000000000000069";
 /// Approved; the first void is refused (`try_again_later`), the next succeeds.
+///
+/// The refusal reaches order-service as `UNAVAILABLE`, so its compensation simply retries.
 pub const VOID_REFUSED_ONCE: &str = "4000000000000101";
 
 /// Faults injected into the approving card's authorizations, for load tests: each idempotency
@@ -208,7 +251,8 @@ pub const VOID_REFUSED_ONCE: &str = "4000000000000101";
 /// reproducible and a retry (same key) meets the same fault.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FaultRate {
-    /// 0.0 to 1.0.
+    /// 0.0 to 1.0: the share of keys that meet a fault. Only the approving test card is
+    /// affected, so the other test cards keep their documented behaviour under load.
     pub rate: f64,
     /// Which keys are faulty; the same seed picks the same keys on every run and build.
     pub seed: u64,
@@ -289,6 +333,9 @@ impl Quirk {
 /// The provider inside payment-service: no network, fixed behaviour per test card, and its own
 /// record in the `simulated_provider` schema (a stand-in for the provider's system, reached
 /// only through [`CardProvider`]).
+///
+/// Cheap to clone (a pool, a duration, two numbers): every call that acts clones it into the
+/// provider's own task.
 ///
 /// It deduplicates by idempotency key the way the trait demands: a repeated authorization gets
 /// the first answer, a repeated capture, void or refund does nothing more. Its tables are its
@@ -380,6 +427,9 @@ fn refused(reason: &str) -> ProviderError {
 impl SimulatedProvider {
     /// The simulation, keeping its record in `pool` (schema `simulated_provider`) so that it
     /// remembers what it did across a restart of the service, as a real provider would.
+    ///
+    /// The schema comes with the service's own migrations; the service's code reaches those
+    /// tables only through the [`CardProvider`] methods.
     pub fn new(pool: PgPool, slow_delay: Duration, faults: FaultRate) -> Self {
         Self {
             pool,
@@ -712,6 +762,8 @@ impl CardProvider for SimulatedProvider {
         })
     }
 
+    /// In the provider's own task (`SimulatedProvider::process_capture`), so a caller that
+    /// times out does not stop the capture half way.
     fn capture<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -724,6 +776,8 @@ impl CardProvider for SimulatedProvider {
         Box::pin(Self::on_the_provider(work))
     }
 
+    /// In the provider's own task (`SimulatedProvider::process_void`); a void by key can
+    /// arrive before the authorization it cancels, and still wins.
     fn void<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -738,6 +792,8 @@ impl CardProvider for SimulatedProvider {
         Box::pin(Self::on_the_provider(work))
     }
 
+    /// In the provider's own task (`SimulatedProvider::process_refund`), never beyond what
+    /// was captured.
     fn refund<'a>(
         &'a self,
         idempotency_key: &'a str,
@@ -770,6 +826,8 @@ impl CardProvider for SimulatedProvider {
 mod tests {
     use super::*;
 
+    /// No faults at rate 0, every key faulty at rate 1, about a quarter at 0.25 with both kinds
+    /// present, the same keys for the same seed, and other keys for another seed.
     #[test]
     fn injected_faults_follow_the_rate_and_the_seed() {
         let keys: Vec<String> = (0..2000).map(|i| format!("p{i}:authorize:")).collect();
@@ -802,6 +860,7 @@ mod tests {
         assert_ne!(key_faults(7), key_faults(8));
     }
 
+    /// Every decline code reads back as itself, and an unknown code is `None`, not a guess.
     #[test]
     fn decline_reasons_round_trip() {
         for reason in [

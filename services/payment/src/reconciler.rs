@@ -33,6 +33,22 @@
 //!
 //! What the reconciler records runs outside any request, so its events carry no caller's
 //! trace context; a trace of the order ends at the attempt that left the payment uncertain.
+//!
+//! ## Where it sits
+//!
+//! [`crate::PaymentService`] spawns one [`Reconciler`] per instance on the runtime's task
+//! tracker. It writes through the same [`Payments`] as the gRPC API (the same decisions, the
+//! same events), with its own guard: it looks only at payments with no attempt in flight, and
+//! records an authorization only after checking that again under the payment's lock, so it
+//! never races a live call. Nothing outside this service waits for it: what it records is
+//! published like any result, and order-service, if its saga still runs, gets the recorded
+//! result by repeating its request.
+//!
+//! ## On a crash
+//!
+//! A pass that dies leaves its claimed rows with a due time one lease plus one provider
+//! timeout ahead, so they come back by themselves; whatever it had already recorded is
+//! committed with its event, and a look repeated after that finds the payment settled.
 
 use std::time::Duration;
 
@@ -49,9 +65,16 @@ use crate::{
 
 /// Rows one pass claims at most: keeps a pass (and the claim it holds) short after a backlog,
 /// and leaves the rest to the next pass or another instance.
+///
+/// Looks run one after the other within a pass, so fifty rows bound how many provider calls
+/// one pass can make (two per row at most).
 const BATCH: i64 = 50;
 
 /// Puts a payment on the queue (or moves its due time), `reason` saying why.
+///
+/// Called by [`crate::payments`] in three places: when an authorization starts (due when its
+/// lease ends), when an attempt that leaves money unsettled ends without a result (due now),
+/// and when a payment is voided without a known outcome (due now, for one more look).
 ///
 /// Runs on the caller's connection, inside the transaction that creates the uncertainty, so
 /// the queue row exists exactly when the uncertainty does. Re-queuing clears any claim, which
@@ -79,6 +102,9 @@ pub async fn enqueue(
 
 /// Takes a settled payment off the queue, in the transaction that records the settling
 /// outcome.
+///
+/// Only a recorded authorization calls it: once the outcome is in the log, the provider has
+/// nothing left to tell about it.
 pub async fn dequeue(conn: &mut PgConnection, payment_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM reconciliation_queue WHERE payment_id = $1")
         .bind(payment_id)
@@ -93,9 +119,11 @@ pub async fn dequeue(conn: &mut PgConnection, payment_id: Uuid) -> Result<(), sq
 /// queue row's `last_result`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Look {
-    /// Settled (the label says how): off the queue.
+    /// Settled (the label says how): off the queue, unless an attempt queued the payment
+    /// again meanwhile.
     Done(&'static str),
-    /// Not yet: look again at that time.
+    /// Not yet: look again at that time (the label says why, and is kept on the row for
+    /// whoever investigates a payment that stays unsettled).
     Later(&'static str, DateTime<Utc>),
 }
 
@@ -108,9 +136,10 @@ pub struct Reconciler {
     /// The same operations the gRPC API uses, so what the reconciler records is decided and
     /// written exactly like an attempt's result.
     payments: Payments,
-    /// Pause between passes, and the delay of a "look again soon".
+    /// Pause between passes, and the delay of a "look again soon" (`RECONCILE_INTERVAL_MS`).
     interval: Duration,
-    /// Age of a queue row from which it counts as an alert.
+    /// Age of a queue row from which it counts as an alert (`RECONCILE_ALERT_AFTER_SECONDS`);
+    /// measured from the row's first `enqueued_at`, which re-queuing keeps.
     alert_after: Duration,
 }
 
@@ -129,6 +158,9 @@ impl Reconciler {
     /// Runs a pass every interval on `ctx.tasks`, until `ctx.shutdown`. A pass cut short by
     /// shutdown is harmless: its claims lapse and another instance (or the next start) takes
     /// the rows.
+    ///
+    /// The first pass comes one interval after start. A failed pass (the database away) is
+    /// logged and the loop simply waits for the next interval: the rows are still due then.
     pub fn spawn(self, ctx: &Context) {
         let shutdown = ctx.shutdown.clone();
         ctx.tasks.spawn(async move {
@@ -150,6 +182,10 @@ impl Reconciler {
     }
 
     /// Claims the due rows and looks at each; returns how many it looked at.
+    ///
+    /// The claim token written on the rows is what lets the end of a look tell "still mine"
+    /// from "queued again by a new attempt meanwhile": only a row still carrying this pass's
+    /// token is deleted or rescheduled.
     ///
     /// A failed look is logged and rescheduled one interval later; only a failure to claim
     /// or to update the queue itself ends the pass with an error (the next pass tries again).
@@ -235,6 +271,9 @@ impl Reconciler {
     }
 
     /// One payment: ask the provider, record the truth, release what nobody should hold.
+    ///
+    /// The provider is asked by the authorization's key, never by a reference: a payment is on
+    /// the queue because its authorization may never have returned one.
     async fn look(&self, payment_id: Uuid) -> Result<Look, ApiError> {
         let payments = &self.payments;
         let snapshot = payments.snapshot(payment_id).await?;
