@@ -439,9 +439,10 @@ async fn place(
         .execute(&mut *tx)
         .await?;
     }
-    // The saga starts leased to this instance, which drives it right after the commit; the
-    // first attempt of its first step is persisted here too, so the call needs no commit of
-    // its own.
+    // The saga starts leased to the run this request starts right after the commit (a lease
+    // token of its own, see `driver`); the first attempt of its first step is persisted here
+    // too, so the call needs no commit of its own.
+    let lease = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO order_sagas (order_id, step, deadline, lease_owner, lease_until, attempts)
          VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4,
@@ -450,7 +451,7 @@ async fn place(
     .bind(order_id)
     .bind(Step::Reserve.as_str())
     .bind(i64::try_from(driver.config.saga_timeout.as_millis()).unwrap_or(i64::MAX))
-    .bind(driver.instance)
+    .bind(lease)
     .bind(i64::try_from(driver.config.lease.as_millis()).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?;
@@ -476,7 +477,7 @@ async fn place(
     .await?;
     outbox::commit(tx).await?;
     metrics::counter!("orders_placed_total").increment(1);
-    driver.start(order_id, true, slot);
+    driver.start(order_id, lease, true, slot);
 
     let (_, order) = load(&state.pool, order_id)
         .await?

@@ -186,8 +186,10 @@ impl FromEnv for OrderConfig {
         let lease = env.millis_or("ORDER_SAGA_LEASE_MS", Duration::from_millis(15_000));
         let sweep_interval = env.millis_or("ORDER_SWEEP_INTERVAL_MS", Duration::from_millis(1000));
         let retry_max = env.millis_or("ORDER_RETRY_MAX_MS", Duration::from_millis(10_000));
-        let late_authorization =
-            env.seconds_or("ORDER_LATE_AUTHORIZATION_SECONDS", Duration::from_secs(60));
+        let late_authorization = env.seconds_or(
+            "ORDER_LATE_AUTHORIZATION_SECONDS",
+            crate::saga::LATE_AUTHORIZATION,
+        );
         let breaker_failures = env.parse_or("ORDER_BREAKER_FAILURES", 5u32, "a positive number");
         let breaker_cooldown =
             env.millis_or("ORDER_BREAKER_COOLDOWN_MS", Duration::from_millis(5000));

@@ -12,14 +12,17 @@
 //! Only a run the sweeper starts (a retry, a resume) writes its attempt separately. So a saga
 //! that goes straight through costs one commit per step, not two.
 //!
-//! **Who drives.** A saga row carries a lease (`lease_owner`, `lease_until`). `POST /orders`
-//! creates the saga already leased to the instance that took the request, which starts it at
-//! once. Every other run begins with the [sweeper](Driver::sweep): every
-//! `ORDER_SWEEP_INTERVAL_MS` each instance claims due sagas whose lease is free or expired
-//! (`FOR UPDATE SKIP LOCKED`, so two instances never claim the same row). Every write is
-//! fenced by `lease_owner = <me>`: an instance that lost its lease (it stalled past
-//! `lease_until` and another took over) can no longer change the saga. A lease outlives one
-//! call with its retries (the configuration enforces it), so one saga has one driver at a time.
+//! **Who drives.** A saga row carries a lease (`lease_owner`, `lease_until`). `lease_owner`
+//! names one *run*, not an instance: a token drawn afresh each time a saga is leased.
+//! `POST /orders` creates the saga already leased to the run it starts at once. Every other
+//! run begins with the [sweeper](Driver::sweep): every `ORDER_SWEEP_INTERVAL_MS` each instance
+//! claims due sagas whose lease is free or expired (`FOR UPDATE SKIP LOCKED`, so two instances
+//! never claim the same row), each with a new token. Every write is fenced by
+//! `lease_owner = <my run's token>`: a run that lost its lease (it stalled past `lease_until`
+//! and a sweeper took the saga over) can no longer change the saga, even when that sweeper
+//! belongs to its own instance, which an instance-wide owner would let through. A lease
+//! outlives one call with its retries (the configuration enforces it), so one saga has one
+//! driver at a time.
 //!
 //! **Crashes.** Nothing lives only in memory: a crashed instance's sagas are found by the
 //! sweeper of any instance (the restarted one included) once their lease expired, and resume
@@ -47,7 +50,7 @@
 //!
 //! ## Where it sits
 //!
-//! [`crate::api`] creates a saga (row leased to this instance, first attempt marked) and hands
+//! [`crate::api`] creates a saga (row leased to a new run, first attempt marked) and hands
 //! it to [`Driver::start`]; [`crate::admin`] and the cancel route call [`Driver::sweep`] so a
 //! change is picked up at once; [`crate::OrderService`] spawns [`Driver::sweep_forever`]. The
 //! driver in turn asks [`crate::saga`] what to do and [`crate::participants`] to do it, and is
@@ -68,7 +71,8 @@
 //! never the order (patterns BEY-08 and DEP-05).
 //!
 //! The tests that hold this module to its word are in `tests/saga.rs` (two instances on one
-//! database, a stalled instance taken over, one commit per step), `tests/crash.rs` (killed
+//! database, a stalled instance taken over by another and a stalled run by its own instance,
+//! one commit per step), `tests/crash.rs` (killed
 //! before and after recording each step) and `tests/outage.rs` (a participant down for a
 //! while).
 
@@ -123,10 +127,6 @@ pub struct Driver {
     /// Leases, deadlines, retry bounds, parking, fault injection. The API reads the saga
     /// timeout and the lease from here when it writes a new saga row.
     pub config: SagaConfig,
-    /// This instance's identity in `lease_owner`; new at every start, so a restarted process
-    /// does not mistake the leases of its previous life for its own and waits for them to run
-    /// out like any other instance would.
-    pub instance: Uuid,
     /// The runtime's tracker: runs spawned on it are awaited at shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when shutdown begins: runs hand their leases back, the sweeper stops.
@@ -165,7 +165,7 @@ impl Answer {
 /// Where a run goes after [`Driver::record`] persisted a transition.
 #[derive(Debug)]
 enum Then {
-    /// The saga ended, waits for a retry, was parked, or this instance lost its lease: the run
+    /// The saga ended, waits for a retry, was parked, or this run lost its lease: the run
     /// returns, and the row says what comes next (nothing, a due time, an operator, a new
     /// owner).
     Stop,
@@ -226,7 +226,7 @@ impl Row {
 }
 
 impl Driver {
-    /// A driver with a fresh instance id (its leases' owner) and `config.max_in_flight` slots:
+    /// A driver with `config.max_in_flight` slots:
     /// a new order finding none is refused with 503 and `Retry-After`, and the sweeper claims
     /// only as many sagas as there are free slots, so a burst cannot run more sagas than the
     /// connections and participants were sized for. Runs are spawned on `tasks` and stop at
@@ -245,7 +245,6 @@ impl Driver {
             participants,
             vault,
             config,
-            instance: Uuid::new_v4(),
             tasks,
             shutdown,
             slots,
@@ -262,7 +261,7 @@ impl Driver {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    /// Drives `order_id` (leased to this instance) in the background, holding `permit` until
+    /// Drives `order_id` (leased to this run as `lease`) in the background, holding `permit` until
     /// the run ends. `marked`: the attempt of its current step is already persisted
     /// (`POST /orders` writes the first `Reserve` attempt with the order), so the run calls at
     /// once.
@@ -271,12 +270,18 @@ impl Driver {
     /// saga's gRPC calls and the events it publishes stay in the trace of the request that
     /// placed the order (a spawned task would otherwise start from no span, and every call
     /// would begin a trace of its own). A run the sweeper resumes is outside that trace.
-    pub fn start(self: &Arc<Self>, order_id: Uuid, marked: bool, permit: OwnedSemaphorePermit) {
+    pub fn start(
+        self: &Arc<Self>,
+        order_id: Uuid,
+        lease: Uuid,
+        marked: bool,
+        permit: OwnedSemaphorePermit,
+    ) {
         let driver = self.clone();
         let span = tracing::info_span!("saga", %order_id);
         self.tasks.spawn(
             async move {
-                driver.drive(order_id, marked).await;
+                driver.drive(order_id, lease, marked).await;
                 drop(permit);
             }
             .instrument(span),
@@ -287,10 +292,10 @@ impl Driver {
     /// gone. Errors of our own database end the run; the sweeper resumes it later.
     ///
     /// It does not check the lease before it starts, because every read and write it makes is
-    /// fenced by it: called for a saga leased to another instance, its first read finds no row
-    /// and it returns.
-    pub async fn drive(&self, order_id: Uuid, marked: bool) {
-        if let Err(err) = self.drive_steps(order_id, marked).await {
+    /// fenced by it: called with a lease that is no longer the saga's, its first read finds no
+    /// row and it returns.
+    pub async fn drive(&self, order_id: Uuid, lease: Uuid, marked: bool) {
+        if let Err(err) = self.drive_steps(order_id, lease, marked).await {
             tracing::warn!(%order_id, error = %err, "saga run interrupted; it resumes later");
         }
     }
@@ -299,19 +304,25 @@ impl Driver {
     /// [`saga::before`], mark the attempt, call, record. Test-only faults are injected between
     /// the call and the recording, and right after the recording, the two moments a crash
     /// must be survivable.
-    async fn drive_steps(&self, order_id: Uuid, mut marked: bool) -> Result<(), sqlx::Error> {
+    async fn drive_steps(
+        &self,
+        order_id: Uuid,
+        lease: Uuid,
+        mut marked: bool,
+    ) -> Result<(), sqlx::Error> {
         // The row as the last transition left it, when that transition also persisted the
         // next step's attempt: no need to read it back.
         let mut ready: Option<Row> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 // Hand the saga over at once instead of letting the lease run out.
-                self.give_up_lease(order_id, None, Duration::ZERO).await?;
+                self.give_up_lease(order_id, lease, None, Duration::ZERO)
+                    .await?;
                 return Ok(());
             }
             let mut row = match ready.take() {
                 Some(row) => row,
-                None => match self.load(order_id).await? {
+                None => match self.load(order_id, lease).await? {
                     Some(row) => row,
                     None => {
                         tracing::debug!(%order_id, "lease lost or saga unknown");
@@ -327,12 +338,13 @@ impl Driver {
                 }
             };
             if state.step.is_terminal() {
-                self.give_up_lease(order_id, None, Duration::ZERO).await?;
+                self.give_up_lease(order_id, lease, None, Duration::ZERO)
+                    .await?;
                 return Ok(());
             }
             // The user cancelled or the time limit passed: turn around without calling anyone.
             if saga::before(&state, row.db_now).is_some() {
-                match self.record(order_id, &row, None).await? {
+                match self.record(order_id, lease, &row, None).await? {
                     Then::Stop => return Ok(()),
                     Then::Reload => marked = false,
                     Then::Run(next) => {
@@ -343,7 +355,7 @@ impl Driver {
                 continue;
             }
             if !marked {
-                if !self.mark_attempt(order_id, state.step).await? {
+                if !self.mark_attempt(order_id, lease, state.step).await? {
                     return Ok(());
                 }
                 row.attempts += 1;
@@ -355,7 +367,7 @@ impl Driver {
             .record(started.elapsed().as_secs_f64());
             tracing::debug!(%order_id, step = %state.step, outcome = ?answer.outcome, "step answered");
             self.inject_before_recording(order_id, state.step).await;
-            let then = self.record(order_id, &row, Some(answer)).await?;
+            let then = self.record(order_id, lease, &row, Some(answer)).await?;
             if self.config.faults.crash_after == Some(state.step) {
                 crash(order_id, state.step);
             }
@@ -374,8 +386,8 @@ impl Driver {
     /// and this instance dies or pauses before it writes down what it learned.
     ///
     /// The stall lasts twice the lease, so the lease runs out and a sweeper takes the saga over
-    /// meanwhile; when that sweeper belongs to another instance, the stalled run's recording
-    /// is fenced off by the lease once it wakes up, and changes nothing.
+    /// meanwhile (another instance's sweeper, or this instance's own); the stalled run's
+    /// recording is fenced off by its lease token once it wakes up, and changes nothing.
     async fn inject_before_recording(&self, order_id: Uuid, step: Step) {
         let faults = &self.config.faults;
         if faults.crash_before_recording == Some(step) {
@@ -390,12 +402,12 @@ impl Driver {
         }
     }
 
-    /// The saga and its order (and its sealed card while it has one), if this instance holds
+    /// The saga and its order (and its sealed card while it has one), if this run still holds
     /// the lease and nobody parked it.
     ///
     /// `None` is not an error: the lease ran out (another instance may have it) or the saga
     /// was parked, and in both cases this run has nothing more to do.
-    async fn load(&self, order_id: Uuid) -> Result<Option<Row>, sqlx::Error> {
+    async fn load(&self, order_id: Uuid, lease: Uuid) -> Result<Option<Row>, sqlx::Error> {
         sqlx::query_as(
             "SELECT now() AS db_now, s.step, s.reason, s.cancel_requested, s.deadline,
                     s.authorize_sent_at, c.sealed AS sealed_card, s.attempts, o.user_id,
@@ -406,7 +418,7 @@ impl Driver {
                AND s.parked_at IS NULL",
         )
         .bind(order_id)
-        .bind(self.instance)
+        .bind(lease)
         .fetch_optional(&self.pool)
         .await
     }
@@ -414,9 +426,14 @@ impl Driver {
     /// Persisted before the call: one more attempt, the lease renewed, and when an
     /// authorization goes out (a void must then look for it even if we never hear back).
     ///
-    /// `false` when this instance no longer holds a live lease: the run stops without calling,
+    /// `false` when this run no longer holds a live lease: the run stops without calling,
     /// since whoever holds it now drives the saga.
-    async fn mark_attempt(&self, order_id: Uuid, step: Step) -> Result<bool, sqlx::Error> {
+    async fn mark_attempt(
+        &self,
+        order_id: Uuid,
+        lease: Uuid,
+        step: Step,
+    ) -> Result<bool, sqlx::Error> {
         let updated = sqlx::query(
             "UPDATE order_sagas
              SET attempts = attempts + 1,
@@ -426,7 +443,7 @@ impl Driver {
              WHERE order_id = $1 AND lease_owner = $2 AND lease_until > now()",
         )
         .bind(order_id)
-        .bind(self.instance)
+        .bind(lease)
         .bind(millis(self.config.lease))
         .bind(step == Step::Authorize)
         .execute(&self.pool)
@@ -522,18 +539,19 @@ impl Driver {
     async fn record(
         &self,
         order_id: Uuid,
+        lease: Uuid,
         row: &Row,
         answer: Option<Answer>,
     ) -> Result<Then, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // Fenced by the lease: an instance that stalled past it (another took over) changes
-        // nothing any more.
+        // Fenced by the lease: a run that stalled past it (a sweeper took over, maybe this
+        // instance's own) changes nothing any more.
         let fresh: Option<(bool, DateTime<Utc>)> = sqlx::query_as(
             "SELECT cancel_requested, now() FROM order_sagas
              WHERE order_id = $1 AND lease_owner = $2 AND lease_until > now() FOR UPDATE",
         )
         .bind(order_id)
-        .bind(self.instance)
+        .bind(lease)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((cancel_requested, now)) = fresh else {
@@ -558,7 +576,7 @@ impl Driver {
                 let attempt = u32::try_from(row.attempts).unwrap_or(u32::MAX);
                 let delay = saga::retry_delay(attempt, RETRY_BASE, self.config.retry_max, jitter());
                 let error = detail.or_else(|| outcome.map(|o| outcome_label(o).to_owned()));
-                self.give_up_lease(order_id, error.as_deref(), delay)
+                self.give_up_lease(order_id, lease, error.as_deref(), delay)
                     .await?;
                 return Ok(Then::Stop);
             }
@@ -683,6 +701,7 @@ impl Driver {
     async fn give_up_lease(
         &self,
         order_id: Uuid,
+        lease: Uuid,
         error: Option<&str>,
         delay: Duration,
     ) -> Result<(), sqlx::Error> {
@@ -694,7 +713,7 @@ impl Driver {
              WHERE order_id = $1 AND lease_owner = $2",
         )
         .bind(order_id)
-        .bind(self.instance)
+        .bind(lease)
         .bind(millis(delay))
         .bind(error)
         .execute(&self.pool)
@@ -718,30 +737,36 @@ impl Driver {
         let room = self.slots.available_permits();
         let mut claimed_count = 0;
         if room > 0 {
-            let claimed: Vec<(Uuid,)> = sqlx::query_as(&format!(
+            // Each claimed saga gets a lease of its own: the run that drives it is the only
+            // holder, even against an older run of this same instance that stalled past its
+            // lease (see `lease_owner` in the module's documentation).
+            let claimed: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
                 "UPDATE order_sagas
-                 SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond'
+                 SET lease_owner = gen_random_uuid(),
+                     lease_until = now() + $1 * interval '1 millisecond'
                  WHERE order_id IN (
                      SELECT order_id FROM order_sagas
                      WHERE step NOT IN {TERMINAL} AND next_attempt_at <= now()
                        AND parked_at IS NULL
                        AND (lease_until IS NULL OR lease_until < now())
                      ORDER BY next_attempt_at
-                     LIMIT $3
+                     LIMIT $2
                      FOR UPDATE SKIP LOCKED)
-                 RETURNING order_id"
+                 RETURNING order_id, lease_owner"
             ))
-            .bind(self.instance)
             .bind(millis(self.config.lease))
             .bind(i64::try_from(room).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
             claimed_count = claimed.len();
-            for (order_id,) in claimed {
+            for (order_id, lease) in claimed {
                 match self.try_slot() {
-                    Some(permit) => self.start(order_id, false, permit),
+                    Some(permit) => self.start(order_id, lease, false, permit),
                     // Placements took the slots meanwhile: hand the saga back at once.
-                    None => self.give_up_lease(order_id, None, Duration::ZERO).await?,
+                    None => {
+                        self.give_up_lease(order_id, lease, None, Duration::ZERO)
+                            .await?
+                    }
                 }
             }
         }

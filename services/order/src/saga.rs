@@ -281,10 +281,8 @@ pub struct State {
 
 /// The default of [`State::late_authorization`]: longer than payment-service can take.
 ///
-/// The value only: [`crate::config`] writes the same 60 s as the default of
-/// `ORDER_LATE_AUTHORIZATION_SECONDS` rather than reading this constant, and the driver fills
-/// [`State::late_authorization`] from the configuration, so changing this alone changes
-/// nothing at run time.
+/// [`crate::config`] uses it as the default of `ORDER_LATE_AUTHORIZATION_SECONDS`, and the
+/// driver fills [`State::late_authorization`] from the configuration.
 pub const LATE_AUTHORIZATION: Duration = Duration::from_secs(60);
 
 /// What a participant answered to a step, classified.

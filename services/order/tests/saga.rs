@@ -759,3 +759,96 @@ async fn placing_beyond_the_sagas_an_instance_drives_answers_503_with_retry_afte
         "CONFIRMED"
     );
 }
+
+/// One instance alone: its run stalls past its lease, and its *own* sweeper takes the saga
+/// over. The lease names the run, not the instance, so the takeover leases the saga to a new
+/// owner; were the owner the instance's id, the stalled run would still pass the fence when it
+/// woke while the new run held the lease, and write its old step over the new one.
+#[tokio::test]
+async fn a_saga_taken_over_by_its_own_instance_is_leased_anew_and_the_stalled_run_changes_nothing()
+{
+    let world = World::start(&[]).await;
+    let database = shop_testkit::isolation::postgres_database()
+        .await
+        .expect("a database");
+    let amqp = shop_testkit::isolation::rabbitmq_vhost()
+        .await
+        .expect("a vhost");
+    let mut env = world.order_env();
+    env.push(("DATABASE_URL".into(), database.clone()));
+    env.push(("AMQP_URL".into(), amqp.clone()));
+    // Twice its 4 s lease, after inventory reserved and before the run records it.
+    env.push(("ORDER_STALL_BEFORE_RECORDING".into(), "reserve".into()));
+    let tap = shop_messaging::testing::Tap::bind(&amqp, ["order.order.confirmed"])
+        .await
+        .expect("a tap on the order events");
+    let only = shop_testkit::spawn_with::<order_service::OrderService>(env)
+        .await
+        .expect("the instance starts");
+    let pool = sqlx::PgPool::connect(&database)
+        .await
+        .expect("the database");
+    let (product, sku) = world.product(300, 3).await;
+    let buyer = world.customer().await;
+    let (status, placed) = place(
+        &world.http,
+        &only.url(""),
+        &buyer,
+        "own-takeover",
+        &order_body(&[(&product, 1)], APPROVES),
+    )
+    .await;
+    assert_eq!(status, 202, "{placed}");
+    let order_id = id(&placed);
+    let started = std::time::Instant::now();
+    // Every lease owner the saga row names until it ends: the placing run's, then the one the
+    // sweeper leased it to.
+    let mut owners: Vec<uuid::Uuid> = Vec::new();
+    let step = loop {
+        let (step, owner): (String, Option<uuid::Uuid>) =
+            sqlx::query_as("SELECT step, lease_owner FROM order_sagas WHERE order_id = $1::uuid")
+                .bind(&order_id)
+                .fetch_one(&pool)
+                .await
+                .expect("the saga row");
+        if let Some(owner) = owner.filter(|owner| !owners.contains(owner)) {
+            owners.push(owner);
+        }
+        if step == "confirmed" || started.elapsed() > std::time::Duration::from_secs(12) {
+            break step;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(step, "confirmed");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "finished while the first run was still stalled: by the sweeper's run"
+    );
+    assert_eq!(
+        owners.len(),
+        2,
+        "the sweeper of the same instance leased the saga to a new owner: {owners:?}"
+    );
+    // The stalled run wakes 8 s after it stalled and tries to record its old answer.
+    tokio::time::sleep(std::time::Duration::from_secs(10).saturating_sub(started.elapsed())).await;
+    let step: String = sqlx::query_scalar("SELECT step FROM order_sagas WHERE order_id = $1::uuid")
+        .bind(&order_id)
+        .fetch_one(&pool)
+        .await
+        .expect("the saga row");
+    assert_eq!(step, "confirmed", "the stalled run moved the saga back");
+    let mut confirmations = 0;
+    while let Some(_event) = tap
+        .next_where(std::time::Duration::from_secs(4), |envelope| {
+            envelope.data["orderId"] == order_id.as_str()
+        })
+        .await
+        .expect("the tap")
+    {
+        confirmations += 1;
+    }
+    assert_eq!(confirmations, 1, "one OrderConfirmed");
+    let payment = world.payment(&buyer, &order_id).await;
+    assert_eq!(payment["captured"]["amount"], 300, "{payment}");
+    assert_eq!(world.stock(&sku).await, (2, 0));
+}

@@ -415,7 +415,7 @@ mod tests {
 
     /// Neither a card's nor its summary's `Debug` print shows the full number or the CVC.
     #[test]
-    fn debug_shows_brand_and_last_four_only() {
+    fn debug_shows_neither_the_full_number_nor_the_cvc() {
         let card = Card::parse("4242424242424242", "12/30", "987", today()).unwrap_or_else(|_| {
             panic!("a valid card");
         });

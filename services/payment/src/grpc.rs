@@ -295,13 +295,13 @@ impl PaymentService for PaymentApi {
             .amount
             .as_ref()
             .map(|amount| money(Some(amount), "amount", &mut errors));
-        if body.idempotency_key.len() > 200 {
+        if body.idempotency_key.chars().count() > 200 {
             errors.push(FieldError::new(
                 "idempotency_key",
                 "must be at most 200 characters",
             ));
         }
-        if body.reason.len() > 500 {
+        if body.reason.chars().count() > 500 {
             errors.push(FieldError::new("reason", "must be at most 500 characters"));
         }
         let (Some(order_id), true) = (order_id, errors.is_empty()) else {
