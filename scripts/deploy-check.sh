@@ -14,7 +14,8 @@
 #   env drift           deploy/check's tests: compose, chart, Dockerfile and stack.sh give
 #                       each service exactly what its configuration reads; dashboards query only
 #                       metrics the services export; the chart's renders hold its README's
-#                       claims (tests/chart.rs: headless gRPC Services, network flows, ...)
+#                       claims (tests/chart.rs: headless gRPC Services, network flows, ...);
+#                       compose's networks connect exactly the same flows (tests/compose.rs)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -70,12 +71,12 @@ check() {
   validate_manifests "$CHART"
   say "helm template | kubeconform -strict (Kubernetes $K8S schemas), production-like values"
   validate_manifests "$CHART" -f "$PRODUCTION_VALUES"
-  say "env drift, dashboard metrics and the chart's claims (cargo test -p deploy-check)"
+  say "env drift, dashboard metrics, compose networks and the chart's claims (cargo test -p deploy-check)"
   # The chart tests are #[ignore]d in a plain `cargo test` (they need helm, installed above).
   # DEPLOY_CHECK_TESTS=--ignored runs only those (make test runs the others in test-rust).
   # --workspace with the two test targets, not -p deploy-check: the features then unify as in
   # `cargo test --workspace` (make test's test-rust), so its build is reused, not redone.
-  (cd "$ROOT" && cargo test --workspace --locked --test env_drift --test dashboards --test chart \
+  (cd "$ROOT" && cargo test --workspace --locked --test env_drift --test dashboards --test chart --test compose \
     -- "${DEPLOY_CHECK_TESTS:---include-ignored}")
   say "all checks passed"
 }
