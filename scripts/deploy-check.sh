@@ -134,13 +134,15 @@ selftest() {
   expect_failure "depends_on naming no service (Compose loader)" validate_compose "$compose"
   compose=$(broken_file "$ROOT/docker-compose.yml" 's/condition: service_healthy \}$/condition: healthy }/' compose-condition.yml)
   expect_failure "an unknown depends_on condition (Compose schema)" validate_compose "$compose"
+  compose=$(broken_file "$ROOT/docker-compose.yml" 's/^    networks: \[cache\]$/    networks: [cache, backend]/' compose-network.yml)
+  expect_failure "a network no file declares (Compose loader)" validate_compose "$compose"
 
   dockerfile=$(broken_file "$ROOT/deploy/docker/Dockerfile" 's|^WORKDIR /src$|RUN cd /src|' Dockerfile.cd)
   expect_failure "RUN cd instead of WORKDIR (hadolint DL3003)" lint_dockerfile "$dockerfile"
   dockerfile=$(broken_file "$ROOT/deploy/docker/Dockerfile" 's|^USER 65532:65532$|USER root|' Dockerfile.root)
   expect_failure "a root user in the final image (hadolint DL3002)" lint_dockerfile "$dockerfile"
 
-  say "selftest: the env drift checks prove themselves in cargo test -p deploy-check (the_check_reports_*)"
+  say "selftest: the env drift and network checks prove themselves in cargo test -p deploy-check (the_check_reports_*)"
 }
 
 case "${1:-check}" in
