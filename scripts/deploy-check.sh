@@ -14,7 +14,8 @@
 #   env drift           deploy/check's tests: compose, chart, Dockerfile and stack.sh give
 #                       each service exactly what its configuration reads; dashboards query only
 #                       metrics the services export; the chart's renders hold its README's
-#                       claims (tests/chart.rs: headless gRPC Services, network flows, ...)
+#                       claims (tests/chart.rs: headless gRPC Services, network flows, ...);
+#                       compose's networks connect exactly the same flows (tests/compose.rs)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -70,12 +71,12 @@ check() {
   validate_manifests "$CHART"
   say "helm template | kubeconform -strict (Kubernetes $K8S schemas), production-like values"
   validate_manifests "$CHART" -f "$PRODUCTION_VALUES"
-  say "env drift, dashboard metrics and the chart's claims (cargo test -p deploy-check)"
+  say "env drift, dashboard metrics, compose networks and the chart's claims (cargo test -p deploy-check)"
   # The chart tests are #[ignore]d in a plain `cargo test` (they need helm, installed above).
   # DEPLOY_CHECK_TESTS=--ignored runs only those (make test runs the others in test-rust).
   # --workspace with the two test targets, not -p deploy-check: the features then unify as in
   # `cargo test --workspace` (make test's test-rust), so its build is reused, not redone.
-  (cd "$ROOT" && cargo test --workspace --locked --test env_drift --test dashboards --test chart \
+  (cd "$ROOT" && cargo test --workspace --locked --test env_drift --test dashboards --test chart --test compose \
     -- "${DEPLOY_CHECK_TESTS:---include-ignored}")
   say "all checks passed"
 }
@@ -133,13 +134,15 @@ selftest() {
   expect_failure "depends_on naming no service (Compose loader)" validate_compose "$compose"
   compose=$(broken_file "$ROOT/docker-compose.yml" 's/condition: service_healthy \}$/condition: healthy }/' compose-condition.yml)
   expect_failure "an unknown depends_on condition (Compose schema)" validate_compose "$compose"
+  compose=$(broken_file "$ROOT/docker-compose.yml" 's/^    networks: \[cache\]$/    networks: [cache, backend]/' compose-network.yml)
+  expect_failure "a network no file declares (Compose loader)" validate_compose "$compose"
 
   dockerfile=$(broken_file "$ROOT/deploy/docker/Dockerfile" 's|^WORKDIR /src$|RUN cd /src|' Dockerfile.cd)
   expect_failure "RUN cd instead of WORKDIR (hadolint DL3003)" lint_dockerfile "$dockerfile"
   dockerfile=$(broken_file "$ROOT/deploy/docker/Dockerfile" 's|^USER 65532:65532$|USER root|' Dockerfile.root)
   expect_failure "a root user in the final image (hadolint DL3002)" lint_dockerfile "$dockerfile"
 
-  say "selftest: the env drift checks prove themselves in cargo test -p deploy-check (the_check_reports_*)"
+  say "selftest: the env drift and network checks prove themselves in cargo test -p deploy-check (the_check_reports_*)"
 }
 
 case "${1:-check}" in

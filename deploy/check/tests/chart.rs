@@ -18,7 +18,10 @@ use std::{
 };
 
 use serde_yaml_ng::Value;
-use support::{SERVICES, container_env, copy_dir, helm_render, helm_template, object, read, root};
+use support::{
+    SERVICES, container_env, copy_dir, flows::documented_flows, helm_render, helm_template, object,
+    read, root,
+};
 
 const PRODUCTION: [&str; 2] = ["-f", "deploy/helm/shop/ci/production-values.yaml"];
 const STORES: [&str; 5] = ["postgres", "mongodb", "redis", "rabbitmq", "mailpit"];
@@ -833,51 +836,6 @@ fn allowed_flows(objects: &[Value], sides: &[&str]) -> BTreeSet<String> {
         }
     }
     flows
-}
-
-/// The documented flows (README "Network policies") between the release's pods.
-fn documented_flows(development: bool) -> BTreeSet<String> {
-    let mut flows = Vec::new();
-    for service in SERVICES.iter().filter(|s| **s != "gateway") {
-        flows.push(format!("gateway -> {service}:http"));
-    }
-    for service in ["catalog-service", "inventory-service", "payment-service"] {
-        flows.push(format!("order-service -> {service}:grpc"));
-    }
-    flows.push("notification-service -> user-service:grpc".to_owned());
-    for service in SERVICES {
-        flows.push(format!("smoke-test -> {service}:ops"));
-    }
-    if development {
-        // Keys and tokens over plain HTTP, pod to pod (production: through the https proxy).
-        for service in [
-            "catalog-service",
-            "inventory-service",
-            "order-service",
-            "payment-service",
-            "notification-service",
-        ] {
-            flows.push(format!("{service} -> user-service:http"));
-        }
-        for service in [
-            "user-service",
-            "inventory-service",
-            "order-service",
-            "payment-service",
-        ] {
-            flows.push(format!("{service} -> postgres:postgres"));
-        }
-        for service in ["catalog-service", "notification-service", "catalog-seed"] {
-            flows.push(format!("{service} -> mongodb:mongodb"));
-        }
-        flows.push("gateway -> redis:redis".to_owned());
-        for service in SERVICES.iter().chain(&["catalog-seed"]) {
-            flows.push(format!("{service} -> rabbitmq:amqp"));
-        }
-        flows.push("notification-service -> mailpit:smtp".to_owned());
-        flows.push("catalog-seed -> inventory-service:ops".to_owned());
-    }
-    flows.into_iter().collect()
 }
 
 fn assert_flows(objects: &[Value], development: bool, what: &str) {

@@ -362,8 +362,8 @@ fn the_check_reports_a_compose_copy_that_chains_services_or_loses_a_password() {
     let original = read("docker-compose.yml");
     // catalog-service waiting for inventory-service, as the old start chain had it.
     let chained = original.replacen(
-        "    ports: [\"127.0.0.1:8082:8082\", \"127.0.0.1:50052:50052\", \"127.0.0.1:9082:9082\"]\n    depends_on:\n",
-        "    ports: [\"127.0.0.1:8082:8082\", \"127.0.0.1:50052:50052\", \"127.0.0.1:9082:9082\"]\n    depends_on:\n      inventory-service: { condition: service_healthy }\n",
+        "    networks: [catalog, catalog-traces, catalog-metrics, catalog-store]\n    depends_on:\n",
+        "    networks: [catalog, catalog-traces, catalog-metrics, catalog-store]\n    depends_on:\n      inventory-service: { condition: service_healthy }\n",
         1,
     );
     assert_ne!(chained, original, "the edit must change the copy");

@@ -7,6 +7,7 @@
 //! | `SMTP_HOST` | `127.0.0.1` | the mail server (the local stack's mail catcher) |
 //! | `SMTP_PORT` | `1025` | its SMTP port (e.g. 587 for STARTTLS, 465 for implicit TLS) |
 //! | `SMTP_TLS` | `none` (refused with `SHOP_ENV=production`) | `none`: plain SMTP, for the local mail catcher; `starttls`: STARTTLS, required (a server that does not offer it is an error, never a plaintext fallback); `tls`: implicit TLS from the first byte. The server's certificate is checked against the public web's roots (ADR 0017) |
+//! | `SMTP_TLS_CA_FILE` | unset | a PEM file of extra CA certificates the relay's certificate may chain to, besides the public web's roots (a private relay with its own CA); read and checked at start (a file that cannot be read or holds no certificate is reported by name); refused with `SMTP_TLS=none` |
 //! | `SMTP_USERNAME`, `SMTP_PASSWORD` | unset (required with `SHOP_ENV=production`) | the relay's credentials, both or neither; never with `SMTP_TLS=none` (the password would cross the network readable) |
 //! | `SMTP_FROM` | `Shop <no-reply@shop.example>` | the sender of every email; its domain names the Message-IDs |
 //! | `SMTP_TIMEOUT_MS` | `10000` | one SMTP conversation, connect to the server's reply to the message |
@@ -63,6 +64,8 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     /// How the connection is encrypted (`SMTP_TLS`).
     pub tls: SmtpTls,
+    /// Extra roots for the relay's certificate (`SMTP_TLS_CA_FILE`): PEM, checked at start.
+    pub ca: Option<Vec<u8>>,
     /// `SMTP_USERNAME` and `SMTP_PASSWORD`, when the relay wants them.
     pub credentials: Option<SmtpCredentials>,
 }
@@ -100,11 +103,18 @@ pub struct SmtpCredentials {
     pub password: Secret<String>,
 }
 
-/// `SMTP_TLS`, `SMTP_USERNAME`, `SMTP_PASSWORD`: in production, encrypted and authenticated;
-/// in any mode, no password over plain SMTP.
-fn smtp_security(env: &mut Env) -> Result<(SmtpTls, Option<SmtpCredentials>), ConfigError> {
+/// What [`smtp_security`] reads: the TLS mode, the relay's credentials, extra roots.
+type SmtpSecurity = (SmtpTls, Option<SmtpCredentials>, Option<Vec<u8>>);
+
+/// `SMTP_TLS`, `SMTP_TLS_CA_FILE`, `SMTP_USERNAME`, `SMTP_PASSWORD`: in production, encrypted and
+/// authenticated; in any mode, no password over plain SMTP.
+fn smtp_security(env: &mut Env) -> Result<SmtpSecurity, ConfigError> {
     let mode = Mode::of(env);
     let tls = env.optional::<SmtpTls>("SMTP_TLS", "none, starttls or tls");
+    let ca_file = env.optional::<String>(
+        "SMTP_TLS_CA_FILE",
+        "the path of a PEM file of CA certificates",
+    );
     let username = env.optional::<String>("SMTP_USERNAME", "the mail relay's user name");
     let password = env.optional::<String>("SMTP_PASSWORD", "the mail relay's password");
     let tls = match tls? {
@@ -147,7 +157,7 @@ fn smtp_security(env: &mut Env) -> Result<(SmtpTls, Option<SmtpCredentials>), Co
             "is not set, but SMTP_PASSWORD is: give both or neither".to_owned(),
         ),
     };
-    let (tls, credentials) = (tls?, credentials?);
+    let (tls, credentials, ca_file) = (tls?, credentials?, ca_file?);
     if tls == SmtpTls::None && credentials.is_some() {
         return env.invalid(
             "SMTP_PASSWORD",
@@ -155,7 +165,17 @@ fn smtp_security(env: &mut Env) -> Result<(SmtpTls, Option<SmtpCredentials>), Co
                 .to_owned(),
         );
     }
-    Ok((tls, credentials))
+    let ca = match ca_file {
+        None => None,
+        Some(_) if tls == SmtpTls::None => {
+            return env.invalid(
+                "SMTP_TLS_CA_FILE",
+                "is set, but SMTP_TLS is none: plain SMTP checks no certificate".to_owned(),
+            );
+        }
+        Some(path) => Some(grpc::certificates_file(env, "SMTP_TLS_CA_FILE", &path)?),
+    };
+    Ok((tls, credentials, ca))
 }
 
 /// How the sender paces its attempts.
@@ -274,7 +294,7 @@ impl FromEnv for NotificationConfig {
             });
 
         let timeout = timeout?;
-        let (tls, smtp_credentials) = smtp_security?;
+        let (tls, smtp_credentials, ca) = smtp_security?;
         Ok(Self {
             auth: auth?,
             smtp: SmtpConfig {
@@ -283,6 +303,7 @@ impl FromEnv for NotificationConfig {
                 from: from?,
                 timeout,
                 tls,
+                ca,
                 credentials: smtp_credentials,
             },
             admins: admins?,
@@ -455,6 +476,43 @@ mod tests {
         .unwrap();
         assert_eq!(config.smtp.tls, SmtpTls::StartTls);
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    /// `SMTP_TLS_CA_FILE` is read at start: a missing file or one with no certificate is
+    /// reported by name, and it is refused with plain SMTP, where it would check nothing.
+    /// (`tests/smtp_tls.rs` proves a good one is what makes a private relay trusted.)
+    #[test]
+    fn the_relay_ca_file_is_read_at_start_and_a_bad_one_reported_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir
+            .path()
+            .join("missing.pem")
+            .to_string_lossy()
+            .into_owned();
+        let starttls = [("SERVICE_SECRET", "s"), ("SMTP_TLS", "starttls")];
+        let err = load(&[&starttls[..], &[("SMTP_TLS_CA_FILE", &missing)]].concat()).unwrap_err();
+        assert!(
+            err.contains(&format!("SMTP_TLS_CA_FILE: cannot read {missing}")),
+            "{err}"
+        );
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let not_pem = not_pem.to_string_lossy().into_owned();
+        let err = load(&[&starttls[..], &[("SMTP_TLS_CA_FILE", &not_pem)]].concat()).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "SMTP_TLS_CA_FILE: {not_pem} holds no PEM certificate"
+            )),
+            "{err}"
+        );
+
+        let err = load(&[("SERVICE_SECRET", "s"), ("SMTP_TLS_CA_FILE", &missing)]).unwrap_err();
+        assert!(
+            err.contains("SMTP_TLS_CA_FILE: is set, but SMTP_TLS is none"),
+            "{err}"
+        );
+        assert!(load(&starttls).unwrap().smtp.ca.is_none());
     }
 
     #[test]

@@ -6,13 +6,19 @@
 //! The connection is what `SMTP_TLS` says ([`SmtpTls`]): plain SMTP for the local mail catcher,
 //! which speaks nothing else; STARTTLS (required: no plaintext fallback when the server does not
 //! offer it) or implicit TLS for a real relay, the certificate checked against the public web's
-//! roots (rustls with `webpki-roots`), with `SMTP_USERNAME`/`SMTP_PASSWORD` when given.
+//! roots (rustls with `webpki-roots`) and the extra ones of `SMTP_TLS_CA_FILE` (a private relay's
+//! CA), with `SMTP_USERNAME`/`SMTP_PASSWORD` when given. `tests/smtp_tls.rs` holds this against an
+//! SMTP server the test starts.
 //! Production refuses plain SMTP and a relay without credentials (`crate::config`, ADR 0017).
 
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     message::{Mailbox, MultiPart},
-    transport::smtp::{authentication::Credentials, extension::ClientId},
+    transport::smtp::{
+        authentication::Credentials,
+        client::{Certificate, Tls, TlsParameters},
+        extension::ClientId,
+    },
 };
 
 use crate::{
@@ -38,6 +44,20 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// TLS towards `config.host`: its certificate checked against the public web's roots (lettre's
+/// default store, `webpki-roots`) plus `config.ca`, for the name `config.host`.
+fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, String> {
+    let mut builder = TlsParameters::builder(config.host.clone());
+    if let Some(pem) = &config.ca {
+        let roots = Certificate::from_pem(pem)
+            .map_err(|err| format!("SMTP_TLS_CA_FILE for {}: {err}", config.host))?;
+        builder = builder.add_root_certificate(roots);
+    }
+    builder
+        .build_rustls()
+        .map_err(|err| format!("SMTP TLS for {}: {err}", config.host))
+}
+
 /// An SMTP client with a small connection pool.
 #[derive(Debug, Clone)]
 pub struct Mailer {
@@ -48,16 +68,16 @@ pub struct Mailer {
 impl Mailer {
     /// The transport `config` describes; an error when TLS cannot be set up for its host.
     pub fn new(config: &SmtpConfig) -> Result<Self, String> {
-        type Smtp = AsyncSmtpTransport<Tokio1Executor>;
         let domain = config.from.email.domain().to_owned();
-        let builder = match config.tls {
-            // "Dangerous" is lettre's word for "no TLS": development only (see the module docs).
-            SmtpTls::None => Ok(Smtp::builder_dangerous(&config.host)),
-            SmtpTls::StartTls => Smtp::starttls_relay(&config.host),
-            SmtpTls::Tls => Smtp::relay(&config.host),
-        }
-        .map_err(|err| format!("SMTP TLS for {}: {err}", config.host))?;
-        let mut builder = builder
+        let tls = match config.tls {
+            SmtpTls::None => Tls::None,
+            // Required: a server that does not offer STARTTLS gets nothing after EHLO.
+            SmtpTls::StartTls => Tls::Required(tls_parameters(config)?),
+            SmtpTls::Tls => Tls::Wrapper(tls_parameters(config)?),
+        };
+        // "Dangerous" is lettre's word for a builder with no TLS chosen yet: `tls` sets it.
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+            .tls(tls)
             .port(config.port)
             .hello_name(ClientId::Domain(domain))
             .timeout(Some(config.timeout));

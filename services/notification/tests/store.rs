@@ -198,6 +198,7 @@ fn smtp() -> SmtpConfig {
         from: "Shop <no-reply@shop.example>".parse().unwrap(),
         timeout: Duration::from_secs(5),
         tls: SmtpTls::None,
+        ca: None,
         credentials: None,
     }
 }

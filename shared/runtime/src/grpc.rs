@@ -133,6 +133,20 @@ fn read_pem(env: &mut Env, variable: &str, path: &str) -> Result<Vec<u8>, Config
         .or_else(|err| env.invalid(variable, format!("cannot read {path}: {err}")))
 }
 
+/// The PEM file at `path`, set in `variable`, read and checked to hold at least one certificate:
+/// a CA file, read once at start. A file that cannot be read or holds none is a problem of
+/// `variable`, reported with the file's name. (`GRPC_TLS_CA_FILE` here; notification-service's
+/// `SMTP_TLS_CA_FILE` too.)
+pub fn certificates_file(
+    env: &mut Env,
+    variable: &str,
+    path: &str,
+) -> Result<Vec<u8>, ConfigError> {
+    let pem = read_pem(env, variable, path)?;
+    certificates(env, variable, path, &pem)?;
+    Ok(pem)
+}
+
 /// The certificates of a PEM file; at least one.
 fn certificates(
     env: &mut Env,
@@ -169,8 +183,7 @@ impl ClientTls {
                 );
             }
         };
-        let pem = read_pem(env, CA_FILE, &path)?;
-        certificates(env, CA_FILE, &path, &pem)?;
+        let pem = certificates_file(env, CA_FILE, &path)?;
         Ok(Self {
             ca: Some(Certificate::from_pem(pem)),
         })

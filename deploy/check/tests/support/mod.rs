@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod flows;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
