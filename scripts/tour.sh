@@ -11,7 +11,8 @@
 #   scripts/tour.sh [OUT]     default OUT: docs/tour.md
 #
 # Needs curl, jq and psql (deploy/local/stack.sh installs them). The addresses default to
-# `make run`'s; TOUR_GATEWAY, TOUR_JAEGER, TOUR_MAIL_API, TOUR_RABBITMQ_API, TOUR_LOG_DIR and
+# `make run`'s; TOUR_GATEWAY, TOUR_GATEWAY_OPS (its operational port, where /readyz is),
+# TOUR_JAEGER, TOUR_MAIL_API, TOUR_RABBITMQ_API, TOUR_LOG_DIR and
 # TOUR_<ORDERS|PAYMENTS|INVENTORY>_DB override them (a stack on other ports).
 set -euo pipefail
 
@@ -19,6 +20,7 @@ REPO_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 STACK="$REPO_ROOT/deploy/local/stack.sh"
 OUT=${1:-$REPO_ROOT/docs/tour.md}
 GATEWAY=${TOUR_GATEWAY:-http://127.0.0.1:8080}
+GATEWAY_OPS=${TOUR_GATEWAY_OPS:-http://127.0.0.1:9080}
 JAEGER=${TOUR_JAEGER:-http://127.0.0.1:16686}
 MAIL_API=${TOUR_MAIL_API:-http://127.0.0.1:1080}
 RABBITMQ_API=${TOUR_RABBITMQ_API:-http://guest:guest@127.0.0.1:15672}
@@ -33,7 +35,7 @@ ADMIN=(admin@example.com change-me-admin)   # user-service's development adminis
 die() { printf 'tour: %s\n' "$*" >&2; exit 1; }
 say() { printf '==> %s\n' "$*" >&2; }
 for tool in curl jq psql; do command -v "$tool" >/dev/null || die "$tool is missing (deploy/local/stack.sh install)"; done
-curl -fsS -o /dev/null --max-time 3 "$GATEWAY/readyz" || die "no gateway at $GATEWAY: start the system with make run"
+curl -fsS -o /dev/null --max-time 3 "$GATEWAY_OPS/readyz" || die "no ready gateway at $GATEWAY_OPS/readyz: start the system with make run"
 curl -fsS -o /dev/null --max-time 3 "$JAEGER/api/services" || die "no Jaeger at $JAEGER (make run starts it)"
 
 RUN=$(tr -d '-' </proc/sys/kernel/random/uuid | cut -c1-12)
