@@ -281,9 +281,10 @@ confirms ($(link shared/messaging/src/outbox shop_messaging::outbox), [messaging
 Consumers record each event's id in an inbox in the transaction of their effect, so a
 redelivery has no second effect. This run bound a queue of its own to the exchange (\`#\`) and
 read what concerned this customer and order. The \`traceparent\` header says which trace each
-event continues: order's and inventory's carry the order's trace, payment's start traces of
-their own, because payment-service records its outcome in a task of its own, outside the
-request's span ([\`payments.rs\`](../services/payment/src/payments.rs); not changed here).
+event continues: all of them carry the order's trace (the registration, before the order, its
+own). Payment-service talks to its provider in a task of its own, so that a caller that gives
+up cannot cut an operation in half; the task carries the request's span, so its events stay in
+the trace ([\`payments.rs\`](../services/payment/src/payments.rs) \`Payments::run\`).
 
 | routing key | type | traceparent | payload |
 |---|---|---|---|

@@ -63,6 +63,9 @@ const USAGE: &str = "usage:
 /// The command line.
 pub fn main() -> ExitCode {
     let _ = elapsed();
+    // The workspace's reqwest leaves the TLS provider to the program (`rustls-no-provider`);
+    // this process boots no service that would install it, and its clients need one.
+    shop_runtime::install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| {
         args.iter()

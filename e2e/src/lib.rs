@@ -202,6 +202,10 @@ pub fn with_gateway_settings(settings: Vec<(&'static str, String)>) {
 /// # Panics
 /// If it cannot be started or reached; every journey of the binary then fails with the reason.
 pub async fn system() -> &'static System {
+    // The workspace's reqwest leaves the TLS provider to the program (`rustls-no-provider`):
+    // the services install theirs at boot, but against an external system (compose, a
+    // cluster) no service boots in this process, and the first client would panic.
+    shop_runtime::install_crypto_provider();
     let system = SYSTEM
         .get_or_init(|| async {
             let outcome = match env("E2E_BASE_URL") {

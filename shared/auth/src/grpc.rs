@@ -138,15 +138,19 @@ impl<S: NamedService> RequireService<S> {
 impl<S> RequireService<S> {
     /// Logs the table once, so who may call what is visible in the log (and a server still
     /// without a table stands out).
+    ///
+    /// It runs on the first call, inside that request's span; `parent: None` keeps these lines
+    /// out of the request's trace, which they say nothing about.
     fn announce(&self) {
         let name = self.name;
         match &self.table {
             Some(table) => {
                 for (method, callers) in table.rows() {
-                    tracing::info!(service = name, method, ?callers, "gRPC method allowed to");
+                    tracing::info!(parent: None, service = name, method, ?callers, "gRPC method allowed to");
                 }
             }
             None => tracing::warn!(
+                parent: None,
                 service = name,
                 "no authorization table: every authenticated service may call every method"
             ),
