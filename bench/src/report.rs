@@ -207,6 +207,22 @@ fn cpu_percent(m: &Measured) -> String {
         .map_or("-".into(), |percent| format!("{percent:.0} %"))
 }
 
+/// Scenario 1's fixed-rate verdict, and how many requests were left unsent at those rates: met
+/// when every paired p99 ratio is ≤ 1 *and* nothing was left unsent. A rate at which requests
+/// were never sent was not kept up with (by the generator or the proxy), whatever the p99 of
+/// the ones that went out.
+fn fixed_rates_met(points: &[crate::scenarios::proxy::Point]) -> (bool, u64) {
+    let unsent: u64 = points
+        .iter()
+        .map(|p| p.gateway.unsent + p.nginx.as_ref().map_or(0, |n| n.unsent))
+        .sum();
+    let met = unsent == 0
+        && points
+            .iter()
+            .all(|p| p.p99_ratio.is_none_or(|ratio| ratio <= 1.0));
+    (met, unsent)
+}
+
 /// What became of the requests that did not succeed: "0", or e.g. "263 (503 ×250, 429 ×13)",
 /// "5504 (503 ×5504) + 11229 never sent", with connection errors and timeouts as "errors".
 fn not_accepted(m: &Measured) -> String {
@@ -345,18 +361,7 @@ pub fn write(
                         ))
                     })
                     .collect();
-                // A rate at which requests were left unsent was not kept up with, whatever the
-                // p99 of the ones that went out.
-                let unsent: u64 = proxy
-                    .points
-                    .iter()
-                    .map(|p| p.gateway.unsent + p.nginx.as_ref().map_or(0, |n| n.unsent))
-                    .sum();
-                let all_ok = unsent == 0
-                    && proxy
-                        .points
-                        .iter()
-                        .all(|p| p.p99_ratio.is_none_or(|ratio| ratio <= 1.0));
+                let (all_ok, unsent) = fixed_rates_met(&proxy.points);
                 let _ = writeln!(
                     md,
                     "| gateway p99 no worse than nginx at the same rate | gateway vs nginx p99 (median windows; ratio = median of the paired windows' ratios) — {}{} | {} |",
@@ -582,7 +587,7 @@ pub fn write(
             "`GET /.well-known/jwks.json` (public, not cached) forwarded to the same trivial upstream (a hyper server in the bench binary answering a 110-byte JSON document), {} keep-alive connections. The gateway counts every request against the anonymous rate limit in Redis (one `EVALSHA` round trip) before forwarding; nginx does no such work. Saturation is closed loop (each connection sends back to back); the fixed rates are open loop, with latency from the due send time.\n",
             proxy.connections
         );
-        let _ = writeln!(md, "{MEASURED_HEADER}");
+        md.push_str(MEASURED_HEADER);
         measured_row(
             &mut md,
             "upstream alone (no proxy)",
@@ -656,7 +661,7 @@ pub fn write(
             "`GET {}` with a user's bearer token, rate limit counted (limit far above the load), answered from the Redis cache (only `X-Cache: HIT` answers count as successes). Note: the product routes are public in the gateway's table, so the gateway forwards the token without verifying it; the token costs nothing on this path.\n",
             product.path
         );
-        let _ = writeln!(md, "{MEASURED_HEADER}");
+        md.push_str(MEASURED_HEADER);
         if let Some(nginx) = &product.nginx {
             measured_row(
                 &mut md,
@@ -1273,4 +1278,33 @@ pub fn previous_ratios(dir: &Path, mode: &str) -> Option<BTreeMap<String, f64>> 
         return None;
     }
     serde_json::from_value(value["ratios"].clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::proxy::Point;
+
+    fn point(gateway_unsent: u64, nginx_unsent: u64) -> Point {
+        Point {
+            rate: 1000.0,
+            nginx: Some(Measured {
+                unsent: nginx_unsent,
+                ..Measured::default()
+            }),
+            gateway: Measured {
+                unsent: gateway_unsent,
+                ..Measured::default()
+            },
+            p99_ratios: vec![0.8],
+            p99_ratio: Some(0.8),
+        }
+    }
+
+    #[test]
+    fn a_fixed_rate_with_requests_left_unsent_is_not_met_whatever_its_p99() {
+        assert_eq!(fixed_rates_met(&[point(0, 0)]), (true, 0));
+        assert_eq!(fixed_rates_met(&[point(0, 0), point(3, 0)]), (false, 3));
+        assert_eq!(fixed_rates_met(&[point(0, 2)]), (false, 2));
+    }
 }
