@@ -184,7 +184,7 @@ fn verdict(met: bool) -> &'static str {
 fn measured_row(out: &mut String, label: &str, m: &Measured) {
     let _ = writeln!(
         out,
-        "| {label} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         m.offered_rate
             .map_or("max (closed loop)".to_owned(), |r| format!("{r:.0}")),
         m.ok_rate,
@@ -192,9 +192,35 @@ fn measured_row(out: &mut String, label: &str, m: &Measured) {
         ms(m.latency.p99_ms),
         ms(m.latency.p999_ms),
         ms(m.latency.max_ms),
-        m.refused + m.errors + m.unsent,
+        ms(m.service_time.p50_ms),
+        ms(m.service_time.p99_ms),
+        m.refused + m.errors,
+        m.unsent,
         ms(m.max_send_lag_ms),
+        cpu_percent(m),
     );
+}
+
+/// The bench process's CPU over a window as a share of one core: "12 %", or "-".
+fn cpu_percent(m: &Measured) -> String {
+    m.generator_cpu_percent
+        .map_or("-".into(), |percent| format!("{percent:.0} %"))
+}
+
+/// Scenario 1's fixed-rate verdict, and how many requests were left unsent at those rates: met
+/// when every paired p99 ratio is ≤ 1 *and* nothing was left unsent. A rate at which requests
+/// were never sent was not kept up with (by the generator or the proxy), whatever the p99 of
+/// the ones that went out.
+fn fixed_rates_met(points: &[crate::scenarios::proxy::Point]) -> (bool, u64) {
+    let unsent: u64 = points
+        .iter()
+        .map(|p| p.gateway.unsent + p.nginx.as_ref().map_or(0, |n| n.unsent))
+        .sum();
+    let met = unsent == 0
+        && points
+            .iter()
+            .all(|p| p.p99_ratio.is_none_or(|ratio| ratio <= 1.0));
+    (met, unsent)
 }
 
 /// What became of the requests that did not succeed: "0", or e.g. "263 (503 ×250, 429 ×13)",
@@ -237,7 +263,11 @@ fn windows_line(targets: &[(&str, &crate::scenarios::proxy::Saturation)]) -> Str
     )
 }
 
-const MEASURED_HEADER: &str = "| run | offered (req/s) | achieved ok (req/s) | p50 ms | p99 ms | p99.9 ms | max ms | failed | generator lag ms |\n|---|---|---|---|---|---|---|---|---|\n";
+/// The columns of every [`measured_row`] table. Latency (p50 … max) runs from each request's
+/// due time; service time from the moment it was sent; *unsent*: requests due in the window
+/// that the generator or its connections never got out (failures, like *failed*); *generator
+/// CPU*: the bench process over the window, in % of one core.
+const MEASURED_HEADER: &str = "| run | offered (req/s) | achieved ok (req/s) | p50 ms | p99 ms | p99.9 ms | max ms | service p50 ms | service p99 ms | failed | unsent | generator lag ms | generator CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// Writes `dir/report.md`, `dir/results/results.json` and the plots.
 pub fn write(
@@ -331,14 +361,16 @@ pub fn write(
                         ))
                     })
                     .collect();
-                let all_ok = proxy
-                    .points
-                    .iter()
-                    .all(|p| p.p99_ratio.is_none_or(|ratio| ratio <= 1.0));
+                let (all_ok, unsent) = fixed_rates_met(&proxy.points);
                 let _ = writeln!(
                     md,
-                    "| gateway p99 no worse than nginx at the same rate | gateway vs nginx p99 (median windows; ratio = median of the paired windows' ratios) — {} | {} |",
+                    "| gateway p99 no worse than nginx at the same rate | gateway vs nginx p99 (median windows; ratio = median of the paired windows' ratios) — {}{} | {} |",
                     worse.join("; "),
+                    if unsent > 0 {
+                        format!("; **{unsent} requests never sent**")
+                    } else {
+                        String::new()
+                    },
                     verdict(all_ok)
                 );
             }
@@ -383,7 +415,7 @@ pub fn write(
             s.cancelled,
             s.unfinished,
             s.post.refused + s.post.errors + s.post.unsent,
-            verdict(s.delivered_per_s >= 300.0 && s.duration_s >= 60.0)
+            verdict(s.delivered_per_s >= 300.0 && s.duration_s >= 60.0 && s.post.unsent == 0)
         );
         let _ = writeln!(
             md,
@@ -391,7 +423,12 @@ pub fn write(
             ms(s.to_confirmed.p50_ms),
             ms(s.to_confirmed.p99_ms),
             s.offered_rate,
-            verdict(s.to_confirmed.count > 0 && s.to_confirmed.p99_ms < 500.0 && s.unfinished == 0)
+            verdict(
+                s.to_confirmed.count > 0
+                    && s.to_confirmed.p99_ms < 500.0
+                    && s.unfinished == 0
+                    && s.post.unsent == 0
+            )
         );
         let _ = writeln!(
             md,
@@ -411,13 +448,19 @@ pub fn write(
         let t = &events.target;
         let _ = writeln!(
             md,
-            "| outbox → consumer p99 < 50 ms at 1,000 events/s | p50 {} ms, p99 {} ms at {:.0}/s ({} of {} delivered) | {} |",
+            "| outbox → consumer p99 < 50 ms at 1,000 events/s | p50 {} ms, p99 {} ms at {:.0}/s ({} of {} delivered, {} never produced) | {} |",
             ms(t.latency.p50_ms),
             ms(t.latency.p99_ms),
             t.rate,
             t.delivered,
             t.produce.ok,
-            verdict(t.rate >= 1000.0 && t.latency.p99_ms < 50.0 && t.delivered >= t.produce.ok)
+            t.produce.unsent,
+            verdict(
+                t.rate >= 1000.0
+                    && t.latency.p99_ms < 50.0
+                    && t.delivered >= t.produce.ok
+                    && t.produce.unsent == 0
+            )
         );
     }
     if let Some(mail) = &results.mail {
@@ -544,7 +587,7 @@ pub fn write(
             "`GET /.well-known/jwks.json` (public, not cached) forwarded to the same trivial upstream (a hyper server in the bench binary answering a 110-byte JSON document), {} keep-alive connections. The gateway counts every request against the anonymous rate limit in Redis (one `EVALSHA` round trip) before forwarding; nginx does no such work. Saturation is closed loop (each connection sends back to back); the fixed rates are open loop, with latency from the due send time.\n",
             proxy.connections
         );
-        let _ = writeln!(md, "{MEASURED_HEADER}");
+        md.push_str(MEASURED_HEADER);
         measured_row(
             &mut md,
             "upstream alone (no proxy)",
@@ -618,7 +661,7 @@ pub fn write(
             "`GET {}` with a user's bearer token, rate limit counted (limit far above the load), answered from the Redis cache (only `X-Cache: HIT` answers count as successes). Note: the product routes are public in the gateway's table, so the gateway forwards the token without verifying it; the token costs nothing on this path.\n",
             product.path
         );
-        let _ = writeln!(md, "{MEASURED_HEADER}");
+        md.push_str(MEASURED_HEADER);
         if let Some(nginx) = &product.nginx {
             measured_row(
                 &mut md,
@@ -672,12 +715,12 @@ pub fn write(
         );
         let _ = writeln!(
             md,
-            "| phase | offered orders/s | POST ok/s | POST p99 ms | POSTs not accepted | delivered/s | confirmed/s | cancelled | unfinished | p50 → CONFIRMED ms | p99 → CONFIRMED ms | max ms | commits/order |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| phase | offered orders/s | POST ok/s | POST p99 ms | POSTs not accepted | delivered/s | confirmed/s | cancelled | unfinished | p50 → CONFIRMED ms | p99 → CONFIRMED ms | max ms | commits/order | generator CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let row = |md: &mut String, label: &str, p: &crate::scenarios::orders::Phase| {
             let _ = writeln!(
                 md,
-                "| {label} | {:.0} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {:.0} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
                 p.offered_rate,
                 p.post.ok_rate,
                 ms(p.post.latency.p99_ms),
@@ -691,6 +734,7 @@ pub fn write(
                 ms(p.to_confirmed.max_ms),
                 p.commits_per_order
                     .map_or("-".into(), |c| format!("{c:.1}")),
+                cpu_percent(&p.post),
             );
         };
         for p in &orders.ramp {
@@ -822,20 +866,22 @@ pub fn write(
         );
         let _ = writeln!(
             md,
-            "| offered events/s | produced ok/s | delivered | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|"
+            "| offered events/s | produced ok/s | never produced | delivered | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | generator CPU |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for p in &events.points {
             let _ = writeln!(
                 md,
-                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.rate,
                 p.produce.ok_rate,
+                p.produce.unsent,
                 p.delivered,
                 ms(p.latency.p50_ms),
                 ms(p.latency.p90_ms),
                 ms(p.latency.p99_ms),
                 ms(p.latency.p999_ms),
-                ms(p.latency.max_ms)
+                ms(p.latency.max_ms),
+                cpu_percent(&p.produce),
             );
         }
         let _ = writeln!(md, "\n![event latency](results/events-latency.svg)\n");
@@ -904,7 +950,7 @@ fn mail_section(md: &mut String, mail: &crate::scenarios::mail::MailResults) {
     );
     let _ = writeln!(
         md,
-        "| stored | offered/s | published | delivered | missing | delivered/s | p50 ms | p99 ms | max ms | CPU ms per mail |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| stored | offered/s | published | never published | delivered | missing | delivered/s | p50 ms | p99 ms | max ms | CPU ms per mail | generator CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (label, p) in std::iter::once(("", &mail.fresh)).chain(
         mail.with_history
@@ -919,18 +965,20 @@ fn mail_section(md: &mut String, mail: &crate::scenarios::mail::MailResults) {
             .collect();
         let _ = writeln!(
             md,
-            "| {}{} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {}{} | {:.0} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             p.stored,
             label,
             p.rate,
             p.publish.ok,
+            p.publish.unsent,
             p.delivered,
             p.missing,
             p.delivered_per_s,
             ms(p.latency.p50_ms),
             ms(p.latency.p99_ms),
             ms(p.latency.max_ms),
-            cpu.join(", ")
+            cpu.join(", "),
+            cpu_percent(&p.publish),
         );
     }
     if let Some(ratio) = mail.history_p99_ratio() {
@@ -1230,4 +1278,33 @@ pub fn previous_ratios(dir: &Path, mode: &str) -> Option<BTreeMap<String, f64>> 
         return None;
     }
     serde_json::from_value(value["ratios"].clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::proxy::Point;
+
+    fn point(gateway_unsent: u64, nginx_unsent: u64) -> Point {
+        Point {
+            rate: 1000.0,
+            nginx: Some(Measured {
+                unsent: nginx_unsent,
+                ..Measured::default()
+            }),
+            gateway: Measured {
+                unsent: gateway_unsent,
+                ..Measured::default()
+            },
+            p99_ratios: vec![0.8],
+            p99_ratio: Some(0.8),
+        }
+    }
+
+    #[test]
+    fn a_fixed_rate_with_requests_left_unsent_is_not_met_whatever_its_p99() {
+        assert_eq!(fixed_rates_met(&[point(0, 0)]), (true, 0));
+        assert_eq!(fixed_rates_met(&[point(0, 0), point(3, 0)]), (false, 3));
+        assert_eq!(fixed_rates_met(&[point(0, 2)]), (false, 2));
+    }
 }
