@@ -169,10 +169,12 @@ fn units(field: &str, value: Option<&Value>, required: bool) -> Result<Option<i6
         None | Some(Value::Null) => Ok(None),
         // JSON has one number type: `5.0` is the whole number 5, as JSON Schema says (a
         // fuzzer found it refused).
+        // A whole float out of range (`-5.0`, `1e10`) is a number in the wrong range, not the
+        // wrong kind of number: `as` saturates, so it lands outside the range below.
         Some(value) => match value.as_i64().or_else(|| {
             value
                 .as_f64()
-                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_UNITS as f64).contains(f))
+                .filter(|f| f.is_finite() && f.fract() == 0.0)
                 .map(|f| f as i64)
         }) {
             Some(n) if (0..=MAX_UNITS).contains(&n) => Ok(Some(n)),
@@ -248,4 +250,44 @@ async fn put_stock(
     .await?;
     tracing::info!(%sku, available, admin = %admin.user_id, "stock set");
     Ok(Json(row.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::units;
+
+    /// What each kind of JSON value gets: whole numbers in range pass however they are written;
+    /// whole numbers out of range hear about the range, whatever their notation; anything else
+    /// hears that it is not a whole number.
+    #[test]
+    fn units_name_the_range_for_whole_numbers_and_the_kind_for_everything_else() {
+        let message = |value: serde_json::Value| match units("available", Some(&value), true) {
+            Ok(n) => format!("ok {n:?}"),
+            Err(err) => err.message.to_string(),
+        };
+        assert_eq!(message(json!(5)), "ok Some(5)");
+        assert_eq!(message(json!(5.0)), "ok Some(5)");
+        for out_of_range in [
+            json!(-1),
+            json!(-5.0),
+            json!(1e10),
+            json!(1_000_000_001),
+            json!(u64::MAX),
+        ] {
+            assert_eq!(
+                message(out_of_range.clone()),
+                "must be between 0 and 1000000000",
+                "{out_of_range}"
+            );
+        }
+        for not_whole in [json!(2.5), json!("5"), json!(true), json!([1])] {
+            assert_eq!(
+                message(not_whole.clone()),
+                "must be a whole number",
+                "{not_whole}"
+            );
+        }
+    }
 }
