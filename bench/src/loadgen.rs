@@ -472,9 +472,11 @@ mod tests {
         let measured = run(&plan, vec![Sleepy(Duration::from_millis(20))]).await;
         assert_eq!(measured.ok, 100);
         assert_eq!(measured.unsent, 0);
-        // The service time stays 20 ms ...
+        // The service time stays near 20 ms (a busy machine wakes the sleeps late: a few ms,
+        // never the hundreds the latency grows by) ...
         assert!(
-            (measured.service_time.p99_ms - 20.0).abs() < 3.0,
+            (19.0..30.0).contains(&measured.service_time.p50_ms)
+                && measured.service_time.p99_ms < 50.0,
             "{:?}",
             measured.service_time
         );

@@ -241,8 +241,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The mailer the service would make from these settings (plus the port), in development mode.
-fn mailer(port: u16, settings: &[(&str, &str)]) -> Mailer {
+/// The mailer the service would make, in development mode, for a relay on `port` with
+/// credentials: `SMTP_TLS=tls` (`starttls`, `tls`), and `SMTP_TLS_CA_FILE` when given.
+fn mailer(port: u16, tls: &str, ca_file: Option<&str>) -> Mailer {
     let port = port.to_string();
     let mut env = Env::from_pairs(
         [
@@ -253,9 +254,12 @@ fn mailer(port: u16, settings: &[(&str, &str)]) -> Mailer {
             ("SMTP_HOST", "127.0.0.1"),
             ("SMTP_PORT", port.as_str()),
             ("SMTP_TIMEOUT_MS", "5000"),
+            ("SMTP_TLS", tls),
+            ("SMTP_USERNAME", USERNAME),
+            ("SMTP_PASSWORD", PASSWORD),
         ]
         .into_iter()
-        .chain(settings.iter().copied()),
+        .chain(ca_file.map(|file| ("SMTP_TLS_CA_FILE", file))),
     );
     let config = NotificationConfig::from_env(&mut env);
     env.finish().unwrap();
@@ -281,15 +285,7 @@ fn reveals_credentials(line: &str) -> bool {
 async fn starttls_sends_the_mail_and_the_credentials_only_after_the_upgrade() {
     let pki = Pki::new();
     let server = Server::start(Offer::StartTls(pki.acceptor.clone())).await;
-    let mailer = mailer(
-        server.port,
-        &[
-            ("SMTP_TLS", "starttls"),
-            ("SMTP_TLS_CA_FILE", &pki.ca_file()),
-            ("SMTP_USERNAME", USERNAME),
-            ("SMTP_PASSWORD", PASSWORD),
-        ],
-    );
+    let mailer = mailer(server.port, "starttls", Some(pki.ca_file().as_str()));
 
     mailer.send(&email()).await.unwrap();
 
@@ -326,14 +322,7 @@ async fn starttls_sends_the_mail_and_the_credentials_only_after_the_upgrade() {
 #[tokio::test]
 async fn a_server_without_starttls_gets_neither_the_mail_nor_the_credentials() {
     let server = Server::start(Offer::Plain).await;
-    let mailer = mailer(
-        server.port,
-        &[
-            ("SMTP_TLS", "starttls"),
-            ("SMTP_USERNAME", USERNAME),
-            ("SMTP_PASSWORD", PASSWORD),
-        ],
-    );
+    let mailer = mailer(server.port, "starttls", None);
 
     let err = mailer.send(&email()).await.unwrap_err();
 
@@ -354,14 +343,7 @@ async fn a_server_without_starttls_gets_neither_the_mail_nor_the_credentials() {
 async fn a_relay_certificate_from_a_ca_not_trusted_gets_nothing_after_starttls() {
     let pki = Pki::new();
     let server = Server::start(Offer::StartTls(pki.acceptor.clone())).await;
-    let mailer = mailer(
-        server.port,
-        &[
-            ("SMTP_TLS", "starttls"),
-            ("SMTP_USERNAME", USERNAME),
-            ("SMTP_PASSWORD", PASSWORD),
-        ],
-    );
+    let mailer = mailer(server.port, "starttls", None);
 
     let err = mailer.send(&email()).await.unwrap_err();
 
@@ -381,15 +363,7 @@ async fn a_relay_certificate_from_a_ca_not_trusted_gets_nothing_after_starttls()
 async fn implicit_tls_sends_nothing_in_clear_text() {
     let pki = Pki::new();
     let server = Server::start(Offer::Wrapped(pki.acceptor.clone())).await;
-    let mailer = mailer(
-        server.port,
-        &[
-            ("SMTP_TLS", "tls"),
-            ("SMTP_TLS_CA_FILE", &pki.ca_file()),
-            ("SMTP_USERNAME", USERNAME),
-            ("SMTP_PASSWORD", PASSWORD),
-        ],
-    );
+    let mailer = mailer(server.port, "tls", Some(pki.ca_file().as_str()));
 
     mailer.send(&email()).await.unwrap();
 

@@ -634,9 +634,9 @@ async fn a_provider_that_never_answers_or_loses_the_approval_leaves_no_hold_on_a
     assert!(available >= 4, "{available}");
 }
 
-#[tokio::test]
-async fn an_instance_that_stalls_past_its_lease_is_taken_over_and_its_late_write_changes_nothing() {
-    let world = World::start(&[]).await;
+/// order-service's variables for `world` on a database and a vhost of their own (for tests that
+/// start their own instances), with those two URLs.
+async fn own_stores(world: &World) -> (Vec<(String, String)>, String, String) {
     let database = shop_testkit::isolation::postgres_database()
         .await
         .expect("a database");
@@ -646,6 +646,28 @@ async fn an_instance_that_stalls_past_its_lease_is_taken_over_and_its_late_write
     let mut env = world.order_env();
     env.push(("DATABASE_URL".into(), database.clone()));
     env.push(("AMQP_URL".into(), amqp.clone()));
+    (env, database, amqp)
+}
+
+/// The `OrderConfirmed` events of `order_id` the tap receives until 4 s pass without one.
+async fn confirmations_of(tap: &shop_messaging::testing::Tap, order_id: &str) -> usize {
+    let mut confirmations = 0;
+    while let Some(_event) = tap
+        .next_where(std::time::Duration::from_secs(4), |envelope| {
+            envelope.data["orderId"] == order_id
+        })
+        .await
+        .expect("the tap")
+    {
+        confirmations += 1;
+    }
+    confirmations
+}
+
+#[tokio::test]
+async fn an_instance_that_stalls_past_its_lease_is_taken_over_and_its_late_write_changes_nothing() {
+    let world = World::start(&[]).await;
+    let (env, database, amqp) = own_stores(&world).await;
     let tap = shop_messaging::testing::Tap::bind(&amqp, ["order.order.confirmed"])
         .await
         .expect("a tap on the order events");
@@ -682,16 +704,7 @@ async fn an_instance_that_stalls_past_its_lease_is_taken_over_and_its_late_write
     // learned long ago; then wait for anything it might have published.
     tokio::time::sleep(std::time::Duration::from_secs(10).saturating_sub(started.elapsed())).await;
     let order_id = id(&placed);
-    let mut confirmations = 0;
-    while let Some(_event) = tap
-        .next_where(std::time::Duration::from_secs(4), |envelope| {
-            envelope.data["orderId"] == order_id.as_str()
-        })
-        .await
-        .expect("the tap")
-    {
-        confirmations += 1;
-    }
+    let confirmations = confirmations_of(&tap, &order_id).await;
     assert_eq!(confirmations, 1, "one OrderConfirmed, not one per driver");
     let pool = sqlx::PgPool::connect(&database)
         .await
@@ -768,15 +781,7 @@ async fn placing_beyond_the_sagas_an_instance_drives_answers_503_with_retry_afte
 async fn a_saga_taken_over_by_its_own_instance_is_leased_anew_and_the_stalled_run_changes_nothing()
 {
     let world = World::start(&[]).await;
-    let database = shop_testkit::isolation::postgres_database()
-        .await
-        .expect("a database");
-    let amqp = shop_testkit::isolation::rabbitmq_vhost()
-        .await
-        .expect("a vhost");
-    let mut env = world.order_env();
-    env.push(("DATABASE_URL".into(), database.clone()));
-    env.push(("AMQP_URL".into(), amqp.clone()));
+    let (mut env, database, amqp) = own_stores(&world).await;
     // Twice its 4 s lease, after inventory reserved and before the run records it.
     env.push(("ORDER_STALL_BEFORE_RECORDING".into(), "reserve".into()));
     let tap = shop_messaging::testing::Tap::bind(&amqp, ["order.order.confirmed"])
@@ -837,16 +842,7 @@ async fn a_saga_taken_over_by_its_own_instance_is_leased_anew_and_the_stalled_ru
         .await
         .expect("the saga row");
     assert_eq!(step, "confirmed", "the stalled run moved the saga back");
-    let mut confirmations = 0;
-    while let Some(_event) = tap
-        .next_where(std::time::Duration::from_secs(4), |envelope| {
-            envelope.data["orderId"] == order_id.as_str()
-        })
-        .await
-        .expect("the tap")
-    {
-        confirmations += 1;
-    }
+    let confirmations = confirmations_of(&tap, &order_id).await;
     assert_eq!(confirmations, 1, "one OrderConfirmed");
     let payment = world.payment(&buyer, &order_id).await;
     assert_eq!(payment["captured"]["amount"], 300, "{payment}");
