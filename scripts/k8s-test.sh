@@ -255,7 +255,7 @@ run_journeys() {
 # journeys, each payment pod's own /metrics (its operational port, through a port-forward into
 # that pod) must count served gRPC requests.
 check_balancing() {
-  local pods pod served total=0 counts=()
+  local pods pod served counts=()
   pods=$(kubectl_ -n "$NAMESPACE" get pods -l app.kubernetes.io/component=payment-service \
     -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
   (($(wc -l <<<"$pods") == 2)) || die "expected two payment pods, found: $pods"
@@ -266,7 +266,6 @@ check_balancing() {
       die "reading $pod's metrics failed"
     counts+=("$pod: $served")
     ((served > 0)) || die "payment pod $pod served no Authorize call: order-service's calls are not balanced (${counts[*]})"
-    total=$((total + served))
   done
   say "gRPC balanced over two payment pods: ${counts[*]} (Authorize calls served)"
 }
