@@ -5,7 +5,9 @@
 //! from `/proc` before and after a phase and divides by the orders that ended. Processes that
 //! start and exit inside the window (none of the pooled servers do) are not counted.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Serialize;
 
 /// The names the report groups processes under. A process counts under the one its command
 /// name (`comm`) equals, or, when the kernel cut `comm` to its 15 characters, begins with.
@@ -79,6 +81,73 @@ pub fn per_unit(
     spent
 }
 
+/// Parts that are not the system under test: the bench itself (generator, upstream, SMTP
+/// sink) and whatever else the machine runs.
+const NOT_THE_STACK: [&str; 2] = ["shop-bench (load generator)", "other"];
+
+/// The whole stack going quiet after the last scenario (issue 29: "idle CPU of the whole
+/// stack after a load run returns to near zero"). A system that keeps a core busy once the
+/// load has gone — a poll that scans a growing store, a backlog it cannot finish, a retry
+/// loop — costs its owner that core around the clock.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settling {
+    /// The stack's CPU in each window, in % of one core, in the order read.
+    pub windows_percent: Vec<f64>,
+    pub window_s: f64,
+    /// What counts as quiet: the whole stack (services and stores) at or below this share.
+    pub threshold_percent: f64,
+    /// Seconds from the start of the watch to the end of the first quiet window.
+    pub quiet_after_s: Option<f64>,
+    /// The last window's CPU by part, in % of one core, largest first.
+    pub last_by_part: Vec<(String, f64)>,
+}
+
+impl Settling {
+    pub const THRESHOLD_PERCENT: f64 = 5.0;
+}
+
+/// Reads the stack's CPU window by window until one window is quiet or `total` has passed.
+pub async fn settle(total: Duration, window: Duration) -> Settling {
+    let started = std::time::Instant::now();
+    let mut windows_percent = Vec::new();
+    let mut last_by_part = Vec::new();
+    let mut quiet_after_s = None;
+    while started.elapsed() < total {
+        let before = by_part();
+        tokio::time::sleep(window).await;
+        let after = by_part();
+        last_by_part = stack_share(&before, &after, window);
+        let percent = last_by_part.iter().map(|(_, p)| p).sum::<f64>();
+        windows_percent.push(percent);
+        if percent <= Settling::THRESHOLD_PERCENT {
+            quiet_after_s = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    Settling {
+        windows_percent,
+        window_s: window.as_secs_f64(),
+        threshold_percent: Settling::THRESHOLD_PERCENT,
+        quiet_after_s,
+        last_by_part,
+    }
+}
+
+/// Each stack part's CPU between two readings `window` apart, in % of one core, largest first.
+fn stack_share(
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+    window: Duration,
+) -> Vec<(String, f64)> {
+    // `per_unit` with the window in milliseconds as the unit count gives ms per ms.
+    let millis = window.as_millis().max(1) as u64;
+    per_unit(before, after, millis)
+        .into_iter()
+        .filter(|(part, _)| !NOT_THE_STACK.contains(&part.as_str()))
+        .map(|(part, ms_per_ms)| (part, ms_per_ms * 100.0))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +172,24 @@ mod tests {
             per_unit(&before, &after, 100),
             vec![("ferretdb".to_owned(), 40.0), ("postgres".to_owned(), 20.0)]
         );
+    }
+
+    #[test]
+    fn the_stacks_share_leaves_out_the_bench_and_the_rest_of_the_machine() {
+        let before = BTreeMap::from([
+            ("postgres", 1.0),
+            ("shop-bench (load generator)", 1.0),
+            ("other", 1.0),
+        ]);
+        let after = BTreeMap::from([
+            ("postgres", 1.2),
+            ("shop-bench (load generator)", 5.0),
+            ("other", 9.0),
+        ]);
+        let share = stack_share(&before, &after, Duration::from_secs(10));
+        assert_eq!(share.len(), 1, "{share:?}");
+        assert_eq!(share[0].0, "postgres");
+        // 0.2 s of CPU in 10 s: 2 % of one core.
+        assert!((share[0].1 - 2.0).abs() < 1e-9, "{share:?}");
     }
 }

@@ -176,6 +176,7 @@ pub async fn run(options: Options) -> Result<PathBuf> {
         claims: partial.claims,
         mail: partial.mail,
         footprint: partial.footprint,
+        idle_after_load: partial.idle_after_load,
         mails_sent: partial.mails,
         ratios: Default::default(),
         failures: partial.failures,
@@ -209,6 +210,7 @@ struct Partial {
     claims: Option<scenarios::claims::ClaimsResults>,
     mail: Option<scenarios::mail::MailResults>,
     footprint: Vec<Footprint>,
+    idle_after_load: Option<crate::cpu::Settling>,
     mails: u64,
     failures: Vec<String>,
 }
@@ -438,6 +440,18 @@ async fn scenarios_on(
         }
         drop(upstream);
     }
+
+    // Last: does the stack go quiet once the load has gone (issue 29)?
+    say!("after the load: waiting for the stack to go quiet");
+    let settling = crate::cpu::settle(settings.settle, settings.settle_window).await;
+    say!(
+        "  windows (% of one core): {:.1?}; quiet after {}",
+        settling.windows_percent,
+        settling
+            .quiet_after_s
+            .map_or("never".to_owned(), |s| format!("{s:.0} s"))
+    );
+    partial.idle_after_load = Some(settling);
 
     Ok(())
 }

@@ -407,6 +407,9 @@ impl Stack {
             wiring,
             vec![
                 pair("DATABASE_URL", &pg(users)),
+                // The tokens a run prepares are used for up to an hour (scenarios 2, 7 and 3
+                // come one after the other); the default 15 min would expire them mid-run.
+                pair("ACCESS_TOKEN_TTL_SECONDS", "7200"),
                 pair(
                     "SERVICE_CLIENTS",
                     &format!(

@@ -28,7 +28,7 @@ fn a_quick_run_on_the_debug_build_writes_the_report_the_results_and_the_plots() 
 
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     for section in [
-        "## BRIEF §9 targets",
+        "## Targets",
         "## 1. Proxy overhead",
         "## 2. Product read",
         "## 3. Orders end to end",
@@ -47,6 +47,16 @@ fn a_quick_run_on_the_debug_build_writes_the_report_the_results_and_the_plots() 
     .unwrap();
     assert_eq!(results["failures"], serde_json::json!([]), "{results:#}");
     assert_eq!(results["footprint"].as_array().unwrap().len(), 7);
+    // The authenticated read went through both JWT checks: every answer a 200.
+    let me = &results["product"]["authenticated"]["saturation"]["measured"];
+    assert!(me["ok"].as_u64().unwrap() > 0, "{me:#}");
+    assert_eq!(me["refused"], 0, "{me:#}");
+    // The stack was watched going quiet after the load, window by window.
+    let idle = &results["idle_after_load"];
+    assert!(
+        !idle["windows_percent"].as_array().unwrap().is_empty(),
+        "{idle:#}"
+    );
     for plot in [
         "proxy-latency.svg",
         "throughput.svg",

@@ -33,7 +33,8 @@ pub struct Settings {
     /// Open-loop windows per target at each fixed rate of scenario 1, alternating with
     /// nginx's; the median pair's p99 ratio is the figure (see [`proxy::Point`]).
     pub point_windows: usize,
-    /// Fixed rates as fractions of the slower proxy's saturation throughput (scenario 1).
+    /// Fixed rates as fractions of nginx's saturation throughput (scenario 1; the gateway's when
+    /// nginx is not installed).
     pub proxy_fractions: Vec<f64>,
     /// Fixed rates as fractions of the product read's own saturation (scenario 2).
     pub product_fractions: Vec<f64>,
@@ -61,6 +62,10 @@ pub struct Settings {
     pub mail_drain: Duration,
     /// Idle time before the footprint is read.
     pub idle: Duration,
+    /// After the last scenario: how long the stack may take to go quiet, and the window the
+    /// idle CPU is read over.
+    pub settle: Duration,
+    pub settle_window: Duration,
 }
 
 impl Settings {
@@ -68,9 +73,10 @@ impl Settings {
         Self {
             quick: false,
             connections: 64,
-            saturation: Duration::from_secs(8),
+            // Issue 29: every ratio the median of at least three windows of at least 20 s.
+            saturation: Duration::from_secs(20),
             saturation_windows: 3,
-            point: Duration::from_secs(8),
+            point: Duration::from_secs(20),
             point_windows: 3,
             proxy_fractions: vec![0.25, 0.5, 0.75],
             product_fractions: vec![0.25, 0.5, 0.75],
@@ -78,7 +84,9 @@ impl Settings {
             // Starts well below the knee of the runs so far (50-60/s) so the ramp shows it.
             order_ramp: vec![25.0, 50.0, 100.0, 200.0, 300.0],
             order_ramp_step: Duration::from_secs(10),
-            order_rate: 300.0,
+            // Issue 29's target on this machine (BRIEF §9's 300/s is judged on the ramp's
+            // 300/s phase, which no 60 s sustained phase would pass where 200/s does not).
+            order_rate: 200.0,
             order_duration: Duration::from_secs(60),
             order_connections: 64,
             pgbench_scale: 10,
@@ -96,6 +104,8 @@ impl Settings {
             mail_history: 100_000,
             mail_drain: Duration::from_secs(60),
             idle: Duration::from_secs(5),
+            settle: Duration::from_secs(120),
+            settle_window: Duration::from_secs(10),
         }
     }
 
@@ -128,6 +138,8 @@ impl Settings {
             mail_history: 2_000,
             mail_drain: Duration::from_secs(30),
             idle: Duration::from_secs(1),
+            settle: Duration::from_secs(10),
+            settle_window: Duration::from_secs(2),
         }
     }
 }
