@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `AUTH_JWKS_URL`, `JWT_ISSUER`, `JWT_AUDIENCE` | see [`shop_auth::config`] | how admin and service tokens are verified |
 //! | `CATALOG_SEED_DEMO` | `false` | `true`: load the demo catalog at start (idempotent; the local stack sets it) |
-//! | `OUTBOX_POLL_INTERVAL_MS` | `200` | how often the relay looks for unpublished events (MongoDB has no notifications to wake it) |
+//! | `OUTBOX_POLL_INTERVAL_MS` | `5000` | how often the relay looks for unpublished events besides being woken by each product write (the fallback for entries deferred after a refusal and for writes from another process) |
 
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ impl FromEnv for CatalogConfig {
         let seed_demo = env.parse_or("CATALOG_SEED_DEMO", false, "true or false");
         let poll: Result<u64, _> = env.parse_or(
             "OUTBOX_POLL_INTERVAL_MS",
-            200,
+            5_000,
             "a whole number of milliseconds",
         );
         let poll = poll.and_then(|ms| {
@@ -64,7 +64,7 @@ mod tests {
     fn defaults_and_bad_values_by_variable() {
         let config = load(&[]).unwrap();
         assert!(!config.seed_demo);
-        assert_eq!(config.outbox_poll_interval, Duration::from_millis(200));
+        assert_eq!(config.outbox_poll_interval, Duration::from_millis(5_000));
         assert!(load(&[("CATALOG_SEED_DEMO", "true")]).unwrap().seed_demo);
 
         let err = load(&[

@@ -266,7 +266,10 @@ impl Store {
             outbox::pending([(ProductCreated::ROUTING_KEY, &envelope)])?,
         );
         match self.documents.insert_one(document).await {
-            Ok(_) => Ok(product),
+            Ok(_) => {
+                outbox::written();
+                Ok(product)
+            }
             Err(err) if shop_messaging::inbox::mongo::is_duplicate(&err) => {
                 Err(WriteError::DuplicateSku(product.sku))
             }
@@ -328,6 +331,7 @@ impl Store {
                 )
                 .await?;
             if written.matched_count == 1 {
+                outbox::written();
                 return Ok((next, true));
             }
             if if_match.is_some() {
@@ -362,7 +366,8 @@ impl Store {
                 return Ok(false);
             };
             let mut set = doc! { "in_stock": in_stock, "stock_version": level.version };
-            if product.in_stock != in_stock {
+            let flips = product.in_stock != in_stock;
+            if flips {
                 let envelope = product_updated(&product).envelope()?;
                 set.insert(
                     outbox::path(&envelope),
@@ -385,6 +390,9 @@ impl Store {
                 )
                 .await?;
             if written.matched_count == 1 {
+                if flips {
+                    outbox::written();
+                }
                 return Ok(true);
             }
             // Nothing matched: either this level is old (done), or the flag moved under us

@@ -108,6 +108,55 @@ async fn events_written_with_the_document_are_relayed_and_then_removed_from_it()
     Ok(())
 }
 
+#[tokio::test]
+async fn a_write_wakes_the_relay_at_once_and_without_the_wake_it_waits_for_its_poll()
+-> Result<(), BoxError> {
+    let (stack, _recorder, _status) = Stack::consuming().await?;
+    let db = database().await?;
+    let products = db.collection::<Document>("products");
+    // A poll ten minutes apart: within this test only a wake makes the relay look again.
+    stack.tasks.spawn(mongo::Relay::run(
+        db.clone(),
+        stack.amqp.clone(),
+        vec!["products".to_owned()],
+        RelayConfig {
+            poll_interval: Duration::from_secs(600),
+            ..Stack::relay_config()
+        },
+        stack.shutdown.clone(),
+    ));
+    // Its first look, at start, finds nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Written without the wake: nothing is published (the poll is the only trigger left).
+    let unannounced = event(json!({ "n": 1 }));
+    products
+        .insert_one(doc! {
+            "_id": "p-1",
+            mongo::FIELD: mongo::pending([(ROUTING_KEY, &unannounced)])?,
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.effects(unannounced.id).await?, 0, "published unwoken");
+
+    // Written and announced: published at once, and the relay takes the earlier entry along.
+    let announced = event(json!({ "n": 2 }));
+    products
+        .insert_one(doc! {
+            "_id": "p-2",
+            mongo::FIELD: mongo::pending([(ROUTING_KEY, &announced)])?,
+        })
+        .await?;
+    mongo::written();
+    for thing in [&announced, &unannounced] {
+        eventually(Duration::from_secs(10), || async {
+            stack.effects(thing.id).await.unwrap_or(0) == 1
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// A MongoDB handler whose effect is one notification per event, made idempotent by a unique
 /// index on the event id; it counts its calls.
 #[derive(Clone)]

@@ -21,11 +21,14 @@ pub fn customer(issuer: &Issuer) -> String {
     issuer.user_token(Uuid::new_v4(), &[Role::Customer])
 }
 
-/// The catalog, verifying tokens of `issuer`, relaying its outbox quickly.
+/// The catalog, verifying tokens of `issuer`. Its relay's fallback poll is set to a minute,
+/// longer than any test waits for an event: every event a test sees was published because the
+/// write that stored it woke the relay (`outbox::mongo::written`), at each of the catalog's
+/// three producing writes (create, update, a stock level that flips `in_stock`).
 pub async fn catalog(issuer: &Issuer, extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![
         ("AUTH_JWKS_URL", issuer.jwks_url()),
-        ("OUTBOX_POLL_INTERVAL_MS", "50"),
+        ("OUTBOX_POLL_INTERVAL_MS", "60000"),
     ];
     env.extend_from_slice(extra);
     spawn_with::<CatalogService>(env).await.unwrap()

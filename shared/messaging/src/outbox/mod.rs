@@ -15,15 +15,25 @@ pub mod postgres;
 
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
+/// Wakes the relays of this process; signalled after a producer's write ([`postgres::commit`],
+/// [`mongo::written`]), awaited by both relays between batches.
+///
+/// One for the whole process rather than one per database or store: a producer does not know
+/// which relay serves its database, and a relay woken for another store's write only runs one
+/// empty query.
+static WAKE: Notify = Notify::const_new();
+
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Rows (PostgreSQL) or documents (MongoDB) taken per round.
     pub batch_size: i64,
-    /// How often to look for pending events. For PostgreSQL, the fallback behind the wake of
-    /// [`postgres::commit`]: it bounds the delay of events committed any other way or by
-    /// another process (the only trigger of a relay running in a process of its own). The
-    /// only trigger for MongoDB (use ~1 s there).
+    /// How often to look for pending events: the fallback behind the wake of
+    /// [`postgres::commit`] and [`mongo::written`]. It bounds the delay of events written any
+    /// other way or by another process (the only trigger of a relay running in a process of
+    /// its own), and, for MongoDB, of entries deferred after a refusal.
     pub poll_interval: Duration,
     /// The longest wait between attempts while the broker or the database is down, and
     /// between two attempts of one message the broker refused.

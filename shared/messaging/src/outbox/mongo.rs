@@ -17,10 +17,21 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`Relay`] polls the collections it is given for documents with pending events (there are no
-//! change streams on a standalone server), publishes them with confirms and `$unset`s each
-//! confirmed entry. Unlike the PostgreSQL relay it cannot lock: run one instance per service,
-//! or accept that two instances may both publish an event (consumers deduplicate anyway).
+//! [`Relay`] looks in the collections it is given for documents with pending events, publishes
+//! them with confirms and `$unset`s each confirmed entry. Unlike the PostgreSQL relay it cannot
+//! lock: run one instance per service, or accept that two instances may both publish an event
+//! (consumers deduplicate anyway).
+//!
+//! **Woken by the producer, polled only as a fallback.** A standalone server has no change
+//! streams, so this relay used to poll every 200 ms. On FerretDB v1 the query for pending
+//! entries (a filter on a field other than `_id`) reads every document of the collection, and
+//! the backlog gauge read them all again: ten whole-catalog scans a second while nothing
+//! happened, a tenth of a core for FerretDB at idle with the demo catalog and more with every
+//! product added (`bench/findings.md`, "idle"). A producer now calls [`written`] after a write
+//! that stored entries, which wakes the relays of its process at once (the same wake as the
+//! PostgreSQL outbox's, ADR 0015); the poll interval is the fallback for writes from another
+//! process and for entries deferred after a refusal, and the backlog is counted only after a
+//! batch that found something (an empty batch changed nothing the last count saw).
 //!
 //! An entry the broker refuses counts an attempt in the entry, and its document is passed over
 //! until [`DEFERRED_UNTIL`] (a growing pause), so documents behind it are relayed meanwhile. An
@@ -40,6 +51,7 @@
 
 use std::{
     hash::{Hash, Hasher},
+    pin::pin,
     sync::LazyLock,
     time::Duration,
 };
@@ -114,6 +126,16 @@ pub async fn lock_document<T: Send + Sync>(
     DOCUMENT_LOCKS[stripe].lock().await
 }
 
+/// Wakes the outbox relays of this process after a write that stored entries (an `insert_one`
+/// with [`pending`], an `update_one` that `$set` an [`entry`]), so that they publish now rather
+/// than at their next poll. Call it after the write succeeded; without the call the entries
+/// are published at the next poll, later but never lost.
+pub fn written() {
+    // As `postgres::commit`: wakes the relays registered right now and stores no permit. A
+    // relay registers before each batch, so one in the middle of a batch is woken too.
+    super::WAKE.notify_waiters();
+}
+
 /// The outbox relay for MongoDB.
 #[derive(Debug)]
 pub struct Relay;
@@ -150,10 +172,16 @@ impl Relay {
         let publisher = Publisher::new(amqp);
         let new_backoff = || shop_runtime::backoff::forever(config.max_backoff);
         let mut backoff = new_backoff();
+        // Collections whose backlog has been counted at least once (see `relay_batch`).
+        let mut counted = vec![false; collections.len()];
         while !shutdown.is_cancelled() {
+            // Registered *before* the batch, as the PostgreSQL relay does: a write that lands
+            // while the batch runs (too late for its find) still ends the wait below.
+            let mut woken = pin!(super::WAKE.notified());
+            woken.as_mut().enable();
             let mut outcome = Ok(false);
-            for collection in &collections {
-                match relay_batch(&db, collection, &publisher, &config).await {
+            for (collection, counted) in collections.iter().zip(&mut counted) {
+                match relay_batch(&db, collection, &publisher, &config, counted).await {
                     Ok(full) => outcome = outcome.map(|more| more || full),
                     Err(err) => {
                         tracing::warn!(%collection, error = %err, "outbox relay failed");
@@ -161,20 +189,28 @@ impl Relay {
                     }
                 }
             }
-            let delay = match outcome {
+            match outcome {
                 Ok(true) => {
                     backoff = new_backoff();
                     continue;
                 }
                 Ok(false) => {
                     backoff = new_backoff();
-                    config.poll_interval
+                    tokio::select! {
+                        () = woken => {}
+                        () = tokio::time::sleep(config.poll_interval) => {}
+                        () = shutdown.cancelled() => break,
+                    }
                 }
-                Err(_) => backoff.next().unwrap_or(config.max_backoff),
-            };
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => break,
+                // After a failure only the backoff: a stream of writes must not turn it into a
+                // busy loop against a broker that is down.
+                Err(_) => {
+                    let delay = backoff.next().unwrap_or(config.max_backoff);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
             }
         }
     }
@@ -236,11 +272,17 @@ fn read_entry(document: &Bson, event_id: &str, entry: &Bson) -> Pending {
 
 /// Publishes the pending events of up to `batch_size` due documents; `Ok(true)` when there may
 /// be more. Errors (after settling what it could) when the broker failed.
+///
+/// Counts the backlog for its gauge (a second query over the collection) after a batch that
+/// found documents, and once at the start (`counted` false). After a batch that found none the
+/// count cannot have changed: only producers add entries (a write after the find is found by
+/// the next batch, which counts it) and only this relay removes or defers them.
 async fn relay_batch(
     db: &Database,
     collection: &str,
     publisher: &Publisher,
     config: &RelayConfig,
+    counted: &mut bool,
 ) -> Result<bool, Error> {
     let documents = db.collection::<Document>(collection);
     let found: Vec<Document> = documents
@@ -325,9 +367,12 @@ async fn relay_batch(
         }
     }
 
-    let backlog = documents.count_documents(has_pending()).await?;
-    metrics::gauge!("messaging_outbox_backlog", "store" => "mongodb", "collection" => collection.to_owned())
-        .set(backlog as f64);
+    if !found.is_empty() || !*counted {
+        let backlog = documents.count_documents(has_pending()).await?;
+        metrics::gauge!("messaging_outbox_backlog", "store" => "mongodb", "collection" => collection.to_owned())
+            .set(backlog as f64);
+        *counted = true;
+    }
     let age = oldest.map_or(0.0, |o| {
         (bson::DateTime::now().timestamp_millis() - o.timestamp_millis()) as f64 / 1000.0
     });

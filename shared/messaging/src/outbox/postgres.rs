@@ -44,7 +44,6 @@ use std::{
 
 use shop_runtime::{BootError, Context, stores::amqp::Amqp};
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Transaction, types::Json};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -164,13 +163,6 @@ pub async fn enqueue_event<E: Event>(
     Ok(envelope)
 }
 
-/// Wakes the relays of this process; signalled by [`commit`], awaited by [`Relay::run`].
-///
-/// One for the whole process rather than one per database: a producer does not know which
-/// relay serves its database, and a relay woken for another database's commit only runs one
-/// empty query.
-static WAKE: Notify = Notify::const_new();
-
 /// Commits `tx` (a transaction that [`enqueue`]d events), then wakes the relays running in
 /// this process so that they publish those events now instead of at their next poll.
 ///
@@ -188,7 +180,7 @@ pub async fn commit(tx: Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
     // Wakes the relays registered right now and stores no permit for later ones. A relay
     // registers before each batch (see `Relay::run`), so one in the middle of a batch is
     // registered too; one in its backoff looks at the table when the backoff ends anyway.
-    WAKE.notify_waiters();
+    super::WAKE.notify_waiters();
     Ok(())
 }
 
@@ -222,7 +214,7 @@ impl Relay {
             // Registered *before* the batch: a commit that lands while the batch runs (too
             // late for its SELECT) still ends the wait below. Registered after it, that wake
             // would be lost and the event would wait for the poll.
-            let mut woken = pin!(WAKE.notified());
+            let mut woken = pin!(super::WAKE.notified());
             woken.as_mut().enable();
             let outcome = relay_batch(&pool, &publisher, &config).await;
             if last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
