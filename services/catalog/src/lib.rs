@@ -36,7 +36,7 @@ use shop_messaging::{
     outbox::{RelayConfig, mongo::Relay},
 };
 use shop_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
-use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec, stores::mongo::Server};
 
 use crate::{api::AppState, config::CatalogConfig, grpc::CatalogApi, store::Store};
 
@@ -68,7 +68,11 @@ impl Service for CatalogService {
     }
 
     async fn build(ctx: &Context, config: CatalogConfig) -> Result<Endpoints, BootError> {
-        let store = Store::new(ctx.mongo()?);
+        let db = ctx.mongo()?;
+        let server = Server::detect(db)
+            .await
+            .map_err(|err| BootError::store("mongodb", err))?;
+        let store = Store::new(db, server);
         store.ensure_indexes().await?;
         if config.seed_demo {
             let created = seed::load(&store)

@@ -27,7 +27,7 @@ use shop_events::{
     inventory::StockLevel,
 };
 use shop_messaging::{Envelope, Event, outbox::mongo as outbox};
-use shop_runtime::{ApiError, FieldError};
+use shop_runtime::{ApiError, FieldError, stores::mongo::Server};
 
 use crate::product::{Changes, Content, Product};
 
@@ -127,6 +127,8 @@ pub struct Page {
 pub struct Store {
     documents: Collection<Document>,
     products: Collection<Product>,
+    /// Picks [`Store::get_many`]'s access path.
+    server: Server,
 }
 
 /// Reads never carry the bookkeeping fields.
@@ -135,11 +137,13 @@ fn public_fields() -> Document {
 }
 
 impl Store {
-    pub fn new(db: &Database) -> Self {
+    /// The store on `db`, whose server is of kind `server` ([`Server::detect`]).
+    pub fn new(db: &Database, server: Server) -> Self {
         let documents = db.collection::<Document>(PRODUCTS);
         Self {
             products: documents.clone_with_type(),
             documents,
+            server,
         }
     }
 
@@ -180,16 +184,43 @@ impl Store {
     }
 
     /// The products with these ids, in no particular order; unknown ids are simply absent.
-    /// `ids` must be distinct (both callers deduplicate them): each id is one read.
+    /// `ids` must be distinct (both callers deduplicate them).
     ///
-    /// One point read per id, [`GET_MANY_CONCURRENCY`] at a time, rather than one `$in`:
+    /// On MongoDB, one `find` with `$in` on `_id`: one round trip, served by the `_id` index.
+    /// On FerretDB v1, one point read per id instead, [`GET_MANY_CONCURRENCY`] at a time:
     /// FerretDB v1 hands its backend only plain equality filters (on SQLite only one that is
-    /// exactly `{_id: <string>}`), never `$in`: a `$in` makes FerretDB itself read and decode
-    /// every product of the collection, `search_terms` arrays and all. With the 24 demo products that was most of
-    /// FerretDB's CPU under `make bench`'s orders (every `POST /orders` prices its cart here;
-    /// `bench/findings.md`, runs 8–9), and it grows with the catalog. On MongoDB a point read
-    /// is one index lookup, and a cart has few lines (at most [`crate::grpc::MAX_IDS`]).
+    /// exactly `{_id: <string>}`), never `$in`, so a `$in` makes FerretDB itself read and
+    /// decode every product of the collection, `search_terms` arrays and all. With the 24 demo
+    /// products that was most of FerretDB's CPU under `make bench`'s orders (every
+    /// `POST /orders` prices its cart here; `bench/findings.md`, runs 8–9), and it grows with
+    /// the catalog. The point reads cost MongoDB round trips for nothing, so they are only
+    /// FerretDB's path; a cart has few lines (at most [`crate::grpc::MAX_IDS`]) either way.
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Product>, mongodb::error::Error> {
+        match self.server {
+            Server::Indexed => self.get_many_at_once(ids).await,
+            Server::FerretDbV1 => self.get_many_one_by_one(ids).await,
+        }
+    }
+
+    async fn get_many_at_once(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Product>, mongodb::error::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.products
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(public_fields())
+            .await?
+            .try_collect()
+            .await
+    }
+
+    async fn get_many_one_by_one(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Product>, mongodb::error::Error> {
         let reads: Vec<_> = ids.iter().map(|id| self.get(id)).collect();
         let found: Vec<Option<Product>> = futures::stream::iter(reads)
             .buffer_unordered(GET_MANY_CONCURRENCY)

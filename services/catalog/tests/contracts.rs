@@ -26,6 +26,7 @@ use shop_events::inventory::{
 };
 use shop_messaging::testing::Tap;
 use shop_messaging::{Envelope, Event, Received, consumer::mongo::Handle, envelope::CONTENT_TYPE};
+use shop_runtime::stores::mongo::Server;
 use support::{Issuer, admin, catalog};
 
 const SKU: &str = "SKU-1";
@@ -36,7 +37,8 @@ async fn store() -> Store {
         .await
         .unwrap()
         .database(&name);
-    let store = Store::new(&db);
+    let server = Server::detect(&db).await.unwrap();
+    let store = Store::new(&db, server);
     store.ensure_indexes().await.unwrap();
     let content = product::new_product(&json!({
         "sku": SKU, "name": "Coffee", "category": "coffee",
@@ -314,7 +316,10 @@ async fn catalog_honours_the_contracts_of_its_consumers() {
                     if seeded {
                         // What the demo seed does for each of its products.
                         let content = product::new_product(&body).unwrap();
-                        Store::new(&db).create(&content, Some(12)).await.unwrap();
+                        Store::new(&db, Server::detect(&db).await.unwrap())
+                            .create(&content, Some(12))
+                            .await
+                            .unwrap();
                         return;
                     }
                     let client = shop_testkit::http_client(Duration::from_secs(30));

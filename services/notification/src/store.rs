@@ -88,6 +88,7 @@ use mongodb::{
     options::{IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
+use shop_runtime::stores::mongo::Server;
 use uuid::Uuid;
 
 /// BSON dates from chrono ones, without the bson crate's chrono feature.
@@ -231,17 +232,16 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// [`Layout::Keyed`] for FerretDB v1 (its `buildInfo` says `ferretdbVersion: "v1.x"`),
-    /// [`Layout::Indexed`] for anything else.
+    /// [`Layout::Keyed`] for FerretDB v1, [`Layout::Indexed`] for anything else
+    /// ([`Server::detect`]).
     pub async fn detect(db: &Database) -> mongodb::error::Result<Self> {
-        let info = db.run_command(doc! { "buildInfo": 1 }).await?;
-        Ok(Self::of_build_info(&info))
+        Ok(Self::for_server(Server::detect(db).await?))
     }
 
-    fn of_build_info(info: &Document) -> Self {
-        match info.get_str("ferretdbVersion") {
-            Ok(version) if version.trim_start_matches('v').starts_with("1.") => Self::Keyed,
-            _ => Self::Indexed,
+    fn for_server(server: Server) -> Self {
+        match server {
+            Server::FerretDbV1 => Self::Keyed,
+            Server::Indexed => Self::Indexed,
         }
     }
 }
@@ -1034,12 +1034,8 @@ mod tests {
 
     #[test]
     fn ferretdb_v1_gets_the_keyed_layout_everything_else_the_indexed_one() {
-        let ferret = doc! { "version": "7.0.77", "ferretdbVersion": "v1.24.2" };
-        assert_eq!(Layout::of_build_info(&ferret), Layout::Keyed);
-        let ferret2 = doc! { "version": "7.0.77", "ferretdbVersion": "v2.1.0" };
-        assert_eq!(Layout::of_build_info(&ferret2), Layout::Indexed);
-        let mongo = doc! { "version": "8.0.4" };
-        assert_eq!(Layout::of_build_info(&mongo), Layout::Indexed);
+        assert_eq!(Layout::for_server(Server::FerretDbV1), Layout::Keyed);
+        assert_eq!(Layout::for_server(Server::Indexed), Layout::Indexed);
     }
 
     #[test]
