@@ -60,6 +60,8 @@ GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 STANDIN=localhost/shop-standin
 DEBIAN_SUITE=bookworm
 BASE_IMAGE=$STANDIN/debian:$DEBIAN_SUITE
+# The service images' runtime base: the stand-in for distroless/cc-debian12 (images/distroless).
+RUNTIME_STANDIN=$STANDIN/distroless-cc:debian12
 IMAGES_DIR=$SCRIPT_DIR/images
 
 # Programs the stand-ins are built from (Go modules), cached per version.
@@ -489,6 +491,7 @@ cmd_standins() {
   build_standin mailpit "$STANDIN/mailpit:$MAILPIT_VERSION"
   build_standin jaeger "$STANDIN/jaeger:${JAEGER_VERSION#v}"
   build_standin prometheus "$STANDIN/prometheus:2.42"
+  build_standin distroless "$RUNTIME_STANDIN"
   local rv host
   rv=$(rustc -vV | sed -n 's/^release: //p')
   host=$(rustc -vV | sed -n 's/^host: //p')
@@ -502,12 +505,13 @@ cmd_service_images() {
   local started=$SECONDS rust
   rust=$(rust_image)
   image_exists "$rust" || die "$rust is missing: run '$0 images' (it builds the stand-ins first)"
-  say "service images: docker compose build (deploy/docker/Dockerfile, RUST_IMAGE=$rust, RUNTIME_IMAGE=$BASE_IMAGE)"
+  image_exists "$RUNTIME_STANDIN" || die "$RUNTIME_STANDIN is missing: run '$0 images' (it builds the stand-ins first)"
+  say "service images: docker compose build (deploy/docker/Dockerfile, RUST_IMAGE=$rust, RUNTIME_IMAGE=$RUNTIME_STANDIN)"
   # One build at a time: the first compiles the workspace once, the other targets reuse its
   # layers; seven parallel cargo builds would only thrash a small machine.
   # DOCKER_BUILDKIT=0: there is no buildx here; compose uses the engine's (podman's) builder.
   COMPOSE_PARALLEL_LIMIT=1 DOCKER_BUILDKIT=0 compose_base "$COMPOSE_FILE" build \
-      --build-arg "RUST_IMAGE=$rust" --build-arg "RUNTIME_IMAGE=$BASE_IMAGE" \
+      --build-arg "RUST_IMAGE=$rust" --build-arg "RUNTIME_IMAGE=$RUNTIME_STANDIN" \
       >"$LOG_DIR/service-images.log" 2>&1 \
     || die "docker compose build failed. Last lines of $LOG_DIR/service-images.log:
 $(tail -n 40 "$LOG_DIR/service-images.log")"
