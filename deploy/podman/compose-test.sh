@@ -582,7 +582,10 @@ report_unhealthy() {
     printf -- '--- last lines of %s ---\n' "$svc" >&2
     compose logs --no-color --tail 15 "$svc" 2>&1 | sed 's/^/    | /' >&2
   done
-  (( ${#bad[@]} )) && printf 'not healthy: %s\n' "${bad[*]}" >&2
+  if (( ${#bad[@]} )); then
+    printf 'not healthy: %s\n' "${bad[*]}" >&2
+    return 1
+  fi
   return 0
 }
 
@@ -596,8 +599,15 @@ compose_up() {
   say "docker compose up --wait ($(basename "$COMPOSE_FILE") + $(basename "$OVERRIDE"); ports on $HOST_IP)"
   if ! compose up --detach --wait --wait-timeout "$WAIT_TIMEOUT" --no-build "$@" >"$LOG_DIR/up.log" 2>&1; then
     tail -n 15 "$LOG_DIR/up.log" >&2
-    report_unhealthy
+    report_unhealthy || true
     warn "docker compose up --wait failed after $((SECONDS - started))s (full log: $LOG_DIR/up.log)"
+    return 1
+  fi
+  # Checked again by us: against podman, compose's --wait can return success while a container
+  # crash-loops under its restart policy (the selftest's user-service, "Exited (2)" between
+  # restarts, passed `up --wait` after its timeout on 2026-12-07).
+  if ! report_unhealthy; then
+    warn "docker compose up --wait returned success, but not every container is healthy ($((SECONDS - started))s)"
     return 1
   fi
   note "every service healthy after $((SECONDS - started))s"
