@@ -262,18 +262,17 @@ async fn point(
         }
         gateway_windows.push(at_rate(gateway, settings, rate).await);
     }
-    let p99_ratios: Vec<f64> = nginx_windows
-        .iter()
-        .zip(&gateway_windows)
-        .filter(|(nginx, _)| nginx.latency.p99_ms > 0.0)
-        .map(|(nginx, gateway)| gateway.latency.p99_ms / nginx.latency.p99_ms)
-        .collect();
-    let service_p99_ratios: Vec<f64> = nginx_windows
-        .iter()
-        .zip(&gateway_windows)
-        .filter(|(nginx, _)| nginx.service_time.p99_ms > 0.0)
-        .map(|(nginx, gateway)| gateway.service_time.p99_ms / nginx.service_time.p99_ms)
-        .collect();
+    // Each pair's `gateway / nginx` of one figure (pairs where nginx's is zero left out).
+    let paired = |figure: fn(&Measured) -> f64| -> Vec<f64> {
+        nginx_windows
+            .iter()
+            .zip(&gateway_windows)
+            .filter(|(nginx, _)| figure(nginx) > 0.0)
+            .map(|(nginx, gateway)| figure(gateway) / figure(nginx))
+            .collect()
+    };
+    let p99_ratios = paired(|m| m.latency.p99_ms);
+    let service_p99_ratios = paired(|m| m.service_time.p99_ms);
     Point {
         rate,
         share,
