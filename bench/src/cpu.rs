@@ -85,6 +85,12 @@ pub fn per_unit(
 /// sink) and whatever else the machine runs.
 const NOT_THE_STACK: [&str; 2] = ["shop-bench (load generator)", "other"];
 
+/// Whether `part` (a name [`by_part`] groups under) is the system under test: a service or
+/// one of its stores. The idle watch and the CPU per order both count only these.
+pub fn is_stack(part: &str) -> bool {
+    !NOT_THE_STACK.contains(&part)
+}
+
 /// The whole stack going quiet after the last scenario (issue 29: "idle CPU of the whole
 /// stack after a load run returns to near zero"). A system that keeps a core busy once the
 /// load has gone — a poll that scans a growing store, a backlog it cannot finish, a retry
@@ -143,7 +149,7 @@ fn stack_share(
     let millis = window.as_millis().max(1) as u64;
     per_unit(before, after, millis)
         .into_iter()
-        .filter(|(part, _)| !NOT_THE_STACK.contains(&part.as_str()))
+        .filter(|(part, _)| is_stack(part))
         .map(|(part, ms_per_ms)| (part, ms_per_ms * 100.0))
         .collect()
 }

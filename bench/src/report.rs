@@ -532,7 +532,7 @@ fn system_cpu_per_order(parts: &[(String, f64)]) -> Option<f64> {
     (!parts.is_empty()).then(|| {
         parts
             .iter()
-            .filter(|(part, _)| !part.starts_with("shop-bench") && part != "other")
+            .filter(|(part, _)| crate::cpu::is_stack(part))
             .map(|(_, ms)| ms)
             .sum()
     })
