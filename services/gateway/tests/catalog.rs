@@ -1,7 +1,7 @@
 //! Catalog reads: cached in Redis, forgotten when catalog says a product changed, and served
 //! from the cache while catalog is down.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! gateway and catalog sit a [`Recorder`] (to count the gateway's calls) and a [`TcpProxy`]
 //! (to cut catalog off).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The interactive API page: served by the gateway from assets in its binary, under a policy
 //! that lets exactly those assets run, while the API keeps its `default-src 'none'`.
 
-mod support;
+use crate::support;
 
 use shop_auth::testing::TestIssuer;
 use shop_testkit::{TestApp, contract::Unchecked};

@@ -1,7 +1,7 @@
 //! The identity routes through the gateway, against the real user-service: the gateway's own
 //! token checks use user-service's published keys, fetched once and cached.
 
-mod support;
+use crate::support;
 
 use gateway::Gateway;
 use serde_json::json;

@@ -1,6 +1,6 @@
 //! Rate limits: shared across instances through Redis, and still enforced when Redis is away.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The OpenAPI document served by the gateway and the routes it serves agree, both ways; and
 //! the committed document is what the services' code describes now.
 
-mod support;
+use crate::support;
 
 /// The generator of the committed document (`cargo run -p gateway --example openapi`).
 #[path = "../examples/openapi.rs"]

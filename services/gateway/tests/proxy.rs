@@ -1,6 +1,6 @@
 //! Forwarding: what reaches the upstream, what comes back, and what never passes.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

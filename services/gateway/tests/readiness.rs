@@ -1,6 +1,6 @@
 //! Readiness follows what the gateway needs to answer; Redis is not one of those.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

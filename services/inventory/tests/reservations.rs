@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

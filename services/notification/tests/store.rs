@@ -451,7 +451,7 @@ async fn notifications_older_than_the_retention_period_are_deleted_where_the_ser
 /// nothing to expire, on `Layout::Keyed` (the day partitions). The "before" rows of the ADR
 /// came from this test before the history was partitioned.
 ///
-/// `cargo test -p notification-service --test store -- --ignored --nocapture measure`
+/// `cargo test -p notification-service --test integration -- --ignored --nocapture store::measure`
 #[tokio::test]
 #[ignore = "a measurement, minutes long; run by hand"]
 #[allow(clippy::print_stdout)] // a measurement reports what it measured

@@ -4,7 +4,7 @@
 //! row is gone once each saga ended (deleted, not blanked), and the idempotency fingerprint
 //! never covered the number or the CVC in the first place.
 
-mod support;
+use crate::support;
 
 use std::{process::Command, time::Duration};
 

@@ -5,7 +5,7 @@
 //! the restart, and the participant's idempotency must absorb it). Every saga resumes from the
 //! database and ends exactly once, with one capture per confirmed order and none otherwise.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

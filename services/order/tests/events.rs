@@ -1,7 +1,7 @@
 //! The order's events reach the broker through the outbox: `OrderPlaced` when it is accepted,
 //! then `OrderConfirmed` (items, total, owner) or `OrderCancelled` (reason) when its saga ends.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -1,7 +1,7 @@
 //! The order saga end to end: order-service in-process with the real participants (catalog,
 //! inventory, payment, and user-service for tokens), each on its own real stores.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

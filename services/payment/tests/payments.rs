@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
-mod common;
+use crate::common;
 
 use common::{
     APPROVE, DECLINE, EventTap, INSUFFICIENT_FUNDS, Issuer, SLOW, authorize, card, client, data,

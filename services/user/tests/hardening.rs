@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test helper is a failed test
 
-mod support;
+use crate::support;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use reqwest::StatusCode;

@@ -1,7 +1,7 @@
 //! End to end over the real PostgreSQL and RabbitMQ, with faults injected: an event committed
 //! through the outbox has its effect exactly once, whatever breaks in between.
 
-mod support;
+use crate::support;
 
 use std::{
     sync::{

@@ -1,7 +1,7 @@
 //! The easy way in: a service wires the relay and a consumer from its `Context`, its readiness
 //! reports the consumer, and its graceful shutdown stops them.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! services declaring the same topology agree with each other and with the consumers, and an
 //! event whose queue disappeared is kept in the outbox instead of being confirmed and dropped.
 
-mod support;
+use crate::support;
 
 use std::{collections::BTreeSet, time::Duration};
 

@@ -1,0 +1,17 @@
+//! The crate's integration tests, one module per file beside this one, linked into one test
+//! binary: each test binary links the whole dependency graph again, so one per file cost
+//! gigabytes of disk and minutes of linking on a two-core CI machine. `contracts.rs` stays its
+//! own binary (`make contracts SERVICE=…` runs it alone).
+
+mod catalog;
+mod compose;
+mod docs;
+mod identity;
+mod limits;
+mod metrics;
+mod openapi;
+mod operational;
+mod proxy;
+mod readiness;
+mod support;
+mod telemetry;
