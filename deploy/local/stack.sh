@@ -661,6 +661,10 @@ ALTER DATABASE \"$db\" OWNER TO \"$role\";"
   done
   pg_admin <<<"$sql"
   note "postgres: roles ${#roles[@]}, databases: ${dbs[*]}"
+  # FerretDB's tables get the `_id` index MongoDB has (ADR 0018).
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d ferretdb \
+    -f "$SCRIPT_DIR/ferretdb-id-index.sql" >/dev/null
+  note "postgres: ferretdb's tables indexed by _id (deploy/local/ferretdb-id-index.sql)"
 }
 
 # Start PostgreSQL unless it already runs; then (always) wait for it and

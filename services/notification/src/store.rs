@@ -9,24 +9,23 @@
 //!   is at the same time the history and the send queue, with an index per query
 //!   ([`Layout::Indexed`]); every path is an index lookup, so its cost does not grow with the
 //!   number stored.
-//! * **FerretDB v1** (the native stack, the tests, CI): **no query uses an index**, on either of
-//!   its backends. On SQLite FerretDB pushes down only a filter that is exactly `{_id: <string>}`,
-//!   as `_ferretdb_sjson->'$._id' = ?`, while the unique index it made is on
-//!   `_ferretdb_sjson->"_id"`: SQLite uses an expression index only for the same expression, so
-//!   `EXPLAIN QUERY PLAN` says `SCAN` and every lookup parses every stored document. On
-//!   PostgreSQL (what `deploy/local/stack.sh` runs since this was found) equality filters are
-//!   pushed down as `_jsonb->$1 @> $2`, which no btree expression index serves: a sequential
-//!   scan too, but over binary JSONB, about ten times cheaper (`bench/findings.md`, "Scenario
-//!   7"). Its `findAndModify` and `update` are also read-then-overwrite, not atomic between two
-//!   clients; only an insert (unique `_id`, which *does* use the index) and a delete (which
-//!   counts what it deleted) are. [`Layout::Keyed`] is built from those: what must be found
-//!   without knowing an `_id` lives in small collections (the pending sends, the claims), so
-//!   searching for due work never reads the history; and the history is **partitioned by
-//!   day** ([`history_collection`]): an event id is a UUIDv7, whose timestamp names the day's
-//!   collection, so a read or update by `_id` scans one day of notifications, never the whole
-//!   history, and retention drops whole days. With 100,000 stored over 30 days a claim went
-//!   from 268 ms to 33 ms and a listing from 326 ms to 6 ms (ADR 0012). The cost still grows
-//!   with one day's volume; production's MongoDB serves every path from an index.
+//! * **FerretDB v1** (the native stack, the tests, CI): only a filter that is exactly
+//!   `{_id: <value>}` is pushed down to its backend; every other filter or sort reads and
+//!   decodes every document of the collection, whatever indexes exist. Even the `_id` lookup
+//!   is an index lookup only where the stack makes it one: on PostgreSQL FerretDB queries
+//!   `_jsonb->$1 @> $2`, which the btree index it creates cannot serve, so the native stack
+//!   adds a GIN index on `_id` to every FerretDB table (ADR 0018); on SQLite, or on a FerretDB
+//!   set up without it, each lookup scans its collection. Its `findAndModify` and `update` are
+//!   also read-then-overwrite, not atomic between two clients; only an insert (unique `_id`)
+//!   and a delete (which counts what it deleted) are. [`Layout::Keyed`] is built from those:
+//!   every access to the history is by `_id`, and what must be found without knowing an
+//!   `_id` lives in small collections (the pending sends, the claims), so searching for due
+//!   work never reads the history. The history is also **partitioned by day**
+//!   ([`history_collection`]): an event id is a UUIDv7, whose timestamp names the day's
+//!   collection, so retention drops whole days, and where no index serves `_id` a lookup
+//!   scans one day, not the whole history. Measured with 100,000 stored (ADR 0012, ADR 0018):
+//!   a claim 268 ms with one scanned collection, 33 ms with day partitions, and an index
+//!   lookup with the `_id` index.
 //!
 //! [`Layout::detect`] picks the layout from `buildInfo` (FerretDB v1 reports
 //! `ferretdbVersion: "v1..."`). Both layouts keep the same history documents, so the API and
@@ -304,10 +303,10 @@ fn claim_id(event_id: &str, attempt: i32) -> String {
 /// `notifications_<yyyymmdd>`, the UTC day of a UUIDv7 event id's timestamp (every event this
 /// system publishes has one: `Envelope::new`), or `notifications` for any other id.
 ///
-/// Why days: FerretDB v1 serves no read from an index (module docs), so a read by `_id` costs
-/// a scan of its collection. With one collection per day that is a scan of one day's
-/// notifications, whatever the history holds — and the id alone says which day, so no lookup
-/// is needed to find it. Retention then drops whole days instead of deleting documents.
+/// Why days: retention drops whole days instead of deleting documents one by one (a delete
+/// by date is a scan on FerretDB v1), and where no index serves `_id` (module docs) a read by
+/// `_id` scans one day's notifications, whatever the history holds. The id alone says which
+/// day, so no lookup is needed to find it.
 pub fn history_collection(event_id: &str) -> String {
     match day_of(event_id) {
         Some(day) => format!("{COLLECTION}_{day}"),

@@ -140,10 +140,15 @@ fn notification(user: &str, to: &str, created: chrono::DateTime<Utc>) -> Notific
 /// `n` sent notifications of other users, written straight into the history in bulk, with
 /// bodies of a realistic size (a rendered order email is a few kilobytes).
 async fn seed_history(db: &Database, n: usize) {
+    seed_history_over(db, n, 30).await;
+}
+
+/// `n` sent emails spread over the last `days` days, each with the UUIDv7 event id its time
+/// gives it (so each is where the service keeps it): 30 days is a history that has run for a
+/// month; one day puts all of them in today's partition, as a busy day does.
+async fn seed_history_over(db: &Database, n: usize, days: i64) {
     let now = Utc::now();
-    // Spread over the last 30 days, as a history that has run for a month, each with the
-    // UUIDv7 event id its time gives it (so each is where the service keeps it).
-    let step = chrono::Duration::days(30) / i32::try_from(n.max(1)).unwrap();
+    let step = chrono::Duration::days(days) / i32::try_from(n.max(1)).unwrap();
     write_history(
         db,
         (0..n).map(|i| {
@@ -446,7 +451,8 @@ async fn notifications_older_than_the_retention_period_are_deleted_where_the_ser
 }
 
 /// Not a test: the measurement behind ADR 0012's tables. Seeds `NOTIFY_BENCH_STORED` (default
-/// 100,000) notifications of other users, spread over the last 30 days, then times one record +
+/// 100,000) notifications of other users, spread over the last `NOTIFY_BENCH_DAYS` (default
+/// 30) days, then times one record +
 /// claim + SMTP send + mark, one listing of a user who has two, and one retention sweep with
 /// nothing to expire, on `Layout::Keyed` (the day partitions). The "before" rows of the ADR
 /// came from this test before the history was partitioned.
@@ -462,10 +468,17 @@ async fn measure_claim_send_and_listing_on_a_large_history() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
+    let days: i64 = std::env::var("NOTIFY_BENCH_DAYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30);
     let (db, _, _) = monitored().await;
     let started = Instant::now();
-    seed_history(&db, stored).await;
-    println!("seeded {stored} in {:?}", started.elapsed());
+    seed_history_over(&db, stored, days).await;
+    println!(
+        "seeded {stored} over {days} days in {:?}",
+        started.elapsed()
+    );
 
     // `Layout::Indexed` would read the one `notifications` collection, which the seeds (in
     // their day partitions) do not fill: its "before" figures are in ADR 0012.

@@ -3,6 +3,7 @@
 //! gigabytes of disk and minutes of linking on a two-core CI machine. `contracts.rs` stays its
 //! own binary (`make contracts SERVICE=…` runs it alone), and so does each file that installs a process-wide subscriber.
 
+mod ferretdb_id_index;
 mod graceful_shutdown;
 mod grpc_balance;
 mod grpc_tls;
