@@ -44,7 +44,7 @@ pub struct Notifier {
     pub admins: Vec<Mailbox>,
     /// The domain of the Message-IDs (the sender's).
     pub domain: String,
-    /// The sender, told each new notification's id (it claims that one by `_id`).
+    /// The sender, handed each new notification (claimed by its recording, or by id).
     pub wake: Arc<Wake>,
 }
 
@@ -71,7 +71,19 @@ impl Notifier {
         let rendered = self.templates.render(template, context).map_err(|err| {
             HandlerError::permanent(format!("cannot render {}: {err:#}", template.name()))
         })?;
-        let now = millis(Utc::now());
+        // The first attempt is claimed by the recording itself when the sender has room for
+        // the email in memory: due again only after a lease, so only this instance's sender
+        // sends it meanwhile (crate::sender::Wake).
+        let claim = self.wake.reserve();
+        let now = Utc::now();
+        let (attempts, next_attempt_at) = match &claim {
+            Some(claim) => (
+                1,
+                now + chrono::Duration::from_std(claim.lease()).unwrap_or_default(),
+            ),
+            None => (0, now),
+        };
+        let now = millis(now);
         let notification = Notification {
             event_id: envelope.id.to_string(),
             event_type: envelope.kind.clone(),
@@ -84,9 +96,9 @@ impl Notifier {
             html: rendered.html,
             message_id: format!("<{}@{}>", envelope.id, self.domain),
             status: Status::Pending,
-            attempts: 0,
+            attempts,
             last_error: None,
-            next_attempt_at: now,
+            next_attempt_at: millis(next_attempt_at),
             created_at: now,
             updated_at: now,
             sent_at: None,
@@ -94,7 +106,10 @@ impl Notifier {
         if self.store.insert(&notification).await? {
             metrics::counter!("notification_recorded_total", "template" => template.name())
                 .increment(1);
-            self.wake.recorded(&notification.event_id);
+            match claim {
+                Some(claim) => claim.fill(notification),
+                None => self.wake.recorded(&notification.event_id),
+            }
         } else {
             tracing::debug!(event_id = %envelope.id, "already recorded; not recording twice");
         }

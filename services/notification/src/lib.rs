@@ -99,7 +99,7 @@ impl Service for NotificationService {
         )
         .map_err(BootError::Other)?;
         let mailer = Mailer::new(&config.smtp).map_err(BootError::Other)?;
-        let wake = Arc::new(Wake::default());
+        let wake = Arc::new(Wake::with_lease(config.delivery.lease));
 
         // Sending runs beside consuming: an SMTP outage holds up emails, never events.
         let sender = Sender {

@@ -14,9 +14,12 @@
 //!
 //! For one notification, in order:
 //!
-//! 1. The claim: `pending` and due → reserved for a lease, `attempts + 1` — one atomic update
-//!    on MongoDB; on FerretDB v1 the insert of a claim document keyed by the attempt (see
-//!    [`crate::store`]). Mostly by the id the handler just recorded ([`Wake`]), so no search.
+//! 1. The claim: `pending` and due → reserved for a lease, `attempts + 1`. A new email's first
+//!    attempt is claimed by its recording: the handler inserts it already leased to this
+//!    instance (the insert on the unique event id is the atomic step) and hands it over in
+//!    memory ([`Wake`]). Every later attempt, and an email not handed over, is claimed in the
+//!    store: one atomic update on MongoDB; on FerretDB v1 the insert of a claim document keyed
+//!    by the attempt (see [`crate::store`]).
 //! 2. SMTP: the message, with a Message-ID derived from the event id, until the server's 250.
 //! 3. `status: sent`.
 //!
@@ -35,7 +38,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -53,22 +59,113 @@ use crate::{
     store::{DUE_BATCH, Notification, Store},
 };
 
-/// What the handlers hand the sender: the ids they just recorded, and a wake-up.
+/// What the handlers hand the sender: the emails they just recorded, and a wake-up.
 ///
-/// The sender claims these by `_id` ([`Store::claim`]) instead of searching for due work, so
-/// a new email costs the same however many are stored. Ids beyond [`Wake::CAPACITY`] are
-/// dropped: the sender's periodic look at the due ones ([`Store::due`], [`Store::claim_due`])
-/// still finds them, which is also what finds retries and what other instances recorded.
+/// Mostly the email itself, **already claimed by its recording** ([`Wake::reserve`]): the
+/// handler records a new notification with its first attempt taken (`attempts: 1`, due again
+/// only after a lease), so no other sender may take that attempt, and hands it over in memory.
+/// Sending it then costs no claim and no read of the store — a new email's store work is its
+/// recording and its outcome, however many are stored. When the sender is too far behind
+/// ([`Wake::CLAIMED_CAPACITY`] waiting) the handler records the email unclaimed and hands over
+/// only its id ([`Wake::recorded`]), which the sender claims by `_id` ([`Store::claim`]). An
+/// email the sender reaches after half of its recording's lease is left to the store: the
+/// lease runs out, and the periodic look at the due ones ([`Store::due`],
+/// [`Store::claim_due`]) claims its next attempt, as it does for retries, for ids beyond
+/// [`Wake::CAPACITY`] and for what other instances recorded. The same holds for what is
+/// waiting here when the process stops: sent one lease later, not lost.
 #[derive(Debug, Default)]
 pub struct Wake {
     ids: Mutex<VecDeque<String>>,
+    claimed: Mutex<VecDeque<Claimed>>,
+    /// Places in `claimed` taken by a [`Reservation`], filled or not yet.
+    reserved: AtomicUsize,
+    /// How long a recording's claim lasts (the sender's lease). Zero: recordings claim
+    /// nothing and hand over ids only.
+    lease: Duration,
     notify: Notify,
 }
 
-impl Wake {
-    pub const CAPACITY: usize = 10_000;
+/// An email claimed by its recording, and until when the sender may still send it.
+#[derive(Debug)]
+struct Claimed {
+    notification: Notification,
+    until: Instant,
+}
 
-    /// `event_id` was recorded and is due now.
+/// A place among the sender's claimed emails, taken before recording one
+/// ([`Wake::reserve`]). Dropped unfilled (the recording failed, or found the event already
+/// recorded), it frees its place.
+#[derive(Debug)]
+pub struct Reservation {
+    wake: Arc<Wake>,
+    taken: Instant,
+    filled: bool,
+}
+
+impl Reservation {
+    /// How long the recording claims the first attempt for: its `next_attempt_at` is now plus
+    /// this.
+    pub fn lease(&self) -> Duration {
+        self.wake.lease
+    }
+
+    /// Hands the recorded, claimed notification to the sender. It is sent from memory if the
+    /// sender reaches it within half the lease (the other half is for the SMTP conversation).
+    pub fn fill(mut self, notification: Notification) {
+        let until = self.taken + self.wake.lease / 2;
+        if let Ok(mut claimed) = self.wake.claimed.lock() {
+            claimed.push_back(Claimed {
+                notification,
+                until,
+            });
+            self.filled = true;
+        }
+        self.wake.notify.notify_one();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.filled {
+            self.wake.reserved.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Wake {
+    /// Ids waiting beyond this are dropped (the look at the due ones finds them).
+    pub const CAPACITY: usize = 10_000;
+    /// Claimed emails (rendered, a few kilobytes each) waiting in memory at most.
+    pub const CLAIMED_CAPACITY: usize = 1_000;
+
+    /// A wake whose recordings claim the first attempt for `lease` (the sender's).
+    pub fn with_lease(lease: Duration) -> Self {
+        Self {
+            lease,
+            ..Self::default()
+        }
+    }
+
+    /// A place for one email claimed by its recording, unless the sender is too far behind
+    /// (or this wake claims nothing): then record the email unclaimed and call
+    /// [`Wake::recorded`].
+    pub fn reserve(self: &Arc<Self>) -> Option<Reservation> {
+        if self.lease.is_zero() {
+            return None;
+        }
+        self.reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |taken| {
+                (taken < Self::CLAIMED_CAPACITY).then_some(taken + 1)
+            })
+            .ok()?;
+        Some(Reservation {
+            wake: self.clone(),
+            taken: Instant::now(),
+            filled: false,
+        })
+    }
+
+    /// `event_id` was recorded unclaimed and is due now.
     pub fn recorded(&self, event_id: &str) {
         if let Ok(mut ids) = self.ids.lock()
             && ids.len() < Self::CAPACITY
@@ -80,6 +177,20 @@ impl Wake {
 
     fn next(&self) -> Option<String> {
         self.ids.lock().ok()?.pop_front()
+    }
+
+    /// The next email claimed by its recording that may still be sent from memory.
+    fn next_claimed(&self) -> Option<Notification> {
+        loop {
+            let claimed = self.claimed.lock().ok()?.pop_front()?;
+            self.reserved.fetch_sub(1, Ordering::SeqCst);
+            if claimed.until > Instant::now() {
+                return Some(claimed.notification);
+            }
+            // Too late to be sure the lease outlasts the conversation: the store hands out
+            // its next attempt once the lease has run out.
+            tracing::debug!(event_id = %claimed.notification.event_id, "claimed email left to its lease");
+        }
     }
 }
 
@@ -168,13 +279,17 @@ impl Sender {
         while sending.join_next().await.is_some() {}
     }
 
-    /// The next email to send, claimed: one just recorded (by its id), else one that is due.
+    /// The next email to send, claimed: one just recorded (claimed by its recording, or by its
+    /// id), else one that is due.
     async fn next(&self, queue: &mut Queue) -> mongodb::error::Result<Option<Notification>> {
         let lease = self.config.lease;
         let overdue = queue
             .looked
             .is_none_or(|looked| looked.elapsed() >= self.config.poll);
         if !overdue {
+            if let Some(claimed) = self.wake.next_claimed() {
+                return Ok(Some(claimed));
+            }
             while let Some(id) = self.wake.next() {
                 if let Some(claimed) = self.store.claim(&id, lease).await? {
                     return Ok(Some(claimed));
@@ -182,6 +297,9 @@ impl Sender {
             }
         }
         if let Some(claimed) = self.next_due(queue).await? {
+            return Ok(Some(claimed));
+        }
+        if let Some(claimed) = self.wake.next_claimed() {
             return Ok(Some(claimed));
         }
         while let Some(id) = self.wake.next() {

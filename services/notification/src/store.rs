@@ -55,7 +55,12 @@
 //!   its id in the user's month bucket. A crash between them is repaired when the event is
 //!   handled again (the consumer redelivers it: the handler did not return): a duplicate
 //!   finds the history `pending` and re-adds what may be missing ([`Store::recorded`]).
-//! * **Claim** ([`Store::claim`]): the sender mostly knows *which* email to claim — the handler
+//! * **The first attempt** of a new email is usually claimed by its recording: the handler
+//!   records it with `attempts: 1` and `next_attempt_at` a lease ahead (the history insert on
+//!   the unique event id is the atomic step) and hands it to its sender in memory
+//!   ([`crate::sender::Wake`]), so sending it costs no claim and no read here.
+//! * **Claim** ([`Store::claim`]): for every other attempt, and an email recorded unclaimed
+//!   (its sender too far behind), the sender mostly knows *which* email to claim — the handler
 //!   hands it the id it just recorded — so no search is needed: read the outbox entry by `_id`;
 //!   if it is due, insert the claim `<id>#<attempts + 1>`. That insert is atomic on every
 //!   server: of two instances claiming the same attempt, one gets a duplicate key and backs

@@ -624,3 +624,125 @@ async fn a_burst_of_emails_is_sent_several_at_a_time_each_once() {
     );
     assert!(store.due(10).await.unwrap().is_empty());
 }
+
+/// `notification` as the handler records it when its sender has room in memory: the first
+/// attempt claimed by the recording, due again only after `lease` (`Wake::reserve`).
+fn claimed_by_recording(mut notification: Notification, lease: Duration) -> Notification {
+    notification.attempts = 1;
+    notification.next_attempt_at = millis(Utc::now() + chrono::Duration::from_std(lease).unwrap());
+    notification
+}
+
+/// Waits until the history says `id` is no longer pending; returns it.
+async fn settled(store: &Store, id: &str) -> Notification {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = store.get(id).await.unwrap().unwrap();
+        if n.status != Status::Pending {
+            return n;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} still pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A new email's first attempt is claimed by its recording: nobody else can take it while
+/// the lease lasts, and the sender sends it from memory — no claim document, no read of the
+/// outbox or the history, only the outcome written.
+#[tokio::test]
+async fn an_email_claimed_by_its_recording_is_sent_from_memory_and_no_one_else_can_take_it() {
+    let (db, log, recording) = monitored().await;
+    let store = Store::open(&db, 90 * DAY).await.unwrap();
+    store.install().await.unwrap();
+    let mut sender = sender(&store);
+    sender.wake = Arc::new(Wake::with_lease(sender.config.lease));
+    let reservation = sender.wake.reserve().expect("room for one");
+    let to = format!("claimed-{}@example.com", Uuid::new_v4().simple());
+    let n = claimed_by_recording(
+        notification(&Uuid::new_v4().to_string(), &to, Utc::now()),
+        reservation.lease(),
+    );
+    assert!(store.insert(&n).await.unwrap());
+    assert_eq!(
+        store.claim(&n.event_id, sender.config.lease).await.unwrap(),
+        None,
+        "another sender took the attempt its recording claimed"
+    );
+    assert!(
+        store.due(10).await.unwrap().is_empty(),
+        "not due while leased"
+    );
+
+    // The test watches through a client of its own, so that only the sender's commands are
+    // recorded.
+    let url = shop_testkit::infra::mongodb_url().await.unwrap();
+    let watcher = mongodb::Client::with_uri_str(&url).await.unwrap();
+    let observed = Store::new(&watcher.database(db.name()), Layout::Keyed, 90 * DAY);
+    *recording.lock().unwrap() = true;
+    reservation.fill(n.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(sender.clone().run(shutdown.clone()));
+    let sent = settled(&observed, &n.event_id).await;
+    shutdown.cancel();
+    running.await.unwrap();
+    *recording.lock().unwrap() = false;
+    assert_eq!((sent.status, sent.attempts), (Status::Sent, 1));
+
+    let log = log.lock().unwrap().clone();
+    let mine = |seen: &&Seen| {
+        seen.filters
+            .iter()
+            .any(|f| f.get_str("_id").is_ok_and(|id| id.starts_with(&n.event_id)))
+    };
+    let claims_or_reads: Vec<&Seen> = log
+        .iter()
+        .filter(mine)
+        .filter(|seen| {
+            seen.command == "find" || seen.collection == CLAIMS && seen.command != "delete"
+        })
+        .collect();
+    assert!(
+        claims_or_reads.is_empty(),
+        "claimed or read again: {claims_or_reads:#?}"
+    );
+    assert!(
+        log.iter()
+            .filter(mine)
+            .any(|seen| seen.command == "update" && is_history(&seen.collection)),
+        "the outcome was written: {log:#?}"
+    );
+    assert!(store.due(10).await.unwrap().is_empty());
+}
+
+/// An email the sender reaches only after half of its recording's lease is not sent from
+/// memory (the rest of the lease might not cover the conversation): the lease runs out and
+/// the store hands out attempt 2, which is sent once.
+#[tokio::test]
+async fn an_email_reached_after_half_its_recordings_lease_is_left_to_the_store_and_sent_once() {
+    let (db, _, _) = monitored().await;
+    let store = Store::open(&db, 90 * DAY).await.unwrap();
+    store.install().await.unwrap();
+    let lease = Duration::from_millis(600);
+    let mut sender = sender(&store);
+    sender.wake = Arc::new(Wake::with_lease(lease));
+    let reservation = sender.wake.reserve().expect("room for one");
+    let to = format!("late-{}@example.com", Uuid::new_v4().simple());
+    let n = claimed_by_recording(
+        notification(&Uuid::new_v4().to_string(), &to, Utc::now()),
+        lease,
+    );
+    assert!(store.insert(&n).await.unwrap());
+    tokio::time::sleep(lease / 2 + Duration::from_millis(50)).await;
+    reservation.fill(n.clone());
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(sender.clone().run(shutdown.clone()));
+    let sent = settled(&store, &n.event_id).await;
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(
+        (sent.status, sent.attempts),
+        (Status::Sent, 2),
+        "sent by the store's next attempt, not from memory"
+    );
+}
