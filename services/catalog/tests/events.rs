@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
 
-use crate::support;
+mod support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! (`shop_runtime::metrics`). Its own test binary, so no other test's requests share the
 //! process-wide recorder while the series are counted.
 
-use crate::support;
+mod support;
 
 use reqwest::Method;
 use shop_auth::testing::TestIssuer;

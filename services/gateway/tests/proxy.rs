@@ -1,6 +1,6 @@
 //! Forwarding: what reaches the upstream, what comes back, and what never passes.
 
-use crate::support;
+mod support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //!
 //! Its own test binary, so the breaker gauges it reads are order-service's alone.
 
-use crate::support;
+mod support;
 
 use shop_testkit::{proxy::TcpProxy, spawn_with};
 use support::*;

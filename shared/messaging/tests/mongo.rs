@@ -2,7 +2,7 @@
 //! no change streams): events stored by the same single-document write as the state change,
 //! and redeliveries absorbed by the inbox collection and the handler's own idempotent write.
 
-use crate::support;
+mod support;
 
 use std::{
     sync::{

@@ -4,7 +4,7 @@
 //! `outbox::postgres::commit` (or run consumers, which commit that way), their wakes could
 //! publish this test's event and hide a relay that no longer polls.
 
-use crate::support;
+mod support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! not events, messages the broker keeps refusing, two relays at once, and a relay process
 //! killed between the broker's confirm and its own commit.
 
-use crate::support;
+mod support;
 
 use std::time::Duration;
 

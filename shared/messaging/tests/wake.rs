@@ -2,7 +2,7 @@
 //! producer's transaction sends no `NOTIFY` any more (it used to serialise every producer's
 //! commit: ADR 0015).
 
-use crate::support;
+mod support;
 
 use std::{
     sync::{Arc, Mutex},

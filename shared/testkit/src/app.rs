@@ -125,15 +125,26 @@ pub async fn spawn_with<S: Service>(
     if needs.postgres && !overrides.contains_key("DATABASE_URL") {
         set("DATABASE_URL", isolation::postgres_database().await?);
     }
-    if needs.mongo && !overrides.contains_key("MONGODB_URL") {
+    if needs.mongo {
+        // Likewise a test that reaches MongoDB through its own proxy gets its own database.
         let (url, database) = isolation::mongo_database().await?;
-        set("MONGODB_URL", url);
-        set("MONGODB_DATABASE", database);
+        if !overrides.contains_key("MONGODB_URL") {
+            set("MONGODB_URL", url);
+        }
+        if !overrides.contains_key("MONGODB_DATABASE") {
+            set("MONGODB_DATABASE", database);
+        }
     }
-    if needs.redis && !overrides.contains_key("REDIS_URL") {
+    if needs.redis {
+        // A test that routes Redis through a proxy of its own (REDIS_URL) still gets its own
+        // key prefix: the server behind the proxy is the shared one.
         let (url, prefix) = isolation::redis_prefix().await?;
-        set("REDIS_URL", url);
-        set("REDIS_KEY_PREFIX", prefix);
+        if !overrides.contains_key("REDIS_URL") {
+            set("REDIS_URL", url);
+        }
+        if !overrides.contains_key("REDIS_KEY_PREFIX") {
+            set("REDIS_KEY_PREFIX", prefix);
+        }
     }
     if needs.amqp && !overrides.contains_key("AMQP_URL") {
         set("AMQP_URL", isolation::rabbitmq_vhost().await?);
