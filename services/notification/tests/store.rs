@@ -25,7 +25,7 @@ use mongodb::{
 use notification_service::{
     config::{DeliveryConfig, SmtpConfig, SmtpTls},
     mailer::Mailer,
-    sender::{Sender, Wake},
+    sender::{Reservation, Sender, Wake},
     store::{
         After, BY_USER, CLAIMS, Expiry, Layout, Notification, OUTBOX, Status, Store,
         history_collection, is_history_collection, millis, past_order_email, write_history,
@@ -625,12 +625,28 @@ async fn a_burst_of_emails_is_sent_several_at_a_time_each_once() {
     assert!(store.due(10).await.unwrap().is_empty());
 }
 
-/// `notification` as the handler records it when its sender has room in memory: the first
-/// attempt claimed by the recording, due again only after `lease` (`Wake::reserve`).
-fn claimed_by_recording(mut notification: Notification, lease: Duration) -> Notification {
-    notification.attempts = 1;
-    notification.next_attempt_at = millis(Utc::now() + chrono::Duration::from_std(lease).unwrap());
-    notification
+/// Records a notification as the handler does when its sender has room in memory: the first
+/// attempt claimed by the recording, due again only after the wake's lease
+/// (`Wake::reserve`). Returns the place in the sender's memory, not yet filled.
+async fn record_claimed(store: &Store, wake: &Arc<Wake>) -> (Reservation, Notification) {
+    let reservation = wake.reserve().expect("room for one");
+    let to = format!("claimed-{}@example.com", Uuid::new_v4().simple());
+    let mut n = notification(&Uuid::new_v4().to_string(), &to, Utc::now());
+    n.attempts = 1;
+    n.next_attempt_at =
+        millis(Utc::now() + chrono::Duration::from_std(reservation.lease()).unwrap());
+    assert!(store.insert(&n).await.unwrap());
+    (reservation, n)
+}
+
+/// Runs `sender` until `watch` sees `id` no longer pending; returns it.
+async fn send_until_settled(sender: &Sender, watch: &Store, id: &str) -> Notification {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(sender.clone().run(shutdown.clone()));
+    let settled = settled(watch, id).await;
+    shutdown.cancel();
+    running.await.unwrap();
+    settled
 }
 
 /// Waits until the history says `id` is no longer pending; returns it.
@@ -656,13 +672,7 @@ async fn an_email_claimed_by_its_recording_is_sent_from_memory_and_no_one_else_c
     store.install().await.unwrap();
     let mut sender = sender(&store);
     sender.wake = Arc::new(Wake::with_lease(sender.config.lease));
-    let reservation = sender.wake.reserve().expect("room for one");
-    let to = format!("claimed-{}@example.com", Uuid::new_v4().simple());
-    let n = claimed_by_recording(
-        notification(&Uuid::new_v4().to_string(), &to, Utc::now()),
-        reservation.lease(),
-    );
-    assert!(store.insert(&n).await.unwrap());
+    let (reservation, n) = record_claimed(&store, &sender.wake).await;
     assert_eq!(
         store.claim(&n.event_id, sender.config.lease).await.unwrap(),
         None,
@@ -680,11 +690,7 @@ async fn an_email_claimed_by_its_recording_is_sent_from_memory_and_no_one_else_c
     let observed = Store::new(&watcher.database(db.name()), Layout::Keyed, 90 * DAY);
     *recording.lock().unwrap() = true;
     reservation.fill(n.clone());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(sender.clone().run(shutdown.clone()));
-    let sent = settled(&observed, &n.event_id).await;
-    shutdown.cancel();
-    running.await.unwrap();
+    let sent = send_until_settled(&sender, &observed, &n.event_id).await;
     *recording.lock().unwrap() = false;
     assert_eq!((sent.status, sent.attempts), (Status::Sent, 1));
 
@@ -725,21 +731,10 @@ async fn an_email_reached_after_half_its_recordings_lease_is_left_to_the_store_a
     let lease = Duration::from_millis(600);
     let mut sender = sender(&store);
     sender.wake = Arc::new(Wake::with_lease(lease));
-    let reservation = sender.wake.reserve().expect("room for one");
-    let to = format!("late-{}@example.com", Uuid::new_v4().simple());
-    let n = claimed_by_recording(
-        notification(&Uuid::new_v4().to_string(), &to, Utc::now()),
-        lease,
-    );
-    assert!(store.insert(&n).await.unwrap());
+    let (reservation, n) = record_claimed(&store, &sender.wake).await;
     tokio::time::sleep(lease / 2 + Duration::from_millis(50)).await;
     reservation.fill(n.clone());
-
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(sender.clone().run(shutdown.clone()));
-    let sent = settled(&store, &n.event_id).await;
-    shutdown.cancel();
-    running.await.unwrap();
+    let sent = send_until_settled(&sender, &store, &n.event_id).await;
     assert_eq!(
         (sent.status, sent.attempts),
         (Status::Sent, 2),
