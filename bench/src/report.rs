@@ -1141,7 +1141,8 @@ fn mail_section(md: &mut String, mail: &crate::scenarios::mail::MailResults) {
     let _ = writeln!(md, "## 7. Mail on a store with history\n");
     let _ = writeln!(
         md,
-        "`order.order.confirmed` events published to the stack's broker (the services' own publisher, confirms) for registered customers → notification-service records each, looks the customer up in user-service over gRPC, renders, claims and sends → the bench's SMTP sink accepts the mail. Latency: the event's due time → the sink's acceptance. The same rate first on an almost empty store, then after {} sent notifications were written into the history (in {:.0} s); the verdict is the median window by p99. CPU per mail counts notification-service, FerretDB, user-service and RabbitMQ.\n",
+        "`order.order.confirmed` events published to the stack's broker (the services' own publisher, confirms) for {} customers (written into user-service's table) → notification-service records each, looks the customer up in user-service over gRPC, renders, claims and sends → the bench's SMTP sink accepts the mail. Latency: the event's due time → the sink's acceptance. The same rate first on an almost empty store, then after {} sent notifications were written into the history (in {:.0} s); the verdict is the median window by p99. CPU per mail counts notification-service, FerretDB, user-service and RabbitMQ.\n",
+        mail.customers,
         mail.median_window()
             .stored
             .saturating_sub(mail.fresh.stored),

@@ -546,7 +546,7 @@ async fn scenarios_2_and_3(
     if options.wants(7) {
         let mail = async {
             let customers =
-                scenarios::mail::customers(&format!("http://{}", gateway.http), &shop.tokens)
+                scenarios::mail::customers_written(&stack.users_db, settings.mail_customers)
                     .await?;
             scenarios::mail::run_scenario(
                 settings,

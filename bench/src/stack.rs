@@ -363,6 +363,8 @@ pub struct Stack {
     pub procs: Vec<Proc>,
     /// notification-service's MongoDB database (scenario 7 writes its history there).
     pub notification_db: String,
+    /// user-service's database, directly (scenario 7 writes its customers there).
+    pub users_db: url::Url,
 }
 
 impl Stack {
@@ -402,6 +404,7 @@ impl Stack {
 
         // user-service first: everyone verifies its tokens.
         let users = slice.postgres("users").await?;
+        let users_db = users.clone();
         let user = start_one(
             "user-service",
             wiring,
@@ -535,6 +538,7 @@ impl Stack {
         Ok(Self {
             procs,
             notification_db,
+            users_db,
         })
     }
 

@@ -17,8 +17,9 @@
 //! # How
 //!
 //! * The events are published with the services' own [`Publisher`] (confirms, the CloudEvents
-//!   envelope), for customers that exist (registered by the shared preparation), so the
-//!   lookup in user-service is real. No order exists behind them: notification-service does not
+//!   envelope), for customers that exist ([`customers_written`]: 4,000 in the full run, so a
+//!   day's confirmations spread over customers as a shop's do), so the lookup in user-service
+//!   is real. No order exists behind them: notification-service does not
 //!   ask order-service, it trusts the event, as it does in production.
 //! * The history is written straight into the store in bulk, documents shaped as the service
 //!   writes them (sent order confirmations of other customers, bodies of a few kilobytes),
@@ -85,6 +86,8 @@ pub struct MailResults {
     pub history_fill_s: f64,
     /// The index into `with_history` of the median window by p99.
     pub median: usize,
+    /// How many customers the confirmations went to.
+    pub customers: usize,
 }
 
 impl MailResults {
@@ -161,28 +164,34 @@ pub fn event_id(message_id: &str) -> Option<Uuid> {
     inner.parse().ok()
 }
 
-/// The ids of the customers whose tokens these are (`GET /api/v1/users/me`).
-pub async fn customers(gateway: &str, tokens: &[String]) -> Result<Vec<Uuid>> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let mut ids = Vec::with_capacity(tokens.len());
-    for token in tokens {
-        let me: serde_json::Value = http
-            .get(format!("{gateway}/api/v1/users/me"))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        ids.push(
-            me["id"]
-                .as_str()
-                .and_then(|id| id.parse().ok())
-                .context("GET /users/me has an id")?,
-        );
-    }
+/// `n` customers written straight into user-service's table, their ids returned: the
+/// confirmations of a day go to many customers, as real ones do (each customer's month of
+/// notifications is one bucket in notification's store on FerretDB, rewritten with every
+/// email, so 40 customers receiving 16,000 emails in an afternoon would measure a shape no
+/// shop has). Registering them through the API would spend minutes hashing passwords they
+/// never use; notification only asks user-service for each one's name and address
+/// (`GetUser`). Their password hash is no PHC string, so none of them can sign in.
+pub async fn customers_written(users_db: &url::Url, n: usize) -> Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let emails: Vec<String> = ids
+        .iter()
+        .map(|id| format!("customer-{}@bench.example", id.simple()))
+        .collect();
+    let names: Vec<String> = (0..n).map(|i| format!("Customer {i}")).collect();
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(users_db.as_str())
+        .await
+        .context("user-service's database")?;
+    sqlx::query(
+        "INSERT INTO users (id, email, name, password_hash) \
+         SELECT id, email, name, 'none: written by make bench' \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS t (id, email, name)",
+    )
+    .bind(&ids)
+    .bind(&emails)
+    .bind(&names)
+    .execute(&mut db)
+    .await
+    .context("writing scenario 7's customers")?;
     Ok(ids)
 }
 
@@ -192,7 +201,7 @@ pub struct Target<'a> {
     pub amqp: &'a str,
     pub mongodb_url: &'a str,
     pub notification_db: &'a str,
-    /// Registered customers.
+    /// The customers to mail ([`customers_written`]).
     pub customers: Vec<Uuid>,
     pub watch: &'a Watch,
 }
@@ -220,6 +229,7 @@ pub async fn run_scenario(settings: &Settings, target: Target<'_>) -> Result<Mai
     let (tx, mut arrivals) = mpsc::unbounded_channel();
     target.watch.install(tx);
     let due: Due = Arc::default();
+    let customer_count = target.customers.len();
     let customers = Arc::new(target.customers);
     let publishers = || -> Vec<Publish> {
         (0..16)
@@ -281,6 +291,7 @@ pub async fn run_scenario(settings: &Settings, target: Target<'_>) -> Result<Mai
         median: order[order.len() / 2],
         with_history,
         history_fill_s,
+        customers: customer_count,
     })
 }
 

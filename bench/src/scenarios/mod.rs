@@ -59,6 +59,9 @@ pub struct Settings {
     pub mail_window: Duration,
     pub mail_windows: usize,
     pub mail_history: u64,
+    /// Scenario 7's customers: a day's confirmations go to this many (each its own month
+    /// bucket in notification's store, as real customers have).
+    pub mail_customers: usize,
     pub mail_drain: Duration,
     /// Idle time before the footprint is read.
     pub idle: Duration,
@@ -102,6 +105,7 @@ impl Settings {
             mail_window: Duration::from_secs(20),
             mail_windows: 3,
             mail_history: 100_000,
+            mail_customers: 4_000,
             mail_drain: Duration::from_secs(60),
             idle: Duration::from_secs(5),
             settle: Duration::from_secs(120),
@@ -136,6 +140,7 @@ impl Settings {
             mail_window: Duration::from_secs(2),
             mail_windows: 1,
             mail_history: 2_000,
+            mail_customers: 200,
             mail_drain: Duration::from_secs(30),
             idle: Duration::from_secs(1),
             settle: Duration::from_secs(10),
