@@ -75,16 +75,8 @@ impl Notifier {
         // the email in memory: due again only after a lease, so only this instance's sender
         // sends it meanwhile (crate::sender::Wake).
         let claim = self.wake.reserve();
-        let now = Utc::now();
-        let (attempts, next_attempt_at) = match &claim {
-            Some(claim) => (
-                1,
-                now + chrono::Duration::from_std(claim.lease()).unwrap_or_default(),
-            ),
-            None => (0, now),
-        };
-        let now = millis(now);
-        let notification = Notification {
+        let now = millis(Utc::now());
+        let mut notification = Notification {
             event_id: envelope.id.to_string(),
             event_type: envelope.kind.clone(),
             user_id: recipients.user_id.map(|id| id.to_string()),
@@ -96,13 +88,16 @@ impl Notifier {
             html: rendered.html,
             message_id: format!("<{}@{}>", envelope.id, self.domain),
             status: Status::Pending,
-            attempts,
+            attempts: 0,
             last_error: None,
-            next_attempt_at: millis(next_attempt_at),
+            next_attempt_at: now,
             created_at: now,
             updated_at: now,
             sent_at: None,
         };
+        if let Some(claim) = &claim {
+            claim.claim(&mut notification);
+        }
         if self.store.insert(&notification).await? {
             metrics::counter!("notification_recorded_total", "template" => template.name())
                 .increment(1);

@@ -103,10 +103,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// How long the recording claims the first attempt for: its `next_attempt_at` is now plus
-    /// this.
-    pub fn lease(&self) -> Duration {
-        self.wake.lease
+    /// Marks `notification`, about to be recorded, as claimed by its recording: attempt 1
+    /// taken, due again (for another sender) only once the lease has run out.
+    pub fn claim(&self, notification: &mut Notification) {
+        let lease = chrono::Duration::from_std(self.wake.lease).unwrap_or_default();
+        notification.attempts = 1;
+        notification.next_attempt_at = crate::store::millis(Utc::now() + lease);
     }
 
     /// Hands the recorded, claimed notification to the sender. It is sent from memory if the

@@ -526,6 +526,49 @@ async fn a_redelivered_event_sends_one_email() {
     );
 }
 
+/// The handler records a new email with its first attempt already claimed (`attempts: 1`, due
+/// again only a lease later) and hands it to its sender in memory. A mail server that accepts
+/// the connection and never answers keeps that attempt in flight, and the record says so.
+/// Recorded unclaimed, the record would read `attempts: 0` and be due at once until the
+/// outcome: on FerretDB a claim in the store writes only the outbox and the claims.
+#[tokio::test]
+async fn the_handler_records_a_new_email_with_its_first_attempt_claimed() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let smtp = silent.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            open.push(connection);
+        }
+    });
+    let users = users().await;
+    let app = notifications(
+        &users,
+        &users.grpc_addr.to_string(),
+        &smtp,
+        "ops@example.com",
+    )
+    .await;
+    let broker = Broker::of(&app).await;
+    let welcome = broker
+        .publish(&UserRegistered {
+            user_id: Uuid::new_v4(),
+            email: address("claimed"),
+            name: "Claimed".into(),
+        })
+        .await;
+
+    let recorded = eventually("the welcome recorded", || record(&app, welcome.id)).await;
+    assert_eq!(recorded.get_str("status").unwrap(), "pending", "{recorded}");
+    assert_eq!(recorded.get_i32("attempts").unwrap(), 1, "{recorded}");
+    let (created, next) = (
+        recorded.get_datetime("created_at").unwrap(),
+        recorded.get_datetime("next_attempt_at").unwrap(),
+    );
+    assert!(next > created, "not leased to its recorder: {recorded}");
+    held.abort();
+}
+
 #[tokio::test]
 async fn emails_wait_while_smtp_is_down_and_arrive_once_when_it_returns() {
     let users = users().await;

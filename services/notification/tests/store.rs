@@ -625,16 +625,16 @@ async fn a_burst_of_emails_is_sent_several_at_a_time_each_once() {
     assert!(store.due(10).await.unwrap().is_empty());
 }
 
-/// Records a notification as the handler does when its sender has room in memory: the first
-/// attempt claimed by the recording, due again only after the wake's lease
-/// (`Wake::reserve`). Returns the place in the sender's memory, not yet filled.
+/// Records a notification as the handler does when its sender has room in memory, with the
+/// handler's own calls (`Wake::reserve`, `Reservation::claim`): the first attempt claimed by
+/// the recording, due again only after the wake's lease. Returns the place in the sender's
+/// memory, not yet filled. (`tests/notifications.rs` proves the handler makes these calls.)
 async fn record_claimed(store: &Store, wake: &Arc<Wake>) -> (Reservation, Notification) {
     let reservation = wake.reserve().expect("room for one");
     let to = format!("claimed-{}@example.com", Uuid::new_v4().simple());
     let mut n = notification(&Uuid::new_v4().to_string(), &to, Utc::now());
-    n.attempts = 1;
-    n.next_attempt_at =
-        millis(Utc::now() + chrono::Duration::from_std(reservation.lease()).unwrap());
+    reservation.claim(&mut n);
+    assert_eq!(n.attempts, 1, "the recording takes the first attempt");
     assert!(store.insert(&n).await.unwrap());
     (reservation, n)
 }
