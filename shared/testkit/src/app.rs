@@ -98,7 +98,9 @@ pub async fn spawn<S: Service>() -> Result<TestApp, BoxError> {
 }
 
 /// Starts `S` with these variables set on top of the defaults. A store whose URL variable is
-/// given here is not provisioned (point it at a [`crate::proxy::TcpProxy`], for instance).
+/// given here is not provisioned (point it at a [`crate::proxy::TcpProxy`], for instance), but
+/// the slice of it the service uses still is: a MongoDB database or Redis key prefix of its
+/// own, unless given too (the server behind such a proxy is the shared one).
 pub async fn spawn_with<S: Service>(
     overrides: impl IntoIterator<Item = (impl Into<String>, impl Into<String>)>,
 ) -> Result<TestApp, BoxError> {
@@ -126,7 +128,8 @@ pub async fn spawn_with<S: Service>(
         set("DATABASE_URL", isolation::postgres_database().await?);
     }
     if needs.mongo {
-        // Likewise a test that reaches MongoDB through its own proxy gets its own database.
+        // A test that reaches MongoDB through a proxy of its own (MONGODB_URL) still gets its
+        // own database: the server behind the proxy is the shared one.
         let (url, database) = isolation::mongo_database().await?;
         if !overrides.contains_key("MONGODB_URL") {
             set("MONGODB_URL", url);
@@ -136,8 +139,7 @@ pub async fn spawn_with<S: Service>(
         }
     }
     if needs.redis {
-        // A test that routes Redis through a proxy of its own (REDIS_URL) still gets its own
-        // key prefix: the server behind the proxy is the shared one.
+        // Likewise a test that routes Redis through its own proxy gets its own key prefix.
         let (url, prefix) = isolation::redis_prefix().await?;
         if !overrides.contains_key("REDIS_URL") {
             set("REDIS_URL", url);
