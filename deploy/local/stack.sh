@@ -619,9 +619,10 @@ pg_serves_our_data() {
   [[ -f $PG_DATA/postmaster.pid ]] && as_pg_owner "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
 }
 
-# psql as the superuser over the unix socket (trusted, no password).
+# psql as the superuser over the unix socket (trusted, no password), in database $1
+# (default postgres), reading SQL from stdin.
 pg_admin() {
-  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d postgres
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d "${1:-postgres}"
 }
 
 # Create (or update) roles and databases. Safe to run any number of times:
@@ -662,8 +663,7 @@ ALTER DATABASE \"$db\" OWNER TO \"$role\";"
   pg_admin <<<"$sql"
   note "postgres: roles ${#roles[@]}, databases: ${dbs[*]}"
   # FerretDB's tables get the `_id` index MongoDB has (ADR 0018).
-  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -d ferretdb \
-    -f "$SCRIPT_DIR/ferretdb-id-index.sql" >/dev/null
+  pg_admin ferretdb <"$SCRIPT_DIR/ferretdb-id-index.sql" >/dev/null
   note "postgres: ferretdb's tables indexed by _id (deploy/local/ferretdb-id-index.sql)"
 }
 
