@@ -18,6 +18,7 @@
 //! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
 //! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `notification-service`) |
 //! | `NOTIFY_CALL_TIMEOUT_MS` | `2000` | deadline of one `GetUser` call |
+//! | `NOTIFY_CONSUME_CONCURRENCY` | `16` | events one instance handles at the same time (1–64): each waits on a few store round trips and a `GetUser` call, so four at once (the messaging default) capped an instance near 160 emails/s (`make bench`, scenario 7) |
 //! | `NOTIFY_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000,1800000` | the consumer's delay queues (an event that cannot be recorded yet, e.g. user-service down); parked after the last |
 //! | `NOTIFY_SEND_BACKOFF_MAX_MS` | `300000` | longest wait between two SMTP attempts of one email |
 //! | `NOTIFY_SEND_MAX_ATTEMPTS` | `100` | SMTP attempts before an email is given up (`failed`); about 8 hours at the default ceiling |
@@ -50,6 +51,8 @@ pub struct NotificationConfig {
     pub credentials: ServiceCredentials,
     pub call_timeout: Duration,
     pub retry_delays: Vec<Duration>,
+    /// Events handled at once (`NOTIFY_CONSUME_CONCURRENCY`).
+    pub consume_concurrency: usize,
     pub delivery: DeliveryConfig,
     /// How long notifications are kept (`NOTIFICATION_RETENTION_DAYS`).
     pub retention: Duration,
@@ -194,6 +197,18 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
 }
 
+/// How many things to do at once: `key`, from 1 to 64, or `default`.
+fn at_once(env: &mut Env, key: &str, default: usize) -> Result<usize, ConfigError> {
+    env.parse_or(key, default, "a number from 1 to 64")
+        .and_then(|n| {
+            if (1..=64).contains(&n) {
+                Ok(n)
+            } else {
+                env.invalid(key, "must be from 1 to 64".to_owned())
+            }
+        })
+}
+
 /// `a@x, B <b@y>` → mailboxes; the error names the entry that is not an address.
 fn mailboxes(raw: &str) -> Result<Vec<Mailbox>, String> {
     raw.split(',')
@@ -267,15 +282,8 @@ impl FromEnv for NotificationConfig {
             }
         });
         let poll = env.millis_or("NOTIFY_POLL_MS", Duration::from_millis(1000));
-        let concurrency = env
-            .parse_or("NOTIFY_SEND_CONCURRENCY", 8usize, "a number from 1 to 64")
-            .and_then(|n| {
-                if (1..=64).contains(&n) {
-                    Ok(n)
-                } else {
-                    env.invalid("NOTIFY_SEND_CONCURRENCY", "must be from 1 to 64".to_owned())
-                }
-            });
+        let concurrency = at_once(env, "NOTIFY_SEND_CONCURRENCY", 8);
+        let consume_concurrency = at_once(env, "NOTIFY_CONSUME_CONCURRENCY", 16);
         let retention_days = env
             .parse_or(
                 "NOTIFICATION_RETENTION_DAYS",
@@ -312,6 +320,7 @@ impl FromEnv for NotificationConfig {
             credentials: credentials?,
             call_timeout: call_timeout?,
             retry_delays: retry_delays?,
+            consume_concurrency: consume_concurrency?,
             delivery: DeliveryConfig {
                 backoff_max: backoff_max?,
                 max_attempts: max_attempts?,
@@ -350,6 +359,10 @@ mod tests {
         assert_eq!(config.retry_delays.len(), 6);
         assert!(config.delivery.lease > config.smtp.timeout);
         assert_eq!(config.retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(
+            (config.consume_concurrency, config.delivery.concurrency),
+            (16, 8)
+        );
         assert!(!format!("{config:?}").contains("\"s\""));
     }
 
@@ -363,6 +376,8 @@ mod tests {
             ("NOTIFY_RETRY_DELAYS_MS", "100,0"),
             ("USER_GRPC_URL", "ftp://users"),
             ("NOTIFICATION_RETENTION_DAYS", "0"),
+            ("NOTIFY_CONSUME_CONCURRENCY", "65"),
+            ("NOTIFY_SEND_CONCURRENCY", "0"),
         ])
         .unwrap_err();
         for expected in [
@@ -372,6 +387,8 @@ mod tests {
             "NOTIFY_RETRY_DELAYS_MS: '0' is not a positive number",
             "USER_GRPC_URL: has scheme 'ftp'",
             "NOTIFICATION_RETENTION_DAYS: must be from 1 to 36500 days",
+            "NOTIFY_CONSUME_CONCURRENCY: must be from 1 to 64",
+            "NOTIFY_SEND_CONCURRENCY: must be from 1 to 64",
         ] {
             assert!(err.contains(expected), "{expected} in {err}");
         }

@@ -1,10 +1,13 @@
 //! What each event turns into: a recipient, a template and its values. The handlers only
 //! *record* the notification; [`crate::sender`] sends it.
 //!
-//! Each handler's effect is one insert keyed by the event id ([`crate::store`]), which is what
-//! the MongoDB consumer asks of a handler: run twice for one event (a crash between the effect
-//! and the consumer's inbox record, two instances handling a duplicate publish), it records
-//! one notification, so one email.
+//! Each handler's effect is one insert keyed by the event id ([`crate::store`]), so the
+//! consumer keeps no inbox of its own (`Consumer::stateless`): the notification *is* the
+//! record that the event was handled. Run twice for one event (a redelivery, a crash before
+//! the acknowledgement, two instances handling a duplicate publish), a handler records one
+//! notification, so one email. The "already recorded?" look at the start of each handler that
+//! calls user-service is that inbox's cheap check: a redelivery is acknowledged without a
+//! call, and a recording cut short by a crash is completed ([`Store::recorded`]).
 //!
 //! | event | template | to |
 //! |---|---|---|
@@ -94,6 +97,7 @@ impl Notifier {
             created_at: now,
             updated_at: now,
             sent_at: None,
+            claim_document: false,
         };
         if let Some(claim) = &claim {
             claim.claim(&mut notification);

@@ -118,7 +118,8 @@ impl Service for NotificationService {
             domain: mailer.domain().to_owned(),
             wake,
         };
-        Consumer::mongo(CONSUMER, db)
+        Consumer::stateless(CONSUMER)
+            .concurrency(config.consume_concurrency)
             .retry_delays(config.retry_delays.clone())
             .on::<UserRegistered>(notifier.clone())
             .on::<OrderConfirmed>(notifier.clone())

@@ -221,9 +221,13 @@ fn backoff(attempts: i32, max: Duration) -> Duration {
 struct Queue {
     /// Due ids from the last look at the outbox ([`crate::store::Layout::Keyed`]).
     due: VecDeque<String>,
-    /// When due work was last looked for: at least every poll interval, so retries are not
-    /// starved by a steady stream of new emails.
+    /// When due work was last looked for: once every poll interval, so retries are not
+    /// starved by a steady stream of new emails — and not more often, so a sender that keeps
+    /// up with them (its memory runs dry after every email) does not search the store each
+    /// time it does.
     looked: Option<Instant>,
+    /// When the pending gauge was last set: once a poll interval at most, for the same reason.
+    reported: Option<Instant>,
 }
 
 impl Sender {
@@ -237,6 +241,7 @@ impl Sender {
         let mut queue = Queue {
             due: VecDeque::new(),
             looked: None,
+            reported: None,
         };
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut sending = JoinSet::new();
@@ -260,11 +265,21 @@ impl Sender {
                 }
                 Ok(None) => {
                     drop(slot);
-                    self.report_pending().await;
+                    if queue
+                        .reported
+                        .is_none_or(|reported| reported.elapsed() >= self.config.poll)
+                    {
+                        queue.reported = Some(Instant::now());
+                        self.report_pending().await;
+                    }
+                    // Until woken, or until the next look at the store is due.
+                    let look_in = queue.looked.map_or(self.config.poll, |looked| {
+                        self.config.poll.saturating_sub(looked.elapsed())
+                    });
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         () = self.wake.notify.notified() => {}
-                        () = tokio::time::sleep(self.config.poll) => {}
+                        () = tokio::time::sleep(look_in) => {}
                     }
                 }
                 Err(err) => {
@@ -282,7 +297,9 @@ impl Sender {
     }
 
     /// The next email to send, claimed: one just recorded (claimed by its recording, or by its
-    /// id), else one that is due.
+    /// id), else one that is due. The store is searched for due emails once a poll interval
+    /// (and first, then, so retries are not starved by new emails); in between only the ids
+    /// left from the last search are tried.
     async fn next(&self, queue: &mut Queue) -> mongodb::error::Result<Option<Notification>> {
         let lease = self.config.lease;
         let overdue = queue
@@ -298,7 +315,7 @@ impl Sender {
                 }
             }
         }
-        if let Some(claimed) = self.next_due(queue).await? {
+        if let Some(claimed) = self.next_due(queue, overdue).await? {
             return Ok(Some(claimed));
         }
         if let Some(claimed) = self.wake.next_claimed() {
@@ -314,8 +331,21 @@ impl Sender {
 
     /// One due email: the longest due one on an indexed store, else the next id of the last
     /// look at the outbox that can still be claimed (looking again when they are used up).
-    async fn next_due(&self, queue: &mut Queue) -> mongodb::error::Result<Option<Notification>> {
+    /// Without `look`, the store is not searched: only the ids left from the last look.
+    async fn next_due(
+        &self,
+        queue: &mut Queue,
+        look: bool,
+    ) -> mongodb::error::Result<Option<Notification>> {
         let lease = self.config.lease;
+        if !look {
+            while let Some(id) = queue.due.pop_front() {
+                if let Some(claimed) = self.store.claim(&id, lease).await? {
+                    return Ok(Some(claimed));
+                }
+            }
+            return Ok(None);
+        }
         if let Some(claimed) = self.store.claim_due(lease).await? {
             queue.looked = Some(Instant::now());
             return Ok(Some(claimed));

@@ -175,6 +175,12 @@ pub struct Notification {
     pub updated_at: bson::DateTime,
     #[serde(default)]
     pub sent_at: Option<bson::DateTime>,
+    /// [`Layout::Keyed`]: this attempt was claimed by a document in the claims collection
+    /// ([`Store::claim`]), which [`Store::mark_sent`] and the others delete when it is over. An
+    /// attempt claimed by its recording (`crate::sender::Reservation::claim`) has none, and
+    /// settling it costs no delete. Never stored: it describes this process's claim.
+    #[serde(skip)]
+    pub claim_document: bool,
 }
 
 /// A notification as its recipient lists it (no bodies, no internals).
@@ -272,8 +278,9 @@ pub struct Store {
     claims: Collection<Document>,
     by_user: Collection<Document>,
     /// [`Layout::Keyed`]: FerretDB v1's updates are read-then-overwrite, so two concurrent
-    /// `$addToSet`s on one bucket could lose one id; this instance's bucket writes take turns.
-    buckets: Arc<tokio::sync::Mutex<()>>,
+    /// `$addToSet`s on one bucket could lose one id; this instance's writes to one bucket take
+    /// turns ([`BucketTurns`]).
+    buckets: Arc<BucketTurns>,
 }
 
 /// `true` for a MongoDB command error with one of `codes`.
@@ -288,6 +295,34 @@ fn is_duplicate(err: &mongodb::error::Error) -> bool {
 /// A month as a number (`year * 12 + month - 1`), so months compare and count down.
 fn month_of(at: DateTime<Utc>) -> i32 {
     at.year() * 12 + i32::try_from(at.month0()).unwrap_or(0)
+}
+
+/// Turns for the writes to one bucket, [`Layout::Keyed`]: a fixed set of locks, each bucket id
+/// hashed to one. Two writes to one bucket always wait for each other; writes to different
+/// buckets only when they share a lock (1 in [`BucketTurns::LOCKS`]). One lock for every bucket
+/// serialised the whole instance's recordings behind FerretDB's slowest update (scenario 7 of
+/// `make bench`); a lock per bucket id would need a map that grows with the customers and is
+/// swept. A fixed array of mutexes needs no crate.
+#[derive(Debug)]
+pub(crate) struct BucketTurns([tokio::sync::Mutex<()>; Self::LOCKS]);
+
+impl BucketTurns {
+    const LOCKS: usize = 64;
+
+    /// The lock of bucket `id`.
+    fn of(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+        // The remainder is below LOCKS, so it fits any usize.
+        #[allow(clippy::cast_possible_truncation)]
+        &self.0[(hash % Self::LOCKS as u64) as usize]
+    }
+}
+
+impl Default for BucketTurns {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
 }
 
 /// `<user>:<yyyy-mm>`: the `_id` of a user's bucket for `month`.
@@ -571,7 +606,7 @@ impl Store {
         };
         let id = bucket_id(user_id, month_of(chrono(notification.created_at)));
         let entry = doc! { "id": &notification.event_id, "at": notification.created_at };
-        let _turn = self.buckets.lock().await;
+        let _turn = self.buckets.of(&id).lock().await;
         // Two instances creating one bucket at once: one upsert loses on the unique `_id`,
         // and its second try updates the bucket the other created.
         for attempt in 0..2 {
@@ -681,6 +716,7 @@ impl Store {
         match self.get(event_id).await? {
             Some(mut notification) if notification.status == Status::Pending => {
                 notification.attempts = attempt;
+                notification.claim_document = true;
                 Ok(Some(notification))
             }
             // Done already (an entry re-added by a repair), or expired: nothing to send.
@@ -766,9 +802,11 @@ impl Store {
                     .await?;
             }
         }
-        self.claims
-            .delete_one(doc! { "_id": claim_id(id, claimed.attempts) })
-            .await?;
+        if claimed.claim_document {
+            self.claims
+                .delete_one(doc! { "_id": claim_id(id, claimed.attempts) })
+                .await?;
+        }
         Ok(())
     }
 

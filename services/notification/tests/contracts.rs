@@ -384,6 +384,7 @@ async fn notification_honours_the_contracts_of_its_consumers() {
                     created_at: now,
                     updated_at: now,
                     sent_at: Some(now),
+                    claim_document: false,
                 };
                 // `false` when an earlier interaction stored it: it exists either way.
                 store

@@ -680,9 +680,10 @@ async fn user_service_down_delays_a_notification_others_flow_and_malformed_event
     );
 }
 
-/// The MongoDB consumer may run a handler twice for one event (a crash between the effect and
-/// its inbox record); the handler's own effect — one insert keyed by the event id — is what
-/// keeps that to one notification. Called directly here, past the consumer's inbox.
+/// The consumer keeps no inbox (`Consumer::stateless`), so a redelivery, or two instances
+/// handling a duplicate publish at once, runs a handler twice for one event; the handler's own
+/// effect — one insert keyed by the event id — is what keeps that to one notification. Called
+/// directly here, both runs past the "already recorded?" look, as two at once would be.
 #[tokio::test]
 async fn the_handler_run_twice_for_one_event_records_one_notification() {
     use notification_service::{
