@@ -9,7 +9,7 @@
 //! | [`config`] | upstream URLs, timeouts, limits, CORS origins |
 //! | [`routes`] | the public API as a table: path, owner, access rule (the allow-list) |
 //! | [`proxy`] | forwarding one request: auth, rate limit, body limit, upstream call (a bulkhead and a `shop_resilience` breaker per upstream), errors |
-//! | [`ratelimit`] | per user / per address limits in Redis (one script per decision), local fallback |
+//! | [`ratelimit`] | per user / per address limits: counted in memory, settled in Redis in batches; logins counted in Redis first |
 //! | [`compose`] | API composition: an order with each line's product from catalog, one batched call |
 //! | [`cache`] | catalog reads cached in Redis, invalidated by catalog's events, stale-if-error |
 //! | [`events`] | the consumer of catalog's events that invalidates the cache |
@@ -57,8 +57,8 @@ impl Service for Gateway {
     }
 
     fn spec() -> ServiceSpec {
-        // Redis is reported in /readyz, not required: without it rate limits fall back to a
-        // local limiter and the cache is bypassed (ADR 0013), so the gateway still serves.
+        // Redis is reported in /readyz, not required: without it rate limits go on with the
+        // limiter's own counts and the cache is bypassed (ADR 0013), so the gateway still serves.
         ServiceSpec::new("gateway", 8080, 50050)
             .redis_optional()
             .amqp()
@@ -85,12 +85,15 @@ impl Service for Gateway {
             .map_err(BootError::Other)?;
         let cache = ResponseCache::new(redis.clone(), config.cache_fresh_for);
         events::spawn(ctx, cache.clone()).await?;
+        let limiter = RateLimiter::new(redis, config.limits.window);
+        ctx.tasks
+            .spawn(limiter.clone().settle_every(ctx.shutdown.clone()));
         let proxy = Arc::new(Proxy {
             client,
             upstreams,
             // Keys are fetched on first use and cached; never per request (shop_auth::jwks).
             verifier: config.auth.verifier()?,
-            limiter: RateLimiter::new(redis, config.limits.window),
+            limiter,
             limits: config.limits,
             cache: cache.clone(),
             max_body_bytes: config.max_body_bytes,

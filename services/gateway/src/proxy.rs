@@ -1,7 +1,8 @@
 //! Forwarding one public request to the service that owns it.
 //!
 //! The order of the checks: the route is known (routing); the caller's *address* is charged
-//! its rate limit (one Redis round trip, which a catalog read shares with its cache lookup);
+//! its rate limit (in memory, settled in Redis in batches; a login attempt in Redis first,
+//! [`crate::ratelimit`]);
 //! the caller is authenticated and authorised (a signature check, in memory) and a signed-in
 //! caller is charged the *user* limit too; the body is read (bounded); the upstream's circuit
 //! and bulkhead are asked (in memory) — and only then does a request leave the gateway, on a
@@ -40,7 +41,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     cache::{Lookup, ResponseCache},
-    ratelimit::{Decision, Limits, RateLimiter, Subject, write_headers},
+    ratelimit::{Counting, Decision, Limits, RateLimiter, Subject, write_headers},
     routes::{Access, LimitClass, Route, Upstream},
 };
 
@@ -244,6 +245,7 @@ impl Proxy {
                 policy: "user",
                 key: format!("user:{}", principal.user_id),
                 limit: self.limits.user,
+                counting: Counting::Batched,
             };
             decisions.push(self.limiter.check(&user).await);
             if decisions.iter().any(|decision| !decision.allowed) {
@@ -368,11 +370,14 @@ impl Proxy {
                 policy: "auth",
                 key: format!("auth:{address}"),
                 limit: self.limits.auth,
+                // It stops password guessing: every attempt counted in Redis first.
+                counting: Counting::Exact,
             },
             LimitClass::Standard => Subject {
                 policy: "address",
                 key: format!("addr:{address}"),
                 limit: self.limits.address,
+                counting: Counting::Batched,
             },
         }
     }

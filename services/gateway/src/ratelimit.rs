@@ -1,25 +1,47 @@
-//! Rate limits shared by every gateway instance, kept in Redis.
+//! Rate limits shared by every gateway instance: counted in memory, settled in Redis.
 //!
-//! **Algorithm: a fixed window per key, decided by one Lua script.** `INCR` the key, set its
-//! expiry on the first hit of the window, read the remaining time — in one `EVALSHA`, so two
-//! instances counting the same client never both read "9 of 10" and both let the 11th through
-//! (the read-then-write race a `GET` followed by a `SET` would have). Redis runs a script
-//! atomically; one round trip per request.
+//! **Algorithm: a fixed window per key**, starting with its first request anywhere: the key's
+//! counter in Redis expires with its window, and every instance learns where the window ends
+//! from Redis's answers. A fixed window lets a client send up to twice the limit across a
+//! window boundary. For login throttling and fair use that is acceptable and keeps the state
+//! to one integer per key; a sliding log would cost a sorted set per client. Counting is one
+//! Lua script ([`SCRIPT`]: add, read the time left, start the window if new) for any number of
+//! keys, so two instances counting one key never both read "9 of 10" and both let the 11th
+//! through, and a batch of keys costs one round trip. (One Redis, not a cluster: a cluster
+//! would need the batch split by hash slot.)
 //!
-//! A fixed window lets a client send up to twice the limit across a window boundary. For login
-//! throttling and fair use that is acceptable and keeps the decision to one integer per key;
-//! a sliding log would cost a sorted set per client.
+//! **Two ways to count, by the precision a budget needs** (ADR 0013):
 //!
-//! **When Redis is unreachable the gateway fails open to a local limiter** (ADR 0013): each
-//! instance then enforces the same limits in its own memory. The limits hold per instance
-//! (so N instances allow up to N × the limit) instead of the whole API going down with the
-//! cache store, or every limit vanishing. A Redis failure is remembered for
-//! [`REDIS_RETRY_AFTER`], so an outage costs one timed-out call per second, not one per request.
+//! * *Exact*: the request is counted in Redis before it is decided (`INCRBY` and `PEXPIREAT`
+//!   in one `MULTI`, one round trip), and Redis's answer is the total of every instance. The
+//!   login budget ([`Counting::Exact`]: it stops password guessing, and a login costs a
+//!   password hash anyway) always counts so, and so does every other budget in the second half
+//!   of its window's allowance.
+//! * *Batched*: the first half of an address's or a user's allowance ([`Counting::Batched`]) is
+//!   decided in memory, on what this instance knows — the total Redis last reported plus its
+//!   own requests not yet sent — and the counts go to Redis for every key at once, in one
+//!   pipelined round trip every [`SYNC_EVERY`] ([`RateLimiter::settle_every`]). A forwarded
+//!   request then costs no Redis round trip: the one that was the largest share of the
+//!   gateway's work per request after the forwarding itself (`bench/findings.md`).
+//!
+//! The price of batching is bounded: an instance decides alone only while it sees less than
+//! half of the limit used, and everything past that half is counted exactly; what Redis does
+//! not yet know is what other instances let through in their last [`SYNC_EVERY`], and each of
+//! them at most half the limit. So a client spreading a burst over N instances within one
+//! sync interval gets at most `limit + (N - 1) × limit / 2`; anything slower, exactly `limit`.
+//! One instance is always exact: it counts its own requests whether or not Redis has them yet.
+//!
+//! **When Redis is unreachable the gateway fails open to what it knows** (ADR 0013): each
+//! instance goes on deciding on its own counts (plus whatever Redis had reported), so the
+//! limits hold per instance (N instances allow up to N × the limit) instead of the whole API
+//! going down with the cache store, or every limit vanishing. Counts not yet sent are kept and
+//! sent when Redis answers again. A Redis failure is remembered for [`REDIS_RETRY_AFTER`], so
+//! an outage costs one failed call per second, not one per request.
 
 use std::{
     collections::HashMap,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -27,6 +49,7 @@ use std::{
 
 use http::{HeaderMap, HeaderValue};
 use shop_runtime::stores::redis::Redis;
+use tokio_util::sync::CancellationToken;
 
 /// How many requests each class of key may make per window.
 #[derive(Debug, Clone, Copy)]
@@ -40,12 +63,23 @@ pub struct Limits {
     pub address: u64,
 }
 
-/// What is being counted: the policy (its name shows in the headers) and whose budget it is.
+/// What is being counted: the policy (its name shows in the headers), whose budget it is, and
+/// how precisely it is counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     pub policy: &'static str,
     pub key: String,
     pub limit: u64,
+    pub counting: Counting,
+}
+
+/// How a budget is counted across instances (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// Every request counted in Redis before it is decided.
+    Exact,
+    /// The first half of the allowance decided in memory and sent to Redis in batches.
+    Batched,
 }
 
 /// The outcome of one decision, and what the response headers say about it.
@@ -93,123 +127,313 @@ pub fn write_headers(decisions: &[Decision], headers: &mut HeaderMap) {
     }
 }
 
-/// `KEYS[1]` the counter, `ARGV[1]` the window in ms. Returns `{count, ms left}`.
+/// `KEYS` the counters; `ARGV[1]` the window in ms, `ARGV[1 + i]` the count to add to
+/// `KEYS[i]`. Returns `{total, ms left}` for each key in turn.
 const SCRIPT: &str = r"
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local count = redis.call('INCRBY', key, ARGV[i + 1])
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    redis.call('PEXPIRE', key, ARGV[1])
+    ttl = tonumber(ARGV[1])
+  end
+  out[#out + 1] = count
+  out[#out + 1] = ttl
 end
-return {count, ttl}
+return out
 ";
 
-/// How long a failed Redis call sends decisions to the local limiter.
+/// How often the batched counts go to Redis.
+pub const SYNC_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a failed Redis call sends decisions to the counts in memory alone.
 pub const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// A decision that takes longer than this is abandoned for the local limiter: the limiter is on
+/// An exact decision that takes longer than this is made in memory instead: the limiter is on
 /// every request's path and must not turn a slow Redis into a slow API.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// The limiter: Redis first, the local window when Redis is away.
-#[derive(Debug)]
+/// At most this many keys are counted in memory: a flood of distinct client addresses cannot
+/// grow the map without bound. A key beyond it is counted exactly, in Redis.
+const MAX_TALLIES: usize = 100_000;
+
+/// What one instance knows of one key in its current window.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    /// When the window ends: this instance's guess until Redis has answered for the key, then
+    /// Redis's.
+    ends: Instant,
+    /// Counts up each time the window starts again here, so an answer about an earlier window
+    /// is not taken for this one.
+    generation: u64,
+    /// The total Redis last reported for the key (every instance's counts it had).
+    known: u64,
+    /// This instance's requests not yet sent to Redis.
+    pending: u64,
+}
+
+impl Tally {
+    /// What this instance sees used of the budget.
+    fn seen(&self) -> u64 {
+        self.known + self.pending
+    }
+
+    /// Redis's answer for the key, to a count sent in `generation`: `total` so far, the window
+    /// ending at `ends`.
+    fn learn(&mut self, generation: u64, total: u64, ends: Instant) {
+        if generation == self.generation {
+            self.known = self.known.max(total);
+            self.ends = ends;
+        }
+    }
+}
+
+/// The limiter: counts in memory, settled in Redis (see the module docs). Cloning shares it.
+#[derive(Debug, Clone)]
 pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     redis: Redis,
     script: redis::Script,
     window: Duration,
-    local: LocalLimiter,
+    tallies: Mutex<HashMap<String, Tally>>,
     started: Instant,
     /// Milliseconds since `started` before which Redis is not asked again.
     redis_paused_until: AtomicU64,
 }
 
+/// One key's count on its way to Redis.
+#[derive(Debug)]
+struct Sent {
+    key: String,
+    generation: u64,
+    count: u64,
+}
+
 impl RateLimiter {
     pub fn new(redis: Redis, window: Duration) -> Self {
         Self {
-            redis,
-            script: redis::Script::new(SCRIPT),
-            window,
-            local: LocalLimiter::default(),
-            started: Instant::now(),
-            redis_paused_until: AtomicU64::new(0),
+            inner: Arc::new(Inner {
+                redis,
+                script: redis::Script::new(SCRIPT),
+                window,
+                tallies: Mutex::default(),
+                started: Instant::now(),
+                redis_paused_until: AtomicU64::new(0),
+            }),
         }
     }
 
     /// Counts one request against `subject` and says whether it may pass.
     pub async fn check(&self, subject: &Subject) -> Decision {
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        if now_ms >= self.redis_paused_until.load(Ordering::Relaxed) {
-            match tokio::time::timeout(REDIS_TIMEOUT, self.count_in_redis(&subject.key)).await {
-                Ok(Ok((count, ttl_ms))) => return self.decide(subject, count, ttl_ms),
+        let inner = &*self.inner;
+        let now = Instant::now();
+        let sent = {
+            let mut tallies = inner.lock();
+            let room = tallies.len() < MAX_TALLIES || tallies.contains_key(&subject.key);
+            let tally = room.then(|| {
+                let tally = tallies.entry(subject.key.clone()).or_insert(Tally {
+                    ends: now + inner.window,
+                    generation: 0,
+                    known: 0,
+                    pending: 0,
+                });
+                if tally.ends <= now {
+                    *tally = Tally {
+                        ends: now + inner.window,
+                        generation: tally.generation + 1,
+                        known: 0,
+                        pending: 0,
+                    };
+                }
+                tally
+            });
+            match tally {
+                // Decided here: well within the budget, as far as anyone has told us.
+                Some(tally)
+                    if subject.counting == Counting::Batched
+                        && (tally.seen() + 1).saturating_mul(2) <= subject.limit =>
+                {
+                    tally.pending += 1;
+                    return self.decide(subject, tally.seen(), tally.ends - now);
+                }
+                // Counted exactly: this request and whatever this instance has not sent yet.
+                Some(tally) => Sent {
+                    key: subject.key.clone(),
+                    generation: tally.generation,
+                    count: std::mem::take(&mut tally.pending) + 1,
+                },
+                None => Sent {
+                    key: subject.key.clone(),
+                    generation: 0,
+                    count: 1,
+                },
+            }
+        };
+        if inner.redis_available() {
+            let sent = std::slice::from_ref(&sent);
+            match tokio::time::timeout(REDIS_TIMEOUT, inner.count(sent)).await {
+                Ok(Ok(answers)) => {
+                    let (total, left) = answers[0];
+                    let ends = Instant::now() + left;
+                    if let Some(tally) = inner.lock().get_mut(&subject.key) {
+                        tally.learn(sent[0].generation, total, ends);
+                    }
+                    return self.decide(subject, total, left);
+                }
                 Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "rate limit store failed; limiting locally")
+                    tracing::warn!(error = %err, "rate limit store failed; limiting locally");
                 }
                 Err(_) => tracing::warn!("rate limit store timed out; limiting locally"),
             }
-            self.redis_paused_until.store(
-                now_ms + REDIS_RETRY_AFTER.as_millis() as u64,
-                Ordering::Relaxed,
-            );
+            inner.pause_redis();
         }
         metrics::counter!("gateway_rate_limit_local_decisions_total").increment(1);
-        let (count, ttl_ms) = self.local.count(&subject.key, self.window);
-        self.decide(subject, count, ttl_ms)
+        // Redis did not count it: keep the count to send later, decide on what we know.
+        let now = Instant::now();
+        match inner.lock().get_mut(&subject.key) {
+            Some(tally) if tally.generation == sent.generation => {
+                tally.pending += sent.count;
+                self.decide(
+                    subject,
+                    tally.seen(),
+                    tally.ends.saturating_duration_since(now),
+                )
+            }
+            _ => self.decide(subject, sent.count, inner.window),
+        }
     }
 
-    async fn count_in_redis(&self, key: &str) -> redis::RedisResult<(u64, u64)> {
-        let mut conn = self.redis.connection().await?;
-        self.script
-            .key(self.redis.key(&format!("rl:{key}")))
-            .arg(self.window.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await
+    /// Sends the batched counts to Redis every [`SYNC_EVERY`] until `shutdown`, then once
+    /// more.
+    pub async fn settle_every(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => {
+                    self.settle().await;
+                    return;
+                }
+            }
+            self.settle().await;
+        }
     }
 
-    fn decide(&self, subject: &Subject, count: u64, ttl_ms: u64) -> Decision {
+    /// One batch: every key's unsent count, in one round trip; the keys whose window is over
+    /// here are forgotten.
+    pub async fn settle(&self) {
+        let inner = &*self.inner;
+        let batch: Vec<Sent> = {
+            let now = Instant::now();
+            let mut tallies = inner.lock();
+            tallies.retain(|_, tally| tally.ends > now);
+            if !inner.redis_available() {
+                return;
+            }
+            tallies
+                .iter_mut()
+                .filter(|(_, tally)| tally.pending > 0)
+                .map(|(key, tally)| Sent {
+                    key: key.clone(),
+                    generation: tally.generation,
+                    count: std::mem::take(&mut tally.pending),
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(REDIS_TIMEOUT, inner.count(&batch)).await {
+            Ok(Ok(answers)) => {
+                let now = Instant::now();
+                let mut tallies = inner.lock();
+                for (sent, (total, left)) in batch.iter().zip(answers) {
+                    if let Some(tally) = tallies.get_mut(&sent.key) {
+                        tally.learn(sent.generation, total, now + left);
+                    }
+                }
+            }
+            failed => {
+                if let Ok(Err(err)) = failed {
+                    tracing::warn!(error = %err, "cannot send rate limit counts; keeping them");
+                } else {
+                    tracing::warn!("sending rate limit counts timed out; keeping them");
+                }
+                inner.pause_redis();
+                // Sent again with a later batch. (A batch that timed out may have been counted
+                // after all; counting it twice errs on the side of the limit.)
+                let mut tallies = inner.lock();
+                for sent in batch {
+                    if let Some(tally) = tallies.get_mut(&sent.key)
+                        && tally.generation == sent.generation
+                    {
+                        tally.pending += sent.count;
+                    }
+                }
+            }
+        }
+    }
+
+    fn decide(&self, subject: &Subject, count: u64, left: Duration) -> Decision {
         let allowed = count <= subject.limit;
         if !allowed {
             metrics::counter!("gateway_rate_limited_total", "policy" => subject.policy)
                 .increment(1);
         }
+        let left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
         Decision {
             allowed,
             policy: subject.policy,
             limit: subject.limit,
             remaining: subject.limit.saturating_sub(count),
-            reset: ttl_ms.div_ceil(1000).max(1),
-            window: self.window.as_secs(),
+            reset: left_ms.div_ceil(1000).max(1),
+            window: self.inner.window.as_secs(),
         }
     }
 }
 
-/// Fixed windows in this process's memory: the fallback while Redis is unreachable.
-#[derive(Debug, Default)]
-struct LocalLimiter {
-    windows: Mutex<HashMap<String, (Instant, u64)>>,
-}
-
-/// Above this many keys, expired windows are swept before a new one is added, so a flood of
-/// distinct client addresses cannot grow the map without bound.
-const LOCAL_SWEEP_AT: usize = 100_000;
-
-impl LocalLimiter {
-    /// `(count in the current window, ms left in it)`.
-    fn count(&self, key: &str, window: Duration) -> (u64, u64) {
-        let now = Instant::now();
-        let mut windows = self
-            .windows
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tally>> {
+        self.tallies
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if windows.len() >= LOCAL_SWEEP_AT && !windows.contains_key(key) {
-            windows.retain(|_, (started, _)| now.duration_since(*started) < window);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn redis_available(&self) -> bool {
+        self.now_ms() >= self.redis_paused_until.load(Ordering::Relaxed)
+    }
+
+    fn pause_redis(&self) {
+        let until = self.now_ms() + u64::try_from(REDIS_RETRY_AFTER.as_millis()).unwrap_or(0);
+        self.redis_paused_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Adds each count to its key's counter, in one round trip ([`SCRIPT`]); answers each
+    /// key's total and the time left in its window, in the same order.
+    async fn count(&self, counts: &[Sent]) -> redis::RedisResult<Vec<(u64, Duration)>> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX));
+        for sent in counts {
+            invocation
+                .key(self.redis.key(&format!("rl:{}", sent.key)))
+                .arg(sent.count);
         }
-        let entry = windows.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= window {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        let left = window.saturating_sub(now.duration_since(entry.0));
-        (entry.1, left.as_millis() as u64)
+        let mut conn = self.redis.connection().await?;
+        let flat: Vec<u64> = invocation.invoke_async(&mut conn).await?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|pair| (pair[0], Duration::from_millis(pair[1])))
+            .collect())
     }
 }
 
@@ -218,19 +442,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_windows_count_per_key_and_reset() {
-        let local = LocalLimiter::default();
-        let window = Duration::from_secs(60);
-        assert_eq!(local.count("a", window).0, 1);
-        assert_eq!(local.count("a", window).0, 2);
-        assert_eq!(local.count("b", window).0, 1);
-        let (_, left) = local.count("c", Duration::ZERO);
-        assert_eq!(left, 0);
+    fn an_answer_about_an_earlier_window_is_not_taken_for_this_one() {
+        let now = Instant::now();
+        let mut tally = Tally {
+            ends: now + Duration::from_secs(60),
+            generation: 2,
+            known: 0,
+            pending: 3,
+        };
+        tally.learn(1, 500, now + Duration::from_millis(10));
         assert_eq!(
-            local.count("c", Duration::ZERO).0,
-            1,
-            "an elapsed window starts again"
+            (tally.known, tally.generation),
+            (0, 2),
+            "the window that ended"
         );
+        tally.learn(2, 7, now + Duration::from_secs(30));
+        assert_eq!(tally.known, 7);
+        assert_eq!(
+            tally.ends,
+            now + Duration::from_secs(30),
+            "Redis says when it ends"
+        );
+        tally.learn(2, 5, now + Duration::from_secs(30));
+        assert_eq!(
+            tally.known, 7,
+            "a slower answer sent earlier does not go back"
+        );
+        assert_eq!(tally.seen(), 10);
     }
 
     #[test]
