@@ -259,7 +259,8 @@ impl RateLimiter {
                         && (tally.seen() + 1).saturating_mul(2) <= subject.limit =>
                 {
                     tally.pending += 1;
-                    return self.decide(subject, tally.seen(), tally.ends - now);
+                    let left = tally.ends.saturating_duration_since(now);
+                    return self.decide(subject, tally.seen(), left);
                 }
                 // Counted exactly: this request and whatever this instance has not sent yet.
                 Some(tally) => Sent {
@@ -277,7 +278,7 @@ impl RateLimiter {
         if inner.redis_available() {
             let sent = std::slice::from_ref(&sent);
             match tokio::time::timeout(REDIS_TIMEOUT, inner.count(sent)).await {
-                Ok(Ok(answers)) => {
+                Ok(Ok(answers)) if !answers.is_empty() => {
                     let (total, left) = answers[0];
                     let ends = Instant::now() + left;
                     if let Some(tally) = inner.lock().get_mut(&subject.key) {
@@ -288,6 +289,7 @@ impl RateLimiter {
                 Ok(Err(err)) => {
                     tracing::warn!(error = %err, "rate limit store failed; limiting locally");
                 }
+                Ok(Ok(_)) => tracing::warn!("rate limit store answered nothing; limiting locally"),
                 Err(_) => tracing::warn!("rate limit store timed out; limiting locally"),
             }
             inner.pause_redis();

@@ -743,3 +743,44 @@ async fn an_email_reached_after_half_its_recordings_lease_is_left_to_the_store_a
         "sent by the store's next attempt, not from memory"
     );
 }
+
+/// A sender that keeps up with new emails runs out of work after each one. It searches the
+/// outbox for due emails (and counts the pending ones for its gauge) once a poll interval, not
+/// each time: the emails claimed by their recording come from memory, and nothing else can
+/// have come due in between that a search would find sooner than the next poll.
+#[tokio::test]
+async fn a_sender_keeping_up_with_new_emails_searches_the_outbox_once_a_poll_interval() {
+    let (db, log, recording) = monitored().await;
+    let store = Store::open(&db, 90 * DAY).await.unwrap();
+    store.install().await.unwrap();
+    let mut sender = sender(&store);
+    sender.config.poll = Duration::from_secs(60);
+    sender.wake = Arc::new(Wake::with_lease(sender.config.lease));
+    let url = shop_testkit::infra::mongodb_url().await.unwrap();
+    let watcher = mongodb::Client::with_uri_str(&url).await.unwrap();
+    let observed = Store::new(&watcher.database(db.name()), Layout::Keyed, 90 * DAY);
+
+    *recording.lock().unwrap() = true;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(sender.clone().run(shutdown.clone()));
+    for _ in 0..5 {
+        let (reservation, n) = record_claimed(&store, &sender.wake).await;
+        reservation.fill(n.clone());
+        assert_eq!(settled(&observed, &n.event_id).await.status, Status::Sent);
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    *recording.lock().unwrap() = false;
+
+    let log = log.lock().unwrap().clone();
+    let on_outbox = |command: &str| {
+        log.iter()
+            .filter(|seen| seen.collection == OUTBOX && seen.command == command)
+            .count()
+    };
+    assert_eq!(on_outbox("find"), 1, "searched for due emails: {log:#?}");
+    assert!(
+        on_outbox("count") + on_outbox("aggregate") <= 1,
+        "counted the pending ones: {log:#?}"
+    );
+}
