@@ -801,7 +801,7 @@ pub fn write(
         }
         let _ = writeln!(
             md,
-            "CPU per 1,000 requests at saturation (the proxy process only): nginx worker {}, gateway {}. Both run one worker: nginx one worker process, the gateway's runtime one worker thread (`TOKIO_WORKER_THREADS=1`); the gateway's other threads (Redis, the broker) are counted too.\n",
+            "CPU per 1,000 requests at saturation (the proxy process only): nginx worker {}, gateway {}. This is the fairer efficiency figure on a shared machine: nginx is limited to one worker (one core), the gateway's runtime uses both cores.\n",
             proxy
                 .nginx
                 .as_ref()

@@ -531,11 +531,6 @@ impl Stack {
             pair("PAYMENT_SERVICE_URL", &base("payment-service")),
             pair("NOTIFICATION_SERVICE_URL", &base("notification-service")),
         ];
-        // One worker thread, as nginx has one worker process: the proxy scenarios compare the
-        // two on equal terms. With two workers on two cores shared with the load generator,
-        // Tokio's workers spend a large share of their CPU waking and stealing from each other
-        // (bench/findings.md, "The gateway's CPU per request").
-        gateway_env.push(pair("TOKIO_WORKER_THREADS", "1"));
         if wiring.unlimited {
             gateway_env.extend(unlimited_rates());
         }

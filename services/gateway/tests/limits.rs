@@ -21,8 +21,18 @@ async fn login(app: &shop_testkit::TestApp) -> reqwest::Response {
         .expect("the gateway answers")
 }
 
-#[tokio::test]
-async fn two_gateway_instances_share_one_login_limit() {
+/// Two gateway instances sharing one Redis key prefix, so one set of budgets; `limit` is one
+/// `RATE_LIMIT_*` setting. The echo upstream and the issuer live as long as the pair.
+struct Pair {
+    echo: Echo,
+    _issuer: TestIssuer,
+    first: shop_testkit::TestApp,
+    second: shop_testkit::TestApp,
+    redis_url: String,
+    prefix: String,
+}
+
+async fn two_instances(limit: (&'static str, &str)) -> Pair {
     let echo = Echo::start().await;
     let issuer = TestIssuer::start().await;
     let (redis_url, prefix) = isolation::redis_prefix().await.unwrap();
@@ -30,11 +40,29 @@ async fn two_gateway_instances_share_one_login_limit() {
         [
             ("REDIS_URL", redis_url.clone()),
             ("REDIS_KEY_PREFIX", prefix.clone()),
-            ("RATE_LIMIT_AUTH", "4".to_owned()),
+            (limit.0, limit.1.to_owned()),
         ]
     };
     let first = gateway(&echo.url, &issuer, shared()).await;
     let second = gateway(&echo.url, &issuer, shared()).await;
+    Pair {
+        echo,
+        _issuer: issuer,
+        first,
+        second,
+        redis_url,
+        prefix,
+    }
+}
+
+#[tokio::test]
+async fn two_gateway_instances_share_one_login_limit() {
+    let Pair {
+        echo,
+        first,
+        second,
+        ..
+    } = two_instances(("RATE_LIMIT_AUTH", "4")).await;
 
     let mut refused = Vec::new();
     for i in 0..10 {
@@ -312,18 +340,13 @@ async fn remaining(app: &shop_testkit::TestApp, sent: &AtomicU64) -> u64 {
 /// shared total from the answer to its own batch. Nothing is lost on the way.
 #[tokio::test]
 async fn an_address_is_counted_in_memory_and_its_counts_reach_redis_in_batches() {
-    let echo = Echo::start().await;
-    let issuer = TestIssuer::start().await;
-    let (redis_url, prefix) = isolation::redis_prefix().await.unwrap();
-    let shared = || {
-        [
-            ("REDIS_URL", redis_url.clone()),
-            ("REDIS_KEY_PREFIX", prefix.clone()),
-            ("RATE_LIMIT_ADDRESS", "100".to_owned()),
-        ]
-    };
-    let first = gateway(&echo.url, &issuer, shared()).await;
-    let second = gateway(&echo.url, &issuer, shared()).await;
+    let Pair {
+        first,
+        second,
+        redis_url,
+        prefix,
+        ..
+    } = two_instances(("RATE_LIMIT_ADDRESS", "100")).await;
     let sent = AtomicU64::new(0);
     for _ in 0..30 {
         remaining(&first, &sent).await;
@@ -376,18 +399,7 @@ async fn an_address_is_counted_in_memory_and_its_counts_reach_redis_in_batches()
 /// at most half a limit more per other instance: the module docs of `ratelimit`.)
 #[tokio::test]
 async fn past_half_its_allowance_an_address_is_counted_exactly_across_instances() {
-    let echo = Echo::start().await;
-    let issuer = TestIssuer::start().await;
-    let (redis_url, prefix) = isolation::redis_prefix().await.unwrap();
-    let shared = || {
-        [
-            ("REDIS_URL", redis_url.clone()),
-            ("REDIS_KEY_PREFIX", prefix.clone()),
-            ("RATE_LIMIT_ADDRESS", "10".to_owned()),
-        ]
-    };
-    let first = gateway(&echo.url, &issuer, shared()).await;
-    let second = gateway(&echo.url, &issuer, shared()).await;
+    let Pair { first, second, .. } = two_instances(("RATE_LIMIT_ADDRESS", "10")).await;
     let mut statuses = Vec::new();
     for i in 0..16 {
         let app = if i % 2 == 0 { &first } else { &second };

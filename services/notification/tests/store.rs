@@ -643,6 +643,14 @@ async fn record_claimed(store: &Store, wake: &Arc<Wake>) -> (Reservation, Notifi
     (reservation, n)
 }
 
+/// The store of `db` through a client of the test's own, which [`monitored`] does not record:
+/// the test watches through it, so that only the sender's commands are recorded.
+async fn watching(db: &Database) -> Store {
+    let url = shop_testkit::infra::mongodb_url().await.unwrap();
+    let watcher = mongodb::Client::with_uri_str(&url).await.unwrap();
+    Store::new(&watcher.database(db.name()), Layout::Keyed, 90 * DAY)
+}
+
 /// Runs `sender` until `watch` sees `id` no longer pending; returns it.
 async fn send_until_settled(sender: &Sender, watch: &Store, id: &str) -> Notification {
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -687,11 +695,7 @@ async fn an_email_claimed_by_its_recording_is_sent_from_memory_and_no_one_else_c
         "not due while leased"
     );
 
-    // The test watches through a client of its own, so that only the sender's commands are
-    // recorded.
-    let url = shop_testkit::infra::mongodb_url().await.unwrap();
-    let watcher = mongodb::Client::with_uri_str(&url).await.unwrap();
-    let observed = Store::new(&watcher.database(db.name()), Layout::Keyed, 90 * DAY);
+    let observed = watching(&db).await;
     *recording.lock().unwrap() = true;
     reservation.fill(n.clone());
     let sent = send_until_settled(&sender, &observed, &n.event_id).await;
@@ -756,9 +760,7 @@ async fn a_sender_keeping_up_with_new_emails_searches_the_outbox_once_a_poll_int
     let mut sender = sender(&store);
     sender.config.poll = Duration::from_secs(60);
     sender.wake = Arc::new(Wake::with_lease(sender.config.lease));
-    let url = shop_testkit::infra::mongodb_url().await.unwrap();
-    let watcher = mongodb::Client::with_uri_str(&url).await.unwrap();
-    let observed = Store::new(&watcher.database(db.name()), Layout::Keyed, 90 * DAY);
+    let observed = watching(&db).await;
 
     *recording.lock().unwrap() = true;
     let shutdown = tokio_util::sync::CancellationToken::new();
