@@ -18,7 +18,7 @@
 //! | `SERVICE_TOKEN_URL` | `http://127.0.0.1:8081/internal/v1/service-token` | where service tokens come from (https required with `SHOP_ENV=production`) |
 //! | `SERVICE_SECRET` | required | this service's secret in user-service's `SERVICE_CLIENTS` (as `notification-service`) |
 //! | `NOTIFY_CALL_TIMEOUT_MS` | `2000` | deadline of one `GetUser` call |
-//! | `NOTIFY_CONSUME_CONCURRENCY` | `16` | events one instance handles at the same time (1–64): each waits on a few store round trips and a `GetUser` call, so four at once (the messaging default) capped an instance near 160 emails/s (`make bench`, scenario 7) |
+//! | `NOTIFY_CONSUME_CONCURRENCY` | `4` | events one instance handles at the same time (1–64; the messaging default). 16 delivered no more in `make bench` scenario 7, which is CPU-bound on two cores (`bench/findings.md`) |
 //! | `NOTIFY_RETRY_DELAYS_MS` | `1000,5000,30000,120000,600000,1800000` | the consumer's delay queues (an event that cannot be recorded yet, e.g. user-service down); parked after the last |
 //! | `NOTIFY_SEND_BACKOFF_MAX_MS` | `300000` | longest wait between two SMTP attempts of one email |
 //! | `NOTIFY_SEND_MAX_ATTEMPTS` | `100` | SMTP attempts before an email is given up (`failed`); about 8 hours at the default ceiling |
@@ -283,7 +283,7 @@ impl FromEnv for NotificationConfig {
         });
         let poll = env.millis_or("NOTIFY_POLL_MS", Duration::from_millis(1000));
         let concurrency = at_once(env, "NOTIFY_SEND_CONCURRENCY", 8);
-        let consume_concurrency = at_once(env, "NOTIFY_CONSUME_CONCURRENCY", 16);
+        let consume_concurrency = at_once(env, "NOTIFY_CONSUME_CONCURRENCY", 4);
         let retention_days = env
             .parse_or(
                 "NOTIFICATION_RETENTION_DAYS",
@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(config.retention, Duration::from_secs(90 * 86_400));
         assert_eq!(
             (config.consume_concurrency, config.delivery.concurrency),
-            (16, 8)
+            (4, 8)
         );
         assert!(!format!("{config:?}").contains("\"s\""));
     }

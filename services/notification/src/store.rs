@@ -300,9 +300,9 @@ fn month_of(at: DateTime<Utc>) -> i32 {
 /// Turns for the writes to one bucket, [`Layout::Keyed`]: a fixed set of locks, each bucket id
 /// hashed to one. Two writes to one bucket always wait for each other; writes to different
 /// buckets only when they share a lock (1 in [`BucketTurns::LOCKS`]). One lock for every bucket
-/// serialised the whole instance's recordings behind FerretDB's slowest update (scenario 7 of
-/// `make bench`); a lock per bucket id would need a map that grows with the customers and is
-/// swept. A fixed array of mutexes needs no crate.
+/// would queue every recording of the instance behind the slowest bucket update, whoever it is
+/// for; a lock per bucket id would need a map that grows with the customers and is swept. A
+/// fixed array of mutexes needs no crate.
 #[derive(Debug)]
 pub(crate) struct BucketTurns([tokio::sync::Mutex<()>; Self::LOCKS]);
 
