@@ -35,7 +35,9 @@ struct Pair {
 async fn two_instances(limit: (&'static str, &str)) -> Pair {
     let echo = Echo::start().await;
     let issuer = TestIssuer::start().await;
-    let (redis_url, prefix) = isolation::redis_prefix().await.unwrap();
+    let (redis_url, prefix) = isolation::redis_prefix()
+        .await
+        .expect("a Redis key prefix of its own");
     let shared = || {
         [
             ("REDIS_URL", redis_url.clone()),
