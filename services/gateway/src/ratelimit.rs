@@ -5,24 +5,24 @@
 //! from Redis's answers. A fixed window lets a client send up to twice the limit across a
 //! window boundary. For login throttling and fair use that is acceptable and keeps the state
 //! to one integer per key; a sliding log would cost a sorted set per client. Counting is one
-//! Lua script ([`SCRIPT`]: add, read the time left, start the window if new) for any number of
+//! Lua script (`SCRIPT`: add, read the time left, start the window if new) for any number of
 //! keys, so two instances counting one key never both read "9 of 10" and both let the 11th
 //! through, and a batch of keys costs one round trip. (One Redis, not a cluster: a cluster
 //! would need the batch split by hash slot.)
 //!
 //! **Two ways to count, by the precision a budget needs** (ADR 0013):
 //!
-//! * *Exact*: the request is counted in Redis before it is decided (`INCRBY` and `PEXPIREAT`
-//!   in one `MULTI`, one round trip), and Redis's answer is the total of every instance. The
+//! * *Exact*: the request is counted in Redis before it is decided (one script call, one
+//!   round trip), and Redis's answer is the total of every instance. The
 //!   login budget ([`Counting::Exact`]: it stops password guessing, and a login costs a
 //!   password hash anyway) always counts so, and so does every other budget in the second half
 //!   of its window's allowance.
 //! * *Batched*: the first half of an address's or a user's allowance ([`Counting::Batched`]) is
 //!   decided in memory, on what this instance knows — the total Redis last reported plus its
 //!   own requests not yet sent — and the counts go to Redis for every key at once, in one
-//!   pipelined round trip every [`SYNC_EVERY`] ([`RateLimiter::settle_every`]). A forwarded
-//!   request then costs no Redis round trip: the one that was the largest share of the
-//!   gateway's work per request after the forwarding itself (`bench/findings.md`).
+//!   script call every [`SYNC_EVERY`] ([`RateLimiter::settle_every`]). A forwarded request
+//!   then costs no Redis round trip: about a tenth less gateway CPU per forwarded request in
+//!   an A/B (`bench/findings.md`).
 //!
 //! The price of batching is bounded: an instance decides alone only while it sees less than
 //! half of the limit used, and everything past that half is counted exactly; what Redis does
