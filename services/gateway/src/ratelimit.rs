@@ -19,8 +19,8 @@
 //!   of its window's allowance.
 //! * *Batched*: the first half of an address's or a user's allowance ([`Counting::Batched`]) is
 //!   decided in memory, on what this instance knows — the total Redis last reported plus its
-//!   own requests not yet sent — and the counts go to Redis for every key at once, in one
-//!   script call every [`SYNC_EVERY`] ([`RateLimiter::settle_every`]). A forwarded request
+//!   own requests not yet sent — and the counts go to Redis for every key at once every
+//!   [`SYNC_EVERY`] ([`RateLimiter::settle_every`]), a few hundred keys per script call. A forwarded request
 //!   then costs no Redis round trip: about a tenth less gateway CPU per forwarded request in
 //!   an A/B (`bench/findings.md`).
 //!
@@ -143,6 +143,9 @@ for i, key in ipairs(KEYS) do
 end
 return out
 ";
+
+/// At most this many keys per script call when the batched counts are sent.
+const SETTLE_CHUNK: usize = 500;
 
 /// How often the batched counts go to Redis.
 pub const SYNC_EVERY: Duration = Duration::from_millis(100);
@@ -348,37 +351,39 @@ impl RateLimiter {
                 })
                 .collect()
         };
-        if batch.is_empty() {
+        // In script calls of at most SETTLE_CHUNK keys: a busy window with many clients must
+        // not become one script that holds Redis (single-threaded) for everyone else.
+        let mut chunks = batch.chunks(SETTLE_CHUNK);
+        while let Some(chunk) = chunks.next() {
+            let failure = match tokio::time::timeout(REDIS_TIMEOUT, inner.count(chunk)).await {
+                Ok(Ok(answers)) if answers.len() == chunk.len() => {
+                    let now = Instant::now();
+                    let mut tallies = inner.lock();
+                    for (sent, (total, left)) in chunk.iter().zip(answers) {
+                        if let Some(tally) = tallies.get_mut(&sent.key) {
+                            tally.learn(sent.generation, total, now + left);
+                        }
+                    }
+                    continue;
+                }
+                Ok(Ok(_)) => "answered for other keys than it was sent".to_owned(),
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            tracing::warn!(error = %failure, "cannot send rate limit counts; keeping them");
+            inner.pause_redis();
+            // This chunk and the ones not sent go again with a later batch. (A chunk that timed
+            // out may have been counted after all; counting it twice errs on the side of the
+            // limit.)
+            let mut tallies = inner.lock();
+            for sent in chunk.iter().chain(chunks.flatten()) {
+                if let Some(tally) = tallies.get_mut(&sent.key)
+                    && tally.generation == sent.generation
+                {
+                    tally.pending += sent.count;
+                }
+            }
             return;
-        }
-        match tokio::time::timeout(REDIS_TIMEOUT, inner.count(&batch)).await {
-            Ok(Ok(answers)) => {
-                let now = Instant::now();
-                let mut tallies = inner.lock();
-                for (sent, (total, left)) in batch.iter().zip(answers) {
-                    if let Some(tally) = tallies.get_mut(&sent.key) {
-                        tally.learn(sent.generation, total, now + left);
-                    }
-                }
-            }
-            failed => {
-                if let Ok(Err(err)) = failed {
-                    tracing::warn!(error = %err, "cannot send rate limit counts; keeping them");
-                } else {
-                    tracing::warn!("sending rate limit counts timed out; keeping them");
-                }
-                inner.pause_redis();
-                // Sent again with a later batch. (A batch that timed out may have been counted
-                // after all; counting it twice errs on the side of the limit.)
-                let mut tallies = inner.lock();
-                for sent in batch {
-                    if let Some(tally) = tallies.get_mut(&sent.key)
-                        && tally.generation == sent.generation
-                    {
-                        tally.pending += sent.count;
-                    }
-                }
-            }
         }
     }
 

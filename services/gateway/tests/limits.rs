@@ -420,3 +420,82 @@ async fn past_half_its_allowance_an_address_is_counted_exactly_across_instances(
         "10 of 16 pass, whichever instance they reach"
     );
 }
+
+/// Many clients' counts waiting at once (here: sent while Redis was cut off, so all of them
+/// wait for one batch) go to Redis in several script calls of a few hundred keys, so that one
+/// call never holds Redis long, and every client's count arrives.
+#[tokio::test]
+async fn the_counts_of_many_clients_reach_redis_in_chunks_and_none_is_lost() {
+    let echo = Echo::start().await;
+    let issuer = TestIssuer::start().await;
+    let (redis_url, prefix) = isolation::redis_prefix().await.unwrap();
+    let redis = url::Url::parse(&redis_url).unwrap();
+    let line = TcpProxy::start(&format!(
+        "{}:{}",
+        redis.host_str().unwrap(),
+        redis.port().unwrap_or(6379)
+    ))
+    .await
+    .unwrap();
+    let app = gateway(
+        &echo.url,
+        &issuer,
+        [
+            ("REDIS_URL", format!("redis://{}", line.addr())),
+            ("REDIS_KEY_PREFIX", prefix.clone()),
+            ("TRUST_FORWARDED_FOR", "true".to_owned()),
+        ],
+    )
+    .await;
+    const CLIENTS: u32 = 1_200;
+    line.cut();
+    let mut sending = tokio::task::JoinSet::new();
+    let app = std::sync::Arc::new(app);
+    for batch in 0..CLIENTS / 100 {
+        let app = app.clone();
+        sending.spawn(async move {
+            for i in 0..100 {
+                let client = batch * 100 + i;
+                let response = app
+                    .client
+                    .get(app.url("/.well-known/jwks.json"))
+                    .header(
+                        "x-forwarded-for",
+                        format!("10.0.{}.{}", client / 256, client % 256),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        });
+    }
+    while let Some(sent) = sending.join_next().await {
+        sent.unwrap();
+    }
+    line.restore();
+    let direct = redis::Client::open(redis_url).unwrap();
+    let conn = direct.get_multiplexed_async_connection().await.unwrap();
+    let counted = || {
+        let mut conn = conn.clone();
+        let pattern = format!("{prefix}rl:addr:*");
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let mut total = 0;
+            for key in &keys {
+                let count: Option<u64> = redis::AsyncCommands::get(&mut conn, key).await.unwrap();
+                total += count.unwrap_or(0);
+            }
+            (keys.len(), total)
+        }
+    };
+    shop_testkit::eventually(Duration::from_secs(15), || async {
+        counted().await == (CLIENTS as usize, u64::from(CLIENTS))
+    })
+    .await
+    .unwrap();
+}

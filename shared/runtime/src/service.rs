@@ -100,8 +100,8 @@ impl ServiceSpec {
         self
     }
 
-    /// Uses Redis but can answer requests without it (the gateway: rate limits fall back to a
-    /// local limiter, the cache is bypassed): Redis is *reported* in `/readyz`, not required,
+    /// Uses Redis but can answer requests without it (the gateway: rate limits go on with each
+    /// instance's own counts, the cache is bypassed): Redis is *reported* in `/readyz`, not required,
     /// so a Redis outage does not take every replica out of the load balancer.
     pub const fn redis_optional(mut self) -> Self {
         self.needs.redis = true;

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap in a test is a failed test
 
-use shop_runtime::{BootError, Context, Endpoints, Needs, Service, ServiceSpec};
+use shop_runtime::{BootError, Context, Endpoints, Service, ServiceSpec};
 use shop_testkit::{infra, spawn_with};
 
 /// A service that needs Redis and MongoDB and serves nothing of its own.
@@ -15,17 +15,9 @@ impl Service for Stores {
     type Config = ();
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "stores-test-service",
-            http_port: 0,
-            grpc_port: 0,
-            needs: Needs {
-                redis: true,
-                mongo: true,
-                ..Needs::default()
-            },
-            migrations: None,
-        }
+        ServiceSpec::new("stores-test-service", 0, 0)
+            .redis()
+            .mongo()
     }
 
     async fn build(_: &Context, _: ()) -> Result<Endpoints, BootError> {
