@@ -9,7 +9,7 @@ use std::{
 };
 
 use shop_auth::testing::TestIssuer;
-use shop_testkit::{infra, isolation, proxy::TcpProxy};
+use shop_testkit::{infra, isolation};
 use support::{Echo, gateway};
 
 async fn login(app: &shop_testkit::TestApp) -> reqwest::Response {
@@ -151,14 +151,7 @@ async fn a_cached_product_read_is_refused_past_the_limit_like_any_other() {
 async fn limits_hold_locally_while_redis_is_unreachable() {
     let echo = Echo::start().await;
     let issuer = TestIssuer::start().await;
-    let redis = url::Url::parse(&infra::redis_url().await.unwrap()).unwrap();
-    let line = TcpProxy::start(&format!(
-        "{}:{}",
-        redis.host_str().unwrap(),
-        redis.port().unwrap_or(6379)
-    ))
-    .await
-    .unwrap();
+    let line = support::redis_line().await;
     let app = gateway(
         &echo.url,
         &issuer,
@@ -337,6 +330,28 @@ async fn remaining(app: &shop_testkit::TestApp, sent: &AtomicU64) -> u64 {
         .expect("RateLimit says what remains: r=<n>")
 }
 
+/// The address counters in Redis under `prefix`: how many, and their total.
+async fn address_counters(redis_url: &str, prefix: &str) -> (u64, u64) {
+    let direct = redis::Client::open(redis_url).expect("a Redis URL");
+    let mut conn = direct
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}rl:addr:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let mut total = 0;
+    for key in &keys {
+        let count: Option<u64> = redis::AsyncCommands::get(&mut conn, key)
+            .await
+            .expect("GET");
+        total += count.unwrap_or(0);
+    }
+    (keys.len() as u64, total)
+}
+
 /// An address's budget is decided in memory while it is far from its limit, and its counts go
 /// to Redis in batches: another instance does not ask Redis before deciding, and learns the
 /// shared total from the answer to its own batch. Nothing is lost on the way.
@@ -353,30 +368,12 @@ async fn an_address_is_counted_in_memory_and_its_counts_reach_redis_in_batches()
     for _ in 0..30 {
         remaining(&first, &sent).await;
     }
-    let direct = redis::Client::open(redis_url.clone()).unwrap();
-    let conn = direct.get_multiplexed_async_connection().await.unwrap();
-    let counted = || {
-        let mut conn = conn.clone();
-        let pattern = format!("{prefix}rl:addr:*");
-        async move {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(pattern)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            assert!(keys.len() <= 1, "one client, one counter: {keys:?}");
-            match keys.first() {
-                Some(key) => redis::AsyncCommands::get::<_, Option<u64>>(&mut conn, key)
-                    .await
-                    .unwrap()
-                    .unwrap_or(0),
-                None => 0,
-            }
-        }
-    };
-    shop_testkit::eventually(Duration::from_secs(10), || async { counted().await == 30 })
-        .await
-        .unwrap();
+    let counted = || address_counters(&redis_url, &prefix);
+    shop_testkit::eventually(Duration::from_secs(10), || async {
+        counted().await == (1, 30)
+    })
+    .await
+    .unwrap();
 
     // Redis has the first instance's 30; the second decides its first request without asking
     // (counted exactly, it would say 69 left).
@@ -389,7 +386,7 @@ async fn an_address_is_counted_in_memory_and_its_counts_reach_redis_in_batches()
     .unwrap();
     // Every request of both is in Redis: none was lost in a batch.
     shop_testkit::eventually(Duration::from_secs(10), || async {
-        counted().await == sent.load(Ordering::SeqCst)
+        counted().await == (1, sent.load(Ordering::SeqCst))
     })
     .await
     .unwrap();
@@ -429,14 +426,7 @@ async fn the_counts_of_many_clients_reach_redis_in_chunks_and_none_is_lost() {
     let echo = Echo::start().await;
     let issuer = TestIssuer::start().await;
     let (redis_url, prefix) = isolation::redis_prefix().await.unwrap();
-    let redis = url::Url::parse(&redis_url).unwrap();
-    let line = TcpProxy::start(&format!(
-        "{}:{}",
-        redis.host_str().unwrap(),
-        redis.port().unwrap_or(6379)
-    ))
-    .await
-    .unwrap();
+    let line = support::redis_line().await;
     let app = gateway(
         &echo.url,
         &issuer,
@@ -474,27 +464,9 @@ async fn the_counts_of_many_clients_reach_redis_in_chunks_and_none_is_lost() {
         sent.unwrap();
     }
     line.restore();
-    let direct = redis::Client::open(redis_url).unwrap();
-    let conn = direct.get_multiplexed_async_connection().await.unwrap();
-    let counted = || {
-        let mut conn = conn.clone();
-        let pattern = format!("{prefix}rl:addr:*");
-        async move {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(pattern)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            let mut total = 0;
-            for key in &keys {
-                let count: Option<u64> = redis::AsyncCommands::get(&mut conn, key).await.unwrap();
-                total += count.unwrap_or(0);
-            }
-            (keys.len(), total)
-        }
-    };
+    let counted = || address_counters(&redis_url, &prefix);
     shop_testkit::eventually(Duration::from_secs(15), || async {
-        counted().await == (CLIENTS as usize, u64::from(CLIENTS))
+        counted().await == (CLIENTS as u64, u64::from(CLIENTS))
     })
     .await
     .unwrap();

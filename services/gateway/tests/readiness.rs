@@ -5,7 +5,7 @@ use crate::support;
 use std::time::Duration;
 
 use shop_auth::{Role, testing::TestIssuer};
-use shop_testkit::{eventually, infra, proxy::TcpProxy};
+use shop_testkit::eventually;
 use support::{Echo, gateway};
 
 /// Without Redis the gateway still answers: rate limits fall back to a local limiter and the
@@ -16,14 +16,7 @@ use support::{Echo, gateway};
 async fn with_redis_cut_the_gateway_stays_ready_says_redis_is_down_and_still_serves() {
     let echo = Echo::start().await;
     let issuer = TestIssuer::start().await;
-    let redis = url::Url::parse(&infra::redis_url().await.unwrap()).unwrap();
-    let line = TcpProxy::start(&format!(
-        "{}:{}",
-        redis.host_str().unwrap(),
-        redis.port().unwrap_or(6379)
-    ))
-    .await
-    .unwrap();
+    let line = support::redis_line().await;
     let app = gateway(
         &echo.url,
         &issuer,

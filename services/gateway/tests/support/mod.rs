@@ -20,7 +20,7 @@ use axum::{
 };
 use gateway::Gateway;
 use shop_auth::testing::TestIssuer;
-use shop_testkit::{TestApp, spawn_with};
+use shop_testkit::{TestApp, infra, proxy::TcpProxy, spawn_with};
 
 /// An upstream standing in for a service: answers every request with a JSON echo of it
 /// (method, path and query, headers, body length) and counts the requests it saw. Its answers
@@ -199,4 +199,18 @@ pub async fn serve(app: Router) -> String {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
+}
+
+/// A TCP line to the test Redis that the test can cut and restore: point the gateway's
+/// `REDIS_URL` at `redis://<line.addr()>`.
+pub async fn redis_line() -> TcpProxy {
+    let redis =
+        url::Url::parse(&infra::redis_url().await.expect("the test Redis")).expect("a Redis URL");
+    TcpProxy::start(&format!(
+        "{}:{}",
+        redis.host_str().expect("a Redis host"),
+        redis.port().unwrap_or(6379)
+    ))
+    .await
+    .expect("a line to Redis")
 }
