@@ -68,7 +68,7 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    driver::{Driver, event_lines},
+    driver::{Driver, Placed, event_lines},
     participants::Participants,
     saga::{Reason, Step},
     validate::{self, PlaceOrder, schema::ShippingAddress},
@@ -400,13 +400,15 @@ async fn place(
         .seal(order_id, &request.card)
         .map_err(ApiError::internal)?;
     let mut tx = state.pool.begin().await?;
-    let inserted: Option<Uuid> = sqlx::query_scalar(
+    // The row comes back as stored (its defaults, the address as `jsonb` keeps it), so the
+    // answer is built from it rather than read back after the commit.
+    let inserted: Option<OrderRow> = sqlx::query_as(&format!(
         "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, total_amount,
                              currency, shipping_address)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (user_id, idempotency_key) DO NOTHING
-         RETURNING id",
-    )
+         RETURNING {ORDER_COLUMNS}"
+    ))
     .bind(order_id)
     .bind(principal.user_id)
     .bind(&key)
@@ -416,13 +418,13 @@ async fn place(
     .bind(&request.shipping_address)
     .fetch_optional(&mut *tx)
     .await?;
-    if inserted.is_none() {
+    let Some(row) = inserted else {
         // A concurrent request with the same key won the race: answer with its order.
         tx.rollback().await?;
         return replay(&state.pool, principal.user_id, &key, &fingerprint)
             .await?
             .ok_or_else(|| ApiError::conflict("The order is being placed; retry."));
-    }
+    };
     for (line_no, line) in lines.iter().enumerate() {
         sqlx::query(
             "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity,
@@ -443,17 +445,18 @@ async fn place(
     // token of its own, see `driver`); the first attempt of its first step is persisted here
     // too, so the call needs no commit of its own.
     let lease = Uuid::new_v4();
-    sqlx::query(
+    let (db_now, deadline): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
         "INSERT INTO order_sagas (order_id, step, deadline, lease_owner, lease_until, attempts)
          VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4,
-                 now() + $5 * interval '1 millisecond', 1)",
+                 now() + $5 * interval '1 millisecond', 1)
+         RETURNING now(), deadline",
     )
     .bind(order_id)
     .bind(Step::Reserve.as_str())
     .bind(i64::try_from(driver.config.saga_timeout.as_millis()).unwrap_or(i64::MAX))
     .bind(lease)
     .bind(i64::try_from(driver.config.lease.as_millis()).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     // Its own row, deleted once the authorization's outcome is known (see `driver`).
     sqlx::query("INSERT INTO order_cards (order_id, sealed) VALUES ($1, $2)")
@@ -461,13 +464,12 @@ async fn place(
         .bind(&sealed)
         .execute(&mut *tx)
         .await?;
-    let items = event_lines(&mut tx, order_id, &currency).await?;
     enqueue_event(
         &mut tx,
         &OrderPlaced {
             order_id,
             user_id: principal.user_id,
-            items,
+            items: lines.clone(),
             total: Money {
                 amount: total,
                 currency: currency.clone(),
@@ -477,11 +479,23 @@ async fn place(
     .await?;
     outbox::commit(tx).await?;
     metrics::counter!("orders_placed_total").increment(1);
-    driver.start(order_id, lease, true, slot);
-
-    let (_, order) = load(&state.pool, order_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("The order does not exist."))?;
+    // Everything the saga's first step needs was just written: the run starts from it, and
+    // the answer is built from the returned row, so placing an order reads nothing back.
+    let order = view(&row, lines.clone());
+    driver.start(
+        order_id,
+        lease,
+        Some(Placed {
+            db_now,
+            deadline,
+            sealed_card: sealed,
+            user_id: principal.user_id,
+            total_amount: total,
+            currency,
+            lines,
+        }),
+        slot,
+    );
     Ok(accepted(order))
 }
 

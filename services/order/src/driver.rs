@@ -206,6 +206,67 @@ struct Row {
     total_amount: i64,
     /// The order's currency.
     currency: String,
+    /// The stock lines `Reserve` asks for, when the run already has them (handed over by
+    /// `POST /orders`); otherwise [`Driver::lines`] reads them.
+    #[sqlx(skip)]
+    lines: Option<Vec<(String, u32)>>,
+}
+
+/// What `POST /orders` has just written, handed to the saga's first run so that it calls
+/// `Reserve` at once without reading the row, the order or its lines back: under load, those
+/// reads were four of an order's round trips to its database (with the answer's own read-back),
+/// for data the request held in memory.
+#[derive(Debug)]
+pub struct Placed {
+    /// The database's `now()` in the placing transaction (the clock deadlines are compared with).
+    pub db_now: DateTime<Utc>,
+    /// The saga's time limit, as stored.
+    pub deadline: DateTime<Utc>,
+    /// The sealed card, as stored in `order_cards`.
+    pub sealed_card: Vec<u8>,
+    /// The customer.
+    pub user_id: Uuid,
+    /// The total in minor units.
+    pub total_amount: i64,
+    /// The order's currency.
+    pub currency: String,
+    /// The lines as stored, in line order.
+    pub lines: Vec<OrderLine>,
+}
+
+impl Placed {
+    /// The saga row as the placing transaction wrote it: at `Reserve`, its first attempt
+    /// counted, not cancelled, no authorization sent yet.
+    fn into_row(self) -> Row {
+        Row {
+            db_now: self.db_now,
+            step: Step::Reserve.as_str().to_owned(),
+            reason: None,
+            cancel_requested: false,
+            deadline: self.deadline,
+            authorize_sent_at: None,
+            sealed_card: Some(self.sealed_card),
+            attempts: 1,
+            user_id: self.user_id,
+            total_amount: self.total_amount,
+            currency: self.currency,
+            lines: Some(stock_lines(&self.lines)),
+        }
+    }
+}
+
+/// The stock lines of an order, by sku, each quantity summed: what [`Driver::lines`] reads
+/// from the database, computed from lines in memory.
+fn stock_lines(lines: &[OrderLine]) -> Vec<(String, u32)> {
+    let mut by_sku = std::collections::BTreeMap::<&str, u32>::new();
+    for line in lines {
+        let quantity = by_sku.entry(line.sku.as_str()).or_default();
+        *quantity = quantity.saturating_add(line.quantity);
+    }
+    by_sku
+        .into_iter()
+        .map(|(sku, quantity)| (sku.to_owned(), quantity))
+        .collect()
 }
 
 impl Row {
@@ -262,9 +323,9 @@ impl Driver {
     }
 
     /// Drives `order_id` (leased to this run as `lease`) in the background, holding `permit` until
-    /// the run ends. `marked`: the attempt of its current step is already persisted
-    /// (`POST /orders` writes the first `Reserve` attempt with the order), so the run calls at
-    /// once.
+    /// the run ends. `placed`: what `POST /orders` just wrote, the first `Reserve` attempt
+    /// included, so the run calls at once without reading anything; `None` (the sweeper) reads
+    /// the row and persists the attempt first.
     ///
     /// The run gets a `saga` span, a child of the caller's span: started by `POST /orders`, the
     /// saga's gRPC calls and the events it publishes stay in the trace of the request that
@@ -274,14 +335,14 @@ impl Driver {
         self: &Arc<Self>,
         order_id: Uuid,
         lease: Uuid,
-        marked: bool,
+        placed: Option<Placed>,
         permit: OwnedSemaphorePermit,
     ) {
         let driver = self.clone();
         let span = tracing::info_span!("saga", %order_id);
         self.tasks.spawn(
             async move {
-                driver.drive(order_id, lease, marked).await;
+                driver.drive(order_id, lease, placed).await;
                 drop(permit);
             }
             .instrument(span),
@@ -294,8 +355,8 @@ impl Driver {
     /// It does not check the lease before it starts, because every read and write it makes is
     /// fenced by it: called with a lease that is no longer the saga's, its first read finds no
     /// row and it returns.
-    pub async fn drive(&self, order_id: Uuid, lease: Uuid, marked: bool) {
-        if let Err(err) = self.drive_steps(order_id, lease, marked).await {
+    pub async fn drive(&self, order_id: Uuid, lease: Uuid, placed: Option<Placed>) {
+        if let Err(err) = self.drive_steps(order_id, lease, placed).await {
             tracing::warn!(%order_id, error = %err, "saga run interrupted; it resumes later");
         }
     }
@@ -308,11 +369,12 @@ impl Driver {
         &self,
         order_id: Uuid,
         lease: Uuid,
-        mut marked: bool,
+        placed: Option<Placed>,
     ) -> Result<(), sqlx::Error> {
-        // The row as the last transition left it, when that transition also persisted the
-        // next step's attempt: no need to read it back.
-        let mut ready: Option<Row> = None;
+        // The row as the placing request or the last transition left it, with the current
+        // step's attempt persisted: no need to read it back.
+        let mut marked = placed.is_some();
+        let mut ready: Option<Row> = placed.map(Placed::into_row);
         loop {
             if self.shutdown.is_cancelled() {
                 // Hand the saga over at once instead of letting the lease run out.
@@ -459,7 +521,7 @@ impl Driver {
         let p = &self.participants;
         let reason = row.reason.as_deref().and_then(|r| r.parse().ok());
         match step {
-            Step::Reserve => match self.lines(order_id).await {
+            Step::Reserve => match self.lines(order_id, row).await {
                 Ok(lines) => Answer::of(p.reserve(order_id, lines).await),
                 Err(err) => {
                     tracing::warn!(%order_id, error = %err, "cannot read the order's lines");
@@ -508,8 +570,12 @@ impl Driver {
         }
     }
 
-    /// The order's stock lines by sku (two products may share none, but be safe: summed).
-    async fn lines(&self, order_id: Uuid) -> Result<Vec<(String, u32)>, sqlx::Error> {
+    /// The order's stock lines by sku (two products may share none, but be safe: summed):
+    /// the row's own when the placing request handed them over, else read.
+    async fn lines(&self, order_id: Uuid, row: &Row) -> Result<Vec<(String, u32)>, sqlx::Error> {
+        if let Some(lines) = &row.lines {
+            return Ok(lines.clone());
+        }
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT sku, sum(quantity)::bigint FROM order_lines WHERE order_id = $1
              GROUP BY sku ORDER BY sku",
@@ -640,8 +706,9 @@ impl Driver {
         .bind(run_next)
         .fetch_one(&mut *tx)
         .await?;
-        if leaving_authorize || ended {
-            // The card is needed no more: its row is deleted, not blanked.
+        if row.sealed_card.is_some() && (leaving_authorize || ended) {
+            // The card is needed no more: its row is deleted, not blanked. (The row read or
+            // handed over says whether there still is one.)
             sqlx::query("DELETE FROM order_cards WHERE order_id = $1")
                 .bind(order_id)
                 .execute(&mut *tx)
@@ -689,6 +756,8 @@ impl Driver {
                 row.sealed_card.clone()
             },
             attempts: 1,
+            // Only `Reserve` reads them, and a run never returns to it.
+            lines: None,
             ..row.clone()
         }))
     }
@@ -761,7 +830,7 @@ impl Driver {
             claimed_count = claimed.len();
             for (order_id, lease) in claimed {
                 match self.try_slot() {
-                    Some(permit) => self.start(order_id, lease, false, permit),
+                    Some(permit) => self.start(order_id, lease, None, permit),
                     // Placements took the slots meanwhile: hand the saga back at once.
                     None => {
                         self.give_up_lease(order_id, lease, None, Duration::ZERO)

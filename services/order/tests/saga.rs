@@ -349,6 +349,88 @@ async fn a_saga_that_goes_straight_through_writes_its_row_once_per_step() {
     assert_eq!(updates().await, 4, "one update of the saga row per step");
 }
 
+/// `POST /orders` answers from the row its insert returns, and hands the saga's first run
+/// what it wrote: neither reads the order or its lines back. Read from PostgreSQL's own count
+/// of scans per table (sequential and by index) in the service's database: the whole order,
+/// placed and driven to `CONFIRMED`, reads `order_lines` once (for the `OrderConfirmed`
+/// event), the card row only to delete it, and `orders` only to check and update it. Reading
+/// back as before made it four, three and nine.
+#[tokio::test]
+async fn placing_an_order_reads_back_nothing_it_has_just_written() {
+    let world = World::start(&[]).await;
+    let order = world.order_service().await;
+    let base = order.url("");
+    let ada = world.customer().await;
+    let (product, _) = world.product(1000, 5).await;
+    let pool = sqlx::PgPool::connect(&order.env["DATABASE_URL"])
+        .await
+        .expect("the order database");
+    let scans = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0)
+                 FROM pg_stat_user_tables WHERE relname = $1",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .expect("table statistics")
+        }
+    };
+    // Scans made while the service started (migrations, the sweeper's first looks), reported
+    // once its backends flushed their statistics.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (orders_before, lines_before) = (scans("orders").await, scans("order_lines").await);
+    let cards_before = scans("order_cards").await;
+
+    let (status, placed) = place(
+        &world.http,
+        &base,
+        &ada,
+        "read-nothing-back",
+        &order_body(&[(&product, 1)], APPROVES),
+    )
+    .await;
+    assert_eq!(status, 202, "{placed}");
+    assert_eq!(placed["status"], "PENDING", "{placed}");
+    assert_eq!(placed["items"][0]["quantity"], 1, "{placed}");
+    assert_eq!(placed["total"]["amount"], 1000, "{placed}");
+    let order_id: uuid::Uuid = id(&placed).parse().expect("a uuid");
+    // Waited for on the saga row, which the counted tables do not include.
+    eventually("the saga confirmed", || async {
+        let step: String = sqlx::query_scalar("SELECT step FROM order_sagas WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&pool)
+            .await
+            .expect("the saga row");
+        (step == "confirmed").then_some(())
+    })
+    .await;
+    eventually("the scans reported", || async {
+        (scans("order_lines").await > lines_before).then_some(())
+    })
+    .await;
+    // Give any further scan time to be reported too.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        scans("order_lines").await - lines_before,
+        1,
+        "the lines are read once, for the confirmation event"
+    );
+    assert_eq!(
+        scans("orders").await - orders_before,
+        7,
+        "the orders row: the key look-up and the insert's conflict check, the foreign-key \
+         checks of the lines, the saga and the card, the card's last digits, the final status"
+    );
+    assert_eq!(
+        scans("order_cards").await - cards_before,
+        1,
+        "the card row is deleted once, when the authorization answered, and never read"
+    );
+}
+
 #[tokio::test]
 async fn the_same_key_twice_at_once_places_one_order_and_another_customer_gets_their_own() {
     let world = World::start(&[]).await;
