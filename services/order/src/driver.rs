@@ -9,8 +9,13 @@
 //!
 //! Step 1 rarely needs a commit of its own: the transaction of step 3 also writes the next
 //! step's first attempt, and `POST /orders` writes the first `Reserve` attempt with the order.
-//! Only a run the sweeper starts (a retry, a resume) writes its attempt separately. So a saga
-//! that goes straight through costs one commit per step, not two.
+//! Only a run the sweeper starts (a retry, a resume) writes its attempt separately. And the
+//! pivot's success is not written on its own ([`Step::records_success_first`]): the run goes
+//! on to `Capture` and writes both with its answer. So a saga that goes straight through costs
+//! three commits after the placing one (after `Reserve`, `Authorize` and `Capture`), not eight.
+//!
+//! `POST /orders` hands the first run what it has just written ([`Placed`]), so the run calls
+//! `Reserve` without reading the saga, the order or its lines back.
 //!
 //! **Who drives.** A saga row carries a lease (`lease_owner`, `lease_until`). `lease_owner`
 //! names one *run*, not an instance: a token drawn afresh each time a saga is leased.
@@ -65,6 +70,7 @@
 //! | after the attempt, before or during the call | the attempt counted, no answer | calls again; the participant answers from its record |
 //! | after the answer, before recording it | same as above | calls again; same answer, no second effect |
 //! | after recording | the next step | carries on from there |
+//! | after `CommitStock` answered, before `Capture` is recorded | `CommitStock` | commits again (inventory replays it), then captures |
 //!
 //! In every row the next run starts only once the dead instance's lease has run out, so a
 //! crash costs the saga a wait of about one `ORDER_SAGA_LEASE_MS` (plus a sweep interval),
@@ -72,7 +78,7 @@
 //!
 //! The tests that hold this module to its word are in `tests/saga.rs` (two instances on one
 //! database, a stalled instance taken over by another and a stalled run by its own instance,
-//! one commit per step), `tests/crash.rs` (killed
+//! three writes of the saga row per order, nothing read back after placing), `tests/crash.rs` (killed
 //! before and after recording each step) and `tests/outage.rs` (a participant down for a
 //! while).
 
@@ -210,6 +216,11 @@ struct Row {
     /// `POST /orders`); otherwise [`Driver::lines`] reads them.
     #[sqlx(skip)]
     lines: Option<Vec<(String, u32)>>,
+    /// The database still shows the step before this one, whose success was not written
+    /// down on its own ([`Step::records_success_first`]): whatever this step's answer
+    /// leads to is written with the step itself.
+    #[sqlx(skip)]
+    behind: bool,
 }
 
 /// What `POST /orders` has just written, handed to the saga's first run so that it calls
@@ -251,6 +262,7 @@ impl Placed {
             total_amount: self.total_amount,
             currency: self.currency,
             lines: Some(stock_lines(&self.lines)),
+            behind: false,
         }
     }
 }
@@ -429,6 +441,27 @@ impl Driver {
             .record(started.elapsed().as_secs_f64());
             tracing::debug!(%order_id, step = %state.step, outcome = ?answer.outcome, "step answered");
             self.inject_before_recording(order_id, state.step).await;
+            // The pivot's success goes on to the next step unwritten: see
+            // `Step::records_success_first`. The lease renewed with the pivot's attempt covers
+            // both calls; should it run out meanwhile, the new owner repeats the pivot (a
+            // replay) and this run's recording is fenced off.
+            if !state.step.records_success_first()
+                && answer.outcome == Outcome::Done
+                && let Next::Go(next, None) = saga::after(&state, Outcome::Done, row.db_now)
+            {
+                if self.config.faults.crash_after == Some(state.step) {
+                    crash(order_id, state.step);
+                }
+                ready = Some(Row {
+                    step: next.as_str().to_owned(),
+                    attempts: 1,
+                    lines: None,
+                    behind: true,
+                    ..row
+                });
+                marked = true;
+                continue;
+            }
             let then = self.record(order_id, lease, &row, Some(answer)).await?;
             if self.config.faults.crash_after == Some(state.step) {
                 crash(order_id, state.step);
@@ -642,7 +675,10 @@ impl Driver {
                 let attempt = u32::try_from(row.attempts).unwrap_or(u32::MAX);
                 let delay = saga::retry_delay(attempt, RETRY_BASE, self.config.retry_max, jitter());
                 let error = detail.or_else(|| outcome.map(|o| outcome_label(o).to_owned()));
-                self.give_up_lease(order_id, lease, error.as_deref(), delay)
+                // A row that is behind moves on to this step, so the retry starts here (and
+                // the operator API shows the step that is failing).
+                let at = row.behind.then_some((state.step, row.attempts));
+                self.give_up_lease_at(order_id, lease, error.as_deref(), delay, at)
                     .await?;
                 return Ok(Then::Stop);
             }
@@ -658,14 +694,18 @@ impl Driver {
                         detail.map(|d| format!(" (last: {d})")).unwrap_or_default()
                     ),
                 };
+                // Parked at the step that failed, with its attempts (the row may be behind).
                 sqlx::query(
                     "UPDATE order_sagas
                      SET parked_at = now(), parked_reason = $2, last_error = $2,
+                         step = $3, attempts = $4,
                          lease_owner = NULL, lease_until = NULL, updated_at = now()
                      WHERE order_id = $1",
                 )
                 .bind(order_id)
                 .bind(&why)
+                .bind(state.step.as_str())
+                .bind(row.attempts)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -758,6 +798,8 @@ impl Driver {
             attempts: 1,
             // Only `Reserve` reads them, and a run never returns to it.
             lines: None,
+            // Just written: the row is up to date.
+            behind: false,
             ..row.clone()
         }))
     }
@@ -774,17 +816,35 @@ impl Driver {
         error: Option<&str>,
         delay: Duration,
     ) -> Result<(), sqlx::Error> {
+        self.give_up_lease_at(order_id, lease, error, delay, None)
+            .await
+    }
+
+    /// [`Driver::give_up_lease`], also writing the step the run is at and its attempts when
+    /// `at` is given: for a row that is behind (see [`Row::behind`]).
+    async fn give_up_lease_at(
+        &self,
+        order_id: Uuid,
+        lease: Uuid,
+        error: Option<&str>,
+        delay: Duration,
+        at: Option<(Step, i32)>,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE order_sagas
              SET lease_owner = NULL, lease_until = NULL,
                  next_attempt_at = now() + $3 * interval '1 millisecond',
-                 last_error = COALESCE($4, last_error), updated_at = now()
+                 last_error = COALESCE($4, last_error),
+                 step = COALESCE($5, step), attempts = COALESCE($6, attempts),
+                 updated_at = now()
              WHERE order_id = $1 AND lease_owner = $2",
         )
         .bind(order_id)
         .bind(lease)
         .bind(millis(delay))
         .bind(error)
+        .bind(at.map(|(step, _)| step.as_str()))
+        .bind(at.map(|(_, attempts)| attempts))
         .execute(&self.pool)
         .await?;
         Ok(())

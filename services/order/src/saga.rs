@@ -136,6 +136,18 @@ impl Step {
         matches!(self, Self::Confirmed | Self::Cancelled)
     }
 
+    /// Whether the success of this step must be written down before the next step is called.
+    ///
+    /// True of every step but the pivot. `Authorize` must be persisted past (a later way back
+    /// goes through `VoidPayment`), and so must every compensation. `CommitStock`'s success
+    /// need not be: the row already says `CommitStock`, which no cancellation or time limit can
+    /// turn back, and repeating the commit after a crash is answered from inventory's record.
+    /// So the driver calls `Capture` straight away and writes both steps with `Capture`'s
+    /// answer, one commit fewer per order.
+    pub fn records_success_first(self) -> bool {
+        !matches!(self, Self::CommitStock)
+    }
+
     /// Whether the saga may still be turned back (by the user or by its time limit).
     ///
     /// Only the two steps before the pivot. The API uses it to answer a cancellation of a

@@ -2,7 +2,8 @@
 //! in. The sagas wait and retry, the breaker opens (exported as a metric) and closes again
 //! once inventory is back, and every order ends terminal with the stock exactly right. And
 //! catalog down: an order cannot be priced, so it is refused at once (503, nothing recorded)
-//! and the same request with the same `Idempotency-Key` succeeds once catalog is back.
+//! and the same request with the same `Idempotency-Key` succeeds once catalog is back. And
+//! payment down just after the pivot: the saga waits at `capture` and ends once it is back.
 //!
 //! Its own test binary, so the breaker gauges it reads are order-service's alone.
 
@@ -57,15 +58,7 @@ async fn sagas_wait_for_a_participant_that_is_down_and_all_end_once_it_is_back()
     }
     eventually("the inventory breaker opens", || breaker(&order, "2")).await;
     for order_id in &ids {
-        let current: serde_json::Value = http
-            .get(format!("{base}/api/v1/orders/{order_id}"))
-            .bearer_auth(&ada)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let current = order_of(http, &base, &ada, order_id).await;
         assert_eq!(
             current["status"], "PENDING",
             "waiting, not failed: {current}"
@@ -154,4 +147,78 @@ async fn while_catalog_is_down_an_order_is_refused_with_503_and_the_same_request
         settled(&client, &base, &ada, id).await["status"],
         "CONFIRMED"
     );
+}
+
+/// Payment cut off right after inventory committed the stock: the capture gets no answer.
+/// The pivot's success was never written on its own (`Step::records_success_first`), so the
+/// run that waits for a retry writes the step it is at: the saga waits at `capture`, not at
+/// `commit_stock`, and ends confirmed, captured once, once payment is back.
+///
+/// The placing run stalls after the commit answered (`ORDER_STALL_BEFORE_RECORDING`), which
+/// gives the test time to cut payment; the sweeper takes the saga over when the lease runs out,
+/// repeats the commit (inventory replays it) and finds payment gone.
+#[tokio::test]
+async fn a_capture_without_an_answer_waits_at_the_capture_step_and_ends_once_payment_is_back() {
+    let world = World::start(&[]).await;
+    let proxy = TcpProxy::start(&world.payment.grpc_addr.to_string())
+        .await
+        .expect("proxy");
+    let mut env = world.order_env_with(
+        &world.inventory.grpc_url(),
+        &format!("http://{}", proxy.addr()),
+    );
+    env.push(("ORDER_STALL_BEFORE_RECORDING".into(), "commit_stock".into()));
+    let order = spawn_with::<order_service::OrderService>(env)
+        .await
+        .expect("order-service starts");
+    let pool = sqlx::PgPool::connect(&order.env["DATABASE_URL"])
+        .await
+        .expect("the order database");
+    let base = order.url("");
+    let http = &world.http;
+    let ada = world.customer().await;
+    let (product, sku) = world.product(700, 2).await;
+
+    let (status, placed) = place(
+        http,
+        &base,
+        &ada,
+        "capture-outage",
+        &order_body(&[(&product, 1)], APPROVES),
+    )
+    .await;
+    assert_eq!(status, 202, "{placed}");
+    let order_id = placed["id"].as_str().expect("an id").to_owned();
+    // Committed: nothing reserved any more, one unit gone for good.
+    eventually("the stock committed", || async {
+        (world.stock(&sku).await == (1, 0)).then_some(())
+    })
+    .await;
+    proxy.cut();
+
+    let (step, last_error) = eventually("the saga waits for a retry", || async {
+        let (step, owner, last_error): (String, Option<uuid::Uuid>, Option<String>) =
+            sqlx::query_as(
+                "SELECT step, lease_owner, last_error FROM order_sagas WHERE order_id = $1::uuid",
+            )
+            .bind(&order_id)
+            .fetch_one(&pool)
+            .await
+            .expect("the saga row");
+        (owner.is_none() && last_error.is_some()).then_some((step, last_error))
+    })
+    .await;
+    assert_eq!(
+        step, "capture",
+        "waits at the step that failed ({last_error:?})"
+    );
+    let shown = order_of(http, &base, &ada, &order_id).await;
+    assert_eq!(shown["status"], "PENDING", "{shown}");
+
+    proxy.restore();
+    let ended = settled(http, &base, &ada, &order_id).await;
+    assert_eq!(ended["status"], "CONFIRMED", "{ended}");
+    let payment = world.payment(&ada, &order_id).await;
+    assert_eq!(payment["captured"]["amount"], 700, "{payment}");
+    assert_eq!(world.stock(&sku).await, (1, 0));
 }

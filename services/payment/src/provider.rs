@@ -494,11 +494,14 @@ impl SimulatedProvider {
         // Deterministic per key, as a real provider's deduplication would make it; a key voided
         // before it got here keeps its `voided` row and this request is declined.
         let reference = (status == "held").then(|| format!("sim_auth_{key}"));
-        let created = sqlx::query(
+        // One statement for a new key (the row it wrote comes back); a repeated key reads the
+        // row its first request wrote.
+        let created: Option<Authorization> = sqlx::query_as(
             "INSERT INTO simulated_provider.authorizations
                (idempotency_key, reference, amount, currency, status, decline_reason, quirk)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (idempotency_key) DO NOTHING",
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING *",
         )
         .bind(&key)
         .bind(&reference)
@@ -507,11 +510,12 @@ impl SimulatedProvider {
         .bind(status)
         .bind(reason)
         .bind(quirk.map(Quirk::as_str))
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(unavailable)?
-        .rows_affected()
-            == 1;
+        .map_err(unavailable)?;
+        if let Some(stored) = created {
+            return Ok((stored.outcome(), true));
+        }
         let stored: Authorization = sqlx::query_as(
             "SELECT * FROM simulated_provider.authorizations WHERE idempotency_key = $1",
         )
@@ -519,7 +523,7 @@ impl SimulatedProvider {
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok((stored.outcome(), created))
+        Ok((stored.outcome(), false))
     }
 
     /// The authorization a capture, void or refund names, locked; `None` when unknown.

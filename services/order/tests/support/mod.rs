@@ -321,6 +321,23 @@ pub async fn settled(
     }
 }
 
+/// The order as its customer reads it.
+pub async fn order_of(
+    http: &shop_testkit::contract::Client,
+    base: &str,
+    token: &str,
+    order_id: &str,
+) -> Value {
+    http.get(format!("{base}/api/v1/orders/{order_id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET the order")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// Polls `check` until it returns `Some` (bounded by [`PATIENCE`]).
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
