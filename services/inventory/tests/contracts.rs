@@ -219,6 +219,17 @@ async fn inventory_honours_the_contracts_of_its_consumers() {
                         let line = stock::Line { sku, quantity };
                         stock::reserve(&pool, order_id, vec![line], ttl).await?;
                     }
+                    "an order's reservation expired" => {
+                        let quantity = number("quantity").unwrap_or(1);
+                        let order_id = text("orderId")
+                            .and_then(|id| Uuid::parse_str(&id).ok())
+                            .ok_or_else(|| shop_runtime::ApiError::not_found("orderId param"))?;
+                        stock::set(&pool, &sku, quantity, None, 5).await?;
+                        let line = stock::Line { sku, quantity };
+                        // Reserved with no time to live, then expired as the expiry job would.
+                        stock::reserve(&pool, order_id, vec![line], Duration::ZERO).await?;
+                        stock::expire_due(&pool, 100).await?;
+                    }
                     other => {
                         return Err(shop_runtime::ApiError::not_found(format!(
                             "unknown provider state '{other}'"

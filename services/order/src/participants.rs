@@ -519,17 +519,33 @@ pub fn reserve_request(order_id: Uuid, lines: Vec<(String, u32)>) -> ReserveRequ
     }
 }
 
-/// What inventory's answer to `Reserve` means for the saga: a refusal (not enough stock, an
-/// unknown sku) cancels the order as `out_of_stock`; no answer is unknown and retried.
+/// How inventory words a `Reserve` refused for lack of stock (`inventory.proto`: "Not enough
+/// stock for: <sku>, <sku>"). Its other `FAILED_PRECONDITION` answers to `Reserve` say that the
+/// order's own reservation ended, which is not a shortage.
+pub const OUT_OF_STOCK_MESSAGE: &str = "Not enough stock for: ";
+
+/// What inventory's answer to `Reserve` means for the saga; no answer is unknown and retried.
+///
+/// * Not enough stock (or a sku inventory does not stock at all): cancelled as `out_of_stock`.
+/// * Any other refusal: the order's reservation was released or expired before this attempt —
+///   an earlier attempt reserved, its answer was lost, and the retries outlasted the
+///   reservation. Inventory has already put the stock back; the saga was too slow, so the
+///   order is cancelled as `timeout`. (The third refusal the proto names, a reservation of
+///   other lines, cannot come from this service: an order's lines never change.)
+///
 /// Public and pure, so the contract tests check each mapping against the provider's answers.
 pub fn reserve_outcome(result: Result<(), CallError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Done,
-        // Not enough stock, or a sku inventory does not stock at all.
         Err(CallError::Status(status))
-            if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
+            if status.code() == Code::NotFound
+                || (status.code() == Code::FailedPrecondition
+                    && status.message().starts_with(OUT_OF_STOCK_MESSAGE)) =>
         {
             Outcome::Refused(Reason::OutOfStock)
+        }
+        Err(CallError::Status(status)) if status.code() == Code::FailedPrecondition => {
+            Outcome::Refused(Reason::Timeout)
         }
         Err(err) => unknown("inventory.Reserve", &err),
     }

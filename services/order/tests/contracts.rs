@@ -51,7 +51,7 @@ use uuid::Uuid;
 
 /// One order id per interaction: every participant is idempotent per order, so a provider
 /// replaying two interactions with the same order would answer the second like the first.
-const ORDER: [&str; 14] = [
+const ORDER: [&str; 15] = [
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c50",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c51",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c52",
@@ -66,6 +66,7 @@ const ORDER: [&str; 14] = [
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5b",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5c",
     "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5d",
+    "0192f0c8-7a6e-7cc3-9d2b-5a1f2e3d4c5e",
 ];
 
 fn order_id(n: usize) -> Uuid {
@@ -155,7 +156,11 @@ async fn inventory_reserves_commits_and_releases_per_order() {
     )
     .given_with_params("stock exists", json!({ "sku": "SKU-1", "available": 1 }))
     .request(&reserve_request(order_id(1), vec![("SKU-1".into(), 2)]))
-    .error(Code::FailedPrecondition);
+    // The message is how inventory tells a shortage from an ended reservation (its proto).
+    .error_with_message(
+        Code::FailedPrecondition,
+        term!("^Not enough stock for: .+$", "Not enough stock for: SKU-1"),
+    );
     contract
         .grpc(short, |example| async move {
             let response = example.response_as::<ReserveResponse>().map(drop);
@@ -166,6 +171,30 @@ async fn inventory_reserves_commits_and_releases_per_order() {
         })
         .await
         .expect("out of stock");
+
+    // A retry of a Reserve whose first attempt did reserve, but so long ago that the
+    // reservation expired meanwhile: the saga was too slow, and the customer is told so,
+    // not that the goods ran out.
+    let lapsed = GrpcInteraction::new(
+        "a reservation for an order whose reservation expired",
+        "/shop.inventory.v1.InventoryService/Reserve",
+    )
+    .given_with_params(
+        "an order's reservation expired",
+        json!({ "orderId": ORDER[14], "sku": "SKU-1", "quantity": 2 }),
+    )
+    .request(&reserve_request(order_id(14), vec![("SKU-1".into(), 2)]))
+    .error(Code::FailedPrecondition);
+    contract
+        .grpc(lapsed, |example| async move {
+            let response = example.response_as::<ReserveResponse>().map(drop);
+            expect(
+                reserve_outcome(status(response)),
+                Outcome::Refused(Reason::Timeout),
+            )
+        })
+        .await
+        .expect("expired reservation");
 
     let commit = GrpcInteraction::new(
         "a commit of an order's reservation",

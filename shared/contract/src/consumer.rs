@@ -229,7 +229,7 @@ impl Contract {
                 pattern.extract_matching_rules(DocPath::root(), &mut rules);
                 (written, rules, Code::Ok, Ok(example))
             }
-            GrpcResponse::Error(code) => {
+            GrpcResponse::Error(code, None) => {
                 let body = json!({ "code": grpc::code_name(code) });
                 (
                     body,
@@ -237,6 +237,14 @@ impl Contract {
                     code,
                     Err(Status::new(code, "")),
                 )
+            }
+            GrpcResponse::Error(code, Some(message)) => {
+                let pattern = json_pattern!({ "code": grpc::code_name(code), "message": message });
+                let written = pattern.to_example();
+                let mut rules = MatchingRuleCategory::empty("body");
+                pattern.extract_matching_rules(DocPath::root(), &mut rules);
+                let text = written["message"].as_str().unwrap_or_default().to_owned();
+                (written, rules, code, Err(Status::new(code, text)))
             }
         };
 
@@ -347,7 +355,8 @@ enum GrpcRequest {
 enum GrpcResponse {
     Unset,
     Message(JsonPattern),
-    Error(Code),
+    /// The status code, and the message when the consumer relies on it.
+    Error(Code, Option<JsonPattern>),
 }
 
 impl GrpcInteraction {
@@ -396,7 +405,19 @@ impl GrpcInteraction {
 
     /// The call fails with this status code (the message text is not part of the contract).
     pub fn error(mut self, code: Code) -> Self {
-        self.response = GrpcResponse::Error(code);
+        self.response = GrpcResponse::Error(code, None);
+        self
+    }
+
+    /// The call fails with this status code and a message the consumer tells apart from
+    /// others of the same code: an exact string, or `term!(regex, example)` for a message
+    /// with variable parts. The consumer's code is given the example as the status message,
+    /// and the provider's real message must match it.
+    ///
+    /// For a provider whose one code covers several outcomes the consumer must treat
+    /// differently, and which documents the message as part of its API.
+    pub fn error_with_message(mut self, code: Code, message: impl Into<JsonPattern>) -> Self {
+        self.response = GrpcResponse::Error(code, Some(message.into()));
         self
     }
 }
