@@ -210,25 +210,21 @@ async fn inventory_honours_the_contracts_of_its_consumers() {
                     "stock exists" => {
                         stock::set(&pool, &sku, number("available").unwrap_or(10), None, 5).await?;
                     }
-                    "an order has reserved stock" => {
+                    name @ ("an order has reserved stock" | "an order's reservation expired") => {
                         let quantity = number("quantity").unwrap_or(1);
                         let order_id = text("orderId")
                             .and_then(|id| Uuid::parse_str(&id).ok())
                             .ok_or_else(|| shop_runtime::ApiError::not_found("orderId param"))?;
                         stock::set(&pool, &sku, quantity, None, 5).await?;
                         let line = stock::Line { sku, quantity };
+                        // An expired one is reserved with no time to live, then expired as the
+                        // expiry job would.
+                        let expired = name == "an order's reservation expired";
+                        let ttl = if expired { Duration::ZERO } else { ttl };
                         stock::reserve(&pool, order_id, vec![line], ttl).await?;
-                    }
-                    "an order's reservation expired" => {
-                        let quantity = number("quantity").unwrap_or(1);
-                        let order_id = text("orderId")
-                            .and_then(|id| Uuid::parse_str(&id).ok())
-                            .ok_or_else(|| shop_runtime::ApiError::not_found("orderId param"))?;
-                        stock::set(&pool, &sku, quantity, None, 5).await?;
-                        let line = stock::Line { sku, quantity };
-                        // Reserved with no time to live, then expired as the expiry job would.
-                        stock::reserve(&pool, order_id, vec![line], Duration::ZERO).await?;
-                        stock::expire_due(&pool, 100).await?;
+                        if expired {
+                            stock::expire_due(&pool, 100).await?;
+                        }
                     }
                     other => {
                         return Err(shop_runtime::ApiError::not_found(format!(
