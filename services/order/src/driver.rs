@@ -12,7 +12,7 @@
 //! Only a run the sweeper starts (a retry, a resume) writes its attempt separately. And the
 //! pivot's success is not written on its own ([`Step::records_success_first`]): the run goes
 //! on to `Capture` and writes both with its answer. So a saga that goes straight through costs
-//! three commits after the placing one (after `Reserve`, `Authorize` and `Capture`), not eight.
+//! three commits after the placing one (after `Reserve`, `Authorize` and `Capture`).
 //!
 //! `POST /orders` hands the first run what it has just written ([`Placed`]), so the run calls
 //! `Reserve` without reading the saga, the order or its lines back.
@@ -78,9 +78,9 @@
 //!
 //! The tests that hold this module to its word are in `tests/saga.rs` (two instances on one
 //! database, a stalled instance taken over by another and a stalled run by its own instance,
-//! three writes of the saga row per order, nothing read back after placing), `tests/crash.rs` (killed
-//! before and after recording each step) and `tests/outage.rs` (a participant down for a
-//! while).
+//! three writes of the saga row per order, nothing read back after placing), `tests/crash.rs`
+//! (killed before and after recording each step) and `tests/outage.rs` (a participant down for
+//! a while, payment lost right after the pivot).
 
 use std::{
     sync::Arc,
@@ -224,9 +224,10 @@ struct Row {
 }
 
 /// What `POST /orders` has just written, handed to the saga's first run so that it calls
-/// `Reserve` at once without reading the row, the order or its lines back: under load, those
-/// reads were four of an order's round trips to its database (with the answer's own read-back),
-/// for data the request held in memory.
+/// `Reserve` at once without reading anything back. The run used to read the saga row (joined
+/// with the order and the card) and then the lines, and the request read the order and its
+/// lines again for its answer: four of an order's transactions, for data the request held in
+/// memory.
 #[derive(Debug)]
 pub struct Placed {
     /// The database's `now()` in the placing transaction (the clock deadlines are compared with).
