@@ -91,10 +91,12 @@ impl Service for CatalogService {
         )
         .await?;
         // The in_stock read model, kept by every inventory event (each carries stock levels).
+        // No inbox: applying a level is conditional on its version, so a repeated event
+        // changes nothing, and an inbox would cost two store requests per event (see `stock`).
         let stock = stock::StockLevels {
             store: store.clone(),
         };
-        Consumer::mongo("catalog", ctx.mongo()?.clone())
+        Consumer::stateless("catalog")
             .on::<StockReserved>(stock.clone())
             .on::<StockReleased>(stock.clone())
             .on::<StockLow>(stock.clone())

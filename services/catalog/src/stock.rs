@@ -4,9 +4,13 @@
 //! Every inventory event carries each touched sku's [`StockLevel`] *after* the change, with
 //! the stock row's version. Applying a level is [`Store::apply_stock_level`]: one conditional
 //! update that keeps the highest version. That makes the handler correct for every way events
-//! arrive — twice (a redelivery, or a crash between this write and the consumer's inbox
-//! record: the second matches nothing), out of order (an older level matches nothing), or
-//! interleaved across the five event types — with one single-document write, no transaction.
+//! arrive — twice (a redelivery, a duplicate publish: the second matches nothing), out of
+//! order (an older level matches nothing), or interleaved across the five event types — with
+//! one single-document write, no transaction.
+//!
+//! So the consumer keeps no inbox (`Consumer::stateless`): the stored version already is the
+//! record of what was applied. An inbox would spare a rare redelivery its look-ups and cost
+//! every event two store requests (a look-up before the handler, a record after it).
 
 use shop_events::inventory::{
     OutOfStock, StockLevel, StockLow, StockReleased, StockReplenished, StockReserved,
