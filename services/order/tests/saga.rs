@@ -303,6 +303,19 @@ async fn two_instances_on_one_database_end_every_order_once() {
     assert_eq!(world.stock(&sku).await, (0, 0));
 }
 
+/// PostgreSQL's count `column` (an expression over `pg_stat_user_tables`) for `table` in the
+/// service's own database (one per test). Backends report their counts within a second or so
+/// of their transactions, so callers wait for a count to arrive before they compare.
+async fn table_stat(pool: &sqlx::PgPool, column: &'static str, table: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(&format!(
+        "SELECT {column} FROM pg_stat_user_tables WHERE relname = $1"
+    ))
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .expect("table statistics")
+}
+
 /// The driver writes the next step's attempt in the transaction that records the step before
 /// (and `POST` writes the first one with the order), and the pivot's success rides with the
 /// capture's answer (`Step::records_success_first`), so a saga that goes straight through
@@ -334,14 +347,7 @@ async fn a_saga_that_goes_straight_through_writes_its_row_three_times() {
     let pool = sqlx::PgPool::connect(&order.env["DATABASE_URL"])
         .await
         .expect("the order database");
-    let updates = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'order_sagas'",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("table statistics")
-    };
+    let updates = || table_stat(&pool, "n_tup_upd", "order_sagas");
     eventually("the saga's updates reported", || async {
         (updates().await >= 3).then_some(())
     })
@@ -372,17 +378,11 @@ async fn placing_an_order_reads_back_nothing_it_has_just_written() {
         .await
         .expect("the order database");
     let scans = |table: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0)
-                 FROM pg_stat_user_tables WHERE relname = $1",
-            )
-            .bind(table)
-            .fetch_one(&pool)
-            .await
-            .expect("table statistics")
-        }
+        table_stat(
+            &pool,
+            "coalesce(seq_scan, 0) + coalesce(idx_scan, 0)",
+            table,
+        )
     };
     // Scans made while the service started (migrations, the sweeper's first looks), reported
     // once its backends flushed their statistics.
