@@ -95,12 +95,10 @@ pub fn publish_span(routing_key: &str, envelope: &Envelope) -> tracing::Span {
         messaging.destination.name = EXCHANGE,
         messaging.rabbitmq.destination.routing_key = %routing_key,
         messaging.message.id = %envelope.id,
-        trace_id = tracing::field::Empty,
     );
     if envelope.traceparent.is_some() {
         let _ = span.set_parent(trace::from_envelope(envelope));
     }
-    shop_runtime::telemetry::record_trace_id(&span);
     span
 }
 

@@ -265,7 +265,7 @@ async fn producer_and_consumer_spans_share_one_trace_id() -> Result<(), BoxError
     let (stack, recorder, _status) = Stack::consuming().await?;
     stack.relay();
 
-    let request = tracing::info_span!("request", trace_id = tracing::field::Empty);
+    let request = tracing::info_span!("request");
     let (thing, producer_trace) = {
         let _entered = request.enter();
         (

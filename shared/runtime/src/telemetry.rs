@@ -10,6 +10,8 @@
 //!   continues an incoming trace on HTTP and gRPC servers, [`inject_context`] adds the header to
 //!   outgoing requests and messages.
 
+mod logs;
+
 use std::sync::OnceLock;
 
 use http::HeaderMap;
@@ -23,6 +25,8 @@ use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::Sd
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, layer::SubscriberExt, registry::LookupSpan};
+
+pub use logs::JsonLogs;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,24 +137,15 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, Box<dyn std::err
     })
 }
 
-/// The JSON log layer: flat event fields, the current span's fields, and the trace/span ids.
-pub fn json_layer<S, W>(writer: W, service: &str) -> json_subscriber::JsonLayer<S, W>
+/// The JSON log layer: flat event fields, the fields of the spans around the event, and the
+/// trace and span ids of the innermost one (see [`logs`] for why it is more than a
+/// `json-subscriber` layer).
+pub fn json_layer<S, W>(writer: W, service: &str) -> JsonLogs<S, W>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let mut layer = json_subscriber::JsonLayer::new(writer);
-    layer.with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime);
-    layer.with_level("level");
-    layer.with_target("target");
-    layer.with_flattened_event();
-    layer.with_top_level_flattened_span_list();
-    layer.add_static_field("service", service.into());
-    // `openTelemetry: {traceId, spanId}` on every line inside any span. Request and message
-    // spans also carry a top-level `trace_id` field (see [`http_span`]), flattened in by the
-    // span list above, for the common "grep the trace id" case.
-    layer.with_opentelemetry_ids(true);
-    layer
+    JsonLogs::new(writer, service)
 }
 
 /// The trace id of the current span, if telemetry is installed and a span is active.
@@ -184,23 +179,11 @@ pub fn http_span<B>(request: &http::Request<B>) -> Span {
         http.route = %route,
         request_id = %request_id,
         http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
     );
     let parent = extract_context(request.headers());
     // An invalid parent (no header) leaves the span a root of a new trace.
     let _ = span.set_parent(parent);
-    record_trace_id(&span);
     span
-}
-
-/// Copies the span's OpenTelemetry trace id into its `trace_id` field (which the span must
-/// declare as `tracing::field::Empty`), so every log line inside it carries the id.
-pub fn record_trace_id(span: &Span) {
-    let cx = span.context();
-    let span_context = cx.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", span_context.trace_id().to_string());
-    }
 }
 
 /// The trace context carried by these headers (or an empty context).
@@ -233,8 +216,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn json_logs_carry_the_trace_id_of_the_current_span() {
+    /// Runs `body` under a subscriber with the trace layer and the JSON log layer, and returns
+    /// the lines written, parsed, with their raw text.
+    fn json_lines(body: impl FnOnce()) -> Vec<(serde_json::Value, String)> {
         global::set_text_map_propagator(TraceContextPropagator::new());
         let provider = SdkTracerProvider::builder().build();
         let buffer = Buffer::default();
@@ -242,30 +226,101 @@ mod tests {
         let subscriber = Registry::default()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
             .with(json_layer(move || writer.clone(), "test-service"));
+        tracing::subscriber::with_default(subscriber, body);
+        let output = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        output
+            .lines()
+            .map(|line| (serde_json::from_str(line).unwrap(), line.to_owned()))
+            .collect()
+    }
 
-        let expected_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-        tracing::subscriber::with_default(subscriber, || {
-            let request = http::Request::builder()
-                .uri("/things")
-                .header(
-                    "traceparent",
-                    format!("00-{expected_trace}-00f067aa0ba902b7-01"),
-                )
-                .body(())
-                .unwrap();
-            let span = http_span(&request);
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+    fn request_from_a_traced_caller() -> http::Request<()> {
+        http::Request::builder()
+            .uri("/things")
+            .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn json_logs_carry_the_trace_id_of_the_current_span() {
+        let lines = json_lines(|| {
+            let span = http_span(&request_from_a_traced_caller());
             let _entered = span.enter();
-            assert_eq!(current_trace_id().as_deref(), Some(expected_trace));
+            assert_eq!(current_trace_id().as_deref(), Some(TRACE));
             tracing::info!(answer = 42, "inside the request");
         });
 
-        let output = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        let line: serde_json::Value = serde_json::from_str(output.lines().next().unwrap()).unwrap();
-        assert_eq!(line["trace_id"], expected_trace);
-        assert_eq!(line["openTelemetry"]["traceId"], expected_trace);
+        let (line, _) = &lines[0];
+        assert_eq!(line["trace_id"], TRACE);
+        let span_id = line["span_id"].as_str().expect("a span id");
+        assert_eq!(span_id.len(), 16);
+        assert_ne!(
+            span_id, CALLER_SPAN,
+            "the request's own span, not the caller's"
+        );
         assert_eq!(line["service"], "test-service");
+        assert_eq!(line["level"], "INFO");
         assert_eq!(line["message"], "inside the request");
         assert_eq!(line["answer"], 42);
         assert_eq!(line["http.route"], "/things");
+        assert_eq!(line["http.request.method"], "GET");
+        assert!(
+            line.get("otel.name").is_none() && line.get("otel.kind").is_none(),
+            "the trace layer's instructions are not log data: {line}"
+        );
+    }
+
+    #[test]
+    fn a_field_recorded_after_the_span_opens_is_in_the_lines_written_after_it() {
+        let lines = json_lines(|| {
+            let span = http_span(&request_from_a_traced_caller());
+            let _entered = span.enter();
+            tracing::info!("before the answer");
+            span.record("http.response.status_code", 201);
+            tracing::info!("after the answer");
+        });
+
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].0.get("http.response.status_code").is_none());
+        assert_eq!(lines[1].0["http.response.status_code"], 201);
+    }
+
+    #[test]
+    fn an_inner_span_s_field_replaces_an_outer_one_of_the_same_name_once() {
+        let lines = json_lines(|| {
+            let outer = tracing::info_span!("outer", step = "outer", order = 7);
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("inner", step = "inner");
+            let _inner = inner.enter();
+            tracing::info!("in both");
+        });
+
+        let (line, raw) = &lines[0];
+        assert_eq!(line["step"], "inner");
+        assert_eq!(line["order"], 7, "the outer span's other fields are kept");
+        assert_eq!(
+            raw.matches("\"step\"").count(),
+            1,
+            "one key, valid JSON: {raw}"
+        );
+        assert_eq!(
+            line["trace_id"].as_str().map(str::len),
+            Some(32),
+            "a new trace when no caller sent one"
+        );
+    }
+
+    #[test]
+    fn a_line_outside_any_span_has_no_trace_id() {
+        let lines = json_lines(|| tracing::warn!(reason = "none", "on its own"));
+
+        let (line, _) = &lines[0];
+        assert_eq!(line["message"], "on its own");
+        assert_eq!(line["reason"], "none");
+        assert!(line.get("trace_id").is_none() && line.get("span_id").is_none());
     }
 }

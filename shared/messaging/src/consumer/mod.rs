@@ -664,7 +664,6 @@ impl<I: Inbox> Worker<I> {
             messaging.message.id = %envelope.id,
             event.type = %envelope.kind,
             attempt = failures + 1,
-            trace_id = tracing::field::Empty,
         );
         let parent = if trace::header_str(&headers, "traceparent").is_some() {
             trace::extract(&headers)
@@ -672,7 +671,6 @@ impl<I: Inbox> Worker<I> {
             trace::from_envelope(&envelope)
         };
         let _ = span.set_parent(parent);
-        shop_runtime::telemetry::record_trace_id(&span);
 
         let started = Instant::now();
         let kind = (envelope.kind.clone(), envelope.dataversion);
