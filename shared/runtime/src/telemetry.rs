@@ -269,6 +269,7 @@ mod tests {
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["message"], "inside the request");
         assert_eq!(line["answer"], 42);
+        assert_eq!(line["span"], "request");
         assert_eq!(line["http.route"], "/things");
         assert_eq!(line["http.request.method"], "GET");
         assert!(
@@ -303,6 +304,7 @@ mod tests {
         });
 
         let (line, raw) = &lines[0];
+        assert_eq!(line["span"], "inner", "the innermost span's name");
         assert_eq!(line["step"], "inner");
         assert_eq!(line["order"], 7, "the outer span's other fields are kept");
         assert_eq!(

@@ -1,5 +1,5 @@
 //! The JSON log layer: one object per line, with the fields of the spans the line was written
-//! in and the trace and span ids of the innermost one.
+//! in, and the name (`span`) and the trace and span ids of the innermost one.
 //!
 //! Events are formatted by `json-subscriber`. Span fields are not: that crate (like
 //! `tracing-subscriber`'s own JSON format) serialises a span's fields into a JSON string when the
@@ -61,6 +61,7 @@ where
             let Some(leaf) = ctx.event_span(event) else {
                 return;
             };
+            let _ = writer.write_field("span", leaf.name());
             write_span_fields(&leaf, writer);
             if let Some(dispatch) = for_ids.get().and_then(WeakDispatch::upgrade) {
                 write_ids(&leaf, &dispatch, writer);
