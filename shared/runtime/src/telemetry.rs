@@ -138,8 +138,8 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, Box<dyn std::err
 }
 
 /// The JSON log layer: flat event fields, the fields of the spans around the event, and the
-/// trace and span ids of the innermost one (see [`logs`] for why it is more than a
-/// `json-subscriber` layer).
+/// name and trace and span ids of the innermost one (see [`JsonLogs`] and ADR 0020 for why it
+/// is more than a `json-subscriber` layer).
 pub fn json_layer<S, W>(writer: W, service: &str) -> JsonLogs<S, W>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,

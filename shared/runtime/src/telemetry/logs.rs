@@ -31,7 +31,9 @@ use tracing_subscriber::{
     registry::{LookupSpan, SpanRef},
 };
 
-/// The JSON log layer (see the module's documentation). Build it with [`super::json_layer`].
+/// The JSON log layer: a span's fields are kept as values when it opens and written only into
+/// the lines written inside it; events are formatted by `json-subscriber`. Why, with the
+/// measurement: ADR 0020 and this file's module comment. Build it with [`super::json_layer`].
 pub struct JsonLogs<S: for<'a> LookupSpan<'a>, W> {
     events: JsonLayer<S, W>,
     dispatch: Arc<OnceLock<WeakDispatch>>,
